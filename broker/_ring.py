@@ -1,0 +1,816 @@
+"""The Python face of the C rings, and the only module that imports the compiled extension.
+
+Return codes become exceptions here; shared memory becomes memoryviews and
+numpy arrays here. Two kinds of ring:
+
+* `Ring`: one producer, one consumer (a session's requests or replies);
+* `Broadcast`: one producer, many consumers, lossless or lossy (topics).
+
+Each object is one side of one ring in this process. Blocking calls wait in C
+with the GIL released, in slices, so that between slices a dead peer is noticed
+and Ctrl-C is handled.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+import weakref
+from array import array
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import _names, _proc, _shm
+from ._brk import ffi, lib
+from ._errors import (
+    BrokerError,
+    Closed,
+    Corrupt,
+    Empty,
+    EmptyTimeout,
+    Evicted,
+    Full,
+    FullTimeout,
+    PeerGone,
+    SegmentError,
+    StateError,
+    Timeout,
+    TooBig,
+)
+
+__all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for"]
+
+DEFAULT_CAPACITY = 1 << 20
+_SLICE = 0.1  # seconds a blocking call waits in C before looking at the peer
+_BATCH_BYTES = 1 << 20
+_BATCH_RECORDS = 4096
+
+
+
+def _fast_calls() -> tuple[Any, Any, Any]:
+    """The METH_FASTCALL entry points of csrc/brk_py.c as Python callables.
+
+    They are compiled into the cffi extension; cffi has no way to return a
+    Python object, so the method table becomes functions through the C API's
+    PyCFunction_NewEx, once."""
+    new = ctypes.pythonapi.PyCFunction_NewEx
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
+    out = []
+    for i in range(3):
+        md = lib.brk_py_method(i)
+        if md == ffi.NULL:
+            raise ImportError("broker._brk lacks its fast-call table: rebuild the extension")
+        out.append(new(int(ffi.cast("uintptr_t", md)), None, "broker._brk"))
+    return out[0], out[1], out[2]
+
+
+# send(ring_addr, data) -> outcome; recv(ring_addr) -> bytes | outcome;
+# recv_wait(ring_addr, timeout_ns) -> bytes | outcome
+_fsend, _frecv, _frecv_wait = _fast_calls()
+_unpack = ffi.unpack
+_from_buffer = ffi.from_buffer
+
+_OK = lib.BRK_OK
+_EMPTY = lib.BRK_EMPTY
+_FULL = lib.BRK_FULL
+_TOOBIG = lib.BRK_TOOBIG
+_CORRUPT = lib.BRK_CORRUPT
+_LAPPED = lib.BRK_LAPPED
+_TIMEOUT = lib.BRK_TIMEOUT
+_EVICTED = lib.BRK_EVICTED
+_BUSY = lib.BRK_BUSY
+_LOST = lib.BRK_LOST
+_NOTREADY = lib.BRK_NOTREADY
+_BADSEG = lib.BRK_BADSEG
+_CLOSED = lib.BRK_CLOSED
+
+
+def max_record_for(capacity: int) -> int:
+    """The largest record a ring of `capacity` bytes carries."""
+    return capacity // 2 - lib.BRK_REC_HDR
+
+
+def _error(rc: int, what: str) -> BrokerError:
+    """The exception for a C return code."""
+    if rc < 0:
+        return BrokerError(f"{what}: {os.strerror(-rc)} (errno {-rc})")
+    if rc == _CORRUPT:
+        return Corrupt(f"{what}: the ring's shared memory is corrupt (a position, length or header out of bounds)")
+    if rc == _BADSEG:
+        return SegmentError(22, f"{what}: not a broker segment of ABI version {lib.BRK_ABI_VERSION}, or damaged")
+    if rc == _NOTREADY:
+        return SegmentError(11, f"{what}: the segment's creator has not finished setting it up")
+    if rc == _EVICTED:
+        return Evicted(f"{what}: this consumer was evicted by the producer")
+    if rc == _CLOSED:
+        return Closed(f"{what}: the producer closed the ring and everything has been read")
+    if rc == _TOOBIG:
+        return TooBig(f"{what}: record too big")
+    if rc == _BUSY:
+        return StateError(f"{what}: a claimed or peeked record is still outstanding")
+    if rc == _FULL:
+        return Full(f"{what}: ring full")
+    if rc == _EMPTY:
+        return Empty(f"{what}: ring empty")
+    if rc == _TIMEOUT:
+        return Timeout(f"{what}: timed out")
+    return BrokerError(f"{what}: unexpected outcome {rc}")
+
+
+def _slice_ns(deadline: float | None) -> int | None:
+    """Nanoseconds for the next wait slice; None once the deadline has passed."""
+    if deadline is None:
+        return int(_SLICE * 1e9)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None
+    return int(min(left, _SLICE) * 1e9)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("timeout must be >= 0 or None")
+    return time.monotonic() + timeout
+
+
+class _Resources:
+    """What one side holds: the mapping, cffi's pointer into it and the handle.
+    Freed by close() or, if the object is forgotten, by a finalizer; only in
+    the process that opened it (a forked child must not close its parent's side)."""
+
+    def __init__(self, mapping: _shm.Mapping) -> None:
+        self.pid = os.getpid()
+        self.mapping = mapping
+        self.base = _from_buffer(mapping.mm)
+        self.addr = int(ffi.cast("uintptr_t", self.base))
+        self.view = memoryview(mapping.mm)
+        self.handle = ffi.new("brk_ring *")
+        self.handle.efd_notify = self.handle.efd_wait = -1
+        self.fds: list[int] = []
+
+    def close(self) -> None:
+        if self.pid != os.getpid() or self.handle is None:
+            return
+        lib.brk_ring_detach(self.handle)
+        for fd in self.fds:
+            lib.brk_close_fd(fd)
+        self.fds = []
+        self.handle = None
+        ffi.release(self.base)
+        self.view.release()  # slices taken from it stay valid and keep the mapping alive
+        self.mapping.close()  # unmaps now, or when the last view dies
+        self.mapping.unlink()
+
+
+def _make_segment(specs: Sequence[tuple[int, int, int, int]], name: str) -> _shm.Mapping:
+    n = len(specs)
+    sp = ffi.new("brk_ring_spec[]", n)
+    for i, (kind, flags, capacity, consumers) in enumerate(specs):
+        sp[i].kind, sp[i].flags, sp[i].capacity, sp[i].max_consumers = kind, flags, capacity, consumers
+    offs = ffi.new("uint64_t[]", lib.BRK_MAX_RINGS)
+    sizes = ffi.new("uint64_t[]", lib.BRK_MAX_RINGS)
+    total = ffi.new("uint64_t *")
+    rc = lib.brk_seg_layout(sp, n, offs, sizes, total)
+    if rc:
+        raise ValueError(
+            f"bad ring layout {list(specs)}: capacity must be a power of two from "
+            f"{lib.BRK_MIN_CAPACITY} to 2**40, consumers from 1 to {lib.BRK_MAX_CONSUMERS}"
+        )
+    mapping = _shm.create(name, total[0])
+    try:
+        base = _from_buffer(mapping.mm)
+        pid, start = _proc.me()
+        rc = lib.brk_seg_format(base, total[0], sp, n, pid, start, os.urandom(lib.BRK_NONCE_BYTES))
+        ffi.release(base)
+        if rc:
+            raise _error(rc, f"formatting {name}")
+    except BaseException:
+        mapping.close()
+        mapping.unlink()
+        raise
+    return mapping
+
+
+def _open_segment(name: str, timeout: float) -> _shm.Mapping:
+    """Map an existing segment, waiting up to `timeout` for its creator to finish formatting it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mapping = _shm.open_existing(name)
+        hdr = ffi.new("struct brk_seg_hdr *")
+        base = _from_buffer(mapping.mm)
+        rc = lib.brk_seg_check(base, mapping.size, hdr)
+        ffi.release(base)
+        if rc == 0:
+            return mapping
+        mapping.close()
+        if rc != _NOTREADY or time.monotonic() >= deadline:
+            raise _error(rc, f"opening {name}")
+        time.sleep(0.001)
+
+
+class _Side:
+    """One side of one ring. Subclasses add the kind-specific parts."""
+
+    _kind = 0
+
+    def __init__(self, mapping: _shm.Mapping, index: int, role: int, spin_us: float) -> None:
+        self._res = _Resources(mapping)
+        self._finalizer = weakref.finalize(self, self._res.close)
+        h = self._res.handle
+        pid, start = _proc.me()
+        try:
+            rc = lib.brk_ring_attach(h, self._res.base, mapping.size, index, role, pid, start)
+            if rc == -16:  # EBUSY
+                side = "producer" if role == lib.BRK_ROLE_PRODUCER else "consumer"
+                raise StateError(f"{mapping.name} already has its {side}")
+            if rc:
+                raise _error(rc, f"attaching to {mapping.name}")
+            if h.kind != self._kind:
+                raise SegmentError(22, f"{mapping.name} holds a {_KIND_NAMES.get(h.kind, '?')} ring, not a {type(self).__name__}")
+        except BaseException:
+            self._finalizer()
+            raise
+        h.spin_ns = int(spin_us * 1000)
+        self._h = h
+        self._addr = int(ffi.cast("uintptr_t", h))
+        self.name = mapping.name
+        self.role = "producer" if role == lib.BRK_ROLE_PRODUCER else "consumer"
+        self.capacity = int(h.capacity)
+        self.max_record = int(h.max_record)
+        self._view: memoryview | None = None
+        self._claim: memoryview | None = None
+        self._claim_len = 0
+        self._batch: Any = None
+        # The per-message calls are closures over the handle's address: one
+        # Python call and one fast C call, no attribute lookups.
+        addr = self._addr
+        if role == lib.BRK_ROLE_PRODUCER:
+            send_slow = self._send_slow
+
+            def send(data: Any, timeout: float | None = None) -> None:
+                rc = _fsend(addr, data)
+                if rc:
+                    send_slow(rc, data, timeout)
+
+            send.__doc__ = _Side.send.__doc__
+            self.send = send  # type: ignore[method-assign]
+            self.recv = self._not_consumer  # type: ignore[method-assign]
+        else:
+            recv_slow = self._recv_slow
+
+            def recv(timeout: float | None = None) -> bytes:
+                r = _frecv(addr)
+                if type(r) is bytes:
+                    return r
+                return recv_slow(r, timeout)
+
+            recv.__doc__ = _Side.recv.__doc__
+            self.recv = recv  # type: ignore[method-assign]
+            self.send = self._not_producer  # type: ignore[method-assign]
+
+    # -- common ------------------------------------------------------------
+
+    def __enter__(self) -> "_Side":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.role
+        return f"<{type(self).__name__} {self.name} {state} capacity={self.capacity}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._res.handle is None
+
+    def close(self) -> None:
+        """Detach this side; the creator also removes the name from /dev/shm.
+
+        Safe to call twice. Views still held by the caller stay readable (the
+        mapping lives until they are gone) but no longer mean anything."""
+        self._view = self._claim = None
+        self._finalizer()
+
+    def _live(self) -> Any:
+        h = self._res.handle
+        if h is None:
+            raise StateError(f"{self.name} is closed")
+        return h
+
+    def _not_producer(self, *a: object, **k: object) -> Any:
+        raise StateError(f"{self.name}: this is the consumer side; only the producer sends")
+
+    def _not_consumer(self, *a: object, **k: object) -> Any:
+        raise StateError(f"{self.name}: this is the producer side; only a consumer receives")
+
+    def _need(self, role: str) -> Any:
+        h = self._live()
+        if self.role != role:
+            raise StateError(f"{self.name}: only the {role} side can do that")
+        return h
+
+    @property
+    def spin_us(self) -> float:
+        return self._live().spin_ns / 1000
+
+    @spin_us.setter
+    def spin_us(self, value: float) -> None:
+        self._live().spin_ns = int(value * 1000)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this side, in this process."""
+        h = self._live()
+        backlog = lib.brk_backlog(h)
+        return {
+            "records": int(h.records),
+            "bytes": int(h.bytes),
+            "lost": int(h.lost),
+            "laps": int(h.laps),
+            "sleeps": int(h.sleeps),
+            "wakeups": int(h.wakeups),
+            "full_waits": int(h.full_waits),
+            "backlog_bytes": int(backlog) if backlog >= 0 else -1,
+        }
+
+    def fileno(self) -> int:
+        """An eventfd this side sleeps on (created on first use): poll it with
+        other descriptors after `arm()` returns True. The other side needs the
+        same eventfd (inherited or passed over a Unix socket) as its notify fd."""
+        h = self._live()
+        if h.efd_wait < 0:
+            fd = lib.brk_eventfd()
+            if fd < 0:
+                raise _error(fd, "eventfd")
+            self._res.fds.append(fd)
+            h.efd_wait = fd
+        return int(h.efd_wait)
+
+    def set_notify_fd(self, fd: int) -> None:
+        """The eventfd the other side sleeps on (see fileno); we write it to wake it."""
+        self._live().efd_notify = fd
+
+    def set_wait_fd(self, fd: int) -> None:
+        """Sleep on this eventfd instead of the futex (the caller keeps ownership)."""
+        self._live().efd_wait = fd
+
+    # -- producer ------------------------------------------------------------
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """Copy one record in: bytes or any C-contiguous buffer (numpy arrays too).
+
+        timeout None waits for room as long as the consumer lives, 0 raises Full at
+        once, otherwise FullTimeout when the deadline passes."""
+        raise StateError(f"{self.name}: only the producer sends")  # replaced per instance in __init__
+
+    def _send_slow(self, rc: int, data: Any, timeout: float | None) -> None:
+        h = self._need("producer")
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        deadline = _deadline(timeout)
+        while rc:
+            if rc == _FULL:
+                self._wait_room(h, n, timeout, deadline)
+                rc = _fsend(self._addr, data)
+                continue
+            if rc == _TOOBIG:
+                raise TooBig(f"{self.name}: a record of {n} bytes exceeds this ring's maximum of {self.max_record}")
+            raise _error(rc, f"send on {self.name}")
+
+    def _wait_room(self, h: Any, n: int, timeout: float | None, deadline: float | None) -> None:
+        if timeout == 0:
+            raise Full(f"{self.name}: no room for {n} bytes")
+        while True:
+            ns = _slice_ns(deadline)
+            if ns is None:
+                raise FullTimeout(f"{self.name}: no room for {n} bytes within {timeout} s")
+            rc = lib.brk_wait_space(h, n, ns)
+            if rc == _OK:
+                return
+            if rc != _TIMEOUT:
+                raise _error(rc, f"waiting for room in {self.name}")
+            self._check_consumers(h)
+
+    def _check_consumers(self, h: Any) -> None:
+        """Called while a producer waits for room."""
+
+    def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
+        """Send every message of `messages` in as few C calls as room allows; returns the count."""
+        msgs = messages if isinstance(messages, (list, tuple)) else list(messages)
+        if not msgs:
+            return 0
+        data = b"".join(msgs)
+        lens = array("Q", map(len, msgs))
+        if sum(lens) != len(data):  # buffers whose len() is not their size (numpy, typed memoryviews)
+            lens = array("Q", (memoryview(m).nbytes for m in msgs))
+        self.send_batch(data, lens, timeout)
+        return len(msgs)
+
+    def send_batch(self, data: Any, lens: Any, timeout: float | None = None) -> None:
+        """Send len(lens) records packed back to back in `data` (a buffer), the
+        i-th lens[i] bytes long. `lens` is any buffer of uint64 (numpy uint64
+        array, array('Q')). No per-record Python work."""
+        h = self._need("producer")
+        buf = _as_buffer(data)
+        lp = ffi.from_buffer("uint64_t[]", lens)
+        total_n = len(lp)
+        if sum(lens) > len(buf):
+            raise ValueError(f"lengths add up to {sum(lens)} bytes but the data holds {len(buf)}")
+        done = 0
+        offset = 0
+        deadline = _deadline(timeout)
+        while done < total_n:
+            rc = lib.brk_send_many(h, buf + offset, lp + done, total_n - done)
+            if rc == _OK:
+                k = int(h.count)
+                offset += sum(lens[done : done + k])
+                done += k
+                continue
+            if rc == _FULL:
+                self._wait_room(h, int(lp[done]), timeout, deadline)
+                continue
+            if rc == _TOOBIG:
+                raise TooBig(f"{self.name}: record {done} has {lp[done]} bytes, over the maximum of {self.max_record}")
+            raise _error(rc, f"send_batch on {self.name}")
+
+    def claim(self, n: int, timeout: float | None = None) -> memoryview:
+        """Reserve room for a record of up to n bytes and return it as a
+        writable memoryview into the ring; commit() publishes it, abort()
+        forgets it. Nothing is visible to consumers before commit()."""
+        h = self._need("producer")
+        deadline = _deadline(timeout)
+        while True:
+            rc = lib.brk_claim(h, n)
+            if rc == _OK:
+                break
+            if rc == _FULL:
+                self._wait_room(h, n, timeout, deadline)
+                continue
+            if rc == _TOOBIG:
+                raise TooBig(f"{self.name}: cannot claim {n} bytes, the maximum is {self.max_record}")
+            raise _error(rc, f"claim on {self.name}")
+        off = int(ffi.cast("uintptr_t", h.wptr)) - self._res.addr
+        self._claim = self._res.view[off : off + n]
+        self._claim_len = n
+        return self._claim
+
+    def claim_array(self, shape: int | tuple[int, ...], dtype: Any = np.uint8, timeout: float | None = None) -> np.ndarray:
+        """claim() as a writable numpy array of `shape` and `dtype`, built in place."""
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape))
+        view = self.claim(count * dt.itemsize, timeout)
+        return np.frombuffer(view, dtype=dt, count=count).reshape(shape)
+
+    def commit(self, n: int | None = None) -> None:
+        """Publish the claimed record with n bytes (default: all that was claimed)."""
+        h = self._need("producer")
+        if self._claim is None:
+            raise StateError(f"{self.name}: commit() without claim()")
+        length = self._claim_len if n is None else n
+        if not 0 <= length <= self._claim_len:
+            raise ValueError(f"commit of {length} bytes, but {self._claim_len} were claimed")
+        _revoke(self._claim)
+        self._claim = None
+        rc = lib.brk_commit(h, length)
+        if rc:
+            raise _error(rc, f"commit on {self.name}")
+
+    def abort(self) -> None:
+        """Forget the claimed record; consumers never see it."""
+        h = self._need("producer")
+        if self._claim is None:
+            raise StateError(f"{self.name}: abort() without claim()")
+        _revoke(self._claim)
+        self._claim = None
+        lib.brk_abort(h)
+
+    # -- consumer ------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next record as bytes. timeout None waits while the producer
+        lives, 0 raises Empty at once, otherwise EmptyTimeout at the deadline;
+        Closed once the producer has closed and everything is read."""
+        raise StateError(f"{self.name}: only a consumer receives")  # replaced per instance in __init__
+
+    def _recv_slow(self, r: Any, timeout: float | None) -> bytes:
+        h = self._need("consumer")
+        deadline = _deadline(timeout)
+        addr = self._addr
+        while True:
+            if type(r) is bytes:
+                return r
+            if r == _EMPTY:
+                r = self._wait_data(h, timeout, deadline, _frecv_wait, addr)
+                continue
+            if r == _LAPPED:  # lapped again and again by a fast lossy producer
+                r = _frecv(addr)
+                continue
+            raise _error(r, f"recv on {self.name}")
+
+    def _wait_data(self, h: Any, timeout: float | None, deadline: float | None, fn: Any, *args: Any) -> int:
+        """Wait (in slices) until `fn(h, *args, slice_ns)` returns something else than BRK_EMPTY/BRK_TIMEOUT."""
+        if timeout == 0:
+            raise Empty(f"{self.name}: nothing to read")
+        while True:
+            ns = _slice_ns(deadline)
+            if ns is None:
+                raise EmptyTimeout(f"{self.name}: nothing to read within {timeout} s")
+            rc = fn(*args, ns) if args else fn(h, ns)
+            if rc != _TIMEOUT and rc != _EMPTY:
+                return rc
+            self._check_producer(h)
+
+    def _check_producer(self, h: Any) -> None:
+        pid = int(h.hdr.producer_pid)
+        if pid > 0 and not _proc.alive(pid, int(h.hdr.producer_start)):
+            # a last look: records it committed before dying are still ours
+            if lib.brk_backlog(h) == 0:
+                raise PeerGone(f"{self.name}: the producer (pid {pid}) died")
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        """Copy the next record into a writable buffer; returns its length.
+        TooBig (the record stays unread) if the buffer is too small."""
+        h = self._need("consumer")
+        dst = ffi.from_buffer(buffer, require_writable=True)
+        deadline = _deadline(timeout)
+        rc = lib.brk_recv(h, dst, len(dst))
+        while True:
+            if rc == _OK or rc == _LOST:
+                return int(h.rlen)
+            if rc == _EMPTY:
+                rc = self._wait_data(h, timeout, deadline, lib.brk_recv_wait, h, dst, len(dst))
+                continue
+            if rc == _TOOBIG:
+                raise TooBig(f"{self.name}: the next record has {h.rlen} bytes, the buffer {len(dst)}")
+            raise _error(rc, f"recv_into on {self.name}")
+
+    def recv_view(self, timeout: float | None = None) -> memoryview:
+        """The next record in place, as a read-only memoryview: no copy. Valid
+        until release(); only one at a time."""
+        h = self._need("consumer")
+        if self._view is not None:
+            raise StateError(f"{self.name}: release() the previous view first")
+        deadline = _deadline(timeout)
+        rc = lib.brk_peek(h)
+        while rc == _EMPTY:
+            rc = self._wait_data(h, timeout, deadline, lib.brk_wait_data)
+            if rc == _OK:
+                rc = lib.brk_peek(h)
+        if rc not in (_OK, _LOST):
+            raise _error(rc, f"recv_view on {self.name}")
+        off = int(ffi.cast("uintptr_t", h.rptr)) - self._res.addr
+        self._view = self._res.view[off : off + int(h.rlen)].toreadonly()
+        return self._view
+
+    def release(self) -> bool:
+        """Give the viewed record back to the ring. True if its bytes stayed
+        intact while held; False if a lossy producer overwrote them meanwhile
+        (what was read may be torn)."""
+        h = self._need("consumer")
+        if self._view is None:
+            raise StateError(f"{self.name}: release() without recv_view()")
+        _revoke(self._view)
+        self._view = None
+        rc = lib.brk_release(h)
+        if rc == _OK:
+            return True
+        if rc == _LAPPED:
+            return False
+        raise _error(rc, f"release on {self.name}")
+
+    def recv_array(self, dtype: Any = np.uint8, shape: int | tuple[int, ...] | None = None,
+                   timeout: float | None = None, copy: bool = True) -> np.ndarray:
+        """The next record as a numpy array. copy=True: a writable array of its
+        own (one copy, out of the ring). copy=False: a read-only array over the
+        ring itself, valid until release()."""
+        dt = np.dtype(dtype)
+        view = self.recv_view(timeout)
+        if len(view) % dt.itemsize:
+            self.release()
+            raise ValueError(f"a record of {len(view)} bytes is not a whole number of {dt} items")
+        if not copy:
+            arr = np.frombuffer(view, dtype=dt)
+            return arr.reshape(shape) if shape is not None else arr
+        out = np.empty(len(view) // dt.itemsize, dtype=dt)
+        out.view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
+        del view
+        if not self.release():
+            return self.recv_array(dt, shape, timeout, copy)
+        return out.reshape(shape) if shape is not None else out
+
+    def recv_many(self, max_records: int = _BATCH_RECORDS, timeout: float | None = None) -> list[bytes]:
+        """At least one record (waiting as recv does) and up to max_records of
+        those already there, in one C call."""
+        h = self._need("consumer")
+        buf, lens = self._batch_buffers(max_records)
+        deadline = _deadline(timeout)
+        cap = len(buf)
+        rc = lib.brk_recv_many(h, buf, cap, lens, max_records)
+        while True:
+            if rc == _OK or rc == _LOST:
+                break
+            if rc == _EMPTY:
+                rc = self._wait_data(h, timeout, deadline, lib.brk_wait_data)
+                if rc == _OK:
+                    rc = lib.brk_recv_many(h, buf, cap, lens, max_records)
+                continue
+            if rc == _TOOBIG:  # the first record is bigger than the batch buffer
+                return [self.recv(timeout=0)]
+            raise _error(rc, f"recv_many on {self.name}")
+        n = int(h.count)
+        sizes = ffi.unpack(lens, n)
+        blob = _unpack(buf, sum(sizes))
+        out = []
+        o = 0
+        for size in sizes:
+            out.append(blob[o : o + size])
+            o += size
+        return out
+
+    def recv_batch(self, out: Any, lens: Any, timeout: float | None = None) -> int:
+        """Copy records back to back into the writable buffer `out`, their
+        lengths into `lens` (a writable buffer of uint64); returns how many (at
+        least one, waiting as recv does). No per-record Python work."""
+        h = self._need("consumer")
+        dst = ffi.from_buffer(out, require_writable=True)
+        lp = ffi.from_buffer("uint64_t[]", lens, require_writable=True)
+        deadline = _deadline(timeout)
+        rc = lib.brk_recv_many(h, dst, len(dst), lp, len(lp))
+        while True:
+            if rc == _OK or rc == _LOST:
+                return int(h.count)
+            if rc == _EMPTY:
+                rc = self._wait_data(h, timeout, deadline, lib.brk_wait_data)
+                if rc == _OK:
+                    rc = lib.brk_recv_many(h, dst, len(dst), lp, len(lp))
+                continue
+            if rc == _TOOBIG:
+                raise TooBig(f"{self.name}: the next record does not fit in {len(dst)} bytes")
+            raise _error(rc, f"recv_batch on {self.name}")
+
+    def _batch_buffers(self, max_records: int) -> tuple[Any, Any]:
+        if self._batch is None or len(self._batch[1]) < max_records:
+            self._batch = (ffi.new("char[]", min(_BATCH_BYTES, self.capacity)), ffi.new("uint64_t[]", max(max_records, 1)))
+        return self._batch
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Consumer: wait until there is something to read; False on timeout."""
+        h = self._need("consumer")
+        try:
+            self._wait_data(h, timeout, _deadline(timeout), lib.brk_wait_data)
+        except (EmptyTimeout, Empty):
+            return False
+        return True
+
+    def arm(self) -> bool:
+        """Consumer: announce that we will sleep on fileno(). True: poll it;
+        False: records are already waiting, read them first."""
+        h = self._need("consumer")
+        self.fileno()
+        rc = lib.brk_arm(h)
+        if rc < 0:
+            raise _error(rc, f"arm on {self.name}")
+        return rc == _OK
+
+    def __iter__(self) -> "_Side":
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return self.recv()
+        except Closed:
+            raise StopIteration from None
+
+
+def _as_buffer(data: Any) -> Any:
+    try:
+        return _from_buffer(data)
+    except (TypeError, BufferError, ValueError) as e:
+        raise TypeError(f"send takes bytes or a C-contiguous buffer, not {type(data).__name__}: {e}") from None
+
+
+def _revoke(view: memoryview) -> None:
+    """Make a handed-out view unusable where Python allows it (no exports hang off it)."""
+    try:
+        view.release()
+    except BufferError:
+        pass  # a numpy array or memoryview still uses it: the mapping stays valid underneath
+
+
+_KIND_NAMES = {lib.BRK_KIND_SPSC: "single-consumer", lib.BRK_KIND_BCAST: "broadcast"}
+_ROLES = {"producer": lib.BRK_ROLE_PRODUCER, "consumer": lib.BRK_ROLE_CONSUMER}
+
+
+def _role(role: str) -> int:
+    try:
+        return _ROLES[role]
+    except KeyError:
+        raise ValueError(f"role must be 'producer' or 'consumer', not {role!r}") from None
+
+
+class Ring(_Side):
+    """A single-producer, single-consumer ring of variable-length records in named shared memory.
+
+    >>> with Ring.create(capacity=1 << 16) as tx, Ring.open(tx.name) as rx:
+    ...     tx.send(b"hello")
+    ...     rx.recv()
+    b'hello'
+    """
+
+    _kind = lib.BRK_KIND_SPSC
+
+    @classmethod
+    def create(cls, name: str | None = None, capacity: int = DEFAULT_CAPACITY, *, role: str = "producer",
+               spin_us: float = 50.0) -> "Ring":
+        """A new ring; this process owns its segment and unlinks it at close().
+        `name` (letters, digits, '_', '-') makes it findable by that name for
+        this user; without one the name is generated (see .name)."""
+        seg = _names.user_name(name) if name else _names.segment_name("ring")
+        mapping = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)], seg)
+        return cls(mapping, 0, _role(role), spin_us)
+
+    @classmethod
+    def open(cls, name: str, *, role: str = "consumer", spin_us: float = 50.0, timeout: float = 1.0) -> "Ring":
+        """Attach to the other side of an existing ring."""
+        mapping = _open_segment(_names.resolve(name), timeout)
+        return cls(mapping, 0, _role(role), spin_us)
+
+    def _check_consumers(self, h: Any) -> None:
+        pid = int(h.hdr.consumer_pid)
+        if pid > 0 and not _proc.alive(pid, int(h.hdr.consumer_start)):
+            raise PeerGone(f"{self.name}: the consumer (pid {pid}) died")
+
+
+
+class Broadcast(_Side):
+    """One producer, many consumers: every consumer sees every record.
+
+    Lossless (default): the producer waits for the slowest consumer (and a
+    consumer that died is evicted). Lossy: the producer never waits; a consumer
+    that falls a whole ring behind skips to the oldest record still there and
+    counts exactly how many it lost (`lost`, `last_lost`)."""
+
+    _kind = lib.BRK_KIND_BCAST
+
+    @classmethod
+    def create(cls, name: str | None = None, capacity: int = DEFAULT_CAPACITY, *, max_consumers: int = 16,
+               lossy: bool = False, spin_us: float = 50.0) -> "Broadcast":
+        """A new broadcast ring with this process as its producer."""
+        seg = _names.user_name(name) if name else _names.segment_name("bcast")
+        flags = lib.BRK_FLAG_LOSSY if lossy else 0
+        mapping = _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], seg)
+        return cls(mapping, 0, lib.BRK_ROLE_PRODUCER, spin_us)
+
+    @classmethod
+    def open(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0) -> "Broadcast":
+        """Join an existing broadcast ring as a consumer, starting with the next record."""
+        mapping = _open_segment(_names.resolve(name), timeout)
+        self = cls(mapping, 0, lib.BRK_ROLE_CONSUMER, spin_us)
+        pid, start = _proc.me()
+        rc = lib.brk_bcast_join(self._h, pid, start)
+        if rc:
+            slots = int(self._h.max_consumers)
+            self.close()
+            if rc == -28:  # ENOSPC
+                raise StateError(f"{self.name}: all {slots} consumer slots are taken")
+            raise _error(rc, f"joining {self.name}")
+        return self
+
+    @property
+    def lossy(self) -> bool:
+        return bool(self._live().flags & lib.BRK_FLAG_LOSSY)
+
+    @property
+    def lost(self) -> int:
+        """Records this consumer lost in all (lossy rings only)."""
+        return int(self._live().lost)
+
+    @property
+    def last_lost(self) -> int:
+        """Records lost just before the last record received."""
+        return int(self._live().last_lost)
+
+    def consumers(self) -> list[dict[str, int]]:
+        """The occupied consumer slots: slot, state, pid, head position."""
+        h = self._live()
+        st, pid, start, head = ffi.new("uint32_t *"), ffi.new("int32_t *"), ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        out = []
+        for i in range(int(h.max_consumers)):
+            lib.brk_bcast_slot_info(h, i, st, pid, start, head)
+            if st[0] != lib.BRK_SLOT_FREE:
+                out.append({"slot": i, "state": int(st[0]), "pid": int(pid[0]), "start": int(start[0]), "head": int(head[0])})
+        return out
+
+    def evict(self, slot: int) -> bool:
+        """Producer: remove a consumer; it gets Evicted on its next call."""
+        h = self._need("producer")
+        return lib.brk_bcast_evict(h, slot) == _OK
+
+    def _check_consumers(self, h: Any) -> None:
+        """A lossless producer waiting for room evicts consumers that died."""
+        for c in self.consumers():
+            if c["state"] == lib.BRK_SLOT_ACTIVE and not _proc.alive(c["pid"], c["start"]):
+                lib.brk_bcast_evict(h, c["slot"])
