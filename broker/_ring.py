@@ -728,15 +728,17 @@ class Ring(_Side):
         """A new ring; this process owns its segment and unlinks it at close().
         `name` (letters, digits, '_', '-') makes it findable by that name for
         this user; without one the name is generated (see .name)."""
+        side = _role(role)  # check every argument before creating anything
         seg = _names.user_name(name) if name else _names.segment_name("ring")
         mapping = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)], seg)
-        return cls(mapping, 0, _role(role), spin_us)
+        return cls(mapping, 0, side, spin_us)
 
     @classmethod
     def open(cls, name: str, *, role: str = "consumer", spin_us: float = 50.0, timeout: float = 1.0) -> "Ring":
         """Attach to the other side of an existing ring."""
+        side = _role(role)
         mapping = _open_segment(_names.resolve(name), timeout)
-        return cls(mapping, 0, _role(role), spin_us)
+        return cls(mapping, 0, side, spin_us)
 
     def _check_consumers(self, h: Any) -> None:
         pid = int(h.hdr.consumer_pid)

@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each sets itself up: Debian packages if missing, a virtual environment in
+# .venv, the C extension built in place.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all demo test test-fast bench build clean clean-shm deps
+
+all: test
+
+deps:
+	@bash .ci/deps.sh
+
+$(STAMP): pyproject.toml setup.py broker/_build.py csrc/brk_ring.h csrc/brk_ring.c csrc/brk_py.c
+	@bash .ci/deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@touch $(STAMP)
+
+build: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/broker bench ring
+
+bench: $(STAMP)
+	$(BIN)/broker bench ring --json bench/out/ring.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not stress'
+
+clean-shm:
+	@ls /dev/shm | grep '^brk\.' || true
+
+clean:
+	rm -rf $(VENV) build *.egg-info broker/_brk.c broker/*.so csrc/*.o csrc/tests/bin

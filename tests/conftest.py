@@ -1,0 +1,56 @@
+"""Shared fixtures: every test is checked for leaks (segments, child processes, threads)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+SHM = "/dev/shm"
+
+
+def shm_entries() -> set[str]:
+    # multiprocessing's own semaphores come and go with its machinery; everything else counts
+    return {e for e in os.listdir(SHM) if not e.startswith("sem.mp-")}
+
+
+def children() -> set[int]:
+    me = str(os.getpid())
+    out = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1].decode() == me:
+            out.add(int(pid))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail any test that leaves an entry in /dev/shm, a child process or a thread."""
+    shm_before = shm_entries()
+    kids_before = children()
+    threads_before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        new_shm = shm_entries() - shm_before
+        new_kids = children() - kids_before
+        new_threads = {t for t in threading.enumerate() if t not in threads_before and t.is_alive()}
+        if not (new_shm or new_kids or new_threads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for name in new_shm:  # clean up so one leak does not fail every later test
+        try:
+            os.unlink(os.path.join(SHM, name))
+        except OSError:
+            pass
+    assert not new_shm, f"test left entries in /dev/shm: {sorted(new_shm)}"
+    assert not new_kids, f"test left child processes: {sorted(new_kids)}"
+    assert not new_threads, f"test left threads: {sorted(t.name for t in new_threads)}"

@@ -1,0 +1,80 @@
+"""Helpers for tests that need a second real process."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from typing import Callable
+
+
+class Child:
+    """A forked child running `fn()`; exit code 0 if it returned, 1 if it raised (traceback on stderr)."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fn()
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.pid = pid
+        self.status: int | None = None
+
+    def join(self, timeout: float = 60.0) -> int:
+        """Wait for the child; kill it if it outlives `timeout`. Returns its exit code (-signal if killed)."""
+        import time
+
+        if self.status is not None:
+            return self.status
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, st = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(st)
+                return self.status
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"child {self.pid} did not finish within {timeout} s")
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _, st = os.waitpid(self.pid, 0)
+            self.status = os.waitstatus_to_exitcode(st)
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def checksum_payload(seq: int, size: int) -> bytes:
+    """A record of `size` >= 12 bytes: 8-byte sequence number, filler, 4-byte crc32 of the rest."""
+    import zlib
+
+    body = seq.to_bytes(8, "little") + bytes((seq + i) & 0xFF for i in range(size - 12))
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def check_payload(data: bytes) -> int:
+    """The sequence number of a record made by checksum_payload; AssertionError if damaged."""
+    import zlib
+
+    assert len(data) >= 12, f"record of {len(data)} bytes is too short"
+    body, crc = data[:-4], int.from_bytes(data[-4:], "little")
+    assert zlib.crc32(body) == crc, "checksum mismatch"
+    return int.from_bytes(body[:8], "little")
