@@ -54,3 +54,22 @@ def no_leaks():
     assert not new_shm, f"test left entries in /dev/shm: {sorted(new_shm)}"
     assert not new_kids, f"test left child processes: {sorted(new_kids)}"
     assert not new_threads, f"test left threads: {sorted(t.name for t in new_threads)}"
+
+
+OTHER_USER = "brk-test"
+
+
+@pytest.fixture(scope="session")
+def other_user() -> tuple[int, int]:
+    """(uid, gid) of a real second user, created if needed (the tests run as root)."""
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second user")
+    try:
+        pw = pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER], check=True)
+        pw = pwd.getpwnam(OTHER_USER)
+    return pw.pw_uid, pw.pw_gid

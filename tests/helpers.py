@@ -62,11 +62,16 @@ class Child:
         self.kill()
 
 
+_PATTERN = bytes(range(256)) * 260
+
+
 def checksum_payload(seq: int, size: int) -> bytes:
-    """A record of `size` >= 12 bytes: 8-byte sequence number, filler, 4-byte crc32 of the rest."""
+    """A record of 12 <= `size` <= 64 KiB: 8-byte sequence number, filler that depends on
+    the sequence number, 4-byte crc32 of the rest."""
     import zlib
 
-    body = seq.to_bytes(8, "little") + bytes((seq + i) & 0xFF for i in range(size - 12))
+    start = seq & 0xFF
+    body = seq.to_bytes(8, "little") + _PATTERN[start : start + size - 12]
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 

@@ -1,0 +1,69 @@
+"""Sleep/wake hand-offs between two processes: with no spinning every wait really sleeps, so a lost wake-up shows as a timeout."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from broker import Ring
+
+from .helpers import Child
+
+ROUNDS = 3000
+
+
+def _pingpong(use_eventfd: bool) -> None:
+    ping = Ring.create(capacity=1 << 12, spin_us=0)  # parent -> child
+    pong = Ring.create(capacity=1 << 12, role="consumer", spin_us=0)  # child -> parent
+    efd_child = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    efd_parent = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    names = ping.name, pong.name
+
+    def child() -> None:
+        with Ring.open(names[0], spin_us=0) as rx, Ring.open(names[1], role="producer", spin_us=0) as tx:
+            if use_eventfd:
+                rx.set_wait_fd(efd_child)
+                tx.set_notify_fd(efd_parent)
+            for i in range(ROUNDS):
+                data = rx.recv(timeout=5)  # a lost wake-up would time out here
+                assert data == i.to_bytes(4, "little"), (data, i)
+                tx.send(data)
+            assert rx.stats()["sleeps"] >= ROUNDS // 2, "the child never slept: nothing was tested"
+
+    try:
+        if use_eventfd:
+            ping.set_notify_fd(efd_child)
+            pong.set_wait_fd(efd_parent)
+        with Child(child) as kid:
+            for i in range(ROUNDS):
+                ping.send(i.to_bytes(4, "little"))
+                assert pong.recv(timeout=5) == i.to_bytes(4, "little")
+            assert kid.join(60) == 0
+        assert pong.stats()["sleeps"] >= ROUNDS // 2
+        assert ping.stats()["wakeups"] >= ROUNDS // 2
+    finally:
+        ping.close()
+        pong.close()
+        os.close(efd_child)
+        os.close(efd_parent)
+
+
+@pytest.mark.parametrize("mechanism", ["futex", "eventfd"])
+def test_thousands_of_sleep_wake_handoffs_never_hang(mechanism):
+    _pingpong(mechanism == "eventfd")
+
+
+def test_producer_sleeping_on_a_full_ring_is_woken_by_the_consumer():
+    with Ring.create(capacity=1 << 10, spin_us=0) as tx:
+        name = tx.name
+
+        def consumer() -> None:
+            with Ring.open(name, spin_us=0) as rx:
+                for i in range(20000):
+                    assert rx.recv(timeout=5) == i.to_bytes(4, "little") * 25
+
+        with Child(consumer) as kid:
+            for i in range(20000):
+                tx.send(i.to_bytes(4, "little") * 25, timeout=5)  # the ring holds ~9 of these
+            assert kid.join(60) == 0
+        assert tx.stats()["full_waits"] > 0, "the producer never waited: nothing was tested"
