@@ -16,9 +16,28 @@ with open(os.path.join(_CSRC, "brk_ring.h"), encoding="utf-8") as _f:
 # The one binding detail outside the ring ABI: the fast-call method table (csrc/brk_py.c).
 ffibuilder.cdef("const void *brk_py_method(int i);")
 
+# cffi releases the GIL around every call it generates. Every ring function
+# called through cffi is short and never blocks (the blocking waits go through
+# csrc/brk_py.c, which releases the GIL itself and counts the call in
+# r->busy), so cffi's calls keep the GIL: that is what makes close() from
+# another thread safe (it cannot run in the middle of a call) and it saves
+# ~130 ns a call. The generated wrappers use these two macros, and only them,
+# for that release.
+_PREAMBLE = """
+#include <Python.h>
+#undef Py_BEGIN_ALLOW_THREADS
+#undef Py_END_ALLOW_THREADS
+#define Py_BEGIN_ALLOW_THREADS {
+#define Py_END_ALLOW_THREADS }
+#include <stdint.h>
+#include <stdatomic.h>
+#include "brk_ring.h"
+const void *brk_py_method(int i);
+"""
+
 ffibuilder.set_source(
     "broker._brk",
-    '#include <stdint.h>\n#include <stdatomic.h>\n#include "brk_ring.h"\nconst void *brk_py_method(int i);\n',
+    _PREAMBLE,
     # setuptools wants paths relative to setup.py
     sources=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.c", "brk_py.c")],
     include_dirs=[_CSRC],

@@ -48,7 +48,7 @@ _BATCH_RECORDS = 4096
 
 
 
-def _fast_calls() -> tuple[Any, Any, Any]:
+def _fast_calls() -> list[Any]:
     """The METH_FASTCALL entry points of csrc/brk_py.c as Python callables.
 
     They are compiled into the cffi extension; cffi has no way to return a
@@ -58,17 +58,18 @@ def _fast_calls() -> tuple[Any, Any, Any]:
     new.restype = ctypes.py_object
     new.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
     out = []
-    for i in range(3):
+    for i in range(5):
         md = lib.brk_py_method(i)
         if md == ffi.NULL:
             raise ImportError("broker._brk lacks its fast-call table: rebuild the extension")
         out.append(new(int(ffi.cast("uintptr_t", md)), None, "broker._brk"))
-    return out[0], out[1], out[2]
+    return out
 
 
 # send(ring_addr, data) -> outcome; recv(ring_addr) -> bytes | outcome;
-# recv_wait(ring_addr, timeout_ns) -> bytes | outcome
-_fsend, _frecv, _frecv_wait = _fast_calls()
+# recv_wait(ring_addr, timeout_ns) -> bytes | outcome; the two waits -> outcome.
+# The waits are the only calls that let go of the GIL (see broker/_build.py).
+_fsend, _frecv, _frecv_wait, _fwait_data, _fwait_space = _fast_calls()
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 
@@ -85,6 +86,7 @@ _LOST = lib.BRK_LOST
 _NOTREADY = lib.BRK_NOTREADY
 _BADSEG = lib.BRK_BADSEG
 _CLOSED = lib.BRK_CLOSED
+_INTERRUPTED = lib.BRK_INTERRUPTED
 
 
 def max_record_for(capacity: int) -> int:
@@ -155,7 +157,17 @@ class _Resources:
     def close(self) -> None:
         if self.pid != os.getpid() or self.handle is None:
             return
-        lib.brk_ring_detach(self.handle)
+        h = self.handle
+        if h.busy:
+            # Another thread waits in C without the GIL: wake it (it raises
+            # Closed) and unmap nothing until it is out.
+            lib.brk_interrupt(h)
+            deadline = time.monotonic() + 10
+            while h.busy:
+                if time.monotonic() > deadline:
+                    raise StateError(f"{self.mapping.name}: a call in another thread did not end; not closed")
+                time.sleep(0.001)
+        lib.brk_ring_detach(h)
         for fd in self.fds:
             lib.brk_close_fd(fd)
         self.fds = []
@@ -261,9 +273,11 @@ class _Side:
             self.recv = self._not_consumer  # type: ignore[method-assign]
         else:
             recv_slow = self._recv_slow
+            slice_ns = int(_SLICE * 1e9)
 
             def recv(timeout: float | None = None) -> bytes:
-                r = _frecv(addr)
+                # timeout None: one C call that reads, or spins then sleeps for a slice
+                r = _frecv_wait(addr, slice_ns) if timeout is None else _frecv(addr)
                 if type(r) is bytes:
                     return r
                 return recv_slow(r, timeout)
@@ -342,6 +356,8 @@ class _Side:
         other descriptors after `arm()` returns True. The other side needs the
         same eventfd (inherited or passed over a Unix socket) as its notify fd."""
         h = self._live()
+        if h.kind == lib.BRK_KIND_BCAST and self.role == "consumer":
+            raise StateError("broadcast consumers sleep on a futex they share; fileno() and arm() are for Ring")
         if h.efd_wait < 0:
             fd = lib.brk_eventfd()
             if fd < 0:
@@ -387,9 +403,11 @@ class _Side:
             ns = _slice_ns(deadline)
             if ns is None:
                 raise FullTimeout(f"{self.name}: no room for {n} bytes within {timeout} s")
-            rc = lib.brk_wait_space(h, n, ns)
+            rc = _fwait_space(self._addr, n, ns)
             if rc == _OK:
                 return
+            if rc == _INTERRUPTED:
+                raise Closed(f"{self.name} was closed by another thread while waiting")
             if rc != _TIMEOUT:
                 raise _error(rc, f"waiting for room in {self.name}")
             self._check_consumers(h)
@@ -502,26 +520,40 @@ class _Side:
         while True:
             if type(r) is bytes:
                 return r
-            if r == _EMPTY:
-                r = self._wait_data(h, timeout, deadline, _frecv_wait, addr)
+            if r == _EMPTY or r == _TIMEOUT:
+                r = self._waiting(h, timeout, deadline, lambda ns: _frecv_wait(addr, ns))
                 continue
-            if r == _LAPPED:  # lapped again and again by a fast lossy producer
+            if r == _LAPPED:  # lapped again and again by a very fast lossy producer
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EmptyTimeout(f"{self.name}: lapped by the producer until the deadline")
                 r = _frecv(addr)
                 continue
             raise _error(r, f"recv on {self.name}")
 
-    def _wait_data(self, h: Any, timeout: float | None, deadline: float | None, fn: Any, *args: Any) -> int:
-        """Wait (in slices) until `fn(h, *args, slice_ns)` returns something else than BRK_EMPTY/BRK_TIMEOUT."""
+    def _waiting(self, h: Any, timeout: float | None, deadline: float | None, call: Any) -> Any:
+        """Call `call(slice_ns)` (a fast-call wait) until it returns anything
+        but BRK_EMPTY/BRK_TIMEOUT, looking at the producer between slices."""
         if timeout == 0:
             raise Empty(f"{self.name}: nothing to read")
         while True:
             ns = _slice_ns(deadline)
             if ns is None:
                 raise EmptyTimeout(f"{self.name}: nothing to read within {timeout} s")
-            rc = fn(*args, ns) if args else fn(h, ns)
-            if rc != _TIMEOUT and rc != _EMPTY:
-                return rc
-            self._check_producer(h)
+            r = call(ns)
+            if type(r) is int:
+                if r == _TIMEOUT or r == _EMPTY:
+                    self._check_producer(h)
+                    continue
+                if r == _INTERRUPTED:
+                    raise Closed(f"{self.name} was closed by another thread while waiting")
+            return r
+
+    def _wait_data(self, h: Any, timeout: float | None, deadline: float | None) -> None:
+        """Wait until there is something to look at (data, closure, eviction)."""
+        addr = self._addr
+        rc = self._waiting(h, timeout, deadline, lambda ns: _fwait_data(addr, ns))
+        if rc:
+            raise _error(rc, f"waiting on {self.name}")
 
     def _check_producer(self, h: Any) -> None:
         pid = int(h.hdr.producer_pid)
@@ -541,7 +573,8 @@ class _Side:
             if rc == _OK or rc == _LOST:
                 return int(h.rlen)
             if rc == _EMPTY:
-                rc = self._wait_data(h, timeout, deadline, lib.brk_recv_wait, h, dst, len(dst))
+                self._wait_data(h, timeout, deadline)
+                rc = lib.brk_recv(h, dst, len(dst))
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: the next record has {h.rlen} bytes, the buffer {len(dst)}")
@@ -556,9 +589,8 @@ class _Side:
         deadline = _deadline(timeout)
         rc = lib.brk_peek(h)
         while rc == _EMPTY:
-            rc = self._wait_data(h, timeout, deadline, lib.brk_wait_data)
-            if rc == _OK:
-                rc = lib.brk_peek(h)
+            self._wait_data(h, timeout, deadline)
+            rc = lib.brk_peek(h)
         if rc not in (_OK, _LOST):
             raise _error(rc, f"recv_view on {self.name}")
         off = int(ffi.cast("uintptr_t", h.rptr)) - self._res.addr
@@ -605,6 +637,8 @@ class _Side:
         """At least one record (waiting as recv does) and up to max_records of
         those already there, in one C call."""
         h = self._need("consumer")
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
         buf, lens = self._batch_buffers(max_records)
         deadline = _deadline(timeout)
         cap = len(buf)
@@ -613,9 +647,8 @@ class _Side:
             if rc == _OK or rc == _LOST:
                 break
             if rc == _EMPTY:
-                rc = self._wait_data(h, timeout, deadline, lib.brk_wait_data)
-                if rc == _OK:
-                    rc = lib.brk_recv_many(h, buf, cap, lens, max_records)
+                self._wait_data(h, timeout, deadline)
+                rc = lib.brk_recv_many(h, buf, cap, lens, max_records)
                 continue
             if rc == _TOOBIG:  # the first record is bigger than the batch buffer
                 return [self.recv(timeout=0)]
@@ -637,15 +670,16 @@ class _Side:
         h = self._need("consumer")
         dst = ffi.from_buffer(out, require_writable=True)
         lp = ffi.from_buffer("uint64_t[]", lens, require_writable=True)
+        if len(lp) == 0:
+            raise ValueError("recv_batch needs room for at least one length")
         deadline = _deadline(timeout)
         rc = lib.brk_recv_many(h, dst, len(dst), lp, len(lp))
         while True:
             if rc == _OK or rc == _LOST:
                 return int(h.count)
             if rc == _EMPTY:
-                rc = self._wait_data(h, timeout, deadline, lib.brk_wait_data)
-                if rc == _OK:
-                    rc = lib.brk_recv_many(h, dst, len(dst), lp, len(lp))
+                self._wait_data(h, timeout, deadline)
+                rc = lib.brk_recv_many(h, dst, len(dst), lp, len(lp))
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: the next record does not fit in {len(dst)} bytes")
@@ -660,7 +694,7 @@ class _Side:
         """Consumer: wait until there is something to read; False on timeout."""
         h = self._need("consumer")
         try:
-            self._wait_data(h, timeout, _deadline(timeout), lib.brk_wait_data)
+            self._wait_data(h, timeout, _deadline(timeout))
         except (EmptyTimeout, Empty):
             return False
         return True
@@ -742,8 +776,12 @@ class Ring(_Side):
 
     def _check_consumers(self, h: Any) -> None:
         pid = int(h.hdr.consumer_pid)
-        if pid > 0 and not _proc.alive(pid, int(h.hdr.consumer_start)):
-            raise PeerGone(f"{self.name}: the consumer (pid {pid}) died")
+        if pid > 0:
+            self._had_consumer = True
+            if not _proc.alive(pid, int(h.hdr.consumer_start)):
+                raise PeerGone(f"{self.name}: the consumer (pid {pid}) died")
+        elif getattr(self, "_had_consumer", False) or int(h.hdr.head) != 0:  # a consumer was there and left
+            raise PeerGone(f"{self.name}: the consumer closed the ring; nobody will make room")
 
 
 
@@ -773,6 +811,10 @@ class Broadcast(_Side):
         self = cls(mapping, 0, lib.BRK_ROLE_CONSUMER, spin_us)
         pid, start = _proc.me()
         rc = lib.brk_bcast_join(self._h, pid, start)
+        for _ in range(10):
+            if rc not in (-11, _LAPPED):  # EAGAIN (evicted while joining), or lapped by a fast lossy producer
+                break
+            rc = lib.brk_bcast_join(self._h, pid, start)
         if rc:
             slots = int(self._h.max_consumers)
             self.close()
@@ -802,8 +844,10 @@ class Broadcast(_Side):
         out = []
         for i in range(int(h.max_consumers)):
             lib.brk_bcast_slot_info(h, i, st, pid, start, head)
-            if st[0] != lib.BRK_SLOT_FREE:
-                out.append({"slot": i, "state": int(st[0]), "pid": int(pid[0]), "start": int(start[0]), "head": int(head[0])})
+            state = int(st[0]) & lib.BRK_SLOT_MASK
+            if state != lib.BRK_SLOT_FREE:
+                out.append({"slot": i, "state": state, "word": int(st[0]), "pid": int(pid[0]),
+                            "start": int(start[0]), "head": int(head[0])})
         return out
 
     def evict(self, slot: int) -> bool:
@@ -812,7 +856,20 @@ class Broadcast(_Side):
         return lib.brk_bcast_evict(h, slot) == _OK
 
     def _check_consumers(self, h: Any) -> None:
-        """A lossless producer waiting for room evicts consumers that died."""
+        """A lossless producer waiting for room evicts consumers that died
+        (joined or joining) and frees the slots of evicted ones that died. A
+        joiner that died before writing its pid is known by its slot staying
+        the same JOINING word for two looks in a row."""
+        stuck = getattr(self, "_joining_seen", set())
+        now_stuck = set()
         for c in self.consumers():
-            if c["state"] == lib.BRK_SLOT_ACTIVE and not _proc.alive(c["pid"], c["start"]):
+            dead = c["pid"] > 0 and not _proc.alive(c["pid"], c["start"])
+            if c["state"] == lib.BRK_SLOT_JOINING and c["pid"] <= 0:
+                now_stuck.add((c["slot"], c["word"]))
+                dead = (c["slot"], c["word"]) in stuck
+            if dead and c["state"] in (lib.BRK_SLOT_ACTIVE, lib.BRK_SLOT_JOINING):
                 lib.brk_bcast_evict(h, c["slot"])
+                lib.brk_bcast_reclaim(h, c["slot"])
+            elif dead and c["state"] == lib.BRK_SLOT_EVICTED:
+                lib.brk_bcast_reclaim(h, c["slot"])
+        self._joining_seen = now_stuck

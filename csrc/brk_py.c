@@ -6,7 +6,8 @@
  * and re-acquire around every call), against about 60 ns for a METH_FASTCALL
  * function. At 64-byte messages that is the difference between 1 and 3+
  * million messages a second, so the three per-message calls live here.
- * They hold the GIL (they do not block) except around long copies and waits.
+ * They hold the GIL (they do not block) except around long copies and waits,
+ * which they count in r->busy (see BRK_PY_BLOCKING).
  * They are compiled into the same extension as the cffi module; broker/_ring.py
  * turns the method table into callables once, at import.
  *
@@ -23,6 +24,23 @@
 
 /* Copies at least this big run with the GIL released. */
 #define BRK_PY_NOGIL_BYTES (256 * 1024)
+/* A waiting recv spins this long holding the GIL before it lets go: a reply
+ * that is a microsecond away costs less than releasing and retaking the GIL
+ * (~0.2 us here), and 10 us cannot starve other threads (the interpreter's
+ * own switch interval is 5 ms). */
+#define BRK_PY_GIL_SPIN_NS 10000
+
+/* A wait or a long copy without the GIL: counted in r->busy so that close()
+ * from another thread (which needs the GIL) interrupts it and waits for it to
+ * end before it unmaps anything. */
+#define BRK_PY_BLOCKING(r, stmt) \
+    do {                         \
+        (r)->busy++;             \
+        Py_BEGIN_ALLOW_THREADS   \
+        stmt;                    \
+        Py_END_ALLOW_THREADS     \
+        (r)->busy--;             \
+    } while (0)
 
 const void *brk_py_method(int i);
 
@@ -50,9 +68,7 @@ static PyObject *brk_py_send(PyObject *self, PyObject *const *args, Py_ssize_t n
         const char *p = PyBytes_AS_STRING(args[1]);
         Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
         if (n >= BRK_PY_NOGIL_BYTES) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = brk_send(r, p, (uint64_t)n);
-            Py_END_ALLOW_THREADS
+            BRK_PY_BLOCKING(r, rc = brk_send(r, p, (uint64_t)n));
         } else {
             rc = brk_send(r, p, (uint64_t)n);
         }
@@ -61,9 +77,7 @@ static PyObject *brk_py_send(PyObject *self, PyObject *const *args, Py_ssize_t n
         if (PyObject_GetBuffer(args[1], &b, PyBUF_C_CONTIGUOUS) < 0)
             return NULL;
         if (b.len >= BRK_PY_NOGIL_BYTES) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = brk_send(r, b.buf, (uint64_t)b.len);
-            Py_END_ALLOW_THREADS
+            BRK_PY_BLOCKING(r, rc = brk_send(r, b.buf, (uint64_t)b.len));
         } else {
             rc = brk_send(r, b.buf, (uint64_t)b.len);
         }
@@ -86,9 +100,7 @@ static PyObject *brk_py_take(brk_ring *r)
             return NULL;
         }
         if (n >= BRK_PY_NOGIL_BYTES) {
-            Py_BEGIN_ALLOW_THREADS
-            memcpy(PyBytes_AS_STRING(out), r->rptr, (size_t)n);
-            Py_END_ALLOW_THREADS
+            BRK_PY_BLOCKING(r, memcpy(PyBytes_AS_STRING(out), r->rptr, (size_t)n));
         } else {
             memcpy(PyBytes_AS_STRING(out), r->rptr, (size_t)n);
         }
@@ -133,13 +145,56 @@ static PyObject *brk_py_recv_wait(PyObject *self, PyObject *const *args, Py_ssiz
     if (!out || !PyLong_CheckExact(out) || PyLong_AsLong(out) != BRK_EMPTY || timeout <= 0)
         return out;
     Py_DECREF(out);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = brk_wait_data(r, (int64_t)timeout);
-    Py_END_ALLOW_THREADS
+    int64_t spin = (int64_t)r->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)r->spin_ns : BRK_PY_GIL_SPIN_NS;
+    if (spin > timeout)
+        spin = timeout;
+    int rc = spin > 0 ? brk_spin_data(r, spin) : BRK_TIMEOUT;
+    if (rc == BRK_TIMEOUT)
+        BRK_PY_BLOCKING(r, rc = brk_wait_data(r, (int64_t)timeout - spin));
     if (rc)
         return PyLong_FromLong(rc);
     return brk_py_take(r);
+}
+
+/* wait_data(ring, timeout_ns) -> int: brk_wait_data without the GIL. */
+static PyObject *brk_py_wait_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "wait_data(ring, timeout_ns)");
+        return NULL;
+    }
+    brk_ring *r = brk_py_ring(args[0]);
+    if (!r)
+        return NULL;
+    long long timeout = PyLong_AsLongLong(args[1]);
+    if (timeout == -1 && PyErr_Occurred())
+        return NULL;
+    int rc;
+    BRK_PY_BLOCKING(r, rc = brk_wait_data(r, (int64_t)timeout));
+    return PyLong_FromLong(rc);
+}
+
+/* wait_space(ring, len, timeout_ns) -> int: brk_wait_space without the GIL. */
+static PyObject *brk_py_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "wait_space(ring, len, timeout_ns)");
+        return NULL;
+    }
+    brk_ring *r = brk_py_ring(args[0]);
+    if (!r)
+        return NULL;
+    unsigned long long len = PyLong_AsUnsignedLongLong(args[1]);
+    if (len == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    long long timeout = PyLong_AsLongLong(args[2]);
+    if (timeout == -1 && PyErr_Occurred())
+        return NULL;
+    int rc;
+    BRK_PY_BLOCKING(r, rc = brk_wait_space(r, (uint64_t)len, (int64_t)timeout));
+    return PyLong_FromLong(rc);
 }
 
 static PyMethodDef brk_py_methods[] = {
@@ -147,6 +202,9 @@ static PyMethodDef brk_py_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))brk_py_recv, METH_FASTCALL, "recv(ring) -> bytes | outcome"},
     {"recv_wait", (PyCFunction)(void (*)(void))brk_py_recv_wait, METH_FASTCALL,
      "recv_wait(ring, timeout_ns) -> bytes | outcome"},
+    {"wait_data", (PyCFunction)(void (*)(void))brk_py_wait_data, METH_FASTCALL, "wait_data(ring, timeout_ns) -> outcome"},
+    {"wait_space", (PyCFunction)(void (*)(void))brk_py_wait_space, METH_FASTCALL,
+     "wait_space(ring, len, timeout_ns) -> outcome"},
     {NULL, NULL, 0, NULL},
 };
 

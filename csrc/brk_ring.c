@@ -310,6 +310,36 @@ int brk_seg_check(const void *base, uint64_t mapped, struct brk_seg_hdr *out)
     return 0;
 }
 
+/* ---- waking ------------------------------------------------------------ */
+
+/*
+ * Broadcast consumers share one futex word, cons_wait, used as an epoch: a
+ * sleeper counts itself in cons_sleepers, reads the epoch, checks for work,
+ * and waits for the epoch to change; a waker that sees a sleeper bumps the
+ * epoch and wakes them all. A one-value flag would not do for many sleepers:
+ * a second sleeper re-setting the flag after a wake-up makes the first one's
+ * wait match again, and it sleeps through the wake-up (the ABA of a flag).
+ *
+ * Call only right after a seq_cst store (tail, producer_pid or a slot state):
+ * the seq_cst load of cons_sleepers pairs with the sleeper's seq_cst
+ * increment in brk_wait: either it sees our store or we see it counted.
+ */
+static void brk_wake_consumers(brk_ring *r)
+{
+    if (r->kind == BRK_KIND_SPSC) {
+        brk_wake(r, &r->hdr->cons_wait);
+        return;
+    }
+    if (atomic_load_explicit(&r->hdr->cons_sleepers, memory_order_seq_cst) == 0)
+        return;
+    /* seq_cst increment: a sleeper that reads the new epoch also sees the
+     * store we made before it (see brk_wait); one that read the old epoch
+     * is woken, or finds the word changed when it calls FUTEX_WAIT. */
+    atomic_fetch_add_explicit(&r->hdr->cons_wait, 1, memory_order_seq_cst);
+    brk_futex_wake(&r->hdr->cons_wait);
+    r->wakeups++;
+}
+
 /* ---- attach and detach ------------------------------------------------- */
 
 int brk_ring_attach(brk_ring *r, void *base, uint64_t mapped, uint32_t index, uint32_t role, int32_t pid,
@@ -352,37 +382,42 @@ int brk_ring_attach(brk_ring *r, void *base, uint64_t mapped, uint32_t index, ui
 
     if (role == BRK_ROLE_PRODUCER) {
         /* One producer for the ring's life: the pid word goes 0 -> pid once,
-         * and to BRK_PID_CLOSED at detach. acq_rel: acquire sees the creator's
-         * zeroed header, release publishes our claim. */
+         * and to BRK_PID_CLOSED at detach. acq_rel CAS: acquire orders us
+         * after the creator's formatting, release publishes our claim to
+         * consumers that load producer_pid (brk_next, liveness checks). */
         int32_t expect = 0;
         if (!atomic_compare_exchange_strong_explicit(&h->producer_pid, &expect, pid, memory_order_acq_rel,
                                                      memory_order_acquire))
             return -EBUSY;
         h->producer_start = start;
-        /* relaxed: we are the only writer of tail and it was 0 when we took the ring. */
+        /* relaxed: we are the only writer of tail; it is 0 on a ring nobody produced into. */
         uint64_t t = atomic_load_explicit(&h->tail, memory_order_relaxed);
-        if (t != 0)
+        if (t != 0) {
+            /* release: give the ring back as we found it (pairs with the CAS above) */
+            atomic_store_explicit(&h->producer_pid, 0, memory_order_release);
+            r->hdr = NULL;
             return BRK_CORRUPT;
-        r->tail = 0;
-        r->seq = 0;
-        r->limit = s.capacity;
-        if (brk_is_lossy(r))
-            r->limit = s.capacity; /* lossy: limit is oldest + capacity */
+        }
+        r->limit = s.capacity; /* lossy: oldest (0) + capacity; others: head (0) + capacity */
         return 0;
     }
 
     if (s.kind == BRK_KIND_SPSC) {
         int32_t expect = 0;
-        /* acq_rel, as for the producer: one consumer at a time. */
+        /* acq_rel CAS, as for the producer: one consumer at a time; acquire
+         * also orders us after the previous consumer's release of the pid. */
         if (!atomic_compare_exchange_strong_explicit(&h->consumer_pid, &expect, pid, memory_order_acq_rel,
                                                      memory_order_acquire))
             return -EBUSY;
         h->consumer_start = start;
-        /* acquire: pairs with the previous consumer's release store of head. */
+        /* acquire: pairs with the previous consumer's seq_cst (release) store of head */
         uint64_t hd = atomic_load_explicit(&h->head, memory_order_acquire);
+        /* acquire: pairs with the producer's seq_cst store in brk_publish */
         uint64_t t = atomic_load_explicit(&h->tail, memory_order_acquire);
         if (t - hd > s.capacity || (hd & 7)) {
+            /* release: pairs with the next attacher's CAS */
             atomic_store_explicit(&h->consumer_pid, 0, memory_order_release);
+            r->hdr = NULL;
             return BRK_CORRUPT;
         }
         r->head = r->avail = hd;
@@ -402,12 +437,16 @@ int brk_ring_detach(brk_ring *r)
         return 0;
     if (r->role == BRK_ROLE_PRODUCER) {
         r->claimed = 0;
-        /* seq_cst: like a tail store, consumers that sleep must see it (brk_wake). */
+        /* seq_cst: consumers that sleep must see it, like a tail store
+         * (brk_wake_consumers); release for the tail they read after it. */
         atomic_store_explicit(&r->hdr->producer_pid, BRK_PID_CLOSED, memory_order_seq_cst);
-        brk_wake(r, &r->hdr->cons_wait);
+        brk_wake_consumers(r);
     } else if (r->kind == BRK_KIND_SPSC) {
-        /* release: our last head store is visible to whoever attaches next. */
-        atomic_store_explicit(&r->hdr->consumer_pid, 0, memory_order_release);
+        r->held = 0;
+        /* seq_cst: a producer sleeping for room must see that nobody will
+         * make room (pairs with the flag load in brk_wake); release for the
+         * next attacher's CAS. */
+        atomic_store_explicit(&r->hdr->consumer_pid, 0, memory_order_seq_cst);
         brk_wake(r, &r->hdr->prod_wait);
     } else {
         brk_bcast_leave(r);
@@ -423,7 +462,8 @@ static inline struct brk_slot *brk_slot_at(const brk_ring *r, uint32_t i)
     return (struct brk_slot *)((unsigned char *)r->hdr + sizeof(struct brk_ring_hdr)) + i;
 }
 
-/* Lossless broadcast: the limit is the slowest active consumer plus capacity. */
+/* Lossless broadcast: the limit is the slowest active consumer plus capacity,
+ * measured from the published tail (a joiner starts from a published tail). */
 static int brk_bcast_limit(brk_ring *r)
 {
     /* seq_cst fence: pairs with the fence in brk_bcast_join. If this scan
@@ -433,16 +473,17 @@ static int brk_bcast_limit(brk_ring *r)
     uint64_t behind = 0; /* largest distance tail - head among consumers */
     for (uint32_t i = 0; i < r->max_consumers; i++) {
         struct brk_slot *sl = brk_slot_at(r, i);
-        /* acquire: pairs with the release store of ACTIVE in brk_bcast_join,
+        /* acquire: pairs with the release CAS to ACTIVE in brk_bcast_join,
          * so the head we load next is the joiner's. */
         uint32_t word = atomic_load_explicit(&sl->state, memory_order_acquire);
         uint32_t st = word & BRK_SLOT_MASK;
         if (st == BRK_SLOT_JOINING)
-            return BRK_FULL; /* it wakes us when it is active */
+            return BRK_FULL; /* it wakes us when it is active; a dead one gets evicted */
         if (st != BRK_SLOT_ACTIVE)
             continue;
-        /* acquire: pairs with the consumer's release store of its head: its
-         * reads of the records before head happen-before we overwrite them. */
+        /* acquire: pairs with the consumer's seq_cst (release) store of its
+         * head: its reads of the records before head happen-before we
+         * overwrite them. */
         uint64_t h = atomic_load_explicit(&sl->head, memory_order_acquire);
         uint64_t d = r->tail - h;
         if (d > r->capacity || (h & 7)) {
@@ -457,57 +498,66 @@ static int brk_bcast_limit(brk_ring *r)
     return 0;
 }
 
-/* Lossy broadcast: move `oldest` past every record that [.., end) overwrites,
- * then announce the overwrite through `reserve` before writing a byte. */
-static int brk_lossy_room(brk_ring *r, uint64_t end)
+/* Lossy broadcast: before writing [pos, end), move `oldest` past every record
+ * that it overwrites, then announce the overwrite through `reserve`. */
+static int brk_lossy_room(brk_ring *r, uint64_t pos, uint64_t end)
 {
     uint64_t o = r->limit - r->capacity;
-    for (uint64_t steps = 0; end > o + r->capacity; steps++) {
-        if (steps > r->capacity / 8 || o >= r->tail)
-            return BRK_CORRUPT;
-        uint64_t off = o & r->mask, contig = r->capacity - off;
-        if (contig < BRK_REC_HDR) {
-            o += contig;
-            continue;
+    if (end > o + r->capacity) {
+        for (uint64_t steps = 0; end > o + r->capacity; steps++) {
+            if (steps > r->capacity / 8 || o >= pos)
+                return BRK_CORRUPT;
+            uint64_t off = o & r->mask, contig = r->capacity - off;
+            if (contig < BRK_REC_HDR) {
+                o += contig;
+                continue;
+            }
+            struct brk_rec h;
+            memcpy(&h, r->data + off, sizeof h);
+            uint64_t size = h.type == BRK_REC_PAD ? (uint64_t)h.len + BRK_REC_HDR : brk_rec_size(h.len);
+            if ((h.type != BRK_REC_PAD && h.type != BRK_REC_DATA) || size > contig ||
+                (h.type == BRK_REC_PAD && size != contig))
+                return BRK_CORRUPT;
+            o += size;
         }
-        struct brk_rec h;
-        memcpy(&h, r->data + off, sizeof h);
-        uint64_t size = h.type == BRK_REC_PAD ? (uint64_t)h.len + BRK_REC_HDR : brk_rec_size(h.len);
-        if ((h.type != BRK_REC_PAD && h.type != BRK_REC_DATA) || size > contig || (h.type == BRK_REC_PAD && size != contig))
-            return BRK_CORRUPT;
-        o += size;
+        r->limit = o + r->capacity;
+        /* release: a consumer that acquires oldest sees the record headers up
+         * to it as we left them. Stored before reserve (below), so whoever
+         * acquires a reserve value also sees an oldest at least this new. */
+        atomic_store_explicit(&r->hdr->oldest, o, memory_order_release);
     }
-    r->limit = o + r->capacity;
-    /* release: a consumer that acquires oldest sees the record headers up to
-     * it as we left them. Stored before reserve (below), so whoever acquires a
-     * reserve value also sees an oldest at least this new. */
-    atomic_store_explicit(&r->hdr->oldest, o, memory_order_release);
-    /* release store, then a release fence before the data writes: the seqlock
-     * pattern. A consumer that copies bytes we are about to write and then
-     * (after an acquire fence) loads reserve sees this value, and knows its
-     * copy may be torn. Pairs with the fence + load in brk_lossy_intact. */
-    atomic_store_explicit(&r->hdr->reserve, end, memory_order_release);
-    atomic_thread_fence(memory_order_release);
+    if (end > r->reserved) {
+        /* Never lower: an aborted or shortened claim may already have written
+         * bytes up to the old value. Release store, then a release fence
+         * before the data writes: the seqlock pattern. A consumer that copies
+         * bytes we are about to write and then (after an acquire fence) loads
+         * reserve sees this value and knows its copy may be torn. Pairs with
+         * the fence + load in brk_lossy_intact. */
+        r->reserved = end;
+        atomic_store_explicit(&r->hdr->reserve, end, memory_order_release);
+        atomic_thread_fence(memory_order_release);
+    }
     return 0;
 }
 
-/* Find room for a payload of len bytes at the tail; sets claim_pos/claim_pad. */
-static inline int brk_room(brk_ring *r, uint64_t len)
+/* Find room for a payload of len bytes at pos (the tail, or further on in a
+ * batch that has not been published yet); sets claim_pos/claim_pad. */
+static inline int brk_room(brk_ring *r, uint64_t pos, uint64_t len)
 {
     if (len > r->max_record)
         return BRK_TOOBIG;
     uint64_t size = brk_rec_size(len);
-    uint64_t pos = r->tail, contig = r->capacity - (pos & r->mask);
+    uint64_t contig = r->capacity - (pos & r->mask);
     uint64_t pad = size > contig ? contig : 0;
     uint64_t end = pos + pad + size;
     if (brk_is_lossy(r)) {
-        int rc = brk_lossy_room(r, end);
+        int rc = brk_lossy_room(r, pos, end);
         if (rc)
             return rc;
     } else if (end > r->limit) {
         if (r->kind == BRK_KIND_SPSC) {
-            /* acquire: pairs with the consumer's release (seq_cst) store of
-             * head in brk_release: its reads happen-before our overwrite. */
+            /* acquire: pairs with the consumer's seq_cst (release) store of
+             * head in brk_publish_head: its reads happen-before our overwrite. */
             uint64_t h = atomic_load_explicit(&r->hdr->head, memory_order_acquire);
             if (r->tail - h > r->capacity || (h & 7))
                 return BRK_CORRUPT;
@@ -525,12 +575,12 @@ static inline int brk_room(brk_ring *r, uint64_t len)
     return 0;
 }
 
-/* Write the pad (if any) and the record header of the claimed record. */
+/* Write the pad (if any) in front of claim_pos and the record's header. */
 static inline void brk_write_headers(brk_ring *r, uint64_t len)
 {
     if (r->claim_pad >= BRK_REC_HDR) {
         struct brk_rec p = { (uint32_t)(r->claim_pad - BRK_REC_HDR), BRK_REC_PAD, r->seq };
-        memcpy(r->data + (r->tail & r->mask), &p, sizeof p);
+        memcpy(r->data + ((r->claim_pos - r->claim_pad) & r->mask), &p, sizeof p);
     }
     struct brk_rec h = { (uint32_t)len, BRK_REC_DATA, r->seq };
     memcpy(r->data + (r->claim_pos & r->mask), &h, sizeof h);
@@ -541,9 +591,10 @@ static inline void brk_publish(brk_ring *r, uint64_t end)
     r->tail = end;
     /* seq_cst store: as a release it pairs with the consumer's acquire load
      * of tail (the records are visible before the position that covers them);
-     * as seq_cst it is our half of the sleeping-flag handshake (brk_wake). */
+     * as seq_cst it is our half of the sleeping handshake (brk_wake,
+     * brk_wake_consumers). */
     atomic_store_explicit(&r->hdr->tail, end, memory_order_seq_cst);
-    brk_wake(r, &r->hdr->cons_wait);
+    brk_wake_consumers(r);
 }
 
 int brk_claim(brk_ring *r, uint64_t len)
@@ -552,7 +603,7 @@ int brk_claim(brk_ring *r, uint64_t len)
         return -EINVAL;
     if (r->claimed)
         return BRK_BUSY;
-    int rc = brk_room(r, len);
+    int rc = brk_room(r, r->tail, len);
     if (rc)
         return rc;
     r->claimed = 1;
@@ -563,7 +614,7 @@ int brk_claim(brk_ring *r, uint64_t len)
 
 int brk_commit(brk_ring *r, uint64_t len)
 {
-    if (!r->claimed)
+    if (!r->claimed || !r->hdr)
         return -EINVAL;
     if (len > r->claim_max)
         return BRK_TOOBIG;
@@ -581,7 +632,8 @@ int brk_abort(brk_ring *r)
     if (!r->claimed)
         return -EINVAL;
     /* Nothing was published: tail and seq are unchanged, so the claim leaves
-     * no trace a consumer can see. */
+     * no trace a consumer can see (lossy: reserve stays where the claim put
+     * it, which only makes consumers more careful). */
     r->claimed = 0;
     return 0;
 }
@@ -590,7 +642,7 @@ int brk_send(brk_ring *r, const void *data, uint64_t len)
 {
     if (r->role != BRK_ROLE_PRODUCER || r->claimed || !r->hdr)
         return r->claimed ? BRK_BUSY : -EINVAL;
-    int rc = brk_room(r, len);
+    int rc = brk_room(r, r->tail, len);
     if (rc)
         return rc;
     brk_write_headers(r, len);
@@ -610,9 +662,7 @@ int brk_send_many(brk_ring *r, const void *data, const uint64_t *lens, uint64_t 
     uint64_t i = 0, end = r->tail;
     int rc = 0;
     for (; i < n; i++) {
-        /* brk_room looks at r->tail: advance it privately, publish once. */
-        r->tail = end;
-        rc = brk_room(r, lens[i]);
+        rc = brk_room(r, end, lens[i]);
         if (rc)
             break;
         brk_write_headers(r, lens[i]);
@@ -621,13 +671,15 @@ int brk_send_many(brk_ring *r, const void *data, const uint64_t *lens, uint64_t 
         end = r->claim_pos + brk_rec_size(lens[i]);
         r->seq++;
         r->bytes += lens[i];
+        /* Publish at least every half ring: the limits and the lossy walk are
+         * reasoned from the published tail, and consumers need not wait. */
+        if (end - r->tail >= r->capacity / 2)
+            brk_publish(r, end);
     }
     r->records += i;
     r->count = i;
-    if (i)
+    if (end != r->tail)
         brk_publish(r, end);
-    else
-        r->tail = end;
     /* Some sent is success; the caller compares count with n. */
     return i ? 0 : rc;
 }
@@ -649,14 +701,20 @@ static inline int brk_lossy_intact(brk_ring *r, uint64_t pos)
  * loss is counted, exactly, from the sequence number of the next record. */
 static int brk_recover(brk_ring *r)
 {
-    /* acquire: pairs with the release store of oldest in brk_lossy_room. */
+    /* acquire: pairs with the release store of oldest in brk_lossy_room */
     uint64_t o = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
+    /* acquire: pairs with brk_publish; loaded after oldest, so t >= o unless corrupt */
     uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
-    if ((o & 7) || t - o > r->capacity || (int64_t)(o - r->head) < 0)
+    /* acquire: pairs with the release store of reserve in brk_lossy_room */
+    uint64_t rv = atomic_load_explicit(&r->hdr->reserve, memory_order_acquire);
+    /* A reserve behind the tail or more than a ring ahead of it would make
+     * every read look lapped, forever: that is corruption, not a lap. */
+    if ((o & 7) || t - o > r->capacity || (int64_t)(o - r->head) < 0 || rv - t > r->capacity)
         return BRK_CORRUPT;
     r->head = o;
     r->avail = o;
-    r->lap_pending = 1;
+    if (r->lap_pending != 2)
+        r->lap_pending = 1;
     r->laps++;
     return 0;
 }
@@ -679,7 +737,7 @@ static int brk_next(brk_ring *r, uint64_t *seq)
     int lossy = brk_is_lossy(r);
     for (int step = 0; step < 3; step++) {
         if (pos == r->avail) {
-            /* acquire: pairs with the producer's seq_cst store in brk_publish. */
+            /* acquire: pairs with the producer's seq_cst store in brk_publish */
             uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
             if ((int64_t)(t - pos) < 0 || (t & 7))
                 return BRK_CORRUPT;
@@ -687,8 +745,10 @@ static int brk_next(brk_ring *r, uint64_t *seq)
                 return lossy ? BRK_LAPPED : BRK_CORRUPT;
             r->avail = t;
             if (pos == t) {
+                /* acquire: pairs with the seq_cst store in brk_ring_detach,
+                 * which follows the producer's last tail store */
                 if (atomic_load_explicit(&r->hdr->producer_pid, memory_order_acquire) == BRK_PID_CLOSED &&
-                    atomic_load_explicit(&r->hdr->tail, memory_order_acquire) == t)
+                    atomic_load_explicit(&r->hdr->tail, memory_order_acquire) == t) /* same pairing as above */
                     return BRK_CLOSED;
                 return BRK_EMPTY;
             }
@@ -737,7 +797,7 @@ static inline int brk_accept(brk_ring *r, uint64_t seq)
     if (r->lap_pending == 1 && seq > r->expect) {
         r->last_lost = seq - r->expect;
         r->lost += r->last_lost;
-        /* relaxed: a statistic for other processes, ordered by nothing. */
+        /* relaxed: a statistic for other processes, ordered by nothing */
         if (r->slot)
             atomic_store_explicit(&r->slot->lost, r->lost, memory_order_relaxed);
         rc = BRK_LOST;
@@ -750,7 +810,9 @@ static inline int brk_accept(brk_ring *r, uint64_t seq)
     return rc;
 }
 
-/* Publish our head: the space before it may be reused. */
+/* Publish our head: the space before it may be reused. Stored for every
+ * record, so a consumer that has read always leaves room, whatever it does
+ * next. */
 static inline void brk_publish_head(brk_ring *r)
 {
     if (r->kind == BRK_KIND_SPSC) {
@@ -759,12 +821,22 @@ static inline void brk_publish_head(brk_ring *r)
          * as seq_cst it is our half of the producer's sleeping-flag handshake. */
         atomic_store_explicit(&r->hdr->head, r->head, memory_order_seq_cst);
         brk_wake(r, &r->hdr->prod_wait);
-    } else {
-        /* same pairing, with brk_bcast_limit's acquire load of the slot head */
-        atomic_store_explicit(&r->slot->head, r->head, memory_order_seq_cst);
-        if (!brk_is_lossy(r))
-            brk_wake(r, &r->hdr->prod_wait);
+        return;
     }
+    /* An evicted consumer writes nothing more into its slot, which stays
+     * EVICTED (not reusable) until it leaves or dies: a stale head can
+     * never land in a new owner's slot. */
+    if (!brk_slot_ours(r))
+        return;
+    if (brk_is_lossy(r)) {
+        /* relaxed: nobody waits on a lossy consumer; the head is a statistic */
+        atomic_store_explicit(&r->slot->head, r->head, memory_order_relaxed);
+        return;
+    }
+    /* seq_cst: the same pairing as for SPSC, with brk_bcast_limit's acquire
+     * load of the slot head and its seq_cst fence for the sleeping flag */
+    atomic_store_explicit(&r->slot->head, r->head, memory_order_seq_cst);
+    brk_wake(r, &r->hdr->prod_wait);
 }
 
 static inline int brk_consumer_ok(const brk_ring *r)
@@ -772,11 +844,15 @@ static inline int brk_consumer_ok(const brk_ring *r)
     return r->role == BRK_ROLE_CONSUMER && r->hdr && (r->kind == BRK_KIND_SPSC || r->slot);
 }
 
-/* One attempt to find a record, following laps (lossy) a bounded number of times. */
+/* One attempt to find a record, following laps (lossy) a bounded number of
+ * times. An evicted broadcast consumer gets BRK_EVICTED, even if the
+ * producer's overwrite made what it read look corrupt. */
 static int brk_find(brk_ring *r, uint64_t *seq)
 {
     for (int tries = 0; tries < 16; tries++) {
         int rc = brk_next(r, seq);
+        if (rc == BRK_CORRUPT && r->kind == BRK_KIND_BCAST && !brk_slot_ours(r))
+            return BRK_EVICTED;
         if (rc != BRK_LAPPED)
             return rc;
         rc = brk_recover(r);
@@ -816,7 +892,7 @@ int brk_unpeek(brk_ring *r)
 
 int brk_release(brk_ring *r)
 {
-    if (!r->held)
+    if (!r->held || !brk_consumer_ok(r))
         return -EINVAL;
     r->held = 0;
     /* Torn (lossy) or evicted: the record is not counted and head stays; the
@@ -844,7 +920,7 @@ int brk_recv(brk_ring *r, void *dst, uint64_t cap)
         if (rc)
             return rc;
         if (r->rlen > cap)
-            return BRK_TOOBIG; /* left in place: r->rlen says how big; use peek */
+            return BRK_TOOBIG; /* left in place: r->rlen says how big (checked intact by brk_next) */
         memcpy(dst, r->rptr, r->rlen);
         if (brk_is_lossy(r) && !brk_lossy_intact(r, r->held_pos)) {
             if ((rc = brk_recover(r)))
@@ -862,7 +938,7 @@ int brk_recv(brk_ring *r, void *dst, uint64_t cap)
 
 int brk_recv_many(brk_ring *r, void *dst, uint64_t cap, uint64_t *lens, uint64_t max)
 {
-    if (!brk_consumer_ok(r))
+    if (!brk_consumer_ok(r) || max == 0)
         return -EINVAL;
     if (r->held)
         return BRK_BUSY;
@@ -916,48 +992,61 @@ int brk_recv_many(brk_ring *r, void *dst, uint64_t cap, uint64_t *lens, uint64_t
 
 /* ---- waiting ----------------------------------------------------------- */
 
-/* Something for the consumer to look at: data, a lap, closure, eviction. */
+/* Something for the consumer to look at: data, a lap, closure, eviction, an interrupt. */
 static inline int brk_consumer_ready(brk_ring *r, memory_order mo)
 {
-    if (r->kind == BRK_KIND_BCAST && r->slot &&
-        atomic_load_explicit(&r->slot->state, memory_order_relaxed) != r->slot_word)
+    /* mo is acquire while spinning and seq_cst right after announcing that we
+     * sleep: then each of these loads is the sleeper's half of a handshake
+     * with a seq_cst store (interrupt: brk_interrupt; slot state:
+     * brk_bcast_evict; tail: brk_publish; producer_pid: brk_ring_detach). */
+    if (atomic_load_explicit(&r->interrupt, mo))
         return 1;
-    /* mo is acquire while spinning and seq_cst right after the flag store
-     * (the sleeper's half of the handshake in brk_wake). */
+    if (r->kind == BRK_KIND_BCAST && r->slot && atomic_load_explicit(&r->slot->state, mo) != r->slot_word)
+        return 1;
     if (atomic_load_explicit(&r->hdr->tail, mo) != r->head)
         return 1;
-    return atomic_load_explicit(&r->hdr->producer_pid, memory_order_acquire) == BRK_PID_CLOSED;
+    return atomic_load_explicit(&r->hdr->producer_pid, mo) == BRK_PID_CLOSED;
 }
 
 static inline int brk_producer_ready(brk_ring *r, uint64_t len, memory_order mo)
 {
-    if (brk_is_lossy(r))
+    /* same handshakes as brk_consumer_ready, with brk_publish_head's store of head */
+    if (atomic_load_explicit(&r->interrupt, mo) || brk_is_lossy(r))
         return 1;
     uint64_t size = brk_rec_size(len), contig = r->capacity - (r->tail & r->mask);
     uint64_t end = r->tail + (size > contig ? contig : 0) + size;
     if (r->kind == BRK_KIND_SPSC) {
-        /* mo: acquire while spinning, seq_cst after the flag store (brk_wake).
-         * Also the partner of the consumer's release of head, as in brk_room. */
+        /* mo (acquire or seq_cst, as above); also the partner of the
+         * consumer's release of head, as in brk_room */
         uint64_t h = atomic_load_explicit(&r->hdr->head, mo);
-        return r->tail - h > r->capacity || end <= h + r->capacity; /* a corrupt head is reported by send */
+        /* a corrupt head is reported by the send that follows */
+        return r->tail - h > r->capacity || end <= h + r->capacity;
     }
-    if (mo == memory_order_seq_cst)
-        atomic_thread_fence(memory_order_seq_cst);
+    /* brk_bcast_limit begins with a seq_cst fence: it is the sleeper's half
+     * of the handshake with the consumers' seq_cst head stores. */
     return brk_bcast_limit(r) != 0 ? 0 : end <= r->limit;
+}
+
+static inline int brk_wait_result(brk_ring *r)
+{
+    /* relaxed: read by the thread that was interrupted, after waking up */
+    return atomic_load_explicit(&r->interrupt, memory_order_relaxed) ? BRK_INTERRUPTED : 0;
 }
 
 /*
  * Spin for spin_ns, then sleep until ready or timeout_ns has passed.
  *
- * No lost wake-up: to sleep we (1) store our BRK_WAIT_* flag seq_cst, (2)
- * load the other side's position seq_cst, and sleep only if it shows nothing
- * new. The other side (3) stores its position seq_cst, then (4) loads the
- * flag seq_cst (brk_wake). Either (2) follows (3) in the seq_cst order, and
- * we do not sleep, or (4) follows (1) and it wakes us. The wake is not lost
- * either when it comes before we actually block: FUTEX_WAIT returns at once
- * when the word no longer holds the flag value, and an eventfd keeps its
- * count until read. The fuzz test in tests/test_wakeup.py hands off thousands
- * of times with the sleeper never spinning.
+ * No lost wake-up: to sleep we (1) announce it with a seq_cst store (the
+ * BRK_WAIT_* flag; broadcast consumers: an increment of cons_sleepers, and
+ * then we read the epoch), (2) load the other side's position seq_cst, and
+ * sleep only if it shows nothing new. The other side (3) stores its position
+ * seq_cst, then (4) loads the flag or the sleeper count seq_cst (brk_wake,
+ * brk_wake_consumers). Either (2) follows (3) in the seq_cst order, and we do
+ * not sleep, or (4) follows (1) and it wakes us. The wake-up is not lost when
+ * it comes before we block: FUTEX_WAIT returns at once when the word no
+ * longer holds the value we saw, and an eventfd keeps its count until read.
+ * tests/test_wakeup.py and the C test hand off thousands of times with the
+ * sleeper never spinning.
  */
 static int brk_wait(brk_ring *r, int consumer, uint64_t len, int64_t timeout_ns)
 {
@@ -965,38 +1054,54 @@ static int brk_wait(brk_ring *r, int consumer, uint64_t len, int64_t timeout_ns)
         return -EINVAL;
     uint64_t start = brk_now_ns(), deadline = start + (uint64_t)timeout_ns;
     uint64_t spin_end = start + (r->spin_ns < (uint64_t)timeout_ns ? r->spin_ns : (uint64_t)timeout_ns);
-    _Atomic uint32_t *flag = consumer ? &r->hdr->cons_wait : &r->hdr->prod_wait;
-    for (uint64_t now = start, i = 0;; i++) {
+    for (uint64_t i = 0;; i++) {
         if (consumer ? brk_consumer_ready(r, memory_order_acquire) : brk_producer_ready(r, len, memory_order_acquire))
-            return 0;
+            return brk_wait_result(r);
         brk_cpu_relax();
-        if ((i & 63) == 63 && (now = brk_now_ns()) >= spin_end)
+        if ((i & 63) == 63 && brk_now_ns() >= spin_end)
             break;
         if (r->spin_ns == 0)
             break;
     }
-    uint32_t how = r->efd_wait >= 0 ? BRK_WAIT_EVENTFD : BRK_WAIT_FUTEX;
+    int epoch = consumer && r->kind == BRK_KIND_BCAST;
+    _Atomic uint32_t *word = consumer ? &r->hdr->cons_wait : &r->hdr->prod_wait;
+    uint32_t how = !epoch && r->efd_wait >= 0 ? BRK_WAIT_EVENTFD : BRK_WAIT_FUTEX;
     for (;;) {
-        /* (1): seq_cst, see above. */
-        atomic_store_explicit(flag, how, memory_order_seq_cst);
-        /* (2) */
-        if (consumer ? brk_consumer_ready(r, memory_order_seq_cst) : brk_producer_ready(r, len, memory_order_seq_cst)) {
-            /* SPSC: nobody else uses the flag; clear it so the other side
-             * skips the exchange (relaxed: a stale 1 only costs it a syscall). */
-            if (r->kind == BRK_KIND_SPSC)
-                atomic_store_explicit(flag, BRK_WAIT_NONE, memory_order_relaxed);
-            return 0;
+        uint32_t val = how;
+        if (epoch) {
+            /* (1) seq_cst: see above; the epoch is read after it */
+            atomic_fetch_add_explicit(&r->hdr->cons_sleepers, 1, memory_order_seq_cst);
+            val = atomic_load_explicit(word, memory_order_seq_cst);
+        } else {
+            /* (1) seq_cst: see above */
+            atomic_store_explicit(word, how, memory_order_seq_cst);
         }
+        int ready = consumer ? brk_consumer_ready(r, memory_order_seq_cst) /* (2) */
+                             : brk_producer_ready(r, len, memory_order_seq_cst);
         uint64_t now = brk_now_ns();
-        if (now >= deadline)
-            return BRK_TIMEOUT;
-        r->sleeps++;
-        int rc = how == BRK_WAIT_EVENTFD ? brk_eventfd_wait(r->efd_wait, deadline - now)
-                                         : brk_futex_wait(flag, how, deadline - now);
+        int rc = 0;
+        if (!ready && now < deadline) {
+            r->sleeps++;
+            if (!consumer)
+                r->full_waits++;
+            rc = how == BRK_WAIT_EVENTFD ? brk_eventfd_wait(r->efd_wait, deadline - now)
+                                         : brk_futex_wait(word, val, deadline - now);
+        }
+        if (epoch) /* seq_cst, like the increment it undoes */
+            atomic_fetch_sub_explicit(&r->hdr->cons_sleepers, 1, memory_order_seq_cst);
+        else if (ready)
+            /* relaxed: nobody else sleeps on this flag; a stale value only
+             * costs the other side one needless system call */
+            atomic_store_explicit(word, BRK_WAIT_NONE, memory_order_relaxed);
+        if (ready)
+            return brk_wait_result(r);
         if (rc < 0)
             return rc;
-        if (!consumer)
-            r->full_waits++;
+        if (now >= deadline || rc == BRK_TIMEOUT) {
+            if (!epoch) /* relaxed: as above */
+                atomic_store_explicit(word, BRK_WAIT_NONE, memory_order_relaxed);
+            return BRK_TIMEOUT;
+        }
     }
 }
 
@@ -1005,6 +1110,21 @@ int brk_wait_data(brk_ring *r, int64_t timeout_ns)
     if (!brk_consumer_ok(r))
         return -EINVAL;
     return brk_wait(r, 1, 0, timeout_ns);
+}
+
+int brk_spin_data(brk_ring *r, int64_t spin_ns)
+{
+    if (!brk_consumer_ok(r) || spin_ns < 0)
+        return -EINVAL;
+    /* Spin only, never sleep: 0 once there is something to read, else BRK_TIMEOUT. */
+    uint64_t end = brk_now_ns() + (uint64_t)spin_ns;
+    for (uint64_t i = 0;; i++) {
+        if (brk_consumer_ready(r, memory_order_acquire))
+            return brk_wait_result(r);
+        brk_cpu_relax();
+        if ((i & 63) == 63 && brk_now_ns() >= end)
+            return BRK_TIMEOUT;
+    }
 }
 
 int brk_wait_space(brk_ring *r, uint64_t len, int64_t timeout_ns)
@@ -1031,25 +1151,94 @@ int brk_arm(brk_ring *r)
 {
     if (!brk_consumer_ok(r))
         return -EINVAL;
+    if (r->kind != BRK_KIND_SPSC)
+        return -EOPNOTSUPP; /* broadcast consumers sleep on the shared epoch futex */
     /* (1) and (2) of brk_wait, for a caller that then polls efd_wait with
      * other descriptors. 0: armed, nothing to read; BRK_BUSY: do not sleep. */
-    atomic_store_explicit(&r->hdr->cons_wait, BRK_WAIT_EVENTFD, memory_order_seq_cst);
-    return brk_consumer_ready(r, memory_order_seq_cst) ? BRK_BUSY : 0;
+    atomic_store_explicit(&r->hdr->cons_wait, BRK_WAIT_EVENTFD, memory_order_seq_cst); /* (1) */
+    return brk_consumer_ready(r, memory_order_seq_cst) ? BRK_BUSY : 0;                 /* (2) */
+}
+
+int brk_interrupt(brk_ring *r)
+{
+    if (!r->hdr)
+        return -EINVAL;
+    /* seq_cst: the handshake with the sleeper's seq_cst loads in
+     * brk_consumer_ready / brk_producer_ready, as for a position store. */
+    atomic_store_explicit(&r->interrupt, 1, memory_order_seq_cst);
+    if (r->role == BRK_ROLE_CONSUMER && r->kind == BRK_KIND_BCAST) {
+        /* seq_cst, as in brk_wake_consumers: our sleeper waits for the epoch
+         * to move (this wakes the others too; they look and sleep again) */
+        atomic_fetch_add_explicit(&r->hdr->cons_wait, 1, memory_order_seq_cst);
+        brk_futex_wake(&r->hdr->cons_wait);
+    } else {
+        _Atomic uint32_t *flag = r->role == BRK_ROLE_CONSUMER ? &r->hdr->cons_wait : &r->hdr->prod_wait;
+        /* acq_rel, as in brk_wake: clearing the flag makes a FUTEX_WAIT that
+         * has not started yet return at once */
+        atomic_exchange_explicit(flag, BRK_WAIT_NONE, memory_order_acq_rel);
+        brk_futex_wake(flag);
+    }
+    if (r->efd_wait >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(r->efd_wait, &one, sizeof one);
+        (void)w; /* EAGAIN: the counter is non-zero, the sleeper wakes anyway */
+    }
+    return 0;
 }
 
 int64_t brk_backlog(brk_ring *r)
 {
     if (!r->hdr)
         return -EINVAL;
+    /* acquire: pairs with brk_publish (a statistic; any recent value will do) */
     uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
-    uint64_t from = r->role == BRK_ROLE_PRODUCER ? r->limit - r->capacity : r->head;
-    if (r->role == BRK_ROLE_PRODUCER && r->kind == BRK_KIND_SPSC)
-        from = atomic_load_explicit(&r->hdr->head, memory_order_acquire);
+    uint64_t from = r->head;
+    if (r->role == BRK_ROLE_PRODUCER)
+        from = r->kind == BRK_KIND_SPSC ? atomic_load_explicit(&r->hdr->head, memory_order_acquire) /* as in brk_room */
+                                        : r->limit - r->capacity;
     uint64_t d = t - from;
     return d > r->capacity ? -EIO : (int64_t)d;
 }
 
 /* ---- broadcast membership ---------------------------------------------- */
+
+/* Lossy joiner: the sequence number of the next record, found by walking the
+ * headers from oldest to tail; BRK_LAPPED if the producer overwrote them
+ * meanwhile (the caller retries). */
+static int brk_lossy_next_seq(brk_ring *r, uint64_t t, uint64_t *next)
+{
+    /* acquire: pairs with the release store of oldest in brk_lossy_room */
+    uint64_t o = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
+    if ((o & 7) || t - o > r->capacity)
+        return BRK_CORRUPT;
+    int found = 0;
+    uint64_t pos = o;
+    for (uint64_t steps = 0; pos != t; steps++) {
+        if (steps > r->capacity / 8 || (int64_t)(t - pos) < 0)
+            return BRK_CORRUPT;
+        uint64_t off = pos & r->mask, contig = r->capacity - off;
+        if (contig < BRK_REC_HDR) {
+            pos += contig;
+            continue;
+        }
+        struct brk_rec h;
+        memcpy(&h, r->data + off, sizeof h);
+        if (!brk_lossy_intact(r, o))
+            return BRK_LAPPED;
+        if (h.type == BRK_REC_PAD && (uint64_t)h.len + BRK_REC_HDR == contig) {
+            pos += contig;
+            continue;
+        }
+        if (h.type != BRK_REC_DATA || h.len > r->max_record || brk_rec_size(h.len) > contig)
+            return BRK_CORRUPT;
+        *next = h.seq + 1;
+        found = 1;
+        pos += brk_rec_size(h.len);
+    }
+    if (!found)
+        *next = 0; /* nothing written yet: t == o == 0 */
+    return found || t == 0 ? 0 : BRK_CORRUPT;
+}
 
 int brk_bcast_join(brk_ring *r, int32_t pid, uint64_t start)
 {
@@ -1057,42 +1246,70 @@ int brk_bcast_join(brk_ring *r, int32_t pid, uint64_t start)
         return -EINVAL;
     for (uint32_t i = 0; i < r->max_consumers; i++) {
         struct brk_slot *sl = brk_slot_at(r, i);
+        /* relaxed: only a hint for the CAS below */
         uint32_t word = atomic_load_explicit(&sl->state, memory_order_relaxed);
-        uint32_t st = word & BRK_SLOT_MASK;
-        if (st != BRK_SLOT_FREE && st != BRK_SLOT_EVICTED)
+        if ((word & BRK_SLOT_MASK) != BRK_SLOT_FREE)
             continue;
-        uint32_t mine = (((word >> 8) + 1) << 8);
-        /* acq_rel: we own the slot from here; acquire orders us after the
-         * previous owner's last writes. */
-        if (!atomic_compare_exchange_strong_explicit(&sl->state, &word, mine | BRK_SLOT_JOINING, memory_order_acq_rel,
+        uint32_t gen = (((word >> 8) + 1) << 8);
+        /* acq_rel CAS: we own the slot from here; acquire orders us after the
+         * previous owner's last writes, release publishes the claim. */
+        if (!atomic_compare_exchange_strong_explicit(&sl->state, &word, gen | BRK_SLOT_JOINING, memory_order_acq_rel,
                                                      memory_order_relaxed))
             continue;
+        /* relaxed: read by liveness checks only after they load the state
+         * (acquire), which our release CAS to ACTIVE below publishes */
         atomic_store_explicit(&sl->pid, pid, memory_order_relaxed);
         sl->start = start;
+        /* relaxed: a statistic */
         atomic_store_explicit(&sl->lost, 0, memory_order_relaxed);
         /* seq_cst fence: pairs with the fence in brk_bcast_limit (see there). */
         atomic_thread_fence(memory_order_seq_cst);
         /* acquire: pairs with brk_publish; we start with the next record. */
         uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
-        if (t & 7) {
-            atomic_store_explicit(&sl->state, mine | BRK_SLOT_FREE, memory_order_release);
-            return BRK_CORRUPT;
+        int rc = (t & 7) ? BRK_CORRUPT : 0;
+        uint64_t expect = 0;
+        uint32_t lap = 2; /* lossless: the first record's seq starts our count */
+        if (!rc && brk_is_lossy(r)) {
+            /* lossy: a lap before our first record must count exactly, so we
+             * need the next seq now */
+            rc = BRK_LAPPED;
+            for (int tries = 0; tries < 8 && rc == BRK_LAPPED; tries++) {
+                if (tries) /* acquire: as above; the producer moved on */
+                    t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
+                rc = brk_lossy_next_seq(r, t, &expect);
+            }
+            lap = 0;
         }
-        /* relaxed: published by the release store of ACTIVE below */
-        atomic_store_explicit(&sl->head, t, memory_order_relaxed);
-        /* release: pairs with the producer's acquire load of the state in
-         * brk_bcast_limit, which then sees our head. */
-        atomic_store_explicit(&sl->state, mine | BRK_SLOT_ACTIVE, memory_order_release);
-        r->slot = sl;
-        r->slot_index = i;
-        r->slot_word = mine | BRK_SLOT_ACTIVE;
-        r->head = r->avail = t;
-        r->lap_pending = 2; /* the first record's seq starts our count */
-        /* A producer that saw us JOINING may sleep, waiting for room. The
-         * fence orders our ACTIVE store before the flag load. */
+        if (!rc) {
+            /* relaxed: published by the release CAS to ACTIVE below */
+            atomic_store_explicit(&sl->head, t, memory_order_relaxed);
+            uint32_t joining = gen | BRK_SLOT_JOINING;
+            /* release CAS: pairs with the producer's acquire load of the
+             * state in brk_bcast_limit, which then sees our head; fails if
+             * the producer evicted us while we joined. */
+            if (!atomic_compare_exchange_strong_explicit(&sl->state, &joining, gen | BRK_SLOT_ACTIVE,
+                                                         memory_order_release, memory_order_relaxed))
+                rc = -EAGAIN;
+        }
+        if (rc) {
+            uint32_t mine = gen | BRK_SLOT_JOINING;
+            /* release: hand the slot back (fails harmlessly if evicted: then
+             * the evictor frees it) */
+            atomic_compare_exchange_strong_explicit(&sl->state, &mine, gen | BRK_SLOT_FREE, memory_order_release,
+                                                    memory_order_relaxed);
+        } else {
+            r->slot = sl;
+            r->slot_index = i;
+            r->slot_word = gen | BRK_SLOT_ACTIVE;
+            r->head = r->avail = t;
+            r->expect = expect;
+            r->lap_pending = lap;
+        }
+        /* A producer that saw us JOINING may sleep, waiting for room: the
+         * seq_cst fence orders our state change before brk_wake's flag load. */
         atomic_thread_fence(memory_order_seq_cst);
         brk_wake(r, &r->hdr->prod_wait);
-        return 0;
+        return rc;
     }
     return -ENOSPC;
 }
@@ -1101,14 +1318,21 @@ int brk_bcast_leave(brk_ring *r)
 {
     if (!r->slot)
         return -EINVAL;
-    uint32_t word = r->slot_word;
-    /* release: a later owner of the slot sees our writes finished. If the
-     * CAS fails we were evicted and the slot is not ours to free. */
-    atomic_compare_exchange_strong_explicit(&r->slot->state, &word, (word & ~(uint32_t)BRK_SLOT_MASK) | BRK_SLOT_FREE,
-                                            memory_order_release, memory_order_relaxed);
+    uint32_t word = r->slot_word, gen = word & ~(uint32_t)BRK_SLOT_MASK;
+    /* release CAS: a later owner of the slot sees our writes finished. If we
+     * were evicted, the slot is EVICTED with our generation, kept for us:
+     * free it now. */
+    if (!atomic_compare_exchange_strong_explicit(&r->slot->state, &word, gen | BRK_SLOT_FREE, memory_order_release,
+                                                 memory_order_relaxed)) {
+        word = gen | BRK_SLOT_EVICTED;
+        /* release: as above */
+        atomic_compare_exchange_strong_explicit(&r->slot->state, &word, gen | BRK_SLOT_FREE, memory_order_release,
+                                                memory_order_relaxed);
+    }
     r->slot = NULL;
     r->held = 0;
-    /* the producer may be waiting for us (lossless) */
+    /* the producer may be waiting for us (lossless): the seq_cst fence orders
+     * our state change before brk_wake's flag load */
     atomic_thread_fence(memory_order_seq_cst);
     brk_wake(r, &r->hdr->prod_wait);
     return 0;
@@ -1119,19 +1343,41 @@ int brk_bcast_evict(brk_ring *r, uint32_t slot)
     if (r->kind != BRK_KIND_BCAST || !r->hdr || slot >= r->max_consumers)
         return -EINVAL;
     struct brk_slot *sl = brk_slot_at(r, slot);
+    /* relaxed: the CAS below decides */
     uint32_t word = atomic_load_explicit(&sl->state, memory_order_relaxed);
-    if ((word & BRK_SLOT_MASK) != BRK_SLOT_ACTIVE)
-        return BRK_EMPTY;
-    /* acq_rel CAS: only an ACTIVE owner is evicted; then a release fence so
-     * that an evicted consumer that reads anything we write afterwards also
-     * sees the eviction (pairs with brk_slot_ours). */
+    uint32_t st = word & BRK_SLOT_MASK;
+    if (st != BRK_SLOT_ACTIVE && st != BRK_SLOT_JOINING)
+        return -ENOENT;
+    /* acq_rel CAS: only a live (joining or active) owner is evicted. The slot
+     * stays EVICTED, not reusable, until its owner leaves or is found dead
+     * (brk_bcast_reclaim), so it never writes into a new owner's slot. */
     if (!atomic_compare_exchange_strong_explicit(&sl->state, &word, (word & ~(uint32_t)BRK_SLOT_MASK) | BRK_SLOT_EVICTED,
                                                  memory_order_acq_rel, memory_order_relaxed))
         return BRK_BUSY;
+    /* release fence: an evicted consumer that reads anything we write after
+     * this also sees the eviction (pairs with the acquire fence in brk_slot_ours) */
     atomic_thread_fence(memory_order_release);
-    /* wake every sleeping consumer so the evicted one notices */
+    /* seq_cst fence: orders the eviction before the sleeper-count and flag
+     * loads of the wake-ups (the consumer may sleep; a producer may wait on it) */
     atomic_thread_fence(memory_order_seq_cst);
-    brk_wake(r, &r->hdr->cons_wait);
+    brk_wake_consumers(r);
+    brk_wake(r, &r->hdr->prod_wait);
+    return 0;
+}
+
+int brk_bcast_reclaim(brk_ring *r, uint32_t slot)
+{
+    if (r->kind != BRK_KIND_BCAST || !r->hdr || slot >= r->max_consumers)
+        return -EINVAL;
+    struct brk_slot *sl = brk_slot_at(r, slot);
+    /* relaxed: the CAS below decides */
+    uint32_t word = atomic_load_explicit(&sl->state, memory_order_relaxed);
+    if ((word & BRK_SLOT_MASK) != BRK_SLOT_EVICTED)
+        return -ENOENT;
+    /* release CAS: the caller has established that the owner is dead */
+    if (!atomic_compare_exchange_strong_explicit(&sl->state, &word, (word & ~(uint32_t)BRK_SLOT_MASK) | BRK_SLOT_FREE,
+                                                 memory_order_release, memory_order_relaxed))
+        return BRK_BUSY;
     return 0;
 }
 
@@ -1140,10 +1386,11 @@ int brk_bcast_slot_info(brk_ring *r, uint32_t slot, uint32_t *state, int32_t *pi
     if (r->kind != BRK_KIND_BCAST || !r->hdr || slot >= r->max_consumers)
         return -EINVAL;
     struct brk_slot *sl = brk_slot_at(r, slot);
-    /* acquire: the pid and head of an ACTIVE slot are the joiner's. */
-    *state = atomic_load_explicit(&sl->state, memory_order_acquire) & BRK_SLOT_MASK;
-    *pid = atomic_load_explicit(&sl->pid, memory_order_relaxed);
+    /* acquire: pairs with the release CAS to ACTIVE in brk_bcast_join; the
+     * pid and head of an active slot are then the joiner's */
+    *state = atomic_load_explicit(&sl->state, memory_order_acquire);
+    *pid = atomic_load_explicit(&sl->pid, memory_order_relaxed); /* ordered by the acquire above */
     *start = sl->start;
-    *head = atomic_load_explicit(&sl->head, memory_order_relaxed);
+    *head = atomic_load_explicit(&sl->head, memory_order_relaxed); /* a statistic */
     return 0;
 }

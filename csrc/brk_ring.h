@@ -67,10 +67,11 @@
 #define BRK_NOTREADY       10
 #define BRK_BADSEG         11
 #define BRK_CLOSED         12
+#define BRK_INTERRUPTED    13
 
 /* The first bytes of every segment. Written once by the creator. */
 struct brk_seg_hdr {
-    uint64_t magic;                 /* BRK_SEG_MAGIC, stored last (release) */
+    uint64_t magic;                 /* BRK_SEG_MAGIC */
     uint32_t abi_version;           /* BRK_ABI_VERSION */
     uint32_t header_size;           /* sizeof(struct brk_seg_hdr) */
     uint64_t features;              /* reserved feature bits, 0 for now */
@@ -113,9 +114,12 @@ struct brk_ring_hdr {
     uint32_t _pad3;
     uint64_t consumer_start;
     uint8_t  _pad4[104];
-    /* line 3: consumers' sleeping flag and futex word (BRK_WAIT_*) */
+    /* line 3: consumers' sleeping flag and futex word. SPSC: BRK_WAIT_* of
+     * the one consumer. Broadcast: an epoch that wakers increment (so a
+     * sleeper never mistakes an old wake-up for none), with a sleeper count. */
     _Atomic uint32_t cons_wait;
-    uint8_t  _pad5[124];
+    _Atomic uint32_t cons_sleepers;
+    uint8_t  _pad5[120];
     /* line 4: the producer's sleeping flag and futex word (BRK_WAIT_*) */
     _Atomic uint32_t prod_wait;
     uint8_t  _pad6[124];
@@ -169,6 +173,7 @@ typedef struct brk_ring {
     /* producer */
     uint64_t tail;                  /* our committed end (mirrors hdr->tail) */
     uint64_t limit;                 /* cached: we may write below this without looking */
+    uint64_t reserved;              /* lossy: highest reserve announced (never goes back) */
     uint64_t seq;                   /* sequence number of the next record */
     uint64_t claim_pos;             /* start of the claimed record (after any pad) */
     uint64_t claim_pad;             /* bytes of pad in front of it */
@@ -191,6 +196,8 @@ typedef struct brk_ring {
     uint64_t last_lost;             /* records lost just before the last one returned */
     /* waiting */
     uint64_t spin_ns;               /* how long to spin before sleeping */
+    _Atomic uint32_t interrupt;     /* set by brk_interrupt (another thread): waits return BRK_INTERRUPTED */
+    uint32_t busy;                  /* calls in progress without the GIL (kept by the Python layer) */
     /* statistics, process-local */
     uint64_t records;
     uint64_t bytes;
@@ -226,15 +233,20 @@ int brk_recv(brk_ring *r, void *dst, uint64_t cap);
 int brk_recv_wait(brk_ring *r, void *dst, uint64_t cap, int64_t timeout_ns);
 int brk_recv_many(brk_ring *r, void *dst, uint64_t cap, uint64_t *lens, uint64_t max);
 int brk_wait_data(brk_ring *r, int64_t timeout_ns);
+int brk_spin_data(brk_ring *r, int64_t spin_ns);
 int brk_arm(brk_ring *r);
+int brk_interrupt(brk_ring *r);
+/* Bytes not yet consumed (>= 0), or -errno. */
 int64_t brk_backlog(brk_ring *r);
 
 /* Broadcast membership */
 int brk_bcast_join(brk_ring *r, int32_t pid, uint64_t start);
 int brk_bcast_leave(brk_ring *r);
 int brk_bcast_evict(brk_ring *r, uint32_t slot);
+int brk_bcast_reclaim(brk_ring *r, uint32_t slot);
+/* *state is the whole state word: BRK_SLOT_* in the low 8 bits, the generation above. */
 int brk_bcast_slot_info(brk_ring *r, uint32_t slot, uint32_t *state, int32_t *pid, uint64_t *start, uint64_t *head);
 
-/* Wake-ups */
+/* Wake-ups: brk_eventfd returns a new non-blocking eventfd (>= 0) or -errno. */
 int brk_eventfd(void);
 int brk_close_fd(int fd);

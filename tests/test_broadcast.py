@@ -166,3 +166,76 @@ def test_consumer_in_another_process_reads_everything():
             assert child.join(30) == 0
         os.close(ready_r)
         os.close(ready_w)
+
+
+def test_lossy_abort_never_lowers_the_overwrite_mark():
+    """A claim announces the bytes it may overwrite; aborting it must not let a
+    consumer holding an overwritten record believe it intact."""
+    with Broadcast.create(capacity=1 << 10, lossy=True) as tx, Broadcast.open(tx.name) as rx:
+        tx.send(b"A" * 100)  # [0, 120)
+        view = rx.recv_view()
+        for _ in range(7):
+            tx.send(b"B" * 100)  # tail = 960
+        claim = tx.claim(400)  # pads to 1024: writes over [0, 416) of the ring, where A is
+        claim[:] = b"X" * 400
+        tx.abort()
+        tx.send(b"C" * 8)  # a small record at 960 must not lower the mark
+        assert bytes(view[:4]) == b"XXXX"  # A really was overwritten
+        del view
+        assert rx.release() is False
+
+
+def test_lossy_joiner_lapped_before_its_first_record_counts_exactly():
+    with Broadcast.create(capacity=1 << 10, lossy=True) as tx:
+        for i in range(1000):
+            tx.send(i.to_bytes(4, "little") * 5)
+        with Broadcast.open(tx.name) as rx:  # joins at record 1000
+            for i in range(1000, 1100):  # laps it several times
+                tx.send(i.to_bytes(4, "little") * 5)
+            first = int.from_bytes(rx.recv(timeout=0)[:4], "little")
+            assert rx.last_lost == first - 1000 > 0
+            rest = 0
+            while True:
+                try:
+                    rx.recv(timeout=0)
+                    rest += 1
+                except broker.Empty:
+                    break
+            assert 1 + rest + rx.lost == 100
+
+
+def test_lossy_batch_longer_than_a_lap_is_not_corruption():
+    with Broadcast.create(capacity=1 << 10, lossy=True) as tx, Broadcast.open(tx.name) as rx:
+        msgs = [i.to_bytes(4, "little") * 10 for i in range(100)]  # ~5 ring-fulls in one call
+        tx.send_many(msgs)
+        got = []
+        while True:
+            try:
+                got.append(int.from_bytes(rx.recv(timeout=0)[:4], "little"))
+            except broker.Empty:
+                break
+        assert got == list(range(100 - len(got), 100))
+        assert len(got) + rx.lost == 100
+
+
+def test_a_joiner_that_died_before_writing_its_pid_is_evicted():
+    from .test_corruption import SEG_HDR, scribble
+    from broker._ring import ffi
+
+    with Broadcast.create(capacity=1 << 10) as tx:
+        slot_off = SEG_HDR + ffi.sizeof("struct brk_ring_hdr")  # slot 0, state word first
+        scribble(tx.name, [(slot_off, ((1 << 8) | 1).to_bytes(4, "little"))])  # JOINING, pid 0
+        assert tx.consumers()[0]["state"] == 1
+        for i in range(100):  # more than a ring-full: waits until the stuck slot is evicted
+            tx.send(b"%03d" % i + b"." * 40, timeout=5)
+        assert tx.consumers() == []
+
+
+def test_lossy_scribbled_reserve_is_corruption_not_an_endless_loop():
+    from .test_corruption import ring_off, scribble, u64
+
+    with Broadcast.create(capacity=1 << 10, lossy=True) as tx, Broadcast.open(tx.name) as rx:
+        tx.send(b"x" * 10)
+        scribble(tx.name, [(ring_off("reserve"), u64(1 << 40))])
+        with pytest.raises(broker.Corrupt):
+            rx.recv(timeout=1)

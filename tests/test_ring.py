@@ -312,3 +312,60 @@ def test_stats_count_records_and_bytes(pair):
         rx.recv()
     assert rx.stats()["records"] == 3 and rx.stats()["bytes"] == 111
     assert rx.stats()["backlog_bytes"] == 0
+
+
+def test_close_from_another_thread_wakes_a_blocked_recv():
+    tx = Ring.create(capacity=1 << 10)
+    rx = Ring.open(tx.name)
+    errors = []
+
+    def reader() -> None:
+        try:
+            rx.recv()  # blocks: nothing will come
+        except broker.Closed as e:
+            errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    import time
+
+    time.sleep(0.1)  # let it go to sleep in C
+    rx.close()
+    t.join(5)
+    tx.close()
+    assert not t.is_alive() and len(errors) == 1 and "another thread" in str(errors[0])
+
+
+def test_close_from_another_thread_wakes_a_blocked_send():
+    tx = Ring.create(capacity=1 << 10)
+    rx = Ring.open(tx.name)
+    errors = []
+
+    def writer() -> None:
+        try:
+            while True:
+                tx.send(b"w" * 100)
+        except broker.Closed as e:
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    import time
+
+    time.sleep(0.1)
+    tx.close()
+    t.join(5)
+    rx.close()
+    assert not t.is_alive() and len(errors) == 1
+
+
+def test_producer_learns_the_consumer_closed():
+    tx = Ring.create(capacity=1 << 10)
+    rx = Ring.open(tx.name)
+    tx.send(b"read me")
+    assert rx.recv() == b"read me"
+    rx.close()
+    with pytest.raises(broker.PeerGone, match="closed the ring"):
+        for _ in range(100):
+            tx.send(b"z" * 100, timeout=5)
+    tx.close()
