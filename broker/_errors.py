@@ -47,7 +47,9 @@ class PeerGone(BrokerError, ConnectionError):
 
 
 class Closed(BrokerError, EOFError):
-    """The producer closed the ring and every record has been read."""
+    """The ring is over for this side: the producer closed it and every
+    record has been read, or this side was closed (perhaps by another thread
+    while the call waited)."""
 
 
 class Evicted(BrokerError, ConnectionError):

@@ -313,7 +313,7 @@ class _Side:
     def _live(self) -> Any:
         h = self._res.handle
         if h is None:
-            raise StateError(f"{self.name} is closed")
+            raise Closed(f"{self.name} is closed")
         return h
 
     def _not_producer(self, *a: object, **k: object) -> Any:
@@ -860,8 +860,8 @@ class Broadcast(_Side):
         (joined or joining) and frees the slots of evicted ones that died. A
         joiner that died before writing its pid is known by its slot staying
         the same JOINING word for two looks in a row."""
-        stuck = getattr(self, "_joining_seen", set())
-        now_stuck = set()
+        stuck: set[tuple[int, int]] = getattr(self, "_joining_seen", set())
+        now_stuck: set[tuple[int, int]] = set()
         for c in self.consumers():
             dead = c["pid"] > 0 and not _proc.alive(c["pid"], c["start"])
             if c["state"] == lib.BRK_SLOT_JOINING and c["pid"] <= 0:

@@ -701,15 +701,24 @@ static inline int brk_lossy_intact(brk_ring *r, uint64_t pos)
  * loss is counted, exactly, from the sequence number of the next record. */
 static int brk_recover(brk_ring *r)
 {
-    /* acquire: pairs with the release store of oldest in brk_lossy_room */
+    /* A consistent snapshot: oldest and reserve, then tail, then both again.
+     * The producer stores oldest, then reserve, then tail, for each record;
+     * if neither moved while we read tail, the three belong together and the
+     * bounds below must hold (a violation is corruption). If one moved, the
+     * producer is busy: report a lap, and brk_find tries again.
+     * Each load is acquire: it pairs with the producer's release (or
+     * seq_cst) store of the same word in brk_lossy_room / brk_publish. */
     uint64_t o = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
-    /* acquire: pairs with brk_publish; loaded after oldest, so t >= o unless corrupt */
-    uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
-    /* acquire: pairs with the release store of reserve in brk_lossy_room */
     uint64_t rv = atomic_load_explicit(&r->hdr->reserve, memory_order_acquire);
-    /* A reserve behind the tail or more than a ring ahead of it would make
-     * every read look lapped, forever: that is corruption, not a lap. */
-    if ((o & 7) || t - o > r->capacity || (int64_t)(o - r->head) < 0 || rv - t > r->capacity)
+    uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
+    if (atomic_load_explicit(&r->hdr->reserve, memory_order_acquire) != rv ||
+        atomic_load_explicit(&r->hdr->oldest, memory_order_acquire) != o)
+        return BRK_LAPPED;
+    /* t <= rv and rv - t <= capacity: reserve runs at most one record ahead
+     * of tail; t - o <= capacity: oldest is within a ring of the tail; and a
+     * lapped consumer only ever moves forward. Anything else never happens on
+     * a healthy ring, and would make every read look lapped, forever. */
+    if ((o & 7) || t - o > r->capacity || rv - t > r->capacity || (int64_t)(o - r->head) < 0)
         return BRK_CORRUPT;
     r->head = o;
     r->avail = o;
@@ -856,7 +865,7 @@ static int brk_find(brk_ring *r, uint64_t *seq)
         if (rc != BRK_LAPPED)
             return rc;
         rc = brk_recover(r);
-        if (rc)
+        if (rc && rc != BRK_LAPPED)
             return rc;
     }
     return BRK_LAPPED;
@@ -923,7 +932,7 @@ int brk_recv(brk_ring *r, void *dst, uint64_t cap)
             return BRK_TOOBIG; /* left in place: r->rlen says how big (checked intact by brk_next) */
         memcpy(dst, r->rptr, r->rlen);
         if (brk_is_lossy(r) && !brk_lossy_intact(r, r->held_pos)) {
-            if ((rc = brk_recover(r)))
+            if ((rc = brk_recover(r)) && rc != BRK_LAPPED)
                 return rc;
             continue;
         }
@@ -968,8 +977,9 @@ int brk_recv_many(brk_ring *r, void *dst, uint64_t cap, uint64_t *lens, uint64_t
             r->head = keep_head;
             if (n)
                 break; /* keep the good ones; the next call recovers */
-            if ((rc = brk_recover(r)))
+            if ((rc = brk_recover(r)) && rc != BRK_LAPPED)
                 break;
+            rc = 0;
             continue;
         }
         if (r->kind == BRK_KIND_BCAST && !brk_slot_ours(r)) {
@@ -1205,12 +1215,17 @@ int64_t brk_backlog(brk_ring *r)
 /* Lossy joiner: the sequence number of the next record, found by walking the
  * headers from oldest to tail; BRK_LAPPED if the producer overwrote them
  * meanwhile (the caller retries). */
-static int brk_lossy_next_seq(brk_ring *r, uint64_t t, uint64_t *next)
+static int brk_lossy_next_seq(brk_ring *r, uint64_t *tail, uint64_t *next)
 {
-    /* acquire: pairs with the release store of oldest in brk_lossy_room */
+    /* A consistent (oldest, tail), as in brk_recover: each load acquire,
+     * pairing with the producer's stores of the same words. */
     uint64_t o = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
-    if ((o & 7) || t - o > r->capacity)
+    uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
+    if (atomic_load_explicit(&r->hdr->oldest, memory_order_acquire) != o)
+        return BRK_LAPPED;
+    if ((o & 7) || (t & 7) || t - o > r->capacity)
         return BRK_CORRUPT;
+    *tail = t;
     int found = 0;
     uint64_t pos = o;
     for (uint64_t steps = 0; pos != t; steps++) {
@@ -1273,11 +1288,8 @@ int brk_bcast_join(brk_ring *r, int32_t pid, uint64_t start)
             /* lossy: a lap before our first record must count exactly, so we
              * need the next seq now */
             rc = BRK_LAPPED;
-            for (int tries = 0; tries < 8 && rc == BRK_LAPPED; tries++) {
-                if (tries) /* acquire: as above; the producer moved on */
-                    t = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
-                rc = brk_lossy_next_seq(r, t, &expect);
-            }
+            for (int tries = 0; tries < 8 && rc == BRK_LAPPED; tries++)
+                rc = brk_lossy_next_seq(r, &t, &expect);
             lap = 0;
         }
         if (!rc) {

@@ -253,9 +253,11 @@ def test_close_is_idempotent_and_closed_rings_refuse_work():
     rx.close()
     tx.close()
     assert tx.closed and "closed" in repr(tx)
-    with pytest.raises((broker.StateError, ValueError)):
+    with pytest.raises(broker.Closed):
         tx.send(b"x")
-    with pytest.raises(broker.StateError):
+    with pytest.raises(broker.Closed):
+        rx.recv()
+    with pytest.raises(broker.Closed):
         tx.stats()
 
 
