@@ -43,13 +43,12 @@ __all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for"]
 
 DEFAULT_CAPACITY = 1 << 20
 _SLICE = 0.1  # seconds a blocking call waits in C before looking at the peer
-_BATCH_BYTES = 1 << 20
 _BATCH_RECORDS = 4096
 
 
 
-def _fast_calls() -> list[Any]:
-    """The METH_FASTCALL entry points of csrc/brk_py.c as Python callables.
+def _fast_calls() -> dict[str, Any]:
+    """The METH_FASTCALL entry points of csrc/brk_py.c as Python callables, by name.
 
     They are compiled into the cffi extension; cffi has no way to return a
     Python object, so the method table becomes functions through the C API's
@@ -57,19 +56,23 @@ def _fast_calls() -> list[Any]:
     new = ctypes.pythonapi.PyCFunction_NewEx
     new.restype = ctypes.py_object
     new.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
-    out = []
-    for i in range(5):
-        md = lib.brk_py_method(i)
-        if md == ffi.NULL:
-            raise ImportError("broker._brk lacks its fast-call table: rebuild the extension")
-        out.append(new(int(ffi.cast("uintptr_t", md)), None, "broker._brk"))
+    out = {}
+    i = 0
+    while (md := lib.brk_py_method(i)) != ffi.NULL:
+        fn = new(int(ffi.cast("uintptr_t", md)), None, "broker._brk")
+        out[fn.__name__] = fn
+        i += 1
     return out
 
 
 # send(ring_addr, data) -> outcome; recv(ring_addr) -> bytes | outcome;
-# recv_wait(ring_addr, timeout_ns) -> bytes | outcome; the two waits -> outcome.
-# The waits are the only calls that let go of the GIL (see broker/_build.py).
-_fsend, _frecv, _frecv_wait, _fwait_data, _fwait_space = _fast_calls()
+# recv_wait(ring_addr, timeout_ns) -> bytes | outcome; recv_many(ring_addr, max)
+# -> list[bytes] | outcome; wait_data / wait_space -> outcome. The waits (and
+# long copies) are the only calls that let go of the GIL (see broker/_build.py).
+_FAST = _fast_calls()
+_fsend, _frecv, _frecv_wait = _FAST["send"], _FAST["recv"], _FAST["recv_wait"]
+_frecv_many, _fwait_data, _fwait_space = _FAST["recv_many"], _FAST["wait_data"], _FAST["wait_space"]
+_BATCH_MAX = 4096  # BRK_PY_BATCH_MAX
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 
@@ -256,7 +259,6 @@ class _Side:
         self._view: memoryview | None = None
         self._claim: memoryview | None = None
         self._claim_len = 0
-        self._batch: Any = None
         # The per-message calls are closures over the handle's address: one
         # Python call and one fast C call, no attribute lookups.
         addr = self._addr
@@ -429,29 +431,28 @@ class _Side:
 
     def send_batch(self, data: Any, lens: Any, timeout: float | None = None) -> None:
         """Send len(lens) records packed back to back in `data` (a buffer), the
-        i-th lens[i] bytes long. `lens` is any buffer of uint64 (numpy uint64
-        array, array('Q')). No per-record Python work."""
+        i-th lens[i] bytes long. `lens` is a buffer of unsigned 64-bit integers
+        (a numpy uint64 array, array('Q')). No per-record Python work."""
         h = self._need("producer")
         buf = _as_buffer(data)
-        lp = ffi.from_buffer("uint64_t[]", lens)
+        lp = _lengths(lens)
         total_n = len(lp)
-        if sum(lens) > len(buf):
-            raise ValueError(f"lengths add up to {sum(lens)} bytes but the data holds {len(buf)}")
         done = 0
         offset = 0
         deadline = _deadline(timeout)
         while done < total_n:
-            rc = lib.brk_send_many(h, buf + offset, lp + done, total_n - done)
+            rc = lib.brk_send_many(h, buf + offset, len(buf) - offset, lp + done, total_n - done)
             if rc == _OK:
-                k = int(h.count)
-                offset += sum(lens[done : done + k])
-                done += k
+                done += int(h.count)
+                offset += int(h.count_bytes)
                 continue
             if rc == _FULL:
                 self._wait_room(h, int(lp[done]), timeout, deadline)
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: record {done} has {lp[done]} bytes, over the maximum of {self.max_record}")
+            if rc == -22 and done == 0 and offset == 0:
+                raise ValueError(f"the lengths add up to more than the {len(buf)} bytes of data")
             raise _error(rc, f"send_batch on {self.name}")
 
     def claim(self, n: int, timeout: float | None = None) -> memoryview:
@@ -634,34 +635,25 @@ class _Side:
         return out.reshape(shape) if shape is not None else out
 
     def recv_many(self, max_records: int = _BATCH_RECORDS, timeout: float | None = None) -> list[bytes]:
-        """At least one record (waiting as recv does) and up to max_records of
-        those already there, in one C call."""
+        """At least one record (waiting as recv does) and up to max_records
+        (at most 4096) of those already there, in one C call."""
         h = self._need("consumer")
-        if max_records < 1:
-            raise ValueError("max_records must be at least 1")
-        buf, lens = self._batch_buffers(max_records)
+        if not 1 <= max_records <= _BATCH_MAX:
+            raise ValueError(f"max_records must be from 1 to {_BATCH_MAX}")
+        addr = self._addr
         deadline = _deadline(timeout)
-        cap = len(buf)
-        rc = lib.brk_recv_many(h, buf, cap, lens, max_records)
         while True:
-            if rc == _OK or rc == _LOST:
-                break
-            if rc == _EMPTY:
+            r = _frecv_many(addr, max_records)
+            if type(r) is list:
+                return r
+            if r == _EMPTY:
                 self._wait_data(h, timeout, deadline)
-                rc = lib.brk_recv_many(h, buf, cap, lens, max_records)
                 continue
-            if rc == _TOOBIG:  # the first record is bigger than the batch buffer
+            if r == _TOOBIG:  # the next record is bigger than the batch buffer
                 return [self.recv(timeout=0)]
-            raise _error(rc, f"recv_many on {self.name}")
-        n = int(h.count)
-        sizes = ffi.unpack(lens, n)
-        blob = _unpack(buf, sum(sizes))
-        out = []
-        o = 0
-        for size in sizes:
-            out.append(blob[o : o + size])
-            o += size
-        return out
+            if r == _LAPPED:
+                continue
+            raise _error(r, f"recv_many on {self.name}")
 
     def recv_batch(self, out: Any, lens: Any, timeout: float | None = None) -> int:
         """Copy records back to back into the writable buffer `out`, their
@@ -669,7 +661,9 @@ class _Side:
         least one, waiting as recv does). No per-record Python work."""
         h = self._need("consumer")
         dst = ffi.from_buffer(out, require_writable=True)
-        lp = ffi.from_buffer("uint64_t[]", lens, require_writable=True)
+        lp = _lengths(lens)
+        if memoryview(lens).readonly:
+            raise TypeError("recv_batch needs a writable buffer for the lengths")
         if len(lp) == 0:
             raise ValueError("recv_batch needs room for at least one length")
         deadline = _deadline(timeout)
@@ -684,11 +678,6 @@ class _Side:
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: the next record does not fit in {len(dst)} bytes")
             raise _error(rc, f"recv_batch on {self.name}")
-
-    def _batch_buffers(self, max_records: int) -> tuple[Any, Any]:
-        if self._batch is None or len(self._batch[1]) < max_records:
-            self._batch = (ffi.new("char[]", min(_BATCH_BYTES, self.capacity)), ffi.new("uint64_t[]", max(max_records, 1)))
-        return self._batch
 
     def wait(self, timeout: float | None = None) -> bool:
         """Consumer: wait until there is something to read; False on timeout."""
@@ -724,6 +713,20 @@ def _as_buffer(data: Any) -> Any:
         return _from_buffer(data)
     except (TypeError, BufferError, ValueError) as e:
         raise TypeError(f"send takes bytes or a C-contiguous buffer, not {type(data).__name__}: {e}") from None
+
+
+_UINT64_FORMATS = {"Q", "<Q", "=Q", "@Q", "L", "<L", "=L", "@L"}
+
+
+def _lengths(lens: Any) -> Any:
+    """A uint64_t[] over a caller's buffer of record lengths, refusing any
+    buffer whose items are not unsigned 64-bit integers (reading it as such
+    would make up lengths)."""
+    mv = memoryview(lens)
+    if mv.itemsize != 8 or mv.format not in _UINT64_FORMATS or not mv.c_contiguous:
+        raise TypeError(f"record lengths must be a contiguous buffer of uint64 (numpy uint64, array('Q')), "
+                        f"not format {mv.format!r} of {mv.itemsize}-byte items")
+    return ffi.from_buffer("uint64_t[]", mv)
 
 
 def _revoke(view: memoryview) -> None:

@@ -193,6 +193,7 @@ typedef struct brk_ring {
     unsigned char *rptr;            /* the lent record's payload */
     uint64_t rlen;                  /* its length (also the length of the last copy) */
     uint64_t count;                 /* records moved by the last batch call */
+    uint64_t count_bytes;           /* their payload bytes */
     uint64_t last_lost;             /* records lost just before the last one returned */
     /* waiting */
     uint64_t spin_ns;               /* how long to spin before sleeping */
@@ -222,7 +223,9 @@ int brk_claim(brk_ring *r, uint64_t len);
 int brk_commit(brk_ring *r, uint64_t len);
 int brk_abort(brk_ring *r);
 int brk_send(brk_ring *r, const void *data, uint64_t len);
-int brk_send_many(brk_ring *r, const void *data, const uint64_t *lens, uint64_t n);
+/* lens[0..n) are the lengths of the records packed back to back in data[0..data_len):
+ * -EINVAL if they add up to more than data_len. count and count_bytes say what was sent. */
+int brk_send_many(brk_ring *r, const void *data, uint64_t data_len, const uint64_t *lens, uint64_t n);
 int brk_wait_space(brk_ring *r, uint64_t len, int64_t timeout_ns);
 
 /* Consumer */

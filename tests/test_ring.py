@@ -371,3 +371,30 @@ def test_producer_learns_the_consumer_closed():
         for _ in range(100):
             tx.send(b"z" * 100, timeout=5)
     tx.close()
+
+
+def test_send_batch_refuses_lengths_that_are_not_uint64_or_overrun_the_data(pair):
+    from array import array
+
+    tx, rx = pair
+    with pytest.raises(TypeError, match="uint64"):
+        tx.send_batch(b"A", array("B", [0, 1, 0, 0, 0, 0, 0, 0]))  # 8 one-byte items read as one length: 256
+    with pytest.raises(TypeError, match="uint64"):
+        tx.send_batch(b"AB", np.array([1, 1], dtype=np.int32))
+    with pytest.raises(ValueError, match="add up to more"):
+        tx.send_batch(b"AB", np.array([1, 2], dtype=np.uint64))
+    with pytest.raises(broker.Empty):
+        rx.recv(timeout=0)  # nothing was sent by the refused calls
+    tx.send_batch(b"ABC", array("Q", [1, 2]))
+    assert rx.recv_many() == [b"A", b"BC"]
+
+
+def test_recv_many_bounds_and_big_records(pair):
+    tx, rx = pair
+    with pytest.raises(ValueError):
+        rx.recv_many(0)
+    with pytest.raises(ValueError):
+        rx.recv_many(5000)
+    tx.send(b"s")
+    tx.send(b"b" * 2000)
+    assert rx.recv_many(10) == [b"s", b"b" * 2000]

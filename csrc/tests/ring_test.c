@@ -572,7 +572,7 @@ static const char *t_claim(int k)
     REQ_RC(brk_claim(p, 10), BRK_BUSY);
     REQ_RC(psend(&g, 10), BRK_BUSY);
     uint64_t l1 = 1;
-    REQ_RC(brk_send_many(p, b, &l1, 1), BRK_BUSY);
+    REQ_RC(brk_send_many(p, b, sizeof b, &l1, 1), BRK_BUSY);
     pat(p->wptr, 50, g.seq);
     memset(p->wptr + 50, 0x77, 50);
     REQ(tail_of(p) == 0, "a claim published something");
@@ -654,7 +654,7 @@ static const char *t_toobig(int k)
     REQ_RC(brk_claim(p, UINT64_MAX), BRK_TOOBIG);
     REQ_RC(brk_wait_space(p, mr + 1, 0), BRK_TOOBIG);
     lens[0] = mr + 1;
-    REQ_RC(brk_send_many(p, b, lens, 1), BRK_TOOBIG);
+    REQ_RC(brk_send_many(p, b, sizeof b, lens, 1), BRK_TOOBIG);
     REQ(p->count == 0, "count %llu", (unsigned long long)p->count);
     REQ(tail_of(p) == 0, "a refused record moved the tail");
     REQ_RC(psend(&g, mr), 0);
@@ -667,7 +667,7 @@ static const char *t_toobig(int k)
     lens[0] = 3;
     lens[1] = mr + 1;
     pat(b, 3, g.seq);
-    REQ_RC(brk_send_many(p, b, lens, 2), 0);
+    REQ_RC(brk_send_many(p, b, sizeof b, lens, 2), 0);
     REQ(p->count == 1, "count %llu", (unsigned long long)p->count);
     g.seq++;
     TRY(crecv(&g, 0, 3));
@@ -715,7 +715,7 @@ static const char *t_lossy_never_full(void)
     uint64_t lens[8] = {112, 112, 112, 112, 112, 112, 112, 112};
     unsigned char big[8 * 112];
     memset(big, 1, sizeof big);
-    REQ_RC(brk_send_many(&g.p, big, lens, 8), 0);
+    REQ_RC(brk_send_many(&g.p, big, sizeof big, lens, 8), 0);
     REQ(g.p.count == 8, "send_many count %llu", (unsigned long long)g.p.count);
     int rc = brk_recv(&g.c[0], b, sizeof b);
     REQ(rc == BRK_LOST, "a lapped consumer got %s", rc_name(rc));
@@ -736,7 +736,7 @@ static const char *t_batches(int k)
         pat(in + off, lens[i], g.seq + (uint64_t)i);
         off += lens[i];
     }
-    REQ_RC(brk_send_many(p, in, lens, 10), 0);
+    REQ_RC(brk_send_many(p, in, sizeof in, lens, 10), 0);
     REQ(p->count == 10, "send_many count %llu", (unsigned long long)p->count);
     g.seq += 10;
     uint64_t want_tail = 0;
@@ -759,7 +759,7 @@ static const char *t_batches(int k)
     g.rseq[0] += 10;
     REQ_RC(brk_recv_many(c, out, sizeof out, olens, 4), BRK_EMPTY);
     REQ(c->count == 0, "count %llu on EMPTY", (unsigned long long)c->count);
-    REQ_RC(brk_send_many(p, in, lens, 0), 0);
+    REQ_RC(brk_send_many(p, in, sizeof in, lens, 0), 0);
     REQ(p->count == 0, "count of an empty batch");
 
     /* a batch larger than the room left: lossless sends what fits */
@@ -773,7 +773,7 @@ static const char *t_batches(int k)
         pos = end;
         fit++;
     }
-    REQ_RC(brk_send_many(p, in, lens, 10), 0);
+    REQ_RC(brk_send_many(p, in, sizeof in, lens, 10), 0);
     REQ(p->count == fit, "send_many sent %llu of 10, want %llu", (unsigned long long)p->count,
         (unsigned long long)fit);
     REQ(tail_of(p) == pos, "tail after a partial batch %llu want %llu", (unsigned long long)tail_of(p),
@@ -795,7 +795,7 @@ static const char *t_batches(int k)
         REQ(first + c->count == g.seq, "did not read up to the tail");
     } else {
         lens[0] = 200;
-        REQ_RC(brk_send_many(p, in, lens, 1), BRK_FULL);
+        REQ_RC(brk_send_many(p, in, sizeof in, lens, 1), BRK_FULL);
         REQ(p->count == 0, "count on FULL %llu", (unsigned long long)p->count);
         /* a buffer smaller than the first record: TOOBIG; room for one: one */
         REQ_RC(brk_recv_many(c, out, 100, olens, 10), BRK_TOOBIG);
@@ -1968,7 +1968,7 @@ static void w_producer(job_t *j, int idx)
                 make_rec(buf + off, seq + i, lens[i]);
                 off += lens[i];
             }
-            rc = brk_send_many(&p, buf, lens, nb);
+            rc = brk_send_many(&p, buf, off, lens, nb);
             if (rc == 0) {
                 if (p.count < 1 || p.count > nb)
                     WFAIL("send_many count %llu of %llu", (unsigned long long)p.count, (unsigned long long)nb);
