@@ -156,6 +156,75 @@ static PyObject *brk_py_recv_wait(PyObject *self, PyObject *const *args, Py_ssiz
     return brk_py_take(r);
 }
 
+/* send_many(ring, sequence, start) -> (sent, outcome): copies items
+ * start, start+1, ... (bytes or C-contiguous buffers) in chunks of up to 256,
+ * one publication a chunk, until all are sent or one does not fit (outcome
+ * BRK_FULL, BRK_TOOBIG...: then sent counts those before it). */
+#define BRK_PY_VEC 256
+static PyObject *brk_py_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_many(ring, sequence, start)");
+        return NULL;
+    }
+    brk_ring *r = brk_py_ring(args[0]);
+    if (!r)
+        return NULL;
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[1], "send_many takes a list or tuple of buffers");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), sent = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    int rc = 0;
+    const void *bufs[BRK_PY_VEC];
+    uint64_t lens[BRK_PY_VEC];
+    Py_buffer views[BRK_PY_VEC];
+    int viewed[BRK_PY_VEC];
+    for (Py_ssize_t at = start < 0 ? 0 : start; at < n && rc == 0;) {
+        Py_ssize_t k = 0;
+        for (; k < BRK_PY_VEC && at + k < n; k++) {
+            PyObject *o = items[at + k];
+            viewed[k] = 0;
+            if (PyBytes_CheckExact(o)) {
+                bufs[k] = PyBytes_AS_STRING(o);
+                lens[k] = (uint64_t)PyBytes_GET_SIZE(o);
+            } else if (PyObject_GetBuffer(o, &views[k], PyBUF_C_CONTIGUOUS) == 0) {
+                viewed[k] = 1;
+                bufs[k] = views[k].buf;
+                lens[k] = (uint64_t)views[k].len;
+            } else {
+                rc = -1; /* the exception is set; send what came before it */
+                break;
+            }
+        }
+        int src = k ? brk_send_vec(r, bufs, lens, (uint64_t)k) : 0;
+        Py_ssize_t went = k ? (Py_ssize_t)r->count : 0;
+        for (Py_ssize_t i = 0; i < k; i++)
+            if (viewed[i])
+                PyBuffer_Release(&views[i]);
+        sent += went;
+        at += went;
+        if (rc == -1) {
+            if (went == k) { /* everything before the bad item went: raise for it */
+                Py_DECREF(seq);
+                return NULL;
+            }
+            /* A record before the bad item did not fit: report that; the bad
+             * item raises when the caller comes back to it. */
+            PyErr_Clear();
+            rc = src ? src : BRK_FULL;
+        } else if (src || went < k) {
+            rc = src ? src : BRK_FULL;
+        }
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(ni)", sent, rc);
+}
+
 /* Batch buffer of recv_many: records and lengths together stay under glibc's
  * mmap threshold (128 KiB), so the allocation is reused, not page-faulted. */
 #define BRK_PY_BATCH_BYTES (64 * 1024)
@@ -252,6 +321,8 @@ static PyMethodDef brk_py_methods[] = {
     {"recv_wait", (PyCFunction)(void (*)(void))brk_py_recv_wait, METH_FASTCALL,
      "recv_wait(ring, timeout_ns) -> bytes | outcome"},
     {"wait_data", (PyCFunction)(void (*)(void))brk_py_wait_data, METH_FASTCALL, "wait_data(ring, timeout_ns) -> outcome"},
+    {"send_many", (PyCFunction)(void (*)(void))brk_py_send_many, METH_FASTCALL,
+     "send_many(ring, sequence, start) -> (sent, outcome)"},
     {"recv_many", (PyCFunction)(void (*)(void))brk_py_recv_many, METH_FASTCALL,
      "recv_many(ring, max) -> list[bytes] | outcome"},
     {"wait_space", (PyCFunction)(void (*)(void))brk_py_wait_space, METH_FASTCALL,

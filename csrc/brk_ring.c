@@ -667,10 +667,42 @@ int brk_send(brk_ring *r, const void *data, uint64_t len)
     return 0;
 }
 
-int brk_send_many(brk_ring *r, const void *data, uint64_t data_len, const uint64_t *lens, uint64_t n)
+/* Append n records, the i-th from src(i), publishing at least every half
+ * ring and once at the end. Shared by brk_send_many and brk_send_vec. */
+static int brk_put_many(brk_ring *r, const unsigned char *packed, const void *const *bufs, const uint64_t *lens,
+                        uint64_t n)
 {
     if (r->role != BRK_ROLE_PRODUCER || r->claimed || !r->hdr)
         return r->claimed ? BRK_BUSY : -EINVAL;
+    uint64_t i = 0, end = r->tail, bytes = 0;
+    int rc = 0;
+    for (; i < n; i++) {
+        rc = brk_room(r, end, lens[i]);
+        if (rc)
+            break;
+        brk_write_headers(r, lens[i]);
+        const void *src = packed ? (const void *)(packed + bytes) : bufs[i];
+        memcpy(r->data + (r->claim_pos & r->mask) + BRK_REC_HDR, src, lens[i]);
+        bytes += lens[i];
+        end = r->claim_pos + brk_rec_size(lens[i]);
+        r->seq++;
+        /* Publish at least every half ring: the limits and the lossy walk are
+         * reasoned from the published tail, and consumers need not wait. */
+        if (end - r->tail >= r->capacity / 2)
+            brk_publish(r, end);
+    }
+    r->records += i;
+    r->bytes += bytes;
+    r->count = i;
+    r->count_bytes = bytes;
+    if (end != r->tail)
+        brk_publish(r, end);
+    /* Some sent is success; the caller compares count with n. */
+    return i ? 0 : rc;
+}
+
+int brk_send_many(brk_ring *r, const void *data, uint64_t data_len, const uint64_t *lens, uint64_t n)
+{
     r->count = r->count_bytes = 0;
     /* The lengths must fit in the data before anything is written. */
     uint64_t total = 0;
@@ -679,31 +711,13 @@ int brk_send_many(brk_ring *r, const void *data, uint64_t data_len, const uint64
             return -EINVAL;
         total += lens[k];
     }
-    const unsigned char *src = data;
-    uint64_t i = 0, end = r->tail;
-    int rc = 0;
-    for (; i < n; i++) {
-        rc = brk_room(r, end, lens[i]);
-        if (rc)
-            break;
-        brk_write_headers(r, lens[i]);
-        memcpy(r->data + (r->claim_pos & r->mask) + BRK_REC_HDR, src, lens[i]);
-        src += lens[i];
-        end = r->claim_pos + brk_rec_size(lens[i]);
-        r->seq++;
-        r->bytes += lens[i];
-        /* Publish at least every half ring: the limits and the lossy walk are
-         * reasoned from the published tail, and consumers need not wait. */
-        if (end - r->tail >= r->capacity / 2)
-            brk_publish(r, end);
-    }
-    r->records += i;
-    r->count = i;
-    r->count_bytes = (uint64_t)(src - (const unsigned char *)data);
-    if (end != r->tail)
-        brk_publish(r, end);
-    /* Some sent is success; the caller compares count with n. */
-    return i ? 0 : rc;
+    return brk_put_many(r, data, NULL, lens, n);
+}
+
+int brk_send_vec(brk_ring *r, const void *const *bufs, const uint64_t *lens, uint64_t n)
+{
+    r->count = r->count_bytes = 0;
+    return brk_put_many(r, NULL, bufs, lens, n);
 }
 
 /* ---- consumer ---------------------------------------------------------- */

@@ -226,6 +226,8 @@ int brk_send(brk_ring *r, const void *data, uint64_t len);
 /* lens[0..n) are the lengths of the records packed back to back in data[0..data_len):
  * -EINVAL if they add up to more than data_len. count and count_bytes say what was sent. */
 int brk_send_many(brk_ring *r, const void *data, uint64_t data_len, const uint64_t *lens, uint64_t n);
+/* Gather: records bufs[i] of lens[i] bytes, published together; count says how many went. */
+int brk_send_vec(brk_ring *r, const void *const *bufs, const uint64_t *lens, uint64_t n);
 int brk_wait_space(brk_ring *r, uint64_t len, int64_t timeout_ns);
 
 /* Consumer */

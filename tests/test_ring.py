@@ -398,3 +398,18 @@ def test_recv_many_bounds_and_big_records(pair):
     tx.send(b"s")
     tx.send(b"b" * 2000)
     assert rx.recv_many(10) == [b"s", b"b" * 2000]
+
+
+def test_send_many_mixes_buffers_and_reports_a_bad_item(pair):
+    tx, rx = pair
+    tx.send_many([b"a", bytearray(b"bb"), memoryview(b"ccc"), np.arange(2, dtype=np.uint8)])
+    assert rx.recv_many() == [b"a", b"bb", b"ccc", b"\x00\x01"]
+    with pytest.raises(TypeError):
+        tx.send_many([b"ok", "not bytes"])
+    assert rx.recv_many() == [b"ok"]  # what came before the bad item was sent
+    with pytest.raises(broker.TooBig):
+        tx.send_many([b"x", b"y" * (tx.max_record + 1)])
+    assert rx.recv_many() == [b"x"]
+    assert tx.send_many([]) == 0
+    assert tx.send_many(iter([b"g1", b"g2"])) == 2
+    assert rx.recv_many() == [b"g1", b"g2"]
