@@ -1,4 +1,5 @@
 /* memcpy_bw.c: the floor of a copying send or receive here: one core copying 1 MiB blocks into an 8 MiB region. */
+#define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
