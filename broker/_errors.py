@@ -67,3 +67,8 @@ class MessagesLost(BrokerError):
 class StateError(BrokerError, RuntimeError):
     """A call out of order: a second claim, a commit without a claim, a
     consumer call on the producer side, a closed ring."""
+
+
+class BadHandle(BrokerError, LookupError):
+    """A sub-session handle that names no live object of this session: never
+    issued, forged, or already closed (stale)."""

@@ -1,0 +1,585 @@
+"""The wire protocol, sans-IO: frames, the handshake, and the client's and the server's state machines.
+
+No sockets, no mmap, no os: bytes in, events out; calls in, bytes out. Both
+transports (socket and shared memory) carry exactly these frames, so one codec
+and one set of golden tests serve both.
+
+A frame is a 24-byte little-endian header, then `length` bytes of body:
+
+    offset size field
+    0      4    magic        b"BRK1"
+    4      1    version      PROTOCOL_VERSION
+    5      1    type         FrameType
+    6      2    flags        FLAG_* (REQUEST: FLAG_ASYNC)
+    8      4    length       body bytes (at most the connection's max_frame)
+    12     4    reserved     0
+    16     8    request id   REQUEST / COMPLETE / CANCEL: the request; else 0
+
+Bodies:
+
+    HELLO     major u16, minor u16, build u32, slots u16, hello flags u8, 0 u8
+    WELCOME   connection id u64, slots u16, 0 u16, max_frame u32
+    REFUSE    status i32, reason (UTF-8, the rest)
+    REQUEST   function code i32, handle u32, 4 argument descriptors, payloads
+    COMPLETE  status i32, write count u8, has error u8, 0 u16,
+              writes (index u8, 0 u8 x3, length u32, data), error text (UTF-8, the rest)
+    PANIC     reason (UTF-8)
+    CANCEL    (empty; the request id says which)
+    CLOSE     reason (UTF-8)
+
+An argument descriptor is 16 bytes: kind u8, 0 u8 x3, length u32, value i64.
+INT and HANDLE carry their value; READ carries `length` bytes of payload;
+WRITE carries none and its max_length in value; READWRITE carries its current
+`length` bytes and its max_length in value. Payloads follow the descriptors in
+argument order.
+
+Everything is checked before anything is allocated: a header's length against
+max_frame before the body is buffered, every count and length against what is
+left of the body. A violation is a ProtocolError with a reason; it ends that
+connection only.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ._errors import BrokerError
+
+MAGIC = b"BRK1"
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<4sBBHIIQ")
+HEADER_SIZE = HEADER.size  # 24
+MAX_ARGS = 4
+DEFAULT_MAX_FRAME = 64 << 20
+MIN_MAX_FRAME = 4096
+MAX_TEXT = 4096  # reasons and error texts are cut to this many bytes
+MAX_SLOTS = 65535
+
+FLAG_ASYNC = 1  # REQUEST: uses one of the session's message slots
+HELLO_SHARABLE = 1
+HELLO_SOCKET_ONLY = 2
+
+_HELLO = struct.Struct("<HHIHBB")
+_WELCOME = struct.Struct("<QHHI")
+_STATUS = struct.Struct("<i")
+_REQUEST = struct.Struct("<iI")
+_ARG = struct.Struct("<BxxxIq")
+_COMPLETE = struct.Struct("<iBBH")
+_WRITE = struct.Struct("<BxxxI")
+
+assert HEADER_SIZE == 24 and _ARG.size == 16
+
+
+class ProtocolError(BrokerError):
+    """Bytes that are not a valid frame, or a valid frame out of place."""
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    REFUSE = 3
+    REQUEST = 4
+    COMPLETE = 5
+    PANIC = 6
+    CANCEL = 7
+    CLOSE = 8
+
+
+class ArgKind(enum.IntEnum):
+    NONE = 0
+    INT = 1
+    READ = 2  # a read-only buffer: its bytes travel to the server
+    WRITE = 3  # a writable buffer: only its max length travels; the server writes back
+    READWRITE = 4  # both
+    HANDLE = 5  # a sub-session handle
+
+
+class Status(enum.IntEnum):
+    """Completion statuses (after Symbian's KErr* values, which are negative)."""
+
+    OK = 0
+    NOT_FOUND = -1
+    GENERAL = -2
+    CANCELLED = -3
+    NO_MEMORY = -4
+    NOT_SUPPORTED = -5
+    ARGUMENT = -6
+    BAD_HANDLE = -8
+    OVERFLOW = -9
+    VERSION = -10  # the server does not support the client's version
+    SERVER_BUSY = -16
+    DIED = -13  # the server side failed (an exception in the service)
+    DISCONNECTED = -36
+    PERMISSION_DENIED = -46
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a message as it travels: see the module's docstring."""
+
+    kind: ArgKind = ArgKind.NONE
+    value: int = 0  # INT / HANDLE: the value; WRITE / READWRITE: max length
+    data: bytes = b""  # READ / READWRITE: the bytes sent
+
+    @property
+    def max_length(self) -> int:
+        if self.kind in (ArgKind.WRITE, ArgKind.READWRITE):
+            return self.value
+        return len(self.data)
+
+
+NO_ARG = Arg()
+
+
+@dataclass(frozen=True)
+class Hello:
+    version: tuple[int, int, int] = (1, 0, 0)
+    slots: int = 0
+    sharable: bool = False
+    socket_only: bool = False
+
+
+@dataclass(frozen=True)
+class Welcome:
+    connection_id: int
+    slots: int
+    max_frame: int = DEFAULT_MAX_FRAME
+
+
+@dataclass(frozen=True)
+class Refuse:
+    status: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: int
+    code: int
+    args: tuple[Arg, Arg, Arg, Arg] = (NO_ARG, NO_ARG, NO_ARG, NO_ARG)
+    handle: int = 0
+    asynchronous: bool = False
+
+
+@dataclass(frozen=True)
+class Write:
+    """The new content of a writable argument (its length becomes len(data))."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Complete:
+    request_id: int
+    status: int = 0
+    writes: tuple[Write, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Panic:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: str = ""
+
+
+Event = Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close
+
+# ---- encoding -----------------------------------------------------------------
+
+
+def _text(s: str) -> bytes:
+    b = s.encode("utf-8", "replace")[:MAX_TEXT]
+    return b.decode("utf-8", "ignore").encode("utf-8")  # never cut a character in two
+
+
+def _frame(ftype: FrameType, body: bytes, request_id: int = 0, flags: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, ftype, flags, len(body), 0, request_id) + body
+
+
+def encode(event: Event) -> bytes:
+    """The frame for an event. ValueError for an event that cannot be sent."""
+    if isinstance(event, Hello):
+        major, minor, build = event.version
+        flags = (HELLO_SHARABLE if event.sharable else 0) | (HELLO_SOCKET_ONLY if event.socket_only else 0)
+        if not 0 <= event.slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be from 0 to {MAX_SLOTS}")
+        return _frame(FrameType.HELLO, _HELLO.pack(major, minor, build, event.slots, flags, 0))
+    if isinstance(event, Welcome):
+        return _frame(FrameType.WELCOME, _WELCOME.pack(event.connection_id, event.slots, 0, event.max_frame))
+    if isinstance(event, Refuse):
+        return _frame(FrameType.REFUSE, _STATUS.pack(event.status) + _text(event.reason))
+    if isinstance(event, Request):
+        if len(event.args) != MAX_ARGS:
+            raise ValueError(f"a request has exactly {MAX_ARGS} argument slots")
+        parts = [_REQUEST.pack(event.code, event.handle)]
+        payloads = []
+        for a in event.args:
+            if a.kind in (ArgKind.READ, ArgKind.READWRITE):
+                if a.kind == ArgKind.READWRITE and len(a.data) > a.value:
+                    raise ValueError("a READWRITE argument holds more than its max length")
+                parts.append(_ARG.pack(a.kind, len(a.data), a.value if a.kind == ArgKind.READWRITE else 0))
+                payloads.append(a.data)
+            else:
+                parts.append(_ARG.pack(a.kind, 0, a.value))
+        flags = FLAG_ASYNC if event.asynchronous else 0
+        return _frame(FrameType.REQUEST, b"".join(parts + payloads), event.request_id, flags)
+    if isinstance(event, Complete):
+        if len(event.writes) > MAX_ARGS:
+            raise ValueError("more writes than arguments")
+        err = b"" if event.error is None else _text(event.error)
+        parts = [_COMPLETE.pack(event.status, len(event.writes), event.error is not None, 0)]
+        for w in event.writes:
+            parts.append(_WRITE.pack(w.index, len(w.data)))
+            parts.append(w.data)
+        parts.append(err)
+        return _frame(FrameType.COMPLETE, b"".join(parts), event.request_id)
+    if isinstance(event, Panic):
+        return _frame(FrameType.PANIC, _text(event.reason))
+    if isinstance(event, Cancel):
+        return _frame(FrameType.CANCEL, b"", event.request_id)
+    if isinstance(event, Close):
+        return _frame(FrameType.CLOSE, _text(event.reason))
+    raise TypeError(f"not a protocol event: {event!r}")
+
+
+# ---- decoding -----------------------------------------------------------------
+
+
+def _utf8(body: bytes | memoryview, what: str) -> str:
+    if len(body) > MAX_TEXT:
+        raise ProtocolError(f"{what} of {len(body)} bytes (at most {MAX_TEXT})")
+    try:
+        return bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} is not UTF-8") from None
+
+
+def _need(body: memoryview, size: int, what: str) -> None:
+    if len(body) < size:
+        raise ProtocolError(f"{what}: {len(body)} bytes, needs {size}")
+
+
+def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryview) -> Event:
+    """The event a frame's body holds. ProtocolError if it is malformed."""
+    b = memoryview(body)
+    try:
+        t = FrameType(ftype)
+    except ValueError:
+        raise ProtocolError(f"unknown frame type {ftype}") from None
+    if t != FrameType.REQUEST and flags:
+        raise ProtocolError(f"{t.name} frame with flags {flags:#x}")
+    if t not in (FrameType.REQUEST, FrameType.COMPLETE, FrameType.CANCEL) and request_id:
+        raise ProtocolError(f"{t.name} frame with a request id")
+    if t == FrameType.HELLO:
+        if len(b) != _HELLO.size:
+            raise ProtocolError(f"HELLO body of {len(b)} bytes, expected {_HELLO.size}")
+        major, minor, build, slots, hflags, zero = _HELLO.unpack(b)
+        if hflags & ~(HELLO_SHARABLE | HELLO_SOCKET_ONLY) or zero:
+            raise ProtocolError(f"HELLO with unknown flags {hflags:#x}")
+        return Hello((major, minor, build), slots, bool(hflags & HELLO_SHARABLE), bool(hflags & HELLO_SOCKET_ONLY))
+    if t == FrameType.WELCOME:
+        if len(b) != _WELCOME.size:
+            raise ProtocolError(f"WELCOME body of {len(b)} bytes, expected {_WELCOME.size}")
+        cid, slots, zero, max_frame = _WELCOME.unpack(b)
+        if zero or max_frame < MIN_MAX_FRAME:
+            raise ProtocolError(f"WELCOME with a max frame of {max_frame} bytes")
+        return Welcome(cid, slots, max_frame)
+    if t == FrameType.REFUSE:
+        _need(b, _STATUS.size, "REFUSE")
+        return Refuse(_STATUS.unpack_from(b)[0], _utf8(b[_STATUS.size :], "REFUSE reason"))
+    if t == FrameType.REQUEST:
+        return _decode_request(b, flags, request_id)
+    if t == FrameType.COMPLETE:
+        return _decode_complete(b, request_id)
+    if t == FrameType.PANIC:
+        return Panic(_utf8(b, "PANIC reason"))
+    if t == FrameType.CANCEL:
+        if len(b):
+            raise ProtocolError("CANCEL with a body")
+        return Cancel(request_id)
+    return Close(_utf8(b, "CLOSE reason"))
+
+
+def _decode_request(b: memoryview, flags: int, request_id: int) -> Request:
+    if flags & ~FLAG_ASYNC:
+        raise ProtocolError(f"REQUEST with unknown flags {flags:#x}")
+    head = _REQUEST.size + MAX_ARGS * _ARG.size
+    _need(b, head, "REQUEST")
+    code, handle = _REQUEST.unpack_from(b)
+    descs = [_ARG.unpack_from(b, _REQUEST.size + i * _ARG.size) for i in range(MAX_ARGS)]
+    at = head
+    args = []
+    for i, (kind, length, value) in enumerate(descs):
+        try:
+            k = ArgKind(kind)
+        except ValueError:
+            raise ProtocolError(f"argument {i} of unknown kind {kind}") from None
+        if k in (ArgKind.READ, ArgKind.READWRITE):
+            if length > len(b) - at:
+                raise ProtocolError(f"argument {i} claims {length} bytes, {len(b) - at} are left")
+            if k == ArgKind.READWRITE and not 0 <= length <= value:
+                raise ProtocolError(f"argument {i}: {length} bytes over a max length of {value}")
+            data = bytes(b[at : at + length])
+            at += length
+            args.append(Arg(k, value if k == ArgKind.READWRITE else 0, data))
+        else:
+            if length:
+                raise ProtocolError(f"argument {i} ({k.name}) with a payload length")
+            if k == ArgKind.WRITE and value < 0:
+                raise ProtocolError(f"argument {i}: negative max length")
+            if k == ArgKind.HANDLE and not 0 <= value <= 0xFFFFFFFF:
+                raise ProtocolError(f"argument {i}: handle out of range")
+            if k == ArgKind.NONE and value:
+                raise ProtocolError(f"argument {i}: NONE with a value")
+            args.append(Arg(k, value))
+    if at != len(b):
+        raise ProtocolError(f"REQUEST with {len(b) - at} bytes after its payloads")
+    return Request(request_id, code, (args[0], args[1], args[2], args[3]), handle, bool(flags & FLAG_ASYNC))
+
+
+def _decode_complete(b: memoryview, request_id: int) -> Complete:
+    _need(b, _COMPLETE.size, "COMPLETE")
+    status, nwrites, has_error, zero = _COMPLETE.unpack_from(b)
+    if nwrites > MAX_ARGS or has_error > 1 or zero:
+        raise ProtocolError(f"COMPLETE with {nwrites} writes, error flag {has_error}")
+    at = _COMPLETE.size
+    writes = []
+    seen = set()
+    for _ in range(nwrites):
+        _need(b[at:], _WRITE.size, "COMPLETE write")
+        index, length = _WRITE.unpack_from(b, at)
+        at += _WRITE.size
+        if index >= MAX_ARGS or index in seen:
+            raise ProtocolError(f"COMPLETE writes argument {index}")
+        seen.add(index)
+        if length > len(b) - at:
+            raise ProtocolError(f"COMPLETE write of {length} bytes, {len(b) - at} are left")
+        writes.append(Write(index, bytes(b[at : at + length])))
+        at += length
+    error = _utf8(b[at:], "COMPLETE error") if has_error else None
+    if not has_error and at != len(b):
+        raise ProtocolError(f"COMPLETE with {len(b) - at} bytes after its writes")
+    return Complete(request_id, status, tuple(writes), error)
+
+
+class FrameReader:
+    """Cuts a byte stream into events. Checks each header before it buffers
+    the body, so a peer cannot make us hold more than max_frame bytes."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """The events completed by `data` (possibly none). ProtocolError on the first bad frame."""
+        self._buf += data
+        out: list[Event] = []
+        while len(self._buf) >= HEADER_SIZE:
+            magic, version, ftype, flags, length, reserved, request_id = HEADER.unpack_from(self._buf)
+            if magic != MAGIC:
+                raise ProtocolError(f"bad magic {bytes(magic)!r}: not a broker peer")
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+            if length > self.max_frame:
+                raise ProtocolError(f"a frame of {length} bytes, over the limit of {self.max_frame}")
+            if reserved:
+                raise ProtocolError("non-zero reserved header field")
+            if len(self._buf) < HEADER_SIZE + length:
+                break
+            body = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
+            del self._buf[: HEADER_SIZE + length]
+            out.append(decode_body(ftype, flags, request_id, body))
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet a whole frame."""
+        return len(self._buf)
+
+
+# ---- the two ends ---------------------------------------------------------------
+
+
+class State(enum.Enum):
+    START = "start"  # client: HELLO not sent; server: waiting for it
+    HANDSHAKE = "handshake"  # client: HELLO sent, waiting for WELCOME or REFUSE
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass
+class _Side:
+    max_frame: int = DEFAULT_MAX_FRAME
+    state: State = State.START
+    reader: FrameReader = field(init=False)
+    closed_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.reader = FrameReader(self.max_frame)
+
+    def _close(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self.closed_reason = reason
+
+    def _check_open(self, what: str) -> None:
+        if self.state != State.OPEN:
+            raise ProtocolError(f"{what} while the connection is {self.state.value}")
+
+
+class ClientConnection(_Side):
+    """The client's end: HELLO, then requests; completions matched to them."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        super().__init__(max_frame)
+        self.welcome: Welcome | None = None
+        self.outstanding: dict[int, bool] = {}  # request id -> asynchronous
+        self._next_id = 1
+
+    def hello(self, hello: Hello) -> bytes:
+        if self.state != State.START:
+            raise ProtocolError("HELLO twice")
+        self.state = State.HANDSHAKE
+        return encode(hello)
+
+    def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
+        """A new request: (its id, the frame to send)."""
+        self._check_open("a request")
+        a = list(args)
+        if len(a) > MAX_ARGS:
+            raise ValueError(f"at most {MAX_ARGS} arguments")
+        a += [NO_ARG] * (MAX_ARGS - len(a))
+        rid = self._next_id
+        self._next_id += 1
+        frame = encode(Request(rid, code, (a[0], a[1], a[2], a[3]), handle, asynchronous))
+        if len(frame) - HEADER_SIZE > (self.welcome.max_frame if self.welcome else self.max_frame):
+            raise ValueError(f"a request of {len(frame)} bytes is over the server's limit")
+        self.outstanding[rid] = asynchronous
+        return rid, frame
+
+    def cancel(self, request_id: int) -> bytes:
+        self._check_open("a cancel")
+        return encode(Cancel(request_id))
+
+    def close(self, reason: str = "") -> bytes:
+        self._close(reason or "closed by the client")
+        return encode(Close(reason))
+
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events from the server. ProtocolError closes the connection."""
+        try:
+            events = self.reader.feed(data)
+            for ev in events:
+                self._on(ev)
+        except ProtocolError as e:
+            self._close(f"protocol error: {e}")
+            raise
+        return events
+
+    def _on(self, ev: Event) -> None:
+        if self.state == State.HANDSHAKE:
+            if isinstance(ev, Welcome):
+                self.welcome = ev
+                self.state = State.OPEN
+                return
+            if isinstance(ev, Refuse):
+                self._close(ev.reason or f"refused ({ev.status})")
+                return
+            raise ProtocolError(f"{type(ev).__name__} before WELCOME")
+        if self.state != State.OPEN:
+            raise ProtocolError(f"{type(ev).__name__} on a {self.state.value} connection")
+        if isinstance(ev, Complete):
+            if self.outstanding.pop(ev.request_id, None) is None:
+                raise ProtocolError(f"completion of unknown request {ev.request_id}")
+            return
+        if isinstance(ev, Panic):
+            self._close(f"panicked: {ev.reason}")
+            return
+        if isinstance(ev, Close):
+            self._close(ev.reason or "closed by the server")
+            return
+        raise ProtocolError(f"a server does not send {type(ev).__name__}")
+
+
+class ServerConnection(_Side):
+    """The server's end: waits for HELLO, accepts or refuses, then takes
+    requests and completes each exactly once."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        super().__init__(max_frame)
+        self.hello_event: Hello | None = None
+        self.outstanding: dict[int, Request] = {}
+
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events from the client. ProtocolError closes the connection."""
+        try:
+            events = self.reader.feed(data)
+            for ev in events:
+                self._on(ev)
+        except ProtocolError as e:
+            self._close(f"protocol error: {e}")
+            raise
+        return events
+
+    def _on(self, ev: Event) -> None:
+        if self.state == State.START:
+            if not isinstance(ev, Hello):
+                raise ProtocolError(f"{type(ev).__name__} before HELLO")
+            self.hello_event = ev
+            self.state = State.HANDSHAKE
+            return
+        if self.state == State.HANDSHAKE:
+            raise ProtocolError(f"{type(ev).__name__} before the server answered HELLO")
+        if self.state != State.OPEN:
+            raise ProtocolError(f"{type(ev).__name__} on a {self.state.value} connection")
+        if isinstance(ev, Request):
+            if ev.request_id == 0 or ev.request_id in self.outstanding:
+                raise ProtocolError(f"request id {ev.request_id} reused while outstanding")
+            self.outstanding[ev.request_id] = ev
+            return
+        if isinstance(ev, Cancel):
+            return  # the server decides; an unknown id is harmless (already completed)
+        if isinstance(ev, Close):
+            self._close(ev.reason or "closed by the client")
+            return
+        raise ProtocolError(f"a client does not send {type(ev).__name__}")
+
+    def accept(self, connection_id: int, slots: int) -> bytes:
+        if self.state != State.HANDSHAKE:
+            raise ProtocolError("accept without HELLO")
+        self.state = State.OPEN
+        return encode(Welcome(connection_id, slots, self.max_frame))
+
+    def refuse(self, status: int, reason: str) -> bytes:
+        if self.state != State.HANDSHAKE:
+            raise ProtocolError("refuse without HELLO")
+        self._close(reason)
+        return encode(Refuse(status, reason))
+
+    def complete(self, request_id: int, status: int = 0, writes: Iterable[Write] = (), error: str | None = None) -> bytes:
+        """The completion of an outstanding request; ProtocolError if it is not outstanding (a second completion)."""
+        self._check_open("a completion")
+        if self.outstanding.pop(request_id, None) is None:
+            raise ProtocolError(f"request {request_id} is not outstanding (completed twice?)")
+        return encode(Complete(request_id, status, tuple(writes), error))
+
+    def panic(self, reason: str) -> bytes:
+        self._close(f"panicked: {reason}")
+        self.outstanding.clear()
+        return encode(Panic(reason))
+
+    def close(self, reason: str = "") -> bytes:
+        self._close(reason or "closed by the server")
+        self.outstanding.clear()
+        return encode(Close(reason))
