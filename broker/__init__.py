@@ -1,11 +1,21 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
+from ._client import Buffer, ClientSession, SubSession, connect
 from ._errors import (
+    BadHandle,
     BrokerError,
     Closed,
     Corrupt,
     Empty,
     EmptyTimeout,
     Evicted,
+    Overflow,
+    Panicked,
+    PermissionDenied,
+    ServerBusy,
+    ServerGone,
+    ServerNotFound,
+    ServiceError,
+    VersionRefused,
     Full,
     FullTimeout,
     PeerGone,
@@ -14,10 +24,41 @@ from ._errors import (
     Timeout,
     TooBig,
 )
+from ._protocol import ArgKind, ProtocolError, Status
 from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for
+from ._server import Refused, Server
+from ._session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent
 from ._version import __version__
 
 __all__ = [
+    "ALWAYS_PASS",
+    "ArgKind",
+    "BadHandle",
+    "Buffer",
+    "ClientSession",
+    "Container",
+    "Message",
+    "NOT_SUPPORTED",
+    "Overflow",
+    "Panicked",
+    "Peer",
+    "PermissionDenied",
+    "Policy",
+    "ProtocolError",
+    "RefObject",
+    "Refused",
+    "SAME_USER",
+    "Server",
+    "ServerBusy",
+    "ServerGone",
+    "ServerNotFound",
+    "ServiceError",
+    "Session",
+    "SessionEvent",
+    "Status",
+    "SubSession",
+    "VersionRefused",
+    "connect",
     "BrokerError",
     "Broadcast",
     "Closed",

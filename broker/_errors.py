@@ -72,3 +72,49 @@ class StateError(BrokerError, RuntimeError):
 class BadHandle(BrokerError, LookupError):
     """A sub-session handle that names no live object of this session: never
     issued, forged, or already closed (stale)."""
+
+
+class ServerNotFound(BrokerError, ConnectionRefusedError):
+    """Nothing listens at the address (or it refused the connection)."""
+
+
+class VersionRefused(BrokerError, ConnectionRefusedError):
+    """The server does not support the version the client asked for, or refused the session."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerBusy(BrokerError):
+    """No free message slot (asynchronous requests), or the server has too many sessions."""
+
+
+class PermissionDenied(BrokerError, PermissionError):
+    """The server's security policy refused this request, or the server is not who the client required."""
+
+
+class Panicked(BrokerError, ConnectionError):
+    """The server panicked this client: the session is over; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"panicked by the server: {reason}")
+        self.reason = reason
+
+
+class ServerGone(BrokerError, ConnectionResetError):
+    """The connection to the server broke (the server stopped or died)."""
+
+
+class ServiceError(BrokerError):
+    """The service completed the request with an error: `status` (negative)
+    and the server's text."""
+
+    def __init__(self, status: int, text: str = "") -> None:
+        super().__init__(f"status {status}" + (f": {text}" if text else ""))
+        self.status = status
+        self.text = text
+
+
+class Overflow(BrokerError, OverflowError):
+    """Server side: a write past the client buffer's maximum length."""

@@ -1,0 +1,379 @@
+"""The client side: connect(), sessions, sub-sessions; synchronous, future-based and asyncio calls."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from . import _address
+from ._errors import (
+    BadHandle,
+    BrokerError,
+    Panicked,
+    PermissionDenied,
+    ServerBusy,
+    ServerGone,
+    ServerNotFound,
+    ServiceError,
+    StateError,
+    Timeout,
+    VersionRefused,
+)
+from ._protocol import (
+    Arg,
+    ArgKind,
+    ClientConnection,
+    Complete,
+    Hello,
+    Panic,
+    ProtocolError,
+    Refuse,
+    State,
+    Status,
+    Welcome,
+)
+from ._session import CLOSE_SUBSESSION
+
+_RECV = 256 * 1024
+
+
+class Buffer:
+    """A writable argument the server fills: up to `max_length` bytes (with
+    `initial` content sent to the server, if any). After the call, `value`."""
+
+    def __init__(self, max_length: int, initial: bytes = b"") -> None:
+        if len(initial) > max_length:
+            raise ValueError("initial content longer than max_length")
+        self.max_length = max_length
+        self.value = bytes(initial)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.max_length}, {self.value!r})"
+
+
+def _to_arg(a: Any) -> Arg:
+    if a is None:
+        return Arg()
+    if isinstance(a, bool) or not isinstance(a, (int, bytes, bytearray, memoryview, Buffer, SubSession)):
+        raise TypeError(f"an argument is an int, bytes, a bytearray, a broker.Buffer or a SubSession, not {type(a).__name__}")
+    if isinstance(a, SubSession):
+        return Arg(ArgKind.HANDLE, a.handle)
+    if isinstance(a, int):
+        if not -(2**63) <= a < 2**63:
+            raise OverflowError("an int argument must fit in 64 bits")
+        return Arg(ArgKind.INT, a)
+    if isinstance(a, Buffer):
+        return Arg(ArgKind.READWRITE if a.value else ArgKind.WRITE, a.max_length, a.value)
+    if isinstance(a, bytearray):
+        return Arg(ArgKind.READWRITE, len(a), bytes(a))
+    return Arg(ArgKind.READ, 0, bytes(a))
+
+
+def _apply_writes(args: tuple[Any, ...], done: Complete) -> None:
+    for w in done.writes:
+        target = args[w.index] if w.index < len(args) else None
+        if isinstance(target, Buffer):
+            target.value = w.data
+        elif isinstance(target, bytearray):
+            target[:] = w.data
+
+
+_STATUS_ERRORS = {
+    Status.PERMISSION_DENIED: PermissionDenied,
+    Status.BAD_HANDLE: BadHandle,
+    Status.SERVER_BUSY: ServerBusy,
+}
+
+
+def _result(done: Complete) -> int:
+    """The status of a completion, or the typed error it stands for."""
+    if done.status >= 0:
+        return done.status
+    text = done.error or f"status {done.status}"
+    err = _STATUS_ERRORS.get(done.status)  # type: ignore[call-overload]
+    if err is not None:
+        raise err(text)
+    raise ServiceError(done.status, done.error or "")
+
+
+class ClientSession:
+    """A session with a server. Unsharable (one thread) unless connect(sharable=True)."""
+
+    def __init__(self, sock: socket.socket, address: str, proto: ClientConnection, welcome: Welcome,
+                 sharable: bool) -> None:
+        self._sock = sock
+        self.address = address
+        self._proto = proto
+        self.connection_id = welcome.connection_id
+        self.slots = welcome.slots
+        self.sharable = sharable
+        self._owner = threading.get_ident()
+        self._lock = threading.RLock()  # sending and the protocol's books
+        self._pending: dict[int, tuple[Future[int], tuple[Any, ...], bool]] = {}
+        self._async = 0
+        self._reader: threading.Thread | None = None
+        self._broken: BaseException | None = None
+        if sharable:
+            self._start_reader()
+
+    # -- calls -----------------------------------------------------------------------
+
+    def send_receive(self, code: int, *args: Any, timeout: float | None = None, handle: int = 0) -> int:
+        """Call function `code` with up to four arguments and wait for its
+        completion status (>= 0; errors raise). Writable arguments (bytearray,
+        Buffer) hold what the server wrote."""
+        self._check_thread()
+        fut, rid = self._submit(code, args, handle, asynchronous=False)
+        if self._reader is None:
+            self._read_until(fut, timeout, rid)
+        return self._wait(fut, rid, timeout)
+
+    def send(self, code: int, *args: Any, handle: int = 0) -> "Future[int]":
+        """Call asynchronously: a future of the status. Uses one of the
+        session's message slots; ServerBusy at once when none is free."""
+        self._check_thread()
+        with self._lock:
+            if self._async >= self.slots:
+                raise ServerBusy(f"all {self.slots} message slots of this session are in use")
+            self._start_reader()
+            fut, _ = self._submit(code, args, handle, asynchronous=True)
+        return fut
+
+    async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
+        """send_receive for asyncio (does not block the event loop)."""
+        with self._lock:
+            self._start_reader()
+            fut, _ = self._submit(code, args, handle, asynchronous=False)
+        return await asyncio.wrap_future(fut)
+
+    async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
+        """send for asyncio: uses a message slot."""
+        return await asyncio.wrap_future(self.send(code, *args, handle=handle))
+
+    def close(self) -> None:
+        """End the session (the server closes its sub-sessions)."""
+        with self._lock:
+            if self._proto.state == State.OPEN:
+                try:
+                    self._sock.sendall(self._proto.close())
+                except OSError:
+                    pass
+            self._fail(ServerGone("the session is closed"), closing=True)
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(5)
+
+    def __enter__(self) -> "ClientSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._proto.state == State.CLOSED
+
+    # -- machinery ------------------------------------------------------------------
+
+    def _check_thread(self) -> None:
+        if not self.sharable and threading.get_ident() != self._owner:
+            raise StateError("this session is not sharable: use it from the thread that connected, "
+                             "or connect(sharable=True)")
+
+    def _submit(self, code: int, args: tuple[Any, ...], handle: int, asynchronous: bool) -> tuple["Future[int]", int]:
+        if len(args) > 4:
+            raise TypeError("at most four arguments")
+        wire = [_to_arg(a) for a in args]
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            rid, frame = self._proto.request(code, wire, handle, asynchronous)
+            fut: Future[int] = Future()
+            self._pending[rid] = (fut, args, asynchronous)
+            if asynchronous:
+                self._async += 1
+            try:
+                self._sock.sendall(frame)
+            except OSError as e:
+                self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
+                raise self._broken from e  # type: ignore[misc]
+        return fut, rid
+
+    def _wait(self, fut: "Future[int]", rid: int, timeout: float | None) -> int:
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            with self._lock:
+                if self._pending.pop(rid, None) is not None and self._proto.state == State.OPEN:
+                    try:
+                        self._sock.sendall(self._proto.cancel(rid))
+                    except OSError:
+                        pass
+            raise Timeout(f"no answer within {timeout} s") from None
+
+    def _read_until(self, fut: "Future[int]", timeout: float | None, rid: int) -> None:
+        """Unsharable, no reader thread: read the socket here until `fut` is done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not fut.done():
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return  # _wait raises Timeout
+                self._sock.settimeout(left)
+            else:
+                self._sock.settimeout(None)
+            try:
+                data = self._sock.recv(_RECV)
+            except socket.timeout:
+                return
+            except OSError as e:
+                data = b""
+                err: BaseException = ServerGone(f"the connection to {self.address} broke: {e}")
+            else:
+                err = ServerGone(f"the server at {self.address} closed the connection")
+            if not data:
+                self._fail(err)
+                return
+            self._dispatch(data)
+
+    def _start_reader(self) -> None:
+        with self._lock:
+            if self._reader is None and self._broken is None:
+                self._sock.settimeout(None)
+                self._reader = threading.Thread(target=self._read_loop, name=f"broker-client {self.address}",
+                                                daemon=True)
+                self._reader.start()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(_RECV)
+            except OSError as e:
+                self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
+                return
+            if not data:
+                self._fail(ServerGone(f"the server at {self.address} closed the connection"))
+                return
+            self._dispatch(data)
+            if self._broken is not None:
+                return
+
+    def _dispatch(self, data: bytes) -> None:
+        with self._lock:
+            try:
+                events = self._proto.receive(data)
+            except ProtocolError as e:
+                self._fail(ServerGone(f"the server sent something invalid: {e}"))
+                return
+            for ev in events:
+                if isinstance(ev, Complete):
+                    entry = self._pending.pop(ev.request_id, None)
+                    if entry is None:
+                        continue  # timed out and cancelled: nobody waits
+                    fut, args, asynchronous = entry
+                    if asynchronous:
+                        self._async -= 1
+                    _apply_writes(args, ev)
+                    try:
+                        fut.set_result(_result(ev))
+                    except BrokerError as e:
+                        fut.set_exception(e)
+                elif isinstance(ev, Panic):
+                    self._fail(Panicked(ev.reason))
+                else:  # Close
+                    self._fail(ServerGone(f"the server closed the session: {getattr(ev, 'reason', '')}"))
+
+    def _fail(self, err: BaseException, closing: bool = False) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken = err
+            pending, self._pending = self._pending, {}
+            self._async = 0
+            for fut, _, _ in pending.values():
+                if not fut.done():
+                    fut.set_exception(self._broken)
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+
+
+def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
+            timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None) -> ClientSession:
+    """Open a session with the server at `address` (a name, a Unix socket path, or tcp://host:port).
+
+    server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets)."""
+    addr = _address.parse(address)
+    sock = socket.socket(addr.family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(addr.target)
+    except (FileNotFoundError, ConnectionRefusedError, socket.timeout, OSError) as e:
+        sock.close()
+        raise ServerNotFound(f"no server at {address}: {e}") from None
+    try:
+        if addr.is_unix and server_uid is not None:
+            pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != server_uid:
+                raise PermissionDenied(f"the server at {address} runs as uid {uid}, not {server_uid}")
+        if not addr.is_unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        proto = ClientConnection()
+        sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only)))  # type: ignore[arg-type]
+        while proto.state == State.HANDSHAKE:
+            data = sock.recv(_RECV)
+            if not data:
+                raise ServerGone(f"the server at {address} closed the connection during the handshake")
+            for ev in proto.receive(data):
+                if isinstance(ev, Refuse):
+                    raise VersionRefused(f"the server at {address} refused the session: {ev.reason}", ev.status)
+        assert proto.welcome is not None
+    except (VersionRefused, PermissionDenied, ServerGone):
+        sock.close()
+        raise
+    except (ProtocolError, socket.timeout, OSError) as e:
+        sock.close()
+        raise ServerNotFound(f"no broker server at {address}: {e}") from None
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return ClientSession(sock, address, proto, proto.welcome, sharable)
+
+
+class SubSession:
+    """A handle to a server object, opened through a session (Symbian's RSubSessionBase)."""
+
+    def __init__(self, session: ClientSession, handle: int) -> None:
+        self.session = session
+        self.handle = handle
+
+    @classmethod
+    def open(cls, session: ClientSession, code: int, *args: Any, timeout: float | None = None) -> "SubSession":
+        """Send `code`; the service opens an object and completes with its handle."""
+        handle = session.send_receive(code, *args, timeout=timeout)
+        if handle <= 0:
+            raise BadHandle(f"function {code} completed with {handle}, not a sub-session handle")
+        return cls(session, handle)
+
+    def send_receive(self, code: int, *args: Any, timeout: float | None = None) -> int:
+        return self.session.send_receive(code, *args, timeout=timeout, handle=self.handle)
+
+    def send(self, code: int, *args: Any) -> "Future[int]":
+        return self.session.send(code, *args, handle=self.handle)
+
+    def close(self) -> None:
+        if self.handle:
+            h, self.handle = self.handle, 0
+            if not self.session.closed:
+                self.session.send_receive(CLOSE_SUBSESSION, handle=h)
+
+    def __enter__(self) -> "SubSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

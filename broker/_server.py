@@ -1,0 +1,479 @@
+"""The server: listens, makes a session per connection, dispatches messages, keeps the books.
+
+One thread multiplexes every connection with a selector: the listening sockets,
+each session's socket and a wake-up socket for completions made on other
+threads. Services run on that thread, one message at a time (like Symbian's
+active scheduler); a service that completes later, from any thread, just calls
+message.complete().
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import selectors
+import socket
+import struct
+import threading
+from typing import Any, Callable, Iterator
+
+from . import _address
+from ._errors import BadHandle, BrokerError, Overflow, StateError
+from ._protocol import DEFAULT_MAX_FRAME, Complete, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
+from ._session import CLOSE_SUBSESSION, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
+
+log = logging.getLogger("broker.server")
+_RECV = 256 * 1024
+
+
+class Refused(BrokerError):
+    """Raised by new_session() to refuse a client: `status` and the reason it gets."""
+
+    def __init__(self, reason: str, status: int = Status.VERSION) -> None:
+        super().__init__(reason)
+        self.status = int(status)
+
+
+def _peer(sock: socket.socket, cid: int) -> Peer:
+    if sock.family == socket.AF_UNIX:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return Peer(cid, "unix", pid, uid, gid)
+    host, port = sock.getpeername()[:2]
+    return Peer(cid, "tcp", address=(host, port))
+
+
+class _Conn:
+    """One accepted connection: its protocol state, its session, its output."""
+
+    def __init__(self, server: "Server", sock: socket.socket, peer: Peer) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.proto = ServerConnection(server.max_frame)
+        self.session: Any = None
+        self.slots = 0
+        self.async_outstanding = 0
+        self.messages: dict[int, Message] = {}
+        self.out = bytearray()
+        self.lock = threading.RLock()
+        self.ended = False
+        self.client_closed = False
+
+    # -- input (loop thread) --------------------------------------------------
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(_RECV)
+        except (ConnectionResetError, OSError):
+            data = b""
+        if not data:
+            self.end("closed" if self.client_closed else "died")
+            return
+        try:
+            with self.lock:
+                events = self.proto.receive(data)
+        except ProtocolError as e:
+            self._close_with(f"protocol error: {e}")
+            return
+        for ev in events:
+            if self.ended:
+                return
+            if isinstance(ev, Hello):
+                self.on_hello(ev)
+            elif isinstance(ev, Request):
+                self.on_request(ev)
+            elif isinstance(ev, Close):
+                self.client_closed = True
+                self.end("closed")
+
+    def on_hello(self, hello: Hello) -> None:
+        srv = self.server
+        try:
+            if len(srv._conns_open) >= srv.max_sessions:
+                raise Refused(f"the server has its maximum of {srv.max_sessions} sessions", Status.SERVER_BUSY)
+            if hello.sharable and not srv.allow_sharable:
+                raise Refused("this server does not allow sharable sessions", Status.NOT_SUPPORTED)
+            session = srv.new_session(hello.version, self.peer)
+        except Refused as r:
+            self._send(self.proto.refuse(r.status, str(r)))
+            srv._event(SessionEvent("refused", self.peer, str(r)))
+            self.end("refused", quiet=True)
+            return
+        self.session = session
+        self.slots = min(hello.slots, srv.max_slots)
+        srv._conns_open.add(self)
+        self._send(self.proto.accept(self.peer.connection_id, self.slots))
+        srv._event(SessionEvent("connected", self.peer, f"transport {self.peer.transport}", session))
+
+    def on_request(self, req: Request) -> None:
+        msg = Message(self, req.request_id, req.code, req.args, req.handle, req.asynchronous)
+        if req.asynchronous:
+            if self.async_outstanding >= self.slots:
+                msg.complete(Status.SERVER_BUSY, f"all {self.slots} message slots are in use")
+                return
+            self.async_outstanding += 1
+        self.messages[req.request_id] = msg
+        srv, session = self.server, self.session
+        if req.code == CLOSE_SUBSESSION:
+            try:
+                session.close_subsession(req.handle)
+                msg.complete(Status.OK)
+            except BadHandle as e:
+                msg.complete(Status.BAD_HANDLE, str(e))
+            return
+        policy = find_policy(srv.policies, req.code)
+        if policy is not None and not policy.allows(self.peer, msg, srv.uid):
+            if policy.panic:
+                msg.panic(f"function {req.code} is not allowed for {self.peer}")
+            else:
+                msg.complete(Status.PERMISSION_DENIED, f"function {req.code} is not allowed for {self.peer}")
+            return
+        try:
+            session.service(msg)
+        except BadHandle as e:
+            if not msg.completed:
+                msg.complete(Status.BAD_HANDLE, str(e))
+        except Overflow as e:
+            if not msg.completed:
+                msg.complete(Status.OVERFLOW, str(e))
+        except Exception as e:  # the service failed: the client gets the error, the server goes on
+            log.warning("service of function %d for %s raised %r", req.code, self.peer, e)
+            if not msg.completed:
+                msg.complete(Status.DIED, f"{type(e).__name__}: {e}")
+
+    # -- output (any thread) ----------------------------------------------------
+
+    def complete(self, msg: Message, status: int, writes: list[Write], error: str | None) -> None:
+        with self.lock:
+            if self.ended or self.proto.state != State.OPEN:
+                return  # the client is gone: nobody to tell
+            self.messages.pop(msg.request_id, None)
+            if msg.asynchronous:
+                self.async_outstanding -= 1
+            self._send(self.proto.complete(msg.request_id, status, writes, error))
+
+    def panic(self, reason: str) -> None:
+        with self.lock:
+            if self.ended or self.proto.state != State.OPEN:
+                return
+            self._send(self.proto.panic(reason))
+        self.server._call_soon(lambda: self.end(f"panicked: {reason}"))
+
+    def _close_with(self, reason: str) -> None:
+        with self.lock:
+            if not self.ended and self.proto.state == State.OPEN:
+                self._send(self.proto.close(reason))
+        self.end(reason)
+
+    def _send(self, frame: bytes) -> None:
+        with self.lock:
+            self.out += frame
+            self._flush()
+
+    def _flush(self) -> None:
+        with self.lock:
+            while self.out and not self.ended:
+                try:
+                    n = self.sock.send(self.out)
+                except BlockingIOError:
+                    self.server._want_write(self)
+                    return
+                except OSError:
+                    self.server._call_soon(lambda: self.end("died"))
+                    return
+                del self.out[:n]
+
+    # -- the end ------------------------------------------------------------------
+
+    def end(self, reason: str, quiet: bool = False) -> None:
+        """Close the connection and the session: its sub-sessions, its pending messages."""
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
+        srv = self.server
+        srv._forget(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        session = self.session
+        if session is not None:
+            for obj in session.objects.clear():
+                if isinstance(obj, RefObject):
+                    obj.close()
+            try:
+                session.closed(reason)
+            except Exception as e:
+                log.warning("%s.closed() raised %r", type(session).__name__, e)
+        if not quiet:
+            srv._event(SessionEvent("disconnected", self.peer, reason, session))
+
+
+class Server:
+    """A named server: `with Server("name", MySession) as srv: ...` serves in a background thread.
+
+    session: a Session subclass (or any callable(server, peer) -> Session).
+    version: what the server supports; a client asking for a higher version,
+    or another major version, is refused (override new_session to decide otherwise).
+    """
+
+    def __init__(self, address: str, session: Callable[[Any, Peer], Session] = Session, *,
+                 tcp: str | None = None, version: tuple[int, int, int] = (1, 0, 0), max_sessions: int = 1024,
+                 max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
+                 max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None) -> None:
+        self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
+        self.session_factory = session
+        self.version = version
+        self.max_sessions = max_sessions
+        self.max_slots = max_slots
+        self.allow_sharable = allow_sharable
+        self.policies = tuple(policies)
+        self.max_frame = max_frame
+        self.uid = os.geteuid()
+        self._on_event = [on_event] if on_event else []
+        self._events: queue.Queue[SessionEvent] | None = None
+        self._ids = itertools.count(1)
+        self._sel: selectors.BaseSelector | None = None
+        self._listeners: list[socket.socket] = []
+        self._conns: set[_Conn] = set()
+        self._conns_open: set[_Conn] = set()
+        self._soon: list[Callable[[], None]] = []
+        self._soon_lock = threading.Lock()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.bound: list[Any] = []
+
+    # -- policy hooks ---------------------------------------------------------------
+
+    def new_session(self, version: tuple[int, int, int], peer: Peer) -> Session:
+        """Make the session for a client that asked for `version`; raise Refused to refuse it."""
+        if version[0] != self.version[0] or tuple(version) > tuple(self.version):
+            v = ".".join(map(str, version))
+            raise Refused(f"version {v} is not supported (the server is {'.'.join(map(str, self.version))})")
+        return self.session_factory(self, peer)
+
+    # -- events -------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[SessionEvent], None]) -> None:
+        """Call callback(event) on the server's thread for every session event."""
+        self._on_event.append(callback)
+
+    def events(self) -> Iterator[SessionEvent]:
+        """An iterator over session events from now on (blocks for the next one)."""
+        if self._events is None:
+            self._events = queue.Queue()
+        q = self._events
+        while True:
+            yield q.get()
+
+    def _event(self, ev: SessionEvent) -> None:
+        log.info("session %s: %s %s", ev.kind, ev.peer, ev.reason)
+        if self._events is not None:
+            self._events.put(ev)
+        for cb in self._on_event:
+            try:
+                cb(ev)
+            except Exception as e:
+                log.warning("session event callback raised %r", e)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        for addr in self.addresses:
+            if addr.is_unix:
+                path = str(addr.target)
+                if os.path.exists(path):
+                    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    try:
+                        probe.connect(path)
+                        probe.close()
+                        raise BrokerError(f"another server is live at {path}")
+                    except (ConnectionRefusedError, FileNotFoundError):
+                        os.unlink(path)  # stale: its server is gone
+                    finally:
+                        probe.close()
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.bind(path)
+            else:
+                s = socket.socket(addr.family, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(addr.target)
+            s.listen(512)
+            s.setblocking(False)
+            self._listeners.append(s)
+            self.bound.append(s.getsockname())
+
+    def start(self) -> "Server":
+        """Serve in a background thread (the embedding case)."""
+        if self._thread is not None:
+            raise StateError("the server is already running")
+        self._setup()
+        self._thread = threading.Thread(target=self._loop, name=f"broker-server {self.addresses[0]}", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until stop() (from another thread or a signal handler)."""
+        self._setup()
+        self._loop()
+
+    def _setup(self) -> None:
+        self._stopping = False
+        self._sel = selectors.DefaultSelector()
+        try:
+            self._listen()
+        except BaseException:
+            self._close_listeners()
+            raise
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        for s in self._listeners:
+            self._sel.register(s, selectors.EVENT_READ, ("listen", s))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful: no new sessions; each session is told and closed; everything is released."""
+        if self._sel is None:
+            return
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _close_listeners(self) -> None:
+        for s, addr in zip(self._listeners, self.addresses):
+            try:
+                s.close()
+            finally:
+                if addr.is_unix:
+                    try:
+                        os.unlink(str(addr.target))
+                    except FileNotFoundError:
+                        pass
+        self._listeners = []
+
+    def _loop(self) -> None:
+        sel = self._sel
+        assert sel is not None
+        try:
+            while not self._stopping:
+                for key, mask in sel.select(timeout=1.0):
+                    kind, obj = key.data
+                    if kind == "listen":
+                        self._accept(obj)
+                    elif kind == "wake":
+                        self._drain_wake()
+                    else:
+                        if mask & selectors.EVENT_WRITE:
+                            obj._flush()
+                            if not obj.out and not obj.ended:
+                                sel.modify(obj.sock, selectors.EVENT_READ, key.data)
+                        if mask & selectors.EVENT_READ and not obj.ended:
+                            obj.on_readable()
+                self._run_soon()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for conn in list(self._conns):
+            for msg in list(conn.messages.values()):
+                if not msg.completed:
+                    try:
+                        msg.complete(Status.CANCELLED, "the server is stopping")
+                    except StateError:
+                        pass
+            conn._close_with("server stopped")
+        self._close_listeners()
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._wake_r = self._wake_w = None
+        if self._sel is not None:
+            self._sel.close()
+        self._sel = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(self, sock, _peer(sock, next(self._ids)))
+            self._conns.add(conn)
+            assert self._sel is not None
+            self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+
+    def _forget(self, conn: _Conn) -> None:
+        self._conns.discard(conn)
+        self._conns_open.discard(conn)
+        if self._sel is not None:
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    # -- cross-thread ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._wake_w
+        if w is not None:
+            try:
+                w.send(b"\0")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _drain_wake(self) -> None:
+        assert self._wake_r is not None
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        with self._soon_lock:
+            self._soon.append(fn)
+        self._wake()
+
+    def _run_soon(self) -> None:
+        with self._soon_lock:
+            todo, self._soon = self._soon, []
+        for fn in todo:
+            fn()
+
+    def _want_write(self, conn: _Conn) -> None:
+        def arm() -> None:
+            if not conn.ended and self._sel is not None:
+                self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", conn))
+        if threading.current_thread() is self._thread:
+            arm()
+        else:
+            self._call_soon(arm)
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The live sessions: peer, outstanding requests, sub-sessions."""
+        return [
+            {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
+             "subsessions": len(c.session.objects) if c.session is not None else 0}
+            for c in list(self._conns_open)
+        ]

@@ -1,0 +1,299 @@
+"""The server side of the model: peers, messages, sessions, policies, events, reference-counted objects."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from ._errors import BadHandle, BrokerError, Overflow, StateError
+from ._handles import ObjectIndex
+from ._protocol import Arg, ArgKind, Status, Write
+
+if TYPE_CHECKING:
+    from ._server import _Conn
+
+# Function codes below zero belong to the framework.
+CLOSE_SUBSESSION = -1
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end, as the kernel says (never as the client says)."""
+
+    connection_id: int
+    transport: str  # "unix" or "tcp"
+    pid: int | None = None  # Unix sockets: SO_PEERCRED
+    uid: int | None = None
+    gid: int | None = None
+    address: tuple[str, int] | None = None  # TCP: the peer's address
+
+    def __str__(self) -> str:
+        if self.transport == "unix":
+            return f"connection {self.connection_id} (pid {self.pid}, uid {self.uid})"
+        return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]})" if self.address else "?"
+
+
+class Message:
+    """One request: a function code and four arguments (Symbian's RMessage2).
+
+    complete() must be called exactly once, from any thread, now or later.
+    """
+
+    def __init__(self, conn: "_Conn", request_id: int, code: int, args: tuple[Arg, ...], handle: int,
+                 asynchronous: bool) -> None:
+        self._conn = conn
+        self.request_id = request_id
+        self.code = code
+        self.handle = handle
+        self.asynchronous = asynchronous
+        self._args = args
+        self._writes: dict[int, bytearray] = {}
+        self._done = False
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> "Session":
+        return self._conn.session
+
+    @property
+    def peer(self) -> Peer:
+        return self._conn.peer
+
+    @property
+    def args(self) -> tuple[Any, Any, Any, Any]:
+        """Each argument as Python sees it: an int, bytes (read), a handle (int), or None."""
+        out: list[Any] = []
+        for a in self._args:
+            if a.kind in (ArgKind.INT, ArgKind.HANDLE):
+                out.append(a.value)
+            elif a.kind in (ArgKind.READ, ArgKind.READWRITE):
+                out.append(a.data)
+            else:
+                out.append(None)
+        return out[0], out[1], out[2], out[3]
+
+    def _arg(self, i: int) -> Arg:
+        if not 0 <= i < len(self._args):
+            raise IndexError(f"argument {i}: a message has 4")
+        return self._args[i]
+
+    def kind(self, i: int) -> ArgKind:
+        return self._arg(i).kind
+
+    def integer(self, i: int) -> int:
+        a = self._arg(i)
+        if a.kind != ArgKind.INT:
+            raise BrokerError(f"argument {i} is {a.kind.name}, not INT")
+        return a.value
+
+    def length(self, i: int) -> int:
+        """Current length of a buffer argument (after any write)."""
+        if i in self._writes:
+            return len(self._writes[i])
+        a = self._arg(i)
+        return len(a.data)
+
+    def max_length(self, i: int) -> int:
+        """Largest length a buffer argument can hold."""
+        return self._arg(i).max_length
+
+    def read(self, i: int, offset: int = 0, size: int | None = None) -> bytes:
+        """Bytes of a readable buffer argument from `offset`."""
+        a = self._arg(i)
+        if a.kind not in (ArgKind.READ, ArgKind.READWRITE):
+            raise BrokerError(f"argument {i} is {a.kind.name}: nothing to read")
+        data = bytes(self._writes[i]) if i in self._writes else a.data
+        if not 0 <= offset <= len(data):
+            raise Overflow(f"read at offset {offset} of a {len(data)}-byte argument")
+        return data[offset:] if size is None else data[offset : offset + size]
+
+    def write(self, i: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
+        """Write into the client's writable argument at `offset`; its length
+        becomes offset + len(data). Overflow past its max length (nothing written)."""
+        a = self._arg(i)
+        if a.kind not in (ArgKind.WRITE, ArgKind.READWRITE):
+            raise BrokerError(f"argument {i} is {a.kind.name}: not writable")
+        data = bytes(data)
+        if offset < 0 or offset + len(data) > a.max_length:
+            raise Overflow(f"writing {len(data)} bytes at {offset} into argument {i} of max length {a.max_length}")
+        with self._lock:
+            if self._done:
+                raise StateError("the message is already complete")
+            buf = self._writes.get(i)
+            if buf is None:
+                buf = bytearray(a.data if a.kind == ArgKind.READWRITE else b"")
+            if offset > len(buf):
+                raise Overflow(f"write at offset {offset} beyond the argument's length {len(buf)}")
+            buf[offset:] = data
+            self._writes[i] = buf
+
+    def complete(self, status: int = 0, error: str | None = None) -> None:
+        """Finish the request with `status` (0 or a positive result; negative:
+        an error the client sees); exactly once."""
+        with self._lock:
+            if self._done:
+                raise StateError(f"request {self.request_id} is already complete")
+            self._done = True
+            writes = [Write(i, bytes(b)) for i, b in sorted(self._writes.items())]
+        self._conn.complete(self, int(status), writes, error)
+
+    @property
+    def completed(self) -> bool:
+        return self._done
+
+    def panic(self, reason: str) -> None:
+        """End the client's session: its pending and next calls raise Panicked(reason)."""
+        with self._lock:
+            self._done = True
+        self._conn.panic(reason)
+
+
+class Session:
+    """Subclass this and implement service(message); the server makes one per
+    accepted connection. `objects` holds the session's sub-sessions."""
+
+    def __init__(self, server: Any, peer: Peer) -> None:
+        self.server = server
+        self.peer = peer
+        self.objects = ObjectIndex()
+
+    def service(self, message: Message) -> None:
+        message.complete(Status.NOT_SUPPORTED, f"function {message.code} is not supported")
+
+    def subsession(self, message: Message) -> Any:
+        """The object named by the message's handle; BadHandle (the client gets it) otherwise."""
+        return self.objects.get(message.handle)
+
+    def open_subsession(self, obj: Any) -> int:
+        """Store obj as a sub-session of this session; its handle (complete the message with it)."""
+        if isinstance(obj, RefObject):
+            obj.open()
+        return self.objects.add(obj)
+
+    def close_subsession(self, handle: int) -> None:
+        obj = self.objects.remove(handle)
+        if isinstance(obj, RefObject):
+            obj.close()
+
+    def closed(self, reason: str) -> None:
+        """Called once when the session ends, after its sub-sessions are closed."""
+
+
+# ---- security policies ------------------------------------------------------------
+
+ALWAYS_PASS = "always pass"
+NOT_SUPPORTED = "not supported"
+SAME_USER = "same user"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What to check for a range of function codes, on the kernel's word about the peer.
+
+    check: ALWAYS_PASS, NOT_SUPPORTED, SAME_USER (as the server), `uids` /
+    `gids` (in a set), or a callable(peer, message) -> bool. On failure the
+    request completes with PERMISSION_DENIED, or the client is panicked."""
+
+    codes: range
+    check: Any = ALWAYS_PASS
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    panic: bool = False
+
+    def allows(self, peer: Peer, message: Message, server_uid: int) -> bool:
+        if self.uids or self.gids:  # a set given: membership decides (a TCP peer has no uid: refused)
+            return (peer.uid is not None and peer.uid in self.uids) or (peer.gid is not None and peer.gid in self.gids)
+        if self.check == ALWAYS_PASS:
+            return True
+        if self.check == NOT_SUPPORTED:
+            return False
+        if self.check == SAME_USER:
+            return peer.uid is not None and peer.uid == server_uid
+        if callable(self.check):
+            return bool(self.check(peer, message))
+        raise ValueError(f"unknown policy check {self.check!r}")
+
+
+def find_policy(policies: Iterable[Policy], code: int) -> Policy | None:
+    for p in policies:
+        if code in p.codes:
+            return p
+    return None
+
+
+# ---- events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """A session connected, was refused, or disconnected (closed, died, panicked, protocol error, server stopped)."""
+
+    kind: str  # "connected" | "refused" | "disconnected"
+    peer: Peer
+    reason: str = ""
+    session: Any = field(default=None, compare=False)
+
+
+# ---- reference-counted objects and named containers ------------------------------
+
+
+class RefObject:
+    """A server object several sessions can share; it dies (destroyed()) with its last reference."""
+
+    def __init__(self) -> None:
+        self.refs = 0
+        self.container: "Container | None" = None
+        self.name: str | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            self.refs += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self.refs -= 1
+            last = self.refs == 0
+        if last:
+            if self.container is not None:
+                self.container._forget(self)
+            self.destroyed()
+
+    def destroyed(self) -> None:
+        """Called when the last reference is closed."""
+
+
+class Container:
+    """Named RefObjects with unique names, shared between sessions (Symbian's CObjectCon)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._objects: dict[str, RefObject] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, obj: RefObject) -> RefObject:
+        with self._lock:
+            if name in self._objects:
+                raise StateError(f"{self.name} already has an object named {name!r}")
+            obj.container, obj.name = self, name
+            self._objects[name] = obj
+        return obj
+
+    def find(self, name: str) -> RefObject:
+        with self._lock:
+            try:
+                return self._objects[name]
+            except KeyError:
+                raise BadHandle(f"{self.name} has no object named {name!r}") from None
+
+    def _forget(self, obj: RefObject) -> None:
+        with self._lock:
+            if obj.name is not None and self._objects.get(obj.name) is obj:
+                del self._objects[obj.name]
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._objects)

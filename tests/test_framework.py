@@ -1,0 +1,485 @@
+"""The client/server framework over real sockets (Unix and TCP), clients in separate processes.
+
+The server runs in this process (a background thread) so that its books can be
+checked; every client runs in a forked child. The transport parameter is the
+contract: the shared-memory transport (issue 4) becomes a third value.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import broker
+from broker import Buffer, Policy, RefObject, Session, SubSession, connect
+
+from .helpers import Child
+
+ECHO_LEN, REVERSE, RAISE, OPEN_SHARED, SUB_ADD, PANIC, LATER, OVERFLOW, SECRET, GUARDED, HOLD, TWICE = range(1, 13)
+
+
+class Counter(RefObject):
+    destroyed_names: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    def destroyed(self) -> None:
+        Counter.destroyed_names.append(self.name or "?")
+
+
+class Service(Session):
+    held: list[broker.Message] = []
+
+    def service(self, m: broker.Message) -> None:
+        if m.code == ECHO_LEN:
+            m.complete(len(m.read(0)))
+        elif m.code == REVERSE:
+            m.write(1, m.read(0)[::-1])
+            m.complete(0)
+        elif m.code == RAISE:
+            raise ValueError("the service failed on purpose")
+        elif m.code == OPEN_SHARED:
+            name = m.read(0).decode()
+            try:
+                obj = self.server.counters.find(name)
+            except broker.BadHandle:
+                obj = self.server.counters.add(name, Counter())
+            m.complete(self.open_subsession(obj))
+        elif m.code == SUB_ADD:
+            obj = self.subsession(m)
+            obj.value += m.integer(0)
+            m.complete(obj.value)
+        elif m.code == PANIC:
+            m.panic("asked for it")
+        elif m.code == LATER:
+            threading.Timer(0.05, m.complete, args=(42,)).start()  # completed later, from another thread
+        elif m.code == OVERFLOW:
+            m.write(0, b"x" * (m.max_length(0) + 1))
+        elif m.code in (SECRET, GUARDED):
+            m.complete(1)
+        elif m.code == HOLD:
+            Service.held.append(m)  # completed by the test, or never
+        elif m.code == TWICE:
+            m.complete(5)
+            m.complete(6)  # raises StateError: the client still sees 5
+        else:
+            super().service(m)
+
+
+POLICIES = (Policy(range(SECRET, SECRET + 1), uids=frozenset({4242})),
+            Policy(range(GUARDED, GUARDED + 1), uids=frozenset({4242}), panic=True))
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def server(request, tmp_path):
+    events: list[broker.SessionEvent] = []
+    srv = broker.Server(str(tmp_path / "srv.sock"), Service, tcp="tcp://127.0.0.1:0", policies=POLICIES,
+                        on_event=events.append)
+    srv.counters = broker.Container("counters")
+    srv.start()
+    srv.address = str(tmp_path / "srv.sock") if request.param == "unix" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
+    srv.transport = request.param
+    srv.recorded = events
+    Service.held = []
+    Counter.destroyed_names = []
+    yield srv
+    for m in Service.held:
+        if not m.completed:
+            try:
+                m.complete(0)
+            except broker.StateError:
+                pass
+    srv.stop()
+
+
+def in_child(fn) -> None:
+    """Run fn in a separate process; fail with its traceback if it fails."""
+    assert Child(fn).join(60) == 0, "the client process failed (traceback above)"
+
+
+def wait_for(cond, timeout=5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_round_trips_arguments_and_write_back(server):
+    def client() -> None:
+        with connect(server.address) as s:
+            assert s.send_receive(ECHO_LEN, b"hello") == 5
+            out = Buffer(16)
+            assert s.send_receive(REVERSE, b"abc", out) == 0 and out.value == b"cba"
+            rw = bytearray(b"0123456789")
+            s.send_receive(REVERSE, b"xy", rw)
+            assert rw == b"yx"  # a bytearray is read-write: its new content and length
+            assert s.send_receive(ECHO_LEN, b"z" * 1_000_000) == 1_000_000
+            assert s.send(LATER).result(5) == 42
+            assert s.send_receive(TWICE) == 5
+
+    in_child(client)
+
+
+def test_errors_are_typed_and_end_nothing(server):
+    def client() -> None:
+        with connect(server.address) as s:
+            with pytest.raises(broker.ServiceError, match="failed on purpose") as e:
+                s.send_receive(RAISE)
+            assert e.value.status == broker.Status.DIED
+            with pytest.raises(broker.ServiceError, match="not supported"):
+                s.send_receive(999)
+            with pytest.raises(broker.ServiceError) as e:
+                s.send_receive(OVERFLOW, Buffer(4))
+            assert e.value.status == broker.Status.OVERFLOW
+            with pytest.raises(broker.PermissionDenied):
+                s.send_receive(SECRET)
+            assert s.send_receive(ECHO_LEN, b"still fine") == 10
+
+    in_child(client)
+
+
+def test_a_failing_policy_can_panic_the_client(server):
+    def client() -> None:
+        s = connect(server.address)
+        with pytest.raises(broker.Panicked, match="not allowed") as e:
+            s.send_receive(GUARDED)
+        assert "not allowed" in e.value.reason
+        with pytest.raises(broker.Panicked):
+            s.send_receive(ECHO_LEN, b"next")  # the session is over
+        s.close()
+
+    in_child(client)
+    wait_for(lambda: any(ev.kind == "disconnected" and "panicked" in ev.reason for ev in server.recorded))
+
+
+def test_panic_ends_the_session_with_its_reason(server):
+    def client() -> None:
+        s = connect(server.address)
+        with pytest.raises(broker.Panicked, match="asked for it"):
+            s.send_receive(PANIC)
+        s.close()
+
+    in_child(client)
+
+
+def test_shared_objects_are_reference_counted_across_sessions(server):
+    r, w = os.pipe()
+
+    def holder() -> None:
+        with connect(server.address) as s:
+            sub = SubSession.open(s, OPEN_SHARED, b"shared")
+            assert sub.send_receive(SUB_ADD, 10) == 10
+            os.write(w, b"1")
+            time.sleep(60)  # killed while holding it
+
+    with Child(holder) as kid:
+        assert os.read(r, 1) == b"1"
+
+        def other() -> None:
+            with connect(server.address) as s:
+                sub = SubSession.open(s, OPEN_SHARED, b"shared")
+                assert sub.send_receive(SUB_ADD, 5) == 15  # the same object
+                h = sub.handle
+                sub.close()
+                with pytest.raises(broker.BadHandle):
+                    s.send_receive(SUB_ADD, 1, handle=h)  # closed: stale
+
+        in_child(other)
+        obj = server.counters.find("shared")
+        assert obj.refs == 1
+        kid.kill()  # kill -9 while it holds the object
+    wait_for(lambda: len(server.counters) == 0)
+    assert Counter.destroyed_names == ["shared"] and obj.refs == 0
+    wait_for(lambda: any(ev.kind == "disconnected" and ev.reason == "died" for ev in server.recorded))
+    os.close(r)
+    os.close(w)
+
+
+def test_forged_and_stale_handles_are_bad_handles(server):
+    def client() -> None:
+        with connect(server.address) as s:
+            sub = SubSession.open(s, OPEN_SHARED, b"h")
+            h = sub.handle
+            sub.close()
+            for bad in (h, h + 1, 0x7FFF0001, 0):
+                with pytest.raises(broker.BadHandle):
+                    s.send_receive(SUB_ADD, 1, handle=bad)
+            assert s.send_receive(ECHO_LEN, b"ok") == 2
+
+    in_child(client)
+
+
+def test_message_slots(server):
+    def client() -> None:
+        with connect(server.address, slots=2) as s:
+            f1, f2 = s.send(HOLD), s.send(HOLD)
+            with pytest.raises(broker.ServerBusy):
+                s.send(HOLD)  # refused at once, no round trip
+            assert s.send_receive(ECHO_LEN, b"sync") == 4  # a synchronous call never runs out
+            os.write(w, b"1")
+            assert f1.result(10) == 7 and f2.result(10) == 7
+            assert s.send(ECHO_LEN, b"again").result(5) == 5  # slots are free again
+
+    r, w = os.pipe()
+    with Child(client) as kid:
+        assert os.read(r, 1) == b"1"
+        for m in Service.held:
+            m.complete(7)
+        assert kid.join(30) == 0
+    os.close(r)
+    os.close(w)
+
+
+def test_server_caps_slots_and_refuses_versions(server):
+    def client() -> None:
+        with pytest.raises(broker.VersionRefused, match="version 2.0.0 is not supported"):
+            connect(server.address, version=(2, 0, 0))
+        with pytest.raises(broker.VersionRefused):
+            connect(server.address, version=(1, 1, 0))
+        with connect(server.address, slots=10_000) as s:
+            assert s.slots == 255
+
+    in_child(client)
+    assert any(ev.kind == "refused" for ev in server.recorded)
+
+
+def test_server_not_found_and_server_identity(server, tmp_path):
+    def client() -> None:
+        with pytest.raises(broker.ServerNotFound):
+            connect(str(tmp_path / "nobody.sock"))
+        with pytest.raises(broker.ServerNotFound):
+            connect("tcp://127.0.0.1:1")
+        if server.transport == "unix":
+            with pytest.raises(broker.PermissionDenied, match="runs as uid"):
+                connect(server.address, server_uid=os.geteuid() + 1)
+            with connect(server.address, server_uid=os.geteuid()) as s:
+                assert s.send_receive(ECHO_LEN, b"x") == 1
+
+    in_child(client)
+
+
+def test_client_death_with_outstanding_requests_and_subsessions(server):
+    r, w = os.pipe()
+
+    def doomed() -> None:
+        s = connect(server.address, slots=4)
+        SubSession.open(s, OPEN_SHARED, b"a")
+        SubSession.open(s, OPEN_SHARED, b"b")
+        s.send(HOLD)
+        s.send(HOLD)
+        os.write(w, b"1")
+        time.sleep(60)
+
+    with Child(doomed) as kid:
+        assert os.read(r, 1) == b"1"
+        wait_for(lambda: len(Service.held) == 2)
+        assert server.sessions()[0]["subsessions"] == 2 and server.sessions()[0]["outstanding"] == 2
+        kid.kill()
+    wait_for(lambda: not server.sessions() and len(server.counters) == 0)
+    assert sorted(Counter.destroyed_names) == ["a", "b"]
+    died = [ev for ev in server.recorded if ev.kind == "disconnected"]
+    assert died and died[-1].reason == "died"
+    for m in Service.held:  # completing for a dead client is harmless
+        m.complete(0)
+    in_child(lambda: connect(server.address).close())  # the server goes on
+    os.close(r)
+    os.close(w)
+
+
+def raw_socket(server) -> socket.socket:
+    if server.transport == "unix":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(server.address)
+    else:
+        s = socket.create_connection(("127.0.0.1", server.bound[1][1]))
+    s.settimeout(5)
+    return s
+
+
+HELLO = bytes.fromhex("42524b31 01 01 0000 0c000000 00000000 0000000000000000 0100 0000 00000000 0400 00 00".replace(" ", ""))
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n" + b"\0" * 16, "bad magic"),
+        (HELLO[:5] + b"\x63" + HELLO[6:], "unknown frame type"),
+        (HELLO[:8] + struct.pack("<I", 1 << 31) + HELLO[12:], "over the limit"),
+        (HELLO + HELLO, "before the server answered"),
+    ],
+)
+def test_bad_input_ends_only_the_offending_connection(server, payload, reason):
+    good = Child(lambda: _long_client(server.address))
+    try:
+        bad = raw_socket(server)
+        bad.sendall(payload)
+        data = b""
+        try:
+            while True:
+                chunk = bad.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        bad.close()
+        wait_for(lambda: any(reason in ev.reason for ev in server.recorded if ev.kind == "disconnected"))
+        assert good.join(60) == 0  # the other client kept working throughout
+    finally:
+        good.kill()
+
+
+def _long_client(address: str) -> None:
+    with connect(address) as s:
+        for i in range(200):
+            assert s.send_receive(ECHO_LEN, b"x" * i) == i
+            time.sleep(0.001)
+
+
+def test_truncated_frame_then_disconnect(server):
+    bad = raw_socket(server)
+    bad.sendall(HELLO[:30])
+    bad.close()
+    in_child(lambda: _long_client(server.address))
+
+
+def test_a_request_before_hello_is_a_protocol_error(server):
+    bad = raw_socket(server)
+    bad.sendall(broker._protocol.encode(broker._protocol.Request(1, 5)))
+    assert bad.recv(100) == b""  # the server closed the connection
+    bad.close()
+    wait_for(lambda: any("before HELLO" in ev.reason for ev in server.recorded))
+
+
+def test_many_sessions_from_a_few_processes(server):
+    per, procs = 125, 4
+    fds_before = len(os.listdir("/proc/self/fd"))
+
+    def many() -> None:
+        sessions = [connect(server.address) for _ in range(per)]
+        for round_ in range(3):
+            for i, s in enumerate(sessions):
+                assert s.send_receive(ECHO_LEN, b"y" * (i % 50)) == i % 50
+        os.write(w, b"1")
+        os.read(r2, 1)
+        for s in sessions:
+            s.close()
+
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    kids = [Child(many) for _ in range(procs)]
+    try:
+        for _ in kids:
+            assert os.read(r, 1) == b"1"
+        assert len(server.sessions()) == per * procs
+        os.write(w2, b"x" * procs)
+        assert [k.join(120) for k in kids] == [0] * procs
+    finally:
+        for k in kids:
+            k.kill()
+    wait_for(lambda: not server.sessions())
+    for fd in (r, w, r2, w2):
+        os.close(fd)
+    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds_before)
+
+
+def test_sharable_session_from_many_threads(server):
+    def client() -> None:
+        with connect(server.address, sharable=True) as s:
+            errors = []
+
+            def worker(k: int) -> None:
+                try:
+                    for i in range(200):
+                        assert s.send_receive(ECHO_LEN, b"t" * ((k + i) % 30)) == (k + i) % 30
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+        with connect(server.address) as s:  # unsharable: another thread is refused
+            caught = []
+            t = threading.Thread(target=lambda: caught.append(_try(lambda: s.send_receive(ECHO_LEN, b""))))
+            t.start()
+            t.join()
+            assert isinstance(caught[0], broker.StateError)
+
+    in_child(client)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except BaseException as e:  # noqa: BLE001
+        return e
+
+
+def test_asyncio_flavour(server):
+    import asyncio
+
+    def client() -> None:
+        async def main() -> None:
+            with connect(server.address, slots=8) as s:
+                results = await asyncio.gather(*(s.asend(ECHO_LEN, b"q" * i) for i in range(8)))
+                assert results == list(range(8))
+                assert await s.asend_receive(LATER) == 42
+
+        asyncio.run(main())
+
+    in_child(client)
+
+
+def test_graceful_stop_cancels_in_flight_and_releases_everything(tmp_path):
+    path = str(tmp_path / "stop.sock")
+    srv = broker.Server(path, Service)
+    srv.counters = broker.Container("counters")
+    srv.start()
+    Service.held = []
+    r, w = os.pipe()
+
+    def client() -> None:
+        s = connect(path)
+        SubSession.open(s, OPEN_SHARED, b"z")
+        f = s.send(HOLD)
+        os.write(w, b"1")
+        with pytest.raises((broker.ServiceError, broker.ServerGone)):
+            f.result(10)
+        with pytest.raises(broker.ServerGone):
+            s.send_receive(ECHO_LEN, b"")
+
+    with Child(client) as kid:
+        assert os.read(r, 1) == b"1"
+        wait_for(lambda: len(Service.held) == 1)
+        srv.stop()
+        assert kid.join(30) == 0
+    assert len(srv.counters) == 0 and not os.path.exists(path)
+    with pytest.raises(broker.ServerNotFound):
+        connect(path)
+    os.close(r)
+    os.close(w)
+
+
+def test_a_live_server_keeps_its_address_and_a_stale_socket_is_taken_over(tmp_path):
+    path = str(tmp_path / "one.sock")
+    with broker.Server(path, Service):
+        with pytest.raises(broker.BrokerError, match="another server is live"):
+            broker.Server(path, Service).start()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)  # a socket file nobody listens on
+    stale.close()
+    srv = broker.Server(path, Service)
+    srv.counters = broker.Container("c")
+    with srv:
+        with connect(path) as s:
+            assert s.send_receive(ECHO_LEN, b"abc") == 3
