@@ -117,6 +117,8 @@ class ClientSession:
         self._async = 0
         self._reader: threading.Thread | None = None
         self._broken: BaseException | None = None
+        self._inbuf = bytearray(_RECV)
+        self._timeout: float | None = None  # what the socket is set to (None: blocking)
         if sharable:
             self._start_reader()
 
@@ -223,26 +225,28 @@ class ClientSession:
                 if left <= 0:
                     return  # _wait raises Timeout
                 self._sock.settimeout(left)
-            else:
+                self._timeout = left
+            elif self._timeout is not None:  # one system call only when it changes
                 self._sock.settimeout(None)
+                self._timeout = None
             try:
-                data = self._sock.recv(_RECV)
+                n = self._sock.recv_into(self._inbuf)
             except socket.timeout:
                 return
             except OSError as e:
-                data = b""
-                err: BaseException = ServerGone(f"the connection to {self.address} broke: {e}")
-            else:
-                err = ServerGone(f"the server at {self.address} closed the connection")
-            if not data:
-                self._fail(err)
+                self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
                 return
-            self._dispatch(data)
+            if not n:
+                self._fail(ServerGone(f"the server at {self.address} closed the connection"))
+                return
+            with memoryview(self._inbuf) as view:
+                self._dispatch(view[:n])
 
     def _start_reader(self) -> None:
         with self._lock:
             if self._reader is None and self._broken is None:
                 self._sock.settimeout(None)
+                self._timeout = None
                 self._reader = threading.Thread(target=self._read_loop, name=f"broker-client {self.address}",
                                                 daemon=True)
                 self._reader.start()
@@ -261,7 +265,7 @@ class ClientSession:
             if self._broken is not None:
                 return
 
-    def _dispatch(self, data: bytes) -> None:
+    def _dispatch(self, data: bytes | memoryview) -> None:
         with self._lock:
             try:
                 events = self._proto.receive(data)
@@ -312,6 +316,9 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     sock.settimeout(timeout)
     try:
         sock.connect(addr.target)
+    except PermissionError as e:
+        sock.close()
+        raise PermissionDenied(f"not allowed to reach the server at {address}: {e}") from None
     except (FileNotFoundError, ConnectionRefusedError, socket.timeout, OSError) as e:
         sock.close()
         raise ServerNotFound(f"no server at {address}: {e}") from None

@@ -8,6 +8,8 @@ message.complete().
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import logging
 import os
@@ -59,15 +61,17 @@ class _Conn:
         self.lock = threading.RLock()
         self.ended = False
         self.client_closed = False
+        self.inbuf = bytearray(_RECV)  # reused: a fresh 256 KiB bytes per recv costs an mmap and a fault
 
     # -- input (loop thread) --------------------------------------------------
 
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(_RECV)
+            n = self.sock.recv_into(self.inbuf)
         except (ConnectionResetError, OSError):
-            data = b""
-        if not data:
+            n = 0
+        data = memoryview(self.inbuf)[:n]
+        if not n:
             self.end("closed" if self.client_closed else "died")
             return
         try:
@@ -130,17 +134,37 @@ class _Conn:
                 msg.complete(Status.PERMISSION_DENIED, f"function {req.code} is not allowed for {self.peer}")
             return
         try:
-            session.service(msg)
-        except BadHandle as e:
-            if not msg.completed:
-                msg.complete(Status.BAD_HANDLE, str(e))
-        except Overflow as e:
-            if not msg.completed:
-                msg.complete(Status.OVERFLOW, str(e))
-        except Exception as e:  # the service failed: the client gets the error, the server goes on
-            log.warning("service of function %d for %s raised %r", req.code, self.peer, e)
-            if not msg.completed:
-                msg.complete(Status.DIED, f"{type(e).__name__}: {e}")
+            result = session.service(msg)
+        except Exception as e:
+            self.failed(msg, e)
+            return
+        if inspect.isawaitable(result):
+            loop = srv._aloop
+            if loop is None:
+                if inspect.iscoroutine(result):
+                    result.close()
+                msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
+                return
+            loop.create_task(self._await_service(result, msg))
+
+    async def _await_service(self, awaitable: Any, msg: Message) -> None:
+        try:
+            await awaitable
+        except Exception as e:
+            self.failed(msg, e)
+
+    def failed(self, msg: Message, e: Exception) -> None:
+        """A service raised: the client gets the error as a status and text; the server goes on."""
+        if isinstance(e, BadHandle):
+            status = Status.BAD_HANDLE
+        elif isinstance(e, Overflow):
+            status = Status.OVERFLOW
+        else:
+            status = Status.DIED
+            log.warning("service of function %d for %s raised %r", msg.code, self.peer, e)
+        if not msg.completed:
+            text = str(e) if status != Status.DIED else f"{type(e).__name__}: {e}"
+            msg.complete(status, text)
 
     # -- output (any thread) ----------------------------------------------------
 
@@ -148,8 +172,8 @@ class _Conn:
         with self.lock:
             if self.ended or self.proto.state != State.OPEN:
                 return  # the client is gone: nobody to tell
-            self.messages.pop(msg.request_id, None)
-            if msg.asynchronous:
+            # only a message that took a slot gives one back (a SERVER_BUSY refusal took none)
+            if self.messages.pop(msg.request_id, None) is not None and msg.asynchronous:
                 self.async_outstanding -= 1
             self._send(self.proto.complete(msg.request_id, status, writes, error))
 
@@ -245,6 +269,8 @@ class Server:
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
         self.bound: list[Any] = []
 
     # -- policy hooks ---------------------------------------------------------------
@@ -262,13 +288,20 @@ class Server:
         """Call callback(event) on the server's thread for every session event."""
         self._on_event.append(callback)
 
-    def events(self) -> Iterator[SessionEvent]:
-        """An iterator over session events from now on (blocks for the next one)."""
+    def events(self, timeout: float | None = None) -> Iterator[SessionEvent]:
+        """An iterator over session events from this call on; each next() blocks
+        for the next event (at most `timeout` seconds, then the iteration ends)."""
         if self._events is None:
-            self._events = queue.Queue()
+            self._events = queue.Queue()  # now, not at the first next(): nothing is missed
         q = self._events
-        while True:
-            yield q.get()
+
+        def gen() -> Iterator[SessionEvent]:
+            while True:
+                try:
+                    yield q.get(timeout=timeout)
+                except queue.Empty:
+                    return
+        return gen()
 
     def _event(self, ev: SessionEvent) -> None:
         log.info("session %s: %s %s", ev.kind, ev.peer, ev.reason)
@@ -336,8 +369,35 @@ class Server:
         for s in self._listeners:
             self._sel.register(s, selectors.EVENT_READ, ("listen", s))
 
+    async def serve_async(self) -> None:
+        """Serve inside the running asyncio loop until stop(); services run on
+        the loop, and may be coroutines (async def service)."""
+        loop = asyncio.get_running_loop()
+        if self._thread is not None or self._sel is not None or self._aloop is not None:
+            raise StateError("the server is already running")
+        self._stopping = False
+        self._listen()
+        self._aloop = loop
+        self._done = loop.create_future()
+        for s in self._listeners:
+            loop.add_reader(s, self._accept, s)
+        try:
+            await self._done
+        finally:
+            for s in self._listeners:
+                loop.remove_reader(s)
+            self._shutdown()
+            self._aloop = self._done = None
+
     def stop(self, timeout: float = 5.0) -> None:
         """Graceful: no new sessions; each session is told and closed; everything is released."""
+        loop, done = self._aloop, self._done
+        if loop is not None and done is not None:
+            def finish() -> None:
+                if not done.done():
+                    done.set_result(None)
+            loop.call_soon_threadsafe(finish)
+            return
         if self._sel is None:
             return
         self._stopping = True
@@ -418,13 +478,22 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(self, sock, _peer(sock, next(self._ids)))
             self._conns.add(conn)
-            assert self._sel is not None
-            self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+            if self._aloop is not None:
+                self._aloop.add_reader(sock, conn.on_readable)
+            else:
+                assert self._sel is not None
+                self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
 
     def _forget(self, conn: _Conn) -> None:
         self._conns.discard(conn)
         self._conns_open.discard(conn)
-        if self._sel is not None:
+        if self._aloop is not None:
+            try:
+                self._aloop.remove_reader(conn.sock)
+                self._aloop.remove_writer(conn.sock)
+            except (ValueError, OSError):
+                pass
+        elif self._sel is not None:
             try:
                 self._sel.unregister(conn.sock)
             except (KeyError, ValueError, OSError):
@@ -449,6 +518,9 @@ class Server:
             pass
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
+        if self._aloop is not None:
+            self._aloop.call_soon_threadsafe(fn)
+            return
         with self._soon_lock:
             self._soon.append(fn)
         self._wake()
@@ -460,6 +532,19 @@ class Server:
             fn()
 
     def _want_write(self, conn: _Conn) -> None:
+        loop = self._aloop
+        if loop is not None:
+            def writable() -> None:
+                conn._flush()
+                if not conn.out or conn.ended:
+                    loop.remove_writer(conn.sock)
+
+            def arm_async() -> None:
+                if not conn.ended:
+                    loop.add_writer(conn.sock, writable)
+            loop.call_soon_threadsafe(arm_async)
+            return
+
         def arm() -> None:
             if not conn.ended and self._sel is not None:
                 self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", conn))

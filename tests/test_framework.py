@@ -483,3 +483,139 @@ def test_a_live_server_keeps_its_address_and_a_stale_socket_is_taken_over(tmp_pa
     with srv:
         with connect(path) as s:
             assert s.send_receive(ECHO_LEN, b"abc") == 3
+
+
+class AsyncService(Session):
+    async def service(self, m: broker.Message) -> None:
+        import asyncio
+
+        if m.code == ECHO_LEN:
+            await asyncio.sleep(0.001)  # really asynchronous: other sessions are served meanwhile
+            m.complete(len(m.read(0)))
+        elif m.code == RAISE:
+            await asyncio.sleep(0)
+            raise KeyError("async failure")
+        else:
+            m.complete(broker.Status.NOT_SUPPORTED)
+
+
+def test_server_inside_a_running_asyncio_loop(tmp_path):
+    import asyncio
+
+    path = str(tmp_path / "aio.sock")
+    events: list[broker.SessionEvent] = []
+
+    def client() -> None:
+        sessions = [connect(path) for _ in range(3)]
+        for i in range(50):
+            for s in sessions:
+                assert s.send_receive(ECHO_LEN, b"a" * i) == i
+        with pytest.raises(broker.ServiceError, match="async failure"):
+            sessions[0].send_receive(RAISE)
+        for s in sessions:
+            s.close()
+
+    async def main() -> None:
+        srv = broker.Server(path, AsyncService, on_event=events.append)
+        task = asyncio.create_task(srv.serve_async())
+        while not os.path.exists(path):
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        kids = [Child(client) for _ in range(2)]
+        try:
+            codes = [await loop.run_in_executor(None, k.join, 60) for k in kids]
+        finally:
+            for k in kids:
+                k.kill()
+        assert codes == [0, 0]
+        srv.stop()
+        await asyncio.wait_for(task, 10)
+        assert not os.path.exists(path)
+
+    asyncio.run(main())
+    assert sum(ev.kind == "connected" for ev in events) == 6
+    assert sum(ev.kind == "disconnected" and ev.reason == "closed" for ev in events) == 6
+
+
+def test_async_service_in_a_threaded_server_is_refused_clearly(tmp_path):
+    path = str(tmp_path / "t.sock")
+    with broker.Server(path, AsyncService):
+        def client() -> None:
+            with connect(path) as s:
+                with pytest.raises(broker.ServiceError, match="serve_async"):
+                    s.send_receive(ECHO_LEN, b"x")
+
+        in_child(client)
+
+
+def test_same_user_policy_with_a_real_second_user(other_user):
+    import shutil
+    import tempfile
+
+    uid, gid = other_user
+    d = tempfile.mkdtemp(prefix="brk-policy-", dir="/tmp")  # reachable by the other user
+    os.chmod(d, 0o777)
+    path = os.path.join(d, "p.sock")
+    srv = broker.Server(path, Service, policies=(Policy(range(ECHO_LEN, ECHO_LEN + 1), broker.SAME_USER),))
+    srv.counters = broker.Container("c")
+    try:
+        _policy_run(srv, path, uid, gid)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _policy_run(srv, path: str, uid: int, gid: int) -> None:
+    with srv:
+        os.chmod(path, 0o666)  # let the other user connect at all: the policy is what refuses it
+
+        def stranger() -> None:
+            os.setgid(gid)
+            os.setuid(uid)
+            with connect(path) as s:
+                with pytest.raises(broker.PermissionDenied):
+                    s.send_receive(ECHO_LEN, b"x")
+                assert s.send_receive(REVERSE, b"ab", Buffer(4)) == 0  # other codes are not guarded
+
+        in_child(stranger)
+        in_child(lambda: _same_user_ok(path))
+
+
+def _same_user_ok(path: str) -> None:
+    with connect(path) as s:
+        assert s.send_receive(ECHO_LEN, b"xyz") == 3
+
+
+def test_session_events_iterator(tmp_path):
+    path = str(tmp_path / "ev.sock")
+    srv = broker.Server(path, Service)
+    srv.counters = broker.Container("c")
+    it = srv.events(timeout=10)
+    with srv:
+        in_child(lambda: connect(path).close())
+        first, second = next(it), next(it)
+    assert (first.kind, second.kind) == ("connected", "disconnected")
+    assert first.peer.pid is not None and first.peer.uid == os.geteuid() and second.reason == "closed"
+
+
+def test_a_busy_refusal_does_not_free_a_slot(server):
+    """A client that ignores its slots: the refusal must not hand it an extra slot."""
+    from broker._protocol import ClientConnection, Hello
+
+    sock = raw_socket(server)
+    proto = ClientConnection()
+    sock.sendall(proto.hello(Hello((1, 0, 0), slots=1)))
+    while proto.state.value == "handshake":
+        proto.receive(sock.recv(4096))
+    statuses = {}
+    for _ in range(4):  # one is held, the next three are refused
+        rid, frame = proto.request(HOLD, asynchronous=True)
+        sock.sendall(frame)
+    while len(statuses) < 3:
+        for ev in proto.receive(sock.recv(4096)):
+            statuses[ev.request_id] = ev.status
+    assert sorted(statuses.values()) == [broker.Status.SERVER_BUSY] * 3
+    rid, frame = proto.request(HOLD, asynchronous=True)
+    sock.sendall(frame)  # the slot is still taken: refused too, not held
+    [ev] = proto.receive(sock.recv(4096))
+    assert ev.status == broker.Status.SERVER_BUSY and len(Service.held) == 1
+    sock.close()

@@ -1,0 +1,487 @@
+"""`broker bench rpc`: the framework's request/response (broker.Server and a
+client session over a Unix socket) against a raw AF_UNIX stream socketpair
+with 4-byte length framing and a multiprocessing.Pipe, each between two
+processes, in one run.
+
+Every measurement forks one child: the framework's server (a broker.Server
+serving in its background thread) or the baselines' echoer. The parent is the
+measured client. Latency figures time each round trip with perf_counter_ns;
+request-rate figures time a fixed number of requests after a warm-up, are
+repeated REPEATS times with the transports interleaved (framework, AF_UNIX,
+Pipe, then rotated), and report the median.
+
+Cleanup: every child leaves through os._exit and is waited for (killed first
+if the parent fails or is interrupted). The server's socket lives in a
+temporary directory the parent removes in `finally`; the server child stops
+when the parent closes its control pipe. See bench/README.md for the method.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import shutil
+import signal
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from ._bench_ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _scale
+from ._client import Buffer, connect
+from ._server import Server
+from ._session import Message, Session
+
+TRANSPORTS = ("framework", "unix", "pipe")
+LABELS = {"framework": "framework", "unix": "AF_UNIX", "pipe": "Pipe"}
+BASELINES = ("unix", "pipe")
+REPEATS = 3
+SMALL = 64
+BIG = 64 << 10
+WINDOW = 32  # requests in flight in the pipelined figure
+SLOTS = 64  # the pipelined framework session's message slots
+PAYLOAD = bytes(range(SMALL))
+BIG_PAYLOAD = (PAYLOAD * (BIG // SMALL))[:BIG]
+_LEN = struct.Struct("<I")  # the baselines' reply to a big request: its length
+_now = time.perf_counter
+
+# the benchmark service's function codes
+SINK = 1  # arg 0 READ: complete with its length
+ECHO = 2  # arg 0 READ, arg 1 a Buffer: write arg 0 into arg 1, complete with 0
+
+
+class _Bench(Session):
+    def service(self, m: Message) -> None:
+        if m.code == ECHO:
+            m.write(1, m.read(0))
+            m.complete(0)
+        elif m.code == SINK:
+            m.complete(len(m.read(0)))
+        else:
+            super().service(m)
+
+
+# ---- the framework's server in a child ---------------------------------------------
+
+
+def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...]) -> None:
+    """Child: serve at `path` until the parent closes its end of the control pipe."""
+    for fd in parent_fds:
+        os.close(fd)
+    srv = Server(path, _Bench)
+    srv.start()
+    try:
+        os.write(ready_w, b"R")
+        while os.read(ctl_r, 16):
+            pass
+    finally:
+        srv.stop()
+
+
+@contextmanager
+def _server(tmpdir: str) -> Iterator[str]:
+    """A broker.Server in a forked child for the duration of the block; its address."""
+    path = os.path.join(tmpdir, "rpc.sock")
+    ready_r, ready_w = os.pipe()
+    ctl_r, ctl_w = os.pipe()
+    fds = {ready_r, ready_w, ctl_r, ctl_w}
+    try:
+        gc.collect()
+        with _child(_serve, path, ready_w, ctl_r, (ready_r, ctl_w)):
+            for fd in (ready_w, ctl_r):
+                os.close(fd)
+                fds.discard(fd)
+            r, _, _ = select.select([ready_r], [], [], 30.0)
+            if not r or os.read(ready_r, 1) != b"R":
+                raise RuntimeError("the benchmark's server child did not start")
+            try:
+                yield path
+            finally:
+                os.close(ctl_w)  # the child stops its server and exits
+                fds.discard(ctl_w)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        try:
+            os.unlink(path)  # normally the server removed it; not if it was killed
+        except FileNotFoundError:
+            pass
+
+
+def _framework(tmpdir: str, fn: Callable[..., Any], *args: Any, slots: int = 4) -> Any:
+    """fn(session, *args) in this process against a server in a child."""
+    with _server(tmpdir) as path:
+        s = connect(path, slots=slots)
+        try:
+            return fn(s, *args)
+        finally:
+            s.close()
+
+
+def _baseline(transport: str, child_fn: Callable[..., None], parent_fn: Callable[..., Any], *args: Any) -> Any:
+    """parent_fn(send, recv, *args) here while child_fn(send, recv, *args) runs in a child."""
+    link: _PairLink = _link(transport, 0, two_way=True)
+    try:
+        gc.collect()
+        with _child(_child_side, link, transport, child_fn, *args):
+            return parent_fn(*_ends(transport, link.parent_end()), *args)
+    finally:
+        link.close()
+
+
+def _child_side(link: _PairLink, transport: str, fn: Callable[..., None], *args: Any) -> None:
+    fn(*_ends(transport, link.child_end()), *args)
+
+
+def _echo(send: Callable[[bytes], Any], recv: Callable[[], bytes], rounds: int, *rest: Any) -> None:
+    for _ in range(rounds):
+        send(recv())
+
+
+def _sink(send: Callable[[bytes], Any], recv: Callable[[], bytes], rounds: int, *rest: Any) -> None:
+    pack = _LEN.pack
+    for _ in range(rounds):
+        send(pack(len(recv())))
+
+
+def _check(got: Any, want: Any, what: str) -> None:
+    if got != want:
+        raise AssertionError(f"{what}: got {got!r:.60}, want {want!r:.60}")
+
+
+# ---- round-trip latency (figures 1 and 4) --------------------------------------------
+
+
+def _lat_framework(s: Any, rounds: int, warmup: int, size: int) -> list[int]:
+    clock, call, out = time.perf_counter_ns, s.send_receive, []
+    if size == SMALL:
+        for _ in range(rounds):
+            buf = Buffer(SMALL)  # a fresh one each time: a Buffer with content would travel as READWRITE
+            t0 = clock()
+            status = call(ECHO, PAYLOAD, buf)
+            t1 = clock()
+            out.append(t1 - t0)
+        _check((status, buf.value), (0, PAYLOAD), "framework echo")
+    else:
+        data = BIG_PAYLOAD
+        for _ in range(rounds):
+            t0 = clock()
+            status = call(SINK, data)
+            t1 = clock()
+            out.append(t1 - t0)
+        _check(status, size, "framework 64 KiB request")
+    return out[warmup:]
+
+
+def _lat_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes], rounds: int, warmup: int,
+                  size: int) -> list[int]:
+    clock, out = time.perf_counter_ns, []
+    m = PAYLOAD if size == SMALL else BIG_PAYLOAD
+    for _ in range(rounds):
+        t0 = clock()
+        send(m)
+        r = recv()
+        t1 = clock()
+        out.append(t1 - t0)
+    _check(r, PAYLOAD if size == SMALL else _LEN.pack(size), f"{size}-byte round trip")
+    return out[warmup:]
+
+
+def _latency(tmpdir: str, transport: str, count: int, size: int) -> dict[str, Any]:
+    warmup = max(count // 10, 10)
+    rounds = warmup + count
+    if transport == "framework":
+        ns = _framework(tmpdir, _lat_framework, rounds, warmup, size)
+    else:
+        ns = _baseline(transport, _echo if size == SMALL else _sink, _lat_baseline, rounds, warmup, size)
+    return {**_latency_stats(ns), "warmup": warmup}
+
+
+# ---- request rates (figures 2 and 3) ---------------------------------------------------
+
+
+def _strict_framework(s: Any, total: int, warmup: int) -> tuple[int, float]:
+    call = s.send_receive
+    for _ in range(warmup):
+        call(ECHO, PAYLOAD, Buffer(SMALL))
+    t0 = _now()
+    for _ in range(total - warmup):
+        buf = Buffer(SMALL)
+        status = call(ECHO, PAYLOAD, buf)
+    t1 = _now()
+    _check((status, buf.value), (0, PAYLOAD), "framework echo")
+    return total - warmup, t1 - t0
+
+
+def _strict_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes], total: int, warmup: int) -> tuple[int, float]:
+    for _ in range(warmup):
+        send(PAYLOAD)
+        recv()
+    t0 = _now()
+    for _ in range(total - warmup):
+        send(PAYLOAD)
+        r = recv()
+    t1 = _now()
+    _check(r, PAYLOAD, "echo")
+    return total - warmup, t1 - t0
+
+
+def _window(issue: Callable[[], None], reap: Callable[[], Any], total: int, warmup: int) -> tuple[int, float, Any]:
+    """Keep WINDOW requests in flight: issue WINDOW, then reap the oldest reply
+    and issue one more until `total` are issued, then reap the rest. Timed from
+    after the `warmup`-th reply to the last: (replies timed, seconds, last reply)."""
+    sent = 0
+    for _ in range(min(WINDOW, total)):
+        issue()
+        sent += 1
+    for _ in range(warmup):
+        reap()
+        if sent < total:
+            issue()
+            sent += 1
+    reaped, last = warmup, None
+    t0 = _now()
+    while sent < total:
+        last = reap()
+        issue()
+        sent += 1
+        reaped += 1
+    while reaped < total:
+        last = reap()
+        reaped += 1
+    t1 = _now()
+    return total - warmup, t1 - t0, last
+
+
+def _pipelined_framework(s: Any, total: int, warmup: int) -> tuple[int, float]:
+    send = s.send
+    inflight: deque[tuple[Any, Buffer]] = deque()
+
+    def issue() -> None:
+        buf = Buffer(SMALL)
+        inflight.append((send(ECHO, PAYLOAD, buf), buf))
+
+    def reap() -> Any:
+        fut, buf = inflight.popleft()
+        return fut.result(), buf
+
+    n, secs, (status, buf) = _window(issue, reap, total, warmup)
+    _check((status, buf.value), (0, PAYLOAD), "framework pipelined echo")
+    return n, secs
+
+
+def _pipelined_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes], total: int,
+                        warmup: int) -> tuple[int, float]:
+    n, secs, last = _window(lambda: send(PAYLOAD), recv, total, warmup)
+    _check(last, PAYLOAD, "pipelined echo")
+    return n, secs
+
+
+def _rate(tmpdir: str, transport: str, pipelined: bool, total: int) -> tuple[float, dict[str, Any]]:
+    warmup = max(total // 10, 10)
+    fn: Callable[..., tuple[int, float]]
+    if transport == "framework":
+        fn = _pipelined_framework if pipelined else _strict_framework
+        n, secs = _framework(tmpdir, fn, total, warmup, slots=SLOTS if pipelined else 4)
+    else:
+        fn = _pipelined_baseline if pipelined else _strict_baseline
+        n, secs = _baseline(transport, _echo, fn, total, warmup)
+    secs = max(secs, 1e-9)
+    return n / secs, {"value": n / secs, "requests_timed": n, "seconds": secs, "warmup": warmup}
+
+
+# ---- the figures -------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    unit: str  # "us" (latency) or "req/s"
+    size: int = SMALL
+    counts: dict[str, int] = field(default_factory=dict)  # per transport, at scale 1
+    pipelined: bool = False
+    metrics: tuple[str, ...] = ()  # latency: the percentiles in the table
+
+
+def _figures() -> list[Figure]:
+    return [
+        Figure("rtt_64", "64 B echo round trip", "us", counts={t: 20_000 for t in TRANSPORTS},
+               metrics=("p50", "p99", "p99.9")),
+        Figure("strict_64", "64 B strict ping-pong", "req/s",
+               counts={"framework": 5_000, "unix": 30_000, "pipe": 30_000}),
+        Figure("pipelined_64", f"64 B pipelined, window {WINDOW}", "req/s",
+               counts={"framework": 30_000, "unix": 300_000, "pipe": 200_000}, pipelined=True),
+        Figure("rtt_64k", "64 KiB request round trip", "us", BIG, counts={t: 5_000 for t in TRANSPORTS},
+               metrics=("p50",)),
+    ]
+
+
+def _count(fig: Figure, transport: str, scale: float) -> int:
+    n = int(fig.counts[transport] * scale)
+    return max(n, 50 if fig.unit == "us" else 200)
+
+
+def _ratio(fig: Figure, results: dict[str, Any], metric: str) -> float | None:
+    """The framework's figure over the best baseline's (lower latency, higher rate)."""
+    base = [results[t][metric] for t in BASELINES if t in results]
+    best = min(base) if fig.unit == "us" else max(base)
+    return results["framework"][metric] / best if best > 0 else None
+
+
+def _targets(figs: dict[str, Any]) -> list[dict[str, Any]]:
+    rtt = figs["rtt_64"]["results"]
+    rates = {k: figs[k]["results"]["framework"]["median"] for k in ("strict_64", "pipelined_64")}
+    r1 = rtt["framework"]["p50"] / rtt["unix"]["p50"]
+    r2 = rates["pipelined_64"] / rates["strict_64"]
+    return [
+        {"figure": "rtt_64", "what": "framework 64 B round trip p50 / raw AF_UNIX p50", "op": "<=", "value": 1.3,
+         "measured": r1, "met": r1 <= 1.3},
+        {"figure": "pipelined_64", "what": "framework pipelined req/s / framework strict ping-pong req/s",
+         "op": ">=", "value": 2.0, "measured": r2, "met": r2 >= 2.0},
+    ]
+
+
+def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
+    """Run every figure; the JSON-able result (see run)."""
+    factor = _scale(quick, scale)
+    figs = _figures()
+    steps = sum(len(TRANSPORTS) * (1 if f.unit == "us" else REPEATS) for f in figs)
+    progress = _Progress(steps)
+    out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": REPEATS,
+                                    "window": WINDOW, "slots": SLOTS}, "figures": {}}
+    tmpdir = tempfile.mkdtemp(prefix="broker-bench-rpc-")
+    try:
+        for fig in figs:
+            entry: dict[str, Any] = {"title": fig.title, "unit": fig.unit, "size": fig.size,
+                                     "better": "lower" if fig.unit == "us" else "higher", "results": {}}
+            results = entry["results"]
+            if fig.unit == "us":
+                for t in TRANSPORTS:
+                    n = _count(fig, t, factor)
+                    progress.start(f"{fig.title} - {LABELS[t]}")
+                    results[t] = {**_latency(tmpdir, t, n, fig.size), "count": n}
+                    progress.end(f"p50 {results[t]['p50']:.1f} us, p99.9 {results[t]['p99.9']:.1f} us")
+                entry["ratio"] = {m: _ratio(fig, results, m) for m in ("p50", "p90", "p99", "p99.9")}
+            else:
+                reps: dict[str, list[dict[str, Any]]] = {t: [] for t in TRANSPORTS}
+                order = list(TRANSPORTS)
+                for rep in range(REPEATS):
+                    for t in order[rep % len(order):] + order[: rep % len(order)]:
+                        n = _count(fig, t, factor)
+                        progress.start(f"{fig.title} - {LABELS[t]} - rep {rep + 1}/{REPEATS}")
+                        value, record = _rate(tmpdir, t, fig.pipelined, n)
+                        reps[t].append({**record, "count": n})
+                        progress.end(f"{_fmt(value, fig.unit)} {fig.unit}")
+                for t, rs in reps.items():
+                    values = [r["value"] for r in rs]
+                    results[t] = {"median": statistics.median(values), "min": min(values), "max": max(values),
+                                  "count": rs[0]["count"], "repetitions": rs}
+                entry["ratio"] = _ratio(fig, results, "median")
+                if fig.pipelined:
+                    entry["window"], entry["slots"] = WINDOW, SLOTS
+            out["figures"][fig.key] = entry
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    out["targets"] = _targets(out["figures"])
+    for t in out["targets"]:
+        out["figures"][t["figure"]]["target"] = t
+    out["meta"]["loadavg_end"] = list(os.getloadavg())
+    out["meta"]["seconds"] = round(time.monotonic() - progress.t0, 1)
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "req/s":
+        return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.1f} k"
+    return f"{value:.1f}"
+
+
+def _target_s(t: dict[str, Any] | None) -> str:
+    if not t:
+        return ""
+    if t["figure"] == "rtt_64":
+        text = f"<= {t['value']:g}x AF_UNIX p50 ({t['measured']:.2f}x)"
+    else:
+        text = f">= {t['value']:g}x framework strict ({t['measured']:.2f}x)"
+    return f"{text}: {'met' if t['met'] else 'NOT met'}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human-readable table of a bench() result."""
+    m = result["meta"]
+    lines = [
+        f"broker bench rpc (broker {m['broker']}, git {m.get('git') or '?'}) - {m['date']}",
+        f"{m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
+        f"{m['implementation']} {m['python']}, Linux {m['kernel']}",
+        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end; "
+        f"req/s: median of {m['repeats']} runs; scale {m['scale']:g}" + (" (--quick)" if m["quick"] else ""),
+        "",
+    ]
+    head = ("figure", "unit", "framework", "AF_UNIX", "Pipe", "fw/best", "target for the framework")
+    rows: list[tuple[str, ...]] = [head]
+    for key, fig in result["figures"].items():
+        unit, res = fig["unit"], fig["results"]
+        if unit == "us":
+            metrics = ("p50", "p99", "p99.9") if key == "rtt_64" else ("p50",)
+            for metric in metrics:
+                rows.append((f"{fig['title']} {metric}", "us (lower)", *(_fmt(res[t][metric], unit) for t in TRANSPORTS),
+                             _ratio_s(fig["ratio"][metric]), _target_s(fig.get("target") if metric == "p50" else None)))
+        else:
+            rows.append((fig["title"], "req/s", *(_fmt(res[t]["median"], unit) for t in TRANSPORTS),
+                         _ratio_s(fig["ratio"]), _target_s(fig.get("target"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for i, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(r[2:6], widths[2:6])] + [r[6]]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("-" * len(lines[-1]))
+    lines += ["",
+              "fw/best: the framework's figure over the best baseline's (req/s: >1 is better; latency: <1 is better)",
+              f"64 KiB: the request carries 64 KiB, the reply its length; pipelined: {WINDOW} requests in flight "
+              f"(framework: send() futures, slots={SLOTS})"]
+    met = result["targets"]
+    lines.append(f"targets met: {sum(t['met'] for t in met)} of {len(met)}")
+    return "\n".join(lines)
+
+
+def _ratio_s(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
+    """`broker bench rpc`: print the table, optionally write JSON; the exit code.
+
+    scale multiplies every request and sample count (default: the environment
+    variable BROKER_BENCH_SCALE, else 1); quick multiplies it by 0.1."""
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the finally blocks still reap and clean up
+        old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = bench(quick=quick, scale=scale)
+    except KeyboardInterrupt:
+        print("\ninterrupted; children and sockets cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    print(table(result))
+    if json_path:
+        parent = os.path.dirname(os.path.abspath(json_path))
+        os.makedirs(parent, exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"\nwrote {json_path}")
+    return 0
