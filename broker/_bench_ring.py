@@ -725,24 +725,23 @@ def _target_s(t: dict[str, Any] | None) -> str:
     return f"{t['op']} {v} {t['unit']}: {'met' if t['met'] else 'NOT met'}"
 
 
-def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
-    """`broker bench ring`: print the table, optionally write JSON; the exit code.
-
-    scale multiplies every message and sample count (default: the environment
-    variable BROKER_BENCH_SCALE, else 1); quick multiplies it by 0.1."""
+def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str, Any]], str],
+           json_path: str | None, quick: bool, scale: float | None) -> int:
+    """Run a benchmark, print its table, optionally write its JSON; the exit
+    code (130 when interrupted by Ctrl-C or SIGTERM, after cleaning up)."""
     old = None
     if threading.current_thread() is threading.main_thread():
-        # SIGTERM unwinds like Ctrl-C, so the finally blocks still reap and unlink
+        # SIGTERM unwinds like Ctrl-C, so the finally blocks still reap and clean up
         old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        result = bench(quick=quick, scale=scale)
+        result = bench_fn(quick=quick, scale=scale)
     except KeyboardInterrupt:
-        print("\ninterrupted; children and shared memory cleaned up", file=sys.stderr)
+        print("\ninterrupted; child processes, sockets and shared memory cleaned up", file=sys.stderr)
         return 130
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    print(table(result))
+    print(table_fn(result))
     if json_path:
         parent = os.path.dirname(os.path.abspath(json_path))
         os.makedirs(parent, exist_ok=True)
@@ -751,3 +750,11 @@ def run(json_path: str | None = None, quick: bool = False, scale: float | None =
             f.write("\n")
         print(f"\nwrote {json_path}")
     return 0
+
+
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
+    """`broker bench ring`: print the table, optionally write JSON; the exit code.
+
+    scale multiplies every message and sample count (default: the environment
+    variable BROKER_BENCH_SCALE, else 1); quick multiplies it by 0.1."""
+    return report(bench, table, json_path, quick, scale)

@@ -18,23 +18,20 @@ when the parent closes its control pipe. See bench/README.md for the method.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import select
 import shutil
-import signal
 import statistics
 import struct
-import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from ._bench_ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _scale
+from . import _bench_ring
+from ._bench_ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
 from ._client import Buffer, connect
 from ._server import Server
 from ._session import Message, Session
@@ -455,33 +452,9 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ratio_s(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}x"
-
-
 def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
     """`broker bench rpc`: print the table, optionally write JSON; the exit code.
 
     scale multiplies every request and sample count (default: the environment
     variable BROKER_BENCH_SCALE, else 1); quick multiplies it by 0.1."""
-    old = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM unwinds like Ctrl-C, so the finally blocks still reap and clean up
-        old = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        result = bench(quick=quick, scale=scale)
-    except KeyboardInterrupt:
-        print("\ninterrupted; children and sockets cleaned up", file=sys.stderr)
-        return 130
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-    print(table(result))
-    if json_path:
-        parent = os.path.dirname(os.path.abspath(json_path))
-        os.makedirs(parent, exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        print(f"\nwrote {json_path}")
-    return 0
+    return _bench_ring.report(bench, table, json_path, quick, scale)

@@ -441,6 +441,20 @@ class _Side:
         if self.state != State.OPEN:
             raise ProtocolError(f"{what} while the connection is {self.state.value}")
 
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events from the other end. ProtocolError closes the connection."""
+        try:
+            events = self.reader.feed(data)
+            for ev in events:
+                self._on(ev)
+        except ProtocolError as e:
+            self._close(f"protocol error: {e}")
+            raise
+        return events
+
+    def _on(self, ev: Event) -> None:
+        raise NotImplementedError
+
 
 class ClientConnection(_Side):
     """The client's end: HELLO, then requests; completions matched to them."""
@@ -480,17 +494,6 @@ class ClientConnection(_Side):
         self._close(reason or "closed by the client")
         return encode(Close(reason))
 
-    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Events from the server. ProtocolError closes the connection."""
-        try:
-            events = self.reader.feed(data)
-            for ev in events:
-                self._on(ev)
-        except ProtocolError as e:
-            self._close(f"protocol error: {e}")
-            raise
-        return events
-
     def _on(self, ev: Event) -> None:
         if self.state == State.HANDSHAKE:
             if isinstance(ev, Welcome):
@@ -524,17 +527,6 @@ class ServerConnection(_Side):
         super().__init__(max_frame)
         self.hello_event: Hello | None = None
         self.outstanding: dict[int, Request] = {}
-
-    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Events from the client. ProtocolError closes the connection."""
-        try:
-            events = self.reader.feed(data)
-            for ev in events:
-                self._on(ev)
-        except ProtocolError as e:
-            self._close(f"protocol error: {e}")
-            raise
-        return events
 
     def _on(self, ev: Event) -> None:
         if self.state == State.START:

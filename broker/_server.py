@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 from . import _address
 from ._errors import BadHandle, BrokerError, Overflow, StateError
-from ._protocol import DEFAULT_MAX_FRAME, Complete, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
+from ._protocol import DEFAULT_MAX_FRAME, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
 from ._session import CLOSE_SUBSESSION, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")

@@ -7,7 +7,6 @@ contract: the shared-memory transport (issue 4) becomes a third value.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import threading

@@ -27,7 +27,6 @@ from broker._protocol import (
     State,
     Welcome,
     Write,
-    decode_body,
     encode,
 )
 
