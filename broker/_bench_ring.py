@@ -671,17 +671,34 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     return out
 
 
-def table(result: dict[str, Any]) -> str:
-    """The human-readable table of a bench() result."""
-    m = result["meta"]
-    lines = [
-        f"broker bench ring (broker {m['broker']}, git {m.get('git') or '?'}) - {m['date']}",
+def header_lines(suite: str, m: dict[str, Any], counted: str) -> list[str]:
+    """The lines above a benchmark table: what ran, on what, how loaded."""
+    return [
+        f"broker bench {suite} (broker {m['broker']}, git {m.get('git') or '?'}) - {m['date']}",
         f"{m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
         f"{m['implementation']} {m['python']}, Linux {m['kernel']}",
         f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end; "
-        f"throughput: median of {m['repeats']} runs; scale {m['scale']:g}" + (" (--quick)" if m["quick"] else ""),
+        f"{counted}: median of {m['repeats']} runs; scale {m['scale']:g}" + (" (--quick)" if m["quick"] else ""),
         "",
     ]
+
+
+def render_rows(rows: list[tuple[str, ...]]) -> list[str]:
+    """Figure and unit left-aligned, the four numbers right-aligned, the target as is; a rule under the head."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out: list[str] = []
+    for i, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(r[2:6], widths[2:6])] + [r[6]]
+        out.append("  ".join(cells).rstrip())
+        if i == 0:
+            out.append("-" * len(out[-1]))
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human-readable table of a bench() result."""
+    lines = header_lines("ring", result["meta"], "throughput")
     head = ("figure", "unit", "ring", "Pipe", "AF_UNIX", "ring/best", "target for ring")
     rows: list[tuple[str, ...]] = [head]
     for fig in result["figures"].values():
@@ -697,13 +714,7 @@ def table(result: dict[str, Any]) -> str:
             rows.append((fig["title"], unit, _fmt(res["ring"]["median"], unit),
                          *(_fmt(res[t]["median"], unit) + shared for t in BASELINES), _ratio_s(fig["ratio"]),
                          _target_s(fig["target"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:6], widths[2:6])] + [r[6]]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("-" * len(lines[-1]))
+    lines += render_rows(rows)
     lines += ["", "* the same baseline runs as the send_batch row (the fairest batching Pipe and AF_UNIX have:",
               f"  {BATCH} length-prefixed messages per send, parsed back into a list of bytes on receipt)",
               "ring/best: the ring's figure over the best baseline's (throughput: >1 is better; "

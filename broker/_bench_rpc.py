@@ -415,15 +415,7 @@ def _target_s(t: dict[str, Any] | None) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The human-readable table of a bench() result."""
-    m = result["meta"]
-    lines = [
-        f"broker bench rpc (broker {m['broker']}, git {m.get('git') or '?'}) - {m['date']}",
-        f"{m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
-        f"{m['implementation']} {m['python']}, Linux {m['kernel']}",
-        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end; "
-        f"req/s: median of {m['repeats']} runs; scale {m['scale']:g}" + (" (--quick)" if m["quick"] else ""),
-        "",
-    ]
+    lines = _bench_ring.header_lines("rpc", result["meta"], "req/s")
     head = ("figure", "unit", "framework", "AF_UNIX", "Pipe", "fw/best", "target for the framework")
     rows: list[tuple[str, ...]] = [head]
     for key, fig in result["figures"].items():
@@ -436,13 +428,7 @@ def table(result: dict[str, Any]) -> str:
         else:
             rows.append((fig["title"], "req/s", *(_fmt(res[t]["median"], unit) for t in TRANSPORTS),
                          _ratio_s(fig["ratio"]), _target_s(fig.get("target"))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:6], widths[2:6])] + [r[6]]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("-" * len(lines[-1]))
+    lines += _bench_ring.render_rows(rows)
     lines += ["",
               "fw/best: the framework's figure over the best baseline's (req/s: >1 is better; latency: <1 is better)",
               f"64 KiB: the request carries 64 KiB, the reply its length; pipelined: {WINDOW} requests in flight "

@@ -44,23 +44,31 @@
 
 const void *brk_py_method(int i);
 
-static brk_ring *brk_py_ring(PyObject *addr)
+/* Every entry point starts here: the argument count, then args[0] as the ring. */
+static brk_ring *brk_py_begin(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage)
 {
-    brk_ring *r = PyLong_AsVoidPtr(addr);
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    brk_ring *r = PyLong_AsVoidPtr(args[0]);
     if (!r && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "ring is closed");
     return r;
+}
+
+/* A 64-bit integer argument; 0 with the exception set if it is not one. */
+static int brk_py_int64(PyObject *o, long long *out)
+{
+    *out = PyLong_AsLongLong(o);
+    return !(*out == -1 && PyErr_Occurred());
 }
 
 /* send(ring, data) -> int: copy one record of any C-contiguous buffer in. */
 static PyObject *brk_py_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send(ring, data)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 2, "send(ring, data)");
     if (!r)
         return NULL;
     int rc;
@@ -119,11 +127,7 @@ static PyObject *brk_py_take(brk_ring *r)
 static PyObject *brk_py_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "recv(ring)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 1, "recv(ring)");
     return r ? brk_py_take(r) : NULL;
 }
 
@@ -131,15 +135,11 @@ static PyObject *brk_py_recv(PyObject *self, PyObject *const *args, Py_ssize_t n
 static PyObject *brk_py_recv_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv_wait(ring, timeout_ns)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 2, "recv_wait(ring, timeout_ns)");
     if (!r)
         return NULL;
-    long long timeout = PyLong_AsLongLong(args[1]);
-    if (timeout == -1 && PyErr_Occurred())
+    long long timeout;
+    if (!brk_py_int64(args[1], &timeout))
         return NULL;
     PyObject *out = brk_py_take(r);
     if (!out || !PyLong_CheckExact(out) || PyLong_AsLong(out) != BRK_EMPTY || timeout <= 0)
@@ -164,11 +164,7 @@ static PyObject *brk_py_recv_wait(PyObject *self, PyObject *const *args, Py_ssiz
 static PyObject *brk_py_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send_many(ring, sequence, start)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 3, "send_many(ring, sequence, start)");
     if (!r)
         return NULL;
     Py_ssize_t start = PyLong_AsSsize_t(args[2]);
@@ -235,11 +231,7 @@ static PyObject *brk_py_send_many(PyObject *self, PyObject *const *args, Py_ssiz
 static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv_many(ring, max)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 2, "recv_many(ring, max)");
     if (!r)
         return NULL;
     long max = PyLong_AsLong(args[1]);
@@ -278,15 +270,11 @@ static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssiz
 static PyObject *brk_py_wait_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "wait_data(ring, timeout_ns)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 2, "wait_data(ring, timeout_ns)");
     if (!r)
         return NULL;
-    long long timeout = PyLong_AsLongLong(args[1]);
-    if (timeout == -1 && PyErr_Occurred())
+    long long timeout;
+    if (!brk_py_int64(args[1], &timeout))
         return NULL;
     int rc;
     BRK_PY_BLOCKING(r, rc = brk_wait_data(r, (int64_t)timeout));
@@ -297,18 +285,14 @@ static PyObject *brk_py_wait_data(PyObject *self, PyObject *const *args, Py_ssiz
 static PyObject *brk_py_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "wait_space(ring, len, timeout_ns)");
-        return NULL;
-    }
-    brk_ring *r = brk_py_ring(args[0]);
+    brk_ring *r = brk_py_begin(args, nargs, 3, "wait_space(ring, len, timeout_ns)");
     if (!r)
         return NULL;
     unsigned long long len = PyLong_AsUnsignedLongLong(args[1]);
     if (len == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    long long timeout = PyLong_AsLongLong(args[2]);
-    if (timeout == -1 && PyErr_Occurred())
+    long long timeout;
+    if (!brk_py_int64(args[2], &timeout))
         return NULL;
     int rc;
     BRK_PY_BLOCKING(r, rc = brk_wait_space(r, (uint64_t)len, (int64_t)timeout));
