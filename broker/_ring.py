@@ -111,6 +111,8 @@ def _error(rc: int, what: str) -> BrokerError:
         return Evicted(f"{what}: this consumer was evicted by the producer")
     if rc == _CLOSED:
         return Closed(f"{what}: the producer closed the ring and everything has been read")
+    if rc == lib.BRK_INTERRUPTED:
+        return Closed(f"{what}: the ring was closed by another thread while waiting")
     if rc == _TOOBIG:
         return TooBig(f"{what}: record too big")
     if rc == _BUSY:
