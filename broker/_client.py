@@ -24,6 +24,7 @@ from ._errors import (
     VersionRefused,
 )
 from ._protocol import (
+    NO_ARG,
     Arg,
     ArgKind,
     ClientConnection,
@@ -55,22 +56,58 @@ class Buffer:
         return f"Buffer({self.max_length}, {self.value!r})"
 
 
+_READ, _WRITE, _READWRITE, _INT, _HANDLE = ArgKind.READ, ArgKind.WRITE, ArgKind.READWRITE, ArgKind.INT, ArgKind.HANDLE
+
+
 def _to_arg(a: Any) -> Arg:
+    t = type(a)  # the common cases first, by exact type: this runs for every argument of every call
+    if t is bytes:
+        return Arg(_READ, 0, a)
+    if t is Buffer:
+        return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if a is None:
-        return Arg()
+        return NO_ARG
     if isinstance(a, bool) or not isinstance(a, (int, bytes, bytearray, memoryview, Buffer, SubSession)):
         raise TypeError(f"an argument is an int, bytes, a bytearray, a broker.Buffer or a SubSession, not {type(a).__name__}")
     if isinstance(a, SubSession):
-        return Arg(ArgKind.HANDLE, a.handle)
+        return Arg(_HANDLE, a.handle)
     if isinstance(a, int):
         if not -(2**63) <= a < 2**63:
             raise OverflowError("an int argument must fit in 64 bits")
-        return Arg(ArgKind.INT, a)
+        return Arg(_INT, a)
     if isinstance(a, Buffer):
-        return Arg(ArgKind.READWRITE if a.value else ArgKind.WRITE, a.max_length, a.value)
+        return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if isinstance(a, bytearray):
-        return Arg(ArgKind.READWRITE, len(a), bytes(a))
-    return Arg(ArgKind.READ, 0, bytes(a))
+        return Arg(_READWRITE, len(a), bytes(a))
+    return Arg(_READ, 0, bytes(a))
+
+
+class _Inline:
+    """What an unsharable session's synchronous call waits on while it reads
+    the socket itself: the part of a Future it needs, without its locks."""
+
+    __slots__ = ("_value", "_error", "_done")
+
+    def __init__(self) -> None:
+        self._value = 0
+        self._error: BaseException | None = None
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: int) -> None:
+        self._value, self._done = value, True
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error, self._done = error, True
+
+    def result(self, timeout: float | None = None) -> int:
+        if not self._done:
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _apply_writes(args: tuple[Any, ...], done: Complete) -> None:
@@ -113,7 +150,7 @@ class ClientSession:
         self.sharable = sharable
         self._owner = threading.get_ident()
         self._lock = threading.RLock()  # sending and the protocol's books
-        self._pending: dict[int, tuple[Future[int], tuple[Any, ...], bool]] = {}
+        self._pending: dict[int, tuple[Any, tuple[Any, ...], bool]] = {}  # a Future or an _Inline
         self._async = 0
         self._reader: threading.Thread | None = None
         self._broken: BaseException | None = None
@@ -128,10 +165,16 @@ class ClientSession:
         """Call function `code` with up to four arguments and wait for its
         completion status (>= 0; errors raise). Writable arguments (bytearray,
         Buffer) hold what the server wrote."""
+        if self._reader is None and not self.sharable:  # this thread reads the socket itself
+            if threading.get_ident() != self._owner:
+                self._check_thread()
+            inline = _Inline()
+            rid = self._submit(code, args, handle, False, inline)
+            self._read_until(inline, timeout, rid)
+            return self._wait(inline, rid, timeout)
         self._check_thread()
-        fut, rid = self._submit(code, args, handle, asynchronous=False)
-        if self._reader is None:
-            self._read_until(fut, timeout, rid)
+        fut: Future[int] = Future()
+        rid = self._submit(code, args, handle, False, fut)
         return self._wait(fut, rid, timeout)
 
     def send(self, code: int, *args: Any, handle: int = 0) -> "Future[int]":
@@ -142,14 +185,16 @@ class ClientSession:
             if self._async >= self.slots:
                 raise ServerBusy(f"all {self.slots} message slots of this session are in use")
             self._start_reader()
-            fut, _ = self._submit(code, args, handle, asynchronous=True)
+            fut: Future[int] = Future()
+            self._submit(code, args, handle, True, fut)
         return fut
 
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
         """send_receive for asyncio (does not block the event loop)."""
         with self._lock:
             self._start_reader()
-            fut, _ = self._submit(code, args, handle, asynchronous=False)
+            fut: Future[int] = Future()
+            self._submit(code, args, handle, False, fut)
         return await asyncio.wrap_future(fut)
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
@@ -185,7 +230,8 @@ class ClientSession:
             raise StateError("this session is not sharable: use it from the thread that connected, "
                              "or connect(sharable=True)")
 
-    def _submit(self, code: int, args: tuple[Any, ...], handle: int, asynchronous: bool) -> tuple["Future[int]", int]:
+    def _submit(self, code: int, args: tuple[Any, ...], handle: int, asynchronous: bool, fut: Any) -> int:
+        """Send the request; `fut` (a Future, or an _Inline) gets its outcome. The request's id."""
         if len(args) > 4:
             raise TypeError("at most four arguments")
         wire = [_to_arg(a) for a in args]
@@ -193,7 +239,6 @@ class ClientSession:
             if self._broken is not None:
                 raise self._broken
             rid, frame = self._proto.request(code, wire, handle, asynchronous)
-            fut: Future[int] = Future()
             self._pending[rid] = (fut, args, asynchronous)
             if asynchronous:
                 self._async += 1
@@ -202,9 +247,9 @@ class ClientSession:
             except OSError as e:
                 self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
                 raise self._broken from e  # type: ignore[misc]
-        return fut, rid
+        return rid
 
-    def _wait(self, fut: "Future[int]", rid: int, timeout: float | None) -> int:
+    def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
         try:
             return fut.result(timeout)
         except TimeoutError:
@@ -216,7 +261,7 @@ class ClientSession:
                         pass
             raise Timeout(f"no answer within {timeout} s") from None
 
-    def _read_until(self, fut: "Future[int]", timeout: float | None, rid: int) -> None:
+    def _read_until(self, fut: Any, timeout: float | None, rid: int) -> None:
         """Unsharable, no reader thread: read the socket here until `fut` is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not fut.done():

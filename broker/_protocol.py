@@ -99,6 +99,12 @@ class ArgKind(enum.IntEnum):
 _FRAME_TYPES = {t.value: t for t in FrameType}
 _ARG_KINDS = {k.value: k for k in ArgKind}
 _REQUEST_ALL = struct.Struct("<iI" + "BxxxIq" * 4)  # the fixed part of a REQUEST in one unpack
+_REQUEST_FRAME = struct.Struct("<4sBBHIIQ" + "iI" + "BxxxIq" * 4)  # header and fixed part in one pack
+_COMPLETE_FRAME = struct.Struct("<4sBBHIIQ" + "iBBH")
+# plain ints for the hot paths: comparing with an enum member costs an attribute lookup on the enum class
+_T_REQUEST, _T_COMPLETE = int(FrameType.REQUEST), int(FrameType.COMPLETE)
+_K_NONE, _K_INT, _K_READ, _K_WRITE, _K_READWRITE, _K_HANDLE = (int(k) for k in ArgKind)
+_ARG_FIELDS = tuple((i, 2 + 3 * i) for i in range(4))  # (argument, index of its kind in _REQUEST_ALL's fields)
 
 
 class Status(enum.IntEnum):
@@ -136,6 +142,7 @@ class Arg:
 
 
 NO_ARG = Arg()
+_PADDING = tuple((NO_ARG,) * (MAX_ARGS - n) for n in range(MAX_ARGS + 1))
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us an object, on every message
@@ -213,6 +220,53 @@ def _frame(ftype: FrameType, body: bytes, request_id: int = 0, flags: int = 0) -
     return HEADER.pack(MAGIC, PROTOCOL_VERSION, ftype, flags, len(body), 0, request_id) + body
 
 
+def request_frame(request_id: int, code: int, handle: int, asynchronous: bool, args: tuple[Arg, ...] | list[Arg]) -> bytes:
+    """A REQUEST frame with exactly four arguments: the header and the fixed part in one pack (the hot path)."""
+    if len(args) != MAX_ARGS:
+        raise ValueError(f"a request has exactly {MAX_ARGS} argument slots")
+    fields: list[int] = []
+    payloads: list[bytes] = []
+    size = _REQUEST_ALL.size
+    for a in args:
+        k = a.kind
+        if k == _K_READ or k == _K_READWRITE:
+            d = a.data
+            n = len(d)
+            if k == _K_READWRITE:
+                if n > a.value:
+                    raise ValueError("a READWRITE argument holds more than its max length")
+                fields += (k, n, a.value)
+            else:
+                fields += (k, n, 0)
+            payloads.append(d)
+            size += n
+        else:
+            fields += (k, 0, a.value)
+    head = _REQUEST_FRAME.pack(MAGIC, PROTOCOL_VERSION, _T_REQUEST, FLAG_ASYNC if asynchronous else 0, size, 0,
+                               request_id, code, handle, *fields)
+    return head + b"".join(payloads) if payloads else head
+
+
+def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
+    """A COMPLETE frame (the hot path of the server's side)."""
+    if len(writes) > MAX_ARGS:
+        raise ValueError("more writes than arguments")
+    err = b"" if error is None else _text(error)
+    size = _COMPLETE.size + len(err)
+    parts = []
+    for w in writes:
+        d = w.data
+        parts.append(_WRITE.pack(w.index, len(d)))
+        parts.append(d)
+        size += _WRITE.size + len(d)
+    head = _COMPLETE_FRAME.pack(MAGIC, PROTOCOL_VERSION, _T_COMPLETE, 0, size, 0, request_id, status, len(writes),
+                                error is not None, 0)
+    if not parts:
+        return head + err if err else head
+    parts.append(err)
+    return head + b"".join(parts)
+
+
 def encode(event: Event) -> bytes:
     """The frame for an event. ValueError for an event that cannot be sent."""
     if isinstance(event, Hello):
@@ -226,30 +280,9 @@ def encode(event: Event) -> bytes:
     if isinstance(event, Refuse):
         return _frame(FrameType.REFUSE, _STATUS.pack(event.status) + _text(event.reason))
     if isinstance(event, Request):
-        if len(event.args) != MAX_ARGS:
-            raise ValueError(f"a request has exactly {MAX_ARGS} argument slots")
-        parts = [_REQUEST.pack(event.code, event.handle)]
-        payloads = []
-        for a in event.args:
-            if a.kind in (ArgKind.READ, ArgKind.READWRITE):
-                if a.kind == ArgKind.READWRITE and len(a.data) > a.value:
-                    raise ValueError("a READWRITE argument holds more than its max length")
-                parts.append(_ARG.pack(a.kind, len(a.data), a.value if a.kind == ArgKind.READWRITE else 0))
-                payloads.append(a.data)
-            else:
-                parts.append(_ARG.pack(a.kind, 0, a.value))
-        flags = FLAG_ASYNC if event.asynchronous else 0
-        return _frame(FrameType.REQUEST, b"".join(parts + payloads), event.request_id, flags)
+        return request_frame(event.request_id, event.code, event.handle, event.asynchronous, event.args)
     if isinstance(event, Complete):
-        if len(event.writes) > MAX_ARGS:
-            raise ValueError("more writes than arguments")
-        err = b"" if event.error is None else _text(event.error)
-        parts = [_COMPLETE.pack(event.status, len(event.writes), event.error is not None, 0)]
-        for w in event.writes:
-            parts.append(_WRITE.pack(w.index, len(w.data)))
-            parts.append(w.data)
-        parts.append(err)
-        return _frame(FrameType.COMPLETE, b"".join(parts), event.request_id)
+        return complete_frame(event.request_id, event.status, event.writes, event.error)
     if isinstance(event, Panic):
         return _frame(FrameType.PANIC, _text(event.reason))
     if isinstance(event, Cancel):
@@ -319,63 +352,75 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
 def _decode_request(b: memoryview, flags: int, request_id: int) -> Request:
     if flags & ~FLAG_ASYNC:
         raise ProtocolError(f"REQUEST with unknown flags {flags:#x}")
-    head = _REQUEST_ALL.size
-    _need(b, head, "REQUEST")
+    at = _REQUEST_ALL.size
+    size = len(b)
+    if size < at:
+        raise ProtocolError(f"REQUEST: {size} bytes, needs {at}")
     f = _REQUEST_ALL.unpack_from(b)
-    code, handle = f[0], f[1]
-    at = head
-    args = []
-    for i in range(MAX_ARGS):
-        kind, length, value = f[2 + 3 * i], f[3 + 3 * i], f[4 + 3 * i]
+    args: list[Arg] = []
+    for i, j in _ARG_FIELDS:
+        kind, length, value = f[j], f[j + 1], f[j + 2]
+        if kind == _K_READ or kind == _K_READWRITE:
+            if length > size - at:
+                raise ProtocolError(f"argument {i} claims {length} bytes, {size - at} are left")
+            if kind == _K_READ:
+                args.append(Arg(ArgKind.READ, 0, bytes(b[at : at + length])))
+            else:
+                if not 0 <= length <= value:
+                    raise ProtocolError(f"argument {i}: {length} bytes over a max length of {value}")
+                args.append(Arg(ArgKind.READWRITE, value, bytes(b[at : at + length])))
+            at += length
+            continue
         k = _ARG_KINDS.get(kind)
         if k is None:
             raise ProtocolError(f"argument {i} of unknown kind {kind}")
-        if k in (ArgKind.READ, ArgKind.READWRITE):
-            if length > len(b) - at:
-                raise ProtocolError(f"argument {i} claims {length} bytes, {len(b) - at} are left")
-            if k == ArgKind.READWRITE and not 0 <= length <= value:
-                raise ProtocolError(f"argument {i}: {length} bytes over a max length of {value}")
-            data = bytes(b[at : at + length])
-            at += length
-            args.append(Arg(k, value if k == ArgKind.READWRITE else 0, data))
-        else:
-            if length:
-                raise ProtocolError(f"argument {i} ({k.name}) with a payload length")
-            if k == ArgKind.WRITE and value < 0:
-                raise ProtocolError(f"argument {i}: negative max length")
-            if k == ArgKind.HANDLE and not 0 <= value <= 0xFFFFFFFF:
-                raise ProtocolError(f"argument {i}: handle out of range")
-            if k == ArgKind.NONE and value:
+        if length:
+            raise ProtocolError(f"argument {i} ({k.name}) with a payload length")
+        if kind == _K_NONE:
+            if value:
                 raise ProtocolError(f"argument {i}: NONE with a value")
-            args.append(Arg(k, value))
-    if at != len(b):
-        raise ProtocolError(f"REQUEST with {len(b) - at} bytes after its payloads")
-    return Request(request_id, code, (args[0], args[1], args[2], args[3]), handle, bool(flags & FLAG_ASYNC))
+            args.append(NO_ARG)
+            continue
+        if kind == _K_WRITE and value < 0:
+            raise ProtocolError(f"argument {i}: negative max length")
+        if kind == _K_HANDLE and not 0 <= value <= 0xFFFFFFFF:
+            raise ProtocolError(f"argument {i}: handle out of range")
+        args.append(Arg(k, value))
+    if at != size:
+        raise ProtocolError(f"REQUEST with {size - at} bytes after its payloads")
+    return Request(request_id, f[0], (args[0], args[1], args[2], args[3]), f[1], bool(flags & FLAG_ASYNC))
 
 
 def _decode_complete(b: memoryview, request_id: int) -> Complete:
-    _need(b, _COMPLETE.size, "COMPLETE")
+    size = len(b)
+    if size < _COMPLETE.size:
+        raise ProtocolError(f"COMPLETE: {size} bytes, needs {_COMPLETE.size}")
     status, nwrites, has_error, zero = _COMPLETE.unpack_from(b)
     if nwrites > MAX_ARGS or has_error > 1 or zero:
         raise ProtocolError(f"COMPLETE with {nwrites} writes, error flag {has_error}")
     at = _COMPLETE.size
-    writes = []
-    seen = set()
-    for _ in range(nwrites):
-        _need(b[at:], _WRITE.size, "COMPLETE write")
-        index, length = _WRITE.unpack_from(b, at)
-        at += _WRITE.size
-        if index >= MAX_ARGS or index in seen:
-            raise ProtocolError(f"COMPLETE writes argument {index}")
-        seen.add(index)
-        if length > len(b) - at:
-            raise ProtocolError(f"COMPLETE write of {length} bytes, {len(b) - at} are left")
-        writes.append(Write(index, bytes(b[at : at + length])))
-        at += length
-    error = _utf8(b[at:], "COMPLETE error") if has_error else None
-    if not has_error and at != len(b):
-        raise ProtocolError(f"COMPLETE with {len(b) - at} bytes after its writes")
-    return Complete(request_id, status, tuple(writes), error)
+    writes: tuple[Write, ...] = ()
+    if nwrites:
+        out = []
+        seen = 0
+        for _ in range(nwrites):
+            if size - at < _WRITE.size:
+                raise ProtocolError(f"COMPLETE write: {size - at} bytes, needs {_WRITE.size}")
+            index, length = _WRITE.unpack_from(b, at)
+            at += _WRITE.size
+            if index >= MAX_ARGS or seen & (1 << index):
+                raise ProtocolError(f"COMPLETE writes argument {index}")
+            seen |= 1 << index
+            if length > size - at:
+                raise ProtocolError(f"COMPLETE write of {length} bytes, {size - at} are left")
+            out.append(Write(index, bytes(b[at : at + length])))
+            at += length
+        writes = tuple(out)
+    if has_error:
+        return Complete(request_id, status, writes, _utf8(b[at:], "COMPLETE error"))
+    if at != size:
+        raise ProtocolError(f"COMPLETE with {size - at} bytes after its writes")
+    return Complete(request_id, status, writes, None)
 
 
 class FrameReader:
@@ -387,24 +432,41 @@ class FrameReader:
         self._buf = bytearray()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """The events completed by `data` (possibly none). ProtocolError on the first bad frame."""
-        self._buf += data
+        """The events completed by `data` (possibly none). ProtocolError on the first bad frame.
+
+        Frames are decoded in place from `data` (or from the buffered rest of
+        an earlier feed followed by `data`): only an incomplete tail is kept."""
+        buf = self._buf
+        if buf:
+            buf += data
+            data, self._buf = buf, bytearray()  # never resized again: views of it may outlive this call
         out: list[Event] = []
-        while len(self._buf) >= HEADER_SIZE:
-            magic, version, ftype, flags, length, reserved, request_id = HEADER.unpack_from(self._buf)
-            if magic != MAGIC:
-                raise ProtocolError(f"bad magic {bytes(magic)!r}: not a broker peer")
-            if version != PROTOCOL_VERSION:
-                raise ProtocolError(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
-            if length > self.max_frame:
-                raise ProtocolError(f"a frame of {length} bytes, over the limit of {self.max_frame}")
-            if reserved:
-                raise ProtocolError("non-zero reserved header field")
-            if len(self._buf) < HEADER_SIZE + length:
-                break
-            body = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
-            del self._buf[: HEADER_SIZE + length]
-            out.append(decode_body(ftype, flags, request_id, body))
+        with memoryview(data) as view:
+            at, end = 0, len(view)
+            unpack, max_frame = HEADER.unpack_from, self.max_frame
+            while end - at >= HEADER_SIZE:
+                magic, version, ftype, flags, length, reserved, request_id = unpack(view, at)
+                if magic != MAGIC:
+                    raise ProtocolError(f"bad magic {bytes(magic)!r}: not a broker peer")
+                if version != PROTOCOL_VERSION:
+                    raise ProtocolError(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+                if length > max_frame:
+                    raise ProtocolError(f"a frame of {length} bytes, over the limit of {max_frame}")
+                if reserved:
+                    raise ProtocolError("non-zero reserved header field")
+                stop = at + HEADER_SIZE + length
+                if stop > end:
+                    break
+                body = view[at + HEADER_SIZE : stop]
+                if ftype == _T_REQUEST:
+                    out.append(_decode_request(body, flags, request_id))
+                elif ftype == _T_COMPLETE and not flags:
+                    out.append(_decode_complete(body, request_id))
+                else:
+                    out.append(decode_body(ftype, flags, request_id, body))
+                at = stop
+            if at < end:
+                self._buf = bytearray(view[at:])
         return out
 
     @property
@@ -477,10 +539,11 @@ class ClientConnection(_Side):
         a = list(args)
         if len(a) > MAX_ARGS:
             raise ValueError(f"at most {MAX_ARGS} arguments")
-        a += [NO_ARG] * (MAX_ARGS - len(a))
+        if len(a) < MAX_ARGS:
+            a += _PADDING[len(a)]
         rid = self._next_id
         self._next_id += 1
-        frame = encode(Request(rid, code, (a[0], a[1], a[2], a[3]), handle, asynchronous))
+        frame = request_frame(rid, code, handle, asynchronous, a)
         if len(frame) - HEADER_SIZE > (self.welcome.max_frame if self.welcome else self.max_frame):
             raise ValueError(f"a request of {len(frame)} bytes is over the server's limit")
         self.outstanding[rid] = asynchronous
@@ -568,7 +631,7 @@ class ServerConnection(_Side):
         self._check_open("a completion")
         if self.outstanding.pop(request_id, None) is None:
             raise ProtocolError(f"request {request_id} is not outstanding (completed twice?)")
-        return encode(Complete(request_id, status, tuple(writes), error))
+        return complete_frame(request_id, status, tuple(writes), error)
 
     def panic(self, reason: str) -> bytes:
         self._close(f"panicked: {reason}")

@@ -62,6 +62,7 @@ class _Conn:
         self.ended = False
         self.client_closed = False
         self.inbuf = bytearray(_RECV)  # reused: a fresh 256 KiB bytes per recv costs an mmap and a fault
+        self.batching = False  # the loop thread is handling a batch of requests: _send only queues
 
     # -- input (loop thread) --------------------------------------------------
 
@@ -80,16 +81,24 @@ class _Conn:
         except ProtocolError as e:
             self._close_with(f"protocol error: {e}")
             return
-        for ev in events:
-            if self.ended:
-                return
-            if isinstance(ev, Hello):
-                self.on_hello(ev)
-            elif isinstance(ev, Request):
-                self.on_request(ev)
-            elif isinstance(ev, Close):
-                self.client_closed = True
-                self.end("closed")
+        # the completions these events make go out together, in one send, after the last
+        self.batching = True
+        try:
+            for ev in events:
+                if self.ended:
+                    return
+                if type(ev) is Request:
+                    self.on_request(ev)
+                elif isinstance(ev, Hello):
+                    self.on_hello(ev)
+                elif isinstance(ev, Close):
+                    self.client_closed = True
+                    self.end("closed")
+        finally:
+            with self.lock:
+                self.batching = False
+                if self.out:
+                    self._flush()
 
     def on_hello(self, hello: Hello) -> None:
         srv = self.server
@@ -138,7 +147,7 @@ class _Conn:
         except Exception as e:
             self.failed(msg, e)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             loop = srv._aloop
             if loop is None:
                 if inspect.iscoroutine(result):
@@ -192,8 +201,19 @@ class _Conn:
 
     def _send(self, frame: bytes) -> None:
         with self.lock:
-            self.out += frame
-            self._flush()
+            if self.out or self.batching or self.ended:
+                self.out += frame  # sent after what is queued, or with the batch
+                return
+            try:
+                n = self.sock.send(frame)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.server._call_soon(lambda: self.end("died"))
+                return
+            if n < len(frame):
+                self.out += memoryview(frame)[n:]
+                self.server._want_write(self)
 
     def _flush(self) -> None:
         with self.lock:
@@ -215,6 +235,11 @@ class _Conn:
         with self.lock:
             if self.ended:
                 return
+            if self.out:  # a last word still queued (a refusal, a close): best effort, never blocking
+                try:
+                    self.sock.send(self.out)
+                except OSError:
+                    pass
             self.ended = True
         srv = self.server
         srv._forget(self)

@@ -39,17 +39,18 @@ class Message:
     complete() must be called exactly once, from any thread, now or later.
     """
 
+    __slots__ = ("_conn", "request_id", "code", "handle", "asynchronous", "_args", "_writes", "_done")
+
     def __init__(self, conn: "_Conn", request_id: int, code: int, args: tuple[Arg, ...], handle: int,
                  asynchronous: bool) -> None:
-        self._conn = conn
+        self._conn = conn  # its lock (conn.lock) also guards this message's writes and its completion
         self.request_id = request_id
         self.code = code
         self.handle = handle
         self.asynchronous = asynchronous
         self._args = args
-        self._writes: dict[int, bytearray] = {}
+        self._writes: dict[int, bytes | bytearray] | None = None  # argument -> its new content
         self._done = False
-        self._lock = threading.Lock()
 
     @property
     def session(self) -> "Session":
@@ -88,7 +89,7 @@ class Message:
 
     def length(self, i: int) -> int:
         """Current length of a buffer argument (after any write)."""
-        if i in self._writes:
+        if self._writes and i in self._writes:
             return len(self._writes[i])
         a = self._arg(i)
         return len(a.data)
@@ -100,9 +101,11 @@ class Message:
     def read(self, i: int, offset: int = 0, size: int | None = None) -> bytes:
         """Bytes of a readable buffer argument from `offset`."""
         a = self._arg(i)
-        if a.kind not in (ArgKind.READ, ArgKind.READWRITE):
+        if a.kind != ArgKind.READ and a.kind != ArgKind.READWRITE:
             raise BrokerError(f"argument {i} is {a.kind.name}: nothing to read")
-        data = bytes(self._writes[i]) if i in self._writes else a.data
+        data = bytes(self._writes[i]) if self._writes and i in self._writes else a.data
+        if offset == 0 and size is None:
+            return data
         if not 0 <= offset <= len(data):
             raise Overflow(f"read at offset {offset} of a {len(data)}-byte argument")
         return data[offset:] if size is None else data[offset : offset + size]
@@ -111,31 +114,36 @@ class Message:
         """Write into the client's writable argument at `offset`; its length
         becomes offset + len(data). Overflow past its max length (nothing written)."""
         a = self._arg(i)
-        if a.kind not in (ArgKind.WRITE, ArgKind.READWRITE):
+        if a.kind != ArgKind.WRITE and a.kind != ArgKind.READWRITE:
             raise BrokerError(f"argument {i} is {a.kind.name}: not writable")
-        data = bytes(data)
+        data = bytes(data)  # the caller's buffer may change after this call
         if offset < 0 or offset + len(data) > a.max_length:
             raise Overflow(f"writing {len(data)} bytes at {offset} into argument {i} of max length {a.max_length}")
-        with self._lock:
+        with self._conn.lock:
             if self._done:
                 raise StateError("the message is already complete")
-            buf = self._writes.get(i)
-            if buf is None:
-                buf = bytearray(a.data if a.kind == ArgKind.READWRITE else b"")
+            writes = self._writes
+            if writes is None:
+                writes = self._writes = {}
+            if offset == 0:  # the whole new content
+                writes[i] = data
+                return
+            old = writes.get(i)
+            buf = bytearray(a.data if a.kind == ArgKind.READWRITE else b"") if old is None else bytearray(old)
             if offset > len(buf):
                 raise Overflow(f"write at offset {offset} beyond the argument's length {len(buf)}")
             buf[offset:] = data
-            self._writes[i] = buf
+            writes[i] = buf
 
     def complete(self, status: int = 0, error: str | None = None) -> None:
         """Finish the request with `status` (0 or a positive result; negative:
         an error the client sees); exactly once."""
-        with self._lock:
+        with self._conn.lock:
             if self._done:
                 raise StateError(f"request {self.request_id} is already complete")
             self._done = True
-            writes = [Write(i, bytes(b)) for i, b in sorted(self._writes.items())]
-        self._conn.complete(self, int(status), writes, error)
+            writes = [Write(i, bytes(b)) for i, b in sorted(self._writes.items())] if self._writes else []
+            self._conn.complete(self, int(status), writes, error)
 
     @property
     def completed(self) -> bool:
@@ -143,7 +151,7 @@ class Message:
 
     def panic(self, reason: str) -> None:
         """End the client's session: its pending and next calls raise Panicked(reason)."""
-        with self._lock:
+        with self._conn.lock:
             self._done = True
         self._conn.panic(reason)
 
