@@ -27,6 +27,22 @@ from ._errors import (
 from ._protocol import ArgKind, ProtocolError, Status
 from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for
 from ._server import Refused, Server
+from . import _services as services  # the function codes: broker.services.ECHO, .PUT, ...
+from ._services import (
+    BufferTooSmall,
+    EchoClient,
+    EchoSession,
+    InvalidArgument,
+    KeyValueClient,
+    KeyValueLimits,
+    KeyValueSession,
+    KeyValueStore,
+    LimitReached,
+    NotFound,
+    ServicesSession,
+    SharedTable,
+    Table,
+)
 from ._session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent
 from ._version import __version__
 
@@ -35,10 +51,20 @@ __all__ = [
     "ArgKind",
     "BadHandle",
     "Buffer",
+    "BufferTooSmall",
     "ClientSession",
     "Container",
+    "EchoClient",
+    "EchoSession",
+    "InvalidArgument",
+    "KeyValueClient",
+    "KeyValueLimits",
+    "KeyValueSession",
+    "KeyValueStore",
+    "LimitReached",
     "Message",
     "NOT_SUPPORTED",
+    "NotFound",
     "Overflow",
     "Panicked",
     "Peer",
@@ -53,10 +79,13 @@ __all__ = [
     "ServerGone",
     "ServerNotFound",
     "ServiceError",
+    "ServicesSession",
     "Session",
     "SessionEvent",
+    "SharedTable",
     "Status",
     "SubSession",
+    "Table",
     "VersionRefused",
     "connect",
     "BrokerError",
@@ -77,4 +106,5 @@ __all__ = [
     "TooBig",
     "__version__",
     "max_record_for",
+    "services",
 ]

@@ -2,15 +2,176 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
+import time
+from typing import Any
 
 from ._version import __version__
+
+MAX_PING_SIZE = 16 << 20
+
+
+def _say(prog: str, text: str) -> None:
+    print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+
+# ---- broker serve -----------------------------------------------------------------------
+
+
+def _where(bound: Any) -> str:
+    """A bound socket's address as `broker ping` takes it."""
+    if isinstance(bound, str):
+        return bound
+    host, port = bound[0], bound[1]
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def serve(address: str, tcp: str | None) -> int:
+    """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
+    from ._errors import BrokerError
+    from ._server import Server
+    from ._services import KeyValueStore, ServicesSession
+    from ._session import SessionEvent
+
+    def log_event(ev: SessionEvent) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _say("broker serve", f"{stamp} {ev.kind} {ev.peer}" + (f": {ev.reason}" if ev.reason else ""))
+
+    signals: list[int] = []
+
+    class _Serving(Server):
+        # serve_forever() binds, then serves: say where, once bound (a tcp port 0 is known only then)
+        def _listen(self) -> None:
+            super()._listen()
+            for bound in self.bound:
+                print(f"listening on {_where(bound)}", flush=True)
+            if signals:  # a signal came before serve_forever() could take it
+                self.stop()
+
+    try:
+        srv = _Serving(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event)
+    except (ValueError, PermissionError) as e:
+        _say("broker serve", str(e))
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals.append(signum)
+        srv.stop()  # safe from a handler: sets a flag and writes one byte to the loop's wake-up socket
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        srv.serve_forever()
+    except (BrokerError, OSError) as e:
+        _say("broker serve", f"cannot serve at {', '.join(map(str, srv.addresses))}: {e}")
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    _say("broker serve", f"stopped by {signal.Signals(signals[0]).name}" if signals else "stopped")
+    return 0
+
+
+# ---- broker ping --------------------------------------------------------------------------
+
+
+def _percentile(sorted_ms: list[float], p: float) -> float:
+    """Nearest rank."""
+    return sorted_ms[max(0, min(len(sorted_ms) - 1, math.ceil(p / 100 * len(sorted_ms)) - 1))]
+
+
+def ping(address: str, count: int, size: int, interval: float, timeout: float, quiet: bool) -> int:
+    """Round trips to the echo service; exit code 0 only if every one came back intact."""
+    from ._client import connect
+    from ._errors import BrokerError, Panicked, ServerGone
+    from ._services import EchoClient
+
+    try:
+        session = connect(address, timeout=timeout)
+    except ValueError as e:
+        _say("broker ping", str(e))
+        return 2
+    except (BrokerError, OSError) as e:  # ServerNotFound says "no server at ADDRESS: why"
+        _say("broker ping", str(e))
+        return 1
+    payload = os.urandom(size)
+    times: list[float] = []
+    errors = sent = 0
+    with session:
+        echo = EchoClient(session)
+        try:
+            for seq in range(1, count + 1):
+                if seq > 1 and interval:
+                    time.sleep(interval)
+                sent += 1
+                t0 = time.perf_counter_ns()
+                try:
+                    reply = echo.echo(payload, timeout=timeout)
+                except (ServerGone, Panicked) as e:
+                    errors += 1
+                    print(f"seq={seq} error: {e}", flush=True)
+                    break
+                except BrokerError as e:
+                    errors += 1
+                    print(f"seq={seq} error: {e}", flush=True)
+                    continue
+                ms = (time.perf_counter_ns() - t0) / 1e6
+                if reply != payload:
+                    errors += 1
+                    print(f"seq={seq} error: the reply differs from what was sent ({len(reply)} bytes)", flush=True)
+                    continue
+                times.append(ms)
+                if not quiet:
+                    print(f"{len(reply)} bytes from {address}: seq={seq} time={ms:.3f} ms", flush=True)
+        except KeyboardInterrupt:
+            pass
+    print(f"--- {address} echo ping ---")
+    print(f"{sent} requests, {len(times)} replies, {errors} errors")
+    if times:
+        t = sorted(times)
+        print(f"round trip min/p50/p99/max = {t[0]:.3f}/{_percentile(t, 50):.3f}/{_percentile(t, 99):.3f}/"
+              f"{t[-1]:.3f} ms", flush=True)
+    else:
+        print("round trip: no replies", flush=True)
+    return 0 if times and not errors and sent == count else 1
+
+
+# ---- the parser ------------------------------------------------------------------------------
+
+
+def _bounded(kind: type, low: float, high: float | None = None) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not from {low} to {high}" if high is not None
+                                             else f"{text} is below {low}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description="A shared-memory message broker for one Linux host.")
     parser.add_argument("--version", action="version", version=f"broker {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    srv = sub.add_parser("serve", help="run a broker with the built-in services (echo, key-value) until SIGINT/SIGTERM")
+    srv.add_argument("--address", default="broker",
+                     help="a server name (in the runtime directory) or a Unix socket path (default: %(default)s)")
+    srv.add_argument("--tcp", metavar="tcp://HOST:PORT", help="also listen on TCP (port 0: one the kernel picks)")
+    png = sub.add_parser("ping", help="measure round trips to a broker's echo service")
+    png.add_argument("address", metavar="ADDRESS", help="a server name, a Unix socket path or tcp://host:port")
+    png.add_argument("--count", "-c", type=_bounded(int, 1), default=10, help="round trips (default: %(default)s)")
+    png.add_argument("--size", "-s", type=_bounded(int, 0, MAX_PING_SIZE), default=64,
+                     help="payload bytes (default: %(default)s)")
+    png.add_argument("--interval", "-i", type=_bounded(float, 0), default=0.1,
+                     help="seconds between round trips (default: %(default)s)")
+    png.add_argument("--timeout", "-W", type=_bounded(float, 0.001), default=5.0,
+                     help="seconds to wait for the connection and each reply (default: %(default)s)")
+    png.add_argument("--quiet", "-q", action="store_true", help="only the summary")
     bench = sub.add_parser("bench", help="run benchmarks side by side with the IPC you would otherwise use")
     bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE")
     ring = bench_sub.add_parser("ring", help="the shared-memory ring against multiprocessing.Pipe and AF_UNIX")
@@ -20,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     rpc.add_argument("--json", metavar="FILE", help="also write every figure, repetition and ratio to FILE")
     rpc.add_argument("--quick", action="store_true", help="fewer requests and samples (a smoke run)")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.address, args.tcp)
+    if args.command == "ping":
+        return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet)
     if args.command == "bench":
         if args.suite in (None, "ring"):
             from ._bench_ring import run

@@ -1,0 +1,487 @@
+"""Two services that ship with the broker: echo, and a key-value store of named tables shared between sessions.
+
+They serve the tests, the README, `broker serve` / `broker ping` and the
+benchmarks, and show the framework's model end to end: function codes, typed
+arguments, sub-sessions on reference-counted objects in a named container,
+and untrusted input answered with a status, never a crash.
+
+Function codes (echo in 1-15, key-value in 16-31, so a Policy can guard each
+range; "h" marks a call that carries a table handle):
+
+    LENGTH          arg 0 bytes                      -> len(arg 0)
+    ECHO            arg 0 bytes, arg 1 writable      -> arg 0 written into arg 1; len(arg 0)
+    OPEN_TABLE      arg 0 name (UTF-8, 1-64 bytes)   -> a sub-session handle on the table of that
+                                                        name, created empty if nobody has it open
+    PUT         h   arg 0 key, arg 1 value           -> 1 (a new key) or 0 (a value replaced)
+    GET         h   arg 0 key, arg 1 writable        -> the value's length; the value is in arg 1
+    DELETE      h   arg 0 key                        -> 1 (deleted) or 0 (there was no such key)
+    COUNT       h   -                                -> the number of entries
+    KEYS        h   arg 0 writable, arg 1 "after"    -> how many keys arg 0 holds: the next keys
+                    (bytes, optional)                   in byte order after "after", each a u16
+                                                        little-endian length then its bytes
+    closing a table handle is the framework's CLOSE_SUBSESSION (SubSession.close())
+
+A table lives while some sub-session has it open: it dies (its entries with it)
+when the last one closes, or when the session holding it ends, cleanly or by
+its process's death. Keys are 1 to `max_key` bytes, values 0 to `max_value`;
+a table holds at most `max_entries` entries and `max_table_bytes` of keys and
+values; a store at most `max_tables` tables (`KeyValueLimits`).
+
+Errors (negative statuses; the client wrappers raise the typed exception):
+ARGUMENT (an argument of the wrong kind, an empty or too long key or name, a
+value too big: `InvalidArgument`), NOT_FOUND (GET of an absent key:
+`NotFound`, also a KeyError), NO_MEMORY (a full table or store:
+`LimitReached`), OVERFLOW (the writable argument is too small:
+`BufferTooSmall`), BAD_HANDLE (no table of this session: `broker.BadHandle`).
+Each ends only its own request.
+"""
+from __future__ import annotations
+
+import bisect
+import struct
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._client import Buffer, ClientSession, SubSession
+from ._errors import BadHandle, ServiceError
+from ._protocol import ArgKind, Status
+from ._session import Container, Message, Peer, RefObject, Session
+
+# ---- function codes -------------------------------------------------------------------
+
+LENGTH = 1
+ECHO = 2
+ECHO_CODES = range(1, 16)
+
+OPEN_TABLE = 16
+PUT = 17
+GET = 18
+DELETE = 19
+COUNT = 20
+KEYS = 21
+KV_CODES = range(16, 32)
+
+MAX_NAME = 64  # bytes of a table name (UTF-8)
+VALUE_CEILING = 16 << 20  # no store holds a larger value: a client's default GET buffer
+_KEY_LEN = struct.Struct("<H")  # KEYS: the length before each key
+
+# ---- errors the client wrappers raise -------------------------------------------------
+
+
+class InvalidArgument(ServiceError, ValueError):
+    """ARGUMENT: an argument of the wrong kind, an empty or too long key or name, a value too big."""
+
+
+class NotFound(ServiceError, KeyError):
+    """NOT_FOUND: GET of a key the table does not hold."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return ServiceError.__str__(self)
+
+
+class LimitReached(ServiceError):
+    """NO_MEMORY: the table has its maximum of entries or bytes, or the store its maximum of tables."""
+
+
+class BufferTooSmall(ServiceError, OverflowError):
+    """OVERFLOW: the writable argument cannot hold the answer."""
+
+
+_TYPED: dict[int, type[ServiceError]] = {
+    Status.ARGUMENT: InvalidArgument,
+    Status.NOT_FOUND: NotFound,
+    Status.NO_MEMORY: LimitReached,
+    Status.OVERFLOW: BufferTooSmall,
+}
+
+
+def _call(session: ClientSession, code: int, *args: Any, handle: int = 0, timeout: float | None = None) -> int:
+    """send_receive, with the services' statuses raised as their typed errors."""
+    try:
+        return session.send_receive(code, *args, timeout=timeout, handle=handle)
+    except ServiceError as e:
+        typed = _TYPED.get(e.status)
+        if typed is None or type(e) is not ServiceError:
+            raise
+        raise typed(e.status, e.text) from None
+
+
+# ---- server side: limits, tables, the store ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyValueLimits:
+    """What one KeyValueStore accepts from its (untrusted) clients."""
+
+    max_key: int = 1024  # bytes
+    max_value: int = 1 << 20  # bytes
+    max_entries: int = 10_000  # per table
+    max_table_bytes: int = 64 << 20  # keys and values of one table
+    max_tables: int = 1024  # open at once in the store
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_key <= 0xFFFF:
+            raise ValueError("max_key must be from 1 to 65535 bytes")
+        if not 0 <= self.max_value <= VALUE_CEILING:
+            raise ValueError(f"max_value must be from 0 to {VALUE_CEILING} bytes")
+        if min(self.max_entries, self.max_table_bytes, self.max_tables) < 1:
+            raise ValueError("max_entries, max_table_bytes and max_tables must be positive")
+
+
+class _Reject(Exception):
+    """Inside a service: complete the message with this status and text."""
+
+    def __init__(self, status: Status, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def _show(key: bytes) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SharedTable(RefObject):
+    """A named table of a KeyValueStore (server side), shared by every sub-session that opened it."""
+
+    def __init__(self, store: "KeyValueStore") -> None:
+        super().__init__()
+        self.store = store
+        self.bytes = 0  # keys and values held
+        self._entries: dict[bytes, bytes] = {}
+        self._sorted: list[bytes] | None = None  # the keys in order, until the next change
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        # under the store's lock: a concurrent OPEN_TABLE never finds a table its last holder is destroying
+        with self.store._lock:
+            super().close()
+
+    def destroyed(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._sorted = None
+            self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: bytes, value: bytes) -> bool:
+        limits = self.store.limits
+        with self._lock:
+            old = self._entries.get(key)
+            if old is None and len(self._entries) >= limits.max_entries:
+                raise _Reject(Status.NO_MEMORY, f"table {self.name!r} is full: it has its maximum of "
+                                                f"{limits.max_entries} entries")
+            size = self.bytes + len(value) + (len(key) if old is None else -len(old))
+            if size > limits.max_table_bytes:
+                raise _Reject(Status.NO_MEMORY, f"table {self.name!r} is full: {size} bytes would exceed "
+                                                f"its maximum of {limits.max_table_bytes}")
+            self._entries[key] = value
+            self.bytes = size
+            if old is None:
+                self._sorted = None
+            return old is None
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def delete(self, key: bytes) -> bool:
+        with self._lock:
+            value = self._entries.pop(key, None)
+            if value is None:
+                return False
+            self.bytes -= len(key) + len(value)
+            self._sorted = None
+            return True
+
+    def keys_after(self, after: bytes | None) -> list[bytes]:
+        """The keys in byte order, those after `after` only if it is given."""
+        with self._lock:
+            if self._sorted is None:
+                self._sorted = sorted(self._entries)
+            keys = self._sorted
+        return keys if after is None else keys[bisect.bisect_right(keys, after):]
+
+
+_stores: "weakref.WeakKeyDictionary[Any, KeyValueStore]" = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+
+class KeyValueStore:
+    """Server side: the open tables (a broker.Container of SharedTables) and the limits they keep.
+
+    One store usually serves one server: `KeyValueSession.factory(store)`, or
+    the store `for_server(server)` makes when the session class is given alone.
+    """
+
+    def __init__(self, limits: KeyValueLimits | None = None, name: str = "tables") -> None:
+        self.limits = limits or KeyValueLimits()
+        self.tables = Container(name)
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_server(cls, server: Any) -> "KeyValueStore":
+        """The store of `server` (made with default limits at the first call)."""
+        with _stores_lock:
+            store = _stores.get(server)
+            if store is None:
+                store = _stores[server] = cls()
+            return store
+
+    def open(self, session: Session, name: str) -> int:
+        """Open the table `name` (created if nobody has it open) as a sub-session of `session`: its handle."""
+        if len(session.objects) >= session.objects.limit:  # checked first: a refused open must not count a reference
+            raise _Reject(Status.NO_MEMORY, f"a session can have at most {session.objects.limit} sub-sessions open")
+        with self._lock:
+            try:
+                table = self.tables.find(name)
+            except BadHandle:
+                if len(self.tables) >= self.limits.max_tables:
+                    raise _Reject(Status.NO_MEMORY, f"the store has its maximum of {self.limits.max_tables} "
+                                                    "tables open") from None
+                table = self.tables.add(name, SharedTable(self))
+            assert isinstance(table, SharedTable)
+            return session.open_subsession(table)
+
+    def table(self, name: str) -> SharedTable:
+        """The open table `name`; BadHandle (a LookupError) if no session has it open."""
+        table = self.tables.find(name)
+        assert isinstance(table, SharedTable)
+        return table
+
+    def names(self) -> list[str]:
+        """The names of the open tables."""
+        return self.tables.names()
+
+
+# ---- server side: the sessions --------------------------------------------------------------
+
+
+def _read(m: Message, i: int, what: str, limit: int, *, empty: bool = False) -> bytes:
+    kind = m.kind(i)
+    if kind != ArgKind.READ and kind != ArgKind.READWRITE:
+        raise _Reject(Status.ARGUMENT, f"argument {i} ({what}) must be bytes, not {kind.name}")
+    data = m.read(i)
+    if not data and not empty:
+        raise _Reject(Status.ARGUMENT, f"the {what} is empty")
+    if len(data) > limit:
+        raise _Reject(Status.ARGUMENT, f"the {what} has {len(data)} bytes, over the limit of {limit}")
+    return data
+
+
+def _room(m: Message, i: int, what: str) -> int:
+    """The max length of writable argument i."""
+    kind = m.kind(i)
+    if kind != ArgKind.WRITE and kind != ArgKind.READWRITE:
+        raise _Reject(Status.ARGUMENT, f"argument {i} ({what}) must be writable (a broker.Buffer), not {kind.name}")
+    return m.max_length(i)
+
+
+class EchoSession(Session):
+    """LENGTH and ECHO; everything else goes on to the next class (NOT_SUPPORTED at the end)."""
+
+    def service(self, m: Message) -> None:
+        code = m.code
+        if code != LENGTH and code != ECHO:
+            super().service(m)
+            return
+        try:
+            data = _read(m, 0, "payload", VALUE_CEILING, empty=True)
+            if code == ECHO:
+                room = _room(m, 1, "reply")
+                if len(data) > room:
+                    raise _Reject(Status.OVERFLOW, f"an echo of {len(data)} bytes does not fit argument 1 "
+                                                   f"(max length {room})")
+                m.write(1, data)
+        except _Reject as r:
+            m.complete(r.status, r.text)
+            return
+        m.complete(len(data))
+
+
+class KeyValueSession(Session):
+    """OPEN_TABLE and the table calls on a KeyValueStore; other codes go on to the next class."""
+
+    def __init__(self, server: Any, peer: Peer, store: KeyValueStore | None = None) -> None:
+        super().__init__(server, peer)
+        self.store = store if store is not None else KeyValueStore.for_server(server)
+
+    @classmethod
+    def factory(cls, store: KeyValueStore) -> Callable[[Any, Peer], "KeyValueSession"]:
+        """A session factory for broker.Server whose sessions share `store`."""
+        def make(server: Any, peer: Peer) -> "KeyValueSession":
+            return cls(server, peer, store)
+        return make
+
+    def service(self, m: Message) -> None:
+        if m.code not in KV_CODES:
+            super().service(m)
+            return
+        try:
+            m.complete(self._kv(m))
+        except _Reject as r:
+            m.complete(r.status, r.text)
+
+    def _table(self, m: Message) -> SharedTable:
+        try:
+            obj = self.subsession(m)
+        except BadHandle as e:
+            raise _Reject(Status.BAD_HANDLE, str(e)) from None
+        if not isinstance(obj, SharedTable) or obj.store is not self.store:
+            raise _Reject(Status.BAD_HANDLE, f"handle {m.handle:#010x} is not a table of this session")
+        return obj
+
+    def _kv(self, m: Message) -> int:
+        limits, code = self.store.limits, m.code
+        if code == OPEN_TABLE:
+            raw = _read(m, 0, "table name", MAX_NAME)
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Reject(Status.ARGUMENT, f"the table name {_show(raw)} is not UTF-8") from None
+            if not name.isprintable():
+                raise _Reject(Status.ARGUMENT, f"the table name {name!r} has unprintable characters")
+            return self.store.open(self, name)
+        if code == COUNT:
+            return len(self._table(m))
+        if code == KEYS:
+            table = self._table(m)
+            room = _room(m, 0, "keys")
+            after = None if m.kind(1) == ArgKind.NONE else _read(m, 1, "key to start after", limits.max_key, empty=True)
+            return self._keys(m, table.keys_after(after), room)
+        if code not in (PUT, GET, DELETE):
+            raise _Reject(Status.NOT_SUPPORTED, f"function {code} is not supported")
+        table = self._table(m)
+        key = _read(m, 0, "key", limits.max_key)
+        if code == PUT:
+            return int(table.put(key, _read(m, 1, "value", limits.max_value, empty=True)))
+        if code == DELETE:
+            return int(table.delete(key))
+        room = _room(m, 1, "value")
+        value = table.get(key)
+        if value is None:
+            raise _Reject(Status.NOT_FOUND, f"table {table.name!r} has no key {_show(key)}")
+        if len(value) > room:
+            raise _Reject(Status.OVERFLOW, f"the value of {_show(key)} has {len(value)} bytes: argument 1 "
+                                           f"holds {room}")
+        m.write(1, value)
+        return len(value)
+
+    @staticmethod
+    def _keys(m: Message, keys: list[bytes], room: int) -> int:
+        out: list[bytes] = []
+        used = 0
+        for key in keys:
+            size = _KEY_LEN.size + len(key)
+            if used + size > room:
+                break
+            out += (_KEY_LEN.pack(len(key)), key)
+            used += size
+        if keys and not out:
+            raise _Reject(Status.OVERFLOW, f"the next key needs {_KEY_LEN.size + len(keys[0])} bytes: "
+                                           f"argument 0 holds {room}")
+        m.write(0, b"".join(out))
+        return len(out) // 2
+
+
+class ServicesSession(KeyValueSession, EchoSession):
+    """Both services in one session: what `broker serve` runs."""
+
+
+# ---- client side -----------------------------------------------------------------------------
+
+
+def _b(data: bytes | str) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+class EchoClient:
+    """The echo service through a session: `EchoClient(broker.connect(address)).echo(b"hi")`."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    def echo(self, data: bytes, timeout: float | None = None) -> bytes:
+        """What the server sent back of `data`."""
+        out = Buffer(len(data))
+        _call(self.session, ECHO, data, out, timeout=timeout)
+        return out.value
+
+    def length(self, data: bytes, timeout: float | None = None) -> int:
+        """len(data), as the server counted it."""
+        return _call(self.session, LENGTH, data, timeout=timeout)
+
+
+class Table(SubSession):
+    """A table opened through KeyValueClient.open(): a sub-session; close() (or `with`) lets it go."""
+
+    def __init__(self, session: ClientSession, handle: int, name: str) -> None:
+        super().__init__(session, handle)
+        self.name = name
+
+    def __enter__(self) -> "Table":
+        return self
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r}, handle={self.handle:#x})"
+
+    def _call(self, code: int, *args: Any, timeout: float | None = None) -> int:
+        if not self.handle:
+            raise BadHandle(f"table {self.name!r} is closed")
+        return _call(self.session, code, *args, handle=self.handle, timeout=timeout)
+
+    def put(self, key: bytes | str, value: bytes | str, timeout: float | None = None) -> bool:
+        """Store `value` under `key`: True if the key is new, False if its value was replaced."""
+        return bool(self._call(PUT, _b(key), _b(value), timeout=timeout))
+
+    def get(self, key: bytes | str, max_length: int = VALUE_CEILING, timeout: float | None = None) -> bytes:
+        """The value of `key`; NotFound (a KeyError) if there is none, BufferTooSmall past max_length."""
+        out = Buffer(max_length)
+        self._call(GET, _b(key), out, timeout=timeout)
+        return out.value
+
+    def delete(self, key: bytes | str, timeout: float | None = None) -> bool:
+        """Remove `key`: True if it was there."""
+        return bool(self._call(DELETE, _b(key), timeout=timeout))
+
+    def count(self, timeout: float | None = None) -> int:
+        """The number of entries."""
+        return self._call(COUNT, timeout=timeout)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def keys(self, page: int = 64 * 1024, timeout: float | None = None) -> list[bytes]:
+        """Every key in byte order, fetched `page` bytes at a time."""
+        keys: list[bytes] = []
+        after: bytes | None = None
+        while True:
+            out = Buffer(page)
+            n = self._call(KEYS, out, after, timeout=timeout)
+            if not n:
+                return keys
+            data, at = out.value, 0
+            for _ in range(n):
+                (size,) = _KEY_LEN.unpack_from(data, at)
+                keys.append(data[at + 2 : at + 2 + size])
+                at += 2 + size
+            after = keys[-1]
+
+
+class KeyValueClient:
+    """The key-value service through a session: `KeyValueClient(session).open("orders")` is a Table."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    def open(self, name: str, timeout: float | None = None) -> Table:
+        """Open the table `name` (created empty if no session has it open); close it when done."""
+        handle = _call(self.session, OPEN_TABLE, _b(name), timeout=timeout)
+        if handle <= 0:
+            raise BadHandle(f"OPEN_TABLE completed with {handle}, not a sub-session handle")
+        return Table(self.session, handle, name)
