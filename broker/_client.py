@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
 import struct
 import threading
@@ -40,6 +42,9 @@ from ._protocol import (
 from ._session import CLOSE_SUBSESSION
 
 _RECV = 256 * 1024
+_DONTWAIT = socket.MSG_DONTWAIT
+_ns = time.perf_counter_ns
+_yield = os.sched_yield
 
 
 class Buffer:
@@ -110,6 +115,57 @@ class _Inline:
         return self._value
 
 
+class _StartsReader(list):  # type: ignore[type-arg]
+    """A _Reply's waiter list: concurrent.futures.wait() and as_completed()
+    register here, and such a waiter needs the reader thread."""
+
+    def __init__(self, session: "ClientSession") -> None:
+        super().__init__()
+        self._session = session
+
+    def append(self, waiter: Any) -> None:
+        self._session._background()
+        super().append(waiter)
+
+
+class _Reply(Future):  # type: ignore[type-arg]
+    """The future send() returns. On an unsharable session it is completed by
+    the session's own thread, which reads the socket whenever it waits (here,
+    or in a later call): no reader thread, no hand-over between threads.
+    Whatever must see it complete without that thread's help (a callback,
+    concurrent.futures.wait, asyncio) starts the reader thread first."""
+
+    def __init__(self, session: "ClientSession") -> None:
+        super().__init__()
+        self._session = session
+        self._waiters = _StartsReader(session)
+
+    def _drive(self, timeout: float | None) -> float | None:
+        """Read inline until done if this thread may; the timeout left for Future's own wait."""
+        s = self._session
+        if self.done() or s._reader is not None:
+            return timeout
+        if threading.get_ident() != s._owner:  # another thread waits: the reader thread must read
+            s._background()
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        s._read_until(self, timeout)
+        if self.done() or s._reader is None:
+            return 0
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._drive(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._drive(timeout))
+
+    def add_done_callback(self, fn: Any) -> None:
+        if not self.done():
+            self._session._background()
+        super().add_done_callback(fn)
+
+
 def _apply_writes(args: tuple[Any, ...], done: Complete) -> None:
     for w in done.writes:
         target = args[w.index] if w.index < len(args) else None
@@ -141,7 +197,7 @@ class ClientSession:
     """A session with a server. Unsharable (one thread) unless connect(sharable=True)."""
 
     def __init__(self, sock: socket.socket, address: str, proto: ClientConnection, welcome: Welcome,
-                 sharable: bool) -> None:
+                 sharable: bool, spin_us: float = 50.0) -> None:
         self._sock = sock
         self.address = address
         self._proto = proto
@@ -153,9 +209,13 @@ class ClientSession:
         self._pending: dict[int, tuple[Any, tuple[Any, ...], bool]] = {}  # a Future or an _Inline
         self._async = 0
         self._reader: threading.Thread | None = None
+        self._reading = 0  # the owner thread is reading the socket inline (nested: a count)
+        self._handover = False  # start the reader thread once it stops
         self._broken: BaseException | None = None
         self._inbuf = bytearray(_RECV)
-        self._timeout: float | None = None  # what the socket is set to (None: blocking)
+        self._spin_ns = int(spin_us * 1000)
+        self._poll = select.poll()  # waits with a timeout; the socket stays blocking
+        self._poll.register(sock, select.POLLIN)
         if sharable:
             self._start_reader()
 
@@ -170,7 +230,7 @@ class ClientSession:
                 self._check_thread()
             inline = _Inline()
             rid = self._submit(code, args, handle, False, inline)
-            self._read_until(inline, timeout, rid)
+            self._read_until(inline, timeout)
             return self._wait(inline, rid, timeout)
         self._check_thread()
         fut: Future[int] = Future()
@@ -182,10 +242,11 @@ class ClientSession:
         session's message slots; ServerBusy at once when none is free."""
         self._check_thread()
         with self._lock:
+            if self._async >= self.slots and self._reader is None and not self._reading:
+                self._read_arrived()  # completions may be waiting in the socket: they free slots
             if self._async >= self.slots:
                 raise ServerBusy(f"all {self.slots} message slots of this session are in use")
-            self._start_reader()
-            fut: Future[int] = Future()
+            fut: Future[int] = _Reply(self) if self._reader is None else Future()
             self._submit(code, args, handle, True, fut)
         return fut
 
@@ -199,6 +260,7 @@ class ClientSession:
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
         """send for asyncio: uses a message slot."""
+        self._background()
         return await asyncio.wrap_future(self.send(code, *args, handle=handle))
 
     def close(self) -> None:
@@ -261,22 +323,23 @@ class ClientSession:
                         pass
             raise Timeout(f"no answer within {timeout} s") from None
 
-    def _read_until(self, fut: Any, timeout: float | None, rid: int) -> None:
-        """Unsharable, no reader thread: read the socket here until `fut` is done."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not fut.done():
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return  # _wait raises Timeout
-                self._sock.settimeout(left)
-                self._timeout = left
-            elif self._timeout is not None:  # one system call only when it changes
-                self._sock.settimeout(None)
-                self._timeout = None
+    def _read_until(self, fut: Any, timeout: float | None) -> None:
+        with self._lock:
+            self._reading += 1  # a count: a done-callback run from here may wait on another reply
+        try:
+            self._read_inline(fut, timeout)
+        finally:
+            with self._lock:
+                self._reading -= 1
+                if self._handover and not self._reading:
+                    self._start_reader()
+
+    def _read_arrived(self) -> None:
+        """Inline mode: dispatch what has already arrived, without waiting."""
+        while True:
             try:
-                n = self._sock.recv_into(self._inbuf)
-            except socket.timeout:
+                n = self._sock.recv_into(self._inbuf, 0, _DONTWAIT)
+            except BlockingIOError:
                 return
             except OSError as e:
                 self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
@@ -287,26 +350,78 @@ class ClientSession:
             with memoryview(self._inbuf) as view:
                 self._dispatch(view[:n])
 
+    def _background(self) -> None:
+        """From now on a reader thread reads the socket (at once, or when the
+        owner thread stops reading inline)."""
+        with self._lock:
+            if self._reader is not None or self._broken is not None:
+                return
+            if self._reading:
+                self._handover = True
+            else:
+                self._start_reader()
+
+    def _read_inline(self, fut: Any, timeout: float | None) -> None:
+        """Unsharable, no reader thread: read the socket here until `fut` is done.
+
+        Spin then sleep: for spin_us, non-blocking reads (a reply that comes
+        within that time costs no sleep and no wake-up); then a blocking read,
+        or, with a timeout, poll() for what is left of it. The socket itself
+        stays blocking, so no call pays for switching its mode."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock, buf = self._sock, self._inbuf
+        while not fut.done():
+            n = -1
+            try:
+                if self._spin_ns:
+                    end = _ns() + self._spin_ns
+                    while True:
+                        try:
+                            n = sock.recv_into(buf, 0, _DONTWAIT)
+                            break
+                        except BlockingIOError:
+                            if _ns() > end:
+                                break
+                            _yield()  # the server may be waiting for this CPU
+                if n < 0:
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._poll.poll(left * 1000.0):
+                            return  # _wait raises Timeout
+                        n = sock.recv_into(buf, 0, _DONTWAIT)
+                    else:
+                        n = sock.recv_into(buf)
+            except BlockingIOError:
+                continue  # poll() said readable, yet nothing: look again
+            except OSError as e:
+                self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
+                return
+            if not n:
+                self._fail(ServerGone(f"the server at {self.address} closed the connection"))
+                return
+            with memoryview(buf) as view:
+                self._dispatch(view[:n])
+
     def _start_reader(self) -> None:
         with self._lock:
             if self._reader is None and self._broken is None:
-                self._sock.settimeout(None)
-                self._timeout = None
                 self._reader = threading.Thread(target=self._read_loop, name=f"broker-client {self.address}",
                                                 daemon=True)
                 self._reader.start()
 
     def _read_loop(self) -> None:
+        buf = self._inbuf  # from now on only this thread reads the socket
+        view = memoryview(buf)
         while True:
             try:
-                data = self._sock.recv(_RECV)
+                n = self._sock.recv_into(buf)
             except OSError as e:
                 self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
                 return
-            if not data:
+            if not n:
                 self._fail(ServerGone(f"the server at {self.address} closed the connection"))
                 return
-            self._dispatch(data)
+            self._dispatch(view[:n])
             if self._broken is not None:
                 return
 
@@ -326,6 +441,8 @@ class ClientSession:
                     if asynchronous:
                         self._async -= 1
                     _apply_writes(args, ev)
+                    if fut.done():
+                        continue  # cancelled by its caller: nobody wants the outcome
                     try:
                         fut.set_result(_result(ev))
                     except BrokerError as e:
@@ -352,8 +469,12 @@ class ClientSession:
 
 
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
-            timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None) -> ClientSession:
+            timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None,
+            spin_us: float = 50.0) -> ClientSession:
     """Open a session with the server at `address` (a name, a Unix socket path, or tcp://host:port).
+
+    spin_us: how long a synchronous call polls for its reply before it sleeps
+    (0: sleep at once; a reply within that time saves a sleep and a wake-up).
 
     server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets)."""
     addr = _address.parse(address)
@@ -394,7 +515,10 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         sock.close()
         raise
     sock.settimeout(None)
-    return ClientSession(sock, address, proto, proto.welcome, sharable)
+    if not spin_us >= 0:
+        sock.close()
+        raise ValueError("spin_us must be >= 0")
+    return ClientSession(sock, address, proto, proto.welcome, sharable, spin_us)
 
 
 class SubSession:

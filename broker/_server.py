@@ -18,6 +18,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 from . import _address
@@ -266,12 +267,16 @@ class Server:
     session: a Session subclass (or any callable(server, peer) -> Session).
     version: what the server supports; a client asking for a higher version,
     or another major version, is refused (override new_session to decide otherwise).
+    spin_us: after serving, the loop polls this long for more before it sleeps
+    (0: sleep at once); a request within that time costs no wake-up. It
+    spins only after activity, so an idle server uses no CPU.
     """
 
     def __init__(self, address: str, session: Callable[[Any, Peer], Session] = Session, *,
                  tcp: str | None = None, version: tuple[int, int, int] = (1, 0, 0), max_sessions: int = 1024,
                  max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
-                 max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None) -> None:
+                 max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
+                 spin_us: float = 50.0) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -280,6 +285,9 @@ class Server:
         self.allow_sharable = allow_sharable
         self.policies = tuple(policies)
         self.max_frame = max_frame
+        if not spin_us >= 0:
+            raise ValueError("spin_us must be >= 0")
+        self.spin_ns = int(spin_us * 1000)  # after serving, poll this long before sleeping (0: sleep at once)
         self.uid = os.geteuid()
         self._on_event = [on_event] if on_event else []
         self._events: queue.Queue[SessionEvent] | None = None
@@ -374,9 +382,16 @@ class Server:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until stop() (from another thread or a signal handler)."""
+    def serve_forever(self, ready: Callable[["Server"], None] | None = None) -> None:
+        """Serve in this thread until stop() (from another thread or a signal handler).
+        ready(server), if given, runs once the addresses are bound (`server.bound`)."""
         self._setup()
+        if ready is not None:
+            try:
+                ready(self)
+            except BaseException:
+                self._shutdown()
+                raise
         self._loop()
 
     def _setup(self) -> None:
@@ -386,6 +401,9 @@ class Server:
             self._listen()
         except BaseException:
             self._close_listeners()
+            self._sel.close()
+            self._sel = None
+            self.bound = []
             raise
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -453,8 +471,20 @@ class Server:
         sel = self._sel
         assert sel is not None
         try:
+            spin_ns, ns = self.spin_ns, time.perf_counter_ns
+            ready: list[Any] = []
             while not self._stopping:
-                for key, mask in sel.select(timeout=1.0):
+                if ready and spin_ns:  # spin then sleep: more is likely to come soon after a request
+                    end = ns() + spin_ns
+                    ready = sel.select(0)
+                    while not ready and ns() < end:
+                        os.sched_yield()  # a client may be waiting for this CPU
+                        ready = sel.select(0)
+                    if not ready:
+                        ready = sel.select(timeout=1.0)
+                else:
+                    ready = sel.select(timeout=1.0)
+                for key, mask in ready:
                     kind, obj = key.data
                     if kind == "listen":
                         self._accept(obj)

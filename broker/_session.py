@@ -174,9 +174,10 @@ class Session:
 
     def open_subsession(self, obj: Any) -> int:
         """Store obj as a sub-session of this session; its handle (complete the message with it)."""
+        handle = self.objects.add(obj)  # first: when the index is full, no reference was taken
         if isinstance(obj, RefObject):
             obj.open()
-        return self.objects.add(obj)
+        return handle
 
     def close_subsession(self, handle: int) -> None:
         obj = self.objects.remove(handle)

@@ -42,17 +42,15 @@ def serve(address: str, tcp: str | None) -> int:
 
     signals: list[int] = []
 
-    class _Serving(Server):
-        # serve_forever() binds, then serves: say where, once bound (a tcp port 0 is known only then)
-        def _listen(self) -> None:
-            super()._listen()
-            for bound in self.bound:
-                print(f"listening on {_where(bound)}", flush=True)
-            if signals:  # a signal came before serve_forever() could take it
-                self.stop()
+    def ready(server: Server) -> None:
+        # say where, once bound (a tcp port 0 is known only then)
+        for bound in server.bound:
+            print(f"listening on {_where(bound)}", flush=True)
+        if signals:  # a signal came before the loop could take it
+            server.stop()
 
     try:
-        srv = _Serving(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event)
+        srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event)
     except (ValueError, PermissionError) as e:
         _say("broker serve", str(e))
         return 2
@@ -63,7 +61,7 @@ def serve(address: str, tcp: str | None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        srv.serve_forever()
+        srv.serve_forever(ready)
     except (BrokerError, OSError) as e:
         _say("broker serve", f"cannot serve at {', '.join(map(str, srv.addresses))}: {e}")
         return 1

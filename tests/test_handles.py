@@ -66,3 +66,27 @@ def test_limit_and_clear():
         ix.get(h2)
     ix.add(4)
     assert [o for _, o in ix] == [4]
+
+
+def test_a_full_object_index_takes_no_reference():
+    """open_subsession stores the object before it counts a reference: when the
+    session's index is full, the object's count is untouched and it still dies
+    with its last real reference."""
+    peer = broker.Peer(1, "unix", 1, 0, 0)
+    session = broker.Session(None, peer)
+    session.objects = ObjectIndex(limit=1)
+    died = []
+
+    class Obj(broker.RefObject):
+        def destroyed(self) -> None:
+            died.append(self)
+
+    kept, extra = Obj(), Obj()
+    h = session.open_subsession(kept)
+    with pytest.raises(OverflowError):
+        session.open_subsession(extra)
+    assert extra.refs == 0 and kept.refs == 1
+    extra.open()
+    extra.close()  # its only reference: it dies
+    session.close_subsession(h)
+    assert died == [extra, kept]
