@@ -314,6 +314,13 @@ class _Side:
         self._view = self._claim = None
         self._finalizer()
 
+    def _failed(self, rc: int, what: str) -> BrokerError:
+        """The error for a call's outcome; Closed if another thread closed this
+        side between our calls (the C side then finds the handle detached)."""
+        if self._res.handle is None:
+            return Closed(f"{what}: {self.name} was closed by another thread")
+        return _error(rc, what)
+
     def _live(self) -> Any:
         h = self._res.handle
         if h is None:
@@ -398,7 +405,7 @@ class _Side:
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: a record of {n} bytes exceeds this ring's maximum of {self.max_record}")
-            raise _error(rc, f"send on {self.name}")
+            raise self._failed(rc, f"send on {self.name}")
 
     def _wait_room(self, h: Any, n: int, timeout: float | None, deadline: float | None) -> None:
         if timeout == 0:
@@ -413,7 +420,7 @@ class _Side:
             if rc == _INTERRUPTED:
                 raise Closed(f"{self.name} was closed by another thread while waiting")
             if rc != _TIMEOUT:
-                raise _error(rc, f"waiting for room in {self.name}")
+                raise self._failed(rc, f"waiting for room in {self.name}")
             self._check_consumers(h)
 
     def _check_consumers(self, h: Any) -> None:
@@ -541,7 +548,7 @@ class _Side:
                     raise EmptyTimeout(f"{self.name}: lapped by the producer until the deadline")
                 r = _frecv(addr)
                 continue
-            raise _error(r, f"recv on {self.name}")
+            raise self._failed(r, f"recv on {self.name}")
 
     def _waiting(self, h: Any, timeout: float | None, deadline: float | None, call: Any) -> Any:
         """Call `call(slice_ns)` (a fast-call wait) until it returns anything
@@ -566,7 +573,7 @@ class _Side:
         addr = self._addr
         rc = self._waiting(h, timeout, deadline, lambda ns: _fwait_data(addr, ns))
         if rc:
-            raise _error(rc, f"waiting on {self.name}")
+            raise self._failed(rc, f"waiting on {self.name}")
 
     def _check_producer(self, h: Any) -> None:
         pid = int(h.hdr.producer_pid)
