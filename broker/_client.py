@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from . import _address
@@ -104,7 +104,7 @@ class _Inline:
     def set_result(self, value: int) -> None:
         self._value, self._done = value, True
 
-    def set_exception(self, error: BaseException) -> None:
+    def set_exception(self, error: BaseException | None) -> None:
         self._error, self._done = error, True
 
     def result(self, timeout: float | None = None) -> int:
@@ -119,9 +119,7 @@ class _StartsReader(list):  # type: ignore[type-arg]
     """A _Reply's waiter list: concurrent.futures.wait() and as_completed()
     register here, and such a waiter needs the reader thread."""
 
-    def __init__(self, session: "ClientSession") -> None:
-        super().__init__()
-        self._session = session
+    _session: "ClientSession"
 
     def append(self, waiter: Any) -> None:
         self._session._background()
@@ -138,18 +136,24 @@ class _Reply(Future):  # type: ignore[type-arg]
     def __init__(self, session: "ClientSession") -> None:
         super().__init__()
         self._session = session
-        self._waiters = _StartsReader(session)
+        self._waiters = w = _StartsReader()
+        w._session = session
 
     def _drive(self, timeout: float | None) -> float | None:
         """Read inline until done if this thread may; the timeout left for Future's own wait."""
         s = self._session
-        if self.done() or s._reader is not None:
+        if self.done():
             return timeout
         if threading.get_ident() != s._owner:  # another thread waits: the reader thread must read
             s._background()
             return timeout
+        if not s._begin_inline():
+            return timeout  # a reader thread reads
         deadline = None if timeout is None else time.monotonic() + timeout
-        s._read_until(self, timeout)
+        try:
+            s._read_inline(self, timeout)
+        finally:
+            s._end_inline()
         if self.done() or s._reader is None:
             return 0
         return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -164,6 +168,19 @@ class _Reply(Future):  # type: ignore[type-arg]
         if not self.done():
             self._session._background()
         super().add_done_callback(fn)
+
+
+def _settle(fut: Any, outcome: Any) -> None:
+    """Give a future its outcome (an int, or an exception to raise). Never
+    called with the session's lock held: a future's own lock comes first
+    (concurrent.futures.wait holds it while it registers)."""
+    try:
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+    except InvalidStateError:
+        pass  # cancelled by its caller meanwhile: nobody wants the outcome
 
 
 def _apply_writes(args: tuple[Any, ...], done: Complete) -> None:
@@ -225,14 +242,15 @@ class ClientSession:
         """Call function `code` with up to four arguments and wait for its
         completion status (>= 0; errors raise). Writable arguments (bytearray,
         Buffer) hold what the server wrote."""
-        if self._reader is None and not self.sharable:  # this thread reads the socket itself
-            if threading.get_ident() != self._owner:
-                self._check_thread()
-            inline = _Inline()
-            rid = self._submit(code, args, handle, False, inline)
-            self._read_until(inline, timeout)
-            return self._wait(inline, rid, timeout)
         self._check_thread()
+        if self._begin_inline():  # no reader thread: this thread reads the socket itself
+            inline = _Inline()
+            try:
+                rid = self._submit(code, args, handle, False, inline)
+                self._read_inline(inline, timeout)
+            finally:
+                self._end_inline()
+            return self._wait(inline, rid, timeout)
         fut: Future[int] = Future()
         rid = self._submit(code, args, handle, False, fut)
         return self._wait(fut, rid, timeout)
@@ -241,21 +259,20 @@ class ClientSession:
         """Call asynchronously: a future of the status. Uses one of the
         session's message slots; ServerBusy at once when none is free."""
         self._check_thread()
-        with self._lock:
-            if self._async >= self.slots and self._reader is None and not self._reading:
+        if self._async >= self.slots and self._begin_inline():
+            try:
                 self._read_arrived()  # completions may be waiting in the socket: they free slots
-            if self._async >= self.slots:
-                raise ServerBusy(f"all {self.slots} message slots of this session are in use")
-            fut: Future[int] = _Reply(self) if self._reader is None else Future()
-            self._submit(code, args, handle, True, fut)
+            finally:
+                self._end_inline()
+        fut: Future[int] = _Reply(self) if self._reader is None else Future()
+        self._submit(code, args, handle, True, fut)
         return fut
 
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
         """send_receive for asyncio (does not block the event loop)."""
-        with self._lock:
-            self._start_reader()
-            fut: Future[int] = Future()
-            self._submit(code, args, handle, False, fut)
+        self._background()
+        fut: Future[int] = Future()
+        self._submit(code, args, handle, False, fut)
         return await asyncio.wrap_future(fut)
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
@@ -271,7 +288,7 @@ class ClientSession:
                     self._sock.sendall(self._proto.close())
                 except OSError:
                     pass
-            self._fail(ServerGone("the session is closed"), closing=True)
+        self._fail(ServerGone("the session is closed"))
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(5)
 
@@ -296,20 +313,23 @@ class ClientSession:
         """Send the request; `fut` (a Future, or an _Inline) gets its outcome. The request's id."""
         if len(args) > 4:
             raise TypeError("at most four arguments")
-        wire = [_to_arg(a) for a in args]
+        wire = list(map(_to_arg, args))
         with self._lock:
             if self._broken is not None:
                 raise self._broken
+            if asynchronous:
+                if self._async >= self.slots:
+                    raise ServerBusy(f"all {self.slots} message slots of this session are in use")
+                self._async += 1
             rid, frame = self._proto.request(code, wire, handle, asynchronous)
             self._pending[rid] = (fut, args, asynchronous)
-            if asynchronous:
-                self._async += 1
             try:
                 self._sock.sendall(frame)
+                return rid
             except OSError as e:
-                self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
-                raise self._broken from e  # type: ignore[misc]
-        return rid
+                error = e
+        self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
+        raise self._broken from error  # type: ignore[misc]
 
     def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
         try:
@@ -323,16 +343,21 @@ class ClientSession:
                         pass
             raise Timeout(f"no answer within {timeout} s") from None
 
-    def _read_until(self, fut: Any, timeout: float | None) -> None:
+    def _begin_inline(self) -> bool:
+        """Unsharable, no reader thread: this (the owner) thread will read the
+        socket; decided and announced in one step, so a reader thread cannot
+        start meanwhile (_background waits for _end_inline). False: a reader thread reads."""
         with self._lock:
-            self._reading += 1  # a count: a done-callback run from here may wait on another reply
-        try:
-            self._read_inline(fut, timeout)
-        finally:
-            with self._lock:
-                self._reading -= 1
-                if self._handover and not self._reading:
-                    self._start_reader()
+            if self._reader is not None or self.sharable:
+                return False
+            self._reading += 1  # a count: a done-callback run while reading may wait on another reply
+            return True
+
+    def _end_inline(self) -> None:
+        with self._lock:
+            self._reading -= 1
+            if self._handover and not self._reading:
+                self._start_reader()
 
     def _read_arrived(self) -> None:
         """Inline mode: dispatch what has already arrived, without waiting."""
@@ -374,7 +399,7 @@ class ClientSession:
             n = -1
             try:
                 if self._spin_ns:
-                    end = _ns() + self._spin_ns
+                    end = _ns() + (self._spin_ns if timeout is None else min(self._spin_ns, int(timeout * 1e9)))
                     while True:
                         try:
                             n = sock.recv_into(buf, 0, _DONTWAIT)
@@ -426,12 +451,15 @@ class ClientSession:
                 return
 
     def _dispatch(self, data: bytes | memoryview) -> None:
+        """Match completions to their requests; the outcomes are given after the
+        lock is released (see _settle)."""
+        settled: list[tuple[Any, Any]] = []
+        failure: BaseException | None = None
         with self._lock:
             try:
                 events = self._proto.receive(data)
             except ProtocolError as e:
-                self._fail(ServerGone(f"the server sent something invalid: {e}"))
-                return
+                events, failure = [], ServerGone(f"the server sent something invalid: {e}")
             for ev in events:
                 if isinstance(ev, Complete):
                     entry = self._pending.pop(ev.request_id, None)
@@ -441,31 +469,36 @@ class ClientSession:
                     if asynchronous:
                         self._async -= 1
                     _apply_writes(args, ev)
-                    if fut.done():
-                        continue  # cancelled by its caller: nobody wants the outcome
                     try:
-                        fut.set_result(_result(ev))
+                        settled.append((fut, _result(ev)))
                     except BrokerError as e:
-                        fut.set_exception(e)
+                        settled.append((fut, e))
                 elif isinstance(ev, Panic):
-                    self._fail(Panicked(ev.reason))
+                    failure = Panicked(ev.reason)
+                    break
                 else:  # Close
-                    self._fail(ServerGone(f"the server closed the session: {getattr(ev, 'reason', '')}"))
+                    failure = ServerGone(f"the server closed the session: {getattr(ev, 'reason', '')}")
+                    break
+        for fut, outcome in settled:
+            _settle(fut, outcome)
+        if failure is not None:
+            self._fail(failure)
 
-    def _fail(self, err: BaseException, closing: bool = False) -> None:
+    def _fail(self, err: BaseException) -> None:
+        """The session is over: every pending request gets the error (outside the lock)."""
         with self._lock:
             if self._broken is None:
                 self._broken = err
             pending, self._pending = self._pending, {}
             self._async = 0
-            for fut, _, _ in pending.values():
-                if not fut.done():
-                    fut.set_exception(self._broken)
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             self._sock.close()
+            broken = self._broken
+        for fut, _, _ in pending.values():
+            _settle(fut, broken)
 
 
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
@@ -477,6 +510,8 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     (0: sleep at once; a reply within that time saves a sleep and a wake-up).
 
     server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets)."""
+    if not spin_us >= 0:
+        raise ValueError("spin_us must be >= 0")
     addr = _address.parse(address)
     sock = socket.socket(addr.family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -515,9 +550,6 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         sock.close()
         raise
     sock.settimeout(None)
-    if not spin_us >= 0:
-        sock.close()
-        raise ValueError("spin_us must be >= 0")
     return ClientSession(sock, address, proto, proto.welcome, sharable, spin_us)
 
 

@@ -535,7 +535,8 @@ class ClientConnection(_Side):
 
     def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
         """A new request: (its id, the frame to send)."""
-        self._check_open("a request")
+        if self.state is not State.OPEN:
+            self._check_open("a request")
         a = list(args)
         if len(a) > MAX_ARGS:
             raise ValueError(f"at most {MAX_ARGS} arguments")
@@ -628,7 +629,8 @@ class ServerConnection(_Side):
 
     def complete(self, request_id: int, status: int = 0, writes: Iterable[Write] = (), error: str | None = None) -> bytes:
         """The completion of an outstanding request; ProtocolError if it is not outstanding (a second completion)."""
-        self._check_open("a completion")
+        if self.state is not State.OPEN:
+            self._check_open("a completion")
         if self.outstanding.pop(request_id, None) is None:
             raise ProtocolError(f"request {request_id} is not outstanding (completed twice?)")
         return complete_frame(request_id, status, tuple(writes), error)
