@@ -36,8 +36,10 @@ from ._client import Buffer, connect
 from ._server import Server
 from ._session import Message, Session
 
-TRANSPORTS = ("framework", "unix", "pipe")
-LABELS = {"framework": "framework", "unix": "AF_UNIX", "pipe": "Pipe"}
+TRANSPORTS = ("framework", "nospin", "unix", "pipe")
+LABELS = {"framework": "framework", "nospin": "fw spin 0", "unix": "AF_UNIX", "pipe": "Pipe"}
+FRAMEWORKS = ("framework", "nospin")  # the default (spin then sleep, 50 us) and spin_us=0 on both sides
+SPIN_US = {"framework": 50.0, "nospin": 0.0}
 BASELINES = ("unix", "pipe")
 REPEATS = 3
 SMALL = 64
@@ -68,11 +70,11 @@ class _Bench(Session):
 # ---- the framework's server in a child ---------------------------------------------
 
 
-def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...]) -> None:
+def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...], spin_us: float) -> None:
     """Child: serve at `path` until the parent closes its end of the control pipe."""
     for fd in parent_fds:
         os.close(fd)
-    srv = Server(path, _Bench)
+    srv = Server(path, _Bench, spin_us=spin_us)
     srv.start()
     try:
         os.write(ready_w, b"R")
@@ -83,7 +85,7 @@ def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...]) -> 
 
 
 @contextmanager
-def _server(tmpdir: str) -> Iterator[str]:
+def _server(tmpdir: str, spin_us: float) -> Iterator[str]:
     """A broker.Server in a forked child for the duration of the block; its address."""
     path = os.path.join(tmpdir, "rpc.sock")
     ready_r, ready_w = os.pipe()
@@ -91,7 +93,7 @@ def _server(tmpdir: str) -> Iterator[str]:
     fds = {ready_r, ready_w, ctl_r, ctl_w}
     try:
         gc.collect()
-        with _child(_serve, path, ready_w, ctl_r, (ready_r, ctl_w)):
+        with _child(_serve, path, ready_w, ctl_r, (ready_r, ctl_w), spin_us):
             for fd in (ready_w, ctl_r):
                 os.close(fd)
                 fds.discard(fd)
@@ -112,10 +114,11 @@ def _server(tmpdir: str) -> Iterator[str]:
             pass
 
 
-def _framework(tmpdir: str, fn: Callable[..., Any], *args: Any, slots: int = 4) -> Any:
-    """fn(session, *args) in this process against a server in a child."""
-    with _server(tmpdir) as path:
-        s = connect(path, slots=slots)
+def _framework(tmpdir: str, transport: str, fn: Callable[..., Any], *args: Any, slots: int = 4) -> Any:
+    """fn(session, *args) in this process against a server in a child (both with the transport's spin)."""
+    spin = SPIN_US[transport]
+    with _server(tmpdir, spin) as path:
+        s = connect(path, slots=slots, spin_us=spin)
         try:
             return fn(s, *args)
         finally:
@@ -194,8 +197,8 @@ def _lat_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes], round
 def _latency(tmpdir: str, transport: str, count: int, size: int) -> dict[str, Any]:
     warmup = max(count // 10, 10)
     rounds = warmup + count
-    if transport == "framework":
-        ns = _framework(tmpdir, _lat_framework, rounds, warmup, size)
+    if transport in FRAMEWORKS:
+        ns = _framework(tmpdir, transport, _lat_framework, rounds, warmup, size)
     else:
         ns = _baseline(transport, _echo if size == SMALL else _sink, _lat_baseline, rounds, warmup, size)
     return {**_latency_stats(ns), "warmup": warmup}
@@ -284,9 +287,9 @@ def _pipelined_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes],
 def _rate(tmpdir: str, transport: str, pipelined: bool, total: int) -> tuple[float, dict[str, Any]]:
     warmup = max(total // 10, 10)
     fn: Callable[..., tuple[int, float]]
-    if transport == "framework":
+    if transport in FRAMEWORKS:
         fn = _pipelined_framework if pipelined else _strict_framework
-        n, secs = _framework(tmpdir, fn, total, warmup, slots=SLOTS if pipelined else 4)
+        n, secs = _framework(tmpdir, transport, fn, total, warmup, slots=SLOTS if pipelined else 4)
     else:
         fn = _pipelined_baseline if pipelined else _strict_baseline
         n, secs = _baseline(transport, _echo, fn, total, warmup)
@@ -313,9 +316,9 @@ def _figures() -> list[Figure]:
         Figure("rtt_64", "64 B echo round trip", "us", counts={t: 20_000 for t in TRANSPORTS},
                metrics=("p50", "p99", "p99.9")),
         Figure("strict_64", "64 B strict ping-pong", "req/s",
-               counts={"framework": 5_000, "unix": 30_000, "pipe": 30_000}),
+               counts={"framework": 20_000, "nospin": 10_000, "unix": 30_000, "pipe": 30_000}),
         Figure("pipelined_64", f"64 B pipelined, window {WINDOW}", "req/s",
-               counts={"framework": 30_000, "unix": 300_000, "pipe": 200_000}, pipelined=True),
+               counts={"framework": 60_000, "nospin": 30_000, "unix": 300_000, "pipe": 200_000}, pipelined=True),
         Figure("rtt_64k", "64 KiB request round trip", "us", BIG, counts={t: 5_000 for t in TRANSPORTS},
                metrics=("p50",)),
     ]
@@ -416,7 +419,7 @@ def _target_s(t: dict[str, Any] | None) -> str:
 def table(result: dict[str, Any]) -> str:
     """The human-readable table of a bench() result."""
     lines = _bench_ring.header_lines("rpc", result["meta"], "req/s")
-    head = ("figure", "unit", "framework", "AF_UNIX", "Pipe", "fw/best", "target for the framework")
+    head = ("figure", "unit", *(LABELS[t] for t in TRANSPORTS), "fw/best", "target for the framework")
     rows: list[tuple[str, ...]] = [head]
     for key, fig in result["figures"].items():
         unit, res = fig["unit"], fig["results"]
@@ -430,6 +433,7 @@ def table(result: dict[str, Any]) -> str:
                          _ratio_s(fig["ratio"]), _target_s(fig.get("target"))))
     lines += _bench_ring.render_rows(rows)
     lines += ["",
+              "framework: the defaults (client and server spin 50 us before they sleep); fw spin 0: spin_us=0 on both",
               "fw/best: the framework's figure over the best baseline's (req/s: >1 is better; latency: <1 is better)",
               f"64 KiB: the request carries 64 KiB, the reply its length; pipelined: {WINDOW} requests in flight "
               f"(framework: send() futures, slots={SLOTS})"]
