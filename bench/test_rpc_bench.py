@@ -47,7 +47,7 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     path = tmp_path / "out" / "rpc.json"  # the parent directory does not exist yet
     assert _bench_rpc.run(json_path=str(path), quick=True) == 0
     printed = capsys.readouterr()
-    assert "fw/best" in printed.out and "targets met" in printed.out
+    assert "fw/best" in printed.out and "targets met" in printed.out and "target for the framework" in printed.out
     assert "[ 1/32]" in printed.err  # progress went to stderr
 
     data = json.loads(path.read_text())

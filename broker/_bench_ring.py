@@ -684,12 +684,13 @@ def header_lines(suite: str, m: dict[str, Any], counted: str) -> list[str]:
 
 
 def render_rows(rows: list[tuple[str, ...]]) -> list[str]:
-    """Figure and unit left-aligned, the four numbers right-aligned, the target as is; a rule under the head."""
+    """Figure and unit left-aligned, the numbers right-aligned, the last column (the target) as is; a rule under the head."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    last = len(rows[0]) - 1
     out: list[str] = []
     for i, r in enumerate(rows):
         cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:6], widths[2:6])] + [r[6]]
+        cells += [c.rjust(w) for c, w in zip(r[2:last], widths[2:last])] + [r[last]]
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("-" * len(out[-1]))

@@ -559,6 +559,10 @@ class ClientConnection(_Side):
         return encode(Close(reason))
 
     def _on(self, ev: Event) -> None:
+        if type(ev) is Complete and self.state is State.OPEN:  # the common case first
+            if self.outstanding.pop(ev.request_id, None) is None:
+                raise ProtocolError(f"completion of unknown request {ev.request_id}")
+            return
         if self.state == State.HANDSHAKE:
             if isinstance(ev, Welcome):
                 self.welcome = ev
@@ -593,6 +597,11 @@ class ServerConnection(_Side):
         self.outstanding: dict[int, Request] = {}
 
     def _on(self, ev: Event) -> None:
+        if type(ev) is Request and self.state is State.OPEN:  # the common case first
+            if ev.request_id == 0 or ev.request_id in self.outstanding:
+                raise ProtocolError(f"request id {ev.request_id} reused while outstanding")
+            self.outstanding[ev.request_id] = ev
+            return
         if self.state == State.START:
             if not isinstance(ev, Hello):
                 raise ProtocolError(f"{type(ev).__name__} before HELLO")
