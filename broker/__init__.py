@@ -24,6 +24,7 @@ from ._errors import (
     Timeout,
     TooBig,
 )
+from ._identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 from ._protocol import ArgKind, ProtocolError, Status
 from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for
 from ._server import Refused, Server
@@ -54,6 +55,8 @@ __all__ = [
     "BufferTooSmall",
     "ClientSession",
     "Container",
+    "Decision",
+    "Facts",
     "EchoClient",
     "EchoSession",
     "InvalidArgument",
@@ -69,6 +72,7 @@ __all__ = [
     "Panicked",
     "Peer",
     "PermissionDenied",
+    "PolicyError",
     "Policy",
     "ProtocolError",
     "RefObject",
@@ -88,6 +92,10 @@ __all__ = [
     "Table",
     "VersionRefused",
     "connect",
+    "decide",
+    "local_facts",
+    "peer_facts",
+    "policy_from",
     "BrokerError",
     "Broadcast",
     "Closed",

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from . import _address
 from ._errors import BadHandle, BrokerError, Overflow, StateError
+from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from ._protocol import DEFAULT_MAX_FRAME, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
 from ._session import CLOSE_SUBSESSION, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
@@ -41,7 +42,7 @@ class Refused(BrokerError):
 def _peer(sock: socket.socket, cid: int) -> Peer:
     if sock.family == socket.AF_UNIX:
         pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return Peer(cid, "unix", pid, uid, gid)
+        return Peer(cid, "unix", pid, uid, gid, facts=peer_facts(sock))
     host, port = sock.getpeername()[:2]
     return Peer(cid, "tcp", address=(host, port))
 
@@ -55,6 +56,7 @@ class _Conn:
         self.peer = peer
         self.proto = ServerConnection(server.max_frame)
         self.session: Any = None
+        self.decision: Decision | None = None  # the session rule's verdict, made at HELLO
         self.slots = 0
         self.async_outstanding = 0
         self.messages: dict[int, Message] = {}
@@ -116,9 +118,12 @@ class _Conn:
             return
         self.session = session
         self.slots = min(hello.slots, srv.max_slots)
+        self.decision = d = srv._decide(self.peer, hello.socket_only)
         srv._conns_open.add(self)
         self._send(self.proto.accept(self.peer.connection_id, self.slots))
-        srv._event(SessionEvent("connected", self.peer, f"transport {self.peer.transport}", session))
+        # The socket carries the session either way until the shared-memory transport exists.
+        srv._event(SessionEvent("connected", self.peer, f"transport {self.peer.transport} socket; session rule: {d}",
+                                session, d))
 
     def on_request(self, req: Request) -> None:
         msg = Message(self, req.request_id, req.code, req.args, req.handle, req.asynchronous)
@@ -276,7 +281,7 @@ class Server:
                  tcp: str | None = None, version: tuple[int, int, int] = (1, 0, 0), max_sessions: int = 1024,
                  max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
-                 spin_us: float = 50.0) -> None:
+                 spin_us: float = 50.0, shm_policy: str | None = None) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -288,6 +293,8 @@ class Server:
         if not spin_us >= 0:
             raise ValueError("spin_us must be >= 0")
         self.spin_ns = int(spin_us * 1000)  # after serving, poll this long before sleeping (0: sleep at once)
+        self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
+        self._facts: Facts | None = None  # this process's kernel facts, read at the first session
         self.uid = os.geteuid()
         self._on_event = [on_event] if on_event else []
         self._events: queue.Queue[SessionEvent] | None = None
@@ -314,6 +321,18 @@ class Server:
             v = ".".join(map(str, version))
             raise Refused(f"version {v} is not supported (the server is {'.'.join(map(str, self.version))})")
         return self.session_factory(self, peer)
+
+    # -- the session rule -------------------------------------------------------------
+
+    def _decide(self, peer: Peer, socket_only: bool) -> Decision:
+        """Shared memory or socket for a new session, and why (DESIGN.md section 3)."""
+        if self._facts is None:
+            self._facts = local_facts()
+        client = peer.facts
+        if client is None:  # TCP: there is nothing to inspect
+            client = Facts.foreign(f"a {peer.transport} peer")
+        return decide(self._facts, client, policy=self.shm_policy, transport=peer.transport,
+                      client_socket_only=socket_only)
 
     # -- events -------------------------------------------------------------------------
 
@@ -614,6 +633,8 @@ class Server:
         """The live sessions: peer, outstanding requests, sub-sessions."""
         return [
             {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
-             "subsessions": len(c.session.objects) if c.session is not None else 0}
+             "subsessions": len(c.session.objects) if c.session is not None else 0,
+             "transport": "socket", "shm_allowed": bool(c.decision and c.decision.shm),
+             "rule": str(c.decision) if c.decision else ""}
             for c in list(self._conns_open)
         ]

@@ -26,6 +26,7 @@ class Peer:
     uid: int | None = None
     gid: int | None = None
     address: tuple[str, int] | None = None  # TCP: the peer's address
+    facts: Any = field(default=None, compare=False, repr=False)  # Unix: _identity.Facts, what the kernel said at accept
 
     def __str__(self) -> str:
         if self.transport == "unix":
@@ -241,6 +242,7 @@ class SessionEvent:
     peer: Peer
     reason: str = ""
     session: Any = field(default=None, compare=False)
+    decision: Any = field(default=None, compare=False)  # connected: the session rule's _identity.Decision
 
 
 # ---- reference-counted objects and named containers ------------------------------

@@ -29,7 +29,7 @@ def _where(bound: Any) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-def serve(address: str, tcp: str | None) -> int:
+def serve(address: str, tcp: str | None, shm_policy: str | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
     from ._errors import BrokerError
     from ._server import Server
@@ -50,7 +50,8 @@ def serve(address: str, tcp: str | None) -> int:
             server.stop()
 
     try:
-        srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event)
+        srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
+                     shm_policy=shm_policy)
     except (ValueError, PermissionError) as e:
         _say("broker serve", str(e))
         return 2
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--address", default="broker",
                      help="a server name (in the runtime directory) or a Unix socket path (default: %(default)s)")
     srv.add_argument("--tcp", metavar="tcp://HOST:PORT", help="also listen on TCP (port 0: one the kernel picks)")
+    srv.add_argument("--shm-policy", choices=("strict", "same-user", "off"), default=None,
+                     help="the session rule: when shared memory is allowed (default: $BROKER_SHM_POLICY, else strict)")
     png = sub.add_parser("ping", help="measure round trips to a broker's echo service")
     png.add_argument("address", metavar="ADDRESS", help="a server name, a Unix socket path or tcp://host:port")
     png.add_argument("--count", "-c", type=_bounded(int, 1), default=10, help="round trips (default: %(default)s)")
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     rpc.add_argument("--quick", action="store_true", help="fewer requests and samples (a smoke run)")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.address, args.tcp)
+        return serve(args.address, args.tcp, args.shm_policy)
     if args.command == "ping":
         return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet)
     if args.command == "bench":
