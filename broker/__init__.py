@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 from ._protocol import ArgKind, ProtocolError, Status
-from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for
+from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
 from ._server import Refused, Server
 from . import _services as services  # the function codes: broker.services.ECHO, .PUT, ...
 from ._services import (
@@ -114,5 +114,6 @@ __all__ = [
     "TooBig",
     "__version__",
     "max_record_for",
+    "sweep",
     "services",
 ]

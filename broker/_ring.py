@@ -229,6 +229,37 @@ def _open_segment(name: str, timeout: float) -> _shm.Mapping:
         time.sleep(0.001)
 
 
+def sweep(remove: bool = True) -> list[tuple[str, str]]:
+    """broker's segments in /dev/shm whose creator is dead, as (name, why);
+    unlinked unless remove=False. Only this user's segments are judged (the
+    header names the creator: pid and start time, so a reused pid is not
+    taken for it); one not yet formatted, or that cannot be read, is left alone."""
+    found: list[tuple[str, str]] = []
+    for name in _shm.entries():
+        try:
+            mapping = _shm.open_existing(name)
+        except SegmentError:
+            continue  # another user's, gone meanwhile, or not a sane segment: not ours to judge
+        try:
+            hdr = ffi.new("struct brk_seg_hdr *")
+            base = _from_buffer(mapping.mm)
+            try:
+                rc = lib.brk_seg_check(base, mapping.size, hdr)
+            finally:
+                ffi.release(base)
+        finally:
+            mapping.close()
+        if rc != 0:
+            continue  # being formatted (or never will be): no creator to ask
+        pid, start = int(hdr.creator_pid), int(hdr.creator_start)
+        if _proc.alive(pid, start):
+            continue
+        if remove and not _shm.unlink(name):
+            continue  # someone else removed it first
+        found.append((name, f"its creator (pid {pid}) is gone"))
+    return found
+
+
 class _Side:
     """One side of one ring. Subclasses add the kind-specific parts."""
 

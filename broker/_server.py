@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 from . import _address
 from ._errors import BadHandle, BrokerError, Overflow, StateError
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
+from ._ring import sweep
 from ._protocol import DEFAULT_MAX_FRAME, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
 from ._session import CLOSE_SUBSESSION, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
@@ -413,7 +414,16 @@ class Server:
                 raise
         self._loop()
 
+    def _sweep(self) -> None:
+        """Remove segments whose creator died (a crashed server's, a killed client's)."""
+        try:
+            for name, why in sweep():
+                log.info("removed %s: %s", name, why)
+        except OSError as e:  # never a reason not to serve
+            log.warning("sweeping /dev/shm failed: %s", e)
+
     def _setup(self) -> None:
+        self._sweep()
         self._stopping = False
         self._sel = selectors.DefaultSelector()
         try:
@@ -437,6 +447,7 @@ class Server:
         loop = asyncio.get_running_loop()
         if self._thread is not None or self._sel is not None or self._aloop is not None:
             raise StateError("the server is already running")
+        self._sweep()
         self._stopping = False
         self._listen()
         self._aloop = loop

@@ -137,6 +137,21 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
     return 0 if times and not errors and sent == count else 1
 
 
+# ---- broker clean -----------------------------------------------------------------------
+
+
+def clean(dry_run: bool) -> int:
+    """Remove this user's broker segments whose creator is dead; say which."""
+    from ._ring import sweep
+
+    found = sweep(remove=not dry_run)
+    for name, why in found:
+        print(f"{'would remove' if dry_run else 'removed'} {name}: {why}", flush=True)
+    verb = "would be removed" if dry_run else "removed"
+    print(f"{len(found)} segment{'s' if len(found) != 1 else ''} {verb}", flush=True)
+    return 0
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
 
@@ -163,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--tcp", metavar="tcp://HOST:PORT", help="also listen on TCP (port 0: one the kernel picks)")
     srv.add_argument("--shm-policy", choices=("strict", "same-user", "off"), default=None,
                      help="the session rule: when shared memory is allowed (default: $BROKER_SHM_POLICY, else strict)")
+    cln = sub.add_parser("clean", help="remove this user's broker segments in /dev/shm whose creator is dead")
+    cln.add_argument("--dry-run", "-n", action="store_true", help="only list what would be removed")
     png = sub.add_parser("ping", help="measure round trips to a broker's echo service")
     png.add_argument("address", metavar="ADDRESS", help="a server name, a Unix socket path or tcp://host:port")
     png.add_argument("--count", "-c", type=_bounded(int, 1), default=10, help="round trips (default: %(default)s)")
@@ -184,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.address, args.tcp, args.shm_policy)
+    if args.command == "clean":
+        return clean(args.dry_run)
     if args.command == "ping":
         return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet)
     if args.command == "bench":
