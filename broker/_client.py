@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
 import socket
@@ -39,7 +40,7 @@ from ._protocol import (
     Status,
     Welcome,
 )
-from ._session import CLOSE_SUBSESSION
+from ._session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
 _DONTWAIT = socket.MSG_DONTWAIT
@@ -279,6 +280,20 @@ class ClientSession:
         """send for asyncio: uses a message slot."""
         self._background()
         return await asyncio.wrap_future(self.send(code, *args, handle=handle))
+
+    def server_stats(self, timeout: float | None = 10.0, max_bytes: int = 16 << 20) -> dict[str, Any]:
+        """The server's statistics (its sessions, their peers, transports, rule
+        verdicts and traffic): for a client of the server's own user only
+        (PermissionDenied otherwise)."""
+        out = Buffer(max_bytes)
+        self.send_receive(SERVER_STATS, out, timeout=timeout)
+        try:
+            data = json.loads(out.value)
+        except ValueError as e:
+            raise ServerGone(f"the server's statistics are not JSON: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("sessions"), list):
+            raise ServerGone("the server's statistics have no sessions")
+        return data
 
     def close(self) -> None:
         """End the session (the server closes its sub-sessions)."""

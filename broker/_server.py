@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import logging
 import os
 import queue
@@ -26,7 +27,7 @@ from ._errors import BadHandle, BrokerError, Overflow, StateError
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from ._ring import sweep
 from ._protocol import DEFAULT_MAX_FRAME, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
-from ._session import CLOSE_SUBSESSION, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
+from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")
 _RECV = 256 * 1024
@@ -58,6 +59,7 @@ class _Conn:
         self.proto = ServerConnection(server.max_frame)
         self.session: Any = None
         self.decision: Decision | None = None  # the session rule's verdict, made at HELLO
+        self.requests = self.completions = self.bytes_in = self.bytes_out = 0  # statistics
         self.slots = 0
         self.async_outstanding = 0
         self.messages: dict[int, Message] = {}
@@ -76,6 +78,7 @@ class _Conn:
         except (ConnectionResetError, OSError):
             n = 0
         data = memoryview(self.inbuf)[:n]
+        self.bytes_in += n
         if not n:
             self.end("closed" if self.client_closed else "died")
             return
@@ -134,7 +137,11 @@ class _Conn:
                 return
             self.async_outstanding += 1
         self.messages[req.request_id] = msg
+        self.requests += 1
         srv, session = self.server, self.session
+        if req.code < 0 and req.code == SERVER_STATS:
+            self._stats(msg)
+            return
         if req.code == CLOSE_SUBSESSION:
             try:
                 session.close_subsession(req.handle)
@@ -162,6 +169,20 @@ class _Conn:
                 msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
                 return
             loop.create_task(self._await_service(result, msg))
+
+    def _stats(self, msg: Message) -> None:
+        """SERVER_STATS: the server's statistics as JSON into argument 0, for a peer of the server's own user."""
+        srv = self.server
+        if self.peer.uid is None or self.peer.uid != srv.uid:
+            msg.complete(Status.PERMISSION_DENIED, f"statistics are for the server's own user (uid {srv.uid}) only")
+            return
+        data = json.dumps(srv.stats(), sort_keys=True).encode()
+        try:
+            msg.write(0, data)
+        except (Overflow, BrokerError) as e:
+            msg.complete(Status.OVERFLOW, f"the statistics take {len(data)} bytes: {e}")
+            return
+        msg.complete(len(data))
 
     async def _await_service(self, awaitable: Any, msg: Message) -> None:
         try:
@@ -191,6 +212,7 @@ class _Conn:
             # only a message that took a slot gives one back (a SERVER_BUSY refusal took none)
             if self.messages.pop(msg.request_id, None) is not None and msg.asynchronous:
                 self.async_outstanding -= 1
+            self.completions += 1
             self._send(self.proto.complete(msg.request_id, status, writes, error))
 
     def panic(self, reason: str) -> None:
@@ -208,6 +230,7 @@ class _Conn:
 
     def _send(self, frame: bytes) -> None:
         with self.lock:
+            self.bytes_out += len(frame)
             if self.out or self.batching or self.ended:
                 self.out += frame  # sent after what is queued, or with the batch
                 return
@@ -641,11 +664,23 @@ class Server:
     # -- statistics ------------------------------------------------------------------------
 
     def sessions(self) -> list[dict[str, Any]]:
-        """The live sessions: peer, outstanding requests, sub-sessions."""
+        """The live sessions: peer, transport and the rule's verdict, traffic, outstanding requests, sub-sessions."""
         return [
             {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
              "subsessions": len(c.session.objects) if c.session is not None else 0,
              "transport": "socket", "shm_allowed": bool(c.decision and c.decision.shm),
-             "rule": str(c.decision) if c.decision else ""}
-            for c in list(self._conns_open)
+             "rule": str(c.decision) if c.decision else "",
+             "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out}
+            for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id)
         ]
+
+    def stats(self) -> dict[str, Any]:
+        """sessions() and the server's own facts, as JSON-able data (what `broker stat` shows)."""
+        rows = []
+        for row in self.sessions():
+            p = row.pop("peer")
+            rows.append({"connection_id": p.connection_id, "connection": p.transport, "pid": p.pid, "uid": p.uid,
+                         "gid": p.gid, "address": list(p.address) if p.address else None, **row})
+        where = [b if isinstance(b, str) else f"tcp://{b[0]}:{b[1]}" for b in self.bound]
+        return {"pid": os.getpid(), "uid": self.uid, "addresses": where,
+                "shm_policy": self.shm_policy, "sessions": rows}

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 # Function codes below zero belong to the framework.
 CLOSE_SUBSESSION = -1
+SERVER_STATS = -2  # arg 0: a writable buffer for the server's statistics as JSON; same user as the server only
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,51 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
     return 0 if times and not errors and sent == count else 1
 
 
+# ---- broker stat ------------------------------------------------------------------------
+
+
+def stat(address: str, as_json: bool, timeout: float) -> int:
+    """The live sessions of the server at `address`."""
+    import json
+
+    from ._client import connect
+    from ._errors import BrokerError
+
+    try:
+        with connect(address, timeout=timeout, socket_only=True) as s:
+            data = s.server_stats(timeout=timeout)
+            me = s.connection_id
+    except ValueError as e:
+        _say("broker stat", str(e))
+        return 2
+    except (BrokerError, OSError) as e:
+        _say("broker stat", str(e))
+        return 1
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    print(f"server pid {data.get('pid')} uid {data.get('uid')} at {', '.join(map(str, data.get('addresses', [])))}; "
+          f"shared-memory policy {data.get('shm_policy')}")
+    head = ("conn", "peer", "carrier", "requests", "bytes in", "bytes out", "outst.", "subs", "session rule")
+    rows = [head]
+    for r in data["sessions"]:
+        if r.get("connection") == "unix":
+            peer = f"pid {r.get('pid')} uid {r.get('uid')}"
+        else:
+            addr = r.get("address") or ["?", "?"]
+            peer = f"{addr[0]}:{addr[1]}"
+        mark = "*" if r.get("connection_id") == me else ""
+        rows.append((f"{r.get('connection_id')}{mark}", peer, f"{r.get('connection')} {r.get('transport')}",
+                     str(r.get("requests")), str(r.get("bytes_in")), str(r.get("bytes_out")),
+                     str(r.get("outstanding")), str(r.get("subsessions")), str(r.get("rule"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    n = len(data["sessions"])
+    print(f"{n} session{'s' if n != 1 else ''} (* this one)")
+    return 0
+
+
 # ---- broker clean -----------------------------------------------------------------------
 
 
@@ -178,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--tcp", metavar="tcp://HOST:PORT", help="also listen on TCP (port 0: one the kernel picks)")
     srv.add_argument("--shm-policy", choices=("strict", "same-user", "off"), default=None,
                      help="the session rule: when shared memory is allowed (default: $BROKER_SHM_POLICY, else strict)")
+    st = sub.add_parser("stat", help="the live sessions of a server: peers, transport and why, traffic")
+    st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
+                    help="a server name, a Unix socket path or tcp://host:port (default: %(default)s)")
+    st.add_argument("--json", action="store_true", help="everything, as JSON")
+    st.add_argument("--timeout", type=_bounded(float, 0.001), default=5.0, help="seconds (default: %(default)s)")
     cln = sub.add_parser("clean", help="remove this user's broker segments in /dev/shm whose creator is dead")
     cln.add_argument("--dry-run", "-n", action="store_true", help="only list what would be removed")
     png = sub.add_parser("ping", help="measure round trips to a broker's echo service")
@@ -201,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.address, args.tcp, args.shm_policy)
+    if args.command == "stat":
+        return stat(args.address, args.json, args.timeout)
     if args.command == "clean":
         return clean(args.dry_run)
     if args.command == "ping":
