@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml setup.py broker/_build.py csrc/brk_ring.h csrc/brk_ring
 build: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/broker bench ring
+	$(BIN)/broker demo
+	$(BIN)/broker bench rpc --quick
+	$(BIN)/broker bench ring --quick
 
 bench: $(STAMP)
 	$(BIN)/broker bench ring --json bench/out/ring.json

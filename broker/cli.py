@@ -182,6 +182,97 @@ def stat(address: str, as_json: bool, timeout: float) -> int:
     return 0
 
 
+# ---- broker demo ------------------------------------------------------------------------
+
+
+def demo() -> int:
+    """The main job, small: a broker with the built-in services, clients in other
+    processes over a Unix socket and TCP, what the session rule chose for each,
+    the round trip, and the server's statistics."""
+    import tempfile
+
+    from ._client import Buffer, connect
+    from ._server import Server
+    from ._services import ECHO, KeyValueClient, KeyValueStore, ServicesSession
+    from ._session import SessionEvent
+
+    def on_event(ev: SessionEvent) -> None:
+        if ev.kind == "connected" and ev.decision is not None:
+            print(f"  session {ev.peer.connection_id} ({ev.peer.transport}) connected; session rule: {ev.decision}",
+                  flush=True)
+
+    def holding(fn: Any) -> tuple[int, int]:
+        """fn() in a child that then keeps its sessions open until released: (pid, release fd)."""
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fn(lambda: (os.write(ready_w, b"r"), os.read(go_r, 1)))
+                code = 0
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        for fd in (ready_w, go_r):
+            os.close(fd)
+        os.read(ready_r, 1)
+        os.close(ready_r)
+        return pid, go_w
+
+    def release(pid: int, go_w: int) -> None:
+        os.write(go_w, b"g")
+        os.close(go_w)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError("a demo client failed")
+
+    with tempfile.TemporaryDirectory(prefix="broker-demo-") as d:
+        path = os.path.join(d, "demo.sock")
+        with Server(path, ServicesSession.factory(KeyValueStore()), tcp="tcp://127.0.0.1:0", on_event=on_event) as srv:
+            tcp = f"tcp://127.0.0.1:{srv.bound[1][1]}"
+            print(f"broker demo: a server at {path} and {tcp} (echo and key-value services)")
+            print("(this version carries every session on its socket; the session rule already decides which may"
+                  " share memory)")
+
+            def writer(hold: Any) -> None:
+                with connect(path) as s, KeyValueClient(s).open("orders") as t:
+                    for i in range(1000):
+                        t.put(f"order-{i}", f"pending {i}")
+                    print(f"  process {os.getpid()} put {t.count()} entries into the shared table 'orders'")
+                    hold()  # the table lives while a session holds it
+
+            def reader(hold: Any) -> None:
+                with connect(tcp) as s, KeyValueClient(s).open("orders") as t:
+                    value = t.get("order-999")
+                    print(f"  process {os.getpid()} over TCP sees {t.count()} entries; order-999 = {value!r}")
+                    hold()
+
+            def echo(hold: Any) -> None:
+                with connect(path) as s:
+                    payload, times = b"x" * 64, []
+                    for i in range(6000):
+                        out = Buffer(64)
+                        t0 = time.perf_counter_ns()
+                        s.send_receive(ECHO, payload, out)
+                        if i >= 1000:
+                            times.append(time.perf_counter_ns() - t0)
+                    times.sort()
+                    p50, p99 = times[len(times) // 2] / 1e3, times[int(len(times) * 0.99)] / 1e3
+                    print(f"  process {os.getpid()}: 64 B echo round trip, 5000 calls: p50 {p50:.1f} us, "
+                          f"p99 {p99:.1f} us")
+                    hold()
+
+            held = [holding(writer), holding(reader), holding(echo)]
+            print("broker stat:", flush=True)
+            stat(path, False, 5.0)
+            for pid, go_w in held:
+                release(pid, go_w)
+        print("side by side with AF_UNIX and multiprocessing.Pipe: broker bench rpc (framework), broker bench ring (rings)")
+    return 0
+
+
 # ---- broker clean -----------------------------------------------------------------------
 
 
@@ -223,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--tcp", metavar="tcp://HOST:PORT", help="also listen on TCP (port 0: one the kernel picks)")
     srv.add_argument("--shm-policy", choices=("strict", "same-user", "off"), default=None,
                      help="the session rule: when shared memory is allowed (default: $BROKER_SHM_POLICY, else strict)")
+    sub.add_parser("demo", help="a broker, clients in other processes over Unix and TCP, the session rule, the round trip")
     st = sub.add_parser("stat", help="the live sessions of a server: peers, transport and why, traffic")
     st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
                     help="a server name, a Unix socket path or tcp://host:port (default: %(default)s)")
@@ -251,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.address, args.tcp, args.shm_policy)
+    if args.command == "demo":
+        return demo()
     if args.command == "stat":
         return stat(args.address, args.json, args.timeout)
     if args.command == "clean":

@@ -172,3 +172,15 @@ def test_ping_without_a_server(tmp_path):
 def test_ping_checks_its_arguments(args):
     p = run("ping", "broker", *args)
     assert p.returncode == 2 and "error: argument" in p.stderr
+
+
+def test_demo_runs_the_main_job():
+    p = run("demo")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "put 1000 entries into the shared table 'orders'" in out
+    assert "over TCP sees 1000 entries; order-999 = b'pending 999'" in out
+    assert "session rule: socket: TCP never gets shared memory" in out
+    assert "session rule: shared memory: same user" in out
+    assert "64 B echo round trip, 5000 calls: p50" in out
+    assert "4 sessions (* this one)" in out
