@@ -1,7 +1,9 @@
 """The client side: connect(), sessions, sub-sessions; synchronous, future-based and asyncio calls."""
 from __future__ import annotations
 
+import array
 import asyncio
+import errno
 import json
 import os
 import select
@@ -13,9 +15,14 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from . import _address
+from ._carrier import ClientRings
 from ._errors import (
     BadHandle,
     BrokerError,
+    Closed,
+    Empty,
+    PeerGone,
+    SegmentError,
     Panicked,
     PermissionDenied,
     ServerBusy,
@@ -43,6 +50,7 @@ from ._protocol import (
 from ._session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
+_MAX_FDS = 4  # descriptors accepted with one message (an offer brings one)
 _DONTWAIT = socket.MSG_DONTWAIT
 _ns = time.perf_counter_ns
 _yield = os.sched_yield
@@ -215,7 +223,7 @@ class ClientSession:
     """A session with a server. Unsharable (one thread) unless connect(sharable=True)."""
 
     def __init__(self, sock: socket.socket, address: str, proto: ClientConnection, welcome: Welcome,
-                 sharable: bool, spin_us: float = 50.0) -> None:
+                 sharable: bool, spin_us: float = 50.0, rings: ClientRings | None = None) -> None:
         self._sock = sock
         self.address = address
         self._proto = proto
@@ -234,6 +242,8 @@ class ClientSession:
         self._spin_ns = int(spin_us * 1000)
         self._poll = select.poll()  # waits with a timeout; the socket stays blocking
         self._poll.register(sock, select.POLLIN)
+        self._rings = rings  # the session's carrier when the session rule allowed shared memory
+        self.transport = "shared memory" if rings is not None else "socket"
         if sharable:
             self._start_reader()
 
@@ -300,8 +310,8 @@ class ClientSession:
         with self._lock:
             if self._proto.state == State.OPEN:
                 try:
-                    self._sock.sendall(self._proto.close())
-                except OSError:
+                    self._write(self._proto.close())
+                except (OSError, BrokerError):
                     pass
         self._fail(ServerGone("the session is closed"))
         if self._reader is not None and self._reader is not threading.current_thread():
@@ -339,12 +349,19 @@ class ClientSession:
             rid, frame = self._proto.request(code, wire, handle, asynchronous)
             self._pending[rid] = (fut, args, asynchronous)
             try:
-                self._sock.sendall(frame)
+                self._write(frame)
                 return rid
-            except OSError as e:
+            except (OSError, BrokerError) as e:
                 error = e
         self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
         raise self._broken from error  # type: ignore[misc]
+
+    def _write(self, frame: bytes) -> None:
+        """A frame to the server, on the session's carrier (with the lock held)."""
+        if self._rings is not None:
+            self._rings.send(frame)
+        else:
+            self._sock.sendall(frame)
 
     def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
         try:
@@ -353,8 +370,8 @@ class ClientSession:
             with self._lock:
                 if self._pending.pop(rid, None) is not None and self._proto.state == State.OPEN:
                     try:
-                        self._sock.sendall(self._proto.cancel(rid))
-                    except OSError:
+                        self._write(self._proto.cancel(rid))
+                    except (OSError, BrokerError):
                         pass
             raise Timeout(f"no answer within {timeout} s") from None
 
@@ -376,6 +393,16 @@ class ClientSession:
 
     def _read_arrived(self) -> None:
         """Inline mode: dispatch what has already arrived, without waiting."""
+        if self._rings is not None:
+            while self._broken is None:
+                try:
+                    self._dispatch(self._rings.recv(0))
+                except Empty:
+                    return
+                except BrokerError as e:
+                    self._ring_failed(e)
+                    return
+            return
         while True:
             try:
                 n = self._sock.recv_into(self._inbuf, 0, _DONTWAIT)
@@ -409,6 +436,9 @@ class ClientSession:
         or, with a timeout, poll() for what is left of it. The socket itself
         stays blocking, so no call pays for switching its mode."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._rings is not None:
+            self._read_rings(fut, deadline)
+            return
         sock, buf = self._sock, self._inbuf
         while not fut.done():
             n = -1
@@ -442,6 +472,31 @@ class ClientSession:
             with memoryview(buf) as view:
                 self._dispatch(view[:n])
 
+    def _read_rings(self, fut: Any, deadline: float | None) -> None:
+        """_read_inline on a shared-memory session: the reply ring spins, then sleeps on
+        its futex, and notices a dead server."""
+        recv = self._rings.recv  # type: ignore[union-attr]
+        while not fut.done() and self._broken is None:
+            try:
+                if deadline is None:
+                    data = recv(None)
+                else:
+                    data = recv(max(0.0, deadline - time.monotonic()))
+            except Empty:  # EmptyTimeout too: the deadline passed
+                return
+            except BrokerError as e:
+                self._ring_failed(e)
+                return
+            self._dispatch(data)
+
+    def _ring_failed(self, e: BrokerError) -> None:
+        if isinstance(e, PeerGone):
+            self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
+        elif isinstance(e, Closed):
+            self._fail(ServerGone(f"the server at {self.address} closed the session"))
+        else:  # Corrupt, or anything else impossible: the session is over
+            self._fail(ServerGone(f"the server's ring is unusable: {e}"))
+
     def _start_reader(self) -> None:
         with self._lock:
             if self._reader is None and self._broken is None:
@@ -450,6 +505,16 @@ class ClientSession:
                 self._reader.start()
 
     def _read_loop(self) -> None:
+        if self._rings is not None:
+            recv = self._rings.recv
+            while self._broken is None:
+                try:
+                    data = recv(None)
+                except BrokerError as e:
+                    self._ring_failed(e)
+                    return
+                self._dispatch(data)
+            return
         buf = self._inbuf  # from now on only this thread reads the socket
         view = memoryview(buf)
         while True:
@@ -511,6 +576,8 @@ class ClientSession:
             except OSError:
                 pass
             self._sock.close()
+            if self._rings is not None:
+                self._rings.close()  # interrupts a reader thread waiting in it (Closed)
             broken = self._broken
         for fut, _, _ in pending.values():
             _settle(fut, broken)
@@ -528,6 +595,8 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     if not spin_us >= 0:
         raise ValueError("spin_us must be >= 0")
     addr = _address.parse(address)
+    fds: list[int] = []  # descriptors the server passed (the doorbell of an offer)
+    rings: ClientRings | None = None
     sock = socket.socket(addr.family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -547,25 +616,61 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         proto = ClientConnection()
         sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only)))  # type: ignore[arg-type]
-        while proto.state == State.HANDSHAKE:
-            data = sock.recv(_RECV)
+        while proto.state == State.HANDSHAKE or proto.offer_due:
+            data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
             if not data:
                 raise ServerGone(f"the server at {address} closed the connection during the handshake")
             for ev in proto.receive(data):
                 if isinstance(ev, Refuse):
                     raise VersionRefused(f"the server at {address} refused the session: {ev.reason}", ev.status)
         assert proto.welcome is not None
-    except (VersionRefused, PermissionDenied, ServerGone):
+        if proto.offer is not None:
+            rings = _take_offer(sock, proto, fds, spin_us)
+        for fd in fds:  # nothing else is expected; never leak what a server sends
+            os.close(fd)
+        fds.clear()
+    except BaseException as e:
+        if rings is not None:
+            rings.close()
+        for fd in fds:
+            os.close(fd)
         sock.close()
-        raise
-    except (ProtocolError, socket.timeout, OSError) as e:
-        sock.close()
+        if isinstance(e, (VersionRefused, PermissionDenied, ServerGone)) or not isinstance(
+                e, (ProtocolError, socket.timeout, OSError)):
+            raise
         raise ServerNotFound(f"no broker server at {address}: {e}") from None
-    except BaseException:
-        sock.close()
-        raise
     sock.settimeout(None)
-    return ClientSession(sock, address, proto, proto.welcome, sharable, spin_us)
+    return ClientSession(sock, address, proto, proto.welcome, sharable, spin_us, rings)
+
+
+def _recv_with_fds(sock: socket.socket, fds: list[int]) -> bytes:
+    """recv that keeps the descriptors the server passes (SCM_RIGHTS); they are ours to close."""
+    data, ancillary, _flags, _addr = sock.recvmsg(_RECV, socket.CMSG_SPACE(4 * _MAX_FDS))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+            fds.extend(got)
+    return data
+
+
+def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], spin_us: float) -> "ClientRings | None":
+    """Map the rings the server offered and prove it (their nonce), or decline with the reason."""
+    offer = proto.offer
+    assert offer is not None
+    try:
+        if len(fds) != 1:
+            raise SegmentError(errno.EPROTO, f"the offer came with {len(fds)} descriptors, not one doorbell")
+        rings = ClientRings(offer.name, fds.pop(), spin_us)
+    except (BrokerError, OSError, ValueError) as e:  # cannot map it: the socket carries the session
+        sock.sendall(proto.decline_shm(f"{type(e).__name__}: {e}"))
+        return None
+    try:
+        sock.sendall(proto.accept_shm(rings.nonce))
+    except BaseException:
+        rings.close()
+        raise
+    return rings
 
 
 class SubSession:

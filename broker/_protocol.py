@@ -26,6 +26,10 @@ Bodies:
     PANIC     reason (UTF-8)
     CANCEL    (empty; the request id says which)
     CLOSE     reason (UTF-8)
+    SHM_OFFER   ring capacity u32, segment name (UTF-8, the rest); right after a
+                WELCOME with WELCOME_SHM_OFFER; the doorbell eventfd rides along (SCM_RIGHTS)
+    SHM_ACCEPT  the 32-byte nonce the client read from the segment's header
+    SHM_DECLINE reason (UTF-8); then both sides stay on the socket
 
 An argument descriptor is 16 bytes: kind u8, 0 u8 x3, length u32, value i64.
 INT and HANDLE carry their value; READ carries `length` bytes of payload;
@@ -60,10 +64,14 @@ MAX_SLOTS = 65535
 FLAG_ASYNC = 1  # REQUEST: uses one of the session's message slots
 HELLO_SHARABLE = 1
 HELLO_SOCKET_ONLY = 2
+WELCOME_SHM_OFFER = 1  # WELCOME flags: an SHM_OFFER follows
+NONCE_BYTES = 32
+MAX_SHM_NAME = 255
 
 _HELLO = struct.Struct("<HHIHBB")
 _WELCOME = struct.Struct("<QHHI")
 _STATUS = struct.Struct("<i")
+_STATUS_U32 = struct.Struct("<I")
 _REQUEST = struct.Struct("<iI")
 _ARG = struct.Struct("<BxxxIq")
 _COMPLETE = struct.Struct("<iBBH")
@@ -85,6 +93,9 @@ class FrameType(enum.IntEnum):
     PANIC = 6
     CANCEL = 7
     CLOSE = 8
+    SHM_OFFER = 9  # server: the session's rings (a name; the doorbell eventfd travels with SCM_RIGHTS)
+    SHM_ACCEPT = 10  # client: mapped; the segment's nonce, echoed
+    SHM_DECLINE = 11  # client: could not map it (the reason); the socket carries the session
 
 
 class ArgKind(enum.IntEnum):
@@ -158,6 +169,23 @@ class Welcome:
     connection_id: int
     slots: int
     max_frame: int = DEFAULT_MAX_FRAME
+    shm_offer: bool = False  # an SHM_OFFER follows
+
+
+@dataclass(slots=True)
+class ShmOffer:
+    capacity: int  # of each of the two rings
+    name: str  # the segment, in the session's namespace
+
+
+@dataclass(slots=True)
+class ShmAccept:
+    nonce: bytes
+
+
+@dataclass(slots=True)
+class ShmDecline:
+    reason: str = ""
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us an object, on every message
@@ -206,7 +234,7 @@ class Close:
     reason: str = ""
 
 
-Event = Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close
+Event = Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close | ShmOffer | ShmAccept | ShmDecline
 
 # ---- encoding -----------------------------------------------------------------
 
@@ -276,7 +304,8 @@ def encode(event: Event) -> bytes:
             raise ValueError(f"slots must be from 0 to {MAX_SLOTS}")
         return _frame(FrameType.HELLO, _HELLO.pack(major, minor, build, event.slots, flags, 0))
     if isinstance(event, Welcome):
-        return _frame(FrameType.WELCOME, _WELCOME.pack(event.connection_id, event.slots, 0, event.max_frame))
+        return _frame(FrameType.WELCOME, _WELCOME.pack(event.connection_id, event.slots,
+                                                       WELCOME_SHM_OFFER if event.shm_offer else 0, event.max_frame))
     if isinstance(event, Refuse):
         return _frame(FrameType.REFUSE, _STATUS.pack(event.status) + _text(event.reason))
     if isinstance(event, Request):
@@ -289,6 +318,17 @@ def encode(event: Event) -> bytes:
         return _frame(FrameType.CANCEL, b"", event.request_id)
     if isinstance(event, Close):
         return _frame(FrameType.CLOSE, _text(event.reason))
+    if isinstance(event, ShmOffer):
+        name = event.name.encode()
+        if not 0 < len(name) <= MAX_SHM_NAME or not 0 < event.capacity < 2**32:
+            raise ValueError("an SHM_OFFER needs a name of 1 to 255 bytes and a capacity below 2**32")
+        return _frame(FrameType.SHM_OFFER, _STATUS_U32.pack(event.capacity) + name)
+    if isinstance(event, ShmAccept):
+        if len(event.nonce) != NONCE_BYTES:
+            raise ValueError(f"a nonce has {NONCE_BYTES} bytes")
+        return _frame(FrameType.SHM_ACCEPT, bytes(event.nonce))
+    if isinstance(event, ShmDecline):
+        return _frame(FrameType.SHM_DECLINE, _text(event.reason))
     raise TypeError(f"not a protocol event: {event!r}")
 
 
@@ -329,10 +369,12 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
     if t == FrameType.WELCOME:
         if len(b) != _WELCOME.size:
             raise ProtocolError(f"WELCOME body of {len(b)} bytes, expected {_WELCOME.size}")
-        cid, slots, zero, max_frame = _WELCOME.unpack(b)
-        if zero or max_frame < MIN_MAX_FRAME:
+        cid, slots, wflags, max_frame = _WELCOME.unpack(b)
+        if wflags & ~WELCOME_SHM_OFFER:
+            raise ProtocolError(f"WELCOME with unknown flags {wflags:#x}")
+        if max_frame < MIN_MAX_FRAME:
             raise ProtocolError(f"WELCOME with a max frame of {max_frame} bytes")
-        return Welcome(cid, slots, max_frame)
+        return Welcome(cid, slots, max_frame, bool(wflags & WELCOME_SHM_OFFER))
     if t == FrameType.REFUSE:
         _need(b, _STATUS.size, "REFUSE")
         return Refuse(_STATUS.unpack_from(b)[0], _utf8(b[_STATUS.size :], "REFUSE reason"))
@@ -346,7 +388,20 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
         if len(b):
             raise ProtocolError("CANCEL with a body")
         return Cancel(request_id)
-    return Close(_utf8(b, "CLOSE reason"))
+    if t == FrameType.CLOSE:
+        return Close(_utf8(b, "CLOSE reason"))
+    if t == FrameType.SHM_OFFER:
+        _need(b, _STATUS_U32.size, "SHM_OFFER")
+        capacity = _STATUS_U32.unpack_from(b)[0]
+        name = _utf8(b[_STATUS_U32.size :], "SHM_OFFER name")
+        if not 0 < len(name.encode()) <= MAX_SHM_NAME or not capacity:
+            raise ProtocolError(f"SHM_OFFER with a name of {len(name)} characters and capacity {capacity}")
+        return ShmOffer(capacity, name)
+    if t == FrameType.SHM_ACCEPT:
+        if len(b) != NONCE_BYTES:
+            raise ProtocolError(f"SHM_ACCEPT with a nonce of {len(b)} bytes, expected {NONCE_BYTES}")
+        return ShmAccept(bytes(b))
+    return ShmDecline(_utf8(b, "SHM_DECLINE reason"))
 
 
 def _decode_request(b: memoryview, flags: int, request_id: int) -> Request:
@@ -524,6 +579,8 @@ class ClientConnection(_Side):
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(max_frame)
         self.welcome: Welcome | None = None
+        self.offer_due = False  # WELCOME said an SHM_OFFER follows
+        self.offer: ShmOffer | None = None
         self.outstanding: dict[int, bool] = {}  # request id -> asynchronous
         self._next_id = 1
 
@@ -535,8 +592,9 @@ class ClientConnection(_Side):
 
     def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
         """A new request: (its id, the frame to send)."""
-        if self.state is not State.OPEN:
+        if self.state is not State.OPEN or self.offer_due or self.offer is not None:
             self._check_open("a request")
+            raise ProtocolError("a request before the SHM_OFFER is answered")
         a = list(args)
         if len(a) > MAX_ARGS:
             raise ValueError(f"at most {MAX_ARGS} arguments")
@@ -554,6 +612,22 @@ class ClientConnection(_Side):
         self._check_open("a cancel")
         return encode(Cancel(request_id))
 
+    def accept_shm(self, nonce: bytes) -> bytes:
+        """The answer to SHM_OFFER: mapped; from now on the rings carry the session."""
+        self._answer_offer()
+        return encode(ShmAccept(nonce))
+
+    def decline_shm(self, reason: str) -> bytes:
+        """The answer to SHM_OFFER: not mapped; the socket carries the session."""
+        self._answer_offer()
+        return encode(ShmDecline(reason))
+
+    def _answer_offer(self) -> None:
+        self._check_open("an answer to SHM_OFFER")
+        if self.offer is None or self.outstanding:
+            raise ProtocolError("no SHM_OFFER to answer")
+        self.offer = None
+
     def close(self, reason: str = "") -> bytes:
         self._close(reason or "closed by the client")
         return encode(Close(reason))
@@ -566,6 +640,7 @@ class ClientConnection(_Side):
         if self.state == State.HANDSHAKE:
             if isinstance(ev, Welcome):
                 self.welcome = ev
+                self.offer_due = ev.shm_offer
                 self.state = State.OPEN
                 return
             if isinstance(ev, Refuse):
@@ -574,6 +649,13 @@ class ClientConnection(_Side):
             raise ProtocolError(f"{type(ev).__name__} before WELCOME")
         if self.state != State.OPEN:
             raise ProtocolError(f"{type(ev).__name__} on a {self.state.value} connection")
+        if isinstance(ev, ShmOffer):
+            if not self.offer_due:
+                raise ProtocolError("SHM_OFFER that WELCOME did not announce")
+            self.offer_due, self.offer = False, ev
+            return
+        if self.offer_due:
+            raise ProtocolError(f"{type(ev).__name__} where the announced SHM_OFFER was due")
         if isinstance(ev, Complete):
             if self.outstanding.pop(ev.request_id, None) is None:
                 raise ProtocolError(f"completion of unknown request {ev.request_id}")
@@ -594,10 +676,11 @@ class ServerConnection(_Side):
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(max_frame)
         self.hello_event: Hello | None = None
+        self.offered = False  # an SHM_OFFER awaits its answer
         self.outstanding: dict[int, Request] = {}
 
     def _on(self, ev: Event) -> None:
-        if type(ev) is Request and self.state is State.OPEN:  # the common case first
+        if type(ev) is Request and self.state is State.OPEN and not self.offered:  # the common case first
             if ev.request_id == 0 or ev.request_id in self.outstanding:
                 raise ProtocolError(f"request id {ev.request_id} reused while outstanding")
             self.outstanding[ev.request_id] = ev
@@ -612,6 +695,13 @@ class ServerConnection(_Side):
             raise ProtocolError(f"{type(ev).__name__} before the server answered HELLO")
         if self.state != State.OPEN:
             raise ProtocolError(f"{type(ev).__name__} on a {self.state.value} connection")
+        if isinstance(ev, (ShmAccept, ShmDecline)):
+            if not self.offered:
+                raise ProtocolError(f"{type(ev).__name__} without an SHM_OFFER")
+            self.offered = False
+            return
+        if self.offered and not isinstance(ev, Close):
+            raise ProtocolError(f"{type(ev).__name__} before the answer to SHM_OFFER")
         if isinstance(ev, Request):
             if ev.request_id == 0 or ev.request_id in self.outstanding:
                 raise ProtocolError(f"request id {ev.request_id} reused while outstanding")
@@ -624,11 +714,18 @@ class ServerConnection(_Side):
             return
         raise ProtocolError(f"a client does not send {type(ev).__name__}")
 
-    def accept(self, connection_id: int, slots: int) -> bytes:
+    def accept(self, connection_id: int, slots: int, shm_offer: bool = False) -> bytes:
         if self.state != State.HANDSHAKE:
             raise ProtocolError("accept without HELLO")
         self.state = State.OPEN
-        return encode(Welcome(connection_id, slots, self.max_frame))
+        self.offered = shm_offer
+        return encode(Welcome(connection_id, slots, self.max_frame, shm_offer))
+
+    def offer_shm(self, capacity: int, name: str) -> bytes:
+        """The SHM_OFFER that accept(shm_offer=True) announced."""
+        if self.state != State.OPEN or not self.offered:
+            raise ProtocolError("an SHM_OFFER that WELCOME did not announce")
+        return encode(ShmOffer(capacity, name))
 
     def refuse(self, status: int, reason: str) -> bytes:
         if self.state != State.HANDSHAKE:

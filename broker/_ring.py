@@ -229,6 +229,55 @@ def _open_segment(name: str, timeout: float) -> _shm.Mapping:
         time.sleep(0.001)
 
 
+def _nonce(mapping: _shm.Mapping) -> bytes:
+    hdr = ffi.new("struct brk_seg_hdr *")
+    base = _from_buffer(mapping.mm)
+    try:
+        rc = lib.brk_seg_check(base, mapping.size, hdr)
+    finally:
+        ffi.release(base)
+    if rc:
+        raise _error(rc, f"reading {mapping.name}")
+    return bytes(ffi.buffer(hdr.nonce, lib.BRK_NONCE_BYTES))
+
+
+def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:
+    """The server's side of a session's segment: two rings, 0 carrying requests
+    (we consume) and 1 replies (we produce), and the segment's nonce. The
+    segment is ours: unlinked when the first of the two closes, or by unlink()."""
+    seg = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name)
+    try:
+        nonce = _nonce(seg)
+        rx = Ring(seg, 0, lib.BRK_ROLE_CONSUMER, spin_us)
+    except BaseException:
+        seg.close()
+        seg.unlink()
+        raise
+    try:
+        tx = Ring(_shm.open_existing(name), 1, lib.BRK_ROLE_PRODUCER, spin_us)
+    except BaseException:
+        rx.close()
+        raise
+    return rx, tx, nonce
+
+
+def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:
+    """The client's side: (requests producer, replies consumer, the segment's nonce)."""
+    first = _open_segment(name, 1.0)
+    try:
+        nonce = _nonce(first)
+        tx = Ring(first, 0, lib.BRK_ROLE_PRODUCER, spin_us)
+    except BaseException:
+        first.close()
+        raise
+    try:
+        rx = Ring(_open_segment(name, 1.0), 1, lib.BRK_ROLE_CONSUMER, spin_us)
+    except BaseException:
+        tx.close()
+        raise
+    return tx, rx, nonce
+
+
 def sweep(remove: bool = True) -> list[tuple[str, str]]:
     """broker's segments in /dev/shm whose creator is dead, as (name, why);
     unlinked unless remove=False. Only this user's segments are judged (the
@@ -344,6 +393,11 @@ class _Side:
         mapping lives until they are gone) but no longer mean anything."""
         self._view = self._claim = None
         self._finalizer()
+
+    def unlink(self) -> None:
+        """Remove the segment's name now (its creator only; the mappings stay valid)."""
+        if self._res.handle is not None:
+            self._res.mapping.unlink()
 
     def _failed(self, rc: int, what: str) -> BrokerError:
         """The error for a call's outcome; Closed if another thread closed this

@@ -8,6 +8,7 @@ message.complete().
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import inspect
 import itertools
@@ -22,11 +23,25 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from . import _address
-from ._errors import BadHandle, BrokerError, Overflow, StateError
+from . import _address, _names
+from ._carrier import DEFAULT_CAPACITY as SHM_CAPACITY
+from ._carrier import ServerRings
+from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, StateError
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from ._ring import sweep
-from ._protocol import DEFAULT_MAX_FRAME, Close, Hello, ProtocolError, Request, ServerConnection, State, Status, Write
+from ._protocol import (
+    DEFAULT_MAX_FRAME,
+    Close,
+    Hello,
+    ProtocolError,
+    Request,
+    ServerConnection,
+    ShmAccept,
+    ShmDecline,
+    State,
+    Status,
+    Write,
+)
 from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")
@@ -67,8 +82,12 @@ class _Conn:
         self.lock = threading.RLock()
         self.ended = False
         self.client_closed = False
+        self.panicked: str | None = None
         self.inbuf = bytearray(_RECV)  # reused: a fresh 256 KiB bytes per recv costs an mmap and a fault
         self.batching = False  # the loop thread is handling a batch of requests: _send only queues
+        self.rings: ServerRings | None = None  # offered or in use
+        self.on_rings = False  # the rings carry the session (after the client's proof)
+        self._connected: tuple[Any, Decision] | None = None  # the event waits for the answer to an offer
 
     # -- input (loop thread) --------------------------------------------------
 
@@ -78,10 +97,38 @@ class _Conn:
         except (ConnectionResetError, OSError):
             n = 0
         data = memoryview(self.inbuf)[:n]
-        self.bytes_in += n
         if not n:
             self.end("closed" if self.client_closed else "died")
             return
+        if self.on_rings:  # the socket is only the death signal now
+            self._close_with("protocol error: a frame on the socket of a shared-memory session")
+            return
+        self._on_data(data)
+
+    def on_ring(self) -> None:
+        """The doorbell rang, or a spin found work: everything the client wrote to ring 0."""
+        rings = self.rings
+        if rings is None or self.ended:
+            return
+        rings.clear_doorbell()
+        while not self.ended:
+            try:
+                records = rings.read()
+            except PeerGone:
+                self.end("died")
+                return
+            except Closed:
+                self.end("closed" if self.client_closed else "died")
+                return
+            except BrokerError as e:  # Corrupt: a buggy or hostile peer ends only its own session
+                self._close_with(f"protocol error: {e}")
+                return
+            if not records:
+                return
+            self._on_data(records[0] if len(records) == 1 else b"".join(records))
+
+    def _on_data(self, data: bytes | memoryview) -> None:
+        self.bytes_in += len(data)
         try:
             with self.lock:
                 events = self.proto.receive(data)
@@ -98,6 +145,8 @@ class _Conn:
                     self.on_request(ev)
                 elif isinstance(ev, Hello):
                     self.on_hello(ev)
+                elif isinstance(ev, (ShmAccept, ShmDecline)):
+                    self.on_shm_answer(ev)
                 elif isinstance(ev, Close):
                     self.client_closed = True
                     self.end("closed")
@@ -124,10 +173,57 @@ class _Conn:
         self.slots = min(hello.slots, srv.max_slots)
         self.decision = d = srv._decide(self.peer, hello.socket_only)
         srv._conns_open.add(self)
-        self._send(self.proto.accept(self.peer.connection_id, self.slots))
-        # The socket carries the session either way until the shared-memory transport exists.
-        srv._event(SessionEvent("connected", self.peer, f"transport {self.peer.transport} socket; session rule: {d}",
-                                session, d))
+        if d.shm:
+            try:
+                key = f"u{self.peer.uid}-{getattr(self.peer.facts, 'sessionid', None)}"
+                self.rings = ServerRings(_names.segment_name("session", srv.server_id, key), srv.shm_capacity)
+            except (BrokerError, OSError, ValueError) as e:  # a full /dev/shm, say: the socket carries it
+                self.decision = d = Decision(False, f"shared memory allowed but unavailable: {e}", d.policy)
+        self._send(self.proto.accept(self.peer.connection_id, self.slots, shm_offer=self.rings is not None))
+        if self.rings is None:
+            self._connected_event()
+            return
+        self._connected = (session, d)
+        with self.lock:
+            self._flush()  # the WELCOME first: the offer carries a descriptor, so it goes by itself
+            offer = self.proto.offer_shm(self.rings.capacity, self.rings.name)
+            try:
+                sent = self.sock.sendmsg([offer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                    array.array("i", [self.rings.doorbell]))])
+            except OSError as e:
+                self.server._call_soon(lambda: self.end(f"died: {e}"))
+                return
+            self.bytes_out += len(offer)
+            if sent < len(offer):
+                self.out += offer[sent:]
+                self.server._want_write(self)
+
+    def on_shm_answer(self, ev: ShmAccept | ShmDecline) -> None:
+        """The client mapped the rings (and proves it) or could not."""
+        rings, (session, d) = self.rings, self._connected or (None, None)
+        assert rings is not None and d is not None
+        if isinstance(ev, ShmAccept):
+            if not rings.proof(ev.nonce):
+                self._close_with("protocol error: the nonce does not match the segment's")
+                return
+            rings.mapped()  # unlinked: both sides have it, nobody else ever will
+            self.on_rings = True
+            self.server._watch_rings(self)
+        else:
+            self.rings = None
+            rings.close()
+            self.decision = Decision(False, f"the client could not map the segment: {ev.reason}", d.policy)
+        self._connected_event()
+        if self.on_rings:
+            self.on_ring()  # requests may already wait in ring 0
+
+    def _connected_event(self) -> None:
+        d = self.decision
+        assert d is not None
+        carrier = "shared memory" if self.on_rings else "socket"
+        log.info("session %s: %s; session rule: %s", self.peer, carrier, d)
+        self.server._event(SessionEvent("connected", self.peer, f"{self.peer.transport} {carrier}; session rule: {d}",
+                                        self.session, d))
 
     def on_request(self, req: Request) -> None:
         msg = Message(self, req.request_id, req.code, req.args, req.handle, req.asynchronous)
@@ -219,6 +315,7 @@ class _Conn:
         with self.lock:
             if self.ended or self.proto.state != State.OPEN:
                 return
+            self.panicked = reason  # whatever ends the session now (its socket closing first, say), this is why
             self._send(self.proto.panic(reason))
         self.server._call_soon(lambda: self.end(f"panicked: {reason}"))
 
@@ -231,6 +328,15 @@ class _Conn:
     def _send(self, frame: bytes) -> None:
         with self.lock:
             self.bytes_out += len(frame)
+            if self.on_rings:
+                if self.ended or self.rings is None:
+                    return
+                try:
+                    if not self.rings.write(frame):
+                        self.server._rings_pending(self)
+                except (PeerGone, Closed):
+                    self.server._call_soon(lambda: self.end("died"))
+                return
             if self.out or self.batching or self.ended:
                 self.out += frame  # sent after what is queued, or with the batch
                 return
@@ -265,10 +371,17 @@ class _Conn:
         with self.lock:
             if self.ended:
                 return
+            if self.panicked is not None:
+                reason = f"panicked: {self.panicked}"
             if self.out:  # a last word still queued (a refusal, a close): best effort, never blocking
                 try:
                     self.sock.send(self.out)
                 except OSError:
+                    pass
+            if self.rings is not None:
+                try:
+                    self.rings.flush()  # a last word in ring 1, as far as it fits
+                except BrokerError:
                     pass
             self.ended = True
         srv = self.server
@@ -277,6 +390,8 @@ class _Conn:
             self.sock.close()
         except OSError:
             pass
+        if self.rings is not None:
+            self.rings.close()  # the client reads what is there, then Closed
         session = self.session
         if session is not None:
             for obj in session.objects.clear():
@@ -305,7 +420,7 @@ class Server:
                  tcp: str | None = None, version: tuple[int, int, int] = (1, 0, 0), max_sessions: int = 1024,
                  max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
-                 spin_us: float = 50.0, shm_policy: str | None = None) -> None:
+                 spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -319,6 +434,9 @@ class Server:
         self.spin_ns = int(spin_us * 1000)  # after serving, poll this long before sleeping (0: sleep at once)
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
+        self.shm_capacity = shm_capacity  # of each of a session's two rings
+        self.server_id = f"s{os.getpid()}"  # in the names of its segments
+        self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
         self.uid = os.geteuid()
         self._on_event = [on_event] if on_event else []
         self._events: queue.Queue[SessionEvent] | None = None
@@ -527,6 +645,7 @@ class Server:
             spin_ns, ns = self.spin_ns, time.perf_counter_ns
             ready: list[Any] = []
             while not self._stopping:
+                idle = 0.001 if self._pending_rings else 1.0  # what waits for room in a ring is retried soon
                 if ready and spin_ns:  # spin then sleep: more is likely to come soon after a request
                     end = ns() + spin_ns
                     ready = sel.select(0)
@@ -534,12 +653,14 @@ class Server:
                         os.sched_yield()  # a client may be waiting for this CPU
                         ready = sel.select(0)
                     if not ready:
-                        ready = sel.select(timeout=1.0)
+                        ready = sel.select(timeout=idle)
                 else:
-                    ready = sel.select(timeout=1.0)
+                    ready = sel.select(timeout=idle)
                 for key, mask in ready:
                     kind, obj = key.data
-                    if kind == "listen":
+                    if kind == "ring":
+                        obj.on_ring()
+                    elif kind == "listen":
                         self._accept(obj)
                     elif kind == "wake":
                         self._drain_wake()
@@ -551,6 +672,8 @@ class Server:
                         if mask & selectors.EVENT_READ and not obj.ended:
                             obj.on_readable()
                 self._run_soon()
+                if self._pending_rings:
+                    self._flush_rings()
         finally:
             self._shutdown()
 
@@ -592,9 +715,59 @@ class Server:
                 assert self._sel is not None
                 self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
 
+    def _watch_rings(self, conn: _Conn) -> None:
+        """Poll the session's doorbell with everything else."""
+        assert conn.rings is not None
+        fd = conn.rings.doorbell
+        if self._aloop is not None:
+            self._aloop.add_reader(fd, conn.on_ring)
+        elif self._sel is not None:
+            self._sel.register(fd, selectors.EVENT_READ, ("ring", conn))
+
+    def _rings_pending(self, conn: _Conn) -> None:
+        """Ring 1 of `conn` was full: retry soon (any thread)."""
+        if self._aloop is not None:
+            self._aloop.call_soon_threadsafe(self._aloop.call_later, 0.001, self._flush_ring, conn)
+            return
+        with self._soon_lock:
+            self._pending_rings.add(conn)
+        if threading.current_thread() is not self._thread:
+            self._wake()
+
+    def _flush_ring(self, conn: _Conn) -> bool:
+        with conn.lock:
+            if conn.ended or conn.rings is None:
+                return True
+            try:
+                done = conn.rings.flush()
+            except (PeerGone, Closed):
+                self._call_soon(lambda: conn.end("died"))
+                return True
+        if not done and self._aloop is not None:
+            self._aloop.call_later(0.001, self._flush_ring, conn)
+        return done
+
+    def _flush_rings(self) -> None:
+        with self._soon_lock:
+            todo, self._pending_rings = self._pending_rings, set()
+        for conn in todo:
+            if not self._flush_ring(conn):
+                with self._soon_lock:
+                    self._pending_rings.add(conn)
+
     def _forget(self, conn: _Conn) -> None:
         self._conns.discard(conn)
         self._conns_open.discard(conn)
+        self._pending_rings.discard(conn)
+        if conn.on_rings and conn.rings is not None:
+            fd = conn.rings.doorbell
+            try:
+                if self._aloop is not None:
+                    self._aloop.remove_reader(fd)
+                elif self._sel is not None:
+                    self._sel.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
         if self._aloop is not None:
             try:
                 self._aloop.remove_reader(conn.sock)
@@ -668,7 +841,8 @@ class Server:
         return [
             {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
              "subsessions": len(c.session.objects) if c.session is not None else 0,
-             "transport": "socket", "shm_allowed": bool(c.decision and c.decision.shm),
+             "transport": "shared memory" if c.on_rings else "socket",
+             "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",
              "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out}
             for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id)

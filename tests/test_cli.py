@@ -120,9 +120,9 @@ def test_serve_ping_and_stop_on_sigterm(tmp_path):
         os.close(w)
     assert code == 0, err
     assert not os.path.exists(path)
-    assert re.search(r"connected connection 1 \(pid \d+, uid \d+\): transport unix", err), err
+    assert re.search(r"connected connection 1 \(pid \d+, uid \d+\): unix shared memory; session rule: shared memory", err), err
     assert re.search(r"disconnected connection 1 \(pid \d+, uid \d+\): closed", err), err
-    assert re.search(r"connected connection \d+ \(127\.0\.0\.1:\d+\): transport tcp", err), err
+    assert re.search(r"connected connection \d+ \(127\.0\.0\.1:\d+\): tcp socket; session rule: socket", err), err
     assert re.search(r"disconnected connection \d+ \(pid \d+, uid \d+\): died", err), err
     assert re.search(r"refused connection \d+ \(pid \d+, uid \d+\): version 2\.0\.0 is not supported", err), err
     assert "stopped by SIGTERM" in err and "Traceback" not in err

@@ -76,19 +76,26 @@ POLICIES = (Policy(range(SECRET, SECRET + 1), uids=frozenset({4242})),
             Policy(range(GUARDED, GUARDED + 1), uids=frozenset({4242}), panic=True))
 
 
-@pytest.fixture(params=["unix", "tcp"])
+@pytest.fixture(params=["unix", "tcp", "shm"])
 def server(request, tmp_path):
+    """unix: a Unix socket carries the session (policy off); tcp: TCP; shm: the
+    session's rings (same user, same session: the rule allows it)."""
     events: list[broker.SessionEvent] = []
     srv = broker.Server(str(tmp_path / "srv.sock"), Service, tcp="tcp://127.0.0.1:0", policies=POLICIES,
-                        on_event=events.append)
+                        on_event=events.append, shm_policy="strict" if request.param == "shm" else "off")
     srv.counters = broker.Container("counters")
     srv.start()
-    srv.address = str(tmp_path / "srv.sock") if request.param == "unix" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
+    srv.address = f"tcp://127.0.0.1:{srv.bound[1][1]}" if request.param == "tcp" else str(tmp_path / "srv.sock")
     srv.transport = request.param
+    srv.only_raw_clients = False  # set by a test whose clients all speak the raw protocol on the socket
     srv.recorded = events
     Service.held = []
     Counter.destroyed_names = []
     yield srv
+    carriers = {e.reason.split(";")[0] for e in events if e.kind == "connected"}
+    want = {"unix": "unix socket", "tcp": "tcp socket", "shm": "unix shared memory"}[request.param]
+    assert carriers <= {want, "unix socket"}, carriers  # a test's own raw or socket-only client may add "unix socket"
+    assert not carriers or want in carriers or srv.only_raw_clients, carriers
     for m in Service.held:
         if not m.completed:
             try:
@@ -255,7 +262,7 @@ def test_server_not_found_and_server_identity(server, tmp_path):
             connect(str(tmp_path / "nobody.sock"))
         with pytest.raises(broker.ServerNotFound):
             connect("tcp://127.0.0.1:1")
-        if server.transport == "unix":
+        if server.transport in ("unix", "shm"):
             with pytest.raises(broker.PermissionDenied, match="runs as uid"):
                 connect(server.address, server_uid=os.geteuid() + 1)
             with connect(server.address, server_uid=os.geteuid()) as s:
@@ -293,7 +300,7 @@ def test_client_death_with_outstanding_requests_and_subsessions(server):
 
 
 def raw_socket(server) -> socket.socket:
-    if server.transport == "unix":
+    if server.transport in ("unix", "shm"):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(server.address)
     else:
@@ -600,9 +607,10 @@ def test_a_busy_refusal_does_not_free_a_slot(server):
     """A client that ignores its slots: the refusal must not hand it an extra slot."""
     from broker._protocol import ClientConnection, Hello
 
+    server.only_raw_clients = True
     sock = raw_socket(server)
     proto = ClientConnection()
-    sock.sendall(proto.hello(Hello((1, 0, 0), slots=1)))
+    sock.sendall(proto.hello(Hello((1, 0, 0), slots=1, socket_only=True)))  # this test speaks on the socket
     while proto.state.value == "handshake":
         proto.receive(sock.recv(4096))
     statuses = {}

@@ -5,8 +5,8 @@ argument, the environment and `broker serve --shm-policy`.
 Clients are real processes (forked children), one of them a real second user.
 The rule itself (every branch, namespaces, audit sessions, reused pids) is
 tested in test_identity.py; here, that the server asks it the right question.
-Until the shared-memory transport exists every session travels on its socket,
-whatever the rule allows.
+A session the rule allows travels on its rings (test_shm_sessions.py); the
+others on their sockets.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_same_user_and_session_may_share_memory(tmp_path, caplog):
         with connect(str(tmp_path / "rule.sock")) as s:  # this process: same user, same everything
             assert s.send_receive(1, b"ab") == 2
             [row] = srv.sessions()
-            assert row["shm_allowed"] is True and row["transport"] == "socket"
+            assert row["shm_allowed"] is True and row["transport"] == "shared memory" and s.transport == "shared memory"
             assert row["rule"].startswith("shared memory: same user") and "(policy strict)" in row["rule"]
         [ev] = _connected(events)
         assert isinstance(ev.decision, broker.Decision) and ev.decision.shm and ev.decision.policy == "strict"

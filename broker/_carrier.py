@@ -1,0 +1,126 @@
+"""A session's pair of rings in shared memory: the carrier of its frames once
+the session rule allows it (DESIGN.md sections 3 and 4).
+
+Ring 0 carries the client's frames to the server, ring 1 the server's to the
+client. Each record is a piece of the same byte stream the socket would carry
+(the protocol's FrameReader does not care where a frame was cut), so a frame
+larger than a ring's biggest record is split, never refused. The server
+creates the segment and owns it; it sleeps on an eventfd (ring 0's consumer
+doorbell, passed to the client over the Unix socket with SCM_RIGHTS) among its
+other descriptors, and never blocks on a client's ring: what does not fit in
+ring 1 waits in memory and is retried. The client sleeps on ring 1's futex.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from collections import deque
+
+from ._errors import Empty, Full
+from ._ring import open_session_rings, session_rings
+
+DEFAULT_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
+
+
+class ServerRings:
+    """The server's side: consumer of ring 0, producer of ring 1."""
+
+    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, spin_us: float = 0.0) -> None:
+        self.rx, self.tx, self.nonce = session_rings(name, capacity, spin_us)
+        self.name = name
+        self.capacity = capacity
+        try:
+            self.doorbell = self.rx.fileno()  # an eventfd: the client writes it when we sleep
+        except BaseException:
+            self.close()
+            raise
+        self._chunk = self.tx.max_record
+        self.pending: deque[bytes] = deque()  # pieces that did not fit in ring 1 yet
+
+    def proof(self, nonce: bytes) -> bool:
+        """Did the client read the segment? (the nonce it echoed is the one we wrote)"""
+        return hmac.compare_digest(nonce, self.nonce)
+
+    def mapped(self) -> None:
+        """Both sides have mapped it: remove the name, so nobody else ever opens it."""
+        self.rx.unlink()
+
+    def write(self, frame: bytes) -> bool:
+        """Queue a frame for the client; True if it is all in the ring, False
+        if some waits (flush later). PeerGone if the client is gone."""
+        if self.pending:
+            self._split(memoryview(frame))
+            return self.flush()
+        view = memoryview(frame)
+        send, step = self.tx.send, self._chunk
+        for at in range(0, len(view), step):
+            try:
+                send(view[at : at + step], 0)
+            except Full:
+                self._split(view[at:])
+                return False
+        return True
+
+    def _split(self, view: memoryview) -> None:
+        step = self._chunk
+        self.pending.extend(bytes(view[at : at + step]) for at in range(0, len(view), step))
+
+    def flush(self) -> bool:
+        """Move what waits into ring 1 while it fits; True when nothing is left."""
+        pending, send = self.pending, self.tx.send
+        while pending:
+            try:
+                send(pending[0], 0)
+            except Full:
+                return False
+            pending.popleft()
+        return True
+
+    def read(self) -> list[bytes]:
+        """What the client wrote, or [] once armed (sleep on the doorbell).
+        PeerGone if the client died, Closed if it closed its side."""
+        while True:
+            try:
+                return self.rx.recv_many(timeout=0)
+            except Empty:
+                if self.rx.arm():
+                    return []
+
+    def clear_doorbell(self) -> None:
+        try:
+            os.read(self.doorbell, 8)
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for ring in (getattr(self, "rx", None), getattr(self, "tx", None)):
+            if ring is not None:
+                ring.close()  # rx's close also unlinks the name if it is still there
+
+
+class ClientRings:
+    """The client's side: producer of ring 0, consumer of ring 1."""
+
+    def __init__(self, name: str, doorbell: int, spin_us: float) -> None:
+        self.tx, self.rx, self.nonce = open_session_rings(name, spin_us)
+        self.doorbell = doorbell  # ours to close
+        self.tx.set_notify_fd(doorbell)
+        self._chunk = self.tx.max_record
+
+    def send(self, frame: bytes) -> None:
+        """Write a frame, waiting for room while the server lives (it never stops reading)."""
+        view = memoryview(frame)
+        send, step = self.tx.send, self._chunk
+        for at in range(0, len(view), step):
+            send(view[at : at + step])
+
+    def recv(self, timeout: float | None) -> bytes:
+        return self.rx.recv(timeout)
+
+    def close(self) -> None:
+        for ring in (self.tx, self.rx):
+            ring.close()
+        if self.doorbell >= 0:
+            os.close(self.doorbell)
+            self.doorbell = -1
+
