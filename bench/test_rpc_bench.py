@@ -20,7 +20,7 @@ from broker import _bench_rpc
 from broker.cli import main
 
 FIGURES = {"rtt_64", "strict_64", "pipelined_64", "rtt_64k"}
-TRANSPORTS = ("framework", "nospin", "unix", "pipe")
+TRANSPORTS = ("shm", "framework", "nospin", "unix", "pipe")
 
 
 def _children() -> set[int]:
@@ -48,7 +48,7 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert _bench_rpc.run(json_path=str(path), quick=True) == 0
     printed = capsys.readouterr()
     assert "fw/best" in printed.out and "targets met" in printed.out and "target for the framework" in printed.out
-    assert "[ 1/32]" in printed.err  # progress went to stderr
+    assert "[ 1/40]" in printed.err  # progress went to stderr
 
     data = json.loads(path.read_text())
     meta = data["meta"]

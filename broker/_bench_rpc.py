@@ -36,10 +36,13 @@ from ._client import Buffer, connect
 from ._server import Server
 from ._session import Message, Session
 
-TRANSPORTS = ("framework", "nospin", "unix", "pipe")
-LABELS = {"framework": "framework", "nospin": "fw spin 0", "unix": "AF_UNIX", "pipe": "Pipe"}
-FRAMEWORKS = ("framework", "nospin")  # the default (spin then sleep, 50 us) and spin_us=0 on both sides
-SPIN_US = {"framework": 50.0, "nospin": 0.0}
+TRANSPORTS = ("shm", "framework", "nospin", "unix", "pipe")
+LABELS = {"shm": "fw shm", "framework": "framework", "nospin": "fw spin 0", "unix": "AF_UNIX", "pipe": "Pipe"}
+# the framework three ways: a shared-memory session (the session rule allows it here), a socket session
+# with the defaults (spin then sleep, 50 us), and a socket session with spin_us=0 on both sides
+FRAMEWORKS = ("shm", "framework", "nospin")
+SPIN_US = {"shm": 50.0, "framework": 50.0, "nospin": 0.0}
+POLICY = {"shm": "strict", "framework": "off", "nospin": "off"}
 BASELINES = ("unix", "pipe")
 REPEATS = 3
 SMALL = 64
@@ -70,11 +73,11 @@ class _Bench(Session):
 # ---- the framework's server in a child ---------------------------------------------
 
 
-def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...], spin_us: float) -> None:
+def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...], spin_us: float, policy: str) -> None:
     """Child: serve at `path` until the parent closes its end of the control pipe."""
     for fd in parent_fds:
         os.close(fd)
-    srv = Server(path, _Bench, spin_us=spin_us)
+    srv = Server(path, _Bench, spin_us=spin_us, shm_policy=policy)
     srv.start()
     try:
         os.write(ready_w, b"R")
@@ -85,7 +88,7 @@ def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...], spi
 
 
 @contextmanager
-def _server(tmpdir: str, spin_us: float) -> Iterator[str]:
+def _server(tmpdir: str, spin_us: float, policy: str) -> Iterator[str]:
     """A broker.Server in a forked child for the duration of the block; its address."""
     path = os.path.join(tmpdir, "rpc.sock")
     ready_r, ready_w = os.pipe()
@@ -93,7 +96,7 @@ def _server(tmpdir: str, spin_us: float) -> Iterator[str]:
     fds = {ready_r, ready_w, ctl_r, ctl_w}
     try:
         gc.collect()
-        with _child(_serve, path, ready_w, ctl_r, (ready_r, ctl_w), spin_us):
+        with _child(_serve, path, ready_w, ctl_r, (ready_r, ctl_w), spin_us, policy):
             for fd in (ready_w, ctl_r):
                 os.close(fd)
                 fds.discard(fd)
@@ -117,8 +120,11 @@ def _server(tmpdir: str, spin_us: float) -> Iterator[str]:
 def _framework(tmpdir: str, transport: str, fn: Callable[..., Any], *args: Any, slots: int = 4) -> Any:
     """fn(session, *args) in this process against a server in a child (both with the transport's spin)."""
     spin = SPIN_US[transport]
-    with _server(tmpdir, spin) as path:
+    with _server(tmpdir, spin, POLICY[transport]) as path:
         s = connect(path, slots=slots, spin_us=spin)
+        if s.transport != ("shared memory" if transport == "shm" else "socket"):
+            s.close()
+            raise RuntimeError(f"the {LABELS[transport]} session travels on {s.transport}")
         try:
             return fn(s, *args)
         finally:
@@ -316,9 +322,10 @@ def _figures() -> list[Figure]:
         Figure("rtt_64", "64 B echo round trip", "us", counts={t: 20_000 for t in TRANSPORTS},
                metrics=("p50", "p99", "p99.9")),
         Figure("strict_64", "64 B strict ping-pong", "req/s",
-               counts={"framework": 20_000, "nospin": 10_000, "unix": 30_000, "pipe": 30_000}),
+               counts={"shm": 50_000, "framework": 20_000, "nospin": 10_000, "unix": 30_000, "pipe": 30_000}),
         Figure("pipelined_64", f"64 B pipelined, window {WINDOW}", "req/s",
-               counts={"framework": 60_000, "nospin": 30_000, "unix": 300_000, "pipe": 200_000}, pipelined=True),
+               counts={"shm": 100_000, "framework": 60_000, "nospin": 30_000, "unix": 300_000, "pipe": 200_000},
+               pipelined=True),
         Figure("rtt_64k", "64 KiB request round trip", "us", BIG, counts={t: 5_000 for t in TRANSPORTS},
                metrics=("p50",)),
     ]
@@ -433,7 +440,8 @@ def table(result: dict[str, Any]) -> str:
                          _ratio_s(fig["ratio"]), _target_s(fig.get("target"))))
     lines += _bench_ring.render_rows(rows)
     lines += ["",
-              "framework: the defaults (client and server spin 50 us before they sleep); fw spin 0: spin_us=0 on both",
+              "fw shm: a shared-memory session; framework: a socket session with the defaults (client and server",
+              "spin 50 us before they sleep); fw spin 0: a socket session, spin_us=0 on both",
               "fw/best: the framework's figure over the best baseline's (req/s: >1 is better; latency: <1 is better)",
               f"64 KiB: the request carries 64 KiB, the reply its length; pipelined: {WINDOW} requests in flight "
               f"(framework: send() futures, slots={SLOTS})"]

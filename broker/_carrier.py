@@ -77,14 +77,22 @@ class ServerRings:
         return True
 
     def read(self) -> list[bytes]:
-        """What the client wrote, or [] once armed (sleep on the doorbell).
-        PeerGone if the client died, Closed if it closed its side."""
-        while True:
-            try:
-                return self.rx.recv_many(timeout=0)
-            except Empty:
-                if self.rx.arm():
-                    return []
+        """What the client wrote, or [] (nothing now). PeerGone if the client
+        died, Closed if it closed its side."""
+        try:
+            return self.rx.recv_many(timeout=0)
+        except Empty:
+            return []
+
+    def ready(self) -> bool:
+        """Something to read now (a spinning server looks without a system call)."""
+        return self.rx.ready()
+
+    def arm(self) -> bool:
+        """Before sleeping on the doorbell: True if armed (the client will ring
+        it), False if records are already there (read them first). While the
+        server is not armed, the client's writes make no system call."""
+        return self.rx.arm()
 
     def clear_doorbell(self) -> None:
         try:

@@ -792,6 +792,11 @@ class _Side:
             return False
         return True
 
+    def ready(self) -> bool:
+        """Consumer: is there something to look at (a record, or the producer's
+        end) right now? One short look, never a wait; for a poller that spins."""
+        return lib.brk_spin_data(self._need("consumer"), 0) != _TIMEOUT
+
     def arm(self) -> bool:
         """Consumer: announce that we will sleep on fileno(). True: poll it;
         False: records are already waiting, read them first."""

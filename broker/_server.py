@@ -124,7 +124,11 @@ class _Conn:
                 self._close_with(f"protocol error: {e}")
                 return
             if not records:
-                return
+                # a threaded server spins unarmed and arms every ring before it sleeps (_arm_rings);
+                # inside asyncio there is no spin: arm now, and read again if records came meanwhile
+                if self.server._aloop is None or rings.arm():
+                    return
+                continue
             self._on_data(records[0] if len(records) == 1 else b"".join(records))
 
     def _on_data(self, data: bytes | memoryview) -> None:
@@ -437,6 +441,7 @@ class Server:
         self.shm_capacity = shm_capacity  # of each of a session's two rings
         self.server_id = f"s{os.getpid()}"  # in the names of its segments
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
+        self._ring_conns: set[_Conn] = set()  # sessions on rings (threaded loop: spun on, armed before sleeping)
         self.uid = os.geteuid()
         self._on_event = [on_event] if on_event else []
         self._events: queue.Queue[SessionEvent] | None = None
@@ -644,18 +649,29 @@ class Server:
         try:
             spin_ns, ns = self.spin_ns, time.perf_counter_ns
             ready: list[Any] = []
+            busy = False
             while not self._stopping:
                 idle = 0.001 if self._pending_rings else 1.0  # what waits for room in a ring is retried soon
-                if ready and spin_ns:  # spin then sleep: more is likely to come soon after a request
+                ready = []
+                was_busy, busy = busy, False
+                if was_busy and spin_ns:  # spin then sleep: more is likely to come soon after a request
                     end = ns() + spin_ns
-                    ready = sel.select(0)
-                    while not ready and ns() < end:
-                        os.sched_yield()  # a client may be waiting for this CPU
+                    while True:
                         ready = sel.select(0)
-                    if not ready:
+                        if ready:
+                            break
+                        if self._ring_conns and self._poll_rings():  # rings are looked at without a system call
+                            busy = True
+                            break
+                        if ns() >= end:
+                            break
+                        os.sched_yield()  # a client may be waiting for this CPU
+                if not ready and not busy:
+                    if self._arm_rings():  # every ring armed: its client rings the doorbell
                         ready = sel.select(timeout=idle)
-                else:
-                    ready = sel.select(timeout=idle)
+                    else:
+                        busy = True  # records came as we armed: served, spin again
+                busy = busy or bool(ready)
                 for key, mask in ready:
                     kind, obj = key.data
                     if kind == "ring":
@@ -715,9 +731,39 @@ class Server:
                 assert self._sel is not None
                 self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
 
+    def _poll_rings(self) -> bool:
+        """Serve every ring session with something to read; True if any had."""
+        served = False
+        for conn in list(self._ring_conns):
+            rings = conn.rings
+            try:
+                has = rings is not None and rings.ready()
+            except BrokerError:
+                has = True  # on_ring finds out what it is and ends the session
+            if has:
+                conn.on_ring()
+                served = True
+        return served
+
+    def _arm_rings(self) -> bool:
+        """Before sleeping: arm every ring session's doorbell; False if one had records (now served)."""
+        armed = True
+        for conn in list(self._ring_conns):
+            rings = conn.rings
+            try:
+                ok = rings is None or rings.arm()
+            except BrokerError:
+                ok = False
+            if not ok:
+                conn.on_ring()
+                armed = False
+        return armed
+
     def _watch_rings(self, conn: _Conn) -> None:
         """Poll the session's doorbell with everything else."""
         assert conn.rings is not None
+        if self._aloop is None:
+            self._ring_conns.add(conn)
         fd = conn.rings.doorbell
         if self._aloop is not None:
             self._aloop.add_reader(fd, conn.on_ring)
@@ -759,6 +805,7 @@ class Server:
         self._conns.discard(conn)
         self._conns_open.discard(conn)
         self._pending_rings.discard(conn)
+        self._ring_conns.discard(conn)
         if conn.on_rings and conn.rings is not None:
             fd = conn.rings.doorbell
             try:
