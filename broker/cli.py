@@ -198,8 +198,7 @@ def demo() -> int:
 
     def on_event(ev: SessionEvent) -> None:
         if ev.kind == "connected" and ev.decision is not None:
-            print(f"  session {ev.peer.connection_id} ({ev.peer.transport}) connected; session rule: {ev.decision}",
-                  flush=True)
+            print(f"  session {ev.peer.connection_id} connected: {ev.reason}", flush=True)
 
     def holding(fn: Any) -> tuple[int, int]:
         """fn() in a child that then keeps its sessions open until released: (pid, release fd)."""
@@ -233,8 +232,7 @@ def demo() -> int:
         with Server(path, ServicesSession.factory(KeyValueStore()), tcp="tcp://127.0.0.1:0", on_event=on_event) as srv:
             tcp = f"tcp://127.0.0.1:{srv.bound[1][1]}"
             print(f"broker demo: a server at {path} and {tcp} (echo and key-value services)")
-            print("(this version carries every session on its socket; the session rule already decides which may"
-                  " share memory)")
+            print("(sessions the session rule allows travel on shared-memory rings, the others on their sockets)")
 
             def writer(hold: Any) -> None:
                 with connect(path) as s, KeyValueClient(s).open("orders") as t:

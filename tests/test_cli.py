@@ -181,6 +181,8 @@ def test_demo_runs_the_main_job():
     assert "put 1000 entries into the shared table 'orders'" in out
     assert "over TCP sees 1000 entries; order-999 = b'pending 999'" in out
     assert "session rule: socket: TCP never gets shared memory" in out
-    assert "session rule: shared memory: same user" in out
+    assert "connected: unix shared memory; session rule: shared memory: same user" in out
+    assert "connected: tcp socket; session rule: socket: TCP never gets shared memory" in out
+    assert "unix shared memory" in out.split("broker stat:")[1]  # the stat table's carrier column
     assert "64 B echo round trip, 5000 calls: p50" in out
     assert "4 sessions (* this one)" in out
