@@ -409,13 +409,9 @@ class ClientSession:
             except BlockingIOError:
                 return
             except OSError as e:
-                self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
+                n = e  # type: ignore[assignment]
+            if not self._received(n):
                 return
-            if not n:
-                self._fail(ServerGone(f"the server at {self.address} closed the connection"))
-                return
-            with memoryview(self._inbuf) as view:
-                self._dispatch(view[:n])
 
     def _background(self) -> None:
         """From now on a reader thread reads the socket (at once, or when the
@@ -464,13 +460,22 @@ class ClientSession:
             except BlockingIOError:
                 continue  # poll() said readable, yet nothing: look again
             except OSError as e:
-                self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
+                n = e  # type: ignore[assignment]
+            if not self._received(n):
                 return
-            if not n:
-                self._fail(ServerGone(f"the server at {self.address} closed the connection"))
-                return
-            with memoryview(buf) as view:
-                self._dispatch(view[:n])
+
+    def _received(self, n: "int | OSError") -> bool:
+        """What one read of the socket gave: `n` bytes into the buffer (dispatched),
+        or the end of the connection (the session fails). False when it ended."""
+        if isinstance(n, OSError):
+            self._fail(ServerGone(f"the connection to {self.address} broke: {n}"))
+            return False
+        if not n:
+            self._fail(ServerGone(f"the server at {self.address} closed the connection"))
+            return False
+        with memoryview(self._inbuf) as view:
+            self._dispatch(view[:n])
+        return True
 
     def _read_rings(self, fut: Any, deadline: float | None) -> None:
         """_read_inline on a shared-memory session: the reply ring spins, then sleeps on
@@ -516,17 +521,13 @@ class ClientSession:
                 self._dispatch(data)
             return
         buf = self._inbuf  # from now on only this thread reads the socket
-        view = memoryview(buf)
         while True:
             try:
                 n = self._sock.recv_into(buf)
             except OSError as e:
-                self._fail(ServerGone(f"the connection to {self.address} broke: {e}"))
+                n = e  # type: ignore[assignment]
+            if not self._received(n):
                 return
-            if not n:
-                self._fail(ServerGone(f"the server at {self.address} closed the connection"))
-                return
-            self._dispatch(view[:n])
             if self._broken is not None:
                 return
 

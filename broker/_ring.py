@@ -217,10 +217,7 @@ def _open_segment(name: str, timeout: float) -> _shm.Mapping:
     deadline = time.monotonic() + timeout
     while True:
         mapping = _shm.open_existing(name)
-        hdr = ffi.new("struct brk_seg_hdr *")
-        base = _from_buffer(mapping.mm)
-        rc = lib.brk_seg_check(base, mapping.size, hdr)
-        ffi.release(base)
+        rc, _hdr = _seg_header(mapping)
         if rc == 0:
             return mapping
         mapping.close()
@@ -229,13 +226,18 @@ def _open_segment(name: str, timeout: float) -> _shm.Mapping:
         time.sleep(0.001)
 
 
-def _nonce(mapping: _shm.Mapping) -> bytes:
+def _seg_header(mapping: _shm.Mapping) -> tuple[int, Any]:
+    """brk_seg_check's outcome and the header it copied out (valid when the outcome is 0)."""
     hdr = ffi.new("struct brk_seg_hdr *")
     base = _from_buffer(mapping.mm)
     try:
-        rc = lib.brk_seg_check(base, mapping.size, hdr)
+        return lib.brk_seg_check(base, mapping.size, hdr), hdr
     finally:
         ffi.release(base)
+
+
+def _nonce(mapping: _shm.Mapping) -> bytes:
+    rc, hdr = _seg_header(mapping)
     if rc:
         raise _error(rc, f"reading {mapping.name}")
     return bytes(ffi.buffer(hdr.nonce, lib.BRK_NONCE_BYTES))
@@ -290,12 +292,7 @@ def sweep(remove: bool = True) -> list[tuple[str, str]]:
         except SegmentError:
             continue  # another user's, gone meanwhile, or not a sane segment: not ours to judge
         try:
-            hdr = ffi.new("struct brk_seg_hdr *")
-            base = _from_buffer(mapping.mm)
-            try:
-                rc = lib.brk_seg_check(base, mapping.size, hdr)
-            finally:
-                ffi.release(base)
+            rc, hdr = _seg_header(mapping)
         finally:
             mapping.close()
         if rc != 0:
