@@ -98,6 +98,8 @@ class _Conn:
             n = 0
         data = memoryview(self.inbuf)[:n]
         if not n:
+            if self.on_rings:
+                self.on_ring()  # its last frames (a CLOSE) may still wait in the ring: they say how it ended
             self.end("closed" if self.client_closed else "died")
             return
         if self.on_rings:  # the socket is only the death signal now
