@@ -342,6 +342,8 @@ class _Conn:
                         self.server._rings_pending(self)
                 except (PeerGone, Closed):
                     self.server._call_soon(lambda: self.end("died"))
+                except BrokerError as e:  # Corrupt: the client scribbled on ring 1; only its session ends
+                    self.server._call_soon(lambda: self.end(f"protocol error: {e}"))
                 return
             if self.out or self.batching or self.ended:
                 self.out += frame  # sent after what is queued, or with the batch
@@ -790,6 +792,9 @@ class Server:
                 done = conn.rings.flush()
             except (PeerGone, Closed):
                 self._call_soon(lambda: conn.end("died"))
+                return True
+            except BrokerError as e:  # Corrupt: only this session ends
+                self._call_soon(lambda: conn.end(f"protocol error: {e}"))
                 return True
         if not done and self._aloop is not None:
             self._aloop.call_later(0.001, self._flush_ring, conn)

@@ -15,6 +15,8 @@ import signal
 import tempfile
 import time
 
+import pytest
+
 import broker
 from broker import Buffer, connect
 
@@ -33,6 +35,13 @@ class Echo(broker.Session):
             pass  # never completed: its client is killed
         else:
             super().service(m)
+
+
+class _Never:
+    """A reply nobody sends: the session's own reader reads until the session ends."""
+
+    def done(self) -> bool:
+        return False
 
 
 def _session_maps(pid: int | str = "self") -> list[str]:
@@ -180,3 +189,30 @@ def test_socket_cells_never_see_a_segment(tmp_path, other_user):
                     time.sleep(0.01)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_client_that_scribbles_on_its_ring_ends_only_its_own_session(tmp_path):
+    """Untrusted shared memory: the client sets ring 0's producer position to
+    something impossible; the server refuses it (Corrupt), ends that session
+    with the reason, and serves the others."""
+    path = str(tmp_path / "s.sock")
+    events: list[broker.SessionEvent] = []
+    with broker.Server(path, Echo, on_event=events.append):
+        def scribbler() -> None:
+            s = connect(path)
+            assert s.transport == "shared memory"
+            out = Buffer(4)
+            assert s.send_receive(ECHO, b"ok", out) == 2
+            s._rings.tx._h.hdr.tail = 1 << 62  # the position the server reads, out of all bounds
+            os.write(s._rings.doorbell, (1).to_bytes(8, "little"))  # and ring, as a write would
+            # no request after it (a write would put the true position back): read until the server's answer
+            s._read_inline(_Never(), 10)
+            assert isinstance(s._broken, broker.ServerGone) and "corrupt" in str(s._broken), s._broken
+            with pytest.raises(broker.ServerGone, match="corrupt"):
+                s.send_receive(ECHO, b"more", Buffer(8))  # and every later call says why
+            s.close()
+
+        _run(scribbler)
+        _run(lambda: _echo_ok(path))
+    [ended] = [e for e in events if e.kind == "disconnected" and "corrupt" in e.reason]
+    assert ended.reason.startswith("protocol error: recv_many on /brk.")
