@@ -216,3 +216,55 @@ def test_a_client_that_scribbles_on_its_ring_ends_only_its_own_session(tmp_path)
         _run(lambda: _echo_ok(path))
     [ended] = [e for e in events if e.kind == "disconnected" and "corrupt" in e.reason]
     assert ended.reason.startswith("protocol error: recv_many on /brk.")
+
+
+def _carrier_in_child(path: str, prepare, want: str) -> None:
+    """Child: prepare() (a namespace, a login session), then a session that must travel on `want`."""
+    problem = prepare()
+    if problem:
+        os._exit(77)  # the kernel cannot do it here: the parent skips
+    with connect(path) as s:
+        assert s.transport == want, s.transport
+        out = Buffer(8)
+        assert s.send_receive(ECHO, b"cell", out) == 4 and out.value == b"cell"
+        if want == "socket":
+            assert _session_maps() == []
+
+
+def _cell(path: str, prepare, want: str) -> None:
+    code = Child(lambda: _carrier_in_child(path, prepare, want)).join(60)
+    if code == 77:
+        pytest.skip("this kernel cannot set up the cell")
+    assert code == 0, "the client process failed (traceback above)"
+
+
+def test_a_client_in_its_own_ipc_and_mount_namespace_gets_the_socket(tmp_path):
+    from .test_identity import CLONE_NEWIPC, CLONE_NEWNS, private_shm_namespace, require_unshare
+
+    require_unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    path = str(tmp_path / "s.sock")
+    events: list[broker.SessionEvent] = []
+    with broker.Server(path, Echo, on_event=events.append):
+        _cell(path, lambda: private_shm_namespace() or "", "socket")
+        assert not [e for e in os.listdir("/dev/shm") if ".session." in e]
+    [ev] = [e for e in events if e.kind == "connected"]
+    assert ev.reason.startswith("unix socket") and "different mount and ipc namespaces" in ev.decision.reason
+
+
+def test_another_login_session_gets_the_socket_unless_the_policy_is_same_user(tmp_path):
+    from .test_identity import new_login_session, require_audit_sessions
+
+    require_audit_sessions()
+
+    def login() -> str:
+        before, after, problem = new_login_session()
+        return "" if after != before else (problem or "unchanged")
+
+    for policy, want, reason in [("strict", "socket", "different login session"),
+                                 ("same-user", "shared memory", "login session not checked")]:
+        path = str(tmp_path / f"{policy}.sock")
+        events: list[broker.SessionEvent] = []
+        with broker.Server(path, Echo, on_event=events.append, shm_policy=policy):
+            _cell(path, login, want)
+        [ev] = [e for e in events if e.kind == "connected"]
+        assert reason in ev.decision.reason and ev.reason.startswith(f"unix {want}"), ev.reason
