@@ -51,6 +51,7 @@ from ._session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
 _MAX_FDS = 4  # descriptors accepted with one message (an offer brings one)
+_BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 _DONTWAIT = socket.MSG_DONTWAIT
 _ns = time.perf_counter_ns
 _yield = os.sched_yield
@@ -586,15 +587,19 @@ class ClientSession:
 
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
             timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None,
-            spin_us: float = 50.0) -> ClientSession:
+            spin_us: float = 50.0, busy_poll: bool = False) -> ClientSession:
     """Open a session with the server at `address` (a name, a Unix socket path, or tcp://host:port).
 
     spin_us: how long a synchronous call polls for its reply before it sleeps
     (0: sleep at once; a reply within that time saves a sleep and a wake-up).
+    busy_poll: poll for replies without ever sleeping (latency mode: the
+    waiting thread keeps its core busy); off by default.
 
     server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets)."""
     if not spin_us >= 0:
         raise ValueError("spin_us must be >= 0")
+    if busy_poll:
+        spin_us = _BUSY_POLL_US
     addr = _address.parse(address)
     fds: list[int] = []  # descriptors the server passed (the doorbell of an offer)
     rings: ClientRings | None = None

@@ -422,13 +422,16 @@ class Server:
     spin_us: after serving, the loop polls this long for more before it sleeps
     (0: sleep at once); a request within that time costs no wake-up. It
     spins only after activity, so an idle server uses no CPU.
+    busy_poll: poll without ever sleeping (latency mode: one core stays busy,
+    idle or not); off by default.
     """
 
     def __init__(self, address: str, session: Callable[[Any, Peer], Session] = Session, *,
                  tcp: str | None = None, version: tuple[int, int, int] = (1, 0, 0), max_sessions: int = 1024,
                  max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
-                 spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY) -> None:
+                 spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY,
+                 busy_poll: bool = False) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -440,6 +443,7 @@ class Server:
         if not spin_us >= 0:
             raise ValueError("spin_us must be >= 0")
         self.spin_ns = int(spin_us * 1000)  # after serving, poll this long before sleeping (0: sleep at once)
+        self.busy_poll = bool(busy_poll)  # never sleep: the lowest latency, a core always busy
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
         self.shm_capacity = shm_capacity  # of each of a session's two rings
@@ -658,8 +662,8 @@ class Server:
                 idle = 0.001 if self._pending_rings else 1.0  # what waits for room in a ring is retried soon
                 ready = []
                 was_busy, busy = busy, False
-                if was_busy and spin_ns:  # spin then sleep: more is likely to come soon after a request
-                    end = ns() + spin_ns
+                if self.busy_poll or (was_busy and spin_ns):  # spin then sleep: more is likely to come soon
+                    end = ns() + spin_ns if not self.busy_poll else 1 << 62
                     while True:
                         ready = sel.select(0)
                         if ready:
@@ -667,7 +671,7 @@ class Server:
                         if self._ring_conns and self._poll_rings():  # rings are looked at without a system call
                             busy = True
                             break
-                        if ns() >= end:
+                        if ns() >= end or self._stopping:
                             break
                         os.sched_yield()  # a client may be waiting for this CPU
                 if not ready and not busy:

@@ -268,3 +268,27 @@ def test_another_login_session_gets_the_socket_unless_the_policy_is_same_user(tm
             _cell(path, login, want)
         [ev] = [e for e in events if e.kind == "connected"]
         assert reason in ev.decision.reason and ev.reason.startswith(f"unix {want}"), ev.reason
+
+
+@pytest.mark.parametrize("policy", ["strict", "off"])  # shared memory, and the socket
+def test_busy_poll_mode_gives_the_same_results_and_stops(tmp_path, policy):
+    path = str(tmp_path / "s.sock")
+    srv = broker.Server(path, Echo, busy_poll=True, shm_policy=policy)
+    srv.start()
+    try:
+        def client() -> None:
+            with connect(path, busy_poll=True) as s:
+                assert s.transport == ("shared memory" if policy == "strict" else "socket")
+                for i in range(200):
+                    out = Buffer(8)
+                    assert s.send_receive(ECHO, b"%d" % i, out) == len(b"%d" % i) and out.value == b"%d" % i
+                fs = [s.send(ECHO, b"f%d" % i, Buffer(8)) for i in range(4)]
+                assert [f.result(10) for f in fs] == [2, 2, 2, 2]
+                with pytest.raises(broker.Timeout):
+                    s.send_receive(HOLD, timeout=0.05)  # a deadline still ends a busy wait
+
+        _run(client)
+    finally:
+        thread = srv._thread
+        srv.stop()  # a busy-polling loop still sees the stop
+        assert thread is not None and not thread.is_alive()
