@@ -19,7 +19,7 @@ import broker
 from broker import _bench_rpc
 from broker.cli import main
 
-FIGURES = {"rtt_64", "strict_64", "pipelined_64", "rtt_64k"}
+FIGURES = {"rtt_64", "strict_64", "pipelined_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}
 TRANSPORTS = ("shm", "framework", "nospin", "unix", "pipe")
 
 
@@ -48,7 +48,7 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert _bench_rpc.run(json_path=str(path), quick=True) == 0
     printed = capsys.readouterr()
     assert "fw/best" in printed.out and "targets met" in printed.out and "target for the framework" in printed.out
-    assert "[ 1/40]" in printed.err  # progress went to stderr
+    assert "[ 1/50]" in printed.err  # progress went to stderr
 
     data = json.loads(path.read_text())
     meta = data["meta"]

@@ -165,32 +165,42 @@ def _check(got: Any, want: Any, what: str) -> None:
 # ---- round-trip latency (figures 1 and 4) --------------------------------------------
 
 
-def _lat_framework(s: Any, rounds: int, warmup: int, size: int) -> list[int]:
-    clock, call, out = time.perf_counter_ns, s.send_receive, []
+def _payload(size: int) -> bytes:
+    return BIG_PAYLOAD if size == BIG else (PAYLOAD * (size // SMALL + 1))[:size]
+
+
+def _lat_framework(s: Any, rounds: int, warmup: int, size: int, gap: float = 0.0) -> list[int]:
+    clock, call, out, sleep = time.perf_counter_ns, s.send_receive, [], time.sleep
     if size == SMALL:
         for _ in range(rounds):
             buf = Buffer(SMALL)  # a fresh one each time: a Buffer with content would travel as READWRITE
+            if gap:
+                sleep(gap)  # idle between requests: both sides stop spinning and sleep
             t0 = clock()
             status = call(ECHO, PAYLOAD, buf)
             t1 = clock()
             out.append(t1 - t0)
         _check((status, buf.value), (0, PAYLOAD), "framework echo")
     else:
-        data = BIG_PAYLOAD
+        data = _payload(size)
         for _ in range(rounds):
+            if gap:
+                sleep(gap)
             t0 = clock()
             status = call(SINK, data)
             t1 = clock()
             out.append(t1 - t0)
-        _check(status, size, "framework 64 KiB request")
+        _check(status, size, f"framework {size}-byte request")
     return out[warmup:]
 
 
 def _lat_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes], rounds: int, warmup: int,
-                  size: int) -> list[int]:
-    clock, out = time.perf_counter_ns, []
-    m = PAYLOAD if size == SMALL else BIG_PAYLOAD
+                  size: int, gap: float = 0.0) -> list[int]:
+    clock, out, sleep = time.perf_counter_ns, [], time.sleep
+    m = PAYLOAD if size == SMALL else _payload(size)
     for _ in range(rounds):
+        if gap:
+            sleep(gap)
         t0 = clock()
         send(m)
         r = recv()
@@ -200,13 +210,13 @@ def _lat_baseline(send: Callable[[bytes], Any], recv: Callable[[], bytes], round
     return out[warmup:]
 
 
-def _latency(tmpdir: str, transport: str, count: int, size: int) -> dict[str, Any]:
+def _latency(tmpdir: str, transport: str, count: int, size: int, gap: float = 0.0) -> dict[str, Any]:
     warmup = max(count // 10, 10)
     rounds = warmup + count
     if transport in FRAMEWORKS:
-        ns = _framework(tmpdir, transport, _lat_framework, rounds, warmup, size)
+        ns = _framework(tmpdir, transport, _lat_framework, rounds, warmup, size, gap)
     else:
-        ns = _baseline(transport, _echo if size == SMALL else _sink, _lat_baseline, rounds, warmup, size)
+        ns = _baseline(transport, _echo if size == SMALL else _sink, _lat_baseline, rounds, warmup, size, gap)
     return {**_latency_stats(ns), "warmup": warmup}
 
 
@@ -315,6 +325,7 @@ class Figure:
     counts: dict[str, int] = field(default_factory=dict)  # per transport, at scale 1
     pipelined: bool = False
     metrics: tuple[str, ...] = ()  # latency: the percentiles in the table
+    gap: float = 0.0  # latency: seconds idle before each request
 
 
 def _figures() -> list[Figure]:
@@ -326,6 +337,10 @@ def _figures() -> list[Figure]:
         Figure("pipelined_64", f"64 B pipelined, window {WINDOW}", "req/s",
                counts={"shm": 100_000, "framework": 60_000, "nospin": 30_000, "unix": 300_000, "pipe": 200_000},
                pipelined=True),
+        Figure("rtt_64_gap", "64 B echo round trip, 1 ms idle gaps", "us", counts={t: 2_000 for t in TRANSPORTS},
+               metrics=("p50", "p99"), gap=0.001),
+        Figure("rtt_1m", "1 MiB request round trip", "us", 1 << 20, counts={t: 500 for t in TRANSPORTS},
+               metrics=("p50",)),
         Figure("rtt_64k", "64 KiB request round trip", "us", BIG, counts={t: 5_000 for t in TRANSPORTS},
                metrics=("p50",)),
     ]
@@ -367,14 +382,15 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     tmpdir = tempfile.mkdtemp(prefix="broker-bench-rpc-")
     try:
         for fig in figs:
-            entry: dict[str, Any] = {"title": fig.title, "unit": fig.unit, "size": fig.size,
+            entry: dict[str, Any] = {"title": fig.title, "unit": fig.unit, "size": fig.size, "gap": fig.gap,
+                                     "metrics": list(fig.metrics),
                                      "better": "lower" if fig.unit == "us" else "higher", "results": {}}
             results = entry["results"]
             if fig.unit == "us":
                 for t in TRANSPORTS:
                     n = _count(fig, t, factor)
                     progress.start(f"{fig.title} - {LABELS[t]}")
-                    results[t] = {**_latency(tmpdir, t, n, fig.size), "count": n}
+                    results[t] = {**_latency(tmpdir, t, n, fig.size, fig.gap), "count": n}
                     progress.end(f"p50 {results[t]['p50']:.1f} us, p99.9 {results[t]['p99.9']:.1f} us")
                 entry["ratio"] = {m: _ratio(fig, results, m) for m in ("p50", "p90", "p99", "p99.9")}
             else:
@@ -431,7 +447,7 @@ def table(result: dict[str, Any]) -> str:
     for key, fig in result["figures"].items():
         unit, res = fig["unit"], fig["results"]
         if unit == "us":
-            metrics = ("p50", "p99", "p99.9") if key == "rtt_64" else ("p50",)
+            metrics = tuple(fig.get("metrics") or ("p50",))
             for metric in metrics:
                 rows.append((f"{fig['title']} {metric}", "us (lower)", *(_fmt(res[t][metric], unit) for t in TRANSPORTS),
                              _ratio_s(fig["ratio"][metric]), _target_s(fig.get("target") if metric == "p50" else None)))
