@@ -190,6 +190,7 @@ class _Conn:
             self._connected_event()
             return
         self._connected = (session, d)
+        srv._offered(self)
         with self.lock:
             self._flush()  # the WELCOME first: the offer carries a descriptor, so it goes by itself
             offer = self.proto.offer_shm(self.rings.capacity, self.rings.name)
@@ -208,6 +209,7 @@ class _Conn:
         """The client mapped the rings (and proves it) or could not."""
         rings, (session, d) = self.rings, self._connected or (None, None)
         assert rings is not None and d is not None
+        self.server._offers.pop(self, None)
         if isinstance(ev, ShmAccept):
             if not rings.proof(ev.nonce):
                 self._close_with("protocol error: the nonce does not match the segment's")
@@ -394,12 +396,12 @@ class _Conn:
             self.ended = True
         srv = self.server
         srv._forget(self)
+        if self.rings is not None:
+            self.rings.close()  # the client reads what is there, then Closed; gone before the socket closes
         try:
             self.sock.close()
         except OSError:
             pass
-        if self.rings is not None:
-            self.rings.close()  # the client reads what is there, then Closed
         session = self.session
         if session is not None:
             for obj in session.objects.clear():
@@ -431,7 +433,7 @@ class Server:
                  max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
                  spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY,
-                 busy_poll: bool = False) -> None:
+                 busy_poll: bool = False, offer_timeout: float = 10.0) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -444,6 +446,8 @@ class Server:
             raise ValueError("spin_us must be >= 0")
         self.spin_ns = int(spin_us * 1000)  # after serving, poll this long before sleeping (0: sleep at once)
         self.busy_poll = bool(busy_poll)  # never sleep: the lowest latency, a core always busy
+        self.offer_timeout = offer_timeout  # seconds a client has to answer SHM_OFFER, its segment reserved meanwhile
+        self._offers: dict[_Conn, float] = {}  # sessions whose offer awaits its answer: their deadline
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
         self.shm_capacity = shm_capacity  # of each of a session's two rings
@@ -659,7 +663,8 @@ class Server:
             ready: list[Any] = []
             busy = False
             while not self._stopping:
-                idle = 0.001 if self._pending_rings else 1.0  # what waits for room in a ring is retried soon
+                # what waits for room in a ring is retried soon; an offer's deadline is looked at often
+                idle = 0.001 if self._pending_rings else 0.05 if self._offers else 1.0
                 ready = []
                 was_busy, busy = busy, False
                 if self.busy_poll or (was_busy and spin_ns):  # spin then sleep: more is likely to come soon
@@ -698,6 +703,8 @@ class Server:
                 self._run_soon()
                 if self._pending_rings:
                     self._flush_rings()
+                if self._offers:
+                    self._expire_offers()
         finally:
             self._shutdown()
 
@@ -767,6 +774,26 @@ class Server:
                 armed = False
         return armed
 
+    def _offered(self, conn: _Conn) -> None:
+        """An offer went out: its answer is due within offer_timeout, or the session ends."""
+        if self._aloop is not None:
+            self._aloop.call_later(self.offer_timeout, self._offer_expired, conn)
+        else:
+            self._offers[conn] = time.monotonic() + self.offer_timeout
+
+    def _offer_expired(self, conn: _Conn) -> None:
+        if conn.proto.offered and not conn.ended:
+            conn._close_with(f"protocol error: no answer to SHM_OFFER within {self.offer_timeout:g} s")
+
+    def _expire_offers(self) -> None:
+        now = time.monotonic()
+        for conn, deadline in list(self._offers.items()):
+            if conn.ended or not conn.proto.offered:
+                self._offers.pop(conn, None)
+            elif now >= deadline:
+                self._offers.pop(conn, None)
+                self._offer_expired(conn)
+
     def _watch_rings(self, conn: _Conn) -> None:
         """Poll the session's doorbell with everything else."""
         assert conn.rings is not None
@@ -817,6 +844,7 @@ class Server:
         self._conns_open.discard(conn)
         self._pending_rings.discard(conn)
         self._ring_conns.discard(conn)
+        self._offers.pop(conn, None)
         if conn.on_rings and conn.rings is not None:
             fd = conn.rings.doorbell
             try:

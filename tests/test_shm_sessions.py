@@ -292,3 +292,40 @@ def test_busy_poll_mode_gives_the_same_results_and_stops(tmp_path, policy):
         thread = srv._thread
         srv.stop()  # a busy-polling loop still sees the stop
         assert thread is not None and not thread.is_alive()
+
+
+def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path):
+    """A raw client takes the offer (and its doorbell) and never answers: its
+    segment, named and reserved meanwhile, must not outlive offer_timeout."""
+    import socket
+
+    from broker._protocol import ClientConnection, Hello
+
+    path = str(tmp_path / "s.sock")
+    events: list[broker.SessionEvent] = []
+    with broker.Server(path, Echo, on_event=events.append, offer_timeout=0.2):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        proto = ClientConnection()
+        sock.sendall(proto.hello(Hello((1, 0, 0), 1)))
+        fds: list[int] = []
+        while proto.offer is None:
+            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(16))
+            for _level, _kind, payload in anc:
+                fds += list(memoryview(payload).cast("i"))
+            proto.receive(data)
+        for fd in fds:
+            os.close(fd)
+        assert os.path.exists("/dev/shm" + proto.offer.name)  # named until answered
+        rest = b""
+        while True:  # silence: the server closes the session with the reason, then the connection
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+        sock.close()
+        assert b"no answer to SHM_OFFER" in rest
+        assert not os.path.exists("/dev/shm" + proto.offer.name)
+    [ev] = [e for e in events if e.kind == "disconnected"]
+    assert "no answer to SHM_OFFER within 0.2 s" in ev.reason
