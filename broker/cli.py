@@ -200,8 +200,11 @@ def demo() -> int:
         if ev.kind == "connected" and ev.decision is not None:
             print(f"  session {ev.peer.connection_id} connected: {ev.reason}", flush=True)
 
+    releases: list[int] = []  # the parent's ends: a child must not hold another's, or it outlives the parent
+
     def holding(fn: Any) -> tuple[int, int]:
-        """fn() in a child that then keeps its sessions open until released: (pid, release fd)."""
+        """fn() in a child that then keeps its sessions open until released, or
+        until the parent is gone (its end of the pipe closes): (pid, release fd)."""
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
         sys.stdout.flush()
@@ -209,6 +212,8 @@ def demo() -> int:
         if pid == 0:
             code = 1
             try:
+                for fd in (*releases, go_w, ready_r):
+                    os.close(fd)
                 fn(lambda: (os.write(ready_w, b"r"), os.read(go_r, 1)))
                 code = 0
             finally:
@@ -216,13 +221,17 @@ def demo() -> int:
                 os._exit(code)
         for fd in (ready_w, go_r):
             os.close(fd)
-        os.read(ready_r, 1)
+        releases.append(go_w)
+        if os.read(ready_r, 1) != b"r":
+            os.close(ready_r)
+            raise RuntimeError("a demo client failed before it was ready")
         os.close(ready_r)
         return pid, go_w
 
     def release(pid: int, go_w: int) -> None:
         os.write(go_w, b"g")
         os.close(go_w)
+        releases.remove(go_w)
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError("a demo client failed")
