@@ -62,6 +62,21 @@ class Child:
         self.kill()
 
 
+def in_child(fn: Callable[[], object]) -> None:
+    """Run fn in a separate process; fail with its traceback if it fails."""
+    assert Child(fn).join(60) == 0, "the client process failed (traceback above)"
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll cond() until it is true; fail after `timeout` seconds (a bound, not a measurement)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
 _PATTERN = bytes(range(256)) * 260
 
 

@@ -17,7 +17,7 @@ import pytest
 import broker
 from broker import Buffer, Policy, RefObject, Session, SubSession, connect
 
-from .helpers import Child
+from .helpers import Child, in_child, wait_for
 
 ECHO_LEN, REVERSE, RAISE, OPEN_SHARED, SUB_ADD, PANIC, LATER, OVERFLOW, SECRET, GUARDED, HOLD, TWICE = range(1, 13)
 
@@ -103,18 +103,6 @@ def server(request, tmp_path):
             except broker.StateError:
                 pass
     srv.stop()
-
-
-def in_child(fn) -> None:
-    """Run fn in a separate process; fail with its traceback if it fails."""
-    assert Child(fn).join(60) == 0, "the client process failed (traceback above)"
-
-
-def wait_for(cond, timeout=5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_round_trips_arguments_and_write_back(server):

@@ -15,7 +15,7 @@ import broker
 from broker import Buffer, EchoClient, KeyValueClient, KeyValueLimits, KeyValueStore, ServicesSession, connect
 from broker import services as svc
 
-from .helpers import Child
+from .helpers import Child, in_child, wait_for
 
 LIMITS = KeyValueLimits(max_key=32, max_value=1000, max_entries=5, max_table_bytes=2000, max_tables=3)
 
@@ -32,18 +32,6 @@ def server(request, tmp_path):
     srv.recorded = events
     yield srv
     srv.stop()
-
-
-def in_child(fn) -> None:
-    """Run fn in a separate process; fail with its traceback if it fails."""
-    assert Child(fn).join(60) == 0, "the client process failed (traceback above)"
-
-
-def wait_for(cond, timeout=5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_echo_round_trip(server):

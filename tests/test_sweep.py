@@ -21,12 +21,15 @@ from .helpers import Child
 SHM = "/dev/shm"
 
 
-def _orphan() -> str:
-    """A ring segment whose creator was killed: its name."""
+def _orphan(become: tuple[int, int] | None = None) -> str:
+    """A ring segment whose creator (a child, as `become` = (uid, gid) if given) was killed: its name."""
     r, w = os.pipe()
 
     def make() -> None:
         os.close(r)
+        if become:
+            os.setgid(become[1])
+            os.setuid(become[0])
         ring = broker.Ring.create(capacity=1 << 12)
         os.write(w, ring.name.encode() + b"\n")
         time.sleep(60)  # killed long before
@@ -78,22 +81,7 @@ def test_a_segment_that_is_not_a_broker_header_is_left_alone():
 def test_another_users_segment_is_not_judged(other_user):
     """A root sweep leaves another user's segments alone, even with a dead creator."""
     uid, gid = other_user
-    r, w = os.pipe()
-
-    def make() -> None:
-        os.close(r)
-        os.setgid(gid)
-        os.setuid(uid)
-        ring = broker.Ring.create(capacity=1 << 12)
-        os.write(w, ring.name.encode() + b"\n")
-        time.sleep(60)
-
-    child = Child(make)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        name = f.readline().decode().strip()
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
+    name = _orphan(become=(uid, gid))
     try:
         assert os.stat(SHM + name).st_uid == uid
         assert name not in dict(broker.sweep())
