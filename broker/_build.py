@@ -15,6 +15,7 @@ with open(os.path.join(_CSRC, "brk_ring.h"), encoding="utf-8") as _f:
     ffibuilder.cdef(_f.read())
 # The one binding detail outside the ring ABI: the fast-call method table (csrc/brk_py.c).
 ffibuilder.cdef("const void *brk_py_method(int i);")
+ffibuilder.cdef("const void *brk_codec_method(int i);")
 
 # cffi releases the GIL around every call it generates. Every ring function
 # called through cffi is short and never blocks (the blocking waits go through
@@ -33,13 +34,14 @@ _PREAMBLE = """
 #include <stdatomic.h>
 #include "brk_ring.h"
 const void *brk_py_method(int i);
+const void *brk_codec_method(int i);
 """
 
 ffibuilder.set_source(
     "broker._brk",
     _PREAMBLE,
     # setuptools wants paths relative to setup.py
-    sources=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.c", "brk_py.c")],
+    sources=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.c", "brk_py.c", "brk_codec.c")],
     include_dirs=[_CSRC],
     extra_compile_args=CFLAGS,
     # brk_py.c needs the full C API (METH_FASTCALL); it also makes cffi's own wrappers faster.

@@ -36,6 +36,10 @@ class ServerRings:
             raise
         self._chunk = self.tx.max_record
         self.pending: deque[bytes] = deque()  # pieces that did not fit in ring 1 yet
+        # Something to read now? One C call, no system call (a spinning server looks often);
+        # truthy for an error too, which read() then raises.
+        self.ready = self.rx.poller()
+        self._batch = self.rx.batcher()
 
     def proof(self, nonce: bytes) -> bool:
         """Did the client read the segment? (the nonce it echoed is the one we wrote)"""
@@ -51,6 +55,13 @@ class ServerRings:
         if self.pending:
             self._split(memoryview(frame))
             return self.flush()
+        if len(frame) <= self._chunk:  # the common case: one record
+            try:
+                self.tx.send(frame, 0)
+            except Full:
+                self.pending.append(frame)
+                return False
+            return True
         view = memoryview(frame)
         send, step = self.tx.send, self._chunk
         for at in range(0, len(view), step):
@@ -79,14 +90,13 @@ class ServerRings:
     def read(self) -> list[bytes]:
         """What the client wrote, or [] (nothing now). PeerGone if the client
         died, Closed if it closed its side."""
-        try:
+        r = self._batch()
+        if type(r) is list:
+            return r
+        try:  # nothing there, or an error: the wrapper says which
             return self.rx.recv_many(timeout=0)
         except Empty:
             return []
-
-    def ready(self) -> bool:
-        """Something to read now (a spinning server looks without a system call)."""
-        return self.rx.ready()
 
     def arm(self) -> bool:
         """Before sleeping on the doorbell: True if armed (the client will ring
@@ -117,6 +127,9 @@ class ClientRings:
 
     def send(self, frame: bytes) -> None:
         """Write a frame, waiting for room while the server lives (it never stops reading)."""
+        if len(frame) <= self._chunk:  # the common case: one record
+            self.tx.send(frame)
+            return
         view = memoryview(frame)
         send, step = self.tx.send, self._chunk
         for at in range(0, len(view), step):

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ._errors import BrokerError
+from ._native import CODEC as _CODEC
 
 MAGIC = b"BRK1"
 PROTOCOL_VERSION = 1
@@ -236,6 +237,14 @@ class Close:
 
 Event = Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close | ShmOffer | ShmAccept | ShmDecline
 
+# The per-message frames in C (csrc/brk_codec.c): it makes these classes' instances itself.
+_CODEC["codec_setup"](Request, Arg, Complete, Write, tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG)
+_c_feed, _c_encode_request, _c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
+
+
+def _no_feed(view: memoryview, at: int, max_frame: int) -> tuple[list[Event], int]:
+    return [], at
+
 # ---- encoding -----------------------------------------------------------------
 
 
@@ -249,7 +258,17 @@ def _frame(ftype: FrameType, body: bytes, request_id: int = 0, flags: int = 0) -
 
 
 def request_frame(request_id: int, code: int, handle: int, asynchronous: bool, args: tuple[Arg, ...] | list[Arg]) -> bytes:
-    """A REQUEST frame with exactly four arguments: the header and the fixed part in one pack (the hot path)."""
+    """A REQUEST frame with exactly four arguments (the hot path: in C, csrc/brk_codec.c; the
+    reference below takes whatever C leaves to it, errors included)."""
+    frame = _c_encode_request(request_id, code, handle, asynchronous, args)
+    if frame is not NotImplemented:
+        return frame  # type: ignore[no-any-return]
+    return request_frame_py(request_id, code, handle, asynchronous, args)
+
+
+def request_frame_py(request_id: int, code: int, handle: int, asynchronous: bool,
+                     args: tuple[Arg, ...] | list[Arg]) -> bytes:
+    """request_frame in Python: the reference that the C encoder is tested against."""
     if len(args) != MAX_ARGS:
         raise ValueError(f"a request has exactly {MAX_ARGS} argument slots")
     fields: list[int] = []
@@ -276,7 +295,15 @@ def request_frame(request_id: int, code: int, handle: int, asynchronous: bool, a
 
 
 def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
-    """A COMPLETE frame (the hot path of the server's side)."""
+    """A COMPLETE frame (the hot path of the server's side: in C, as request_frame)."""
+    frame = _c_encode_complete(request_id, status, writes, None if error is None else _text(error))
+    if frame is not NotImplemented:
+        return frame  # type: ignore[no-any-return]
+    return complete_frame_py(request_id, status, writes, error)
+
+
+def complete_frame_py(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
+    """complete_frame in Python: the reference for the C encoder."""
     if len(writes) > MAX_ARGS:
         raise ValueError("more writes than arguments")
     err = b"" if error is None else _text(error)
@@ -482,9 +509,10 @@ class FrameReader:
     """Cuts a byte stream into events. Checks each header before it buffers
     the body, so a peer cannot make us hold more than max_frame bytes."""
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, fast: bool = True) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
+        self._feed = _c_feed if fast else _no_feed  # fast=False: the Python reference decodes everything
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The events completed by `data` (possibly none). ProtocolError on the first bad frame.
@@ -500,6 +528,13 @@ class FrameReader:
             at, end = 0, len(view)
             unpack, max_frame = HEADER.unpack_from, self.max_frame
             while end - at >= HEADER_SIZE:
+                # C decodes the valid REQUEST and COMPLETE frames; it stops at anything else, which
+                # the code below decodes (or rejects, with the reason) one frame at a time
+                events, at = self._feed(view, at, max_frame)
+                if events:
+                    out += events
+                if end - at < HEADER_SIZE:
+                    break
                 magic, version, ftype, flags, length, reserved, request_id = unpack(view, at)
                 if magic != MAGIC:
                     raise ProtocolError(f"bad magic {bytes(magic)!r}: not a broker peer")
@@ -560,6 +595,19 @@ class _Side:
 
     def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Events from the other end. ProtocolError closes the connection."""
+        reader = self.reader
+        if not reader._buf and self.state is State.OPEN:
+            # the common case: whole REQUEST or COMPLETE frames, all decoded by C in one call
+            events, at = reader._feed(data, 0, reader.max_frame)
+            if at == len(data):
+                on = self._on
+                try:
+                    for ev in events:
+                        on(ev)
+                except ProtocolError as e:
+                    self._close(f"protocol error: {e}")
+                    raise
+                return events
         try:
             events = self.reader.feed(data)
             for ev in events:

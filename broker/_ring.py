@@ -12,16 +12,17 @@ and Ctrl-C is handled.
 """
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import time
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from . import _names, _proc, _shm
 from ._brk import ffi, lib
+from ._native import RING
 from ._errors import (
     BrokerError,
     Closed,
@@ -44,34 +45,15 @@ DEFAULT_CAPACITY = 1 << 20
 _SLICE = 0.1  # seconds a blocking call waits in C before looking at the peer
 _BATCH_RECORDS = 4096
 
-
-
-def _fast_calls() -> dict[str, Any]:
-    """The METH_FASTCALL entry points of csrc/brk_py.c as Python callables, by name.
-
-    They are compiled into the cffi extension; cffi has no way to return a
-    Python object, so the method table becomes functions through the C API's
-    PyCFunction_NewEx, once."""
-    new = ctypes.pythonapi.PyCFunction_NewEx
-    new.restype = ctypes.py_object
-    new.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
-    out = {}
-    i = 0
-    while (md := lib.brk_py_method(i)) != ffi.NULL:
-        fn = new(int(ffi.cast("uintptr_t", md)), None, "broker._brk")
-        out[fn.__name__] = fn
-        i += 1
-    return out
-
-
 # send(ring_addr, data) -> outcome; recv(ring_addr) -> bytes | outcome;
 # recv_wait(ring_addr, timeout_ns) -> bytes | outcome; recv_many(ring_addr, max)
-# -> list[bytes] | outcome; wait_data / wait_space -> outcome. The waits (and
-# long copies) are the only calls that let go of the GIL (see broker/_build.py).
-_FAST = _fast_calls()
+# -> list[bytes] | outcome; wait_data / wait_space -> outcome; ready(ring_addr)
+# -> bool | outcome. The waits (and long copies) are the only calls that let
+# go of the GIL (see broker/_build.py).
+_FAST = RING
 _fsend, _frecv, _frecv_wait = _FAST["send"], _FAST["recv"], _FAST["recv_wait"]
 _frecv_many, _fwait_data, _fwait_space = _FAST["recv_many"], _FAST["wait_data"], _FAST["wait_space"]
-_fsend_many = _FAST["send_many"]
+_fsend_many, _fready = _FAST["send_many"], _FAST["ready"]
 _BATCH_MAX = 4096  # BRK_PY_BATCH_MAX
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
@@ -792,7 +774,31 @@ class _Side:
     def ready(self) -> bool:
         """Consumer: is there something to look at (a record, or the producer's
         end) right now? One short look, never a wait; for a poller that spins."""
-        return lib.brk_spin_data(self._need("consumer"), 0) != _TIMEOUT
+        if self.role != "consumer":
+            self._need("consumer")
+        r = _fready(self._addr)
+        if type(r) is bool:
+            return r
+        self._need("consumer")  # Closed if it was closed
+        raise _error(r, f"ready on {self.name}")
+
+    def poller(self) -> Callable[[], Any]:
+        """Consumer: ready() as one C call with no arguments, for a loop that
+        spins over many rings: truthy when there is something to look at, or
+        an error to find out about (recv then raises it). The caller keeps this
+        Ring alive for as long as it uses the poller."""
+        self._need("consumer")
+        return functools.partial(_fready, self._addr)
+
+    def batcher(self, max_records: int = _BATCH_RECORDS) -> Callable[[], Any]:
+        """Consumer: recv_many(max_records, timeout=0) as one C call with no
+        arguments: a list of the records there (never empty), or an int
+        outcome when there are none or something is wrong (then call
+        recv_many, which says what). Keep this Ring alive while using it."""
+        self._need("consumer")
+        if not 1 <= max_records <= _BATCH_MAX:
+            raise ValueError(f"max_records must be from 1 to {_BATCH_MAX}")
+        return functools.partial(_frecv_many, self._addr, max_records)
 
     def arm(self) -> bool:
         """Consumer: announce that we will sleep on fileno(). True: poll it;

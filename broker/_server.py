@@ -46,6 +46,7 @@ from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, Ref
 
 log = logging.getLogger("broker.server")
 _RECV = 256 * 1024
+SELECT_GAP_NS = 50_000  # a spinning loop with only ring sessions calls the selector this often
 
 
 class Refused(BrokerError):
@@ -99,7 +100,7 @@ class _Conn:
         data = memoryview(self.inbuf)[:n]
         if not n:
             if self.on_rings:
-                self.on_ring()  # its last frames (a CLOSE) may still wait in the ring: they say how it ended
+                self.on_ring(drain=True)  # its last frames (a CLOSE) may still wait in the ring: they say how it ended
             self.end("closed" if self.client_closed else "died")
             return
         if self.on_rings:  # the socket is only the death signal now
@@ -107,12 +108,14 @@ class _Conn:
             return
         self._on_data(data)
 
-    def on_ring(self) -> None:
-        """The doorbell rang, or a spin found work: everything the client wrote to ring 0."""
+    def on_ring(self, rang: bool = True, drain: bool = False) -> None:
+        """The doorbell rang, or (rang=False) a spin found work: what the client wrote to ring 0
+        (one batch; drain: everything, until the ring is empty)."""
         rings = self.rings
         if rings is None or self.ended:
             return
-        rings.clear_doorbell()
+        if rang:
+            rings.clear_doorbell()
         while not self.ended:
             try:
                 records = rings.read()
@@ -132,6 +135,8 @@ class _Conn:
                     return
                 continue
             self._on_data(records[0] if len(records) == 1 else b"".join(records))
+            if self.server._aloop is None and not drain:
+                return  # the threaded loop comes back at once if there is more (it spins, or arms first)
 
     def _on_data(self, data: bytes | memoryview) -> None:
         self.bytes_in += len(data)
@@ -141,6 +146,15 @@ class _Conn:
         except ProtocolError as e:
             self._close_with(f"protocol error: {e}")
             return
+        if self.on_rings:  # each completion goes into ring 1 as it is made: nothing to batch
+            for ev in events:
+                if self.ended:
+                    return
+                if type(ev) is Request:
+                    self.on_request(ev)
+                else:
+                    self._on_event(ev)
+            return
         # the completions these events make go out together, in one send, after the last
         self.batching = True
         try:
@@ -149,18 +163,22 @@ class _Conn:
                     return
                 if type(ev) is Request:
                     self.on_request(ev)
-                elif isinstance(ev, Hello):
-                    self.on_hello(ev)
-                elif isinstance(ev, (ShmAccept, ShmDecline)):
-                    self.on_shm_answer(ev)
-                elif isinstance(ev, Close):
-                    self.client_closed = True
-                    self.end("closed")
+                else:
+                    self._on_event(ev)
         finally:
             with self.lock:
                 self.batching = False
                 if self.out:
                     self._flush()
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, Hello):
+            self.on_hello(ev)
+        elif isinstance(ev, (ShmAccept, ShmDecline)):
+            self.on_shm_answer(ev)
+        elif isinstance(ev, Close):
+            self.client_closed = True
+            self.end("closed")
 
     def on_hello(self, hello: Hello) -> None:
         srv = self.server
@@ -253,7 +271,7 @@ class _Conn:
             except BadHandle as e:
                 msg.complete(Status.BAD_HANDLE, str(e))
             return
-        policy = find_policy(srv.policies, req.code)
+        policy = find_policy(srv.policies, req.code) if srv.policies else None
         if policy is not None and not policy.allows(self.peer, msg, srv.uid):
             if policy.panic:
                 msg.panic(f"function {req.code} is not allowed for {self.peer}")
@@ -310,14 +328,14 @@ class _Conn:
     # -- output (any thread) ----------------------------------------------------
 
     def complete(self, msg: Message, status: int, writes: list[Write], error: str | None) -> None:
-        with self.lock:
-            if self.ended or self.proto.state != State.OPEN:
-                return  # the client is gone: nobody to tell
-            # only a message that took a slot gives one back (a SERVER_BUSY refusal took none)
-            if self.messages.pop(msg.request_id, None) is not None and msg.asynchronous:
-                self.async_outstanding -= 1
-            self.completions += 1
-            self._send(self.proto.complete(msg.request_id, status, writes, error))
+        """Message.complete's second half, with self.lock held by it."""
+        if self.ended or self.proto.state is not State.OPEN:
+            return  # the client is gone: nobody to tell
+        # only a message that took a slot gives one back (a SERVER_BUSY refusal took none)
+        if self.messages.pop(msg.request_id, None) is not None and msg.asynchronous:
+            self.async_outstanding -= 1
+        self.completions += 1
+        self._send(self.proto.complete(msg.request_id, status, writes, error))
 
     def panic(self, reason: str) -> None:
         with self.lock:
@@ -454,6 +472,7 @@ class Server:
         self.server_id = f"s{os.getpid()}"  # in the names of its segments
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
         self._ring_conns: set[_Conn] = set()  # sessions on rings (threaded loop: spun on, armed before sleeping)
+        self._rings_polled: tuple[tuple[_Conn, ServerRings, Callable[[], Any]], ...] = ()  # what _poll_rings looks at
         self.uid = os.geteuid()
         self._on_event = [on_event] if on_event else []
         self._events: queue.Queue[SessionEvent] | None = None
@@ -662,21 +681,32 @@ class Server:
             spin_ns, ns = self.spin_ns, time.perf_counter_ns
             ready: list[Any] = []
             busy = False
+            next_select = 0  # when the spin calls the selector next
             while not self._stopping:
                 # what waits for room in a ring is retried soon; an offer's deadline is looked at often
                 idle = 0.001 if self._pending_rings else 0.05 if self._offers else 1.0
                 ready = []
                 was_busy, busy = busy, False
                 if self.busy_poll or (was_busy and spin_ns):  # spin then sleep: more is likely to come soon
-                    end = ns() + spin_ns if not self.busy_poll else 1 << 62
+                    now = ns()
+                    end = now + spin_ns if not self.busy_poll else 1 << 62
+                    # Rings are looked at without a system call, every turn. The selector (sockets,
+                    # listeners, the wake-up pipe) costs a system call, ~3 us here: every turn
+                    # while socket sessions spin too, else every SELECT_GAP_NS.
+                    gap = 0 if len(self._conns) > len(self._ring_conns) else SELECT_GAP_NS
+                    if gap == 0:
+                        next_select = now
                     while True:
-                        ready = sel.select(0)
-                        if ready:
-                            break
-                        if self._ring_conns and self._poll_rings():  # rings are looked at without a system call
+                        if self._rings_polled and self._poll_rings():
                             busy = True
                             break
-                        if ns() >= end or self._stopping:
+                        if now >= next_select:
+                            ready = sel.select(0)
+                            if ready:
+                                break
+                            next_select = now + gap
+                        now = ns()
+                        if now >= end or self._stopping:
                             break
                         os.sched_yield()  # a client may be waiting for this CPU
                 if not ready and not busy:
@@ -749,14 +779,9 @@ class Server:
     def _poll_rings(self) -> bool:
         """Serve every ring session with something to read; True if any had."""
         served = False
-        for conn in list(self._ring_conns):
-            rings = conn.rings
-            try:
-                has = rings is not None and rings.ready()
-            except BrokerError:
-                has = True  # on_ring finds out what it is and ends the session
-            if has:
-                conn.on_ring()
+        for conn, _rings, ready in self._rings_polled:  # _rings: keeps what ready() looks at alive
+            if ready():  # an error is truthy too: on_ring finds out what it is and ends the session
+                conn.on_ring(False)
                 served = True
         return served
 
@@ -770,7 +795,7 @@ class Server:
             except BrokerError:
                 ok = False
             if not ok:
-                conn.on_ring()
+                conn.on_ring(False)
                 armed = False
         return armed
 
@@ -799,6 +824,7 @@ class Server:
         assert conn.rings is not None
         if self._aloop is None:
             self._ring_conns.add(conn)
+            self._rings_polled = self._rings_polled + ((conn, conn.rings, conn.rings.ready),)
         fd = conn.rings.doorbell
         if self._aloop is not None:
             self._aloop.add_reader(fd, conn.on_ring)
@@ -844,6 +870,7 @@ class Server:
         self._conns_open.discard(conn)
         self._pending_rings.discard(conn)
         self._ring_conns.discard(conn)
+        self._rings_polled = tuple(e for e in self._rings_polled if e[0] is not conn)
         self._offers.pop(conn, None)
         if conn.on_rings and conn.rings is not None:
             fd = conn.rings.doorbell

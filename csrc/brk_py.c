@@ -299,7 +299,23 @@ static PyObject *brk_py_wait_space(PyObject *self, PyObject *const *args, Py_ssi
     return PyLong_FromLong(rc);
 }
 
+/* ready(ring) -> bool: a record (or the producer's end) to look at right now;
+ * one look, never a wait or a system call (a server spinning over its
+ * sessions calls it for each, so it must cost next to nothing). */
+static PyObject *brk_py_ready(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 1, "ready(ring)");
+    if (!r)
+        return NULL;
+    int rc = brk_spin_data(r, 0);
+    if (rc < 0)
+        return PyLong_FromLong(rc);
+    return PyBool_FromLong(rc != BRK_TIMEOUT);
+}
+
 static PyMethodDef brk_py_methods[] = {
+    {"ready", (PyCFunction)(void (*)(void))brk_py_ready, METH_FASTCALL, "ready(ring) -> bool | outcome"},
     {"send", (PyCFunction)(void (*)(void))brk_py_send, METH_FASTCALL, "send(ring, data) -> outcome"},
     {"recv", (PyCFunction)(void (*)(void))brk_py_recv, METH_FASTCALL, "recv(ring) -> bytes | outcome"},
     {"recv_wait", (PyCFunction)(void (*)(void))brk_py_recv_wait, METH_FASTCALL,
