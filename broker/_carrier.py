@@ -17,7 +17,7 @@ import os
 from collections import deque
 
 from ._errors import Empty, Full
-from ._ring import open_session_rings, session_rings
+from ._ring import FULL, open_session_rings, session_rings
 
 DEFAULT_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
 
@@ -40,6 +40,7 @@ class ServerRings:
         # truthy for an error too, which read() then raises.
         self.ready = self.rx.poller()
         self._batch = self.rx.batcher()
+        self._send1 = self.tx.sender()
 
     def proof(self, nonce: bytes) -> bool:
         """Did the client read the segment? (the nonce it echoed is the one we wrote)"""
@@ -56,11 +57,13 @@ class ServerRings:
             self._split(memoryview(frame))
             return self.flush()
         if len(frame) <= self._chunk:  # the common case: one record
-            try:
-                self.tx.send(frame, 0)
-            except Full:
+            rc = self._send1(frame)
+            if rc == 0:
+                return True
+            if rc == FULL:
                 self.pending.append(frame)
                 return False
+            self.tx.send(frame, 0)  # raises what the outcome means (PeerGone, Corrupt...)
             return True
         view = memoryview(frame)
         send, step = self.tx.send, self._chunk
@@ -124,6 +127,7 @@ class ClientRings:
         self.doorbell = doorbell  # ours to close
         self.tx.set_notify_fd(doorbell)
         self._chunk = self.tx.max_record
+        self._batch = self.rx.batcher()
 
     def send(self, frame: bytes) -> None:
         """Write a frame, waiting for room while the server lives (it never stops reading)."""
@@ -137,6 +141,15 @@ class ClientRings:
 
     def recv(self, timeout: float | None) -> bytes:
         return self.rx.recv(timeout)
+
+    def recv_all(self, timeout: float | None) -> bytes:
+        """recv, and with it whatever else is already there, as one piece of the stream."""
+        first = self.rx.recv(timeout)
+        more = self._batch()
+        if type(more) is not list:
+            return first  # nothing more (or an error, which the next recv raises)
+        more.insert(0, first)
+        return b"".join(more)
 
     def close(self) -> None:
         for ring in (self.tx, self.rx):

@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
 from typing import Any
 
 from . import _address
@@ -125,6 +126,11 @@ class _Inline:
         return self._value
 
 
+_COND_LOCK = threading.Lock()  # makes a _Reply's Condition once
+_PENDING, _FINISHED = _futures_base.PENDING, _futures_base.FINISHED
+_DONE_STATES = (_futures_base.CANCELLED, _futures_base.CANCELLED_AND_NOTIFIED, _FINISHED)
+
+
 class _StartsReader(list):  # type: ignore[type-arg]
     """A _Reply's waiter list: concurrent.futures.wait() and as_completed()
     register here, and such a waiter needs the reader thread."""
@@ -144,10 +150,50 @@ class _Reply(Future):  # type: ignore[type-arg]
     concurrent.futures.wait, asyncio) starts the reader thread first."""
 
     def __init__(self, session: "ClientSession") -> None:
-        super().__init__()
+        # Future's own fields, except its Condition: that is made when something first needs it (a
+        # wait, a callback, a wait from another thread); most replies are settled and read by the
+        # session's own thread, and never need it. Creating one costs more than the rest of a call.
+        self._cond: threading.Condition | None = None
+        self._state = _PENDING
+        self._result = None
+        self._exception: BaseException | None = None
+        self._done_callbacks: list[Any] = []
         self._session = session
         self._waiters = w = _StartsReader()
         w._session = session
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
+        """Future's Condition, made on first use (under _COND_LOCK: once, whichever thread asks)."""
+        c = self._cond
+        if c is None:
+            with _COND_LOCK:
+                c = self._cond
+                if c is None:
+                    c = self._cond = threading.Condition()
+        return c
+
+    def _settle_quietly(self, result: Any, exception: BaseException | None) -> bool:
+        """Finish without the Condition while nobody has asked for it: then
+        nothing waits on it and no callback is registered (both need it)."""
+        with _COND_LOCK:
+            if self._cond is not None:
+                return False
+            if self._state != _PENDING:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result, self._exception, self._state = result, exception, _FINISHED
+            return True
+
+    def set_result(self, result: Any) -> None:
+        if not self._settle_quietly(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not self._settle_quietly(None, exception):
+            super().set_exception(exception)
+
+    def done(self) -> bool:
+        return self._state in _DONE_STATES  # a str, read atomically: no lock needed to look
 
     def _drive(self, timeout: float | None) -> float | None:
         """Read inline until done if this thread may; the timeout left for Future's own wait."""
@@ -169,7 +215,12 @@ class _Reply(Future):  # type: ignore[type-arg]
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def result(self, timeout: float | None = None) -> Any:
-        return super().result(self._drive(timeout))
+        left = self._drive(timeout)
+        if self._state == _FINISHED:  # final: read without the Condition
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+        return super().result(left)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         return super().exception(self._drive(timeout))
@@ -536,7 +587,7 @@ class ClientSession:
     def _read_rings(self, fut: Any, deadline: float | None) -> None:
         """_read_inline on a shared-memory session: the reply ring spins, then sleeps on
         its futex, and notices a dead server."""
-        recv = self._rings.recv  # type: ignore[union-attr]
+        recv = self._rings.recv_all  # type: ignore[union-attr]
         while not fut.done() and self._broken is None:
             try:
                 if deadline is None:

@@ -294,12 +294,14 @@ def request_frame_py(request_id: int, code: int, handle: int, asynchronous: bool
     return head + b"".join(payloads) if payloads else head
 
 
-def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
-    """A COMPLETE frame (the hot path of the server's side: in C, as request_frame)."""
+def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | list[Write] | list[tuple[int, bytes]],
+                   error: str | None) -> bytes:
+    """A COMPLETE frame (the hot path of the server's side: in C, as request_frame). `writes`:
+    Write objects or (index, data) pairs."""
     frame = _c_encode_complete(request_id, status, writes, None if error is None else _text(error))
     if frame is not NotImplemented:
         return frame  # type: ignore[no-any-return]
-    return complete_frame_py(request_id, status, writes, error)
+    return complete_frame_py(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes], error)
 
 
 def complete_frame_py(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
@@ -575,6 +577,9 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+_OPEN = State.OPEN  # a module global: State.OPEN costs an enum attribute lookup, on every message
+
+
 @dataclass
 class _Side:
     max_frame: int = DEFAULT_MAX_FRAME
@@ -590,13 +595,13 @@ class _Side:
         self.closed_reason = reason
 
     def _check_open(self, what: str) -> None:
-        if self.state != State.OPEN:
+        if self.state != _OPEN:
             raise ProtocolError(f"{what} while the connection is {self.state.value}")
 
     def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Events from the other end. ProtocolError closes the connection."""
         reader = self.reader
-        if not reader._buf and self.state is State.OPEN:
+        if not reader._buf and self.state is _OPEN:
             # the common case: whole REQUEST or COMPLETE frames, all decoded by C in one call
             events, at = reader._feed(data, 0, reader.max_frame)
             if at == len(data):
@@ -640,7 +645,7 @@ class ClientConnection(_Side):
 
     def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
         """A new request: (its id, the frame to send)."""
-        if self.state is not State.OPEN or self.offer_due or self.offer is not None:
+        if self.state is not _OPEN or self.offer_due or self.offer is not None:
             self._check_open("a request")
             raise ProtocolError("a request before the SHM_OFFER is answered")
         a = list(args)
@@ -681,7 +686,7 @@ class ClientConnection(_Side):
         return encode(Close(reason))
 
     def _on(self, ev: Event) -> None:
-        if type(ev) is Complete and self.state is State.OPEN:  # the common case first
+        if type(ev) is Complete and self.state is _OPEN:  # the common case first
             if self.outstanding.pop(ev.request_id, None) is None:
                 raise ProtocolError(f"completion of unknown request {ev.request_id}")
             return
@@ -689,13 +694,13 @@ class ClientConnection(_Side):
             if isinstance(ev, Welcome):
                 self.welcome = ev
                 self.offer_due = ev.shm_offer
-                self.state = State.OPEN
+                self.state = _OPEN
                 return
             if isinstance(ev, Refuse):
                 self._close(ev.reason or f"refused ({ev.status})")
                 return
             raise ProtocolError(f"{type(ev).__name__} before WELCOME")
-        if self.state != State.OPEN:
+        if self.state != _OPEN:
             raise ProtocolError(f"{type(ev).__name__} on a {self.state.value} connection")
         if isinstance(ev, ShmOffer):
             if not self.offer_due:
@@ -728,7 +733,7 @@ class ServerConnection(_Side):
         self.outstanding: dict[int, Request] = {}
 
     def _on(self, ev: Event) -> None:
-        if type(ev) is Request and self.state is State.OPEN and not self.offered:  # the common case first
+        if type(ev) is Request and self.state is _OPEN and not self.offered:  # the common case first
             if ev.request_id == 0 or ev.request_id in self.outstanding:
                 raise ProtocolError(f"request id {ev.request_id} reused while outstanding")
             self.outstanding[ev.request_id] = ev
@@ -741,7 +746,7 @@ class ServerConnection(_Side):
             return
         if self.state == State.HANDSHAKE:
             raise ProtocolError(f"{type(ev).__name__} before the server answered HELLO")
-        if self.state != State.OPEN:
+        if self.state != _OPEN:
             raise ProtocolError(f"{type(ev).__name__} on a {self.state.value} connection")
         if isinstance(ev, (ShmAccept, ShmDecline)):
             if not self.offered:
@@ -765,13 +770,13 @@ class ServerConnection(_Side):
     def accept(self, connection_id: int, slots: int, shm_offer: bool = False) -> bytes:
         if self.state != State.HANDSHAKE:
             raise ProtocolError("accept without HELLO")
-        self.state = State.OPEN
+        self.state = _OPEN
         self.offered = shm_offer
         return encode(Welcome(connection_id, slots, self.max_frame, shm_offer))
 
     def offer_shm(self, capacity: int, name: str) -> bytes:
         """The SHM_OFFER that accept(shm_offer=True) announced."""
-        if self.state != State.OPEN or not self.offered:
+        if self.state != _OPEN or not self.offered:
             raise ProtocolError("an SHM_OFFER that WELCOME did not announce")
         return encode(ShmOffer(capacity, name))
 
@@ -781,13 +786,18 @@ class ServerConnection(_Side):
         self._close(reason)
         return encode(Refuse(status, reason))
 
-    def complete(self, request_id: int, status: int = 0, writes: Iterable[Write] = (), error: str | None = None) -> bytes:
-        """The completion of an outstanding request; ProtocolError if it is not outstanding (a second completion)."""
-        if self.state is not State.OPEN:
+    def complete(self, request_id: int, status: int = 0, writes: Iterable[Write] | Iterable[tuple[int, bytes]] = (),
+                 error: str | None = None) -> bytes:
+        """The completion of an outstanding request; ProtocolError if it is not outstanding (a
+        second completion). `writes`: Write objects or (index, data) pairs."""
+        if self.state is not _OPEN:
             self._check_open("a completion")
         if self.outstanding.pop(request_id, None) is None:
             raise ProtocolError(f"request {request_id} is not outstanding (completed twice?)")
-        return complete_frame(request_id, status, tuple(writes), error)
+        frame = _c_encode_complete(request_id, status, writes, None if error is None else _text(error))
+        if frame is NotImplemented:
+            frame = complete_frame(request_id, status, tuple(writes), error)
+        return frame  # type: ignore[no-any-return]
 
     def panic(self, reason: str) -> bytes:
         self._close(f"panicked: {reason}")

@@ -39,7 +39,7 @@ from ._errors import (
     TooBig,
 )
 
-__all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for"]
+__all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for", "FULL"]
 
 DEFAULT_CAPACITY = 1 << 20
 _SLICE = 0.1  # seconds a blocking call waits in C before looking at the peer
@@ -59,6 +59,7 @@ _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 
 _OK = lib.BRK_OK
+FULL = lib.BRK_FULL  # the outcome of a sender() call that found no room
 _EMPTY = lib.BRK_EMPTY
 _FULL = lib.BRK_FULL
 _TOOBIG = lib.BRK_TOOBIG
@@ -789,6 +790,13 @@ class _Side:
         Ring alive for as long as it uses the poller."""
         self._need("consumer")
         return functools.partial(_fready, self._addr)
+
+    def sender(self) -> Callable[[Any], int]:
+        """Producer: send(data, timeout=0) as one C call: 0 when the record is
+        in, else an int outcome (BRK_FULL: no room now; anything else: call
+        send, which says what). Keep this Ring alive while using it."""
+        self._need("producer")
+        return functools.partial(_fsend, self._addr)
 
     def batcher(self, max_records: int = _BATCH_RECORDS) -> Callable[[], Any]:
         """Consumer: recv_many(max_records, timeout=0) as one C call with no

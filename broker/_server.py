@@ -86,6 +86,7 @@ class _Conn:
         self.panicked: str | None = None
         self.inbuf = bytearray(_RECV)  # reused: a fresh 256 KiB bytes per recv costs an mmap and a fault
         self.batching = False  # the loop thread is handling a batch of requests: _send only queues
+        self.ring_batch: list[bytes] | None = None  # the same on rings: the frames _send was given meanwhile
         self.rings: ServerRings | None = None  # offered or in use
         self.on_rings = False  # the rings carry the session (after the client's proof)
         self._connected: tuple[Any, Decision] | None = None  # the event waits for the answer to an offer
@@ -134,7 +135,42 @@ class _Conn:
                 if self.server._aloop is None or rings.arm():
                     return
                 continue
-            self._on_data(records[0] if len(records) == 1 else b"".join(records))
+            data = records[0] if len(records) == 1 else b"".join(records)
+            self.bytes_in += len(data)
+            lock = self.lock
+            lock.acquire()  # not `with`: it costs twice as much, on every batch
+            try:
+                events = self.proto.receive(data)
+            except ProtocolError as e:
+                events = e
+            finally:
+                lock.release()
+            if type(events) is not list:
+                self._close_with(f"protocol error: {events}")
+                return
+            if len(events) == 1:  # its completion goes into ring 1 as it is made
+                ev = events[0]
+                if type(ev) is Request:
+                    self.on_request(ev)
+                else:
+                    self._on_event(ev)
+            else:  # the completions made meanwhile go into ring 1 together, as one record
+                self.ring_batch = []
+                try:
+                    for ev in events:
+                        if self.ended:
+                            break
+                        if type(ev) is Request:
+                            self.on_request(ev)
+                        else:
+                            self._on_event(ev)
+                finally:
+                    with lock:
+                        batch, self.ring_batch = self.ring_batch, None
+                        if batch:
+                            self._send(batch[0] if len(batch) == 1 else b"".join(batch))
+            if self.ended:
+                return
             if self.server._aloop is None and not drain:
                 return  # the threaded loop comes back at once if there is more (it spins, or arms first)
 
@@ -145,15 +181,6 @@ class _Conn:
                 events = self.proto.receive(data)
         except ProtocolError as e:
             self._close_with(f"protocol error: {e}")
-            return
-        if self.on_rings:  # each completion goes into ring 1 as it is made: nothing to batch
-            for ev in events:
-                if self.ended:
-                    return
-                if type(ev) is Request:
-                    self.on_request(ev)
-                else:
-                    self._on_event(ev)
             return
         # the completions these events make go out together, in one send, after the last
         self.batching = True
@@ -327,16 +354,6 @@ class _Conn:
 
     # -- output (any thread) ----------------------------------------------------
 
-    def complete(self, msg: Message, status: int, writes: list[Write], error: str | None) -> None:
-        """Message.complete's second half, with self.lock held by it."""
-        if self.ended or self.proto.state is not State.OPEN:
-            return  # the client is gone: nobody to tell
-        # only a message that took a slot gives one back (a SERVER_BUSY refusal took none)
-        if self.messages.pop(msg.request_id, None) is not None and msg.asynchronous:
-            self.async_outstanding -= 1
-        self.completions += 1
-        self._send(self.proto.complete(msg.request_id, status, writes, error))
-
     def panic(self, reason: str) -> None:
         with self.lock:
             if self.ended or self.proto.state != State.OPEN:
@@ -352,19 +369,27 @@ class _Conn:
         self.end(reason)
 
     def _send(self, frame: bytes) -> None:
-        with self.lock:
-            self.bytes_out += len(frame)
-            if self.on_rings:
+        if self.on_rings:
+            lock = self.lock
+            lock.acquire()  # not `with`: it costs twice as much, on every message
+            try:
+                if self.ring_batch is not None:  # on_ring is handling a batch: it sends them together
+                    self.ring_batch.append(frame)
+                    return
+                self.bytes_out += len(frame)
                 if self.ended or self.rings is None:
                     return
-                try:
-                    if not self.rings.write(frame):
-                        self.server._rings_pending(self)
-                except (PeerGone, Closed):
-                    self.server._call_soon(lambda: self.end("died"))
-                except BrokerError as e:  # Corrupt: the client scribbled on ring 1; only its session ends
-                    self.server._call_soon(lambda: self.end(f"protocol error: {e}"))
-                return
+                if not self.rings.write(frame):
+                    self.server._rings_pending(self)
+            except (PeerGone, Closed):
+                self.server._call_soon(lambda: self.end("died"))
+            except BrokerError as e:  # Corrupt: the client scribbled on ring 1; only its session ends
+                self.server._call_soon(lambda: self.end(f"protocol error: {e}"))
+            finally:
+                lock.release()
+            return
+        with self.lock:
+            self.bytes_out += len(frame)
             if self.out or self.batching or self.ended:
                 self.out += frame  # sent after what is queued, or with the batch
                 return

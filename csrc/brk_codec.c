@@ -452,8 +452,9 @@ done:
 }
 
 /* encode_complete(rid, status, writes, error) -> bytes, or NotImplemented:
- * writes a list or tuple of up to four Write-like objects (int index 0-3,
- * bytes data), error None or bytes (already cut to MAX_TEXT by the caller). */
+ * writes a list or tuple of up to four Write-like objects or (index, data)
+ * pairs (int index 0-3, bytes data), error None or bytes (already cut to
+ * MAX_TEXT by the caller). */
 static PyObject *brk_codec_encode_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -480,13 +481,21 @@ static PyObject *brk_codec_encode_complete(PyObject *self, PyObject *const *args
     uint64_t size = BRK_CODEC_COMPLETE_FIXED + (err != Py_None ? (uint64_t)PyBytes_GET_SIZE(err) : 0);
     PyObject *out = NULL;
     for (Py_ssize_t i = 0; i < nw; i++) {
-        int ok = brk_attr_int(items[i], brk_s_index, 0, 3, &index[i]);
-        if (ok < 0)
-            goto done;
-        if (!ok)
-            goto not_mine;
-        if (!(data[i] = PyObject_GetAttr(items[i], brk_s_data)))
-            goto done;
+        PyObject *w = items[i];
+        if (PyTuple_CheckExact(w)) { /* (index, data) */
+            if (PyTuple_GET_SIZE(w) != 2 || !brk_arg_int(PyTuple_GET_ITEM(w, 0), 0, 3, &index[i]))
+                goto not_mine;
+            data[i] = PyTuple_GET_ITEM(w, 1);
+            Py_INCREF(data[i]);
+        } else {
+            int ok = brk_attr_int(w, brk_s_index, 0, 3, &index[i]);
+            if (ok < 0)
+                goto done;
+            if (!ok)
+                goto not_mine;
+            if (!(data[i] = PyObject_GetAttr(w, brk_s_data)))
+                goto done;
+        }
         if (!PyBytes_Check(data[i]) || (uint64_t)PyBytes_GET_SIZE(data[i]) > UINT32_MAX)
             goto not_mine;
         size += BRK_CODEC_WRITE_HDR + (uint64_t)PyBytes_GET_SIZE(data[i]);
