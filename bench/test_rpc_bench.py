@@ -20,7 +20,8 @@ from broker import _bench_rpc
 from broker.cli import main
 
 FIGURES = {"rtt_64", "strict_64", "pipelined_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}
-TRANSPORTS = ("shm", "framework", "nospin", "unix", "pipe")
+TRANSPORTS = _bench_rpc.TRANSPORTS  # every one must have a result in every figure
+assert {"shm", "busy", "framework", "nospin", "unix", "pipe"} <= set(TRANSPORTS)
 
 
 def _children() -> set[int]:
@@ -47,8 +48,8 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     path = tmp_path / "out" / "rpc.json"  # the parent directory does not exist yet
     assert _bench_rpc.run(json_path=str(path), quick=True) == 0
     printed = capsys.readouterr()
-    assert "fw/best" in printed.out and "targets met" in printed.out and "target for the framework" in printed.out
-    assert "[ 1/50]" in printed.err  # progress went to stderr
+    assert "shm/best" in printed.out and "targets met" in printed.out and "shm busy" in printed.out
+    assert "[ 1/60]" in printed.err  # progress went to stderr
 
     data = json.loads(path.read_text())
     meta = data["meta"]
@@ -70,10 +71,11 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
         ratios = fig["ratio"].values() if isinstance(fig["ratio"], dict) else [fig["ratio"]]
         assert all(r is not None and r > 0 for r in ratios), (key, fig["ratio"])
     targets = data["targets"]
-    assert [t["figure"] for t in targets] == ["rtt_64", "pipelined_64"]
+    assert [t["figure"] for t in targets] == ["rtt_64", "rtt_64", "pipelined_64", "pipelined_64", "rtt_64_gap"]
     for t in targets:
-        assert t["measured"] > 0 and isinstance(t["met"], bool)
-        assert figures[t["figure"]]["target"] == t
+        assert t["measured"] > 0 and isinstance(t["met"], bool) and t["text"]
+        assert t in figures[t["figure"]]["targets"]
+        assert f"{t['text']}: {'met' if t['met'] else 'NOT met'}" in printed.out
 
     assert _leftovers() == before, "the benchmark left /dev/shm entries or its temporary directory"
     assert _children() - kids_before == set(), "the benchmark left child processes"

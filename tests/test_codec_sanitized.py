@@ -1,0 +1,72 @@
+"""The extension's C (the codec, the rings' fast calls) built under ASan+UBSan, running the codec's and the
+protocol's tests and the shared-memory sessions' tests in a child interpreter.
+
+CPython itself is not built with the sanitizers, so the child preloads their
+runtimes, and leak checking is off (the interpreter keeps objects until exit
+on purpose). Any out-of-bounds access or undefined behaviour in csrc/*.c on
+those paths aborts the child, and the test fails with the sanitizer's report.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
+TESTS = ["tests/test_codec.py", "tests/test_protocol.py", "tests/test_shm_sessions.py"]
+
+BUILD = r"""
+import os, sys
+sys.path.insert(0, {root!r})
+import cffi
+from broker import _build
+ffi = cffi.FFI()
+with open(os.path.join({root!r}, "csrc", "brk_ring.h")) as f:
+    ffi.cdef(f.read())
+ffi.cdef("const void *brk_py_method(int i);")
+ffi.cdef("const void *brk_codec_method(int i);")
+csrc = os.path.join({root!r}, "csrc")
+ffi.set_source("broker._brk", _build._PREAMBLE,
+               sources=[os.path.join(csrc, f) for f in ("brk_ring.c", "brk_py.c", "brk_codec.c")],
+               include_dirs=[csrc], extra_compile_args=_build.CFLAGS + {flags!r},
+               extra_link_args={flags!r}[:1], define_macros=[("_CFFI_NO_LIMITED_API", None)], py_limited_api=False)
+print(ffi.compile(tmpdir={out!r}))
+"""
+
+
+def _runtime(name: str) -> str | None:
+    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.mark.timeout(600)
+def test_the_extension_under_asan_and_ubsan(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (Debian package: gcc)")
+    asan, ubsan = _runtime("libasan.so"), _runtime("libubsan.so")
+    if not asan or not ubsan:
+        pytest.skip("gcc has no sanitizer runtimes here (Debian packages libasan8 and libubsan1)")
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "broker", tree / "broker", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    out = tmp_path / "build"
+    build = subprocess.run([sys.executable, "-c", BUILD.format(root=str(ROOT), flags=SANITIZE, out=str(out))],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-3000:]
+    built = Path(build.stdout.strip().splitlines()[-1])
+    shutil.copy(built, tree / "broker" / built.name)
+    env = {**os.environ, "PYTHONPATH": str(tree), "LD_PRELOAD": f"{asan} {ubsan}",
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    probe = subprocess.run([sys.executable, "-c", "import broker._brk as b; print(b.__file__)"], env=env,
+                           capture_output=True, text=True, timeout=60, cwd=tree)
+    assert probe.stdout.strip() == str(tree / "broker" / built.name), probe.stdout + probe.stderr
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS], env=env,
+                         capture_output=True, text=True, timeout=500, cwd=tree)
+    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+    assert " passed" in run.stdout and "ERROR: AddressSanitizer" not in run.stderr
