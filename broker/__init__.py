@@ -25,6 +25,7 @@ from ._errors import (
     TooBig,
 )
 from ._identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
+from ._malloc import keep_large_buffers
 from ._protocol import ArgKind, ProtocolError, Status
 from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
 from ._server import Refused, Server
@@ -48,6 +49,7 @@ from ._session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message,
 from ._version import __version__
 
 __all__ = [
+    "keep_large_buffers",
     "ALWAYS_PASS",
     "ArgKind",
     "BadHandle",

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 from . import _bench_ring
 from ._bench_ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
 from ._client import Buffer, connect
+from ._malloc import keep_large_buffers
 from ._server import Server
 from ._session import Message, Session
 
@@ -82,6 +83,7 @@ def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...], spi
     """Child: serve at `path` until the parent closes its end of the control pipe."""
     for fd in parent_fds:
         os.close(fd)
+    keep_large_buffers()  # as `broker serve` does (see _malloc.py); the measured client process does not
     srv = Server(path, _Bench, spin_us=spin_us, shm_policy=policy, busy_poll=busy_poll)
     srv.start()
     try:

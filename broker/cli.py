@@ -49,6 +49,9 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None) -> int:
         if signals:  # a signal came before the loop could take it
             server.stop()
 
+    from ._malloc import keep_large_buffers
+
+    keep_large_buffers()  # this process is the broker: large messages reuse their pages (see _malloc.py)
     try:
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
                      shm_policy=shm_policy)
