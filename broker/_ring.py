@@ -1,4 +1,4 @@
-"""The Python face of the C rings, and the only module that imports the compiled extension.
+"""The Python face of the C rings; with _native (its fast-call tables), the only module that imports the extension.
 
 Return codes become exceptions here; shared memory becomes memoryviews and
 numpy arrays here. Two kinds of ring:

@@ -58,10 +58,14 @@ def _new_server(tmp_path, name: str = "modes.sock", **kw) -> broker.Server:
 
 @contextlib.contextmanager
 def running(tmp_path, transport: str, **kw):
+    """transport: "unix" (the session rule gives it shared memory), "unix-socket" (policy off: the
+    socket carries it) or "tcp"."""
+    if transport == "unix-socket":
+        kw.setdefault("shm_policy", "off")
     srv = _new_server(tmp_path, **kw)
     srv.start()
     try:
-        srv.address = str(tmp_path / "modes.sock") if transport == "unix" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
+        srv.address = str(tmp_path / "modes.sock") if transport != "tcp" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
         yield srv
     finally:
         for m in list(srv.held):
@@ -73,9 +77,10 @@ def running(tmp_path, transport: str, **kw):
         srv.stop()
 
 
-@pytest.fixture(params=["unix", "tcp"])
+@pytest.fixture(params=["unix", "unix-socket", "tcp"])
 def server(request, tmp_path):
     with running(tmp_path, request.param) as srv:
+        srv.transport = request.param
         yield srv
 
 
@@ -145,6 +150,42 @@ def test_inline_futures_any_reaping_order_and_no_reader_thread(server, order):
         assert s.send_receive(ECHO_LEN, b"sync", timeout=T) == 4
         assert readers() == [], "an unsharable session started a reader thread for send() and result()"
     assert readers() == []
+
+
+def test_the_carrier_is_the_one_the_parameter_names(server):
+    with connect(server.address) as s:
+        assert s.transport == ("shared memory" if server.transport == "unix" else "socket")
+        assert s.send_receive(ECHO_LEN, b"abc", timeout=T) == 3
+
+
+def test_a_future_settled_inline_is_a_whole_future_without_its_condition(server):
+    """send()'s future makes Future's Condition only when something needs it; until then (and after)
+    it behaves as any concurrent.futures.Future."""
+    with connect(server.address, slots=8) as s:
+        f = s.send(ECHO_LEN, b"abcd")
+        assert f.result(5) == 4 and f.done()
+        assert f._cond is None, "settled and read by its own thread: no Condition was needed"
+        assert not f.running() and not f.cancelled() and f.exception(0) is None  # these take it, made now
+        assert f._cond is not None
+        g = s.send(RAISE)
+        err = g.exception(5)
+        assert isinstance(err, broker.ServiceError) and "on purpose" in str(err)
+        with pytest.raises(broker.ServiceError):
+            g.result(0)  # settled without the Condition, raised without it
+        h = s.send(ECHO_LEN, b"xy")
+        assert h.cancel() and h.cancelled()  # cancel() before its completion: the completion is dropped
+        with pytest.raises(cf.CancelledError):
+            h.result(0)
+        assert s.send_receive(ECHO_LEN, b"abc", timeout=T) == 3  # the session goes on
+        assert readers() == [], "none of this needed a reader thread"
+        k = s.send(ECHO_LEN, b"xyz")
+        k.result(5)
+        got = []
+        k.add_done_callback(got.append)  # done: runs at once
+        done, pending = cf.wait([k], timeout=0)  # wait() registers a waiter: from now on a reader thread reads
+        assert got == [k] and done == {k} and not pending
+        assert list(cf.as_completed([k], timeout=1)) == [k]
+        assert s.send(ECHO_LEN, b"12345").result(5) == 5
 
 
 def test_a_later_send_receive_completes_earlier_futures(server):
