@@ -157,13 +157,7 @@ class _Conn:
             else:  # the completions made meanwhile go into ring 1 together, as one record
                 self.ring_batch = []
                 try:
-                    for ev in events:
-                        if self.ended:
-                            break
-                        if type(ev) is Request:
-                            self.on_request(ev)
-                        else:
-                            self._on_event(ev)
+                    self._handle(events)
                 finally:
                     with lock:
                         batch, self.ring_batch = self.ring_batch, None
@@ -185,18 +179,21 @@ class _Conn:
         # the completions these events make go out together, in one send, after the last
         self.batching = True
         try:
-            for ev in events:
-                if self.ended:
-                    return
-                if type(ev) is Request:
-                    self.on_request(ev)
-                else:
-                    self._on_event(ev)
+            self._handle(events)
         finally:
             with self.lock:
                 self.batching = False
                 if self.out:
                     self._flush()
+
+    def _handle(self, events: list[Any]) -> None:
+        for ev in events:
+            if self.ended:
+                return
+            if type(ev) is Request:
+                self.on_request(ev)
+            else:
+                self._on_event(ev)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, Hello):
