@@ -125,6 +125,7 @@ class ClientRings:
     def __init__(self, name: str, doorbell: int, spin_us: float) -> None:
         self.tx, self.rx, self.nonce = open_session_rings(name, spin_us)
         self.doorbell = doorbell  # ours to close
+        self.capacity = self.tx.capacity
         self.tx.set_notify_fd(doorbell)
         self._chunk = self.tx.max_record
         self._batch = self.rx.batcher()

@@ -296,6 +296,7 @@ class ClientSession:
         self._poll.register(sock, select.POLLIN)
         self._rings = rings  # the session's carrier when the session rule allowed shared memory
         self.transport = "shared memory" if rings is not None else "socket"
+        self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
         if sharable:
             self._start_reader()
 
@@ -698,17 +699,24 @@ class ClientSession:
 
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
             timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None,
-            spin_us: float = 50.0, busy_poll: bool = False) -> ClientSession:
+            spin_us: float = 50.0, busy_poll: bool = False, ring_capacity: int | None = None) -> ClientSession:
     """Open a session with the server at `address` (a name, a Unix socket path, or tcp://host:port).
 
     spin_us: how long a synchronous call polls for its reply before it sleeps
     (0: sleep at once; a reply within that time saves a sleep and a wake-up).
     busy_poll: poll for replies without ever sleeping (latency mode: the
     waiting thread keeps its core busy); off by default.
+    ring_capacity: bytes to ask for each of the two rings of a shared-memory
+    session (None: the server's default); the server grants the next power of
+    two within its limits (Server(shm_max_capacity=)); the session's
+    ring_capacity says what it got. A frame larger than a ring still travels
+    (in pieces), so this is about how much may be in flight, not a size limit.
 
     server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets)."""
     if not spin_us >= 0:
         raise ValueError("spin_us must be >= 0")
+    if ring_capacity is not None and not 1 <= ring_capacity <= 1 << 31:
+        raise ValueError("ring_capacity must be from 1 to 2**31 bytes (or None: the server's default)")
     if busy_poll:
         spin_us = _BUSY_POLL_US
     addr = _address.parse(address)
@@ -732,7 +740,8 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         if not addr.is_unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         proto = ClientConnection()
-        sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only)))  # type: ignore[arg-type]
+        sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only,  # type: ignore[arg-type]
+                                       ring_capacity or 0)))
         while proto.state == State.HANDSHAKE or proto.offer_due:
             data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
             if not data:
@@ -779,6 +788,10 @@ def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], sp
         if len(fds) != 1:
             raise SegmentError(errno.EPROTO, f"the offer came with {len(fds)} descriptors, not one doorbell")
         rings = ClientRings(offer.name, fds.pop(), spin_us)
+        if rings.capacity != offer.capacity:
+            rings.close()
+            raise SegmentError(errno.EPROTO, f"the offer says rings of {offer.capacity} bytes, the segment has "
+                                             f"{rings.capacity}")
     except (BrokerError, OSError, ValueError) as e:  # cannot map it: the socket carries the session
         sock.sendall(proto.decline_shm(f"{type(e).__name__}: {e}"))
         return None

@@ -17,7 +17,9 @@ A frame is a 24-byte little-endian header, then `length` bytes of body:
 
 Bodies:
 
-    HELLO     major u16, minor u16, build u32, slots u16, hello flags u8, 0 u8
+    HELLO     major u16, minor u16, build u32, slots u16, hello flags u8, 0 u8,
+              ring capacity u32 (what the client asks for each ring of a shared-memory
+              session; 0: the server's default; the server grants within its limits)
     WELCOME   connection id u64, slots u16, 0 u16, max_frame u32
     REFUSE    status i32, reason (UTF-8, the rest)
     REQUEST   function code i32, handle u32, 4 argument descriptors, payloads
@@ -69,7 +71,7 @@ WELCOME_SHM_OFFER = 1  # WELCOME flags: an SHM_OFFER follows
 NONCE_BYTES = 32
 MAX_SHM_NAME = 255
 
-_HELLO = struct.Struct("<HHIHBB")
+_HELLO = struct.Struct("<HHIHBBI")
 _WELCOME = struct.Struct("<QHHI")
 _STATUS = struct.Struct("<i")
 _STATUS_U32 = struct.Struct("<I")
@@ -163,6 +165,7 @@ class Hello:
     slots: int = 0
     sharable: bool = False
     socket_only: bool = False
+    ring_capacity: int = 0  # asked for each ring of a shared-memory session; 0: the server's default
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us an object, on every message
@@ -331,7 +334,7 @@ def encode(event: Event) -> bytes:
         flags = (HELLO_SHARABLE if event.sharable else 0) | (HELLO_SOCKET_ONLY if event.socket_only else 0)
         if not 0 <= event.slots <= MAX_SLOTS:
             raise ValueError(f"slots must be from 0 to {MAX_SLOTS}")
-        return _frame(FrameType.HELLO, _HELLO.pack(major, minor, build, event.slots, flags, 0))
+        return _frame(FrameType.HELLO, _HELLO.pack(major, minor, build, event.slots, flags, 0, event.ring_capacity))
     if isinstance(event, Welcome):
         return _frame(FrameType.WELCOME, _WELCOME.pack(event.connection_id, event.slots,
                                                        WELCOME_SHM_OFFER if event.shm_offer else 0, event.max_frame))
@@ -391,10 +394,11 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
     if t == FrameType.HELLO:
         if len(b) != _HELLO.size:
             raise ProtocolError(f"HELLO body of {len(b)} bytes, expected {_HELLO.size}")
-        major, minor, build, slots, hflags, zero = _HELLO.unpack(b)
+        major, minor, build, slots, hflags, zero, capacity = _HELLO.unpack(b)
         if hflags & ~(HELLO_SHARABLE | HELLO_SOCKET_ONLY) or zero:
             raise ProtocolError(f"HELLO with unknown flags {hflags:#x}")
-        return Hello((major, minor, build), slots, bool(hflags & HELLO_SHARABLE), bool(hflags & HELLO_SOCKET_ONLY))
+        return Hello((major, minor, build), slots, bool(hflags & HELLO_SHARABLE), bool(hflags & HELLO_SOCKET_ONLY),
+                     capacity)
     if t == FrameType.WELCOME:
         if len(b) != _WELCOME.size:
             raise ProtocolError(f"WELCOME body of {len(b)} bytes, expected {_WELCOME.size}")

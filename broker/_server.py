@@ -46,6 +46,8 @@ from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, Ref
 
 log = logging.getLogger("broker.server")
 _RECV = 256 * 1024
+SHM_MIN_CAPACITY = 64 << 10  # the least a client may ask for each ring of its session
+SHM_MAX_CAPACITY = 64 << 20  # the most, unless Server(shm_max_capacity=) says otherwise
 SELECT_GAP_NS = 50_000  # a spinning loop with only ring sessions calls the selector this often
 
 
@@ -224,7 +226,8 @@ class _Conn:
         if d.shm:
             try:
                 key = f"u{self.peer.uid}-{getattr(self.peer.facts, 'sessionid', None)}"
-                self.rings = ServerRings(_names.segment_name("session", srv.server_id, key), srv.shm_capacity)
+                self.rings = ServerRings(_names.segment_name("session", srv.server_id, key),
+                                         srv.ring_capacity_for(hello.ring_capacity))
             except (BrokerError, OSError, ValueError) as e:  # a full /dev/shm, say: the socket carries it
                 self.decision = d = Decision(False, f"shared memory allowed but unavailable: {e}", d.policy)
         self._send(self.proto.accept(self.peer.connection_id, self.slots, shm_offer=self.rings is not None))
@@ -473,7 +476,8 @@ class Server:
                  max_slots: int = 255, allow_sharable: bool = True, policies: tuple[Policy, ...] = (),
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
                  spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY,
-                 busy_poll: bool = False, offer_timeout: float = 10.0) -> None:
+                 shm_max_capacity: int = SHM_MAX_CAPACITY, busy_poll: bool = False,
+                 offer_timeout: float = 10.0) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -490,7 +494,13 @@ class Server:
         self._offers: dict[_Conn, float] = {}  # sessions whose offer awaits its answer: their deadline
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
-        self.shm_capacity = shm_capacity  # of each of a session's two rings
+        for what, v in (("shm_capacity", shm_capacity), ("shm_max_capacity", shm_max_capacity)):
+            if not SHM_MIN_CAPACITY <= v <= 1 << 31 or v & (v - 1):
+                raise ValueError(f"{what} must be a power of two from {SHM_MIN_CAPACITY} to 2**31, not {v}")
+        if shm_capacity > shm_max_capacity:
+            raise ValueError(f"shm_capacity {shm_capacity} is over shm_max_capacity {shm_max_capacity}")
+        self.shm_capacity = shm_capacity  # of each of a session's two rings, unless the client asks
+        self.shm_max_capacity = shm_max_capacity  # the most a client may ask for (its /dev/shm is reserved)
         self.server_id = f"s{os.getpid()}"  # in the names of its segments
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
         self._ring_conns: set[_Conn] = set()  # sessions on rings (threaded loop: spun on, armed before sleeping)
@@ -523,6 +533,13 @@ class Server:
         return self.session_factory(self, peer)
 
     # -- the session rule -------------------------------------------------------------
+
+    def ring_capacity_for(self, asked: int) -> int:
+        """What a session's rings get when its client asks for `asked` bytes each (0: the default):
+        the next power of two, within SHM_MIN_CAPACITY and shm_max_capacity."""
+        if asked <= 0:
+            return self.shm_capacity
+        return min(max(1 << (asked - 1).bit_length(), SHM_MIN_CAPACITY), self.shm_max_capacity)
 
     def _decide(self, peer: Peer, socket_only: bool) -> Decision:
         """Shared memory or socket for a new session, and why (DESIGN.md section 3)."""
@@ -977,6 +994,7 @@ class Server:
             {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
              "subsessions": len(c.session.objects) if c.session is not None else 0,
              "transport": "shared memory" if c.on_rings else "socket",
+             "ring_capacity": c.rings.capacity if c.on_rings and c.rings is not None else None,
              "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",
              "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out}

@@ -174,7 +174,11 @@ def stat(address: str, as_json: bool, timeout: float) -> int:
             addr = r.get("address") or ["?", "?"]
             peer = f"{addr[0]}:{addr[1]}"
         mark = "*" if r.get("connection_id") == me else ""
-        rows.append((f"{r.get('connection_id')}{mark}", peer, f"{r.get('connection')} {r.get('transport')}",
+        carrier = f"{r.get('connection')} {r.get('transport')}"
+        cap = r.get("ring_capacity")
+        if isinstance(cap, int) and cap > 0:
+            carrier += f" ({cap >> 20} MiB rings)" if cap >= 1 << 20 else f" ({cap >> 10} KiB rings)"
+        rows.append((f"{r.get('connection_id')}{mark}", peer, carrier,
                      str(r.get("requests")), str(r.get("bytes_in")), str(r.get("bytes_out")),
                      str(r.get("outstanding")), str(r.get("subsessions")), str(r.get("rule"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]

@@ -297,7 +297,8 @@ def raw_socket(server) -> socket.socket:
     return s
 
 
-HELLO = bytes.fromhex("42524b31 01 01 0000 0c000000 00000000 0000000000000000 0100 0000 00000000 0400 00 00".replace(" ", ""))
+HELLO = bytes.fromhex(
+    "42524b31 01 01 0000 10000000 00000000 0000000000000000 0100 0000 00000000 0400 00 00 00000000".replace(" ", ""))
 
 
 @pytest.mark.parametrize(

@@ -329,3 +329,44 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
         assert not os.path.exists("/dev/shm" + proto.offer.name)
     [ev] = [e for e in events if e.kind == "disconnected"]
     assert "no answer to SHM_OFFER within 0.2 s" in ev.reason
+
+
+def _segment_size(pid: int | str = "self") -> int:
+    """Bytes of the one session segment a process maps (from /proc/PID/maps)."""
+    with open(f"/proc/{pid}/maps") as f:
+        spans = [line.split()[0] for line in f if "/dev/shm/brk." in line and ".session." in line]
+    sizes = {int(b, 16) - int(a, 16) for a, b in (s.split("-") for s in spans)}
+    assert len(sizes) == 1, spans
+    return sizes.pop()
+
+
+@pytest.mark.parametrize("asked,granted", [
+    (None, 1 << 20),  # the server's default
+    (4 << 20, 4 << 20),
+    (3 << 20, 4 << 20),  # the next power of two
+    (1, 64 << 10),  # at least SHM_MIN_CAPACITY
+    (1 << 31, 8 << 20),  # at most the server's shm_max_capacity
+])
+def test_the_client_asks_for_a_ring_size_and_the_server_grants_within_its_limits(tmp_path, asked, granted):
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Echo, shm_max_capacity=8 << 20) as srv:
+        def client() -> None:
+            with connect(path, ring_capacity=asked) as s:
+                assert s.transport == "shared memory" and s.ring_capacity == granted
+                big = os.urandom(granted + 12345)  # more than a ring: still one call, in pieces
+                out = Buffer(len(big))
+                assert s.send_receive(ECHO, big, out) == len(big) and out.value == big
+                [row] = s.server_stats()["sessions"]  # the server's word (this is a forked child)
+                assert row["ring_capacity"] == granted and row["transport"] == "shared memory"
+                size = _segment_size()
+                assert 2 * granted < size < 2 * granted + (1 << 20), f"a {size}-byte segment for two rings of {granted}"
+        _run(client)
+
+
+def test_ring_size_limits_are_checked():
+    with pytest.raises(ValueError, match="power of two"):
+        broker.Server("/nonexistent/x.sock", Echo, shm_capacity=3 << 20)
+    with pytest.raises(ValueError, match="over shm_max_capacity"):
+        broker.Server("/nonexistent/x.sock", Echo, shm_capacity=4 << 20, shm_max_capacity=2 << 20)
+    with pytest.raises(ValueError, match="ring_capacity"):
+        connect("/nonexistent/x.sock", ring_capacity=0)

@@ -59,9 +59,9 @@ def test_stat_shows_every_session_with_its_traffic_and_rule(tmp_path):
             held = rows[cid]
             assert held["pid"] == child.pid and held["uid"] == os.geteuid() and held["connection"] == "unix"
             assert held["requests"] == 3 and held["completions"] == 3 and held["outstanding"] == 0
-            # 3 requests of 24 + 8 + 64 bytes of header and descriptors + 10 of payload, after the 36-byte
+            # 3 requests of 24 + 8 + 64 bytes of header and descriptors + 10 of payload, after the 40-byte
             # HELLO and the 56-byte SHM_ACCEPT: the same frames on either carrier
-            assert held["bytes_in"] == 36 + 56 + 3 * (24 + 72 + 10)
+            assert held["bytes_in"] == 40 + 56 + 3 * (24 + 72 + 10)
             assert held["bytes_out"] > 3 * 10 and held["transport"] == "shared memory"
             assert held["shm_allowed"] is True and held["rule"].startswith("shared memory: same user")
             assert len(rows) == 2  # and the stat command's own session, which asked for sockets only
