@@ -13,7 +13,7 @@ all: test
 deps:
 	@bash .ci/deps.sh
 
-$(STAMP): pyproject.toml setup.py broker/_build.py csrc/brk_ring.h csrc/brk_ring.c csrc/brk_py.c csrc/brk_codec.c
+$(STAMP): pyproject.toml setup.py broker/_build.py csrc/brk_ring.h csrc/brk_ring.c csrc/brk_py.c csrc/brk_codec.c csrc/brk_codec.h
 	@bash .ci/deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -43,6 +43,7 @@ ffibuilder.set_source(
     # setuptools wants paths relative to setup.py
     sources=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.c", "brk_py.c", "brk_codec.c")],
     include_dirs=[_CSRC],
+    depends=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.h", "brk_codec.h")],
     extra_compile_args=CFLAGS,
     # brk_py.c needs the full C API (METH_FASTCALL); it also makes cffi's own wrappers faster.
     define_macros=[("_CFFI_NO_LIMITED_API", None)],

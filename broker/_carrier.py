@@ -17,7 +17,7 @@ import os
 from collections import deque
 
 from ._errors import Empty, Full
-from ._ring import FULL, open_session_rings, session_rings
+from ._ring import FULL, TIMEOUT, open_session_rings, session_call, session_rings
 
 DEFAULT_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
 
@@ -129,6 +129,13 @@ class ClientRings:
         self.tx.set_notify_fd(doorbell)
         self._chunk = self.tx.max_record
         self._batch = self.rx.batcher()
+        self.call = session_call(self.tx, self.rx)  # a synchronous call's round trip in one C call
+
+    def call_error(self, outcome: tuple[int, ...]) -> BaseException:
+        """The exception for call()'s (outcome,) (after sending) or (outcome, 0) (before)."""
+        if len(outcome) == 2:
+            return self.tx._failed(outcome[0], f"send on {self.tx.name}")
+        return self.rx._failed(outcome[0], f"recv on {self.rx.name}")
 
     def send(self, frame: bytes) -> None:
         """Write a frame, waiting for room while the server lives (it never stops reading)."""

@@ -16,6 +16,7 @@ from concurrent.futures import _base as _futures_base  # its state names: _Reply
 from typing import Any
 
 from . import _address
+from ._carrier import TIMEOUT as _RING_TIMEOUT
 from ._carrier import ClientRings
 from ._errors import (
     BadHandle,
@@ -54,6 +55,7 @@ _RECV = 256 * 1024
 _MAX_FDS = 4  # descriptors accepted with one message (an offer brings one)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 _DONTWAIT = socket.MSG_DONTWAIT
+_CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
 _ns = time.perf_counter_ns
 _yield = os.sched_yield
 
@@ -297,6 +299,7 @@ class ClientSession:
         self._rings = rings  # the session's carrier when the session rule allowed shared memory
         self.transport = "shared memory" if rings is not None else "socket"
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
+        self._max_frame = welcome.max_frame  # the server's limit on a frame's body
         if sharable:
             self._start_reader()
 
@@ -415,51 +418,49 @@ class ClientSession:
 
     def _call_rings(self, code: int, args: tuple[Any, ...], handle: int) -> int | None:
         """send_receive's short way on a shared-memory session with no reader
-        thread and nothing else outstanding: one lock to send, one to take the
-        completion, and no future. None: not that case now (the long way)."""
-        if len(args) > 4:
-            raise TypeError("at most four arguments")
-        wire = list(map(_to_arg, args))
+        thread and nothing else outstanding: the request written, its reply
+        waited for and, in the common case, taken, in one C call (the rings'
+        `call`); anything else it gives back is handled as the long way does.
+        None: not that case (nothing was sent): take the long way."""
         rings, proto, lock = self._rings, self._proto, self._lock
         assert rings is not None
         inline = _Inline()
-        error: BaseException | None = None
-        with lock:
+        lock.acquire()  # not `with`: it costs twice as much, on every call
+        try:
             if self._reader is not None or self._broken is not None or self._pending or self.sharable:
                 return None
-            rid, frame = proto.request(code, wire, handle, False)
+            rid = proto.begin_request(False)
             self._reading += 1  # reading inline: a reader thread waits for _end_inline
             self._pending[rid] = (inline, args, False)
-            try:
-                rings.send(frame)
-            except (OSError, BrokerError) as e:
-                error = e
-        if error is not None:
-            self._end_inline()
-            self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
-            raise self._broken from error  # type: ignore[misc]
+        finally:
+            lock.release()
         try:
-            try:
-                data = rings.recv(None)
-            except BrokerError as e:
-                self._ring_failed(e)
-                return self._wait(inline, rid, None)
-            with lock:
+            # with the GIL held while it sends: atomic against close() from another thread
+            r = rings.call(rid, code, handle, args, Buffer, _CALL_WAIT_NS, self._max_frame)
+            if type(r) is int:  # the simple completion: its writes are in the Buffers
+                lock.acquire()
                 try:
-                    events = proto.receive(data)
-                except ProtocolError as e:
-                    events = e
-                if type(events) is list and len(events) == 1:
-                    ev = events[0]
-                    if type(ev) is Complete and ev.request_id == rid:  # the one answer, alone: the common case
-                        del self._pending[rid]
-                        _apply_writes(args, ev)
-                        return _result(ev)
-            if isinstance(events, ProtocolError):
-                self._fail(ServerGone(f"the server sent something invalid: {events}"))
-                return self._wait(inline, rid, None)  # raises what _fail gave the call
-            self._received_events(data, events)  # anything else: as the long way does
-            self._read_rings(inline, None)
+                    self._pending.pop(rid, None)
+                    proto.forget_request(rid)
+                finally:
+                    lock.release()
+                return r if r >= 0 else _result(Complete(rid, r))
+            if r is NotImplemented:  # not sent: an argument of another kind, a big frame, a full ring
+                with lock:
+                    self._pending.pop(rid, None)
+                    proto.forget_request(rid)
+                return None
+            if type(r) is bytes:  # a reply, but not the simple one: as the long way takes it
+                self._received_events(r, None)
+                self._read_rings(inline, None)
+            elif r[0] == _RING_TIMEOUT and len(r) == 1:  # sent, no reply yet: wait as the long way waits
+                self._read_rings(inline, None)
+            else:
+                error = rings.call_error(r)
+                if len(r) == 2:  # not sent: the ring is unusable
+                    self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
+                else:
+                    self._ring_failed(error)  # type: ignore[arg-type]
         finally:
             self._end_inline()
         return self._wait(inline, rid, None)

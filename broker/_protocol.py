@@ -665,6 +665,21 @@ class ClientConnection(_Side):
         self.outstanding[rid] = asynchronous
         return rid, frame
 
+    def begin_request(self, asynchronous: bool = False) -> int:
+        """The id of a request whose frame is made elsewhere (the client's C call): request()'s
+        checks, and the id is outstanding from now on (forget_request if it was never sent)."""
+        if self.state is not _OPEN or self.offer_due or self.offer is not None:
+            self._check_open("a request")
+            raise ProtocolError("a request before the SHM_OFFER is answered")
+        rid = self._next_id
+        self._next_id += 1
+        self.outstanding[rid] = asynchronous
+        return rid
+
+    def forget_request(self, request_id: int) -> None:
+        """A request begun and never sent, or completed elsewhere (the client's C call read its completion)."""
+        self.outstanding.pop(request_id, None)
+
     def cancel(self, request_id: int) -> bytes:
         self._check_open("a cancel")
         return encode(Cancel(request_id))

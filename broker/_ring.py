@@ -39,7 +39,7 @@ from ._errors import (
     TooBig,
 )
 
-__all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for", "FULL"]
+__all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for", "FULL", "TIMEOUT"]
 
 DEFAULT_CAPACITY = 1 << 20
 _SLICE = 0.1  # seconds a blocking call waits in C before looking at the peer
@@ -60,6 +60,7 @@ _from_buffer = ffi.from_buffer
 
 _OK = lib.BRK_OK
 FULL = lib.BRK_FULL  # the outcome of a sender() call that found no room
+TIMEOUT = lib.BRK_TIMEOUT  # the outcome of a wait that ended with nothing
 _EMPTY = lib.BRK_EMPTY
 _FULL = lib.BRK_FULL
 _TOOBIG = lib.BRK_TOOBIG
@@ -244,6 +245,15 @@ def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Rin
         rx.close()
         raise
     return rx, tx, nonce
+
+
+def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
+    """A client's whole synchronous call in C on its session's two rings (csrc/brk_py.c, call):
+    fn(rid, code, handle, args, buffer_type, wait_ns, max_frame) -> int | bytes | NotImplemented |
+    (outcome,) | (outcome, 0). Keep both Rings alive while using it."""
+    tx._need("producer")
+    rx._need("consumer")
+    return functools.partial(_FAST["call"], tx._addr, rx._addr)
 
 
 def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:

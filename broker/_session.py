@@ -154,6 +154,9 @@ class Message:
     def complete(self, status: int = 0, error: str | None = None) -> None:
         """Finish the request with `status` (0 or a positive result; negative:
         an error the client sees); exactly once."""
+        status = int(status)
+        if not -0x80000000 <= status <= 0x7FFFFFFF:  # checked before anything: a bad status completes nothing
+            raise ValueError(f"a status is a 32-bit signed integer, not {status}")
         conn = self._conn
         lock = conn.lock
         lock.acquire()  # not `with`: it costs twice as much, on every message
@@ -168,7 +171,7 @@ class Message:
                 conn.async_outstanding -= 1
             conn.completions += 1
             w = self._writes
-            conn._send(conn.proto.complete(self.request_id, int(status), sorted(w.items()) if w else (), error))
+            conn._send(conn.proto.complete(self.request_id, status, sorted(w.items()) if w else (), error))
         finally:
             lock.release()
 

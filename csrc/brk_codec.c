@@ -26,17 +26,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#define BRK_CODEC_HEADER 24
-#define BRK_CODEC_VERSION 1
-#define BRK_CODEC_REQUEST 4
-#define BRK_CODEC_COMPLETE 5
-#define BRK_CODEC_FLAG_ASYNC 1
-#define BRK_CODEC_REQUEST_FIXED (8 + 4 * 16) /* code, handle, four descriptors */
-#define BRK_CODEC_COMPLETE_FIXED 8
-#define BRK_CODEC_WRITE_HDR 8
-#define BRK_CODEC_MAX_TEXT 4096
+#include "brk_codec.h"
 
-enum { K_NONE = 0, K_INT = 1, K_READ = 2, K_WRITE = 3, K_READWRITE = 4, K_HANDLE = 5, K_COUNT = 6 };
+enum { K_NONE = BRK_K_NONE, K_INT = BRK_K_INT, K_READ = BRK_K_READ, K_WRITE = BRK_K_WRITE, K_READWRITE = BRK_K_READWRITE,
+       K_HANDLE = BRK_K_HANDLE, K_COUNT = BRK_K_COUNT };
 
 const void *brk_codec_method(int i);
 
@@ -47,20 +40,8 @@ static PyObject *brk_no_arg;
 static PyObject *brk_s_request_id, *brk_s_code, *brk_s_args, *brk_s_handle, *brk_s_asynchronous;
 static PyObject *brk_s_kind, *brk_s_value, *brk_s_data, *brk_s_status, *brk_s_writes, *brk_s_error, *brk_s_index;
 
-/* Little-endian loads and stores, whatever the host. */
-static uint64_t brk_ld(const unsigned char *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static void brk_st(unsigned char *p, uint64_t v, int n)
-{
-    for (int i = 0; i < n; i++, v >>= 8)
-        p[i] = (unsigned char)v;
-}
+#define brk_ld brk_codec_ld
+#define brk_st brk_codec_st
 
 /* codec_setup(Request, Arg, Complete, Write, kinds, NO_ARG): once, at import. */
 static PyObject *brk_codec_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -365,6 +346,38 @@ static void brk_header(unsigned char *p, unsigned type, unsigned flags, uint64_t
     brk_st(p + 16, rid, 8);
 }
 
+uint64_t brk_codec_request_size(const brk_codec_arg args[4])
+{
+    uint64_t size = BRK_CODEC_HEADER + BRK_CODEC_REQUEST_FIXED;
+    for (int i = 0; i < 4; i++)
+        size += args[i].kind == K_READ || args[i].kind == K_READWRITE ? args[i].len : 0;
+    return size;
+}
+
+void brk_codec_put_request(unsigned char *p, uint64_t rid, int32_t code, uint32_t handle, int async,
+                           const brk_codec_arg args[4])
+{
+    brk_header(p, BRK_CODEC_REQUEST, async ? BRK_CODEC_FLAG_ASYNC : 0, brk_codec_request_size(args) - BRK_CODEC_HEADER,
+               rid);
+    unsigned char *b = p + BRK_CODEC_HEADER, *pay = b + BRK_CODEC_REQUEST_FIXED;
+    brk_st(b, (uint64_t)(uint32_t)code, 4);
+    brk_st(b + 4, handle, 4);
+    for (int i = 0; i < 4; i++) {
+        unsigned char *d = b + 8 + 16 * i;
+        memset(d, 0, 16);
+        d[0] = (unsigned char)args[i].kind;
+        if (args[i].kind == K_READ || args[i].kind == K_READWRITE) {
+            brk_st(d + 4, args[i].len, 4);
+            brk_st(d + 8, args[i].kind == K_READWRITE ? (uint64_t)args[i].value : 0, 8);
+            if (args[i].len)
+                memcpy(pay, args[i].data, (size_t)args[i].len);
+            pay += args[i].len;
+        } else {
+            brk_st(d + 8, (uint64_t)args[i].value, 8);
+        }
+    }
+}
+
 #define BRK_NOT_MINE() (Py_INCREF(Py_NotImplemented), Py_NotImplemented)
 
 /* encode_request(rid, code, handle, asynchronous, args) -> bytes, or
@@ -420,28 +433,18 @@ static PyObject *brk_codec_encode_request(PyObject *self, PyObject *const *args,
     }
     if (size > UINT32_MAX)
         goto not_mine;
+    brk_codec_arg cargs[4];
+    for (int i = 0; i < 4; i++) {
+        cargs[i].kind = (int)kind[i];
+        cargs[i].value = value[i];
+        cargs[i].data = data[i] ? PyBytes_AS_STRING(data[i]) : NULL;
+        cargs[i].len = data[i] ? (uint64_t)PyBytes_GET_SIZE(data[i]) : 0;
+    }
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(BRK_CODEC_HEADER + size));
     if (!out)
         goto done;
-    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
-    brk_header(p, BRK_CODEC_REQUEST, async ? BRK_CODEC_FLAG_ASYNC : 0, size, (uint64_t)rid);
-    unsigned char *b = p + BRK_CODEC_HEADER, *pay = b + BRK_CODEC_REQUEST_FIXED;
-    brk_st(b, (uint64_t)(uint32_t)(int32_t)code, 4);
-    brk_st(b + 4, (uint64_t)handle, 4);
-    for (int i = 0; i < 4; i++) {
-        unsigned char *d = b + 8 + 16 * i;
-        memset(d, 0, 16);
-        d[0] = (unsigned char)kind[i];
-        if (data[i]) {
-            Py_ssize_t n = PyBytes_GET_SIZE(data[i]);
-            brk_st(d + 4, (uint64_t)n, 4);
-            brk_st(d + 8, kind[i] == K_READWRITE ? (uint64_t)value[i] : 0, 8);
-            memcpy(pay, PyBytes_AS_STRING(data[i]), (size_t)n);
-            pay += n;
-        } else {
-            brk_st(d + 8, (uint64_t)value[i], 8);
-        }
-    }
+    brk_codec_put_request((unsigned char *)PyBytes_AS_STRING(out), (uint64_t)rid, (int32_t)code, (uint32_t)handle,
+                          async, cargs);
     goto done;
 not_mine:
     out = BRK_NOT_MINE();

@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 
 #include "brk_ring.h"
+#include "brk_codec.h"
 
 /* Copies at least this big run with the GIL released. */
 #define BRK_PY_NOGIL_BYTES (256 * 1024)
@@ -314,8 +315,259 @@ static PyObject *brk_py_ready(PyObject *self, PyObject *const *args, Py_ssize_t 
     return PyBool_FromLong(rc != BRK_TIMEOUT);
 }
 
+/* Attribute names call() reads and sets on a broker.Buffer, made once. */
+static PyObject *brk_s_max_length, *brk_s_value;
+
+/* One argument of call(): 1 if it is one of the kinds call() takes (filled
+ * in), 0 if not (the caller leaves the call to Python), -1 with an exception. */
+static int brk_call_arg(PyObject *a, PyTypeObject *buffer_type, brk_codec_arg *out, PyObject **hold)
+{
+    *hold = NULL;
+    out->data = NULL;
+    out->len = 0;
+    out->value = 0;
+    if (a == Py_None) {
+        out->kind = BRK_K_NONE;
+        return 1;
+    }
+    if (PyBytes_CheckExact(a)) {
+        out->kind = BRK_K_READ;
+        out->data = PyBytes_AS_STRING(a);
+        out->len = (uint64_t)PyBytes_GET_SIZE(a);
+        return 1;
+    }
+    if (PyLong_CheckExact(a)) { /* exact: a bool is not an argument */
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(a, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        out->kind = BRK_K_INT;
+        out->value = v;
+        return 1;
+    }
+    if (Py_TYPE(a) != buffer_type)
+        return 0;
+    PyObject *max = PyObject_GetAttr(a, brk_s_max_length);
+    if (!max)
+        return -1;
+    long long m = PyLong_CheckExact(max) ? PyLong_AsLongLong(max) : -1;
+    Py_DECREF(max);
+    if (m < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *value = PyObject_GetAttr(a, brk_s_value);
+    if (!value)
+        return -1;
+    if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > m) {
+        Py_DECREF(value);
+        return 0;
+    }
+    *hold = value;
+    out->value = m;
+    if (PyBytes_GET_SIZE(value)) {
+        out->kind = BRK_K_READWRITE;
+        out->data = PyBytes_AS_STRING(value);
+        out->len = (uint64_t)PyBytes_GET_SIZE(value);
+    } else {
+        out->kind = BRK_K_WRITE;
+    }
+    return 1;
+}
+
+/* The reply in buf[0..n) if it is the simple one: exactly one COMPLETE frame
+ * for `rid`, no error text, its writes only into Buffer arguments (each at
+ * most once). Then the writes are applied and the status returned (a new
+ * int); else NULL with no exception (Python takes the reply), or NULL with
+ * one (out of memory). */
+static PyObject *brk_call_reply(const unsigned char *buf, uint64_t n, uint64_t rid, PyObject *const *argv,
+                                Py_ssize_t argc, PyTypeObject *buffer_type)
+{
+    if (n < BRK_CODEC_HEADER + BRK_CODEC_COMPLETE_FIXED || memcmp(buf, "BRK1", 4) || buf[4] != BRK_CODEC_VERSION ||
+        buf[5] != BRK_CODEC_COMPLETE || brk_codec_ld(buf + 6, 2) || brk_codec_ld(buf + 12, 4) ||
+        brk_codec_ld(buf + 8, 4) != n - BRK_CODEC_HEADER || brk_codec_ld(buf + 16, 8) != rid)
+        return NULL;
+    const unsigned char *b = buf + BRK_CODEC_HEADER;
+    uint64_t size = n - BRK_CODEC_HEADER, at = BRK_CODEC_COMPLETE_FIXED;
+    unsigned nwrites = b[4];
+    if (nwrites > 4 || b[5] || brk_codec_ld(b + 6, 2))
+        return NULL; /* an error text, or anything odd: Python says what it is */
+    struct { unsigned index; uint64_t at, len; } w[4];
+    unsigned seen = 0;
+    for (unsigned i = 0; i < nwrites; i++) {
+        if (size - at < BRK_CODEC_WRITE_HDR)
+            return NULL;
+        w[i].index = b[at];
+        w[i].len = brk_codec_ld(b + at + 4, 4);
+        at += BRK_CODEC_WRITE_HDR;
+        if (w[i].index >= 4 || (seen & (1u << w[i].index)) || w[i].len > size - at ||
+            (Py_ssize_t)w[i].index >= argc || Py_TYPE(argv[w[i].index]) != buffer_type)
+            return NULL;
+        seen |= 1u << w[i].index;
+        w[i].at = at;
+        at += w[i].len;
+    }
+    if (at != size)
+        return NULL;
+    PyObject *values[4] = { NULL, NULL, NULL, NULL };
+    for (unsigned i = 0; i < nwrites; i++) {
+        values[i] = PyBytes_FromStringAndSize((const char *)b + w[i].at, (Py_ssize_t)w[i].len);
+        if (!values[i])
+            goto fail;
+    }
+    for (unsigned i = 0; i < nwrites; i++) {
+        if (PyObject_SetAttr(argv[w[i].index], brk_s_value, values[i]) < 0)
+            goto fail;
+    }
+    for (unsigned i = 0; i < nwrites; i++)
+        Py_DECREF(values[i]);
+    return PyLong_FromLong((long)(int32_t)brk_codec_ld(b, 4));
+fail:
+    for (unsigned i = 0; i < nwrites; i++)
+        Py_XDECREF(values[i]);
+    return NULL;
+}
+
+/* Replies up to this size are copied out of the ring and read from the copy
+ * (the server could change the ring under us); a bigger one goes to Python. */
+#define BRK_CALL_COPY 4096
+
+/*
+ * call(tx, rx, rid, code, handle, args, buffer_type, wait_ns, max_frame) -> outcome:
+ * a synchronous call's whole round trip on a shared-memory session, in C, for
+ * the common case. The REQUEST is written straight into ring 0 (tx), then the
+ * reply is waited for on ring 1 (rx): spinning with the GIL for up to 10 us,
+ * then without it, for up to wait_ns in all.
+ *   int         the simple reply came (see brk_call_reply): its status, the
+ *               writes applied to the Buffer arguments;
+ *   bytes       the reply came and is anything else: Python takes it;
+ *   NotImplemented  nothing was sent (an argument of another kind, a frame
+ *               bigger than a record or with a body over max_frame, no room
+ *               in the ring): Python does it all;
+ *   (rc,)       sent, then the wait ended with outcome rc (BRK_TIMEOUT: no
+ *               reply within wait_ns; Python waits on). A ring error before
+ *               sending is (rc, 0).
+ * It runs with the GIL held except in the wait, so the send is atomic with
+ * respect to the session's other threads (close() writes a CLOSE on tx).
+ */
+static PyObject *brk_py_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *tx = brk_py_begin(args, nargs, 9, "call(tx, rx, rid, code, handle, args, buffer_type, wait_ns, max_frame)");
+    if (!tx)
+        return NULL;
+    brk_ring *rx = PyLong_AsVoidPtr(args[1]);
+    if (!rx) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "ring is closed");
+        return NULL;
+    }
+    unsigned long long rid = PyLong_AsUnsignedLongLong(args[2]);
+    if (rid == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    long long code, handle, wait_ns, max_frame;
+    if (!brk_py_int64(args[3], &code) || !brk_py_int64(args[4], &handle) || !brk_py_int64(args[7], &wait_ns) ||
+        !brk_py_int64(args[8], &max_frame))
+        return NULL;
+    if (!PyTuple_Check(args[5]) || !PyType_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "call: args is a tuple, buffer_type a class");
+        return NULL;
+    }
+    if (!brk_s_max_length && !(brk_s_max_length = PyUnicode_InternFromString("max_length")))
+        return NULL;
+    if (!brk_s_value && !(brk_s_value = PyUnicode_InternFromString("value")))
+        return NULL;
+    PyTypeObject *buffer_type = (PyTypeObject *)args[6];
+    Py_ssize_t argc = PyTuple_GET_SIZE(args[5]);
+    PyObject *const *argv = &PyTuple_GET_ITEM(args[5], 0);
+    if (argc > 4 || code < INT32_MIN || code > INT32_MAX || handle < 0 || handle > UINT32_MAX)
+        Py_RETURN_NOTIMPLEMENTED;
+    brk_codec_arg cargs[4];
+    PyObject *hold[4] = { NULL, NULL, NULL, NULL };
+    PyObject *out = NULL;
+    int i;
+    for (i = 0; i < 4; i++) {
+        if (i >= argc) {
+            cargs[i] = (brk_codec_arg){ BRK_K_NONE, 0, NULL, 0 };
+            continue;
+        }
+        int ok = brk_call_arg(argv[i], buffer_type, &cargs[i], &hold[i]);
+        if (ok < 0)
+            goto done;
+        if (!ok) {
+            out = Py_NewRef(Py_NotImplemented);
+            goto done;
+        }
+    }
+    uint64_t size = brk_codec_request_size(cargs);
+    if (size > tx->max_record || max_frame < 0 || size - BRK_CODEC_HEADER > (uint64_t)max_frame) {
+        out = Py_NewRef(Py_NotImplemented);
+        goto done;
+    }
+    int rc = brk_claim(tx, size);
+    if (rc == BRK_FULL) {
+        out = Py_NewRef(Py_NotImplemented);
+        goto done;
+    }
+    if (rc) {
+        out = Py_BuildValue("(ii)", rc, 0);
+        goto done;
+    }
+    brk_codec_put_request(tx->wptr, rid, (int32_t)code, (uint32_t)handle, 0, cargs);
+    rc = brk_commit(tx, size);
+    if (rc) {
+        out = Py_BuildValue("(i)", rc);
+        goto done;
+    }
+    /* the reply: as recv_wait waits */
+    int64_t spin = (int64_t)rx->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)rx->spin_ns : BRK_PY_GIL_SPIN_NS;
+    if (spin > wait_ns)
+        spin = wait_ns;
+    rc = spin > 0 ? brk_spin_data(rx, spin) : BRK_TIMEOUT;
+    if (rc == BRK_TIMEOUT && wait_ns > spin)
+        BRK_PY_BLOCKING(rx, rc = brk_wait_data(rx, wait_ns - spin));
+    if (rc == BRK_OK)
+        rc = brk_peek(rx);
+    if (rc != BRK_OK) {
+        out = Py_BuildValue("(i)", rc);
+        goto done;
+    }
+    uint64_t n = rx->rlen;
+    if (n > BRK_CALL_COPY) {
+        out = PyBytes_FromStringAndSize((const char *)rx->rptr, (Py_ssize_t)n);
+        if (!out) {
+            brk_unpeek(rx);
+            goto done;
+        }
+        rc = brk_release(rx);
+        if (rc) {
+            Py_CLEAR(out);
+            out = Py_BuildValue("(i)", rc);
+        }
+        goto done;
+    }
+    unsigned char copy[BRK_CALL_COPY];
+    memcpy(copy, rx->rptr, (size_t)n);
+    rc = brk_release(rx);
+    if (rc) {
+        out = Py_BuildValue("(i)", rc);
+        goto done;
+    }
+    out = brk_call_reply(copy, n, rid, argv, argc, buffer_type);
+    if (!out && !PyErr_Occurred())
+        out = PyBytes_FromStringAndSize((const char *)copy, (Py_ssize_t)n);
+done:
+    for (i = 0; i < 4; i++)
+        Py_XDECREF(hold[i]);
+    return out;
+}
+
 static PyMethodDef brk_py_methods[] = {
     {"ready", (PyCFunction)(void (*)(void))brk_py_ready, METH_FASTCALL, "ready(ring) -> bool | outcome"},
+    {"call", (PyCFunction)(void (*)(void))brk_py_call, METH_FASTCALL,
+     "call(tx, rx, rid, code, handle, args, buffer_type, wait_ns, max_frame) -> int | bytes | NotImplemented | tuple"},
     {"send", (PyCFunction)(void (*)(void))brk_py_send, METH_FASTCALL, "send(ring, data) -> outcome"},
     {"recv", (PyCFunction)(void (*)(void))brk_py_recv, METH_FASTCALL, "recv(ring) -> bytes | outcome"},
     {"recv_wait", (PyCFunction)(void (*)(void))brk_py_recv_wait, METH_FASTCALL,

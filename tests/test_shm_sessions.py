@@ -370,3 +370,92 @@ def test_ring_size_limits_are_checked():
         broker.Server("/nonexistent/x.sock", Echo, shm_capacity=4 << 20, shm_max_capacity=2 << 20)
     with pytest.raises(ValueError, match="ring_capacity"):
         connect("/nonexistent/x.sock", ring_capacity=0)
+
+
+class Statuses(broker.Session):
+    """Completions of every shape the client's C call sees: plain, with writes, negative without text,
+    with an error text, writes into an argument that is not a Buffer, and one held until released."""
+
+    held: list[broker.Message] = []
+
+    def service(self, m: broker.Message) -> None:
+        if m.code == 1:  # status only
+            m.complete(m.integer(0) if m.kind(0) == broker.ArgKind.INT else 7)
+        elif m.code == 2:  # negative, no text
+            m.complete(m.integer(0))
+        elif m.code == 3:  # negative, with text
+            m.complete(-2, "it went wrong")
+        elif m.code == 4:  # writes into each writable argument
+            for i in range(4):
+                if m.kind(i) in (broker.ArgKind.WRITE, broker.ArgKind.READWRITE):
+                    m.write(i, f"arg{i}".encode() * (i + 1))
+            m.complete(0)
+        elif m.code == 5:  # a reply bigger than the C call copies out: taken by Python
+            m.write(1, m.read(0))
+            m.complete(len(m.read(0)))
+        elif m.code == 6:
+            Statuses.held.append(m)
+        else:
+            super().service(m)
+
+
+def test_the_c_call_gives_what_the_long_way_gives_for_every_kind_of_completion(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Statuses) as srv, connect(path) as s, connect(path, socket_only=True) as sock:
+        assert s.transport == "shared memory" and sock.transport == "socket"
+        for c in (s, sock):
+            assert c.send_receive(1, 41) == 41 and c.send_receive(1) == 7 and c.send_receive(1, None, 3) == 7
+            with pytest.raises(broker.ServiceError, match="32-bit signed") as e:
+                c.send_receive(1, 2**40)  # a status out of range: the service fails, the client is told
+            assert e.value.status == broker.Status.DIED
+            with pytest.raises(broker.BadHandle):
+                c.send_receive(2, int(broker.Status.BAD_HANDLE))  # a typed error, with no text
+            with pytest.raises(broker.PermissionDenied):
+                c.send_receive(2, int(broker.Status.PERMISSION_DENIED))
+            with pytest.raises(broker.ServiceError) as e:
+                c.send_receive(2, -77)
+            assert e.value.status == -77
+            with pytest.raises(broker.ServiceError, match="it went wrong"):
+                c.send_receive(3)
+            a, b, ba = Buffer(16), Buffer(16, b"old"), bytearray(16)
+            assert c.send_receive(4, a, 5, b, ba) == 0  # a bytearray target: the long way applies it
+            assert (a.value, b.value, bytes(ba)) == (b"arg0", b"arg2arg2arg2", b"arg3arg3arg3arg3")
+            big = os.urandom(10000)
+            out = Buffer(len(big))
+            assert c.send_receive(5, big, out) == len(big) and out.value == big
+            with pytest.raises(TypeError, match="bool"):
+                c.send_receive(1, True)  # not an argument, on either way
+        assert srv.sessions()[0]["requests"] == srv.sessions()[1]["requests"]
+
+
+def test_close_from_another_thread_ends_a_call_waiting_in_c(tmp_path):
+    import threading
+
+    path = str(tmp_path / "s.sock")
+    Statuses.held = []
+    with broker.Server(path, Statuses), connect(path) as s:
+        assert s.transport == "shared memory"
+        threading.Timer(0.2, s.close).start()
+        t0 = time.monotonic()
+        with pytest.raises(broker.ServerGone, match="closed"):
+            s.send_receive(6)  # held by the server: only the close ends it
+        assert time.monotonic() - t0 < 5
+
+
+def test_simple_calls_on_shared_memory_never_take_the_long_way(tmp_path, monkeypatch):
+    """ints, bytes, None and Buffers: the C call takes them; anything else (a bytearray) the long way."""
+    import broker._client as client
+
+    def long_way(a):
+        raise AssertionError(f"the long way was taken for {a!r}")
+
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Statuses), connect(path) as s:
+        assert s.transport == "shared memory"
+        monkeypatch.setattr(client, "_to_arg", long_way)
+        out = Buffer(16)
+        for i in range(100):
+            assert s.send_receive(1, i) == i and s.send_receive(4, out, None, b"x") == 0
+        assert out.value == b"arg0"
+        with pytest.raises(AssertionError, match="the long way was taken for bytearray"):
+            s.send_receive(4, bytearray(16))
