@@ -17,7 +17,7 @@ import os
 from collections import deque
 
 from ._errors import Empty, Full
-from ._ring import FULL, TIMEOUT, open_session_rings, session_call, session_rings
+from ._ring import FULL, TIMEOUT, completer, open_session_rings, request_taker, session_call, session_rings
 
 DEFAULT_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
 
@@ -41,6 +41,8 @@ class ServerRings:
         self.ready = self.rx.poller()
         self._batch = self.rx.batcher()
         self._send1 = self.tx.sender()
+        self.take = request_taker(self.rx)  # the common requests, made Messages by C
+        self.put = completer(self.tx)  # a completion, encoded straight into ring 1 by C
 
     def proof(self, nonce: bytes) -> bool:
         """Did the client read the segment? (the nonce it echoed is the one we wrote)"""

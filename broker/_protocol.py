@@ -251,6 +251,11 @@ def _no_feed(view: memoryview, at: int, max_frame: int) -> tuple[list[Event], in
 # ---- encoding -----------------------------------------------------------------
 
 
+def text_bytes(s: str) -> bytes:
+    """A reason or error text as it travels: UTF-8, cut to MAX_TEXT bytes on a character boundary."""
+    return _text(s)
+
+
 def _text(s: str) -> bytes:
     b = s.encode("utf-8", "replace")[:MAX_TEXT]
     return b.decode("utf-8", "ignore").encode("utf-8")  # never cut a character in two
@@ -809,14 +814,18 @@ class ServerConnection(_Side):
                  error: str | None = None) -> bytes:
         """The completion of an outstanding request; ProtocolError if it is not outstanding (a
         second completion). `writes`: Write objects or (index, data) pairs."""
-        if self.state is not _OPEN:
-            self._check_open("a completion")
-        if self.outstanding.pop(request_id, None) is None:
-            raise ProtocolError(f"request {request_id} is not outstanding (completed twice?)")
+        self.completing(request_id)
         frame = _c_encode_complete(request_id, status, writes, None if error is None else _text(error))
         if frame is NotImplemented:
             frame = complete_frame(request_id, status, tuple(writes), error)
         return frame  # type: ignore[no-any-return]
+
+    def completing(self, request_id: int) -> None:
+        """complete()'s checks and books, for a completion encoded elsewhere (the server's C path)."""
+        if self.state is not _OPEN:
+            self._check_open("a completion")
+        if self.outstanding.pop(request_id, None) is None:
+            raise ProtocolError(f"request {request_id} is not outstanding (completed twice?)")
 
     def panic(self, reason: str) -> bytes:
         self._close(f"panicked: {reason}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _names, _proc, _shm
 from ._brk import ffi, lib
-from ._native import RING
+from ._native import CODEC, RING
 from ._errors import (
     BrokerError,
     Closed,
@@ -254,6 +254,20 @@ def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     tx._need("producer")
     rx._need("consumer")
     return functools.partial(_FAST["call"], tx._addr, rx._addr)
+
+
+def request_taker(rx: "Ring") -> Callable[..., Any]:
+    """The server's ring 0 as C takes its requests (csrc/brk_codec.c, take_requests):
+    fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages). Keep rx alive."""
+    rx._need("consumer")
+    return functools.partial(CODEC["take_requests"], rx._addr)
+
+
+def completer(tx: "Ring") -> Callable[..., Any]:
+    """The server's ring 1 as C writes completions into it (csrc/brk_codec.c, put_complete):
+    fn(rid, status, writes, error_bytes). Keep tx alive."""
+    tx._need("producer")
+    return functools.partial(CODEC["put_complete"], tx._addr)
 
 
 def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import inspect
 import itertools
 import json
@@ -45,6 +46,7 @@ from ._protocol import (
 from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")
+_OPEN = State.OPEN
 _RECV = 256 * 1024
 SHM_MIN_CAPACITY = 64 << 10  # the least a client may ask for each ring of its session
 SHM_MAX_CAPACITY = 64 << 20  # the most, unless Server(shm_max_capacity=) says otherwise
@@ -90,6 +92,7 @@ class _Conn:
         self.batching = False  # the loop thread is handling a batch of requests: _send only queues
         self.ring_batch: list[bytes] | None = None  # the same on rings: the frames _send was given meanwhile
         self.rings: ServerRings | None = None  # offered or in use
+        self._take: Callable[[], Any] | None = None  # on rings, in a threaded server without policies: see on_ring
         self.on_rings = False  # the rings carry the session (after the client's proof)
         self._connected: tuple[Any, Decision] | None = None  # the event waits for the answer to an offer
 
@@ -119,6 +122,23 @@ class _Conn:
             return
         if rang:
             rings.clear_doorbell()
+        proto = self.proto
+        take = self._take
+        if take is not None and not drain and not proto.reader._buf and proto.state is _OPEN and not proto.offered:
+            # the common requests, made Messages by C straight from the ring (one batch per turn)
+            r = take()
+            if len(r) == 3:
+                msgs, nbytes, left = r
+                if msgs:
+                    self.bytes_in += nbytes
+                    self.requests += len(msgs)
+                    if len(msgs) == 1:
+                        self._serve(msgs[0])
+                    else:
+                        self._serve_batch(msgs)
+                if not left or self.ended:
+                    return
+            # something else waits (or an error, which the long way says): the long way takes it
         while not self.ended:
             try:
                 records = rings.read()
@@ -261,6 +281,10 @@ class _Conn:
                 return
             rings.mapped()  # unlinked: both sides have it, nobody else ever will
             self.on_rings = True
+            srv = self.server
+            if srv._aloop is None and not srv.policies:  # C may take the common requests (see on_ring)
+                self._take = functools.partial(rings.take, self.proto.reader.max_frame, Message, self,
+                                               self.proto.outstanding, self.messages, CLOSE_SUBSESSION, 256)
             self.server._watch_rings(self)
         else:
             self.rings = None
@@ -277,6 +301,34 @@ class _Conn:
         log.info("session %s: %s; session rule: %s", self.peer, carrier, d)
         self.server._event(SessionEvent("connected", self.peer, f"{self.peer.transport} {carrier}; session rule: {d}",
                                         self.session, d))
+
+    def _serve(self, msg: Message) -> None:
+        """A message C made (take_requests): synchronous, code >= 0, no policy to check; already in
+        the books. What on_request does for it from session.service on."""
+        try:
+            result = self.session.service(msg)
+        except Exception as e:
+            self.failed(msg, e)
+            return
+        if result is not None and inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
+
+    def _serve_batch(self, msgs: list[Message]) -> None:
+        """_serve for each, their completions into ring 1 together as one record."""
+        lock = self.lock
+        self.ring_batch = []
+        try:
+            for m in msgs:
+                if self.ended:
+                    break
+                self._serve(m)
+        finally:
+            with lock:
+                batch, self.ring_batch = self.ring_batch, None
+                if batch:
+                    self._send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def on_request(self, req: Request) -> None:
         msg = Message(self, req.request_id, req.code, req.args, req.handle, req.asynchronous)
@@ -437,6 +489,7 @@ class _Conn:
                 except BrokerError:
                     pass
             self.ended = True
+            self._take = None  # it holds this connection: no cycle left behind
         srv = self.server
         srv._forget(self)
         if self.rings is not None:

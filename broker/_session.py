@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from ._errors import BadHandle, BrokerError, Overflow, StateError
 from ._handles import ObjectIndex
-from ._protocol import Arg, ArgKind, State, Status
+from ._protocol import Arg, ArgKind, State, Status, complete_frame, text_bytes
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
@@ -154,7 +154,8 @@ class Message:
     def complete(self, status: int = 0, error: str | None = None) -> None:
         """Finish the request with `status` (0 or a positive result; negative:
         an error the client sees); exactly once."""
-        status = int(status)
+        if type(status) is not int:
+            status = int(status)
         if not -0x80000000 <= status <= 0x7FFFFFFF:  # checked before anything: a bad status completes nothing
             raise ValueError(f"a status is a 32-bit signed integer, not {status}")
         conn = self._conn
@@ -164,14 +165,27 @@ class Message:
             if self._done:
                 raise StateError(f"request {self.request_id} is already complete")
             self._done = True
-            if conn.ended or conn.proto.state is not _OPEN:
+            proto = conn.proto
+            if conn.ended or proto.state is not _OPEN:
                 return  # the client is gone: nobody to tell
+            rid = self.request_id
             # only a message that took a slot gives one back (a SERVER_BUSY refusal took none)
-            if conn.messages.pop(self.request_id, None) is not None and self.asynchronous:
+            if conn.messages.pop(rid, None) is not None and self.asynchronous:
                 conn.async_outstanding -= 1
             conn.completions += 1
             w = self._writes
-            conn._send(conn.proto.complete(self.request_id, status, sorted(w.items()) if w else (), error))
+            writes = sorted(w.items()) if w else ()
+            rings = conn.rings
+            if conn.on_rings and rings is not None and conn.ring_batch is None and not rings.pending:
+                # straight into ring 1, encoded by C; the long way if it cannot (no room, or it will not take it)
+                proto.completing(rid)
+                n = rings.put(rid, status, writes, None if error is None else text_bytes(error))
+                if type(n) is int:
+                    conn.bytes_out += n
+                else:
+                    conn._send(complete_frame(rid, status, writes, error))
+                return
+            conn._send(proto.complete(rid, status, writes, error))
         finally:
             lock.release()
 

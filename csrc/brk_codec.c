@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "brk_codec.h"
+#include "brk_ring.h"
 
 enum { K_NONE = BRK_K_NONE, K_INT = BRK_K_INT, K_READ = BRK_K_READ, K_WRITE = BRK_K_WRITE, K_READWRITE = BRK_K_READWRITE,
        K_HANDLE = BRK_K_HANDLE, K_COUNT = BRK_K_COUNT };
@@ -112,10 +113,12 @@ fail:
  * memory), or Py_None borrowed: "not the common case, let Python look". */
 #define BRK_DEFER Py_None
 
-static PyObject *brk_decode_request(const unsigned char *b, uint64_t size, uint32_t flags, uint64_t rid)
+/* The four arguments of a REQUEST body as a tuple of Arg: 1 (*out set), 0
+ * (not the common valid case: Python looks), -1 (an exception: out of memory). */
+static int brk_decode_args(const unsigned char *b, uint64_t size, PyObject **out)
 {
-    if (flags & ~(uint32_t)BRK_CODEC_FLAG_ASYNC || size < BRK_CODEC_REQUEST_FIXED)
-        return BRK_DEFER;
+    if (size < BRK_CODEC_REQUEST_FIXED)
+        return 0;
     uint64_t at = BRK_CODEC_REQUEST_FIXED;
     PyObject *argv[4] = { NULL, NULL, NULL, NULL };
     int i;
@@ -156,22 +159,34 @@ static PyObject *brk_decode_request(const unsigned char *b, uint64_t size, uint3
     if (i < 4 || at != size) {
         for (int j = 0; j < 4; j++)
             Py_XDECREF(argv[j]);
-        return BRK_DEFER;
+        return 0;
     }
     PyObject *tuple = PyTuple_New(4);
     if (!tuple)
         goto oom;
     for (int j = 0; j < 4; j++)
         PyTuple_SET_ITEM(tuple, j, argv[j]);
+    *out = tuple;
+    return 1;
+oom:
+    for (int j = 0; j < 4; j++)
+        Py_XDECREF(argv[j]);
+    return -1;
+}
+
+static PyObject *brk_decode_request(const unsigned char *b, uint64_t size, uint32_t flags, uint64_t rid)
+{
+    if (flags & ~(uint32_t)BRK_CODEC_FLAG_ASYNC)
+        return BRK_DEFER;
+    PyObject *tuple;
+    int ok = brk_decode_args(b, size, &tuple);
+    if (ok <= 0)
+        return ok < 0 ? NULL : BRK_DEFER;
     PyObject *vals[5] = { PyLong_FromUnsignedLongLong(rid), PyLong_FromLong((long)(int32_t)brk_ld(b, 4)), tuple,
                           PyLong_FromUnsignedLong((unsigned long)brk_ld(b + 4, 4)),
                           PyBool_FromLong(flags & BRK_CODEC_FLAG_ASYNC) };
     PyObject *names[5] = { brk_s_request_id, brk_s_code, brk_s_args, brk_s_handle, brk_s_asynchronous };
     return brk_make(brk_t_request, names, vals, 5);
-oom:
-    for (int j = 0; j < 4; j++)
-        Py_XDECREF(argv[j]);
-    return NULL;
 }
 
 static PyObject *brk_decode_complete(const unsigned char *b, uint64_t size, uint64_t rid)
@@ -535,6 +550,222 @@ done:
     return out;
 }
 
+/* ---- the server's side of a shared-memory session ---------------------------------- */
+
+static PyObject *brk_s_m_conn, *brk_s_m_args, *brk_s_m_writes, *brk_s_m_done;
+
+/* Records up to this size are copied out of the ring before they are read
+ * (the client could change the ring under us); a bigger one goes to Python. */
+#define BRK_TAKE_COPY 4096
+#define BRK_TAKE_FRAMES (BRK_TAKE_COPY / (BRK_CODEC_HEADER + BRK_CODEC_REQUEST_FIXED) + 1)
+
+/* The requests of one record, decoded: 1, 0 (not all of them the common kind:
+ * nothing made), -1 (an exception). rids[i], codes[i], handles[i], args[i] (new). */
+static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_frame, int64_t close_code,
+                           PyObject *outstanding, uint64_t *rids, int32_t *codes, uint32_t *handles,
+                           PyObject **args, int *count)
+{
+    int k = 0;
+    for (uint64_t at = 0; at < n; k++) {
+        if (k == BRK_TAKE_FRAMES || n - at < BRK_CODEC_HEADER)
+            goto defer;
+        const unsigned char *h = p + at;
+        uint64_t length = brk_ld(h + 8, 4);
+        if (memcmp(h, "BRK1", 4) || h[4] != BRK_CODEC_VERSION || h[5] != BRK_CODEC_REQUEST || brk_ld(h + 6, 2) ||
+            brk_ld(h + 12, 4) || length > max_frame || length > n - at - BRK_CODEC_HEADER ||
+            length < BRK_CODEC_REQUEST_FIXED)
+            goto defer;
+        const unsigned char *b = h + BRK_CODEC_HEADER;
+        uint64_t rid = brk_ld(h + 16, 8);
+        int32_t code = (int32_t)brk_ld(b, 4);
+        if (rid == 0 || code < 0 || code == close_code)
+            goto defer;
+        for (int j = 0; j < k; j++)
+            if (rids[j] == rid)
+                goto defer;
+        PyObject *key = PyLong_FromUnsignedLongLong(rid);
+        if (!key)
+            goto fail;
+        int there = PyDict_Contains(outstanding, key);
+        Py_DECREF(key);
+        if (there < 0)
+            goto fail;
+        if (there)
+            goto defer; /* reused while outstanding: Python says so */
+        int ok = brk_decode_args(b, length, &args[k]);
+        if (ok < 0)
+            goto fail;
+        if (!ok)
+            goto defer;
+        rids[k] = rid;
+        codes[k] = code;
+        handles[k] = (uint32_t)brk_ld(b + 4, 4);
+        at += BRK_CODEC_HEADER + length;
+    }
+    *count = k;
+    return 1;
+defer:
+    for (int j = 0; j < k; j++)
+        Py_CLEAR(args[j]);
+    return 0;
+fail:
+    for (int j = 0; j < k; j++)
+        Py_CLEAR(args[j]);
+    return -1;
+}
+
+/*
+ * take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages)
+ *   -> (messages, bytes, left) | (outcome,)
+ * The synchronous requests at the head of ring 0 (the server's side), each a
+ * new message_type instance (broker.Message, its slots set without running its
+ * __init__: _conn, request_id, code, handle, asynchronous False, _args,
+ * _writes None, _done False) entered in the protocol's `outstanding` and the
+ * connection's `messages`; `bytes` the records' bytes. A record is taken whole
+ * or not at all: `left` is true when one waits that is anything else (an
+ * asynchronous request, a negative code or close_code, a frame over several
+ * records, an invalid one...), for Python. (outcome,) for a ring error before
+ * anything was taken.
+ */
+static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 8 || !PyType_Check(args[2]) || !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "take_requests(rx, max_frame, message_type, conn, outstanding, messages, "
+                                         "close_code, max_messages)");
+        return NULL;
+    }
+    if (!brk_t_request) {
+        PyErr_SetString(PyExc_RuntimeError, "codec_setup() was not called");
+        return NULL;
+    }
+    brk_ring *r = PyLong_AsVoidPtr(args[0]);
+    if (!r) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "ring is closed");
+        return NULL;
+    }
+    unsigned long long max_frame = PyLong_AsUnsignedLongLong(args[1]);
+    long long close_code = PyLong_AsLongLong(args[6]);
+    Py_ssize_t max_messages = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    struct { PyObject **at; const char *s; } names[] = {
+        { &brk_s_m_conn, "_conn" }, { &brk_s_m_args, "_args" }, { &brk_s_m_writes, "_writes" }, { &brk_s_m_done, "_done" },
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!*names[i].at && !(*names[i].at = PyUnicode_InternFromString(names[i].s)))
+            return NULL;
+    }
+    PyTypeObject *mt = (PyTypeObject *)args[2];
+    PyObject *conn = args[3], *outstanding = args[4], *messages = args[5];
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    uint64_t bytes = 0;
+    int left = 0;
+    uint64_t rids[BRK_TAKE_FRAMES];
+    int32_t codes[BRK_TAKE_FRAMES];
+    uint32_t handles[BRK_TAKE_FRAMES];
+    PyObject *argt[BRK_TAKE_FRAMES];
+    unsigned char copy[BRK_TAKE_COPY];
+    while (PyList_GET_SIZE(list) < max_messages) {
+        int rc = brk_peek(r);
+        if (rc == BRK_EMPTY)
+            break;
+        if (rc != BRK_OK) {
+            if (PyList_GET_SIZE(list) == 0) {
+                Py_DECREF(list);
+                return Py_BuildValue("(i)", rc);
+            }
+            left = 1; /* the next call reports it */
+            break;
+        }
+        uint64_t n = r->rlen;
+        if (n > BRK_TAKE_COPY) {
+            brk_unpeek(r);
+            left = 1;
+            break;
+        }
+        memcpy(copy, r->rptr, (size_t)n);
+        int count = 0;
+        int ok = brk_take_record(copy, n, max_frame, close_code, outstanding, rids, codes, handles, argt, &count);
+        if (ok <= 0) {
+            brk_unpeek(r);
+            if (ok < 0)
+                goto fail;
+            left = 1;
+            break;
+        }
+        rc = brk_release(r);
+        if (rc != BRK_OK) { /* cannot happen on a lossless ring we alone read */
+            for (int j = 0; j < count; j++)
+                Py_DECREF(argt[j]);
+            left = 1;
+            break;
+        }
+        bytes += n;
+        for (int j = 0; j < count; j++) {
+            PyObject *rid = PyLong_FromUnsignedLongLong(rids[j]);
+            PyObject *vals[8] = { Py_NewRef(conn), rid ? Py_NewRef(rid) : NULL, PyLong_FromLong(codes[j]),
+                                  PyLong_FromUnsignedLong(handles[j]), Py_NewRef(Py_False), argt[j],
+                                  Py_NewRef(Py_None), Py_NewRef(Py_False) };
+            PyObject *mnames[8] = { brk_s_m_conn, brk_s_request_id, brk_s_code, brk_s_handle, brk_s_asynchronous,
+                                    brk_s_m_args, brk_s_m_writes, brk_s_m_done };
+            PyObject *m = brk_make(mt, mnames, vals, 8);
+            int bad = !m || PyDict_SetItem(outstanding, rid, m) < 0 || PyDict_SetItem(messages, rid, m) < 0 ||
+                      PyList_Append(list, m) < 0;
+            Py_XDECREF(m);
+            Py_XDECREF(rid);
+            if (bad) {
+                for (int i = j + 1; i < count; i++)
+                    Py_DECREF(argt[i]);
+                goto fail;
+            }
+        }
+    }
+    return Py_BuildValue("(NKi)", list, (unsigned long long)bytes, left);
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
+/*
+ * put_complete(tx, rid, status, writes, error) -> bytes written (> 0) | NotImplemented | (outcome,)
+ * A COMPLETE frame written straight into ring 1 (the server's side), as
+ * encode_complete would make it; NotImplemented when encode_complete would
+ * not take it, it is bigger than a record or the ring has no room now (the
+ * caller queues it); (outcome,) for a ring error.
+ */
+static PyObject *brk_codec_put_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "put_complete(tx, rid, status, writes, error)");
+        return NULL;
+    }
+    brk_ring *r = PyLong_AsVoidPtr(args[0]);
+    if (!r) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "ring is closed");
+        return NULL;
+    }
+    PyObject *frame = brk_codec_encode_complete(NULL, args + 1, 4);
+    if (!frame || frame == Py_NotImplemented)
+        return frame;
+    Py_ssize_t n = PyBytes_GET_SIZE(frame);
+    PyObject *out;
+    int rc = (uint64_t)n > r->max_record ? BRK_FULL : brk_send(r, PyBytes_AS_STRING(frame), (uint64_t)n);
+    if (rc == 0)
+        out = PyLong_FromSsize_t(n);
+    else if (rc == BRK_FULL)
+        out = Py_NewRef(Py_NotImplemented);
+    else
+        out = Py_BuildValue("(i)", rc);
+    Py_DECREF(frame);
+    return out;
+}
+
 static PyMethodDef brk_codec_methods[] = {
     {"codec_setup", (PyCFunction)(void (*)(void))brk_codec_setup, METH_FASTCALL,
      "codec_setup(Request, Arg, Complete, Write, kinds, NO_ARG)"},
@@ -543,6 +774,10 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_request(rid, code, handle, asynchronous, args) -> bytes | NotImplemented"},
     {"encode_complete", (PyCFunction)(void (*)(void))brk_codec_encode_complete, METH_FASTCALL,
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
+    {"take_requests", (PyCFunction)(void (*)(void))brk_codec_take_requests, METH_FASTCALL,
+     "take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages)"},
+    {"put_complete", (PyCFunction)(void (*)(void))brk_codec_put_complete, METH_FASTCALL,
+     "put_complete(tx, rid, status, writes, error) -> int | NotImplemented | (outcome,)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,6 @@
-"""The extension's C (the codec, the rings' fast calls) built under ASan+UBSan, running the codec's and the
-protocol's tests and the shared-memory sessions' tests in a child interpreter.
+"""The extension's C (the codec, the rings' fast calls, the client's call and the server's take and put)
+built under ASan+UBSan, running the codec's, the protocol's, the shared-memory sessions' and the framework's
+contract tests in a child interpreter.
 
 CPython itself is not built with the sanitizers, so the child preloads their
 runtimes, and leak checking is off (the interpreter keeps objects until exit
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
-TESTS = ["tests/test_codec.py", "tests/test_protocol.py", "tests/test_shm_sessions.py"]
+TESTS = ["tests/test_codec.py", "tests/test_protocol.py", "tests/test_shm_sessions.py", "tests/test_framework.py"]
 
 BUILD = r"""
 import os, sys
