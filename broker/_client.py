@@ -406,7 +406,12 @@ class ClientSession:
                 if self._async >= self.slots:
                     raise ServerBusy(f"all {self.slots} message slots of this session are in use")
                 self._async += 1
-            rid, frame = self._proto.request(code, wire, handle, asynchronous)
+            try:
+                rid, frame = self._proto.request(code, wire, handle, asynchronous)
+            except ProtocolError:
+                if self._proto.state is not State.CLOSED:
+                    raise
+                raise ServerGone("the session is closed") from None  # as close() says it
             self._pending[rid] = (fut, args, asynchronous)
             try:
                 self._write(frame)
@@ -427,9 +432,15 @@ class ClientSession:
         inline = _Inline()
         lock.acquire()  # not `with`: it costs twice as much, on every call
         try:
-            if self._reader is not None or self._broken is not None or self._pending or self.sharable:
+            if (self._reader is not None or self._broken is not None or self._pending or self.sharable
+                    or proto.reader.pending):  # a piece of a split frame waits: the long way reads on from it
                 return None
-            rid = proto.begin_request(False)
+            try:
+                rid = proto.begin_request(False)
+            except ProtocolError:  # closed by another thread just now (close() closes the protocol first)
+                if proto.state is not State.CLOSED:
+                    raise
+                raise ServerGone("the session is closed") from None  # as close() says it
             self._reading += 1  # reading inline: a reader thread waits for _end_inline
             self._pending[rid] = (inline, args, False)
         finally:
@@ -476,6 +487,10 @@ class ClientSession:
         try:
             return fut.result(timeout)
         except TimeoutError:
+            broken = self._broken
+            if broken is not None and not fut.done():
+                # the session ended while this call was read for: _fail is about to settle it with this
+                raise broken from None
             with self._lock:
                 if self._pending.pop(rid, None) is not None and self._proto.state == State.OPEN:
                     try:

@@ -256,6 +256,12 @@ def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     return functools.partial(_FAST["call"], tx._addr, rx._addr)
 
 
+def message_class(cls: type) -> type:
+    """Class decorator: the class (broker.Message) whose instances request_taker's C makes."""
+    CODEC["message_setup"](cls)
+    return cls
+
+
 def request_taker(rx: "Ring") -> Callable[..., Any]:
     """The server's ring 0 as C takes its requests (csrc/brk_codec.c, take_requests):
     fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages). Keep rx alive."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from ._errors import BadHandle, BrokerError, Overflow, StateError
 from ._handles import ObjectIndex
 from ._protocol import Arg, ArgKind, State, Status, complete_frame, text_bytes
+from ._ring import message_class
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
@@ -38,6 +39,7 @@ class Peer:
         return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]})" if self.address else "?"
 
 
+@message_class  # the server's C (take_requests) makes instances of it, its slots set without __init__
 class Message:
     """One request: a function code and four arguments (Symbian's RMessage2).
 

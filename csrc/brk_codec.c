@@ -422,7 +422,11 @@ static PyObject *brk_codec_encode_request(PyObject *self, PyObject *const *args,
     PyObject *seq = args[4];
     if (!(PyList_CheckExact(seq) || PyTuple_CheckExact(seq)) || PySequence_Fast_GET_SIZE(seq) != 4)
         return BRK_NOT_MINE();
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* a snapshot: an attribute lookup below may run Python code that changes a list */
+    PyObject *snap = PySequence_Tuple(seq);
+    if (!snap)
+        return NULL;
+    PyObject **items = &PyTuple_GET_ITEM(snap, 0);
     long long kind[4], value[4];
     PyObject *data[4] = { NULL, NULL, NULL, NULL };
     uint64_t size = BRK_CODEC_REQUEST_FIXED;
@@ -466,6 +470,7 @@ not_mine:
 done:
     for (int i = 0; i < 4; i++)
         Py_XDECREF(data[i]);
+    Py_DECREF(snap);
     return out;
 }
 
@@ -492,8 +497,12 @@ static PyObject *brk_codec_encode_complete(PyObject *self, PyObject *const *args
     if (!(PyList_CheckExact(seq) || PyTuple_CheckExact(seq)) || PySequence_Fast_GET_SIZE(seq) > 4 ||
         (err != Py_None && !PyBytes_Check(err)))
         return BRK_NOT_MINE();
-    Py_ssize_t nw = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* a snapshot: an attribute lookup below may run Python code that changes a list */
+    PyObject *snap = PySequence_Tuple(seq);
+    if (!snap)
+        return NULL;
+    Py_ssize_t nw = PyTuple_GET_SIZE(snap);
+    PyObject **items = &PyTuple_GET_ITEM(snap, 0);
     long long index[4];
     PyObject *data[4] = { NULL, NULL, NULL, NULL };
     uint64_t size = BRK_CODEC_COMPLETE_FIXED + (err != Py_None ? (uint64_t)PyBytes_GET_SIZE(err) : 0);
@@ -547,12 +556,27 @@ not_mine:
 done:
     for (Py_ssize_t i = 0; i < nw; i++)
         Py_XDECREF(data[i]);
+    Py_DECREF(snap);
     return out;
 }
 
 /* ---- the server's side of a shared-memory session ---------------------------------- */
 
 static PyObject *brk_s_m_conn, *brk_s_m_args, *brk_s_m_writes, *brk_s_m_done;
+static PyTypeObject *brk_t_message; /* broker.Message, given once by message_setup */
+
+/* message_setup(Message): the one class take_requests makes (its slots set without its __init__). */
+static PyObject *brk_codec_message_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 1 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "message_setup(Message)");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_XSETREF(brk_t_message, (PyTypeObject *)args[0]);
+    Py_RETURN_NONE;
+}
 
 /* Records up to this size are copied out of the ring before they are read
  * (the client could change the ring under us); a bigger one goes to Python. */
@@ -658,6 +682,10 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
             return NULL;
     }
     PyTypeObject *mt = (PyTypeObject *)args[2];
+    if (mt != brk_t_message) {
+        PyErr_SetString(PyExc_TypeError, "take_requests makes only the class given to message_setup()");
+        return NULL;
+    }
     PyObject *conn = args[3], *outstanding = args[4], *messages = args[5];
     PyObject *list = PyList_New(0);
     if (!list)
@@ -697,32 +725,62 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
             left = 1;
             break;
         }
-        rc = brk_release(r);
-        if (rc != BRK_OK) { /* cannot happen on a lossless ring we alone read */
-            for (int j = 0; j < count; j++)
-                Py_DECREF(argt[j]);
-            left = 1;
-            break;
-        }
-        bytes += n;
-        for (int j = 0; j < count; j++) {
+        /* the record's Messages, all of them, before it leaves the ring: out of memory halfway,
+         * the record stays (unpeeked) and nothing of it is in the books */
+        Py_ssize_t first = PyList_GET_SIZE(list);
+        int j = 0;
+        for (; j < count; j++) {
             PyObject *rid = PyLong_FromUnsignedLongLong(rids[j]);
             PyObject *vals[8] = { Py_NewRef(conn), rid ? Py_NewRef(rid) : NULL, PyLong_FromLong(codes[j]),
                                   PyLong_FromUnsignedLong(handles[j]), Py_NewRef(Py_False), argt[j],
                                   Py_NewRef(Py_None), Py_NewRef(Py_False) };
+            argt[j] = NULL; /* stolen by brk_make */
             PyObject *mnames[8] = { brk_s_m_conn, brk_s_request_id, brk_s_code, brk_s_handle, brk_s_asynchronous,
                                     brk_s_m_args, brk_s_m_writes, brk_s_m_done };
             PyObject *m = brk_make(mt, mnames, vals, 8);
-            int bad = !m || PyDict_SetItem(outstanding, rid, m) < 0 || PyDict_SetItem(messages, rid, m) < 0 ||
-                      PyList_Append(list, m) < 0;
+            int bad = !m || PyList_Append(list, m) < 0;
             Py_XDECREF(m);
             Py_XDECREF(rid);
+            if (bad)
+                break;
+        }
+        /* into the books (so that a later record reusing one of these ids is refused, as Python does) */
+        Py_ssize_t booked = first;
+        for (; j == count && booked < PyList_GET_SIZE(list); booked++) {
+            PyObject *m = PyList_GET_ITEM(list, booked);
+            PyObject *rid = PyObject_GenericGetAttr(m, brk_s_request_id);
+            int bad = !rid || PyDict_SetItem(outstanding, rid, m) < 0 || PyDict_SetItem(messages, rid, m) < 0;
+            Py_XDECREF(rid);
             if (bad) {
-                for (int i = j + 1; i < count; i++)
-                    Py_DECREF(argt[i]);
-                goto fail;
+                booked++; /* it may be in one of the two */
+                break;
             }
         }
+        if (j < count || booked < PyList_GET_SIZE(list) || (rc = brk_release(r)) != BRK_OK) {
+            /* out of memory halfway (or a release that cannot fail on a lossless ring we alone read):
+             * the record stays in the ring and nothing of it in the books */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb); /* the error that got us here, kept across the clean-up */
+            for (int i = j + 1; i < count; i++)
+                Py_DECREF(argt[i]);
+            for (Py_ssize_t i = first; i < booked; i++) {
+                PyObject *rid = PyObject_GenericGetAttr(PyList_GET_ITEM(list, i), brk_s_request_id);
+                if (rid) {
+                    if (PyDict_DelItem(outstanding, rid) < 0 || PyDict_DelItem(messages, rid) < 0)
+                        PyErr_Clear();
+                    Py_DECREF(rid);
+                }
+                PyErr_Clear();
+            }
+            PyList_SetSlice(list, first, PyList_GET_SIZE(list), NULL);
+            brk_unpeek(r);
+            PyErr_Restore(et, ev, tb);
+            if (et)
+                goto fail;
+            left = 1;
+            break;
+        }
+        bytes += n;
     }
     return Py_BuildValue("(NKi)", list, (unsigned long long)bytes, left);
 fail:
@@ -774,6 +832,7 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_request(rid, code, handle, asynchronous, args) -> bytes | NotImplemented"},
     {"encode_complete", (PyCFunction)(void (*)(void))brk_codec_encode_complete, METH_FASTCALL,
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
+    {"message_setup", (PyCFunction)(void (*)(void))brk_codec_message_setup, METH_FASTCALL, "message_setup(Message)"},
     {"take_requests", (PyCFunction)(void (*)(void))brk_codec_take_requests, METH_FASTCALL,
      "take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages)"},
     {"put_complete", (PyCFunction)(void (*)(void))brk_codec_put_complete, METH_FASTCALL,

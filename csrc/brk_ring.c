@@ -1166,6 +1166,9 @@ int brk_spin_data(brk_ring *r, int64_t spin_ns)
     if (!brk_consumer_ok(r) || spin_ns < 0)
         return -EINVAL;
     /* Spin only, never sleep: 0 once there is something to read, else BRK_TIMEOUT. */
+    if (spin_ns == 0) /* one look (a server polling many rings): no clock, no pause. acquire: pairs with the
+                       * producer's publishing store of tail (brk_publish), as in the loop below */
+        return brk_consumer_ready(r, memory_order_acquire) ? brk_wait_result(r) : BRK_TIMEOUT;
     uint64_t now = brk_now_ns(), end = now + (uint64_t)spin_ns;
     if (brk_woke_at && now - brk_woke_at < BRK_NO_SPIN_AFTER_WAKE_NS)
         end = now; /* just woke someone: see brk_wait */

@@ -158,3 +158,30 @@ def test_a_bad_frame_after_good_ones_keeps_the_good_ones_for_nobody():
         FrameReader().feed(good + bytes(bad))
     rest = encode(Complete(3, 0))
     assert FrameReader().feed(good + rest) == reference(good + rest)
+
+
+def test_an_argument_that_changes_the_list_it_is_in_does_not_crash_the_encoder():
+    """A regression: the encoders read attributes of each item, which may run Python code; one that
+    empties the list must not leave C reading freed items (found by review: a segfault)."""
+    victims: list = []
+
+    class Sneaky:
+        value, data = 0, b""
+
+        @property
+        def kind(self):
+            victims[:] = []  # drop every item, this one included
+            return ArgKind.INT
+
+    class SneakyWrite:
+        data = b"x"
+
+        @property
+        def index(self):
+            victims[:] = []
+            return 0
+
+    victims[:] = [Sneaky(), NO_ARG, NO_ARG, NO_ARG]
+    assert request_frame(1, 2, 0, False, victims).startswith(b"BRK1")
+    victims[:] = [SneakyWrite(), Write(1, b"y")]
+    assert complete_frame(1, 0, victims, None).startswith(b"BRK1")

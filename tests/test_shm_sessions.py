@@ -459,3 +459,33 @@ def test_simple_calls_on_shared_memory_never_take_the_long_way(tmp_path, monkeyp
         assert out.value == b"arg0"
         with pytest.raises(AssertionError, match="the long way was taken for bytearray"):
             s.send_receive(4, bytearray(16))
+
+
+def test_a_close_from_another_thread_at_any_moment_ends_calls_with_server_gone(tmp_path):
+    """Whenever the close lands (before a call, while C sends, while it waits), the call raises
+    ServerGone, never a Timeout or a ProtocolError (two races found by review)."""
+    import random
+    import threading
+
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Echo):
+        def client() -> None:
+            import sys
+
+            sys.setswitchinterval(1e-6)  # threads switch as often as they can: the races show
+            rng = random.Random(4)
+            seen: dict[str, int] = {}
+            for _ in range(300):
+                s = connect(path)
+                assert s.transport == "shared memory"
+                closer = threading.Timer(rng.random() * 0.002, s.close)
+                closer.start()
+                try:
+                    while True:
+                        s.send_receive(ECHO, b"ping", Buffer(8))
+                except Exception as e:
+                    key = f"{type(e).__name__}: {e}"
+                    seen[key] = seen.get(key, 0) + 1
+                closer.join()
+            assert set(seen) == {"ServerGone: the session is closed"}, seen
+        _run(client)
