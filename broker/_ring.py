@@ -247,6 +247,15 @@ def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Rin
     return rx, tx, nonce
 
 
+def _one_cpu() -> bool:
+    """This process may run on one CPU only (a one-vCPU machine, or pinned): its ring waits
+    yield between looks from the start instead of spinning first."""
+    try:
+        return len(os.sched_getaffinity(0)) <= 1
+    except OSError:
+        return False
+
+
 def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     """A client's whole synchronous call in C on its session's two rings (csrc/brk_py.c, call):
     fn(rid, code, handle, args, buffer_type, wait_ns, max_frame) -> int | bytes | NotImplemented |
@@ -342,6 +351,8 @@ class _Side:
             self._finalizer()
             raise
         h.spin_ns = int(spin_us * 1000)
+        if _one_cpu():  # the other side can only answer while we do not spin: yield at once (brk_ring.c)
+            h.pure_spin_ns = 0
         self._h = h
         self._addr = int(ffi.cast("uintptr_t", h))
         self.name = mapping.name

@@ -126,15 +126,17 @@ static _Thread_local uint64_t brk_woke_at;
 #define BRK_NO_SPIN_AFTER_WAKE_NS 200000u
 
 /*
- * A waiter spins on its own for this long, then calls sched_yield() between
- * looks until its spin time is up. When the other side shares this CPU (one
- * vCPU, or both pinned to one) it can only answer while we are not spinning:
- * without the yields a shared-memory session's round trip there took the
- * whole 50 us spin plus a wake-up (73 us, against 27 us on a socket session,
- * whose Python spin yields). On two CPUs an answer mostly comes sooner than
- * this, so the pure spin keeps its latency.
+ * A waiter spins on its own for r->pure_spin_ns (BRK_PURE_SPIN_NS unless the
+ * Python layer says otherwise), then calls sched_yield() between looks until
+ * its spin time is up. When the other side shares this CPU (one vCPU, or both
+ * pinned to one) it can only answer while we are not spinning: without the
+ * yields a shared-memory session's round trip there took the whole 50 us spin
+ * plus a wake-up (73 us, against 27 us on a socket session, whose Python spin
+ * yields). A process allowed on one CPU only yields at once (pure_spin_ns 0,
+ * set by broker/_ring.py); elsewhere an answer mostly comes within the pure
+ * spin, which keeps its latency.
  */
-#define BRK_PURE_SPIN_NS 5000u
+#define BRK_PURE_SPIN_NS 20000u
 
 /* Shared (not PRIVATE) futexes: the word lives in a MAP_SHARED segment. */
 static int brk_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ns)
@@ -404,6 +406,7 @@ int brk_ring_attach(brk_ring *r, void *base, uint64_t mapped, uint32_t index, ui
     r->role = role;
     r->max_consumers = s.max_consumers;
     r->spin_ns = 50000;
+    r->pure_spin_ns = BRK_PURE_SPIN_NS;
 
     if (role == BRK_ROLE_PRODUCER) {
         /* One producer for the ring's life: the pid word goes 0 -> pid once,
@@ -1123,7 +1126,7 @@ static int brk_wait(brk_ring *r, int consumer, uint64_t len, int64_t timeout_ns)
         if ((i & 15) == 15) {
             if ((now = brk_now_ns()) >= spin_end)
                 break;
-            if (now - start > BRK_PURE_SPIN_NS)
+            if (now - start >= r->pure_spin_ns)
                 sched_yield(); /* see BRK_PURE_SPIN_NS */
         }
         brk_cpu_relax();
@@ -1195,7 +1198,7 @@ int brk_spin_data(brk_ring *r, int64_t spin_ns)
             uint64_t t = brk_now_ns();
             if (t >= end)
                 return BRK_TIMEOUT;
-            if (t - now > BRK_PURE_SPIN_NS)
+            if (t - now >= r->pure_spin_ns)
                 sched_yield(); /* see BRK_PURE_SPIN_NS */
         }
         brk_cpu_relax();

@@ -169,7 +169,7 @@ typedef struct brk_ring {
     int32_t  efd_wait;              /* eventfd this side sleeps on, or -1 */
     uint32_t lap_pending;           /* consumer: 1 lapped (loss counted at the next record), 2 take the next seq as is */
     uint32_t slot_word;             /* broadcast consumer: our slot's state word while we own it */
-    uint32_t _r2;
+    uint32_t pure_spin_ns;          /* a wait spins this long before it yields between looks (brk_wait) */
     /* producer */
     uint64_t tail;                  /* our committed end (mirrors hdr->tail) */
     uint64_t limit;                 /* cached: we may write below this without looking */
