@@ -445,6 +445,7 @@ class ClientSession:
             self._pending[rid] = (inline, args, False)
         finally:
             lock.release()
+        reading = True
         try:
             # with the GIL held while it sends: atomic against close() from another thread
             r = rings.call(rid, code, handle, args, Buffer, _CALL_WAIT_NS, self._max_frame)
@@ -452,7 +453,11 @@ class ClientSession:
                 lock.acquire()
                 try:
                     self._pending.pop(rid, None)
-                    proto.forget_request(rid)
+                    proto.outstanding.pop(rid, None)  # forget_request, inline: this runs on every call
+                    self._reading -= 1  # _end_inline, inline
+                    reading = False
+                    if self._handover and not self._reading:
+                        self._start_reader()
                 finally:
                     lock.release()
                 return r if r >= 0 else _result(Complete(rid, r))
@@ -473,7 +478,8 @@ class ClientSession:
                 else:
                     self._ring_failed(error)  # type: ignore[arg-type]
         finally:
-            self._end_inline()
+            if reading:
+                self._end_inline()
         return self._wait(inline, rid, None)
 
     def _write(self, frame: bytes) -> None:
