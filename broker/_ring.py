@@ -265,6 +265,9 @@ def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     return functools.partial(_FAST["call"], tx._addr, rx._addr)
 
 
+MessageBase: type = CODEC["message_base"]()  # broker.Message's base: its fields, the common read() / write() in C
+
+
 def message_class(cls: type) -> type:
     """Class decorator: the class (broker.Message) whose instances request_taker's C makes."""
     CODEC["message_setup"](cls)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from ._errors import BadHandle, BrokerError, Overflow, StateError
 from ._handles import ObjectIndex
 from ._protocol import Arg, ArgKind, State, Status, complete_frame, text_bytes
-from ._ring import message_class
+from ._ring import MessageBase, message_class
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
@@ -39,14 +39,19 @@ class Peer:
         return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]})" if self.address else "?"
 
 
-@message_class  # the server's C (take_requests) makes instances of it, its slots set without __init__
-class Message:
+@message_class  # the server's C (take_requests) makes instances of it, its fields set without __init__
+class Message(MessageBase):  # type: ignore[misc, valid-type]
     """One request: a function code and four arguments (Symbian's RMessage2).
 
     complete() must be called exactly once, from any thread, now or later.
+
+    The fields (_conn, request_id, code, handle, asynchronous, _args, _writes,
+    _done) live in the C base class (csrc/brk_codec.c), which also takes the
+    common case of read() and write(); _read and _write below are those
+    methods in full, and every other case goes to them.
     """
 
-    __slots__ = ("_conn", "request_id", "code", "handle", "asynchronous", "_args", "_writes", "_done")
+    __slots__ = ()
 
     def __init__(self, conn: "_Conn", request_id: int, code: int, args: tuple[Arg, ...], handle: int,
                  asynchronous: bool) -> None:
@@ -105,8 +110,8 @@ class Message:
         """Largest length a buffer argument can hold."""
         return self._arg(i).max_length
 
-    def read(self, i: int, offset: int = 0, size: int | None = None) -> bytes:
-        """Bytes of a readable buffer argument from `offset`."""
+    def _read(self, i: int, offset: int = 0, size: int | None = None) -> bytes:
+        """read(): bytes of a readable buffer argument from `offset`."""
         if not 0 <= i < 4:
             raise IndexError(f"argument {i}: a message has 4")
         a = self._args[i]
@@ -121,8 +126,8 @@ class Message:
             raise Overflow(f"read at offset {offset} of a {len(data)}-byte argument")
         return data[offset:] if size is None else data[offset : offset + size]
 
-    def write(self, i: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
-        """Write into the client's writable argument at `offset`; its length
+    def _write(self, i: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
+        """write(): into the client's writable argument at `offset`; its length
         becomes offset + len(data). Overflow past its max length (nothing written)."""
         if not 0 <= i < 4:
             raise IndexError(f"argument {i}: a message has 4")

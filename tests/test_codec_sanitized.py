@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
-TESTS = ["tests/test_codec.py", "tests/test_protocol.py", "tests/test_shm_sessions.py", "tests/test_framework.py"]
+TESTS = ["tests/test_codec.py", "tests/test_protocol.py", "tests/test_shm_sessions.py", "tests/test_framework.py",
+         "tests/test_message.py"]
 
 BUILD = r"""
 import os, sys

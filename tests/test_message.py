@@ -1,0 +1,95 @@
+"""broker.Message's read() and write(): the C base class's common case against the Python methods in full.
+
+MessageBase (csrc/brk_codec.c) takes a whole readable argument and the whole
+content of a writable one from bytes, and sends every other case to
+Message._read / Message._write. Each case here runs both ways on fresh
+messages and must give the same result or the same error, and leave the
+message in the same state.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import broker
+from broker._protocol import NO_ARG, Arg, ArgKind
+from broker._session import Message
+
+
+class _Conn:
+    lock = threading.RLock()
+
+
+def _message(done: bool = False) -> Message:
+    args = (Arg(ArgKind.READ, 0, b"hello"), Arg(ArgKind.WRITE, 8), Arg(ArgKind.READWRITE, 6, b"abc"),
+            Arg(ArgKind.INT, 42))
+    m = Message(_Conn(), 7, 3, args, 0, False)
+    if done:
+        m._done = True
+    return m
+
+
+def _outcome(fn, *a, **k):
+    try:
+        return ("ok", fn(*a, **k))
+    except Exception as e:  # the type and the text must match
+        return (type(e).__name__, str(e))
+
+
+READS = [(0,), (2,), (3,), (1,), (4,), (-1,), (True,), (0, 1), (0, 1, 2), (2, 0, None), (0, 9)]
+WRITES = [(1, b"12345678"), (1, b"123456789"), (1, b""), (2, b"xyz"), (2, b"abcdefg"), (0, b"no"),
+          (3, b"no"), (1, bytearray(b"ba")), (1, memoryview(b"mv")), (1, b"tail", 2), (2, b"Z", 1), (5, b"x"),
+          (-1, b"x"), (1, "str")]
+
+
+@pytest.mark.parametrize("args", READS)
+@pytest.mark.parametrize("written", [False, True])
+def test_read_gives_what_the_python_read_gives(args, written):
+    fast, slow = _message(), _message()
+    if written:
+        for m in (fast, slow):
+            m._write(2, b"new")
+    assert _outcome(fast.read, *args) == _outcome(slow._read, *args)
+
+
+@pytest.mark.parametrize("args", WRITES)
+@pytest.mark.parametrize("done", [False, True])
+def test_write_gives_what_the_python_write_gives_and_leaves_the_same_state(args, done):
+    fast, slow = _message(done), _message(done)
+    assert _outcome(fast.write, *args) == _outcome(slow._write, *args)
+    assert fast._writes == slow._writes and fast._done == slow._done
+    for i in (0, 2):
+        assert _outcome(fast.read, i) == _outcome(slow._read, i)
+
+
+def test_the_fast_write_makes_the_content_the_service_and_the_client_see():
+    m = _message()
+    m.write(1, b"first")
+    m.write(1, b"second")  # the whole content again: the last one wins
+    assert m._writes == {1: b"second"} and m.length(1) == 6 and m.read(2) == b"abc"
+    m.write(2, b"rw")
+    assert m.read(2) == b"rw"  # a READWRITE argument reads what was written
+    with pytest.raises(broker.Overflow):
+        m.write(1, b"x" * 9)
+    assert m._writes == {1: b"second", 2: b"rw"}  # nothing written by the refused one
+
+
+def test_messages_are_collected_with_their_cycles():
+    """Message -> its connection -> the connection's books -> the Message: the C base class takes part in the
+    cycle collector, so none of these outlives its last outside reference."""
+    import gc
+    import weakref
+
+    class Conn:
+        lock = threading.RLock()
+
+    refs = []
+    for _ in range(100):
+        c = Conn()
+        m = Message(c, 1, 2, (NO_ARG,) * 4, 0, False)
+        c.books = {1: m}
+        refs.append(weakref.ref(c))
+        del c, m
+    gc.collect()
+    assert all(r() is None for r in refs)
