@@ -268,10 +268,13 @@ def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
 MessageBase: type = CODEC["message_base"]()  # broker.Message's base: its fields, the common read() / write() in C
 
 
-def message_class(cls: type) -> type:
-    """Class decorator: the class (broker.Message) whose instances request_taker's C makes."""
-    CODEC["message_setup"](cls)
-    return cls
+def message_class(open_state: Any) -> Callable[[type], type]:
+    """Class decorator: the class (broker.Message) whose instances request_taker's C makes, and
+    the protocol's OPEN state its C complete() compares with."""
+    def register(cls: type) -> type:
+        CODEC["message_setup"](cls, open_state)
+        return cls
+    return register
 
 
 def request_taker(rx: "Ring") -> Callable[..., Any]:

@@ -39,7 +39,7 @@ class Peer:
         return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]})" if self.address else "?"
 
 
-@message_class  # the server's C (take_requests) makes instances of it, its fields set without __init__
+@message_class(_OPEN)  # the server's C (take_requests) makes instances of it, its fields set without __init__
 class Message(MessageBase):  # type: ignore[misc, valid-type]
     """One request: a function code and four arguments (Symbian's RMessage2).
 
@@ -47,8 +47,9 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
 
     The fields (_conn, request_id, code, handle, asynchronous, _args, _writes,
     _done) live in the C base class (csrc/brk_codec.c), which also takes the
-    common case of read() and write(); _read and _write below are those
-    methods in full, and every other case goes to them.
+    common case of read(), write() and complete(); _read, _write and
+    _complete below are those methods in full, and every other case goes to
+    them.
     """
 
     __slots__ = ()
@@ -158,9 +159,14 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         finally:
             lock.release()
 
-    def complete(self, status: int = 0, error: str | None = None) -> None:
-        """Finish the request with `status` (0 or a positive result; negative:
-        an error the client sees); exactly once."""
+    @staticmethod
+    def _send_completion(conn: "_Conn", rid: int, status: int, writes: Any) -> None:
+        """The C complete()'s way out when ring 1 has no room now (the frame waits in memory)."""
+        conn._send(complete_frame(rid, status, writes, None))
+
+    def _complete(self, status: int = 0, error: str | None = None) -> None:
+        """complete() (the C base class takes its common case): finish the request with `status`
+        (0 or a positive result; negative: an error the client sees); exactly once."""
         if type(status) is not int:
             status = int(status)
         if not -0x80000000 <= status <= 0x7FFFFFFF:  # checked before anything: a bad status completes nothing

@@ -706,11 +706,213 @@ static PyObject *brk_msg_write(PyObject *self, PyObject *const *args, Py_ssize_t
     return brk_msg_slow(self, brk_s_write_slow, args, nargs, kw);
 }
 
+static PyObject *brk_s_complete_slow, *brk_s_lock, *brk_s_acquire, *brk_s_release, *brk_s_ended, *brk_s_proto,
+    *brk_s_state, *brk_s_on_rings, *brk_s_rings, *brk_s_ring_batch, *brk_s_pending, *brk_s_outstanding,
+    *brk_s_messages, *brk_s_completions, *brk_s_put, *brk_s_bytes_out, *brk_s_send_frame;
+static PyObject *brk_state_open; /* _protocol.State.OPEN, given by message_setup */
+
+static int brk_msg_names(void)
+{
+    struct { PyObject **at; const char *s; } names[] = {
+        { &brk_s_complete_slow, "_complete" }, { &brk_s_lock, "lock" }, { &brk_s_acquire, "acquire" },
+        { &brk_s_release, "release" }, { &brk_s_ended, "ended" }, { &brk_s_proto, "proto" }, { &brk_s_state, "state" },
+        { &brk_s_on_rings, "on_rings" }, { &brk_s_rings, "rings" }, { &brk_s_ring_batch, "ring_batch" },
+        { &brk_s_pending, "pending" }, { &brk_s_outstanding, "outstanding" }, { &brk_s_messages, "messages" },
+        { &brk_s_completions, "completions" }, { &brk_s_put, "put" }, { &brk_s_bytes_out, "bytes_out" },
+        { &brk_s_send_frame, "_send_completion" },
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!*names[i].at && !(*names[i].at = PyUnicode_InternFromString(names[i].s)))
+            return -1;
+    }
+    return 0;
+}
+
+/* attr += delta on a Python object (an int attribute). */
+static int brk_add_attr(PyObject *o, PyObject *name, PyObject *delta)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v)
+        return -1;
+    PyObject *w = PyNumber_Add(v, delta);
+    Py_DECREF(v);
+    if (!w)
+        return -1;
+    int rc = PyObject_SetAttr(o, name, w);
+    Py_DECREF(w);
+    return rc;
+}
+
+/*
+ * complete(status=0, error=None): the common case in C (a synchronous message
+ * of a shared-memory session, no error text, nothing waiting before it for
+ * ring 1), with the connection's lock held as Message._complete holds it;
+ * anything else (and every error) is Message._complete's.
+ */
+static PyObject *brk_msg_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    brk_msg *m = (brk_msg *)self;
+    long long status = 0;
+    if (kw || nargs > 2 || (nargs == 2 && args[1] != Py_None) || m->done != Py_False || m->asynchronous != Py_False ||
+        !brk_state_open)
+        goto slow; /* (the names were made with the type: message_base) */
+    if (nargs >= 1) {
+        int overflow;
+        if (!PyLong_CheckExact(args[0]))
+            goto slow;
+        status = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+        if (overflow || status < INT32_MIN || status > INT32_MAX)
+            goto slow; /* _complete says why */
+    }
+    PyObject *conn = m->conn, *lock = NULL, *proto = NULL, *rings = NULL, *state = NULL, *obj = NULL;
+    if (!conn || !(lock = PyObject_GetAttr(conn, brk_s_lock)))
+        goto fail_early;
+    obj = PyObject_CallMethodNoArgs(lock, brk_s_acquire);
+    if (!obj)
+        goto fail_early;
+    Py_CLEAR(obj);
+    /* under the lock from here on */
+    int fast = 0;
+    PyObject *out = NULL;
+    if (m->done != Py_False)
+        goto unlock_slow;
+    if (!(obj = PyObject_GetAttr(conn, brk_s_ended)))
+        goto unlock_fail;
+    fast = obj == Py_False;
+    Py_CLEAR(obj);
+    if (!fast || !(proto = PyObject_GetAttr(conn, brk_s_proto)) || !(state = PyObject_GetAttr(proto, brk_s_state)))
+        goto unlock_check;
+    if (state != brk_state_open)
+        goto unlock_slow;
+    if (!(obj = PyObject_GetAttr(conn, brk_s_on_rings)))
+        goto unlock_fail;
+    fast = obj == Py_True;
+    Py_CLEAR(obj);
+    if (!fast)
+        goto unlock_slow;
+    if (!(obj = PyObject_GetAttr(conn, brk_s_ring_batch)))
+        goto unlock_fail;
+    fast = obj == Py_None;
+    Py_CLEAR(obj);
+    if (!fast || !(rings = PyObject_GetAttr(conn, brk_s_rings)))
+        goto unlock_check;
+    if (rings == Py_None || !(obj = PyObject_GetAttr(rings, brk_s_pending)))
+        goto unlock_check;
+    fast = PyObject_IsTrue(obj) == 0;
+    Py_CLEAR(obj);
+    if (!fast)
+        goto unlock_check;
+    PyObject *outstanding = PyObject_GetAttr(proto, brk_s_outstanding);
+    if (!outstanding)
+        goto unlock_fail;
+    int there = PyDict_CheckExact(outstanding) ? PyDict_Contains(outstanding, m->request_id) : -1;
+    if (there != 1) {
+        Py_DECREF(outstanding);
+        if (there < 0)
+            PyErr_Clear();
+        goto unlock_slow; /* not outstanding: _complete raises the protocol's error */
+    }
+    /* decided: the books, then the frame into ring 1 */
+    Py_SETREF(m->done, Py_NewRef(Py_True));
+    int rc = PyDict_DelItem(outstanding, m->request_id);
+    Py_DECREF(outstanding);
+    if (rc < 0)
+        goto unlock_fail;
+    if ((obj = PyObject_GetAttr(conn, brk_s_messages)) && PyDict_CheckExact(obj)) {
+        if (PyDict_DelItem(obj, m->request_id) < 0)
+            PyErr_Clear(); /* not in them: nothing to give back */
+    }
+    Py_CLEAR(obj);
+    PyErr_Clear();
+    PyObject *one = PyLong_FromLong(1);
+    if (!one || brk_add_attr(conn, brk_s_completions, one) < 0) {
+        Py_XDECREF(one);
+        goto unlock_fail;
+    }
+    Py_DECREF(one);
+    PyObject *writes;
+    if (m->writes && PyDict_CheckExact(m->writes) && PyDict_GET_SIZE(m->writes)) {
+        writes = PyDict_Items(m->writes);
+        if (!writes || PyList_Sort(writes) < 0) {
+            Py_XDECREF(writes);
+            goto unlock_fail;
+        }
+    } else {
+        writes = PyTuple_New(0);
+        if (!writes)
+            goto unlock_fail;
+    }
+    PyObject *st = PyLong_FromLongLong(status);
+    PyObject *put = st ? PyObject_GetAttr(rings, brk_s_put) : NULL;
+    PyObject *n = NULL;
+    if (put) {
+        PyObject *pargs[4] = { m->request_id, st, writes, Py_None };
+        n = PyObject_Vectorcall(put, pargs, 4, NULL);
+        Py_DECREF(put);
+    }
+    if (n && PyLong_CheckExact(n)) {
+        rc = brk_add_attr(conn, brk_s_bytes_out, n);
+    } else if (n) { /* no room, or not for C: the long way sends it (Message._send_completion) */
+        PyObject *fn = PyObject_GetAttr((PyObject *)Py_TYPE(self), brk_s_send_frame);
+        PyObject *r = NULL;
+        if (fn) {
+            PyObject *sargs[4] = { conn, m->request_id, st, writes };
+            r = PyObject_Vectorcall(fn, sargs, 4, NULL);
+            Py_DECREF(fn);
+        }
+        rc = r ? 0 : -1;
+        Py_XDECREF(r);
+    } else {
+        rc = -1;
+    }
+    Py_XDECREF(n);
+    Py_XDECREF(st);
+    Py_DECREF(writes);
+    if (rc < 0)
+        goto unlock_fail;
+    out = Py_NewRef(Py_None);
+    goto unlock;
+unlock_check:
+    if (PyErr_Occurred())
+        goto unlock_fail;
+unlock_slow:
+    fast = -1; /* release, then the Python way */
+    goto unlock;
+unlock_fail:
+    out = NULL;
+unlock:
+    Py_XDECREF(state);
+    Py_XDECREF(proto);
+    Py_XDECREF(rings);
+    {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *r = PyObject_CallMethodNoArgs(lock, brk_s_release);
+        Py_XDECREF(r);
+        if (et)
+            PyErr_Restore(et, ev, tb);
+        else if (!r)
+            Py_CLEAR(out);
+    }
+    Py_DECREF(lock);
+    if (fast == -1 && !out)
+        goto slow;
+    return out;
+fail_early:
+    Py_XDECREF(lock);
+    return NULL;
+slow:
+    return brk_msg_slow(self, brk_s_complete_slow, args, nargs, kw);
+}
+
 static PyMethodDef brk_msg_methods[] = {
     {"read", (PyCFunction)(void (*)(void))brk_msg_read, METH_FASTCALL | METH_KEYWORDS,
      "read(i, offset=0, size=None) -> bytes: a readable buffer argument's bytes from offset"},
     {"write", (PyCFunction)(void (*)(void))brk_msg_write, METH_FASTCALL | METH_KEYWORDS,
      "write(i, data, offset=0): into a writable argument at offset; its length becomes offset + len(data)"},
+    {"complete", (PyCFunction)(void (*)(void))brk_msg_complete, METH_FASTCALL | METH_KEYWORDS,
+     "complete(status=0, error=None): finish the request with status (0 or a positive result; negative: an error "
+     "the client sees); exactly once"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -763,6 +965,8 @@ static PyObject *brk_codec_message_base(PyObject *self, PyObject *const *args, P
             return NULL;
         if (!brk_s_data && !(brk_s_data = PyUnicode_InternFromString("data")))
             return NULL;
+        if (brk_msg_names() < 0)
+            return NULL;
         brk_t_msgbase = PyType_FromSpec(&brk_msg_spec);
         if (!brk_t_msgbase)
             return NULL;
@@ -777,12 +981,13 @@ static PyTypeObject *brk_t_message; /* broker.Message, given once by message_set
 static PyObject *brk_codec_message_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 1 || !PyType_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "message_setup(Message)");
+    if (nargs != 2 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "message_setup(Message, State.OPEN)");
         return NULL;
     }
     Py_INCREF(args[0]);
     Py_XSETREF(brk_t_message, (PyTypeObject *)args[0]);
+    Py_XSETREF(brk_state_open, Py_NewRef(args[1]));
     Py_RETURN_NONE;
 }
 
@@ -1055,7 +1260,7 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_request(rid, code, handle, asynchronous, args) -> bytes | NotImplemented"},
     {"encode_complete", (PyCFunction)(void (*)(void))brk_codec_encode_complete, METH_FASTCALL,
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
-    {"message_setup", (PyCFunction)(void (*)(void))brk_codec_message_setup, METH_FASTCALL, "message_setup(Message)"},
+    {"message_setup", (PyCFunction)(void (*)(void))brk_codec_message_setup, METH_FASTCALL, "message_setup(Message, State.OPEN)"},
     {"message_base", (PyCFunction)(void (*)(void))brk_codec_message_base, METH_FASTCALL, "message_base() -> type"},
     {"take_requests", (PyCFunction)(void (*)(void))brk_codec_take_requests, METH_FASTCALL,
      "take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages)"},

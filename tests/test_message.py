@@ -93,3 +93,28 @@ def test_messages_are_collected_with_their_cycles():
         del c, m
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_the_first_complete_of_a_process_may_take_the_python_way():
+    """A regression: the C complete() looked up the Python method's name before it had made it, when the
+    first completion of a process was one for the Python way (an asynchronous message): a segfault."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from broker._protocol import NO_ARG\n"
+        "from broker._session import Message\n"
+        "class Proto:\n"
+        "    state = None\n"
+        "class Conn:\n"
+        "    lock = threading.RLock()\n"
+        "    ended = True\n"
+        "    proto = Proto()\n"
+        "m = Message(Conn(), 1, 2, (NO_ARG,) * 4, 0, True)\n"
+        "m.complete(0)\n"  # the Python way: the connection has ended, nothing to send
+        "assert m.completed\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
