@@ -171,20 +171,9 @@ class _Conn:
                 self._close_with(f"protocol error: {events}")
                 return
             if len(events) == 1:  # its completion goes into ring 1 as it is made
-                ev = events[0]
-                if type(ev) is Request:
-                    self.on_request(ev)
-                else:
-                    self._on_event(ev)
+                self._one_event(events[0])
             else:  # the completions made meanwhile go into ring 1 together, as one record
-                self.ring_batch = []
-                try:
-                    self._handle(events)
-                finally:
-                    with lock:
-                        batch, self.ring_batch = self.ring_batch, None
-                        if batch:
-                            self._send(batch[0] if len(batch) == 1 else b"".join(batch))
+                self._in_one_record(self._one_event, events)
             if self.ended:
                 return
             if self.server._aloop is None and not drain:
@@ -212,10 +201,13 @@ class _Conn:
         for ev in events:
             if self.ended:
                 return
-            if type(ev) is Request:
-                self.on_request(ev)
-            else:
-                self._on_event(ev)
+            self._one_event(ev)
+
+    def _one_event(self, ev: Any) -> None:
+        if type(ev) is Request:
+            self.on_request(ev)
+        else:
+            self._on_event(ev)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, Hello):
@@ -317,15 +309,19 @@ class _Conn:
 
     def _serve_batch(self, msgs: list[Message]) -> None:
         """_serve for each, their completions into ring 1 together as one record."""
-        lock = self.lock
+        self._in_one_record(self._serve, msgs)
+
+    def _in_one_record(self, handle: Callable[[Any], None], items: list[Any]) -> None:
+        """handle(item) for each (until the session ends); the completions made meanwhile go into
+        ring 1 together, as one record (_send collects them in ring_batch)."""
         self.ring_batch = []
         try:
-            for m in msgs:
+            for item in items:
                 if self.ended:
                     break
-                self._serve(m)
+                handle(item)
         finally:
-            with lock:
+            with self.lock:
                 batch, self.ring_batch = self.ring_batch, None
                 if batch:
                     self._send(batch[0] if len(batch) == 1 else b"".join(batch))
