@@ -996,6 +996,15 @@ static PyObject *brk_codec_message_setup(PyObject *self, PyObject *const *args, 
 #define BRK_TAKE_COPY 4096
 #define BRK_TAKE_FRAMES (BRK_TAKE_COPY / (BRK_CODEC_HEADER + BRK_CODEC_REQUEST_FIXED) + 1)
 
+/* A ring handle passed as its address (only broker/_ring.py passes one); NULL with an exception. */
+static brk_ring *brk_codec_ring(PyObject *address)
+{
+    brk_ring *r = PyLong_AsVoidPtr(address);
+    if (!r && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "ring is closed");
+    return r;
+}
+
 /* The requests of one record, decoded: 1, 0 (not all of them the common kind:
  * nothing made), -1 (an exception). rids[i], codes[i], handles[i], args[i] (new). */
 static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_frame, int64_t close_code,
@@ -1076,12 +1085,9 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
         PyErr_SetString(PyExc_RuntimeError, "codec_setup() was not called");
         return NULL;
     }
-    brk_ring *r = PyLong_AsVoidPtr(args[0]);
-    if (!r) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "ring is closed");
+    brk_ring *r = brk_codec_ring(args[0]);
+    if (!r)
         return NULL;
-    }
     unsigned long long max_frame = PyLong_AsUnsignedLongLong(args[1]);
     long long close_code = PyLong_AsLongLong(args[6]);
     Py_ssize_t max_messages = PyLong_AsSsize_t(args[7]);
@@ -1230,12 +1236,9 @@ static PyObject *brk_codec_put_complete(PyObject *self, PyObject *const *args, P
         PyErr_SetString(PyExc_TypeError, "put_complete(tx, rid, status, writes, error)");
         return NULL;
     }
-    brk_ring *r = PyLong_AsVoidPtr(args[0]);
-    if (!r) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "ring is closed");
+    brk_ring *r = brk_codec_ring(args[0]);
+    if (!r)
         return NULL;
-    }
     PyObject *frame = brk_codec_encode_complete(NULL, args + 1, 4);
     if (!frame || frame == Py_NotImplemented)
         return frame;
