@@ -265,6 +265,18 @@ def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     return functools.partial(_FAST["call"], tx._addr, rx._addr)
 
 
+def session_call_many(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
+    """A client's pipelined calls in C on its session's two rings (csrc/brk_py.c, call_many):
+    fn(first_rid, code, handle, argsets, results, sent, done, limit, window, buffer_type, wait_ns,
+    max_frame, outstanding, odd) -> (sent, done, outcome). Keep both Rings alive while using it."""
+    tx._need("producer")
+    rx._need("consumer")
+    return functools.partial(_FAST["call_many"], tx._addr, rx._addr)
+
+
+MANY_UNUSUAL = 100  # call_many's outcome: the next request is not for C (csrc/brk_py.c, BRK_MANY_UNUSUAL)
+MANY_ODD = 101  # call_many's outcome: a reply C did not take, and what followed it, are in `odd` (BRK_MANY_ODD)
+
 MessageBase: type = CODEC["message_base"]()  # broker.Message's base: its fields, the common read() / write() in C
 
 
@@ -277,9 +289,17 @@ def message_class(open_state: Any) -> Callable[[type], type]:
     return register
 
 
+def ring_batch(lock: Any, proto: Any, outstanding: dict[int, Any], messages: dict[int, Any]) -> Any:
+    """A shared-memory connection's RingBatch (csrc/brk_codec.c): while it is conn.ring_batch, C
+    complete() encodes completions into it; append(frame) adds one; take() -> (bytes | None,
+    completions, asynchronous) hands them over."""
+    return CODEC["ring_batch"](lock, proto, outstanding, messages)
+
+
 def request_taker(rx: "Ring") -> Callable[..., Any]:
     """The server's ring 0 as C takes its requests (csrc/brk_codec.c, take_requests):
-    fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages). Keep rx alive."""
+    fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages, async_budget).
+    Keep rx alive."""
     rx._need("consumer")
     return functools.partial(CODEC["take_requests"], rx._addr)
 

@@ -29,7 +29,7 @@ from ._carrier import DEFAULT_CAPACITY as SHM_CAPACITY
 from ._carrier import ServerRings
 from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, StateError
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
-from ._ring import sweep
+from ._ring import ring_batch, sweep
 from ._protocol import (
     DEFAULT_MAX_FRAME,
     Close,
@@ -90,7 +90,8 @@ class _Conn:
         self.panicked: str | None = None
         self.inbuf = bytearray(_RECV)  # reused: a fresh 256 KiB bytes per recv costs an mmap and a fault
         self.batching = False  # the loop thread is handling a batch of requests: _send only queues
-        self.ring_batch: list[bytes] | None = None  # the same on rings: the frames _send was given meanwhile
+        self.ring_batch: Any = None  # the same on rings: a RingBatch, collecting the completions made meanwhile
+        self._batch: Any = None  # this connection's RingBatch, once it is on rings
         self.rings: ServerRings | None = None  # offered or in use
         self._take: Callable[[], Any] | None = None  # on rings, in a threaded server without policies: see on_ring
         self.on_rings = False  # the rings carry the session (after the client's proof)
@@ -126,9 +127,12 @@ class _Conn:
         take = self._take
         if take is not None and not drain and not proto.reader._buf and proto.state is _OPEN and not proto.offered:
             # the common requests, made Messages by C straight from the ring (one batch per turn)
-            r = take()
-            if len(r) == 3:
-                msgs, nbytes, left = r
+            r = take(self.slots - self.async_outstanding)  # asynchronous ones: as many as message slots are free
+            if len(r) == 4:
+                msgs, nbytes, left, nasync = r
+                if nasync:
+                    with self.lock:  # a completion in another thread gives slots back meanwhile
+                        self.async_outstanding += nasync
                 if msgs:
                     self.bytes_in += nbytes
                     self.requests += len(msgs)
@@ -273,10 +277,11 @@ class _Conn:
                 return
             rings.mapped()  # unlinked: both sides have it, nobody else ever will
             self.on_rings = True
+            self._batch = ring_batch(self.lock, self.proto, self.proto.outstanding, self.messages)
             srv = self.server
             if srv._aloop is None and not srv.policies:  # C may take the common requests (see on_ring)
                 self._take = functools.partial(rings.take, self.proto.reader.max_frame, Message, self,
-                                               self.proto.outstanding, self.messages, CLOSE_SUBSESSION, 256)
+                                               self.proto.outstanding, self.messages, CLOSE_SUBSESSION, 16)
             self.server._watch_rings(self)
         else:
             self.rings = None
@@ -295,8 +300,8 @@ class _Conn:
                                         self.session, d))
 
     def _serve(self, msg: Message) -> None:
-        """A message C made (take_requests): synchronous, code >= 0, no policy to check; already in
-        the books. What on_request does for it from session.service on."""
+        """A message C made (take_requests): code >= 0, no policy to check; already in the books (its
+        slot too, if asynchronous). What on_request does for it from session.service on."""
         try:
             result = self.session.service(msg)
         except Exception as e:
@@ -314,7 +319,7 @@ class _Conn:
     def _in_one_record(self, handle: Callable[[Any], None], items: list[Any]) -> None:
         """handle(item) for each (until the session ends); the completions made meanwhile go into
         ring 1 together, as one record (_send collects them in ring_batch)."""
-        self.ring_batch = []
+        batch = self.ring_batch = self._batch
         try:
             for item in items:
                 if self.ended:
@@ -322,9 +327,12 @@ class _Conn:
                 handle(item)
         finally:
             with self.lock:
-                batch, self.ring_batch = self.ring_batch, None
-                if batch:
-                    self._send(batch[0] if len(batch) == 1 else b"".join(batch))
+                self.ring_batch = None
+                data, completions, nasync = batch.take()
+                self.completions += completions  # those C made into the batch (see Message.complete)
+                self.async_outstanding -= nasync
+                if data is not None:
+                    self._send(data)
 
     def on_request(self, req: Request) -> None:
         msg = Message(self, req.request_id, req.code, req.args, req.handle, req.asynchronous)
@@ -332,7 +340,8 @@ class _Conn:
             if self.async_outstanding >= self.slots:
                 msg.complete(Status.SERVER_BUSY, f"all {self.slots} message slots are in use")
                 return
-            self.async_outstanding += 1
+            with self.lock:  # a completion in another thread gives a slot back meanwhile
+                self.async_outstanding += 1
         self.messages[req.request_id] = msg
         self.requests += 1
         srv, session = self.server, self.session

@@ -706,9 +706,169 @@ static PyObject *brk_msg_write(PyObject *self, PyObject *const *args, Py_ssize_t
     return brk_msg_slow(self, brk_s_write_slow, args, nargs, kw);
 }
 
+/* ---- RingBatch: the completions of one batch, encoded back to back ---------------------- */
+
+/*
+ * While the server serves a batch of a shared-memory session's requests
+ * (_Conn._in_one_record), conn.ring_batch is one of these: complete() in C
+ * encodes its frame straight into the batch's buffer and keeps the books
+ * (the protocol's outstanding ids, the connection's messages) with the
+ * connection's lock held, with the lock's bound methods, the books and the
+ * protocol looked up once per connection instead of once per message; the
+ * Python way appends its frames (append). take() hands over the bytes, as
+ * one ring record, with the counts the connection adds to its own.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *acquire, *release, *proto, *outstanding, *messages;
+    unsigned char *buf;
+    size_t len, cap;
+    Py_ssize_t completions, async_done;
+} brk_batch;
+
+static PyTypeObject *brk_t_batch;
+
+static int brk_batch_traverse(brk_batch *b, visitproc visit, void *arg)
+{
+    Py_VISIT(b->acquire);
+    Py_VISIT(b->release);
+    Py_VISIT(b->proto);
+    Py_VISIT(b->outstanding);
+    Py_VISIT(b->messages);
+    return 0;
+}
+
+static int brk_batch_clear(brk_batch *b)
+{
+    Py_CLEAR(b->acquire);
+    Py_CLEAR(b->release);
+    Py_CLEAR(b->proto);
+    Py_CLEAR(b->outstanding);
+    Py_CLEAR(b->messages);
+    return 0;
+}
+
+static void brk_batch_dealloc(brk_batch *b)
+{
+    PyTypeObject *t = Py_TYPE(b);
+    PyObject_GC_UnTrack(b);
+    brk_batch_clear(b);
+    PyMem_Free(b->buf);
+    t->tp_free((PyObject *)b);
+    Py_DECREF(t);
+}
+
+/* Room for n more bytes; -1 with MemoryError. */
+static int brk_batch_room(brk_batch *b, size_t n)
+{
+    if (b->cap - b->len >= n)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < n) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    unsigned char *p = PyMem_Realloc(b->buf, cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->buf = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* append(frame): a frame the Python way made, after those already there. */
+static PyObject *brk_batch_append(PyObject *self, PyObject *frame)
+{
+    brk_batch *b = (brk_batch *)self;
+    Py_buffer v;
+    if (PyObject_GetBuffer(frame, &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = brk_batch_room(b, (size_t)v.len);
+    if (rc == 0) {
+        memcpy(b->buf + b->len, v.buf, (size_t)v.len);
+        b->len += (size_t)v.len;
+    }
+    PyBuffer_Release(&v);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* take() -> (bytes | None, completions, asynchronous): what the batch holds, and it starts empty again. */
+static PyObject *brk_batch_take(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    brk_batch *b = (brk_batch *)self;
+    PyObject *data = b->len ? PyBytes_FromStringAndSize((const char *)b->buf, (Py_ssize_t)b->len) : Py_NewRef(Py_None);
+    if (!data)
+        return NULL;
+    PyObject *out = Py_BuildValue("(Nnn)", data, b->completions, b->async_done);
+    if (!out)
+        return NULL;
+    b->len = 0;
+    b->completions = b->async_done = 0;
+    if (b->cap > (1u << 20)) { /* a big batch once: its buffer does not stay */
+        PyMem_Free(b->buf);
+        b->buf = NULL;
+        b->cap = 0;
+    }
+    return out;
+}
+
+static PyMethodDef brk_batch_methods[] = {
+    {"append", brk_batch_append, METH_O, "append(frame): a frame, after those already in the batch"},
+    {"take", brk_batch_take, METH_NOARGS,
+     "take() -> (bytes | None, completions, asynchronous): the batch's frames and counts; it starts empty again"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot brk_batch_slots[] = {
+    {Py_tp_doc, "The completions of one batch of a shared-memory session, encoded back to back (csrc/brk_codec.c)."},
+    {Py_tp_dealloc, brk_batch_dealloc},
+    {Py_tp_traverse, brk_batch_traverse},
+    {Py_tp_clear, brk_batch_clear},
+    {Py_tp_methods, brk_batch_methods},
+    {0, NULL},
+};
+
+static PyType_Spec brk_batch_spec = {
+    "broker._brk.RingBatch", sizeof(brk_batch), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, brk_batch_slots,
+};
+
+/* ring_batch(lock, proto, outstanding, messages) -> RingBatch: a connection's, made once. */
+static PyObject *brk_codec_ring_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "ring_batch(lock, proto, outstanding: dict, messages: dict)");
+        return NULL;
+    }
+    if (!brk_t_batch && !(brk_t_batch = (PyTypeObject *)PyType_FromSpec(&brk_batch_spec)))
+        return NULL;
+    PyObject *acquire = PyObject_GetAttrString(args[0], "acquire");
+    PyObject *release = acquire ? PyObject_GetAttrString(args[0], "release") : NULL;
+    brk_batch *b = release ? (brk_batch *)brk_t_batch->tp_alloc(brk_t_batch, 0) : NULL;
+    if (!b) {
+        Py_XDECREF(acquire);
+        Py_XDECREF(release);
+        return NULL;
+    }
+    b->acquire = acquire;
+    b->release = release;
+    b->proto = Py_NewRef(args[1]);
+    b->outstanding = Py_NewRef(args[2]);
+    b->messages = Py_NewRef(args[3]);
+    return (PyObject *)b;
+}
+
 static PyObject *brk_s_complete_slow, *brk_s_lock, *brk_s_acquire, *brk_s_release, *brk_s_ended, *brk_s_proto,
     *brk_s_state, *brk_s_on_rings, *brk_s_rings, *brk_s_ring_batch, *brk_s_pending, *brk_s_outstanding,
-    *brk_s_messages, *brk_s_completions, *brk_s_put, *brk_s_bytes_out, *brk_s_send_frame;
+    *brk_s_messages, *brk_s_completions, *brk_s_put, *brk_s_bytes_out, *brk_s_send_frame, *brk_s_async_outstanding;
 static PyObject *brk_state_open; /* _protocol.State.OPEN, given by message_setup */
 
 static int brk_msg_names(void)
@@ -719,13 +879,115 @@ static int brk_msg_names(void)
         { &brk_s_on_rings, "on_rings" }, { &brk_s_rings, "rings" }, { &brk_s_ring_batch, "ring_batch" },
         { &brk_s_pending, "pending" }, { &brk_s_outstanding, "outstanding" }, { &brk_s_messages, "messages" },
         { &brk_s_completions, "completions" }, { &brk_s_put, "put" }, { &brk_s_bytes_out, "bytes_out" },
-        { &brk_s_send_frame, "_send_completion" },
+        { &brk_s_send_frame, "_send_completion" }, { &brk_s_async_outstanding, "async_outstanding" },
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (!*names[i].at && !(*names[i].at = PyUnicode_InternFromString(names[i].s)))
             return -1;
     }
     return 0;
+}
+
+/* complete(status) into a RingBatch, with the connection's lock held: 1 done,
+ * 0 not the common case (nothing changed: the Python way), -1 an exception. */
+static int brk_batch_complete(brk_batch *b, brk_msg *m, long long status)
+{
+    PyObject *r = PyObject_CallNoArgs(b->acquire);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    int out = 0;
+    PyObject *ended = NULL, *state = NULL, *wdata[4] = { NULL, NULL, NULL, NULL };
+    if (m->done != Py_False || !m->conn || !m->request_id || !PyLong_CheckExact(m->request_id))
+        goto unlock;
+    unsigned long long rid = PyLong_AsUnsignedLongLong(m->request_id);
+    if (rid == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto unlock;
+    }
+    if (!(ended = PyObject_GetAttr(m->conn, brk_s_ended)) || !(state = PyObject_GetAttr(b->proto, brk_s_state))) {
+        out = -1;
+        goto unlock;
+    }
+    if (ended != Py_False || state != brk_state_open)
+        goto unlock; /* the client is gone: the Python way says nothing to it */
+    int there = PyDict_Contains(b->outstanding, m->request_id);
+    if (there <= 0) {
+        out = there; /* not outstanding: the Python way raises the protocol's error */
+        goto unlock;
+    }
+    /* the writes: argument index -> bytes, in index order */
+    unsigned nw = 0;
+    uint64_t size = BRK_CODEC_COMPLETE_FIXED;
+    if (m->writes && m->writes != Py_None) {
+        if (!PyDict_CheckExact(m->writes) || PyDict_GET_SIZE(m->writes) > 4)
+            goto unlock;
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(m->writes, &pos, &k, &v)) {
+            long i = PyLong_CheckExact(k) ? PyLong_AsLong(k) : -1;
+            if (i < 0 || i > 3 || wdata[i] || !PyBytes_CheckExact(v)) {
+                PyErr_Clear();
+                goto unlock; /* a bytearray (a write at an offset), or anything odd */
+            }
+            wdata[i] = v;
+            nw++;
+            size += BRK_CODEC_WRITE_HDR + (uint64_t)PyBytes_GET_SIZE(v);
+        }
+    } else if (!m->writes) {
+        goto unlock;
+    }
+    if (size > UINT32_MAX || brk_batch_room(b, (size_t)(BRK_CODEC_HEADER + size)) < 0) {
+        out = size > UINT32_MAX ? 0 : -1;
+        goto unlock;
+    }
+    /* decided: the books, then the frame */
+    if (PyDict_DelItem(b->outstanding, m->request_id) < 0) {
+        out = -1;
+        goto unlock;
+    }
+    Py_SETREF(m->done, Py_NewRef(Py_True));
+    if (PyDict_DelItem(b->messages, m->request_id) == 0) {
+        if (m->asynchronous == Py_True) /* only a message that took a slot gives one back */
+            b->async_done++;
+    } else {
+        PyErr_Clear(); /* not in them: nothing to give back */
+    }
+    b->completions++;
+    unsigned char *p = b->buf + b->len;
+    brk_header(p, BRK_CODEC_COMPLETE, 0, size, (uint64_t)rid);
+    unsigned char *q = p + BRK_CODEC_HEADER;
+    brk_st(q, (uint64_t)(uint32_t)(int32_t)status, 4);
+    q[4] = (unsigned char)nw;
+    q[5] = 0;
+    brk_st(q + 6, 0, 2);
+    q += BRK_CODEC_COMPLETE_FIXED;
+    for (int i = 0; i < 4; i++) {
+        if (!wdata[i])
+            continue;
+        Py_ssize_t n = PyBytes_GET_SIZE(wdata[i]);
+        memset(q, 0, BRK_CODEC_WRITE_HDR);
+        q[0] = (unsigned char)i;
+        brk_st(q + 4, (uint64_t)n, 4);
+        memcpy(q + BRK_CODEC_WRITE_HDR, PyBytes_AS_STRING(wdata[i]), (size_t)n);
+        q += BRK_CODEC_WRITE_HDR + n;
+    }
+    b->len += (size_t)(BRK_CODEC_HEADER + size);
+    out = 1;
+unlock:
+    Py_XDECREF(ended);
+    Py_XDECREF(state);
+    {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        r = PyObject_CallNoArgs(b->release);
+        if (et)
+            PyErr_Restore(et, ev, tb);
+        if (!r)
+            out = -1;
+        Py_XDECREF(r);
+    }
+    return out;
 }
 
 /* attr += delta on a Python object (an int attribute). */
@@ -744,17 +1006,19 @@ static int brk_add_attr(PyObject *o, PyObject *name, PyObject *delta)
 }
 
 /*
- * complete(status=0, error=None): the common case in C (a synchronous message
- * of a shared-memory session, no error text, nothing waiting before it for
- * ring 1), with the connection's lock held as Message._complete holds it;
- * anything else (and every error) is Message._complete's.
+ * complete(status=0, error=None): the common case in C (a message of a
+ * shared-memory session, no error text; the frame goes straight into ring 1
+ * when nothing waits before it there, or into the batch on_ring is
+ * collecting: conn.ring_batch), with the connection's lock held as
+ * Message._complete holds it; anything else (and every error) is
+ * Message._complete's.
  */
 static PyObject *brk_msg_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     brk_msg *m = (brk_msg *)self;
     long long status = 0;
-    if (kw || nargs > 2 || (nargs == 2 && args[1] != Py_None) || m->done != Py_False || m->asynchronous != Py_False ||
-        !brk_state_open)
+    if (kw || nargs > 2 || (nargs == 2 && args[1] != Py_None) || m->done != Py_False ||
+        (m->asynchronous != Py_False && m->asynchronous != Py_True) || !brk_state_open)
         goto slow; /* (the names were made with the type: message_base) */
     if (nargs >= 1) {
         int overflow;
@@ -764,8 +1028,24 @@ static PyObject *brk_msg_complete(PyObject *self, PyObject *const *args, Py_ssiz
         if (overflow || status < INT32_MIN || status > INT32_MAX)
             goto slow; /* _complete says why */
     }
-    PyObject *conn = m->conn, *lock = NULL, *proto = NULL, *rings = NULL, *state = NULL, *obj = NULL;
-    if (!conn || !(lock = PyObject_GetAttr(conn, brk_s_lock)))
+    PyObject *conn = m->conn, *lock = NULL, *proto = NULL, *rings = NULL, *state = NULL, *obj = NULL, *batch = NULL;
+    if (!conn)
+        goto slow;
+    if (brk_t_batch) { /* a batch being served (see RingBatch) */
+        if (!(batch = PyObject_GetAttr(conn, brk_s_ring_batch)))
+            return NULL;
+        if (Py_TYPE(batch) == brk_t_batch) {
+            int rc = brk_batch_complete((brk_batch *)batch, m, status);
+            Py_DECREF(batch);
+            if (rc < 0)
+                return NULL;
+            if (rc == 0)
+                goto slow;
+            Py_RETURN_NONE;
+        }
+        Py_CLEAR(batch);
+    }
+    if (!(lock = PyObject_GetAttr(conn, brk_s_lock)))
         goto fail_early;
     obj = PyObject_CallMethodNoArgs(lock, brk_s_acquire);
     if (!obj)
@@ -790,15 +1070,16 @@ static PyObject *brk_msg_complete(PyObject *self, PyObject *const *args, Py_ssiz
     Py_CLEAR(obj);
     if (!fast)
         goto unlock_slow;
-    if (!(obj = PyObject_GetAttr(conn, brk_s_ring_batch)))
+    batch = PyObject_GetAttr(conn, brk_s_ring_batch); /* held to the end: `unlock` drops it */
+    if (!batch)
         goto unlock_fail;
-    fast = obj == Py_None;
-    Py_CLEAR(obj);
-    if (!fast || !(rings = PyObject_GetAttr(conn, brk_s_rings)))
+    if (batch != Py_None) /* a batch of another kind (a RingBatch was taken above): the Python way */
+        goto unlock_slow;
+    if (!(rings = PyObject_GetAttr(conn, brk_s_rings)))
         goto unlock_check;
     if (rings == Py_None || !(obj = PyObject_GetAttr(rings, brk_s_pending)))
         goto unlock_check;
-    fast = PyObject_IsTrue(obj) == 0;
+    fast = PyObject_IsTrue(obj) == 0; /* straight into ring 1: only when nothing waits before it */
     Py_CLEAR(obj);
     if (!fast)
         goto unlock_check;
@@ -818,12 +1099,23 @@ static PyObject *brk_msg_complete(PyObject *self, PyObject *const *args, Py_ssiz
     Py_DECREF(outstanding);
     if (rc < 0)
         goto unlock_fail;
+    /* only a message that took a slot gives one back (a SERVER_BUSY refusal took none) */
+    int popped = 0;
     if ((obj = PyObject_GetAttr(conn, brk_s_messages)) && PyDict_CheckExact(obj)) {
-        if (PyDict_DelItem(obj, m->request_id) < 0)
+        popped = PyDict_DelItem(obj, m->request_id) == 0;
+        if (!popped)
             PyErr_Clear(); /* not in them: nothing to give back */
     }
     Py_CLEAR(obj);
     PyErr_Clear();
+    if (popped && m->asynchronous == Py_True) {
+        PyObject *minus = PyLong_FromLong(-1);
+        if (!minus || brk_add_attr(conn, brk_s_async_outstanding, minus) < 0) {
+            Py_XDECREF(minus);
+            goto unlock_fail;
+        }
+        Py_DECREF(minus);
+    }
     PyObject *one = PyLong_FromLong(1);
     if (!one || brk_add_attr(conn, brk_s_completions, one) < 0) {
         Py_XDECREF(one);
@@ -843,8 +1135,9 @@ static PyObject *brk_msg_complete(PyObject *self, PyObject *const *args, Py_ssiz
             goto unlock_fail;
     }
     PyObject *st = PyLong_FromLongLong(status);
-    PyObject *put = st ? PyObject_GetAttr(rings, brk_s_put) : NULL;
-    PyObject *n = NULL;
+    PyObject *put = NULL, *n = NULL;
+    if (st)
+        put = PyObject_GetAttr(rings, brk_s_put);
     if (put) {
         PyObject *pargs[4] = { m->request_id, st, writes, Py_None };
         n = PyObject_Vectorcall(put, pargs, 4, NULL);
@@ -884,6 +1177,7 @@ unlock:
     Py_XDECREF(state);
     Py_XDECREF(proto);
     Py_XDECREF(rings);
+    Py_XDECREF(batch);
     {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
@@ -993,7 +1287,7 @@ static PyObject *brk_codec_message_setup(PyObject *self, PyObject *const *args, 
 
 /* Records up to this size are copied out of the ring before they are read
  * (the client could change the ring under us); a bigger one goes to Python. */
-#define BRK_TAKE_COPY 4096
+#define BRK_TAKE_COPY BRK_CODEC_BATCH_BYTES
 #define BRK_TAKE_FRAMES (BRK_TAKE_COPY / (BRK_CODEC_HEADER + BRK_CODEC_REQUEST_FIXED) + 1)
 
 /* A ring handle passed as its address (only broker/_ring.py passes one); NULL with an exception. */
@@ -1009,7 +1303,7 @@ static brk_ring *brk_codec_ring(PyObject *address)
  * nothing made), -1 (an exception). rids[i], codes[i], handles[i], args[i] (new). */
 static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_frame, int64_t close_code,
                            PyObject *outstanding, uint64_t *rids, int32_t *codes, uint32_t *handles,
-                           PyObject **args, int *count)
+                           PyObject **args, unsigned char *asyncs, Py_ssize_t async_budget, int *count)
 {
     int k = 0;
     for (uint64_t at = 0; at < n; k++) {
@@ -1017,10 +1311,13 @@ static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_fram
             goto defer;
         const unsigned char *h = p + at;
         uint64_t length = brk_ld(h + 8, 4);
-        if (memcmp(h, "BRK1", 4) || h[4] != BRK_CODEC_VERSION || h[5] != BRK_CODEC_REQUEST || brk_ld(h + 6, 2) ||
-            brk_ld(h + 12, 4) || length > max_frame || length > n - at - BRK_CODEC_HEADER ||
-            length < BRK_CODEC_REQUEST_FIXED)
+        uint64_t flags = brk_ld(h + 6, 2);
+        if (memcmp(h, "BRK1", 4) || h[4] != BRK_CODEC_VERSION || h[5] != BRK_CODEC_REQUEST ||
+            (flags & ~(uint64_t)BRK_CODEC_FLAG_ASYNC) || brk_ld(h + 12, 4) || length > max_frame ||
+            length > n - at - BRK_CODEC_HEADER || length < BRK_CODEC_REQUEST_FIXED)
             goto defer;
+        if (flags && async_budget-- <= 0)
+            goto defer; /* no message slot free: Python refuses it (SERVER_BUSY) */
         const unsigned char *b = h + BRK_CODEC_HEADER;
         uint64_t rid = brk_ld(h + 16, 8);
         int32_t code = (int32_t)brk_ld(b, 4);
@@ -1044,6 +1341,7 @@ static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_fram
         if (!ok)
             goto defer;
         rids[k] = rid;
+        asyncs[k] = flags != 0;
         codes[k] = code;
         handles[k] = (uint32_t)brk_ld(b + 4, 4);
         at += BRK_CODEC_HEADER + length;
@@ -1061,24 +1359,26 @@ fail:
 }
 
 /*
- * take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages)
- *   -> (messages, bytes, left) | (outcome,)
- * The synchronous requests at the head of ring 0 (the server's side), each a
- * new message_type instance (broker.Message, its slots set without running its
- * __init__: _conn, request_id, code, handle, asynchronous False, _args,
- * _writes None, _done False) entered in the protocol's `outstanding` and the
- * connection's `messages`; `bytes` the records' bytes. A record is taken whole
- * or not at all: `left` is true when one waits that is anything else (an
- * asynchronous request, a negative code or close_code, a frame over several
- * records, an invalid one...), for Python. (outcome,) for a ring error before
- * anything was taken.
+ * take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages,
+ *               async_budget) -> (messages, bytes, left, asynchronous) | (outcome,)
+ * The requests at the head of ring 0 (the server's side), each a new
+ * message_type instance (broker.Message, its slots set without running its
+ * __init__: _conn, request_id, code, handle, asynchronous, _args, _writes
+ * None, _done False) entered in the protocol's `outstanding` and the
+ * connection's `messages`; `bytes` the records' bytes; `asynchronous` how many
+ * of them are asynchronous (at most async_budget: the message slots free; the
+ * caller counts them as taken). A record is taken whole or not at all: `left`
+ * is true when one waits that is anything else (an asynchronous request with
+ * no slot free, a negative code or close_code, a frame over several records,
+ * an invalid one...), for Python. (outcome,) for a ring error before anything
+ * was taken.
  */
 static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 8 || !PyType_Check(args[2]) || !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
+    if (nargs != 9 || !PyType_Check(args[2]) || !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
         PyErr_SetString(PyExc_TypeError, "take_requests(rx, max_frame, message_type, conn, outstanding, messages, "
-                                         "close_code, max_messages)");
+                                         "close_code, max_messages, async_budget)");
         return NULL;
     }
     if (!brk_t_request) {
@@ -1091,6 +1391,7 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
     unsigned long long max_frame = PyLong_AsUnsignedLongLong(args[1]);
     long long close_code = PyLong_AsLongLong(args[6]);
     Py_ssize_t max_messages = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t async_budget = PyLong_AsSsize_t(args[8]);
     if (PyErr_Occurred())
         return NULL;
     struct { PyObject **at; const char *s; } names[] = {
@@ -1111,6 +1412,8 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
         return NULL;
     uint64_t bytes = 0;
     int left = 0;
+    Py_ssize_t nasync = 0;
+    unsigned char asyncs[BRK_TAKE_FRAMES];
     uint64_t rids[BRK_TAKE_FRAMES];
     int32_t codes[BRK_TAKE_FRAMES];
     uint32_t handles[BRK_TAKE_FRAMES];
@@ -1136,7 +1439,8 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
         }
         memcpy(copy, r->rptr, (size_t)n);
         int count = 0;
-        int ok = brk_take_record(copy, n, max_frame, close_code, outstanding, rids, codes, handles, argt, &count);
+        int ok = brk_take_record(copy, n, max_frame, close_code, outstanding, rids, codes, handles, argt, asyncs,
+                                 async_budget - nasync, &count);
         if (ok <= 0) {
             brk_unpeek(r);
             if (ok < 0)
@@ -1151,7 +1455,8 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
         for (; j < count; j++) {
             PyObject *rid = PyLong_FromUnsignedLongLong(rids[j]);
             PyObject *vals[8] = { Py_NewRef(conn), rid ? Py_NewRef(rid) : NULL, PyLong_FromLong(codes[j]),
-                                  PyLong_FromUnsignedLong(handles[j]), Py_NewRef(Py_False), argt[j],
+                                  PyLong_FromUnsignedLong(handles[j]), Py_NewRef(asyncs[j] ? Py_True : Py_False),
+                                  argt[j],
                                   Py_NewRef(Py_None), Py_NewRef(Py_False) };
             argt[j] = NULL; /* stolen by brk_make */
             PyObject *mnames[8] = { brk_s_m_conn, brk_s_request_id, brk_s_code, brk_s_handle, brk_s_asynchronous,
@@ -1215,8 +1520,10 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
             break;
         }
         bytes += n;
+        for (j = 0; j < count; j++)
+            nasync += asyncs[j];
     }
-    return Py_BuildValue("(NKi)", list, (unsigned long long)bytes, left);
+    return Py_BuildValue("(NKin)", list, (unsigned long long)bytes, left, nasync);
 fail:
     Py_DECREF(list);
     return NULL;
@@ -1265,8 +1572,11 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
     {"message_setup", (PyCFunction)(void (*)(void))brk_codec_message_setup, METH_FASTCALL, "message_setup(Message, State.OPEN)"},
     {"message_base", (PyCFunction)(void (*)(void))brk_codec_message_base, METH_FASTCALL, "message_base() -> type"},
+    {"ring_batch", (PyCFunction)(void (*)(void))brk_codec_ring_batch, METH_FASTCALL,
+     "ring_batch(lock, proto, outstanding, messages) -> RingBatch"},
     {"take_requests", (PyCFunction)(void (*)(void))brk_codec_take_requests, METH_FASTCALL,
-     "take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages)"},
+     "take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages, "
+     "async_budget) -> (messages, bytes, left, asynchronous) | (outcome,)"},
     {"put_complete", (PyCFunction)(void (*)(void))brk_codec_put_complete, METH_FASTCALL,
      "put_complete(tx, rid, status, writes, error) -> int | NotImplemented | (outcome,)"},
     {NULL, NULL, 0, NULL},

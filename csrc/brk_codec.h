@@ -13,6 +13,8 @@
 #define BRK_CODEC_COMPLETE_FIXED 8
 #define BRK_CODEC_WRITE_HDR 8
 #define BRK_CODEC_MAX_TEXT 4096
+/* The most bytes of requests a client packs into one ring record, and the most the server's C takes in one look */
+#define BRK_CODEC_BATCH_BYTES 4096
 
 enum { BRK_K_NONE = 0, BRK_K_INT = 1, BRK_K_READ = 2, BRK_K_WRITE = 3, BRK_K_READWRITE = 4, BRK_K_HANDLE = 5,
        BRK_K_COUNT = 6 };

@@ -118,3 +118,79 @@ def test_the_first_complete_of_a_process_may_take_the_python_way():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
+# ---- complete() into a batch (RingBatch): C against the Python way ---------------------------------
+
+
+class _BatchConn:
+    """What complete() uses of a shared-memory connection while on_ring serves a batch."""
+
+    def __init__(self, rid: int, asynchronous: bool) -> None:
+        from broker._protocol import Request, ServerConnection, State
+        from broker._ring import ring_batch
+
+        self.lock = threading.RLock()
+        self.proto = ServerConnection()
+        self.proto.state = State.OPEN
+        self.proto.outstanding[rid] = Request(rid, 3, (), 0, asynchronous)
+        self.ended, self.on_rings, self.rings = False, True, None
+        self.messages: dict[int, Message] = {}
+        self.completions = self.bytes_out = 0
+        self.async_outstanding = 1 if asynchronous else 0
+        self.ring_batch = ring_batch(self.lock, self.proto, self.proto.outstanding, self.messages)
+
+    def _send(self, frame: bytes) -> None:  # as _Conn._send with a batch being served
+        self.ring_batch.append(frame)
+
+    def books(self) -> tuple[object, ...]:
+        data, completions, nasync = self.ring_batch.take()
+        return (data, self.completions + completions, self.async_outstanding - nasync, sorted(self.messages),
+                sorted(self.proto.outstanding))
+
+
+COMPLETES = [((), {}), ((0,), {}), ((5,), {}), ((-3,), {}), ((0, None), {}), ((-2, "it went wrong"), {}),
+             ((2**31,), {}), (("x",), {}), ((), {"status": 1})]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("writes", [None, {1: b"out"}, {2: b"rw", 1: b""}, {1: bytearray(b"ba")}])
+@pytest.mark.parametrize("call", COMPLETES)
+def test_complete_into_a_batch_gives_what_the_python_way_gives(call, writes, asynchronous):
+    out = []
+    for way in ("complete", "_complete"):
+        conn = _BatchConn(7, asynchronous)
+        m = Message(conn, 7, 3, (), 0, asynchronous)
+        conn.messages[7] = m
+        m._writes = dict(writes) if writes else None
+        a, k = call
+        first = _outcome(getattr(m, way), *a, **k)
+        again = _outcome(getattr(m, way), *a, **k)  # exactly once
+        out.append((first, again, m._done, conn.books()))
+    assert out[0] == out[1]
+
+
+def test_complete_into_a_batch_of_a_gone_client_says_nothing():
+    conn = _BatchConn(7, True)
+    m = Message(conn, 7, 3, (), 0, True)
+    conn.messages[7] = m
+    conn.ended = True
+    m.complete(0)
+    assert m._done and conn.books() == (None, 0, 1, [7], [7])
+
+
+def test_complete_into_a_batch_is_c_for_the_common_case(monkeypatch):
+    def python_way(self, *a, **k):
+        raise AssertionError("the Python way was taken")
+
+    for asynchronous in (False, True):
+        conn = _BatchConn(7, asynchronous)
+        m = Message(conn, 7, 3, (), 0, asynchronous)
+        conn.messages[7] = m
+        m._writes = {1: b"out"}
+        monkeypatch.setattr(Message, "_complete", python_way)
+        m.complete(5)
+        monkeypatch.undo()
+        data, completions, outstanding, messages, books = conn.books()
+        assert (completions, outstanding, messages, books) == (1, 0, [], [])
+        assert data is not None and data[:4] == b"BRK1" and data.endswith(b"out")
