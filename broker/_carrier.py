@@ -17,7 +17,8 @@ import os
 from collections import deque
 
 from ._errors import Empty, Full
-from ._ring import FULL, TIMEOUT, completer, open_session_rings, request_taker, session_call, session_rings
+from ._ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, open_session_rings, request_taker, session_call,
+                    session_call_many, session_rings)
 
 DEFAULT_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
 
@@ -132,6 +133,7 @@ class ClientRings:
         self._chunk = self.tx.max_record
         self._batch = self.rx.batcher()
         self.call = session_call(self.tx, self.rx)  # a synchronous call's round trip in one C call
+        self.call_many = session_call_many(self.tx, self.rx)  # pipelined calls, their round trips in C
 
     def call_error(self, outcome: tuple[int, ...]) -> BaseException:
         """The exception for call()'s (outcome,) (after sending) or (outcome, 0) (before)."""

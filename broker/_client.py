@@ -13,9 +13,12 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
-from typing import Any
+from collections import deque
+from typing import Any, Iterable, Sequence
 
 from . import _address
+from ._carrier import MANY_ODD as _MANY_ODD
+from ._carrier import MANY_UNUSUAL as _MANY_UNUSUAL
 from ._carrier import TIMEOUT as _RING_TIMEOUT
 from ._carrier import ClientRings
 from ._errors import (
@@ -262,6 +265,10 @@ _STATUS_ERRORS = {
 }
 
 
+# what a call that failed raises (as against the session's end: ServerGone, Panicked, Timeout...)
+_CALL_ERRORS = (ServiceError, PermissionDenied, BadHandle, ServerBusy)
+
+
 def _result(done: Complete) -> int:
     """The status of a completion, or the typed error it stands for."""
     if done.status >= 0:
@@ -339,6 +346,238 @@ class ClientSession:
         self._submit(code, args, handle, True, fut)
         return fut
 
+    def call_many(self, code: int, argsets: Iterable[Sequence[Any]], *, handle: int = 0,
+                  timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
+        """Call function `code` once with each tuple of arguments in `argsets`,
+        pipelined: as many calls in flight at once as the session has message
+        slots free. Their statuses, in the order of `argsets`; writable
+        arguments hold what the server wrote, as with send_receive.
+
+        A call that fails (ServiceError, PermissionDenied, BadHandle,
+        ServerBusy): with return_exceptions its error takes its place in the
+        list; without, the first such error is raised once every call has
+        ended, with the whole list (errors in their places) as its `results`.
+        An argument send_receive would refuse (TypeError, ValueError) is raised
+        once the calls before it have ended; none after it is sent. Timeout
+        when they have not all ended within `timeout` seconds (those in flight
+        are cancelled); the session's end (ServerGone, Panicked) at once.
+
+        On a shared-memory session the whole run is one C call in the common
+        case (csrc/brk_py.c, call_many): requests packed into ring records,
+        replies taken as they come."""
+        self._check_thread()
+        sets = list(argsets)  # our own: C reads it while other threads run
+        results: list[Any] = [None] * len(sets)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if sets:
+            if (self._rings is not None and not self._pending and self._reader is None and not self.sharable
+                    and self._begin_inline()):
+                try:
+                    self._many_rings(code, sets, results, handle, deadline, timeout)
+                finally:
+                    self._end_inline()
+            else:
+                self._many_futures(code, sets, results, handle, deadline, timeout)
+        try:
+            if min(results, default=0) >= 0:  # all ints, none negative: the common case, at C's speed
+                return results
+        except TypeError:  # an error among them, from the long way
+            pass
+        first: BrokerError | None = None
+        for i, r in enumerate(results):
+            if type(r) is int and r < 0:
+                try:
+                    _result(Complete(0, r))
+                except BrokerError as e:
+                    r = results[i] = e
+            if first is None and isinstance(r, BaseException):
+                first = r
+        if first is not None and not return_exceptions:
+            first.results = results  # type: ignore[attr-defined]
+            raise first
+        return results
+
+    def _many_rings(self, code: int, sets: list[Any], results: list[Any], handle: int, deadline: float | None,
+                    timeout: float | None) -> None:
+        """call_many on a shared-memory session, reading the ring inline: C does the common case;
+        what it gives back (an unusual request, a reply it did not take) is done here as the long way does it."""
+        rings, proto, lock = self._rings, self._proto, self._lock
+        assert rings is not None
+        n = len(sets)
+        with lock:
+            if self._broken is not None:
+                raise self._broken
+            try:
+                first = proto.begin_requests(n)
+            except ProtocolError:
+                if proto.state is not State.CLOSED:
+                    raise
+                raise ServerGone("the session is closed") from None  # as close() says it
+        window = max(1, self.slots)  # nothing else outstanding: every slot is free
+        sent = done = 0
+        limit = n
+        odd: list[bytes] = []
+        refused: BaseException | None = None  # an argument send_receive would refuse: raised after those before it
+        call = rings.call_many
+        outstanding = proto.outstanding
+        while True:
+            wait = _CALL_WAIT_NS if deadline is None else max(0, min(_CALL_WAIT_NS,
+                                                                      int((deadline - time.monotonic()) * 1e9)))
+            sent, done, rc = call(first, code, handle, sets, results, sent, done, limit, window, Buffer, wait,
+                                  self._max_frame, outstanding, odd)
+            if rc == 0:  # every one up to limit has its reply
+                break
+            if rc == _MANY_UNUSUAL:  # the next request is not for C: made here, sent on the ring
+                args = sets[sent]
+                try:
+                    args = sets[sent] = tuple(args)
+                    if len(args) > 4:
+                        raise TypeError("at most four arguments")
+                    with lock:
+                        frame = proto.request_for(first + sent, code, map(_to_arg, args), handle, True)
+                except (TypeError, ValueError, OverflowError, struct.error) as e:
+                    refused = e
+                    limit = sent  # the calls before it end first
+                    continue
+                with lock:
+                    try:
+                        self._write(frame)
+                    except (OSError, BrokerError) as e:
+                        self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
+                        raise self._broken from e  # type: ignore[misc]
+                sent += 1
+            elif rc == _MANY_ODD:
+                done = self._many_odd(first, sets, results, sent, done, odd)
+                odd.clear()
+            elif rc == _RING_TIMEOUT:
+                if self._broken is not None:
+                    raise self._broken
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._many_cancel(first, results, sent)
+                    raise Timeout(f"{n - done} of {n} calls had no answer within {timeout} s")
+            else:
+                self._ring_failed(rings.call_error((rc,)))  # type: ignore[arg-type]
+                raise self._broken  # type: ignore[misc]
+        if refused is not None:
+            raise refused
+
+    def _many_odd(self, first: int, sets: list[Any], results: list[Any], sent: int, done: int,
+                  odd: list[bytes]) -> int:
+        """Replies C left to Python (with whatever followed them in their record): taken as the long way
+        takes them, with every call in flight waiting for its reply meanwhile. The count of calls done."""
+        waiting: dict[int, _Inline] = {}
+        with self._lock:
+            for i in range(sent):
+                if results[i] is None:
+                    waiting[i] = inline = _Inline()
+                    self._pending[first + i] = (inline, sets[i], False)  # (no slot of send()'s to give back)
+        try:
+            for data in odd:
+                self._received_events(data, None)
+            while self._proto.reader.pending and self._broken is None:  # a frame split over records: read on
+                try:
+                    data = self._rings.recv_all(None)  # type: ignore[union-attr]
+                except BrokerError as e:
+                    self._ring_failed(e)
+                    break
+                self._received_events(data, None)
+        finally:
+            with self._lock:
+                for i, inline in waiting.items():
+                    if inline.done():
+                        results[i] = inline._value if inline._error is None else inline._error
+                        done += 1
+                    else:
+                        self._pending.pop(first + i, None)
+        if self._broken is not None:
+            raise self._broken
+        return done
+
+    def _many_cancel(self, first: int, results: list[Any], sent: int) -> None:
+        """The calls in flight are cancelled: their late replies are dropped, as a timed-out call's are,
+        and each holds its message slot until its reply comes (the server frees it only then)."""
+        with self._lock:
+            for i in range(sent):
+                if results[i] is None:
+                    self._pending[first + i] = (_Inline(), (), True)  # nobody waits on it
+                    self._async += 1
+            if self._proto.state != State.OPEN:
+                return
+            try:
+                for i in range(sent):
+                    if results[i] is None:
+                        self._write(self._proto.cancel(first + i))
+            except (OSError, BrokerError):
+                pass
+
+    def _many_futures(self, code: int, sets: list[Any], results: list[Any], handle: int, deadline: float | None,
+                      timeout: float | None) -> None:
+        """call_many the long way (a socket session, a reader thread, calls already outstanding...):
+        asynchronous calls in the message slots free now, or one by one when none is."""
+        n = len(sets)
+        window = self.slots - self._async
+        if window <= 0:
+            for i, args in enumerate(sets):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    results[i] = self.send_receive(code, *args, handle=handle, timeout=left)
+                except _CALL_ERRORS as e:
+                    results[i] = e
+            return
+        inflight: deque[tuple[int, int, Any]] = deque()
+
+        def reap() -> None:
+            i, rid, fut = inflight[0]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                results[i] = fut.result(left)
+            except _CALL_ERRORS as e:
+                results[i] = e
+            except TimeoutError:
+                if self._broken is not None and not fut.done():
+                    raise self._broken from None
+                with self._lock:  # cancelled: each holds its slot until its late reply comes
+                    if self._proto.state == State.OPEN:
+                        try:
+                            for _, rid, _ in inflight:
+                                if rid in self._pending:
+                                    self._write(self._proto.cancel(rid))
+                        except (OSError, BrokerError):
+                            pass
+                done = sum(1 for r in results if r is not None)
+                raise Timeout(f"{n - done} of {n} calls had no answer within {timeout} s") from None
+            inflight.popleft()
+
+        refused: BaseException | None = None
+        for i, args in enumerate(sets):
+            if len(inflight) >= window:
+                reap()
+            try:
+                args = tuple(args)
+                while True:
+                    fut: Any = _Reply(self) if self._reader is None else Future()
+                    try:
+                        rid = self._submit(code, args, handle, True, fut)
+                    except ServerBusy:  # (before sending) another thread of a sharable session took the slots
+                        if inflight:
+                            reap()
+                            continue
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        try:
+                            results[i] = self.send_receive(code, *args, handle=handle, timeout=left)
+                        except _CALL_ERRORS as e:
+                            results[i] = e
+                        break
+                    inflight.append((i, rid, fut))
+                    break
+            except (TypeError, ValueError, OverflowError, struct.error) as e:
+                refused = e
+                break
+        while inflight:
+            reap()
+        if refused is not None:
+            raise refused
+
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
         """send_receive for asyncio (does not block the event loop)."""
         self._background()
@@ -402,24 +641,36 @@ class ClientSession:
         with self._lock:
             if self._broken is not None:
                 raise self._broken
-            if asynchronous:
-                if self._async >= self.slots:
-                    raise ServerBusy(f"all {self.slots} message slots of this session are in use")
-                self._async += 1
+            if asynchronous and self._async >= self.slots:
+                raise ServerBusy(f"all {self.slots} message slots of this session are in use")
             try:
                 rid, frame = self._proto.request(code, wire, handle, asynchronous)
             except ProtocolError:
                 if self._proto.state is not State.CLOSED:
                     raise
                 raise ServerGone("the session is closed") from None  # as close() says it
+            if asynchronous:  # (taken once the request is made: a refused one takes no slot)
+                self._async += 1
             self._pending[rid] = (fut, args, asynchronous)
             try:
                 self._write(frame)
                 return rid
             except (OSError, BrokerError) as e:
                 error = e
+        if self._reader is None and self._rings is None:
+            self._read_last_words()  # a PANIC or a CLOSE before the break says why it broke
         self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
         raise self._broken from error  # type: ignore[misc]
+
+    def _read_last_words(self) -> None:
+        """The connection broke as this thread wrote to it: what the server sent before it went."""
+        try:
+            n = self._sock.recv_into(self._inbuf, 0, _DONTWAIT)
+        except OSError:
+            return
+        if n:
+            with memoryview(self._inbuf) as view:
+                self._dispatch(view[:n])
 
     def _call_rings(self, code: int, args: tuple[Any, ...], handle: int) -> int | None:
         """send_receive's short way on a shared-memory session with no reader

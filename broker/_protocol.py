@@ -654,21 +654,39 @@ class ClientConnection(_Side):
 
     def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
         """A new request: (its id, the frame to send)."""
-        if self.state is not _OPEN or self.offer_due or self.offer is not None:
-            self._check_open("a request")
-            raise ProtocolError("a request before the SHM_OFFER is answered")
+        self._check_requests()
+        rid = self._next_id
+        frame = self.request_for(rid, code, args, handle, asynchronous)
+        self._next_id += 1
+        return rid, frame
+
+    def request_for(self, rid: int, code: int, args: Iterable[Arg] = (), handle: int = 0,
+                    asynchronous: bool = False) -> bytes:
+        """request() for an id begun with begin_requests: the frame to send (the id is outstanding from now on)."""
+        self._check_requests()
         a = list(args)
         if len(a) > MAX_ARGS:
             raise ValueError(f"at most {MAX_ARGS} arguments")
         if len(a) < MAX_ARGS:
             a += _PADDING[len(a)]
-        rid = self._next_id
-        self._next_id += 1
         frame = request_frame(rid, code, handle, asynchronous, a)
         if len(frame) - HEADER_SIZE > (self.welcome.max_frame if self.welcome else self.max_frame):
             raise ValueError(f"a request of {len(frame)} bytes is over the server's limit")
         self.outstanding[rid] = asynchronous
-        return rid, frame
+        return frame
+
+    def _check_requests(self) -> None:
+        if self.state is not _OPEN or self.offer_due or self.offer is not None:
+            self._check_open("a request")
+            raise ProtocolError("a request before the SHM_OFFER is answered")
+
+    def begin_requests(self, count: int) -> int:
+        """The first of `count` consecutive request ids, for requests made elsewhere (the client's C
+        call_many books each in `outstanding` as it sends it, or request_for does); request()'s checks."""
+        self._check_requests()
+        rid = self._next_id
+        self._next_id += count
+        return rid
 
     def begin_request(self, asynchronous: bool = False) -> int:
         """The id of a request whose frame is made elsewhere (the client's C call): request()'s

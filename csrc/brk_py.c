@@ -564,10 +564,309 @@ done:
     return out;
 }
 
+/* call_many's outcomes besides the rings' own (BRK_OK: every call up to
+ * `limit` has its reply; BRK_TIMEOUT: one wait of wait_ns passed with replies
+ * still due; any other: a ring failed). */
+#define BRK_MANY_UNUSUAL 100 /* argsets[sent] is not for C (another kind, too big): Python sends it */
+#define BRK_MANY_ODD 101     /* a record's rest that C did not take is the last item of `odd` */
+/* Reply records up to this size are copied out and read from the copy; a
+ * bigger one goes to Python whole (as BRK_MANY_ODD). */
+#define BRK_MANY_COPY (64 * 1024)
+/* Requests packed into one record: at most as many bytes as the server's C takes in one look */
+#define BRK_MANY_FRAMES (BRK_CODEC_BATCH_BYTES / (BRK_CODEC_HEADER + BRK_CODEC_REQUEST_FIXED) + 1)
+/* Python's signal handlers get a look after this many records */
+#define BRK_MANY_SIGNAL_RECORDS 64
+
+static void brk_many_drop(PyObject *hold[][4], int k)
+{
+    for (int j = 0; j < k; j++)
+        for (int i = 0; i < 4; i++)
+            Py_CLEAR(hold[j][i]);
+}
+
+/* The next request of call_many as C writes it: 1 (cargs, hold and *size set), 0 (not for C), -1 (an exception). */
+static int brk_many_request(PyObject *set, PyTypeObject *buffer_type, long long max_frame, uint64_t max_record,
+                            brk_codec_arg cargs[4], PyObject *hold[4], uint64_t *size)
+{
+    for (int i = 0; i < 4; i++)
+        hold[i] = NULL;
+    if (!PyTuple_CheckExact(set) || PyTuple_GET_SIZE(set) > 4)
+        return 0;
+    Py_ssize_t argc = PyTuple_GET_SIZE(set);
+    for (int i = 0; i < 4; i++) {
+        if (i >= argc) {
+            cargs[i] = (brk_codec_arg){ BRK_K_NONE, 0, NULL, 0 };
+            continue;
+        }
+        int ok = brk_call_arg(PyTuple_GET_ITEM(set, i), buffer_type, &cargs[i], &hold[i]);
+        if (ok <= 0) {
+            for (int j = 0; j <= i; j++)
+                Py_CLEAR(hold[j]);
+            return ok;
+        }
+    }
+    *size = brk_codec_request_size(cargs);
+    if (*size > max_record || *size - BRK_CODEC_HEADER > (uint64_t)max_frame) {
+        for (int j = 0; j < 4; j++)
+            Py_CLEAR(hold[j]);
+        return 0;
+    }
+    return 1;
+}
+
+/* Book (1) or unbook (0) request ids first..first+k-1 in the protocol's outstanding. -1: an exception. */
+static int brk_many_book(PyObject *outstanding, uint64_t first, int k, int book)
+{
+    for (int j = 0; j < k; j++) {
+        PyObject *key = PyLong_FromUnsignedLongLong(first + (uint64_t)j);
+        int rc = !key ? -1 : book ? PyDict_SetItem(outstanding, key, Py_True) : PyDict_DelItem(outstanding, key);
+        Py_XDECREF(key);
+        if (rc < 0) {
+            if (!book && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                PyErr_Clear();
+                continue;
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * call_many(tx, rx, first_rid, code, handle, argsets, results, sent, done, limit, window,
+ *           buffer_type, wait_ns, max_frame, outstanding, odd) -> (sent, done, outcome):
+ * many asynchronous calls of one function on a shared-memory session,
+ * pipelined, in C for the common case. Request i is argsets[i] (a tuple) with
+ * id first_rid + i; `sent` of them are sent and `done` have their reply
+ * (results[i] is not None); it sends on while fewer than `window` are in
+ * flight and i < limit, packing requests into records of up to
+ * BRK_CODEC_BATCH_BYTES, and takes the replies that come: a simple one (see
+ * brk_call_reply) sets results[i] to its status, its writes applied; ids are
+ * booked in `outstanding` (the protocol's) as they are sent and unbooked as
+ * their simple reply is taken. It returns with the GIL held, when every call
+ * up to limit has its reply (BRK_OK), when a wait of wait_ns passed
+ * (BRK_TIMEOUT), for BRK_MANY_UNUSUAL or BRK_MANY_ODD (above), or on a ring's
+ * failure; waits spin with the GIL for up to 10 us, then sleep without it.
+ * argsets and results must be the caller's own lists, not shared.
+ */
+static PyObject *brk_py_call_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *tx = brk_py_begin(args, nargs, 16,
+                                "call_many(tx, rx, first_rid, code, handle, argsets, results, sent, done, limit, "
+                                "window, buffer_type, wait_ns, max_frame, outstanding, odd)");
+    if (!tx)
+        return NULL;
+    brk_ring *rx = PyLong_AsVoidPtr(args[1]);
+    if (!rx) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "ring is closed");
+        return NULL;
+    }
+    unsigned long long first = PyLong_AsUnsignedLongLong(args[2]);
+    if (first == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    long long code, handle, sent, done, limit, window, wait_ns, max_frame;
+    if (!brk_py_int64(args[3], &code) || !brk_py_int64(args[4], &handle) || !brk_py_int64(args[7], &sent) ||
+        !brk_py_int64(args[8], &done) || !brk_py_int64(args[9], &limit) || !brk_py_int64(args[10], &window) ||
+        !brk_py_int64(args[12], &wait_ns) || !brk_py_int64(args[13], &max_frame))
+        return NULL;
+    PyObject *argsets = args[5], *results = args[6], *outstanding = args[14], *odd = args[15];
+    if (!PyList_CheckExact(argsets) || !PyList_CheckExact(results) || !PyType_Check(args[11]) ||
+        !PyDict_CheckExact(outstanding) || !PyList_CheckExact(odd)) {
+        PyErr_SetString(PyExc_TypeError, "call_many: argsets, results and odd are lists, buffer_type a class, "
+                                         "outstanding a dict");
+        return NULL;
+    }
+    Py_ssize_t total = PyList_GET_SIZE(argsets);
+    if (PyList_GET_SIZE(results) != total || limit < 0 || limit > total || sent < 0 || sent > limit || done < 0 ||
+        done > sent || window < 1 || max_frame < 0 || first == 0 || first + (unsigned long long)total < first) {
+        PyErr_SetString(PyExc_ValueError, "call_many: inconsistent counts");
+        return NULL;
+    }
+    if (!brk_s_max_length && !(brk_s_max_length = PyUnicode_InternFromString("max_length")))
+        return NULL;
+    if (!brk_s_value && !(brk_s_value = PyUnicode_InternFromString("value")))
+        return NULL;
+    PyTypeObject *buffer_type = (PyTypeObject *)args[11];
+    if (code < INT32_MIN || code > INT32_MAX || handle < 0 || handle > UINT32_MAX)
+        return Py_BuildValue("(LLi)", sent, done, sent < limit ? BRK_MANY_UNUSUAL : BRK_OK);
+    unsigned char *copy = PyMem_Malloc(BRK_MANY_COPY);
+    if (!copy)
+        return PyErr_NoMemory();
+    brk_codec_arg cargs[BRK_MANY_FRAMES][4];
+    PyObject *hold[BRK_MANY_FRAMES][4];
+    uint64_t sizes[BRK_MANY_FRAMES];
+    int rc = BRK_OK, records = 0, error = 0;
+    for (;;) {
+        /* the requests the window lets go, packed into records */
+        int full = 0;
+        while (sent < limit && sent - done < window) {
+            int k = 0, unusual = 0;
+            uint64_t bytes = 0;
+            while (k < BRK_MANY_FRAMES && sent + k < limit && sent + k - done < window) {
+                int ok = brk_many_request(PyList_GET_ITEM(argsets, sent + k), buffer_type, max_frame,
+                                          tx->max_record, cargs[k], hold[k], &sizes[k]);
+                if (ok < 0) {
+                    brk_many_drop(hold, k);
+                    error = 1;
+                    goto out;
+                }
+                if (!ok) {
+                    unusual = 1;
+                    break;
+                }
+                if (k > 0 && bytes + sizes[k] > BRK_CODEC_BATCH_BYTES) {
+                    brk_many_drop(hold + k, 1);
+                    break;
+                }
+                bytes += sizes[k++];
+            }
+            if (k == 0) {
+                rc = unusual ? BRK_MANY_UNUSUAL : BRK_OK;
+                goto out;
+            }
+            rc = brk_claim(tx, bytes);
+            if (rc == BRK_FULL) {
+                brk_many_drop(hold, k);
+                if (sent > done) {
+                    full = 1; /* the replies first: the ring empties as the server reads */
+                    break;
+                }
+                BRK_PY_BLOCKING(tx, rc = brk_wait_space(tx, bytes, wait_ns));
+                if (rc != BRK_OK)
+                    goto out;
+                continue;
+            }
+            if (rc != BRK_OK) {
+                brk_many_drop(hold, k);
+                goto out;
+            }
+            if (brk_many_book(outstanding, first + (uint64_t)sent, k, 1) < 0) {
+                PyObject *et, *ev, *tb;
+                PyErr_Fetch(&et, &ev, &tb);
+                brk_abort(tx);
+                brk_many_book(outstanding, first + (uint64_t)sent, k, 0);
+                PyErr_Restore(et, ev, tb);
+                brk_many_drop(hold, k);
+                error = 1;
+                goto out;
+            }
+            unsigned char *p = tx->wptr;
+            for (int j = 0; j < k; j++) {
+                brk_codec_put_request(p, first + (uint64_t)(sent + j), (int32_t)code, (uint32_t)handle, 1, cargs[j]);
+                p += sizes[j];
+            }
+            rc = brk_commit(tx, bytes);
+            brk_many_drop(hold, k);
+            sent += k;
+            if (rc != BRK_OK)
+                goto out;
+            if (unusual)
+                break; /* its replies meanwhile, then back for it */
+        }
+        if (done == sent) { /* all sent have their reply: finished, or the next is Python's */
+            rc = sent < limit ? BRK_MANY_UNUSUAL : BRK_OK;
+            goto out;
+        }
+        /* the replies: what is there; a wait only when nothing more can go */
+        rc = brk_peek(rx);
+        if (rc == BRK_EMPTY) {
+            if (!full && sent < limit && sent - done < window)
+                continue;
+            int64_t spin = (int64_t)rx->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)rx->spin_ns : BRK_PY_GIL_SPIN_NS;
+            if (spin > wait_ns)
+                spin = wait_ns;
+            rc = spin > 0 ? brk_spin_data(rx, spin) : BRK_TIMEOUT;
+            if (rc == BRK_TIMEOUT && wait_ns > spin)
+                BRK_PY_BLOCKING(rx, rc = brk_wait_data(rx, wait_ns - spin));
+            if (rc == BRK_OK)
+                rc = brk_peek(rx);
+        }
+        if (rc != BRK_OK)
+            goto out;
+        uint64_t n = rx->rlen;
+        if (n > BRK_MANY_COPY) {
+            PyObject *rec = PyBytes_FromStringAndSize((const char *)rx->rptr, (Py_ssize_t)n);
+            if (!rec || PyList_Append(odd, rec) < 0) {
+                Py_XDECREF(rec);
+                brk_unpeek(rx);
+                error = 1;
+                goto out;
+            }
+            Py_DECREF(rec);
+            rc = brk_release(rx);
+            if (rc == BRK_OK)
+                rc = BRK_MANY_ODD;
+            goto out;
+        }
+        memcpy(copy, rx->rptr, (size_t)n); /* the server could change the ring under us: read the copy */
+        rc = brk_release(rx);
+        if (rc != BRK_OK)
+            goto out;
+        uint64_t at = 0;
+        while (at < n) {
+            const unsigned char *h = copy + at;
+            if (n - at < BRK_CODEC_HEADER)
+                break;
+            uint64_t flen = BRK_CODEC_HEADER + brk_codec_ld(h + 8, 4), rid = brk_codec_ld(h + 16, 8);
+            if (flen > n - at || rid < first || rid - first >= (uint64_t)sent)
+                break;
+            Py_ssize_t i = (Py_ssize_t)(rid - first);
+            if (PyList_GET_ITEM(results, i) != Py_None)
+                break; /* a second reply: Python says what is wrong */
+            PyObject *set = Py_NewRef(PyList_GET_ITEM(argsets, i));
+            PyObject *status = PyTuple_CheckExact(set)
+                                   ? brk_call_reply(h, flen, rid, &PyTuple_GET_ITEM(set, 0), PyTuple_GET_SIZE(set),
+                                                    buffer_type)
+                                   : NULL;
+            Py_DECREF(set);
+            if (!status) {
+                    error = PyErr_Occurred() != NULL;
+                break; /* not the simple reply: Python takes it, and what follows */
+            }
+            PyObject *was = PyList_GET_ITEM(results, i); /* None */
+            PyList_SET_ITEM(results, i, status);
+            Py_DECREF(was);
+            if (brk_many_book(outstanding, rid, 1, 0) < 0) {
+                error = 1;
+                break;
+            }
+            done++;
+            at += flen;
+        }
+        if (error)
+            goto out; /* out of memory: the rest of the record is lost, and with it the session */
+        if (at < n) {
+            PyObject *rest = PyBytes_FromStringAndSize((const char *)copy + at, (Py_ssize_t)(n - at));
+            if (!rest || PyList_Append(odd, rest) < 0) {
+                Py_XDECREF(rest);
+                error = 1;
+                goto out;
+            }
+            Py_DECREF(rest);
+            rc = BRK_MANY_ODD;
+            goto out;
+        }
+        if (++records % BRK_MANY_SIGNAL_RECORDS == 0 && PyErr_CheckSignals() < 0) {
+            error = 1;
+            goto out;
+        }
+    }
+out:
+    PyMem_Free(copy);
+    if (error)
+        return NULL;
+    return Py_BuildValue("(LLi)", sent, done, rc);
+}
+
 static PyMethodDef brk_py_methods[] = {
     {"ready", (PyCFunction)(void (*)(void))brk_py_ready, METH_FASTCALL, "ready(ring) -> bool | outcome"},
     {"call", (PyCFunction)(void (*)(void))brk_py_call, METH_FASTCALL,
      "call(tx, rx, rid, code, handle, args, buffer_type, wait_ns, max_frame) -> int | bytes | NotImplemented | tuple"},
+    {"call_many", (PyCFunction)(void (*)(void))brk_py_call_many, METH_FASTCALL,
+     "call_many(tx, rx, first_rid, code, handle, argsets, results, sent, done, limit, window, buffer_type, wait_ns, "
+     "max_frame, outstanding, odd) -> (sent, done, outcome)"},
     {"send", (PyCFunction)(void (*)(void))brk_py_send, METH_FASTCALL, "send(ring, data) -> outcome"},
     {"recv", (PyCFunction)(void (*)(void))brk_py_recv, METH_FASTCALL, "recv(ring) -> bytes | outcome"},
     {"recv_wait", (PyCFunction)(void (*)(void))brk_py_recv_wait, METH_FASTCALL,

@@ -615,3 +615,146 @@ def test_a_busy_refusal_does_not_free_a_slot(server):
     [ev] = proto.receive(sock.recv(4096))
     assert ev.status == broker.Status.SERVER_BUSY and len(Service.held) == 1
     sock.close()
+
+
+# ---- call_many: pipelined calls, the same on every transport ----------------------------------
+
+
+def test_call_many_gives_every_status_in_order_with_its_writes(server):
+    def client() -> None:
+        with connect(server.address, slots=8) as s:
+            assert s.call_many(ECHO_LEN, []) == []
+            sizes = [i % 300 for i in range(2000)]
+            assert s.call_many(ECHO_LEN, [(b"z" * n,) for n in sizes]) == sizes
+            outs = [Buffer(64) for _ in range(500)]
+            words = [os.urandom(1 + i % 40) for i in range(500)]
+            assert s.call_many(REVERSE, zip(words, outs)) == [0] * 500  # any iterable of sequences
+            assert [o.value for o in outs] == [w[::-1] for w in words]
+            # kinds C leaves to Python, mixed with those it takes: a bytearray, a list, a frame bigger
+            # than a ring record (split), a big reply
+            rw = bytearray(b"0123456789")
+            big = os.urandom(3 << 20)
+            big_out = Buffer(len(big))
+            mixed = [(b"ab", Buffer(8)), (b"xy", rw), [b"cd", Buffer(8)], (big, big_out), (b"e", Buffer(8))]
+            assert s.call_many(REVERSE, mixed) == [0] * 5
+            assert mixed[0][1].value == b"ba" and rw == b"yx" and mixed[2][1].value == b"dc"
+            assert big_out.value == big[::-1] and mixed[4][1].value == b"e"
+            assert s.send_receive(ECHO_LEN, b"after") == 5  # the session goes on as before
+
+    in_child(client)
+
+
+def test_call_many_errors_take_their_places(server):
+    def client() -> None:
+        with connect(server.address, slots=4) as s:
+            assert s.call_many(ECHO_LEN, [(b"abc",), (b"de",), (b"f",)]) == [3, 2, 1]
+            got = s.call_many(RAISE, [()] * 3, return_exceptions=True)
+            assert [type(e) for e in got] == [broker.ServiceError] * 3
+            assert all("on purpose" in str(e) for e in got)
+            with pytest.raises(broker.ServiceError, match="on purpose") as info:
+                s.call_many(RAISE, [()] * 2)
+            assert [type(e) for e in info.value.results] == [broker.ServiceError] * 2
+            got = s.call_many(999, [()] * 2, return_exceptions=True)  # unknown code: NOT_SUPPORTED
+            assert all(isinstance(e, broker.ServiceError) for e in got)
+            assert s.send_receive(ECHO_LEN, b"still") == 5
+
+    in_child(client)
+
+
+def test_call_many_mixes_statuses_and_errors_of_one_function(server):
+    """SUB_ADD on a sub-session handle that is valid for some calls and not for others: the
+    failures (BadHandle) sit between the successes, and the rest are not lost."""
+    def client() -> None:
+        with connect(server.address, slots=8) as s:
+            h = s.send_receive(OPEN_SHARED, b"many")
+            sets = [(1,)] * 10
+            with pytest.raises(broker.BadHandle) as info:
+                s.call_many(SUB_ADD, sets, handle=h + 1)
+            assert len(info.value.results) == 10
+            assert s.call_many(SUB_ADD, sets, handle=h) == list(range(1, 11))
+
+    in_child(client)
+
+
+def test_call_many_refuses_a_bad_argument_after_the_calls_before_it(server):
+    def client() -> None:
+        with connect(server.address) as s:
+            with pytest.raises(TypeError):
+                s.call_many(ECHO_LEN, [(b"a",), (b"bb",), (object(),), (b"ccc",)])
+            with pytest.raises(TypeError, match="at most four"):
+                s.call_many(ECHO_LEN, [(1, 2, 3, 4, 5)])
+            os.write(w, b"1")
+            assert os.read(go_r, 1) == b"2"
+            assert s.send_receive(ECHO_LEN, b"ok") == 2
+
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    with Child(client) as kid:
+        assert os.read(r, 1) == b"1"
+        [row] = server.sessions()
+        assert row["requests"] == 2  # the two before the bad one were served; none after it was sent
+        os.write(go_w, b"2")
+        assert kid.join(30) == 0
+    for fd in (r, w, go_r, go_w):
+        os.close(fd)
+
+
+def test_call_many_times_out_and_cancels_what_is_in_flight(server):
+    def client() -> None:
+        with connect(server.address, slots=4) as s:
+            t0 = time.monotonic()
+            with pytest.raises(broker.Timeout, match="within 0.3 s"):
+                s.call_many(HOLD, [()] * 3, timeout=0.3)
+            assert time.monotonic() - t0 < 10
+            assert s.send_receive(ECHO_LEN, b"later") == 5  # the session goes on
+            assert s.call_many(ECHO_LEN, [(b"x",)] * 20) == [1] * 20  # and its slots came back
+
+    in_child(client)
+
+
+def test_call_many_with_every_slot_taken_goes_one_by_one(server):
+    def client() -> None:
+        with connect(server.address, slots=2) as s:
+            held = [s.send(HOLD), s.send(HOLD)]
+            os.write(w, b"1")
+            assert s.call_many(ECHO_LEN, [(b"ab",)] * 5) == [2] * 5
+            assert [f.result(10) for f in held] == [7, 7]
+
+    r, w = os.pipe()
+    with Child(client) as kid:
+        assert os.read(r, 1) == b"1"
+        wait_for(lambda: len(Service.held) == 2)
+        for m in list(Service.held):
+            m.complete(7)
+        assert kid.join(30) == 0
+    os.close(r)
+    os.close(w)
+
+
+def test_call_many_ends_with_the_session_on_a_panic(server):
+    def client() -> None:
+        with connect(server.address, slots=4) as s:
+            with pytest.raises(broker.Panicked, match="asked for it"):
+                s.call_many(PANIC, [()] * 6)
+            with pytest.raises(broker.Panicked):
+                s.send_receive(ECHO_LEN, b"x")
+
+    in_child(client)
+
+
+def test_call_many_on_a_sharable_session_from_two_threads(server):
+    def client() -> None:
+        with connect(server.address, slots=8, sharable=True) as s:
+            got: dict[int, list[int]] = {}
+
+            def run(k: int) -> None:
+                got[k] = s.call_many(ECHO_LEN, [(b"q" * (k + j),) for j in range(300)])
+
+            ts = [threading.Thread(target=run, args=(k,)) for k in (1, 2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            assert got == {k: [k + j for j in range(300)] for k in (1, 2)}
+
+    in_child(client)

@@ -20,7 +20,7 @@ import pytest
 import broker
 from broker import Buffer, connect
 
-from .helpers import Child
+from .helpers import Child, wait_for
 
 ECHO, HOLD = 1, 2
 
@@ -489,3 +489,104 @@ def test_a_close_from_another_thread_at_any_moment_ends_calls_with_server_gone(t
                 closer.join()
             assert set(seen) == {"ServerGone: the session is closed"}, seen
         _run(client)
+
+
+# ---- pipelined calls (call_many) and asynchronous requests on the rings ------------------------
+
+
+def test_call_many_gives_what_the_long_way_gives_for_every_kind_of_completion(tmp_path):
+    """The same pipelined calls on a shared-memory session (C, both ends) and on a socket session
+    (the long way, both ends) give the same results, errors in the same places."""
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Statuses) as srv, connect(path, slots=16) as s, \
+            connect(path, slots=16, socket_only=True) as sock:
+        assert s.transport == "shared memory" and sock.transport == "socket"
+        outcomes = []
+        for c in (s, sock):
+            got = [c.call_many(1, [(i,) for i in range(3000)])]
+            got.append(c.call_many(2, [(-77,), (int(broker.Status.BAD_HANDLE),), (5,)], return_exceptions=True))
+            got.append(c.call_many(3, [()] * 3, return_exceptions=True))  # error texts: C leaves them to Python
+            sets = [(Buffer(16), i, Buffer(16, b"old"), bytearray(16)) for i in range(50)]
+            got.append(c.call_many(4, sets))  # a bytearray target: the long way applies it, in C's run
+            got.append([(a.value, b.value, bytes(ba)) for a, _, b, ba in sets])
+            bigs = [os.urandom(n) for n in (10, 100_000, 10, 700_000, 10) * 4]  # over C's copy, over a record
+            outs = [Buffer(len(b)) for b in bigs]
+            got.append(c.call_many(5, zip(bigs, outs)))
+            assert [o.value for o in outs] == bigs
+            outcomes.append([[(type(r).__name__, r if type(r) in (int, tuple) else str(r)) for r in g] for g in got])
+        assert outcomes[0] == outcomes[1]
+        assert outcomes[0][0] == [("int", i) for i in range(3000)]
+        assert outcomes[0][1] == [("ServiceError", "status -77"), ("BadHandle", "status -8"), ("int", 5)]
+        assert outcomes[0][2] == [("ServiceError", "status -2: it went wrong")] * 3
+        rows = srv.sessions()
+        assert rows[0]["requests"] == rows[1]["requests"] == rows[0]["completions"] == rows[1]["completions"]
+        assert rows[0]["outstanding"] == rows[1]["outstanding"] == 0
+
+
+def test_pipelined_calls_on_shared_memory_never_take_the_long_way(tmp_path, monkeypatch):
+    """call_many of ints, bytes and Buffers: written, taken, served, completed and read in C at both
+    ends; the Python ways (the client's frames and reader, the server's decoder) are never used."""
+    import broker._client as client
+    import broker._server as server
+
+    def long_way(*a):
+        raise AssertionError(f"the long way was taken for {a!r}")
+
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Echo) as srv, connect(path, slots=32) as s:
+        assert s.transport == "shared memory"
+        monkeypatch.setattr(client, "_to_arg", long_way)
+        monkeypatch.setattr(client.ClientSession, "_received_events", long_way)
+        served_long: list[int] = []
+        on_request = server._Conn.on_request
+        monkeypatch.setattr(server._Conn, "on_request", lambda self, req: (served_long.append(req.code),
+                                                                            on_request(self, req)))
+        payloads = [os.urandom(i % 200) for i in range(20_000)]
+        outs = [Buffer(200) for _ in payloads]
+        assert s.call_many(ECHO, zip(payloads, outs)) == [len(p) for p in payloads]
+        assert [o.value for o in outs] == payloads
+        assert served_long == []
+        [row] = srv.sessions()
+        assert row["requests"] == row["completions"] == 20_000 and row["outstanding"] == 0
+        [conn] = srv._conns_open
+        assert conn.async_outstanding == 0  # every slot the batches took came back
+
+
+class Holder(broker.Session):
+    held: list[broker.Message] = []
+
+    def service(self, m: broker.Message) -> None:
+        Holder.held.append(m)
+
+
+@pytest.mark.parametrize("one_record", [False, True])
+def test_asynchronous_requests_beyond_the_slots_are_refused_on_the_rings(tmp_path, one_record):
+    """A client that ignores its slots on a shared-memory session: C takes as many asynchronous
+    requests as there are slots free and leaves the rest to Python, which refuses them (SERVER_BUSY)
+    without giving a slot away; a completion gives the slot back."""
+    from broker._protocol import Complete
+
+    path = str(tmp_path / "s.sock")
+    Holder.held = []
+    with broker.Server(path, Holder) as srv, connect(path, slots=2) as s:
+        assert s.transport == "shared memory"
+        frames = [s._proto.request(9, asynchronous=True)[1] for _ in range(5)]
+        if one_record:
+            s._rings.send(b"".join(frames))
+        else:
+            for f in frames:
+                s._rings.send(f)
+        statuses: list[int] = []
+        while len(statuses) < 3:
+            statuses += [ev.status for ev in s._proto.receive(s._rings.recv(5.0)) if isinstance(ev, Complete)]
+        assert statuses == [broker.Status.SERVER_BUSY] * 3 and len(Holder.held) == 2
+        [conn] = srv._conns_open
+        assert conn.async_outstanding == 2
+        Holder.held[0].complete(1)
+        wait_for(lambda: conn.async_outstanding == 1)
+        rid, frame = s._proto.request(9, asynchronous=True)
+        s._rings.send(frame)
+        wait_for(lambda: len(Holder.held) == 3)  # the freed slot was taken again, not refused
+        for m in Holder.held[1:]:
+            m.complete(2)
+        wait_for(lambda: conn.async_outstanding == 0)
