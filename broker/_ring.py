@@ -296,6 +296,9 @@ def ring_batch(lock: Any, proto: Any, outstanding: dict[int, Any], messages: dic
     return CODEC["ring_batch"](lock, proto, outstanding, messages)
 
 
+serve_messages: Callable[..., None] = CODEC["serve_messages"]  # the server's turn over C's Messages (brk_codec.c)
+
+
 def request_taker(rx: "Ring") -> Callable[..., Any]:
     """The server's ring 0 as C takes its requests (csrc/brk_codec.c, take_requests):
     fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages, async_budget).

@@ -29,7 +29,7 @@ from ._carrier import DEFAULT_CAPACITY as SHM_CAPACITY
 from ._carrier import ServerRings
 from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, StateError
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
-from ._ring import ring_batch, sweep
+from ._ring import ring_batch, serve_messages, sweep
 from ._protocol import (
     DEFAULT_MAX_FRAME,
     Close,
@@ -51,6 +51,13 @@ _RECV = 256 * 1024
 SHM_MIN_CAPACITY = 64 << 10  # the least a client may ask for each ring of its session
 SHM_MAX_CAPACITY = 64 << 20  # the most, unless Server(shm_max_capacity=) says otherwise
 SELECT_GAP_NS = 50_000  # a spinning loop with only ring sessions calls the selector this often
+
+
+# A turn of the server takes the records waiting in a session's ring 0 until it has this many messages
+# (a record is taken whole): about one record of a pipelining client (call_many packs 25 small requests
+# into one), whose completions then go back while the client writes the next. Taking all that waits
+# (256) made the two sides take turns instead of overlapping: 64 B call_many, 0.45 M/s against 0.86 M/s.
+TAKE_MESSAGES = 16
 
 
 class Refused(BrokerError):
@@ -136,10 +143,7 @@ class _Conn:
                 if msgs:
                     self.bytes_in += nbytes
                     self.requests += len(msgs)
-                    if len(msgs) == 1:
-                        self._serve(msgs[0])
-                    else:
-                        self._serve_batch(msgs)
+                    self._serve(msgs)
                 if not left or self.ended:
                     return
             # something else waits (or an error, which the long way says): the long way takes it
@@ -177,7 +181,7 @@ class _Conn:
             if len(events) == 1:  # its completion goes into ring 1 as it is made
                 self._one_event(events[0])
             else:  # the completions made meanwhile go into ring 1 together, as one record
-                self._in_one_record(self._one_event, events)
+                self._in_one_record(self._handle, events)
             if self.ended:
                 return
             if self.server._aloop is None and not drain:
@@ -281,7 +285,7 @@ class _Conn:
             srv = self.server
             if srv._aloop is None and not srv.policies:  # C may take the common requests (see on_ring)
                 self._take = functools.partial(rings.take, self.proto.reader.max_frame, Message, self,
-                                               self.proto.outstanding, self.messages, CLOSE_SUBSESSION, 16)
+                                               self.proto.outstanding, self.messages, CLOSE_SUBSESSION, TAKE_MESSAGES)
             self.server._watch_rings(self)
         else:
             self.rings = None
@@ -299,32 +303,28 @@ class _Conn:
         self.server._event(SessionEvent("connected", self.peer, f"{self.peer.transport} {carrier}; session rule: {d}",
                                         self.session, d))
 
-    def _serve(self, msg: Message) -> None:
-        """A message C made (take_requests): code >= 0, no policy to check; already in the books (its
-        slot too, if asynchronous). What on_request does for it from session.service on."""
-        try:
-            result = self.session.service(msg)
-        except Exception as e:
-            self.failed(msg, e)
-            return
-        if result is not None and inspect.isawaitable(result):
+    def _serve(self, msgs: list[Message]) -> None:
+        """Messages C made (take_requests): code >= 0, no policy to check; already in the books (their
+        slots too, if asynchronous). What on_request does for each from session.service on, in C
+        (serve_messages); the completions of several go into ring 1 together, as one record."""
+        if len(msgs) == 1:  # its completion goes straight into ring 1
+            serve_messages(self, msgs, self.session.service, self.failed, self._returned)
+        else:
+            self._in_one_record(serve_messages, self, msgs, self.session.service, self.failed, self._returned)
+
+    def _returned(self, msg: Message, result: Any) -> None:
+        """What a service returned, when not None: an awaitable needs serve_async()."""
+        if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
             msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
 
-    def _serve_batch(self, msgs: list[Message]) -> None:
-        """_serve for each, their completions into ring 1 together as one record."""
-        self._in_one_record(self._serve, msgs)
-
-    def _in_one_record(self, handle: Callable[[Any], None], items: list[Any]) -> None:
-        """handle(item) for each (until the session ends); the completions made meanwhile go into
-        ring 1 together, as one record (_send collects them in ring_batch)."""
+    def _in_one_record(self, fn: Callable[..., None], *args: Any) -> None:
+        """fn(*args) (which stops when the session ends); the completions made meanwhile go into
+        ring 1 together, as one record (C's and _send's go into ring_batch)."""
         batch = self.ring_batch = self._batch
         try:
-            for item in items:
-                if self.ended:
-                    break
-                handle(item)
+            fn(*args)
         finally:
             with self.lock:
                 self.ring_batch = None

@@ -45,6 +45,39 @@ static PyObject *brk_s_kind, *brk_s_value, *brk_s_data, *brk_s_status, *brk_s_wr
 #define brk_ld brk_codec_ld
 #define brk_st brk_codec_st
 
+/* Arg's slots (kind, value, data) by their offsets, found by codec_setup:
+ * an Arg is made and read on every message, without attribute lookups. */
+static Py_ssize_t brk_arg_slot[3];
+#define BRK_SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* The offset of slot `name` of class t (a __slots__ member of object kind); -1 with TypeError. */
+static int brk_slot_offset(PyTypeObject *t, PyObject *name, Py_ssize_t *off)
+{
+    PyObject *d = t->tp_dict ? PyDict_GetItemWithError(t->tp_dict, name) : NULL;
+    if (!d || Py_TYPE(d) != &PyMemberDescr_Type || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "codec_setup: %s has no slot %U", t->tp_name, name);
+        return -1;
+    }
+    *off = ((PyMemberDescrObject *)d)->d_member->offset;
+    return 0;
+}
+
+/* A new Arg (kind borrowed; value and data stolen, NULL after a failed allocation). */
+static PyObject *brk_new_arg(PyObject *kind, PyObject *value, PyObject *data)
+{
+    PyObject *o = value && data ? brk_t_arg->tp_alloc(brk_t_arg, 0) : NULL;
+    if (!o) {
+        Py_XDECREF(value);
+        Py_XDECREF(data);
+        return NULL;
+    }
+    BRK_SLOT(o, brk_arg_slot[0]) = Py_NewRef(kind);
+    BRK_SLOT(o, brk_arg_slot[1]) = value;
+    BRK_SLOT(o, brk_arg_slot[2]) = data;
+    return o;
+}
+
 /* codec_setup(Request, Arg, Complete, Write, kinds, NO_ARG): once, at import. */
 static PyObject *brk_codec_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -79,6 +112,11 @@ static PyObject *brk_codec_setup(PyObject *self, PyObject *const *args, Py_ssize
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (!*names[i].at && !(*names[i].at = PyUnicode_InternFromString(names[i].s)))
+            return NULL;
+    }
+    PyObject *slots[3] = { brk_s_kind, brk_s_value, brk_s_data };
+    for (int i = 0; i < 3; i++) {
+        if (brk_slot_offset(brk_t_arg, slots[i], &brk_arg_slot[i]) < 0)
             return NULL;
     }
     Py_RETURN_NONE;
@@ -131,11 +169,9 @@ static int brk_decode_args(const unsigned char *b, uint64_t size, PyObject **out
         if (kind == K_READ || kind == K_READWRITE) {
             if (length > size - at || (kind == K_READWRITE && (value < 0 || (uint64_t)value < length)))
                 break;
-            PyObject *vals[3] = { brk_kinds[kind], PyLong_FromLongLong(kind == K_READ ? 0 : value),
-                                  PyBytes_FromStringAndSize((const char *)b + at, (Py_ssize_t)length) };
-            Py_INCREF(vals[0]);
-            PyObject *names[3] = { brk_s_kind, brk_s_value, brk_s_data };
-            if (!(argv[i] = brk_make(brk_t_arg, names, vals, 3)))
+            argv[i] = brk_new_arg(brk_kinds[kind], PyLong_FromLongLong(kind == K_READ ? 0 : value),
+                                  PyBytes_FromStringAndSize((const char *)b + at, (Py_ssize_t)length));
+            if (!argv[i])
                 goto oom;
             at += length;
             continue;
@@ -151,10 +187,7 @@ static int brk_decode_args(const unsigned char *b, uint64_t size, PyObject **out
         }
         if ((kind == K_WRITE && value < 0) || (kind == K_HANDLE && (value < 0 || value > 0xFFFFFFFFLL)))
             break;
-        PyObject *vals[3] = { brk_kinds[kind], PyLong_FromLongLong(value), PyBytes_FromStringAndSize(NULL, 0) };
-        Py_INCREF(vals[0]);
-        PyObject *names[3] = { brk_s_kind, brk_s_value, brk_s_data };
-        if (!(argv[i] = brk_make(brk_t_arg, names, vals, 3)))
+        if (!(argv[i] = brk_new_arg(brk_kinds[kind], PyLong_FromLongLong(value), PyBytes_FromStringAndSize(NULL, 0))))
             goto oom;
     }
     if (i < 4 || at != size) {
@@ -631,16 +664,11 @@ static PyObject *brk_msg_arg(brk_msg *m, PyObject *index, long *i)
     return Py_TYPE(a) == brk_t_arg ? a : NULL;
 }
 
-/* The kind of an Arg as a C int, or -1 (not an int). */
+/* The kind of an Arg (exactly one: brk_msg_arg checked) as a C int, or -1 (not an int, or unset). */
 static long brk_arg_kind(PyObject *a)
 {
-    PyObject *k = PyObject_GetAttr(a, brk_s_kind);
-    if (!k) {
-        PyErr_Clear();
-        return -1;
-    }
-    long v = PyLong_Check(k) ? PyLong_AsLong(k) : -1;
-    Py_DECREF(k);
+    PyObject *k = BRK_SLOT(a, brk_arg_slot[0]);
+    long v = k && PyLong_Check(k) ? PyLong_AsLong(k) : -1;
     if (v == -1)
         PyErr_Clear();
     return v;
@@ -666,11 +694,9 @@ static PyObject *brk_msg_read(PyObject *self, PyObject *const *args, Py_ssize_t 
         long kind = brk_arg_kind(a);
         if ((kind == K_READ || kind == K_READWRITE) && (m->writes == Py_None || m->writes == NULL ||
                                                         (PyDict_CheckExact(m->writes) && PyDict_GET_SIZE(m->writes) == 0))) {
-            PyObject *data = PyObject_GetAttr(a, brk_s_data);
+            PyObject *data = BRK_SLOT(a, brk_arg_slot[2]);
             if (data && PyBytes_CheckExact(data))
-                return data;
-            Py_XDECREF(data);
-            PyErr_Clear();
+                return Py_NewRef(data);
         }
     }
     return brk_msg_slow(self, brk_s_read_slow, args, nargs, kw);
@@ -686,9 +712,8 @@ static PyObject *brk_msg_write(PyObject *self, PyObject *const *args, Py_ssize_t
         (m->writes == Py_None || (m->writes && PyDict_CheckExact(m->writes))) && (a = brk_msg_arg(m, args[0], &i))) {
         long kind = brk_arg_kind(a);
         if (kind == K_WRITE || kind == K_READWRITE) {
-            PyObject *v = PyObject_GetAttr(a, brk_s_value); /* a writable argument's max length */
+            PyObject *v = BRK_SLOT(a, brk_arg_slot[1]); /* a writable argument's max length */
             long long max = v && PyLong_CheckExact(v) ? PyLong_AsLongLong(v) : -1;
-            Py_XDECREF(v);
             PyErr_Clear();
             if (max >= 0 && PyBytes_GET_SIZE(args[1]) <= max) {
                 if (m->writes == Py_None) {
@@ -886,6 +911,63 @@ static int brk_msg_names(void)
             return -1;
     }
     return 0;
+}
+
+/*
+ * serve_messages(conn, messages, service, failed, returned) -> None: the
+ * server's turn over the Messages C made (take_requests), as _Conn would run
+ * it in Python: service(m) for each, until conn.ended; an Exception it raises
+ * goes to failed(m, e) (its traceback kept), a value other than None to
+ * returned(m, value). Anything else raised (a BaseException that is not an
+ * Exception, or an error of failed or returned) ends the turn and propagates.
+ */
+static PyObject *brk_codec_serve_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5 || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "serve_messages(conn, messages: list, service, failed, returned)");
+        return NULL;
+    }
+    if (brk_msg_names() < 0)
+        return NULL;
+    PyObject *conn = args[0], *msgs = args[1], *service = args[2], *failed = args[3], *returned = args[4];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(msgs); i++) {
+        PyObject *ended = PyObject_GetAttr(conn, brk_s_ended);
+        if (!ended)
+            return NULL;
+        int stop = PyObject_IsTrue(ended);
+        Py_DECREF(ended);
+        if (stop)
+            return stop < 0 ? NULL : Py_NewRef(Py_None);
+        PyObject *m = Py_NewRef(PyList_GET_ITEM(msgs, i));
+        PyObject *r = PyObject_Vectorcall(service, &m, 1, NULL);
+        if (!r) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(m);
+                return NULL;
+            }
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            if (tb && ev)
+                PyException_SetTraceback(ev, tb);
+            PyObject *fargs[2] = { m, ev ? ev : Py_None };
+            r = PyObject_Vectorcall(failed, fargs, 2, NULL);
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        } else if (r != Py_None) {
+            PyObject *rargs[2] = { m, r };
+            PyObject *r2 = PyObject_Vectorcall(returned, rargs, 2, NULL);
+            Py_DECREF(r);
+            r = r2;
+        }
+        Py_DECREF(m);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
 }
 
 /* complete(status) into a RingBatch, with the connection's lock held: 1 done,
@@ -1572,6 +1654,8 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
     {"message_setup", (PyCFunction)(void (*)(void))brk_codec_message_setup, METH_FASTCALL, "message_setup(Message, State.OPEN)"},
     {"message_base", (PyCFunction)(void (*)(void))brk_codec_message_base, METH_FASTCALL, "message_base() -> type"},
+    {"serve_messages", (PyCFunction)(void (*)(void))brk_codec_serve_messages, METH_FASTCALL,
+     "serve_messages(conn, messages, service, failed, returned) -> None"},
     {"ring_batch", (PyCFunction)(void (*)(void))brk_codec_ring_batch, METH_FASTCALL,
      "ring_batch(lock, proto, outstanding, messages) -> RingBatch"},
     {"take_requests", (PyCFunction)(void (*)(void))brk_codec_take_requests, METH_FASTCALL,

@@ -590,3 +590,47 @@ def test_asynchronous_requests_beyond_the_slots_are_refused_on_the_rings(tmp_pat
         for m in Holder.held[1:]:
             m.complete(2)
         wait_for(lambda: conn.async_outstanding == 0)
+
+
+class Mixed(broker.Session):
+    """Services that fail in each way a service can, for the server's C turn (serve_messages)."""
+
+    def service(self, m: broker.Message):
+        n = m.integer(0)
+        if n % 3 == 1:
+            raise ValueError(f"no {n}")
+        if n % 3 == 2:
+            async def later() -> None:
+                m.complete(n)
+            return later()  # a coroutine: this server runs no event loop
+        m.complete(n)
+        return None
+
+
+def test_the_servers_c_turn_handles_what_services_raise_and_return(tmp_path, caplog, monkeypatch):
+    """What on_request does on the long way, the C turn does for the Messages C made: an exception
+    becomes a DIED status with its text (and a log line), a coroutine NOT_SUPPORTED."""
+    import broker._server as server
+
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, Mixed) as srv, connect(path, slots=32) as s:
+        assert s.transport == "shared memory"
+        long_way: list[int] = []
+        on_request = server._Conn.on_request
+        monkeypatch.setattr(server._Conn, "on_request", lambda self, req: (long_way.append(req.code),
+                                                                            on_request(self, req)))
+        got = s.call_many(1, [(i,) for i in range(300)], return_exceptions=True)
+        assert long_way == []
+        want = []
+        for i in range(300):
+            if i % 3 == 0:
+                want.append(("int", i))
+            elif i % 3 == 1:
+                want.append(("ServiceError", f"status {int(broker.Status.DIED)}: ValueError: no {i}"))
+            else:
+                want.append(("ServiceError", f"status {int(broker.Status.NOT_SUPPORTED)}: "
+                                             "an async service needs the server to run with serve_async()"))
+        assert [(type(r).__name__, r if type(r) is int else str(r)) for r in got] == want
+        assert any("raised ValueError('no 1')" in r.getMessage() for r in caplog.records)
+        [row] = srv.sessions()
+        assert row["outstanding"] == 0 and row["completions"] == 300
