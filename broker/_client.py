@@ -744,8 +744,10 @@ class ClientSession:
         try:
             return fut.result(timeout)
         except TimeoutError:
+            if fut.done():  # settled just now, after the look above (by _fail in another thread, say)
+                return fut.result(0)  # type: ignore[no-any-return]
             broken = self._broken
-            if broken is not None and not fut.done():
+            if broken is not None:
                 # the session ended while this call was read for: _fail is about to settle it with this
                 raise broken from None
             with self._lock:
