@@ -19,7 +19,7 @@ import broker
 from broker import _bench_rpc
 from broker.cli import main
 
-FIGURES = {"rtt_64", "strict_64", "pipelined_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}
+FIGURES = {"rtt_64", "strict_64", "pipelined_64", "many_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}
 TRANSPORTS = _bench_rpc.TRANSPORTS  # every one must have a result in every figure
 assert {"shm", "busy", "framework", "nospin", "unix", "pipe"} <= set(TRANSPORTS)
 
@@ -49,7 +49,7 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert _bench_rpc.run(json_path=str(path), quick=True) == 0
     printed = capsys.readouterr()
     assert "shm/best" in printed.out and "targets met" in printed.out and "shm busy" in printed.out
-    assert "[ 1/60]" in printed.err  # progress went to stderr
+    assert "[ 1/78]" in printed.err  # progress went to stderr
 
     data = json.loads(path.read_text())
     meta = data["meta"]
@@ -71,7 +71,7 @@ def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
         ratios = fig["ratio"].values() if isinstance(fig["ratio"], dict) else [fig["ratio"]]
         assert all(r is not None and r > 0 for r in ratios), (key, fig["ratio"])
     targets = data["targets"]
-    assert [t["figure"] for t in targets] == ["rtt_64", "rtt_64", "pipelined_64", "pipelined_64", "rtt_64_gap"]
+    assert [t["figure"] for t in targets] == ["rtt_64", "rtt_64", "pipelined_64", "many_64", "rtt_64_gap"]
     for t in targets:
         assert t["measured"] > 0 and isinstance(t["met"], bool) and t["text"]
         assert t in figures[t["figure"]]["targets"]
