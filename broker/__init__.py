@@ -5,6 +5,7 @@ from ._errors import (
     BrokerError,
     Closed,
     Corrupt,
+    Disconnected,
     Empty,
     EmptyTimeout,
     Evicted,
@@ -29,6 +30,7 @@ from ._malloc import keep_large_buffers
 from ._protocol import ArgKind, ProtocolError, Status
 from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
 from ._server import Refused, Server
+from ._pubsub import Publisher, Received, Subscriber
 from . import _services as services  # the function codes: broker.services.ECHO, .PUT, ...
 from ._services import (
     BufferTooSmall,
@@ -102,6 +104,10 @@ __all__ = [
     "Broadcast",
     "Closed",
     "Corrupt",
+    "Disconnected",
+    "Publisher",
+    "Received",
+    "Subscriber",
     "DEFAULT_CAPACITY",
     "Empty",
     "EmptyTimeout",

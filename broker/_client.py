@@ -578,6 +578,29 @@ class ClientSession:
         if refused is not None:
             raise refused
 
+    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> Any:
+        """A publisher on `topic` (a sub-session; broker/_pubsub.py): publish(), publish_many().
+        history: the topic keeps this many of the last messages for subscribers that join later;
+        block_timeout: how long a publish may wait at the server for a blocking subscriber's room."""
+        from ._pubsub import open_publisher
+        return open_publisher(self, topic, history=history, block_timeout=block_timeout)
+
+    def subscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
+                   buffer_size: int = 1 << 20, batch: int = 1024) -> Any:
+        """A subscriber on `topic` (a sub-session; broker/_pubsub.py): receive(), receive_many(),
+        iteration. capacity: messages its queue at the server holds; policy for a full queue:
+        "block" (publishers wait), "drop" (the oldest is dropped and counted in `lost`) or
+        "disconnect" (this subscriber is closed: Disconnected); history: up to this many of the
+        topic's last messages first. It keeps one FETCH outstanding: one of the session's slots."""
+        from ._pubsub import open_subscriber
+        return open_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
+                               buffer_size=buffer_size, batch=batch)
+
+    def topics(self) -> list[dict[str, Any]]:
+        """The server's topics: publishers, subscribers (with their policies, queues, losses), counters."""
+        from ._pubsub import list_topics
+        return list_topics(self)
+
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
         """send_receive for asyncio (does not block the event loop)."""
         self._background()

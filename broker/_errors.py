@@ -106,6 +106,10 @@ class ServerGone(BrokerError, ConnectionResetError):
     """The connection to the server broke (the server stopped or died)."""
 
 
+class Disconnected(BrokerError, ConnectionError):
+    """A subscriber the broker disconnected, by its policy ("disconnect": it fell too far behind)."""
+
+
 class ServiceError(BrokerError):
     """The service completed the request with an error: `status` (negative)
     and the server's text."""

@@ -136,6 +136,7 @@ class Status(enum.IntEnum):
     VERSION = -10  # the server does not support the client's version
     SERVER_BUSY = -16
     DIED = -13  # the server side failed (an exception in the service)
+    TIMED_OUT = -33  # a request that waited at the server for its deadline (a blocked publish, say)
     DISCONNECTED = -36
     PERMISSION_DENIED = -46
 

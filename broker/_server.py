@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import asyncio
 import functools
+import heapq
 import inspect
 import itertools
 import json
@@ -30,6 +31,7 @@ from ._carrier import ServerRings
 from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, StateError
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from ._ring import ring_batch, serve_messages, sweep
+from ._topics import TOPIC_CODES, TopicBroker
 from ._protocol import (
     DEFAULT_MAX_FRAME,
     Close,
@@ -348,6 +350,9 @@ class _Conn:
         if req.code < 0 and req.code == SERVER_STATS:
             self._stats(msg)
             return
+        if req.code < 0 and req.code in TOPIC_CODES:  # the broker's own service, for every session
+            srv.topics.handle(self, msg)
+            return
         if req.code == CLOSE_SUBSESSION:
             try:
                 session.close_subsession(req.handle)
@@ -573,6 +578,9 @@ class Server:
         self._conns_open: set[_Conn] = set()
         self._soon: list[Callable[[], None]] = []
         self._soon_lock = threading.Lock()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap: (when, order, fn)
+        self._timer_order = itertools.count()
+        self.topics = TopicBroker(self)  # publish/subscribe (broker/_topics.py)
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -782,11 +790,15 @@ class Server:
             while not self._stopping:
                 # what waits for room in a ring is retried soon; an offer's deadline is looked at often
                 idle = 0.001 if self._pending_rings else 0.05 if self._offers else 1.0
+                if self._timers:
+                    idle = max(0.0, min(idle, self._timers[0][0] - time.monotonic()))
                 ready = []
                 was_busy, busy = busy, False
                 if self.busy_poll or (was_busy and spin_ns):  # spin then sleep: more is likely to come soon
                     now = ns()
                     end = now + spin_ns if not self.busy_poll else 1 << 62
+                    if self._timers:  # a timer due meanwhile ends the spin
+                        end = min(end, now + max(0, int((self._timers[0][0] - time.monotonic()) * 1e9)))
                     # Rings are looked at without a system call, every turn. The selector (sockets,
                     # listeners, the wake-up pipe) costs a system call, ~3 us here: every turn
                     # while socket sessions spin too, else every SELECT_GAP_NS.
@@ -832,6 +844,8 @@ class Server:
                     self._flush_rings()
                 if self._offers:
                     self._expire_offers()
+                if self._timers:
+                    self._run_timers()
         finally:
             self._shutdown()
 
@@ -1008,6 +1022,22 @@ class Server:
         except (BlockingIOError, OSError):
             pass
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """fn() on the server's loop thread after `delay` seconds (from the loop thread only)."""
+        if self._aloop is not None:
+            self._aloop.call_later(delay, fn)
+            return
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_order), fn))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except Exception as e:  # a timer's failure is logged; the server goes on
+                log.warning("a timer raised %r", e)
+
     def _call_soon(self, fn: Callable[[], None]) -> None:
         if self._aloop is not None:
             self._aloop.call_soon_threadsafe(fn)
@@ -1068,4 +1098,4 @@ class Server:
                          "gid": p.gid, "address": list(p.address) if p.address else None, **row})
         where = [b if isinstance(b, str) else f"tcp://{b[0]}:{b[1]}" for b in self.bound]
         return {"pid": os.getpid(), "uid": self.uid, "addresses": where,
-                "shm_policy": self.shm_policy, "sessions": rows}
+                "shm_policy": self.shm_policy, "sessions": rows, "topics": self.topics.stats()}

@@ -1,0 +1,279 @@
+"""Publish/subscribe topics, the client's side: session.publisher(topic) and session.subscriber(topic).
+
+Both are sub-sessions of a session (SubSession): the server's TopicBroker
+(broker/_topics.py) keeps each topic's publishers, subscribers, queues and
+history. A Publisher's publish() is one call (it waits at the server while a
+blocking subscriber's queue is full, up to the publisher's block_timeout,
+then raises FullTimeout and nobody got the message); publish_many() sends a
+batch in one call. A Subscriber keeps one FETCH outstanding (one of the
+session's message slots) so the next batch is on its way while the last one
+is read; receive() returns bytes, or a numpy array (shape and dtype as
+published, read-only, over the received bytes without another copy).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections import deque
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+from ._client import Buffer, ClientSession, SubSession
+from ._errors import BrokerError, Disconnected, EmptyTimeout, FullTimeout, ServerGone, ServiceError
+from ._protocol import Status
+from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, TABLE_ENTRY, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,
+                      TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
+
+_ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
+_MAX_DIMS = 32
+
+
+class Received(NamedTuple):
+    """One message as a subscriber got it: which publisher (its id at the server), its sequence
+    number there (from 1, in publishing order) and the value (bytes or a numpy array)."""
+
+    publisher: int
+    seq: int
+    value: Any
+
+
+def _encode(data: Any) -> tuple[bytes, bytes]:
+    """(payload, meta) of what publish() takes: bytes-like, or a numpy array."""
+    if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise TypeError("an array of Python objects cannot be published: its bytes are pointers")
+        dt = data.dtype.str.encode()
+        if len(dt) > 255 or data.ndim > _MAX_DIMS:
+            raise TypeError(f"dtype {data.dtype} with {data.ndim} dimensions cannot be published")
+        meta = _ARRAY + bytes([len(dt)]) + dt + bytes([data.ndim]) + struct.pack(f"<{data.ndim}Q", *data.shape)
+        return np.ascontiguousarray(data).tobytes(), meta
+    if isinstance(data, bytes):
+        return data, b""
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data), b""
+    raise TypeError(f"publish() takes bytes, a bytes-like object or a numpy array, not {type(data).__name__}")
+
+
+def _decode(data: bytes, meta: bytes) -> Any:
+    if not meta:
+        return data
+    if not meta.startswith(_ARRAY) or len(meta) < 5:
+        raise ServerGone(f"a message with an unknown meta ({meta[:8]!r})")
+    n = meta[3]
+    dt, at = meta[4:4 + n], 4 + n
+    if at >= len(meta):
+        raise ServerGone("a message with a cut array meta")
+    ndim = meta[at]
+    if len(meta) != at + 1 + 8 * ndim:
+        raise ServerGone("a message with a cut array meta")
+    shape = struct.unpack_from(f"<{ndim}Q", meta, at + 1)
+    try:
+        dtype = np.dtype(dt.decode())
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise ServerGone(f"a message with an unknown dtype {dt!r}") from None
+    if dtype.hasobject or int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize != len(data):
+        raise ServerGone("an array message whose shape and dtype do not match its bytes")
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _options(**opts: Any) -> bytes:
+    return json.dumps({k: v for k, v in opts.items() if v is not None}).encode()
+
+
+class Publisher(SubSession):
+    """A publisher on a topic (session.publisher(topic)): publish(), publish_many(), close()."""
+
+    def __init__(self, session: ClientSession, handle: int, topic: str) -> None:
+        super().__init__(session, handle)
+        self.topic = topic
+
+    def publish(self, data: Any, *, timeout: float | None = None) -> None:
+        """Publish one message: bytes-like or a numpy array. FullTimeout if a blocking subscriber had no
+        room within the publisher's block_timeout (nobody got it)."""
+        payload, meta = _encode(data)
+        try:
+            self.session.send_receive(TOPIC_PUBLISH, payload, meta, timeout=timeout, handle=self.handle)
+        except ServiceError as e:
+            _raise_full(e)
+
+    def publish_many(self, items: Iterable[Any], *, timeout: float | None = None) -> int:
+        """Publish several in one call, in their order: all of them, or none (FullTimeout)."""
+        encoded = [_encode(x) for x in items]
+        if not encoded:
+            return 0
+        table = [struct.pack("<I", len(encoded))]
+        table += [TABLE_ENTRY.pack(len(p), len(m)) for p, m in encoded]
+        table += [m for _, m in encoded]
+        try:
+            return self.session.send_receive(TOPIC_PUBLISH_MANY, b"".join(p for p, _ in encoded), b"".join(table),
+                                             timeout=timeout, handle=self.handle)
+        except ServiceError as e:
+            _raise_full(e)
+            raise  # (not reached)
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+
+def _raise_full(e: ServiceError) -> None:
+    if e.status == Status.TIMED_OUT:
+        raise FullTimeout(e.text or str(e)) from None
+    raise e
+
+
+class Subscriber(SubSession):
+    """A subscriber on a topic (session.subscriber(topic)): receive(), receive_many(), iteration,
+    areceive(); `lost` counts, exactly, the messages the "drop" policy dropped for it."""
+
+    def __init__(self, session: ClientSession, handle: int, topic: str, buffer_size: int, batch: int) -> None:
+        super().__init__(session, handle)
+        self.topic = topic
+        self.lost = 0
+        self._size = buffer_size
+        self._batch = batch
+        self._items: deque[Received] = deque()
+        self._fetch: Any = None
+        self._buf: Buffer | None = None
+        self._gone: str | None = None
+
+    def _start(self) -> None:
+        if self._fetch is None and self.handle:
+            self._buf = Buffer(self._size)
+            self._fetch = self.session.send(TOPIC_FETCH, self._buf, self._batch, handle=self.handle)
+
+    def _take(self, timeout: float | None) -> bool:
+        """Wait for the outstanding FETCH: True when it brought messages (or losses)."""
+        if self._gone is not None:
+            raise Disconnected(self._gone)
+        if not self.handle:
+            raise ServerGone(f"the subscriber on {self.topic!r} is closed")
+        self._start()
+        fut = self._fetch
+        try:
+            n = fut.result(timeout)
+        except TimeoutError:
+            if fut.done():
+                return self._take(0)
+            return False
+        except ServiceError as e:
+            self._fetch = None
+            if e.status == Status.DISCONNECTED:
+                self._gone = e.text or str(e)
+                raise Disconnected(self._gone) from None
+            if e.status == Status.OVERFLOW:  # one message is bigger than the buffer: a bigger one
+                need = int((e.text or "").split("needs ")[-1].split()[0]) if "needs " in (e.text or "") else 0
+                self._size = max(self._size * 2, need)
+                return self._take(timeout)
+            raise
+        self._fetch = None
+        buf = self._buf
+        assert buf is not None
+        self._unpack(buf.value, n)
+        self._start()  # the next batch comes while this one is read
+        return True
+
+    def _unpack(self, data: bytes, n: int) -> None:
+        if len(data) < BATCH_HEAD.size:
+            raise ServerGone("a topic batch shorter than its header")
+        (lost,) = BATCH_HEAD.unpack_from(data)
+        self.lost += lost
+        at = BATCH_HEAD.size
+        view = memoryview(data)
+        for _ in range(n):
+            if at + MESSAGE_HEAD.size > len(data):
+                raise ServerGone("a topic batch cut short")
+            pub, seq, mlen, dlen = MESSAGE_HEAD.unpack_from(data, at)
+            at += MESSAGE_HEAD.size
+            if mlen > MAX_META or at + mlen + dlen > len(data):
+                raise ServerGone("a topic batch with a message past its end")
+            meta = bytes(view[at:at + mlen])
+            at += mlen
+            payload = data[at:at + dlen]
+            at += dlen
+            self._items.append(Received(pub, seq, _decode(payload, meta)))
+        if at != len(data):
+            raise ServerGone("a topic batch with bytes after its last message")
+
+    def receive_message(self, timeout: float | None = None) -> Received:
+        """The next message with its publisher and sequence number; EmptyTimeout if none came in time
+        (timeout None: wait; 0: only what has arrived); Disconnected if the broker's policy dropped
+        this subscriber."""
+        while not self._items:
+            if not self._take(timeout):
+                raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
+        return self._items.popleft()
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """The next message's value (bytes or a numpy array); as receive_message."""
+        return self.receive_message(timeout).value
+
+    def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
+        """What has arrived, at least one (waiting as receive does), at most max_messages values."""
+        out = [self.receive_message(timeout).value]
+        while self._items and len(out) < max_messages:
+            out.append(self._items.popleft().value)
+        return out
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.receive()
+        except (Disconnected, ServerGone):
+            raise StopIteration from None
+
+    async def areceive(self) -> Any:
+        """receive() for asyncio."""
+        while not self._items:
+            if self._gone is not None:
+                raise Disconnected(self._gone)
+            self._start()
+            fut = self._fetch
+            try:
+                await asyncio.wrap_future(fut)
+            except ServiceError:
+                pass  # _take raises it, with what it means
+            self._take(0)
+        return self._items.popleft().value
+
+    def close(self) -> None:
+        fut, self._fetch = self._fetch, None
+        try:
+            super().close()
+        finally:
+            if fut is not None and not self.session.closed:
+                try:
+                    fut.result(5.0)  # the server ended it (CANCELLED) with the close: nothing is left behind
+                except (BrokerError, TimeoutError):
+                    pass
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+
+def open_publisher(session: ClientSession, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> Publisher:
+    handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(), _options(history=history,
+                                                                            block_timeout=block_timeout))
+    return Publisher(session, handle, topic)
+
+
+def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
+                    history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
+    handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(), _options(capacity=capacity, policy=policy,
+                                                                             history=history))
+    return Subscriber(session, handle, topic, buffer_size, batch)
+
+
+def list_topics(session: ClientSession, max_bytes: int = 16 << 20) -> list[dict[str, Any]]:
+    out = Buffer(max_bytes)
+    session.send_receive(TOPIC_LIST, out)
+    try:
+        data = json.loads(out.value)
+    except ValueError as e:
+        raise ServerGone(f"the server's topic list is not JSON: {e}") from None
+    if not isinstance(data, list):
+        raise ServerGone("the server's topic list is not a list")
+    return data

@@ -1,0 +1,493 @@
+"""The broker's own service: publish/subscribe topics, relayed by the server.
+
+Every broker.Server has one TopicBroker (srv.topics). A client opens a
+publisher or a subscriber on a topic as a sub-session (reserved function codes
+below, handled by the server itself, for every Session class); messages
+published go, in the publisher's order, into each subscriber's queue, and a
+subscriber takes them with a long-poll FETCH: the request waits at the server
+until its queue has something, then carries a batch back in its writable
+argument. The same frames on a socket session and a shared-memory one, so
+the semantics are the same for a subscriber in another session or over TCP.
+(Zero-copy delivery between processes of one session, through broadcast
+rings, is the next step of issue 5; this is the relay every topic needs for
+its cross-session subscribers.)
+
+Quality of service, per subscriber: `capacity` (messages its queue holds);
+`policy` for a full queue: "block" (the publish waits at the server until
+every blocking subscriber has room, up to the publisher's `block_timeout`,
+then fails with TIMED_OUT and nobody gets it), "drop" (the oldest queued
+message is dropped and counted exactly: the subscriber's `lost`), or
+"disconnect" (the subscriber is closed with the reason, which its next
+receive raises); `history`: up to that many of the topic's last messages
+delivered first to a late joiner (the topic keeps as many as its publishers'
+largest `history`).
+
+Function codes (h: the call carries the publisher's or subscriber's handle):
+
+    TOPIC_PUBLISHER      arg 0 topic name (UTF-8, 1-200 bytes), arg 1 options (JSON bytes, optional)
+                         -> a publisher handle
+    TOPIC_PUBLISH    h   arg 0 the payload, arg 1 its meta (bytes, may be empty) -> 0
+    TOPIC_PUBLISH_MANY h arg 0 the payloads back to back, arg 1 the batch's table (see _pack_table)
+                         -> how many were published (all of them, or an error)
+    TOPIC_SUBSCRIBER     arg 0 topic name, arg 1 options (JSON bytes, optional) -> a subscriber handle
+    TOPIC_FETCH      h   arg 0 writable (the batch), arg 1 int: at most this many messages
+                         -> how many arg 0 holds (waits while there are none)
+    TOPIC_LIST           arg 0 writable -> JSON: the topics, their publishers, subscribers, counters
+
+A FETCH's batch: u64 messages lost since the last batch, then each message as
+u32 publisher id, u64 sequence (per publisher, from 1), u32 meta length, u32
+payload length, the meta, the payload; all little-endian.
+
+Everything a client sends is untrusted: names, options, tables, lengths are
+checked and a bad one fails only that request (ARGUMENT). Handles are the
+framework's sub-session handles (BadHandle for anything else).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ._errors import BadHandle, Overflow
+from ._protocol import ArgKind, Status
+from ._session import Message, RefObject
+
+TOPIC_PUBLISHER = -16
+TOPIC_PUBLISH = -17
+TOPIC_PUBLISH_MANY = -18
+TOPIC_SUBSCRIBER = -19
+TOPIC_FETCH = -20
+TOPIC_LIST = -21
+TOPIC_CODES = frozenset({TOPIC_PUBLISHER, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_SUBSCRIBER, TOPIC_FETCH,
+                         TOPIC_LIST})
+
+POLICIES = ("block", "drop", "disconnect")
+MAX_NAME = 200
+MAX_OPTIONS = 4096
+MAX_CAPACITY = 1 << 20  # messages in one subscriber's queue
+MAX_HISTORY = 1 << 16
+MAX_META = 4096
+DEFAULT_CAPACITY = 1024
+DEFAULT_BLOCK_TIMEOUT = 5.0
+
+BATCH_HEAD = struct.Struct("<Q")
+MESSAGE_HEAD = struct.Struct("<IQII")
+TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
+
+
+class TopicError(ValueError):
+    """A request the topic service refuses (its status is ARGUMENT)."""
+
+
+@dataclass
+class _Item:
+    publisher: int
+    seq: int
+    meta: bytes
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return MESSAGE_HEAD.size + len(self.meta) + len(self.data)
+
+
+def _text(arg: bytes, what: str, limit: int) -> str:
+    try:
+        text = arg.decode()
+    except UnicodeDecodeError:
+        raise TopicError(f"the {what} is not UTF-8") from None
+    if not 1 <= len(arg) <= limit:
+        raise TopicError(f"a {what} is 1 to {limit} bytes, not {len(arg)}")
+    return text
+
+
+def _options(raw: bytes, allowed: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    if len(raw) > MAX_OPTIONS:
+        raise TopicError(f"options are at most {MAX_OPTIONS} bytes")
+    try:
+        opts = json.loads(raw)
+    except ValueError as e:
+        raise TopicError(f"options are not JSON: {e}") from None
+    if not isinstance(opts, dict):
+        raise TopicError("options are a JSON object")
+    out = {}
+    for key, value in opts.items():
+        check = allowed.get(key)
+        if check is None:
+            raise TopicError(f"unknown option {key!r}; known: {', '.join(sorted(allowed))}")
+        out[key] = check(value)
+    return out
+
+
+def _int_in(lo: int, hi: int, what: str) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if type(v) is not int or not lo <= v <= hi:
+            raise TopicError(f"{what} is an integer from {lo} to {hi}, not {v!r}")
+        return v
+    return check
+
+
+def _seconds(v: Any) -> float:
+    if type(v) not in (int, float) or not 0 <= v <= 3600:
+        raise TopicError(f"block_timeout is 0 to 3600 seconds, not {v!r}")
+    return float(v)
+
+
+def _policy(v: Any) -> str:
+    if v not in POLICIES:
+        raise TopicError(f"policy is one of {', '.join(POLICIES)}, not {v!r}")
+    return str(v)
+
+
+PUBLISHER_OPTIONS = {"history": _int_in(0, MAX_HISTORY, "history"), "block_timeout": _seconds}
+SUBSCRIBER_OPTIONS = {"capacity": _int_in(1, MAX_CAPACITY, "capacity"), "policy": _policy,
+                      "history": _int_in(0, MAX_HISTORY, "history")}
+
+
+class Publisher(RefObject):
+    """A publisher's end at the server: a sub-session of its session."""
+
+    def __init__(self, broker: "TopicBroker", topic: "Topic", ident: int, conn: Any, history: int,
+                 block_timeout: float) -> None:
+        super().__init__()
+        self.broker, self.topic, self.id, self.conn = broker, topic, ident, conn
+        self.history, self.block_timeout = history, block_timeout
+        self.seq = 0  # the last sequence number given
+        self.published = 0
+        self.held: deque[tuple[Message, list[tuple[bytes, bytes]], float]] = deque()  # waiting for room, in order
+        self.closed = False
+
+    def destroyed(self) -> None:
+        self.broker._publisher_closed(self)
+
+
+class Subscriber(RefObject):
+    """A subscriber's end at the server: its queue, its policy, its waiting FETCH."""
+
+    def __init__(self, broker: "TopicBroker", topic: "Topic", ident: int, conn: Any, capacity: int, policy: str) -> None:
+        super().__init__()
+        self.broker, self.topic, self.id, self.conn = broker, topic, ident, conn
+        self.capacity, self.policy = capacity, policy
+        self.queue: deque[_Item] = deque()
+        self.lost = 0  # dropped for this subscriber and not yet told
+        self.lost_total = 0
+        self.delivered = 0
+        self.fetch: Message | None = None  # the FETCH waiting for a message
+        self.fetch_max = 0
+        self.gone: str | None = None  # disconnected by policy: why
+
+    def destroyed(self) -> None:
+        self.broker._subscriber_closed(self)
+
+
+@dataclass
+class Topic:
+    name: str
+    publishers: dict[int, Publisher] = field(default_factory=dict)
+    subscribers: dict[int, Subscriber] = field(default_factory=dict)
+    history: deque[_Item] = field(default_factory=deque)
+    history_len: int = 0
+    published: int = 0
+    dropped: int = 0
+    disconnected: int = 0
+    timed_out: int = 0
+
+
+class TopicBroker:
+    """The server's topics. Every method runs on the server's loop thread (requests, session ends,
+    timers); stats() may run anywhere, under the lock."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.topics: dict[str, Topic] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # -- requests -----------------------------------------------------------------------
+
+    def handle(self, conn: Any, msg: Message) -> None:
+        """A request with one of TOPIC_CODES."""
+        try:
+            code = msg.code
+            if code == TOPIC_PUBLISH:
+                self._publish(conn, msg, [(self._read(msg, 0), self._read(msg, 1, MAX_META))])
+            elif code == TOPIC_FETCH:
+                self._fetch(conn, msg)
+            elif code == TOPIC_PUBLISH_MANY:
+                self._publish(conn, msg, self._unpack(msg))
+            elif code == TOPIC_PUBLISHER:
+                self._open_publisher(conn, msg)
+            elif code == TOPIC_SUBSCRIBER:
+                self._open_subscriber(conn, msg)
+            elif code == TOPIC_LIST:
+                self._list(msg)
+        except TopicError as e:
+            msg.complete(Status.ARGUMENT, str(e))
+        except BadHandle as e:
+            msg.complete(Status.BAD_HANDLE, str(e))
+
+    @staticmethod
+    def _read(msg: Message, i: int, limit: int | None = None) -> bytes:
+        if msg.kind(i) == ArgKind.NONE:
+            return b""
+        if msg.kind(i) not in (ArgKind.READ, ArgKind.READWRITE):
+            raise TopicError(f"argument {i} is bytes")
+        data = msg.read(i)
+        if limit is not None and len(data) > limit:
+            raise TopicError(f"argument {i} is at most {limit} bytes")
+        return data
+
+    def _own(self, conn: Any, msg: Message, kind: type) -> Any:
+        obj = conn.session.subsession(msg)  # BadHandle for anything that is not this session's
+        if not isinstance(obj, kind):
+            raise BadHandle(f"handle {msg.handle} is not a {kind.__name__.lower()}")
+        return obj
+
+    def _topic(self, name: str) -> Topic:
+        topic = self.topics.get(name)
+        if topic is None:
+            topic = self.topics[name] = Topic(name)
+        return topic
+
+    def _open_publisher(self, conn: Any, msg: Message) -> None:
+        name = _text(self._read(msg, 0), "topic name", MAX_NAME)
+        opts = _options(self._read(msg, 1), PUBLISHER_OPTIONS)
+        with self._lock:
+            topic = self._topic(name)
+            pub = Publisher(self, topic, next(self._ids), conn, opts.get("history", 0),
+                            opts.get("block_timeout", DEFAULT_BLOCK_TIMEOUT))
+            topic.publishers[pub.id] = pub
+            self._set_history(topic)
+        msg.complete(conn.session.open_subsession(pub))
+
+    def _open_subscriber(self, conn: Any, msg: Message) -> None:
+        name = _text(self._read(msg, 0), "topic name", MAX_NAME)
+        opts = _options(self._read(msg, 1), SUBSCRIBER_OPTIONS)
+        with self._lock:
+            topic = self._topic(name)
+            sub = Subscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
+                             opts.get("policy", "block"))
+            want = opts.get("history", 0)
+            if want:
+                for item in list(topic.history)[-want:][-sub.capacity:]:
+                    sub.queue.append(item)
+            topic.subscribers[sub.id] = sub
+        msg.complete(conn.session.open_subsession(sub))
+
+    def _set_history(self, topic: Topic) -> None:
+        topic.history_len = max((p.history for p in topic.publishers.values()), default=0)
+        while len(topic.history) > topic.history_len:
+            topic.history.popleft()
+
+    def _unpack(self, msg: Message) -> list[tuple[bytes, bytes]]:
+        data, table = self._read(msg, 0), self._read(msg, 1)
+        if len(table) < 4:
+            raise TopicError("the batch's table is too short")
+        (n,) = struct.unpack_from("<I", table)
+        end = 4 + n * TABLE_ENTRY.size
+        if n == 0 or end > len(table):
+            raise TopicError(f"the batch's table does not hold {n} entries")
+        items, at, mat = [], 0, end
+        for i in range(n):
+            size, msize = TABLE_ENTRY.unpack_from(table, 4 + i * TABLE_ENTRY.size)
+            if msize > MAX_META or at + size > len(data) or mat + msize > len(table):
+                raise TopicError(f"entry {i} of the batch goes past its end")
+            items.append((data[at:at + size], table[mat:mat + msize]))
+            at += size
+            mat += msize
+        if at != len(data) or mat != len(table):
+            raise TopicError("the batch has bytes its table does not account for")
+        return items
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish(self, conn: Any, msg: Message, items: list[tuple[bytes, bytes]]) -> None:
+        pub = self._own(conn, msg, Publisher)
+        deadline = time.monotonic() + pub.block_timeout
+        with self._lock:
+            if pub.held or not self._room(pub.topic, len(items)):
+                pub.held.append((msg, items, deadline))  # after those already waiting: the publisher's order
+                self.server.call_later(pub.block_timeout, lambda: self._expire(pub))
+                return
+            self._deliver(pub, items)
+        msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
+
+    @staticmethod
+    def _room(topic: Topic, n: int) -> bool:
+        """Every blocking subscriber can take n more."""
+        return all(len(s.queue) + n <= s.capacity for s in topic.subscribers.values()
+                   if s.policy == "block" and s.gone is None)
+
+    def _deliver(self, pub: Publisher, items: list[tuple[bytes, bytes]]) -> None:
+        """Into every subscriber's queue (with the lock held), as each one's policy says."""
+        topic = pub.topic
+        made = []
+        for data, meta in items:
+            pub.seq += 1
+            made.append(_Item(pub.id, pub.seq, meta, data))
+        pub.published += len(made)
+        topic.published += len(made)
+        if topic.history_len:
+            topic.history.extend(made)
+            while len(topic.history) > topic.history_len:
+                topic.history.popleft()
+        for sub in list(topic.subscribers.values()):
+            if sub.gone is not None:
+                continue
+            for item in made:
+                if len(sub.queue) >= sub.capacity:
+                    if sub.policy == "drop":
+                        sub.queue.popleft()
+                        sub.lost += 1
+                        sub.lost_total += 1
+                        topic.dropped += 1
+                    elif sub.policy == "disconnect":
+                        self._disconnect(sub, f"disconnected by policy: {sub.capacity} messages waited unread")
+                        break
+                sub.queue.append(item)
+            if sub.fetch is not None and sub.queue:
+                self._answer(sub)
+
+    def _disconnect(self, sub: Subscriber, why: str) -> None:
+        sub.gone = why
+        sub.queue.clear()
+        sub.topic.disconnected += 1
+        sub.topic.subscribers.pop(sub.id, None)
+        if sub.fetch is not None:
+            fetch, sub.fetch = sub.fetch, None
+            fetch.complete(Status.DISCONNECTED, why)
+
+    def _retry(self, topic: Topic) -> None:
+        """Held publishes that now fit, oldest first per publisher (with the lock held)."""
+        for pub in list(topic.publishers.values()):
+            while pub.held and self._room(topic, len(pub.held[0][1])):
+                msg, items, _ = pub.held.popleft()
+                self._deliver(pub, items)
+                msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
+
+    def _expire(self, pub: Publisher) -> None:
+        """A held publish's deadline: it fails, and nobody got it."""
+        now = time.monotonic()
+        with self._lock:
+            while pub.held and pub.held[0][2] <= now:
+                msg, items, _ = pub.held.popleft()
+                pub.topic.timed_out += len(items)
+                slow = [s.id for s in pub.topic.subscribers.values()
+                        if s.policy == "block" and len(s.queue) + len(items) > s.capacity]
+                msg.complete(Status.TIMED_OUT, f"no room within {pub.block_timeout:g} s: subscriber(s) "
+                                               f"{', '.join(map(str, slow))} did not keep up")
+            # the rest wait on: a later publish of theirs came after
+            if pub.held:
+                self.server.call_later(max(0.0, pub.held[0][2] - now), lambda: self._expire(pub))
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def _fetch(self, conn: Any, msg: Message) -> None:
+        sub = self._own(conn, msg, Subscriber)
+        if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE) or msg.kind(1) != ArgKind.INT:
+            raise TopicError("FETCH takes a writable argument and an int")
+        most = msg.integer(1)
+        if most < 1:
+            raise TopicError("FETCH takes at least 1 message")
+        with self._lock:
+            if sub.gone is not None:
+                msg.complete(Status.DISCONNECTED, sub.gone)
+                return
+            if sub.fetch is not None:  # one FETCH at a time: the older one ends empty
+                old, sub.fetch = sub.fetch, None
+                old.complete(0)
+            sub.fetch, sub.fetch_max = msg, most
+            if sub.queue or sub.lost:
+                self._answer(sub)
+
+    def _answer(self, sub: Subscriber) -> None:
+        """The waiting FETCH gets what is queued, as much as fits (with the lock held)."""
+        msg = sub.fetch
+        assert msg is not None
+        room = msg.max_length(0) - BATCH_HEAD.size
+        parts = [BATCH_HEAD.pack(sub.lost)]
+        n = 0
+        while sub.queue and n < sub.fetch_max:
+            item = sub.queue[0]
+            if item.size > room:
+                if n == 0:  # it never fits this buffer: say how big one must be
+                    sub.fetch = None
+                    msg.complete(Status.OVERFLOW, f"a message needs {item.size + BATCH_HEAD.size} bytes")
+                    return
+                break
+            sub.queue.popleft()
+            parts += [MESSAGE_HEAD.pack(item.publisher, item.seq, len(item.meta), len(item.data)), item.meta,
+                      item.data]
+            room -= item.size
+            n += 1
+        sub.fetch = None
+        sub.lost = 0
+        sub.delivered += n
+        try:
+            msg.write(0, b"".join(parts))
+        except Overflow as e:  # (cannot happen: the sizes were counted)
+            msg.complete(Status.OVERFLOW, str(e))
+            return
+        msg.complete(n)
+        self._retry(sub.topic)
+
+    # -- ends ------------------------------------------------------------------------------
+
+    def _publisher_closed(self, pub: Publisher) -> None:
+        with self._lock:
+            pub.closed = True
+            topic = pub.topic
+            topic.publishers.pop(pub.id, None)
+            while pub.held:  # the session is ending, or the client closed it while a publish waited
+                msg, _, _ = pub.held.popleft()
+                if not msg.completed:
+                    msg.complete(Status.CANCELLED, "the publisher was closed")
+            self._set_history(topic)
+            self._forget_if_empty(topic)
+
+    def _subscriber_closed(self, sub: Subscriber) -> None:
+        with self._lock:
+            topic = sub.topic
+            topic.subscribers.pop(sub.id, None)
+            if sub.fetch is not None:
+                fetch, sub.fetch = sub.fetch, None
+                if not fetch.completed:
+                    fetch.complete(Status.CANCELLED, "the subscriber was closed")
+            sub.queue.clear()
+            self._retry(topic)  # a blocking subscriber is gone: held publishes may fit now
+            self._forget_if_empty(topic)
+
+    def _forget_if_empty(self, topic: Topic) -> None:
+        if not topic.publishers and not topic.subscribers and self.topics.get(topic.name) is topic:
+            del self.topics[topic.name]
+
+    # -- statistics ----------------------------------------------------------------------
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each topic: its publishers and subscribers (with their sessions' connection ids) and counters."""
+        with self._lock:
+            return [{"topic": t.name, "published": t.published, "dropped": t.dropped,
+                     "disconnected": t.disconnected, "timed_out": t.timed_out, "history": len(t.history),
+                     "publishers": [{"id": p.id, "connection_id": p.conn.peer.connection_id,
+                                     "published": p.published, "waiting": len(p.held)}
+                                    for p in t.publishers.values()],
+                     "subscribers": [{"id": s.id, "connection_id": s.conn.peer.connection_id, "policy": s.policy,
+                                      "capacity": s.capacity, "queued": len(s.queue), "delivered": s.delivered,
+                                      "lost": s.lost_total} for s in t.subscribers.values()]}
+                    for t in sorted(self.topics.values(), key=lambda t: t.name)]
+
+    def _list(self, msg: Message) -> None:
+        data = json.dumps(self.stats(), sort_keys=True).encode()
+        try:
+            msg.write(0, data)
+        except Overflow:
+            msg.complete(Status.OVERFLOW, f"the list takes {len(data)} bytes")
+            return
+        msg.complete(len(data))

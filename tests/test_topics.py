@@ -1,0 +1,454 @@
+"""Publish/subscribe topics (broker/_topics.py, broker/_pubsub.py), with real processes.
+
+The server runs here (its books are checked); publishers and subscribers run in
+forked children, on shared-memory sessions unless a test says otherwise, and
+report what they received through pipes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import broker
+from broker import connect
+from broker._topics import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER
+
+from .helpers import Child, wait_for
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = broker.Server(str(tmp_path / "topics.sock"))
+    srv.start()
+    srv.address = str(tmp_path / "topics.sock")
+    yield srv
+    srv.stop()
+
+
+def _topic(srv: broker.Server, name: str) -> dict:
+    [t] = [t for t in srv.stats()["topics"] if t["topic"] == name]
+    return t
+
+
+def _report(w: int, obj: object) -> None:
+    data = json.dumps(obj).encode()
+    os.write(w, struct.pack("<I", len(data)) + data)
+
+
+def _read_report(r: int) -> object:
+    head = b""
+    while len(head) < 4:
+        chunk = os.read(r, 4 - len(head))
+        assert chunk, "the child closed its pipe without a report"
+        head += chunk
+    (n,) = struct.unpack("<I", head)
+    data = b""
+    while len(data) < n:
+        data += os.read(r, n - len(data))
+    return json.loads(data)
+
+
+def _subscriber_child(address: str, topic: str, count: int, w: int, ready_w: int, **opts) -> Child:
+    def run() -> None:
+        with connect(address, slots=4) as s, s.subscriber(topic, **opts) as sub:
+            os.write(ready_w, b"r")
+            got = [sub.receive_message(30) for _ in range(count)]
+            _report(w, {"transport": s.transport, "lost": sub.lost,
+                        "got": [[m.publisher, m.seq, m.value.decode()] for m in got]})
+    return Child(run)
+
+
+def test_fan_out_to_several_subscriber_processes_in_order(server):
+    n, subs = 2000, 3
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    kids = [_subscriber_child(server.address, "fan", n, w, ready_w) for _ in range(subs)]
+    try:
+        for _ in kids:
+            assert os.read(ready_r, 1) == b"r"
+        wait_for(lambda: len(_topic(server, "fan")["subscribers"]) == subs)
+
+        def publisher() -> None:
+            with connect(server.address) as s, s.publisher("fan") as pub:
+                for i in range(0, n, 100):  # singles and batches
+                    if i % 200:
+                        pub.publish_many([b"m%d" % j for j in range(i, i + 100)])
+                    else:
+                        for j in range(i, i + 100):
+                            pub.publish(b"m%d" % j)
+
+        assert Child(publisher).join(60) == 0
+        reports = [_read_report(r) for _ in kids]
+        for rep in reports:
+            assert rep["transport"] == "shared memory" and rep["lost"] == 0
+            assert [m[2] for m in rep["got"]] == [f"m{j}" for j in range(n)]
+            assert [m[1] for m in rep["got"]] == list(range(1, n + 1))
+        for k in kids:
+            assert k.join(30) == 0
+        assert server.stats()["topics"] == []  # everyone left: the topic is forgotten
+    finally:
+        for k in kids:
+            k.kill()
+        for fd in (r, w, ready_r, ready_w):
+            os.close(fd)
+
+
+def test_many_publishers_keep_their_own_order_and_nothing_is_lost(server):
+    n, pubs = 500, 3
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    sub = _subscriber_child(server.address, "many", n * pubs, w, ready_w, capacity=64)  # small: publishers block
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        wait_for(lambda: len(_topic(server, "many")["subscribers"]) == 1)
+
+        def publisher(k: int) -> None:
+            with connect(server.address) as s, s.publisher("many", block_timeout=60) as pub:
+                for j in range(n):
+                    pub.publish(f"p{k}-{j}".encode())
+
+        kids = [Child(lambda k=k: publisher(k)) for k in range(pubs)]
+        for k in kids:
+            assert k.join(60) == 0
+        rep = _read_report(r)
+        assert rep["lost"] == 0
+        by_pub: dict[int, list[tuple[int, str]]] = {}
+        for pid, seq, value in rep["got"]:
+            by_pub.setdefault(pid, []).append((seq, value))
+        assert len(by_pub) == pubs
+        for items in by_pub.values():
+            assert [s for s, _ in items] == list(range(1, n + 1))  # each publisher's order
+            k = items[0][1].split("-")[0]
+            assert [v for _, v in items] == [f"{k}-{j}" for j in range(n)]
+        assert sub.join(30) == 0
+    finally:
+        sub.kill()
+        for fd in (r, w, ready_r, ready_w):
+            os.close(fd)
+
+
+def test_the_drop_policy_counts_every_loss_exactly(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        sub = b.subscriber("drop", policy="drop", capacity=50)
+        keep = b.subscriber("drop", capacity=5000)  # a blocking one that keeps up: it sees everything
+        with a.publisher("drop") as pub:
+            for i in range(1000):
+                pub.publish(b"%d" % i)
+        got = []
+        while True:
+            try:
+                got.append(sub.receive_message(0.2))
+            except broker.EmptyTimeout:
+                break
+        assert len(got) + sub.lost == 1000 and sub.lost == 950
+        assert [m.seq for m in got] == list(range(951, 1001))  # the newest stay
+        assert len(keep.receive_many(5000, timeout=1)) == 1000 and keep.lost == 0
+        t = _topic(server, "drop")
+        assert t["dropped"] == 950 and {s["policy"]: s["lost"] for s in t["subscribers"]} == {"drop": 950, "block": 0}
+        sub.close()
+        keep.close()
+
+
+def test_a_subscriber_disconnected_by_policy_learns_why_and_the_others_go_on(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        slow = b.subscriber("disc", policy="disconnect", capacity=10)
+        other = b.subscriber("disc", capacity=100)
+        pub = a.publisher("disc")
+        for i in range(11):
+            pub.publish(b"%d" % i)
+        with pytest.raises(broker.Disconnected, match="disconnected by policy: 10 messages waited unread"):
+            slow.receive(1)
+        with pytest.raises(broker.Disconnected):
+            slow.receive(1)  # and it stays so
+        assert other.receive_many(100, timeout=1) == [b"%d" % i for i in range(11)]
+        pub.publish(b"more")
+        assert other.receive(1) == b"more"
+        t = _topic(server, "disc")
+        assert t["disconnected"] == 1 and [s["policy"] for s in t["subscribers"]] == ["block"]
+        slow.close()
+        other.close()
+        pub.close()
+    assert server.stats()["topics"] == []  # a topic with nobody left is forgotten
+
+
+def test_a_blocked_publish_times_out_and_nobody_gets_it(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        blocking = b.subscriber("full", capacity=3)
+        fast = b.subscriber("full", policy="drop", capacity=100)
+        pub = a.publisher("full", block_timeout=0.3)
+        for i in range(3):
+            pub.publish(b"%d" % i)
+        t0 = time.monotonic()
+        with pytest.raises(broker.FullTimeout, match="no room within 0.3 s"):
+            pub.publish(b"never")
+        assert time.monotonic() - t0 < 10
+        assert blocking.receive_many(10, timeout=1) == [b"0", b"1", b"2"]
+        assert fast.receive_many(10, timeout=1) == [b"0", b"1", b"2"]  # "never" reached nobody
+        pub.publish(b"3")  # room again
+        assert blocking.receive(1) == b"3" and fast.receive(1) == b"3"
+        assert _topic(server, "full")["timed_out"] == 1
+        for x in (blocking, fast, pub):
+            x.close()
+
+
+def test_a_blocked_publish_goes_through_when_the_subscriber_reads(server):
+    r, w = os.pipe()
+
+    def reader() -> None:
+        with connect(server.address) as s, s.subscriber("slow", capacity=2) as sub:
+            os.write(w, b"r")
+            got = []
+            for _ in range(20):
+                time.sleep(0.01)  # slower than the publisher
+                got.append(sub.receive(30))
+            _report(w, [g.decode() for g in got])
+
+    kid = Child(reader)
+    try:
+        assert os.read(r, 1) == b"r"
+        wait_for(lambda: "slow" in [t["topic"] for t in server.stats()["topics"]])
+        seen = {"queued": 0, "waiting": 0}
+        done = threading.Event()
+
+        def watch() -> None:  # the server's books while the publisher runs
+            while not done.is_set():
+                for t in server.stats()["topics"]:
+                    for p in t["publishers"]:
+                        seen["waiting"] = max(seen["waiting"], p["waiting"])
+                    for q in t["subscribers"]:
+                        seen["queued"] = max(seen["queued"], q["queued"])
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with connect(server.address) as s, s.publisher("slow", block_timeout=30) as pub:
+                for i in range(20):
+                    pub.publish(b"%d" % i)  # waits at the server whenever the reader's queue is full
+        finally:
+            done.set()
+            watcher.join()
+        assert seen["queued"] <= 2 and seen["waiting"] == 1  # held, never over the subscriber's capacity
+        assert _read_report(r) == [str(i) for i in range(20)]
+        assert kid.join(30) == 0
+    finally:
+        kid.kill()
+        os.close(r)
+        os.close(w)
+
+
+def test_history_for_late_joiners(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        pub = a.publisher("hist", history=5)
+        for i in range(20):
+            pub.publish(b"%d" % i)
+        late = b.subscriber("hist", history=3)
+        assert late.receive_many(10, timeout=1) == [b"17", b"18", b"19"]
+        all_of_it = b.subscriber("hist", history=100)  # asks for more than is kept: what is kept
+        assert all_of_it.receive_many(10, timeout=1) == [b"%d" % i for i in range(15, 20)]
+        none = b.subscriber("hist")
+        pub.publish(b"new")
+        assert none.receive_many(10, timeout=1) == [b"new"]
+        for x in (late, all_of_it, none, pub):
+            x.close()
+
+
+def test_numpy_arrays_travel_with_their_shape_and_dtype(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        sub = b.subscriber("arrays")
+        pub = a.publisher("arrays")
+        arrays = [np.arange(12, dtype=np.float64).reshape(3, 4), np.zeros((2, 0, 5), np.int16),
+                  np.array(7, np.uint8), np.arange(10, dtype=">i4")[::2], np.ones(100_000, np.float32)]
+        for x in arrays:
+            pub.publish(x)
+        pub.publish_many(arrays[:2] + [b"raw"])
+        got = sub.receive_many(20, timeout=2)
+        assert len(got) == 8
+        for x, y in zip(arrays + arrays[:2], got):
+            assert isinstance(y, np.ndarray) and y.dtype == x.dtype and y.shape == x.shape and np.array_equal(x, y)
+            assert not y.flags.writeable  # a view over the received bytes
+        assert got[-1] == b"raw"
+        with pytest.raises(TypeError, match="Python objects"):
+            pub.publish(np.array([object()]))
+        with pytest.raises(TypeError, match="takes bytes"):
+            pub.publish("text")
+        sub.close()
+        pub.close()
+
+
+def test_a_message_bigger_than_the_subscribers_buffer_is_fetched_with_a_bigger_one(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        sub = b.subscriber("big", buffer_size=4096)
+        pub = a.publisher("big")
+        big = os.urandom(3 << 20)
+        pub.publish(b"small")
+        pub.publish(big)
+        assert sub.receive(2) == b"small" and sub.receive(2) == big
+        sub.close()
+        pub.close()
+
+
+def test_a_subscriber_in_another_session_gets_every_message_over_its_socket(server, other_user):
+    """A different user: the session rule gives it the socket; the broker relays the topic to it,
+    same order, nothing lost, and it maps no segment at all."""
+    uid, gid = other_user
+    d = tempfile.mkdtemp(prefix="brk-topic-", dir="/tmp")
+    os.chmod(d, 0o777)
+    path = os.path.join(d, "t.sock")
+    n = 3000
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        with broker.Server(path) as srv:
+            os.chmod(path, 0o666)
+
+            def stranger() -> None:
+                os.setgid(gid)
+                os.setuid(uid)
+                with connect(path) as s, s.subscriber("x", capacity=256) as sub:
+                    os.write(ready_w, b"r")
+                    got = [sub.receive_message(30) for _ in range(n)]
+                    with open("/proc/self/maps") as f:
+                        maps = [line for line in f if "/dev/shm/" in line]
+                    _report(w, {"transport": s.transport, "seqs": [m.seq for m in got],
+                                "ok": all(m.value == b"%d" % i for i, m in enumerate(got)), "maps": maps})
+
+            kid = Child(stranger)
+            try:
+                assert os.read(ready_r, 1) == b"r"
+                with connect(path) as s, s.publisher("x", block_timeout=30) as pub:
+                    assert s.transport == "shared memory"
+                    for i in range(0, n, 50):
+                        pub.publish_many([b"%d" % j for j in range(i, i + 50)])
+                rep = _read_report(r)
+                assert rep["transport"] == "socket" and rep["ok"] and rep["seqs"] == list(range(1, n + 1))
+                assert rep["maps"] == []
+                assert kid.join(30) == 0
+            finally:
+                kid.kill()
+    finally:
+        for fd in (r, w, ready_r, ready_w):
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_tcp_subscribers_and_asyncio(server, tmp_path):
+    srv = broker.Server(str(tmp_path / "tcp.sock"), tcp="tcp://127.0.0.1:0")
+    with srv:
+        address = f"tcp://127.0.0.1:{srv.bound[1][1]}"
+        with connect(address) as t, connect(str(tmp_path / "tcp.sock")) as u:
+            assert t.transport == "socket"
+            sub = t.subscriber("net")
+            pub = u.publisher("net")
+
+            async def main() -> list:
+                out = []
+                for i in range(5):
+                    pub.publish(b"%d" % i)
+                    out.append(await sub.areceive())
+                return out
+
+            assert asyncio.run(main()) == [b"%d" % i for i in range(5)]
+            sub.close()
+            pub.close()
+
+
+def test_kill_9_of_a_publisher_and_of_a_subscriber_mid_traffic(server):
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+
+    def flood() -> None:
+        with connect(server.address) as s, s.publisher("k", block_timeout=60) as pub:
+            os.write(ready_w, b"p")
+            i = 0
+            while True:
+                pub.publish(b"%d" % i)
+                i += 1
+
+    def doomed_reader() -> None:
+        with connect(server.address) as s, s.subscriber("k", capacity=8) as sub:
+            os.write(ready_w, b"s")
+            while True:
+                sub.receive(30)
+                time.sleep(0.001)
+
+    with connect(server.address) as me:
+        survivor = me.subscriber("k", policy="drop", capacity=100)
+        pub_kid, sub_kid = Child(flood), Child(doomed_reader)
+        try:
+            assert sorted(os.read(ready_r, 1) + os.read(ready_r, 1)) == sorted(b"ps")
+            survivor.receive(10)
+            wait_for(lambda: _topic(server, "k")["published"] > 200)
+            os.kill(sub_kid.pid, signal.SIGKILL)  # a blocking subscriber dies: the publisher is not stuck
+            sub_kid.join(10)
+            wait_for(lambda: len(_topic(server, "k")["subscribers"]) == 1)
+            before = _topic(server, "k")["published"]
+            wait_for(lambda: _topic(server, "k")["published"] > before + 200)
+            os.kill(pub_kid.pid, signal.SIGKILL)
+            pub_kid.join(10)
+            wait_for(lambda: _topic(server, "k")["publishers"] == [])
+            survivor.receive_many(1000, timeout=1)
+            with me.publisher("k") as pub:  # the topic still works
+                pub.publish(b"after")
+                deadline = time.monotonic() + 5
+                while survivor.receive(max(0.01, deadline - time.monotonic())) != b"after":
+                    pass
+            t = _topic(server, "k")
+            assert [s["policy"] for s in t["subscribers"]] == ["drop"] and t["publishers"] == []
+        finally:
+            pub_kid.kill()
+            sub_kid.kill()
+            survivor.close()
+    for fd in (r, w, ready_r, ready_w):
+        os.close(fd)
+
+
+def test_untrusted_topic_requests_fail_alone(server):
+    with connect(server.address) as s:
+        pub = s.publisher("u")
+        sub = s.subscriber("u")
+        bad = [
+            (TOPIC_PUBLISHER, (b"",), "1 to 200 bytes"),
+            (TOPIC_PUBLISHER, (b"x" * 201,), "1 to 200 bytes"),
+            (TOPIC_PUBLISHER, (b"\xff",), "not UTF-8"),
+            (TOPIC_PUBLISHER, (b"ok", b"{"), "not JSON"),
+            (TOPIC_PUBLISHER, (b"ok", b"[]"), "a JSON object"),
+            (TOPIC_PUBLISHER, (b"ok", b'{"nope": 1}'), "unknown option"),
+            (TOPIC_SUBSCRIBER, (b"ok", b'{"policy": "sometimes"}'), "policy is one of"),
+            (TOPIC_SUBSCRIBER, (b"ok", b'{"capacity": 0}'), "capacity is an integer"),
+            (TOPIC_SUBSCRIBER, (b"ok", b'{"capacity": true}'), "capacity is an integer"),
+        ]
+        for code, args, text in bad:
+            with pytest.raises(broker.ServiceError, match=text) as e:
+                s.send_receive(code, *args)
+            assert e.value.status == broker.Status.ARGUMENT
+        with pytest.raises(broker.BadHandle):
+            s.send_receive(TOPIC_PUBLISH, b"x", handle=sub.handle)  # a subscriber is not a publisher
+        with pytest.raises(broker.BadHandle):
+            s.send_receive(TOPIC_FETCH, broker.Buffer(64), 1, handle=pub.handle)
+        with pytest.raises(broker.BadHandle):
+            s.send_receive(TOPIC_PUBLISH, b"x", handle=12345)
+        for table in (b"", b"\x05\x00\x00\x00", struct.pack("<III", 1, 10, 0), struct.pack("<III", 1, 1, 0) + b"z",
+                      struct.pack("<I", 0)):
+            with pytest.raises(broker.ServiceError) as e:
+                s.send_receive(TOPIC_PUBLISH_MANY, b"abc", table, handle=pub.handle)
+            assert e.value.status == broker.Status.ARGUMENT
+        with pytest.raises(broker.ServiceError, match="writable argument and an int"):
+            s.send_receive(TOPIC_FETCH, b"x", 1, handle=sub.handle)
+        with pytest.raises(broker.ServiceError, match="at least 1"):
+            s.send_receive(TOPIC_FETCH, broker.Buffer(64), 0, handle=sub.handle)
+        pub.publish(b"fine")  # the session goes on
+        assert sub.receive(1) == b"fine"
+        assert s.topics()[0]["topic"] == "u"
+        pub.close()
+        sub.close()
