@@ -578,12 +578,16 @@ class ClientSession:
         if refused is not None:
             raise refused
 
-    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> Any:
+    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
+                  ring_capacity: int | None = None) -> Any:
         """A publisher on `topic` (a sub-session; broker/_pubsub.py): publish(), publish_many().
         history: the topic keeps this many of the last messages for subscribers that join later;
-        block_timeout: how long a publish may wait at the server for a blocking subscriber's room."""
+        block_timeout: how long a publish may wait for room (at the server for a blocking
+        subscriber's, or in its ring); ring_capacity: bytes of the broadcast ring a publisher on a
+        shared-memory session writes (a power of two, 64 KiB to 256 MiB; 4 MiB by default)."""
         from ._pubsub import open_publisher
-        return open_publisher(self, topic, history=history, block_timeout=block_timeout)
+        return open_publisher(self, topic, history=history, block_timeout=block_timeout,
+                              ring_capacity=ring_capacity)
 
     def subscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
                    buffer_size: int = 1 << 20, batch: int = 1024) -> Any:

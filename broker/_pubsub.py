@@ -15,17 +15,23 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from collections import deque
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from ._client import Buffer, ClientSession, SubSession
-from ._errors import BrokerError, Disconnected, EmptyTimeout, FullTimeout, ServerGone, ServiceError
+from ._session import CLOSE_SUBSESSION
+from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
+                      ServerGone, ServiceError, TooBig)
 from ._protocol import Status
-from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, TABLE_ENTRY, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,
-                      TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
+from ._ring import Broadcast
+from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RING_GONE, TABLE_ENTRY, Assembler, split_record,
+                      TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
+                      TOPIC_SUBSCRIBER)
 
+_WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, then looks at its FETCH
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
 
@@ -83,15 +89,47 @@ def _options(**opts: Any) -> bytes:
 
 
 class Publisher(SubSession):
-    """A publisher on a topic (session.publisher(topic)): publish(), publish_many(), close()."""
+    """A publisher on a topic (session.publisher(topic)): publish(), publish_many(), close().
 
-    def __init__(self, session: ClientSession, handle: int, topic: str) -> None:
+    On a shared-memory session it writes its own broadcast ring (`ring` is its name), which
+    subscribers of the session read in place; elsewhere each publish is a call to the server."""
+
+    def __init__(self, session: ClientSession, handle: int, topic: str, ring: Broadcast | None = None,
+                 block_timeout: float = 5.0) -> None:
         super().__init__(session, handle)
         self.topic = topic
+        self._ring = ring
+        self.ring = ring.name if ring is not None else None
+        self.block_timeout = block_timeout
+        self._seq = 0
+
+    def _records(self, data: Any) -> list[bytes]:
+        """A message as its ring's records (fragments when it is bigger than one)."""
+        payload, meta = _encode(data)
+        self._seq += 1
+        return split_record(self._seq, meta, payload, self._ring.max_record)  # type: ignore[union-attr]
+
+    def _ring_full(self, e: BrokerError) -> None:
+        raise FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: a subscriber "
+                          f"did not keep up") from None
 
     def publish(self, data: Any, *, timeout: float | None = None) -> None:
         """Publish one message: bytes-like or a numpy array. FullTimeout if a blocking subscriber had no
         room within the publisher's block_timeout (nobody got it)."""
+        ring = self._ring
+        if ring is not None:
+            recs = self._records(data)
+            wait = self.block_timeout if timeout is None else timeout
+            try:
+                if len(recs) == 1:
+                    ring.send(recs[0], wait)
+                else:  # fragments: the subscribers put them together (or drop a message cut short)
+                    deadline = time.monotonic() + wait
+                    for rec in recs:
+                        ring.send(rec, max(0.0, deadline - time.monotonic()))
+            except Full as e:
+                self._ring_full(e)
+            return
         payload, meta = _encode(data)
         try:
             self.session.send_receive(TOPIC_PUBLISH, payload, meta, timeout=timeout, handle=self.handle)
@@ -99,7 +137,31 @@ class Publisher(SubSession):
             _raise_full(e)
 
     def publish_many(self, items: Iterable[Any], *, timeout: float | None = None) -> int:
-        """Publish several in one call, in their order: all of them, or none (FullTimeout)."""
+        """Publish several in one call, in their order: all of them, or none (FullTimeout); a ring
+        publisher's FullTimeout comes after a first part went (its `published` says how many)."""
+        ring = self._ring
+        if ring is not None:
+            msgs = [self._records(x) for x in items]
+            if all(len(m) == 1 for m in msgs):
+                recs = [m[0] for m in msgs]
+                try:
+                    n = ring.send_many(recs, self.block_timeout if timeout is None else timeout)
+                except Full:
+                    n = 0
+                if n < len(recs):
+                    err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s")
+                    err.published = n  # type: ignore[attr-defined]
+                    raise err
+                return n
+            for n, m in enumerate(msgs):  # one has fragments: one by one
+                try:
+                    for rec in m:
+                        ring.send(rec, self.block_timeout if timeout is None else timeout)
+                except Full:
+                    err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s")
+                    err.published = n  # type: ignore[attr-defined]
+                    raise err from None
+            return len(msgs)
         encoded = [_encode(x) for x in items]
         if not encoded:
             return 0
@@ -112,6 +174,12 @@ class Publisher(SubSession):
         except ServiceError as e:
             _raise_full(e)
             raise  # (not reached)
+
+    def close(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()  # its subscribers read what is left, then its end
+        super().close()
 
     def __enter__(self) -> "Publisher":
         return self
@@ -131,12 +199,18 @@ class Subscriber(SubSession):
         super().__init__(session, handle)
         self.topic = topic
         self.lost = 0
+        self.corrupt = 0  # records of publisher rings that could not be read (a buggy publisher's)
+        self.last_error = ""
         self._size = buffer_size
         self._batch = batch
         self._items: deque[Received] = deque()
         self._fetch: Any = None
         self._buf: Buffer | None = None
         self._gone: str | None = None
+        self._rings: dict[int, Broadcast] = {}  # publisher id -> its ring, read in place (a direct subscriber)
+        self._assemblers: dict[int, Assembler] = {}
+        self._leaving: set[int] = set()  # publishers gone: their rings are read to the end, then closed
+        self._turn = 0
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
@@ -192,18 +266,93 @@ class Subscriber(SubSession):
             at += mlen
             payload = data[at:at + dlen]
             at += dlen
+            if seq == 0:  # a control message: a publisher's ring to read, or its end
+                self._on_control(pub, meta, payload)
+                continue
             self._items.append(Received(pub, seq, _decode(payload, meta)))
         if at != len(data):
             raise ServerGone("a topic batch with bytes after its last message")
+
+    def _on_control(self, pub: int, what: bytes, data: bytes) -> None:
+        if what == RING_GONE:
+            if pub in self._rings:
+                self._leaving.add(pub)
+        else:
+            raise ServerGone(f"an unknown control message {what!r} on {self.topic!r}")
+
+    def _from_rings(self) -> Received | None:
+        """A message read in place from one of the publishers' rings (in turn), or None."""
+        rings = list(self._rings.items())
+        for k in range(len(rings)):
+            pub, ring = rings[(self._turn + k) % len(rings)]
+            asm = self._assemblers.setdefault(pub, Assembler())
+            while True:
+                try:
+                    rec = ring.recv(timeout=0)
+                except Empty:
+                    if pub in self._leaving:
+                        self._close_ring(pub)
+                    break
+                except (PeerGone, Closed, Evicted):  # its publisher died or left, and all it wrote was read
+                    self._close_ring(pub)
+                    break
+                try:
+                    msg = asm.feed(rec)
+                except ValueError as e:  # a buggy publisher: its bad record is skipped
+                    self.corrupt += 1
+                    self.last_error = f"publisher {pub}'s ring on {self.topic!r}: {e}"
+                    continue
+                if msg is None:
+                    continue  # a fragment: the rest of its message follows
+                self._turn += k + 1
+                seq, meta, payload = msg
+                return Received(pub, seq, _decode(payload, meta))
+        return None
+
+    def _close_ring(self, pub: int) -> None:
+        ring = self._rings.pop(pub, None)
+        self._assemblers.pop(pub, None)
+        self._leaving.discard(pub)
+        if ring is not None:
+            ring.close()
 
     def receive_message(self, timeout: float | None = None) -> Received:
         """The next message with its publisher and sequence number; EmptyTimeout if none came in time
         (timeout None: wait; 0: only what has arrived); Disconnected if the broker's policy dropped
         this subscriber."""
-        while not self._items:
-            if not self._take(timeout):
+        if not self._rings:
+            while not self._items:
+                if not self._take(timeout):
+                    raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
+                if self._rings:
+                    break
+            if self._items:
+                return self._items.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._items:
+                return self._items.popleft()
+            got = self._from_rings()
+            if got is not None:
+                return got
+            if self._take(0):  # relayed messages (from publishers that call), or news of rings
+                continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
-        return self._items.popleft()
+            if not self._rings:
+                if not self._take(left):
+                    raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
+                continue
+            ring = next(iter(self._rings.values())) if len(self._rings) == 1 else None
+            wait = _WAIT_SLICE if left is None else min(_WAIT_SLICE, left)
+            if ring is not None:
+                try:
+                    ring.wait(wait)  # a futex sleep on the one ring, woken by its next record
+                except (PeerGone, Closed, Evicted):
+                    pass  # _from_rings closes it
+            else:
+                time.sleep(min(wait, 0.0005))  # several rings: a short nap between looks
 
     def receive(self, timeout: float | None = None) -> Any:
         """The next message's value (bytes or a numpy array); as receive_message."""
@@ -212,8 +361,14 @@ class Subscriber(SubSession):
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
         out = [self.receive_message(timeout).value]
-        while self._items and len(out) < max_messages:
-            out.append(self._items.popleft().value)
+        while len(out) < max_messages:
+            if self._items:
+                out.append(self._items.popleft().value)
+                continue
+            got = self._from_rings() if self._rings else None
+            if got is None:
+                break
+            out.append(got.value)
         return out
 
     def __iter__(self) -> Iterator[Any]:
@@ -240,6 +395,8 @@ class Subscriber(SubSession):
         return self._items.popleft().value
 
     def close(self) -> None:
+        for pub in list(self._rings):
+            self._close_ring(pub)
         fut, self._fetch = self._fetch, None
         try:
             super().close()
@@ -254,17 +411,53 @@ class Subscriber(SubSession):
         return self
 
 
-def open_publisher(session: ClientSession, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> Publisher:
-    handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(), _options(history=history,
-                                                                            block_timeout=block_timeout))
-    return Publisher(session, handle, topic)
+def open_publisher(session: ClientSession, topic: str, *, history: int = 0, block_timeout: float = 5.0,
+                   ring_capacity: int | None = None) -> Publisher:
+    if session.transport != "shared memory":
+        handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(), _options(history=history,
+                                                                                block_timeout=block_timeout))
+        return Publisher(session, handle, topic, None, block_timeout)
+    name = Buffer(256)
+    handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(),
+                                  _options(history=history, block_timeout=block_timeout, ring=True,
+                                           ring_capacity=ring_capacity), name)
+    ring = None
+    if name.value:  # the server made this publisher a ring of its own
+        try:
+            ring = Broadcast.attach_producer(name.value.decode())
+            ring.set_notify_fd(session._rings.doorbell)  # type: ignore[union-attr]  # a relaying server's doorbell
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            try:
+                session.send_receive(CLOSE_SUBSESSION, handle=handle)
+            except BrokerError:
+                pass
+            raise
+    return Publisher(session, handle, topic, ring, block_timeout)
 
 
 def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
                     history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
-    handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(), _options(capacity=capacity, policy=policy,
-                                                                             history=history))
-    return Subscriber(session, handle, topic, buffer_size, batch)
+    direct = session.transport == "shared memory" and policy == "block" and not history
+    if not direct:
+        handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(),
+                                      _options(capacity=capacity, policy=policy, history=history))
+        return Subscriber(session, handle, topic, buffer_size, batch)
+    names = Buffer(64 << 10)
+    handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(),
+                                  _options(capacity=capacity, policy=policy, history=history, direct=True), names)
+    sub = Subscriber(session, handle, topic, buffer_size, batch)
+    try:
+        rings = json.loads(names.value) if names.value else {}
+        if not isinstance(rings, dict):
+            raise ValueError("not an object")
+        for pub, name in rings.items():  # the rings of the publishers there now, read in place from here on
+            sub._rings[int(pub)] = Broadcast.open(str(name))
+    except (ValueError, TypeError, BrokerError, OSError) as e:
+        sub.close()
+        raise ServerGone(f"the server's ring names for {topic!r} are unusable: {e}") from None
+    return sub
 
 
 def list_topics(session: ClientSession, max_bytes: int = 16 << 20) -> list[dict[str, Any]]:

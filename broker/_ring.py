@@ -997,6 +997,19 @@ class Broadcast(_Side):
         mapping = _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], seg)
         return cls(mapping, 0, lib.BRK_ROLE_PRODUCER, spin_us)
 
+    @staticmethod
+    def make_segment(name: str, capacity: int = DEFAULT_CAPACITY, *, max_consumers: int = 16,
+                     lossy: bool = False) -> _shm.Mapping:
+        """A new broadcast ring's segment that nobody is attached to yet (a server makes it for a
+        publisher, which attaches with attach_producer; the caller unlinks it)."""
+        flags = lib.BRK_FLAG_LOSSY if lossy else 0
+        return _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], name)
+
+    @classmethod
+    def attach_producer(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0) -> "Broadcast":
+        """Be the producer of an existing broadcast ring that has none (see make_segment)."""
+        return cls(_open_segment(_names.resolve(name), timeout), 0, lib.BRK_ROLE_PRODUCER, spin_us)
+
     @classmethod
     def open(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0) -> "Broadcast":
         """Join an existing broadcast ring as a consumer, starting with the next record."""
@@ -1042,6 +1055,27 @@ class Broadcast(_Side):
                 out.append({"slot": i, "state": state, "word": int(st[0]), "pid": int(pid[0]),
                             "start": int(start[0]), "head": int(head[0])})
         return out
+
+    def backlog(self) -> int:
+        """Consumer: bytes written and not yet read by this consumer (records and their headers)."""
+        return max(0, int(lib.brk_backlog(self._need("consumer"))))
+
+    def arm_doorbell(self) -> bool:
+        """Consumer: count this consumer as a sleeper that the producer wakes through its notify
+        eventfd (set_notify_fd in the producer's process; a server relaying the ring polls it
+        with its other descriptors). True: sleep; False: records are already waiting. Either way
+        it stays counted until disarm_doorbell()."""
+        h = self._need("consumer")
+        rc = lib.brk_arm(h)
+        if rc < 0:
+            raise _error(rc, f"arm on {self.name}")
+        return rc == _OK
+
+    def disarm_doorbell(self) -> None:
+        """Undo one arm_doorbell()."""
+        rc = lib.brk_disarm(self._need("consumer"))
+        if rc < 0:
+            raise _error(rc, f"disarm on {self.name}")
 
     def evict(self, slot: int) -> bool:
         """Producer: remove a consumer; it gets Evicted on its next call."""

@@ -101,6 +101,7 @@ class _Conn:
         self.batching = False  # the loop thread is handling a batch of requests: _send only queues
         self.ring_batch: Any = None  # the same on rings: a RingBatch, collecting the completions made meanwhile
         self._batch: Any = None  # this connection's RingBatch, once it is on rings
+        self.session_key: str | None = None  # the session rule's key, when shared memory was allowed
         self.rings: ServerRings | None = None  # offered or in use
         self._take: Callable[[], Any] | None = None  # on rings, in a threaded server without policies: see on_ring
         self.on_rings = False  # the rings carry the session (after the client's proof)
@@ -247,7 +248,7 @@ class _Conn:
         srv._conns_open.add(self)
         if d.shm:
             try:
-                key = f"u{self.peer.uid}-{getattr(self.peer.facts, 'sessionid', None)}"
+                key = self.session_key = f"u{self.peer.uid}-{getattr(self.peer.facts, 'sessionid', None)}"
                 self.rings = ServerRings(_names.segment_name("session", srv.server_id, key),
                                          srv.ring_capacity_for(hello.ring_capacity))
             except (BrokerError, OSError, ValueError) as e:  # a full /dev/shm, say: the socket carries it
@@ -805,24 +806,34 @@ class Server:
                     gap = 0 if len(self._conns) > len(self._ring_conns) else SELECT_GAP_NS
                     if gap == 0:
                         next_select = now
+                    topics = self.topics
                     while True:
-                        if self._rings_polled and self._poll_rings():
-                            busy = True
-                            break
+                        worked = bool(self._rings_polled) and self._poll_rings()
+                        if topics.relays and topics.poll():
+                            worked = True
+                        # the selector at least every gap, however busy the rings are: a new
+                        # connection or a client's death is not kept waiting by a flood on a ring
                         if now >= next_select:
                             ready = sel.select(0)
-                            if ready:
-                                break
                             next_select = now + gap
+                            if ready:
+                                busy = busy or worked
+                                break
+                        if worked:
+                            busy = True
+                            break
                         now = ns()
                         if now >= end or self._stopping:
                             break
                         os.sched_yield()  # a client may be waiting for this CPU
                 if not ready and not busy:
-                    if self._arm_rings():  # every ring armed: its client rings the doorbell
+                    # every ring armed (its client rings the doorbell; a publisher's topic ring rings its
+                    # session's): sleep
+                    if self._arm_rings() and self.topics.arm():
                         ready = sel.select(timeout=idle)
                     else:
                         busy = True  # records came as we armed: served, spin again
+                    self.topics.disarm()
                 busy = busy or bool(ready)
                 for key, mask in ready:
                     kind, obj = key.data

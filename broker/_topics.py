@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import struct
 import threading
 import time
@@ -53,9 +54,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._errors import BadHandle, Overflow
+from . import _names
+from ._errors import BadHandle, BrokerError, Closed, Empty, Overflow, PeerGone
 from ._protocol import ArgKind, Status
+from ._ring import Broadcast
 from ._session import Message, RefObject
+
+log = logging.getLogger("broker.topics")
 
 TOPIC_PUBLISHER = -16
 TOPIC_PUBLISH = -17
@@ -75,7 +80,17 @@ MAX_META = 4096
 DEFAULT_CAPACITY = 1024
 DEFAULT_BLOCK_TIMEOUT = 5.0
 
+DEFAULT_RING_CAPACITY = 1 << 22  # a ring publisher's broadcast ring, bytes
+MAX_RING_CAPACITY = 1 << 28
+RING_CONSUMERS = 64  # direct subscribers (and the server's relay) one publisher ring takes
+RELAY_BATCH = 256  # records the server relays from one publisher ring per turn
+
 BATCH_HEAD = struct.Struct("<Q")
+# A publisher ring's record: sequence, meta length, payload bytes still to come in the records after
+# this one, fragment number (0: a message's first record, which holds the meta); then meta, payload.
+RECORD_HEAD = struct.Struct("<QIII")
+MAX_MESSAGE = 1 << 34  # the most payload a message may announce
+RING_GONE = b"-ring"  # a control message (sequence 0) to a direct subscriber: that publisher's ring ended
 MESSAGE_HEAD = struct.Struct("<IQII")
 TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
 
@@ -146,9 +161,89 @@ def _policy(v: Any) -> str:
     return str(v)
 
 
-PUBLISHER_OPTIONS = {"history": _int_in(0, MAX_HISTORY, "history"), "block_timeout": _seconds}
+def _flag(v: Any) -> bool:
+    if type(v) is not bool:
+        raise TopicError(f"a flag is true or false, not {v!r}")
+    return v
+
+
+def _ring_capacity(v: Any) -> int:
+    if type(v) is not int or not 1 << 16 <= v <= MAX_RING_CAPACITY or v & (v - 1):
+        raise TopicError(f"ring_capacity is a power of two from 64 KiB to {MAX_RING_CAPACITY >> 20} MiB, not {v!r}")
+    return v
+
+
+PUBLISHER_OPTIONS = {"history": _int_in(0, MAX_HISTORY, "history"), "block_timeout": _seconds, "ring": _flag,
+                     "ring_capacity": _ring_capacity}
 SUBSCRIBER_OPTIONS = {"capacity": _int_in(1, MAX_CAPACITY, "capacity"), "policy": _policy,
-                      "history": _int_in(0, MAX_HISTORY, "history")}
+                      "history": _int_in(0, MAX_HISTORY, "history"), "direct": _flag}
+
+
+def split_record(seq: int, meta: bytes, payload: bytes, max_record: int) -> list[bytes]:
+    """A message as a publisher ring's records: one, or fragments of at most max_record bytes each."""
+    head = RECORD_HEAD.size
+    first = max_record - head - len(meta)
+    if first < 0:
+        raise ValueError(f"the ring's records ({max_record} bytes) cannot hold a message's header")
+    if len(payload) <= first:
+        return [RECORD_HEAD.pack(seq, len(meta), 0, 0) + meta + payload]
+    view = memoryview(payload)
+    out = [RECORD_HEAD.pack(seq, len(meta), len(payload) - first, 0) + meta + view[:first]]
+    at, room, k = first, max_record - head, 1
+    while at < len(payload):
+        chunk = view[at:at + room]
+        at += len(chunk)
+        out.append(RECORD_HEAD.pack(seq, 0, len(payload) - at, k) + chunk)
+        k += 1
+    return out
+
+
+class Assembler:
+    """A publisher ring's records back into messages. Records are untrusted: a bad one is a
+    ValueError (the caller counts it); a message whose fragments stop short is dropped when the
+    next message starts; a reader that joined in the middle of one skips its fragments."""
+
+    def __init__(self) -> None:
+        self.seq = 0  # the last message's sequence number
+        self.dropped = 0  # messages whose fragments did not all come
+        self._parts: list[bytes] | None = None
+        self._meta = b""
+        self._pseq = 0
+        self._more = 0
+        self._next = 0
+
+    def feed(self, rec: bytes) -> tuple[int, bytes, bytes] | None:
+        """(sequence, meta, payload) when rec ends a message, else None."""
+        head = RECORD_HEAD.size
+        if len(rec) < head:
+            raise ValueError("a record shorter than its header")
+        seq, mlen, more, k = RECORD_HEAD.unpack_from(rec)
+        if k:  # a continuation
+            if self._parts is None:
+                return None  # of a message that began before this reader joined
+            if seq != self._pseq or k != self._next or mlen or self._more - (len(rec) - head) != more:
+                self._parts = None
+                self.dropped += 1
+                raise ValueError(f"fragment {k} of message {seq} does not follow")
+            self._parts.append(rec[head:])
+            self._more, self._next = more, k + 1
+            if more:
+                return None
+            msg = (seq, self._meta, b"".join(self._parts))
+            self._parts = None
+            self.seq = seq
+            return msg
+        if self._parts is not None:  # the last one stopped short (its publisher timed out, or died)
+            self._parts = None
+            self.dropped += 1
+        if mlen > MAX_META or head + mlen > len(rec) or more > MAX_MESSAGE or seq <= self.seq:
+            raise ValueError(f"a bad record (sequence {seq}, meta {mlen} bytes, {more} to come)")
+        meta, body = rec[head:head + mlen], rec[head + mlen:]
+        if not more:
+            self.seq = seq
+            return seq, meta, body
+        self._parts, self._meta, self._pseq, self._more, self._next = [body], meta, seq, more, 1
+        return None
 
 
 class Publisher(RefObject):
@@ -163,6 +258,14 @@ class Publisher(RefObject):
         self.published = 0
         self.held: deque[tuple[Message, list[tuple[bytes, bytes]], float]] = deque()  # waiting for room, in order
         self.closed = False
+        # a ring publisher (its session is on shared memory): it writes its own broadcast ring, which
+        # direct subscribers read in place; the server reads it too (relay) only for the others
+        self.ring_name: str | None = None
+        self.segment: Any = None  # the ring's segment: the server made it, and unlinks it at the end
+        self.relay: Broadcast | None = None
+        self.assembler = Assembler()
+        self.armed = False
+        self.corrupt = 0
 
     def destroyed(self) -> None:
         self.broker._publisher_closed(self)
@@ -182,6 +285,8 @@ class Subscriber(RefObject):
         self.fetch: Message | None = None  # the FETCH waiting for a message
         self.fetch_max = 0
         self.gone: str | None = None  # disconnected by policy: why
+        self.direct = False  # reads the rings of the publishers that were there when it subscribed, in place
+        self.rings: set[int] = set()  # those publishers' ids: the server relays it only the others
 
     def destroyed(self) -> None:
         self.broker._subscriber_closed(self)
@@ -209,6 +314,7 @@ class TopicBroker:
         self.topics: dict[str, Topic] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.relays: list[Publisher] = []  # ring publishers whose ring the server reads (for relay subscribers)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -259,27 +365,84 @@ class TopicBroker:
     def _open_publisher(self, conn: Any, msg: Message) -> None:
         name = _text(self._read(msg, 0), "topic name", MAX_NAME)
         opts = _options(self._read(msg, 1), PUBLISHER_OPTIONS)
+        ring = opts.get("ring", False) and conn.on_rings and self.server._aloop is None
+        if ring and msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
+            raise TopicError("a ring publisher takes a writable argument 2 for its ring's name")
         with self._lock:
             topic = self._topic(name)
             pub = Publisher(self, topic, next(self._ids), conn, opts.get("history", 0),
                             opts.get("block_timeout", DEFAULT_BLOCK_TIMEOUT))
+            if ring:
+                try:
+                    self._make_ring(pub, conn, opts.get("ring_capacity", DEFAULT_RING_CAPACITY))
+                except (BrokerError, OSError, ValueError) as e:  # a full /dev/shm, say: it publishes by calls
+                    log.warning("topic %s: no ring for a publisher of %s: %s", name, conn.peer, e)
+            try:
+                if pub.ring_name is not None:
+                    msg.write(2, pub.ring_name.encode())
+                handle = conn.session.open_subsession(pub)
+            except BaseException:
+                self._drop_ring(pub)
+                self._forget_if_empty(topic)
+                raise
             topic.publishers[pub.id] = pub
             self._set_history(topic)
-        msg.complete(conn.session.open_subsession(pub))
+            if pub.ring_name is not None:
+                # the subscribers already there read it through the server (they learn of rings only as
+                # they subscribe): the server reads it from its first record
+                self._update_relay(topic)
+        msg.complete(handle)
+
+    def _make_ring(self, pub: Publisher, conn: Any, capacity: int) -> None:
+        name = _names.segment_name("topic", self.server.server_id, conn.session_key)
+        pub.segment = Broadcast.make_segment(name, capacity, max_consumers=RING_CONSUMERS)
+        pub.ring_name = name
+
+    def _drop_ring(self, pub: Publisher) -> None:
+        """The ring's end at the server: no more relaying from it, and its name unlinked (the
+        publisher and direct subscribers keep their mappings until they close them)."""
+        if pub.relay is not None:
+            self._end_relay(pub)
+        if pub.segment is not None:
+            seg, pub.segment = pub.segment, None
+            seg.close()
+            try:
+                seg.unlink()
+            except OSError:
+                pass
 
     def _open_subscriber(self, conn: Any, msg: Message) -> None:
         name = _text(self._read(msg, 0), "topic name", MAX_NAME)
         opts = _options(self._read(msg, 1), SUBSCRIBER_OPTIONS)
         with self._lock:
             topic = self._topic(name)
+            for pub in [p for p in self.relays if p.topic is topic]:
+                # what its ring holds was published before this subscriber came: to the others (and the
+                # history) first, so that this one starts after it (a blocking subscriber may go over its
+                # capacity by that much)
+                self._relay_from(pub, catch_up=True)
             sub = Subscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
                              opts.get("policy", "block"))
             want = opts.get("history", 0)
+            # direct: it reads the publishers' rings in place; only a blocking subscriber without history on
+            # a shared-memory session of a threaded server (a ring is lossless: its producer waits for it)
+            sub.direct = (opts.get("direct", False) and conn.on_rings and sub.policy == "block" and not want
+                          and self.server._aloop is None and msg.kind(2) in (ArgKind.WRITE, ArgKind.READWRITE))
             if want:
                 for item in list(topic.history)[-want:][-sub.capacity:]:
                     sub.queue.append(item)
+            if sub.direct:  # the rings of the publishers there now: it joins them before subscribe() returns
+                rings = {p.id: p.ring_name for p in topic.publishers.values() if p.ring_name is not None}
+                try:
+                    msg.write(2, json.dumps(rings).encode())
+                except Overflow:
+                    rings = {}
+                    sub.direct = False  # its buffer is too small for the names: everything is relayed to it
+                sub.rings = set(rings)
+            handle = conn.session.open_subsession(sub)
             topic.subscribers[sub.id] = sub
-        msg.complete(conn.session.open_subsession(sub))
+            self._update_relay(topic)
+        msg.complete(handle)
 
     def _set_history(self, topic: Topic) -> None:
         topic.history_len = max((p.history for p in topic.publishers.values()), default=0)
@@ -312,7 +475,7 @@ class TopicBroker:
         pub = self._own(conn, msg, Publisher)
         deadline = time.monotonic() + pub.block_timeout
         with self._lock:
-            if pub.held or not self._room(pub.topic, len(items)):
+            if pub.held or not self._room(pub.topic, len(items), pub.id):
                 pub.held.append((msg, items, deadline))  # after those already waiting: the publisher's order
                 self.server.call_later(pub.block_timeout, lambda: self._expire(pub))
                 return
@@ -320,26 +483,34 @@ class TopicBroker:
         msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
 
     @staticmethod
-    def _room(topic: Topic, n: int) -> bool:
-        """Every blocking subscriber can take n more."""
+    def _room(topic: Topic, n: int, pub: int = 0) -> bool:
+        """Every blocking subscriber publisher `pub`'s messages go to can take n more (a subscriber
+        that reads pub's ring in place is not one of them)."""
         return all(len(s.queue) + n <= s.capacity for s in topic.subscribers.values()
-                   if s.policy == "block" and s.gone is None)
+                   if s.policy == "block" and s.gone is None and pub not in s.rings)
 
-    def _deliver(self, pub: Publisher, items: list[tuple[bytes, bytes]]) -> None:
-        """Into every subscriber's queue (with the lock held), as each one's policy says."""
+    def _control(self, sub: Subscriber, item: _Item) -> None:
+        sub.queue.append(item)
+        if sub.fetch is not None:
+            self._answer(sub)
+
+    def _deliver(self, pub: Publisher, items: list[tuple[bytes, bytes]], seq: int | None = None) -> None:
+        """Into every subscriber's queue (with the lock held), as each one's policy says. seq: a ring
+        record's own sequence number (the publisher numbered it)."""
         topic = pub.topic
         made = []
         for data, meta in items:
-            pub.seq += 1
+            pub.seq = seq if seq is not None else pub.seq + 1
             made.append(_Item(pub.id, pub.seq, meta, data))
         pub.published += len(made)
+        answered = False
         topic.published += len(made)
         if topic.history_len:
             topic.history.extend(made)
             while len(topic.history) > topic.history_len:
                 topic.history.popleft()
         for sub in list(topic.subscribers.values()):
-            if sub.gone is not None:
+            if sub.gone is not None or pub.id in sub.rings:
                 continue
             for item in made:
                 if len(sub.queue) >= sub.capacity:
@@ -354,6 +525,9 @@ class TopicBroker:
                 sub.queue.append(item)
             if sub.fetch is not None and sub.queue:
                 self._answer(sub)
+                answered = True
+        if answered:
+            self._retry(topic)  # the answers made room: held publishes may go
 
     def _disconnect(self, sub: Subscriber, why: str) -> None:
         sub.gone = why
@@ -364,10 +538,18 @@ class TopicBroker:
             fetch, sub.fetch = sub.fetch, None
             fetch.complete(Status.DISCONNECTED, why)
 
+    def _made_room(self, topic: Topic) -> None:
+        """A blocking subscriber has room again (it fetched, or it is gone): held publishes may go,
+        and the relayed rings the server stopped reading are read on (their publishers may be waiting
+        for room in them, so no doorbell would ring). With the lock held."""
+        self._retry(topic)
+        for pub in [p for p in self.relays if p.topic is topic]:
+            self._relay_from(pub)
+
     def _retry(self, topic: Topic) -> None:
         """Held publishes that now fit, oldest first per publisher (with the lock held)."""
         for pub in list(topic.publishers.values()):
-            while pub.held and self._room(topic, len(pub.held[0][1])):
+            while pub.held and self._room(topic, len(pub.held[0][1]), pub.id):
                 msg, items, _ = pub.held.popleft()
                 self._deliver(pub, items)
                 msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
@@ -406,6 +588,7 @@ class TopicBroker:
             sub.fetch, sub.fetch_max = msg, most
             if sub.queue or sub.lost:
                 self._answer(sub)
+                self._made_room(sub.topic)
 
     def _answer(self, sub: Subscriber) -> None:
         """The waiting FETCH gets what is queued, as much as fits (with the lock held)."""
@@ -436,7 +619,6 @@ class TopicBroker:
             msg.complete(Status.OVERFLOW, str(e))
             return
         msg.complete(n)
-        self._retry(sub.topic)
 
     # -- ends ------------------------------------------------------------------------------
 
@@ -444,6 +626,18 @@ class TopicBroker:
         with self._lock:
             pub.closed = True
             topic = pub.topic
+            relay, pub.relay = pub.relay, None
+            self._drop_ring(pub)  # its name unlinked; the relay, if any, reads on below
+            if relay is not None:
+                # what it wrote before it went still reaches the relay subscribers, as they make room:
+                # the server reads the ring to its end, then lets go (_relay_from)
+                pub.relay = relay
+                self._relay_from(pub)
+            if pub.ring_name is not None:
+                for sub in topic.subscribers.values():
+                    if pub.id in sub.rings:  # it reads what is left, then closes its end
+                        sub.rings.discard(pub.id)
+                        self._control(sub, _Item(pub.id, 0, RING_GONE, b""))
             topic.publishers.pop(pub.id, None)
             while pub.held:  # the session is ending, or the client closed it while a publish waited
                 msg, _, _ = pub.held.popleft()
@@ -461,12 +655,112 @@ class TopicBroker:
                 if not fetch.completed:
                     fetch.complete(Status.CANCELLED, "the subscriber was closed")
             sub.queue.clear()
-            self._retry(topic)  # a blocking subscriber is gone: held publishes may fit now
-            self._forget_if_empty(topic)
+            self._update_relay(topic)
+            self._made_room(topic)  # a blocking subscriber is gone (this also ends the relay of a
+            self._forget_if_empty(topic)  # closed publisher nobody needs now)
 
     def _forget_if_empty(self, topic: Topic) -> None:
         if not topic.publishers and not topic.subscribers and self.topics.get(topic.name) is topic:
             del self.topics[topic.name]
+
+    # -- relaying from publisher rings ----------------------------------------------------
+
+    def _update_relay(self, topic: Topic) -> None:
+        """The server reads a ring publisher's ring while someone needs it relayed: a subscriber that
+        is not direct, or the topic's history (with the lock held)."""
+        for pub in topic.publishers.values():
+            if pub.ring_name is None or pub.closed:
+                continue
+            need = topic.history_len > 0 or any(pub.id not in s.rings and s.gone is None
+                                                for s in topic.subscribers.values())
+            if need and pub.relay is None:
+                try:
+                    pub.relay = Broadcast.open(pub.ring_name, spin_us=0)  # from its next record on
+                except (BrokerError, OSError) as e:
+                    log.warning("topic %s: cannot relay publisher %d's ring: %s", topic.name, pub.id, e)
+                    continue
+                self.relays.append(pub)
+            elif not need and pub.relay is not None:
+                self._end_relay(pub)  # nobody it is relayed to is left
+
+    def _end_relay(self, pub: Publisher) -> None:
+        self.relays[:] = [p for p in self.relays if p is not pub]
+        ring, pub.relay = pub.relay, None
+        if ring is not None:
+            if pub.armed:
+                pub.armed = False
+                ring.disarm_doorbell()
+            ring.close()
+
+    def poll(self) -> bool:
+        """The server loop's look at the relayed rings: True if it relayed something."""
+        did = False
+        with self._lock:
+            for pub in list(self.relays):
+                did = self._relay_from(pub) or did
+        return did
+
+    def _relay_from(self, pub: Publisher, catch_up: bool = False) -> bool:
+        """Records of a ring publisher to the relay subscribers, while the blocking ones have room
+        (else the ring fills and the publisher waits, as a blocking subscriber wants); with the lock
+        held. catch_up: what the ring holds now, room or not (a subscriber is joining; the publisher
+        may go on writing meanwhile: at most as many records as the bytes now waiting can hold)."""
+        ring = pub.relay
+        if ring is None:
+            return False
+        topic = pub.topic
+        if pub.closed and not any(pub.id not in s.rings and s.gone is None for s in topic.subscribers.values()):
+            self._end_relay(pub)  # a closed publisher's rest is for nobody now
+            return False
+        n = 0
+        most = RELAY_BATCH
+        if catch_up:
+            most = ring.backlog() // 16 + 1  # a record takes 16 bytes at least
+        while n < most and (catch_up or self._room(topic, 1, pub.id)):
+            try:
+                rec = ring.recv(timeout=0)
+            except Empty:
+                if pub.closed:  # its session closed it (its process closed the ring first) or died: no more
+                    self._end_relay(pub)
+                break
+            except (Closed, PeerGone):  # its publisher closed it or died, and all it wrote was read
+                if pub.closed:
+                    self._end_relay(pub)
+                break
+            except BrokerError as e:  # scribbled on: its messages are lost, the session ends with its end
+                log.warning("topic %s: publisher %d's ring: %s", topic.name, pub.id, e)
+                if pub.closed:
+                    self._end_relay(pub)
+                break
+            n += 1
+            try:
+                msg = pub.assembler.feed(rec)
+            except ValueError:
+                pub.corrupt += 1  # a buggy or hostile publisher harms only its own messages
+                continue
+            if msg is not None:
+                seq, meta, payload = msg
+                self._deliver(pub, [(payload, meta)], seq=seq)
+        return n > 0
+
+    def arm(self) -> bool:
+        """Before the server sleeps: be woken by every relayed ring that can be read now (its
+        publisher rings its session's doorbell). False: records wait, do not sleep."""
+        with self._lock:
+            for pub in self.relays:
+                if pub.armed or pub.relay is None or not self._room(pub.topic, 1, pub.id):
+                    continue  # blocked on a subscriber's room: its FETCH wakes the server
+                pub.armed = True
+                if not pub.relay.arm_doorbell():
+                    return False
+        return True
+
+    def disarm(self) -> None:
+        with self._lock:
+            for pub in self.relays:
+                if pub.armed and pub.relay is not None:
+                    pub.armed = False
+                    pub.relay.disarm_doorbell()
 
     # -- statistics ----------------------------------------------------------------------
 
@@ -474,13 +768,15 @@ class TopicBroker:
         """Each topic: its publishers and subscribers (with their sessions' connection ids) and counters."""
         with self._lock:
             return [{"topic": t.name, "published": t.published, "dropped": t.dropped,
+                     "draining": sum(1 for p in self.relays if p.closed and p.topic is t),
                      "disconnected": t.disconnected, "timed_out": t.timed_out, "history": len(t.history),
                      "publishers": [{"id": p.id, "connection_id": p.conn.peer.connection_id,
-                                     "published": p.published, "waiting": len(p.held)}
+                                     "published": p.published, "waiting": len(p.held), "ring": p.ring_name,
+                                     "relayed": p.relay is not None, "corrupt": p.corrupt}
                                     for p in t.publishers.values()],
                      "subscribers": [{"id": s.id, "connection_id": s.conn.peer.connection_id, "policy": s.policy,
                                       "capacity": s.capacity, "queued": len(s.queue), "delivered": s.delivered,
-                                      "lost": s.lost_total} for s in t.subscribers.values()]}
+                                      "lost": s.lost_total, "direct": s.direct} for s in t.subscribers.values()]}
                     for t in sorted(self.topics.values(), key=lambda t: t.name)]
 
     def _list(self, msg: Message) -> None:

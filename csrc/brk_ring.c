@@ -363,6 +363,13 @@ static void brk_wake_consumers(brk_ring *r)
      * is woken, or finds the word changed when it calls FUTEX_WAIT. */
     atomic_fetch_add_explicit(&r->hdr->cons_wait, 1, memory_order_seq_cst);
     brk_futex_wake(&r->hdr->cons_wait);
+    if (r->efd_notify >= 0) {
+        /* a consumer that sleeps in poll() instead (a server relaying the ring, brk_arm) counted
+         * itself in cons_sleepers too: its doorbell is this eventfd */
+        uint64_t one = 1;
+        ssize_t w = write(r->efd_notify, &one, sizeof one);
+        (void)w; /* EAGAIN: the counter is already non-zero, the poller wakes anyway */
+    }
     brk_woke_at = brk_now_ns();
     r->wakeups++;
 }
@@ -1229,12 +1236,27 @@ int brk_arm(brk_ring *r)
 {
     if (!brk_consumer_ok(r))
         return -EINVAL;
-    if (r->kind != BRK_KIND_SPSC)
-        return -EOPNOTSUPP; /* broadcast consumers sleep on the shared epoch futex */
+    if (r->kind != BRK_KIND_SPSC) {
+        /* A broadcast consumer that will sleep in poll() on the producer's doorbell (its
+         * efd_notify, given to the producer by whoever arranged it): (1) of brk_wait, counted
+         * as a sleeper until brk_disarm, then (2). seq_cst: pairs with the producer's seq_cst
+         * load of cons_sleepers after its tail store (brk_wake_consumers). */
+        atomic_fetch_add_explicit(&r->hdr->cons_sleepers, 1, memory_order_seq_cst); /* (1) */
+        return brk_consumer_ready(r, memory_order_seq_cst) ? BRK_BUSY : 0;         /* (2) */
+    }
     /* (1) and (2) of brk_wait, for a caller that then polls efd_wait with
      * other descriptors. 0: armed, nothing to read; BRK_BUSY: do not sleep. */
     atomic_store_explicit(&r->hdr->cons_wait, BRK_WAIT_EVENTFD, memory_order_seq_cst); /* (1) */
     return brk_consumer_ready(r, memory_order_seq_cst) ? BRK_BUSY : 0;                 /* (2) */
+}
+
+int brk_disarm(brk_ring *r)
+{
+    if (!brk_consumer_ok(r) || r->kind == BRK_KIND_SPSC)
+        return -EINVAL;
+    /* seq_cst, like the increment of brk_arm it undoes (once per brk_arm: the caller keeps count) */
+    atomic_fetch_sub_explicit(&r->hdr->cons_sleepers, 1, memory_order_seq_cst);
+    return 0;
 }
 
 int brk_interrupt(brk_ring *r)

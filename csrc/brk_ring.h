@@ -239,7 +239,10 @@ int brk_recv_wait(brk_ring *r, void *dst, uint64_t cap, int64_t timeout_ns);
 int brk_recv_many(brk_ring *r, void *dst, uint64_t cap, uint64_t *lens, uint64_t max);
 int brk_wait_data(brk_ring *r, int64_t timeout_ns);
 int brk_spin_data(brk_ring *r, int64_t spin_ns);
+/* SPSC: the consumer will sleep on efd_wait (0) or has records waiting (BRK_BUSY). Broadcast: the
+ * consumer counts itself a sleeper, woken through the producer's efd_notify, until brk_disarm. */
 int brk_arm(brk_ring *r);
+int brk_disarm(brk_ring *r);
 int brk_interrupt(brk_ring *r);
 /* Bytes not yet consumed (>= 0), or -errno. */
 int64_t brk_backlog(brk_ring *r);

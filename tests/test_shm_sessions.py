@@ -634,3 +634,4 @@ def test_the_servers_c_turn_handles_what_services_raise_and_return(tmp_path, cap
         assert any("raised ValueError('no 1')" in r.getMessage() for r in caplog.records)
         [row] = srv.sessions()
         assert row["outstanding"] == 0 and row["completions"] == 300
+

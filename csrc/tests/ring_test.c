@@ -32,6 +32,7 @@
 #include <unistd.h>
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <sys/prctl.h>
@@ -1306,7 +1307,24 @@ static const char *t_waits(int k)
         REQ_RC(psend(&g, 1), 0);
         REQ_RC(brk_arm(c), BRK_BUSY);
     } else {
-        REQ_RC(brk_arm(c), -EOPNOTSUPP); /* broadcast consumers sleep on the shared epoch futex */
+        /* a broadcast consumer armed for a doorbell (a server relaying the ring polls it): counted
+         * as a sleeper until disarmed; the producer's next record writes its notify eventfd */
+        int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        REQ(efd >= 0, "eventfd: %d", errno);
+        g.p.efd_notify = efd;
+        REQ_RC(brk_arm(c), 0);
+        REQ(atomic_load(&c->hdr->cons_sleepers) == 1, "arm counts one sleeper");
+        REQ_RC(psend(&g, 1), 0);
+        uint64_t v = 0;
+        REQ(read(efd, &v, sizeof v) == (ssize_t)sizeof v && v >= 1, "the record rang the doorbell");
+        REQ_RC(brk_arm(c), BRK_BUSY);
+        REQ_RC(brk_disarm(c), 0);
+        REQ_RC(brk_disarm(c), 0);
+        REQ(atomic_load(&c->hdr->cons_sleepers) == 0, "disarm uncounts");
+        REQ_RC(psend(&g, 1), 0);
+        REQ(read(efd, &v, sizeof v) < 0 && errno == EAGAIN, "nobody armed: no doorbell");
+        g.p.efd_notify = -1;
+        close(efd);
     }
     REQ_RC(brk_spin_data(c, -1), -EINVAL);
     REQ_RC(brk_wait_space(&g.p, 1, -5), -EINVAL);
