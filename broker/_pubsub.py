@@ -13,6 +13,7 @@ published, read-only, over the received bytes without another copy).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import struct
 import time
@@ -27,10 +28,14 @@ from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Ev
                       ServerGone, ServiceError, TooBig)
 from ._protocol import Status
 from ._ring import Broadcast
-from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RING_GONE, TABLE_ENTRY, Assembler, split_record,
+from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_GONE, TABLE_ENTRY, Assembler,
+                      split_record,
                       TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
                       TOPIC_SUBSCRIBER)
 
+_PLAIN = RECORD_HEAD.pack
+_HEAD_SIZE = RECORD_HEAD.size
+_UNPACK = functools.partial(RECORD_HEAD.unpack_from, offset=0)
 _WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, then looks at its FETCH
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
@@ -102,6 +107,9 @@ class Publisher(SubSession):
         self.ring = ring.name if ring is not None else None
         self.block_timeout = block_timeout
         self._seq = 0
+        if ring is not None:  # the common message (bytes in one record, no meta): one pack and one send
+            self._send = ring.send
+            self._small = ring.max_record - RECORD_HEAD.size
 
     def _records(self, data: Any) -> list[bytes]:
         """A message as its ring's records (fragments when it is bigger than one)."""
@@ -113,11 +121,28 @@ class Publisher(SubSession):
         raise FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: a subscriber "
                           f"did not keep up") from None
 
+    def _cut_short(self, base: int, n: int) -> None:
+        """A ring publisher's batch stopped after n messages: FullTimeout saying so (its `published`);
+        the sequence numbers of those that did not go are given again."""
+        self._seq = base + n
+        err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: {n} of the "
+                          f"batch went")
+        err.published = n  # type: ignore[attr-defined]
+        raise err from None
+
     def publish(self, data: Any, *, timeout: float | None = None) -> None:
         """Publish one message: bytes-like or a numpy array. FullTimeout if a blocking subscriber had no
         room within the publisher's block_timeout (nobody got it)."""
         ring = self._ring
         if ring is not None:
+            if type(data) is bytes and len(data) <= self._small:
+                self._seq += 1
+                try:
+                    self._send(_PLAIN(self._seq, 0, 0, 0) + data, self.block_timeout if timeout is None else timeout)
+                except Full as e:
+                    self._seq -= 1
+                    self._ring_full(e)
+                return
             recs = self._records(data)
             wait = self.block_timeout if timeout is None else timeout
             try:
@@ -141,26 +166,26 @@ class Publisher(SubSession):
         publisher's FullTimeout comes after a first part went (its `published` says how many)."""
         ring = self._ring
         if ring is not None:
-            msgs = [self._records(x) for x in items]
+            items = list(items)
+            small, base = self._small, self._seq
+            if all(type(x) is bytes and len(x) <= small for x in items):
+                first = self._seq + 1
+                self._seq += len(items)
+                msgs = [[_PLAIN(first + i, 0, 0, 0) + x] for i, x in enumerate(items)]
+            else:
+                msgs = [self._records(x) for x in items]
             if all(len(m) == 1 for m in msgs):
                 recs = [m[0] for m in msgs]
                 try:
-                    n = ring.send_many(recs, self.block_timeout if timeout is None else timeout)
-                except Full:
-                    n = 0
-                if n < len(recs):
-                    err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s")
-                    err.published = n  # type: ignore[attr-defined]
-                    raise err
-                return n
+                    return ring.send_many(recs, self.block_timeout if timeout is None else timeout)
+                except Full as e:
+                    self._cut_short(base, getattr(e, "sent", 0))
             for n, m in enumerate(msgs):  # one has fragments: one by one
                 try:
                     for rec in m:
                         ring.send(rec, self.block_timeout if timeout is None else timeout)
                 except Full:
-                    err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s")
-                    err.published = n  # type: ignore[attr-defined]
-                    raise err from None
+                    self._cut_short(base, n)
             return len(msgs)
         encoded = [_encode(x) for x in items]
         if not encoded:
@@ -356,6 +381,28 @@ class Subscriber(SubSession):
 
     def receive(self, timeout: float | None = None) -> Any:
         """The next message's value (bytes or a numpy array); as receive_message."""
+        if not self._items and len(self._rings) == 1 and not self._leaving:
+            # the common case: one publisher's ring, a whole message of bytes in one record
+            for pub, ring in self._rings.items():
+                try:
+                    rec = ring.recv(timeout=0)
+                except BrokerError:  # Empty, or its end: the long way says what it means
+                    break
+                seq, mlen, more, k = _UNPACK(rec)
+                asm = self._assemblers.get(pub)
+                if asm is None:
+                    asm = self._assemblers[pub] = Assembler()
+                if not (mlen or more or k) and seq > asm.seq and asm.complete:
+                    asm.seq = seq
+                    return rec[_HEAD_SIZE:]
+                try:
+                    msg = asm.feed(rec)
+                except ValueError as e:
+                    self.corrupt += 1
+                    self.last_error = f"publisher {pub}'s ring on {self.topic!r}: {e}"
+                    break
+                if msg is not None:
+                    return _decode(msg[2], msg[1])
         return self.receive_message(timeout).value
 
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:

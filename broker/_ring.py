@@ -564,7 +564,8 @@ class _Side:
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         """Send every message (bytes or C-contiguous buffers) with as few
         publications as room allows, waiting for room like send(); returns
-        the count. One C call per 256 messages; no per-message Python work."""
+        the count (on Full, its `sent` says how many went). One C call per
+        256 messages; no per-message Python work."""
         h = self._need("producer")
         msgs = messages if isinstance(messages, (list, tuple)) else list(messages)
         deadline = _deadline(timeout)
@@ -576,7 +577,11 @@ class _Side:
                 continue
             n = len(msgs[done]) if type(msgs[done]) is bytes else memoryview(msgs[done]).nbytes
             if rc == _FULL:
-                self._wait_room(h, n, timeout, deadline)
+                try:
+                    self._wait_room(h, n, timeout, deadline)
+                except Full as e:
+                    e.sent = done  # type: ignore[attr-defined]  # the first `sent` went
+                    raise
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: message {done} has {n} bytes, over the maximum of {self.max_record}")

@@ -212,6 +212,11 @@ class Assembler:
         self._more = 0
         self._next = 0
 
+    @property
+    def complete(self) -> bool:
+        """No message is half-way: a record that starts and ends one may be taken as it is."""
+        return self._parts is None
+
     def feed(self, rec: bytes) -> tuple[int, bytes, bytes] | None:
         """(sequence, meta, payload) when rec ends a message, else None."""
         head = RECORD_HEAD.size

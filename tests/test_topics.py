@@ -557,3 +557,24 @@ def test_messages_bigger_than_a_ring_record_go_in_fragments(server):
         assert got_d == bigs and got_r == bigs
         for x in (direct, relayed, pub):
             x.close()
+
+
+def test_a_ring_publishers_batch_that_finds_no_room_says_how_many_went(server):
+    with connect(server.address) as a, connect(server.address) as b:
+        pub = a.publisher("cut", ring_capacity=1 << 16, block_timeout=0.2)
+        sub = b.subscriber("cut")  # direct, and it does not read yet: the ring fills
+        assert sub._rings
+        with pytest.raises(broker.FullTimeout, match="of the batch went") as e:
+            pub.publish_many([b"%05d" % i for i in range(10_000)])
+        went = e.value.published
+        assert 0 < went < 10_000
+        with pytest.raises(broker.FullTimeout):
+            pub.publish(b"one more")  # still full
+        got = [sub.receive_message(5) for _ in range(went)]
+        assert [m.value for m in got] == [b"%05d" % i for i in range(went)]
+        assert [m.seq for m in got] == list(range(1, went + 1))
+        pub.publish(b"after")
+        last = sub.receive_message(5)
+        assert (last.value, last.seq) == (b"after", went + 1)  # no number lost to the ones that did not go
+        sub.close()
+        pub.close()
