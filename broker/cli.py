@@ -186,7 +186,107 @@ def stat(address: str, as_json: bool, timeout: float) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     n = len(data["sessions"])
     print(f"{n} session{'s' if n != 1 else ''} (* this one)")
+    topics = data.get("topics") or []
+    if topics:
+        rows = [("topic", "published", "dropped", "timed out", "disconn.", "publishers (conn, ring/calls)",
+                 "subscribers (conn policy queued lost, direct)")]
+        for t in topics:
+            pubs = ", ".join(f"{p.get('connection_id')} {'ring' if p.get('ring') else 'calls'}"
+                             for p in t.get("publishers", []))
+            subs = ", ".join(f"{q.get('connection_id')} {q.get('policy')} {q.get('queued')} {q.get('lost')}"
+                             f"{' direct' if q.get('direct') else ''}" for q in t.get("subscribers", []))
+            rows.append((str(t.get("topic")), str(t.get("published")), str(t.get("dropped")),
+                         str(t.get("timed_out")), str(t.get("disconnected")), pubs or "-", subs or "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return 0
+
+
+# ---- broker pub / broker sub ---------------------------------------------------------------
+
+
+def pub_command(address: str, topic: str, count: int | None, size: int, rate: float, timeout: float) -> int:
+    """Lines from stdin as messages of `topic` (without their newline); or, with count, a generated
+    load of `count` messages of `size` bytes at `rate` per second (0: as fast as it goes)."""
+    import time
+
+    from ._client import connect
+    from ._errors import BrokerError
+
+    try:
+        with connect(address, timeout=timeout) as s, s.publisher(topic, block_timeout=timeout) as p:
+            if count is None:
+                n = 0
+                for line in sys.stdin.buffer:
+                    p.publish(line.rstrip(b"\n"))
+                    n += 1
+                _say("broker pub", f"{n} message{'s' if n != 1 else ''} to {topic!r} ({s.transport})")
+                return 0
+            payload = bytes(size)
+            t0 = time.monotonic()
+            for i in range(count):
+                if rate > 0:
+                    wait = t0 + i / rate - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                p.publish(payload)
+            secs = max(time.monotonic() - t0, 1e-9)
+            _say("broker pub", f"{count} messages of {size} B to {topic!r} in {secs:.3f} s: "
+                               f"{count / secs:,.0f} msgs/s ({s.transport}{', its own ring' if p.ring else ''})")
+            return 0
+    except ValueError as e:
+        _say("broker pub", str(e))
+        return 2
+    except (BrokerError, OSError) as e:
+        _say("broker pub", str(e))
+        return 1
+
+
+def sub_command(address: str, topic: str, count: int | None, quiet: bool, policy: str, capacity: int, history: int,
+        timeout: float) -> int:
+    """Print the messages of `topic` as they come (or, quiet, a live count, rate and losses on stderr
+    once a second); after `count` messages, or at SIGINT, a summary."""
+    import time
+
+    from ._client import connect
+    from ._errors import BrokerError, EmptyTimeout
+
+    n = nbytes = 0
+    t0 = last = time.monotonic()
+    try:
+        with connect(address, timeout=timeout) as s, \
+                s.subscriber(topic, policy=policy, capacity=capacity, history=history) as q:
+            _say("broker sub", f"subscribed to {topic!r} ({s.transport}, policy {policy})")
+            try:
+                while count is None or n < count:
+                    try:
+                        value = q.receive(timeout=0.5)
+                    except EmptyTimeout:
+                        value = None
+                    now = time.monotonic()
+                    if value is not None:
+                        if n == 0:
+                            t0 = now
+                        n += 1
+                        nbytes += value.nbytes if hasattr(value, "nbytes") else len(value)
+                        if not quiet:
+                            text = value.decode(errors="backslashreplace") if isinstance(value, bytes) else repr(value)
+                            print(text, flush=True)
+                    if quiet and now - last >= 1.0:
+                        last = now
+                        _say("broker sub", f"{n} messages, {n / max(now - t0, 1e-9):,.0f} msgs/s, lost {q.lost}")
+            except KeyboardInterrupt:
+                pass
+            secs = max(time.monotonic() - t0, 1e-9)
+            _say("broker sub", f"{n} messages ({nbytes} bytes) from {topic!r}, {n / secs:,.0f} msgs/s, lost {q.lost}")
+            return 0
+    except ValueError as e:
+        _say("broker sub", str(e))
+        return 2
+    except (BrokerError, OSError) as e:
+        _say("broker sub", str(e))
+        return 1
 
 
 # ---- broker demo ------------------------------------------------------------------------
@@ -334,6 +434,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="a server name, a Unix socket path or tcp://host:port (default: %(default)s)")
     st.add_argument("--json", action="store_true", help="everything, as JSON")
     st.add_argument("--timeout", type=_bounded(float, 0.001), default=5.0, help="seconds (default: %(default)s)")
+    pb = sub.add_parser("pub", help="publish lines from stdin to a topic, or a generated load (--count)")
+    pb.add_argument("topic", metavar="TOPIC")
+    pb.add_argument("--address", default="broker", help="the server (default: %(default)s)")
+    pb.add_argument("--count", "-c", type=_bounded(int, 1), default=None, help="generate this many messages")
+    pb.add_argument("--size", "-s", type=_bounded(int, 0, 1 << 30), default=64,
+                    help="bytes of each generated message (default: %(default)s)")
+    pb.add_argument("--rate", "-r", type=_bounded(float, 0), default=0.0,
+                    help="generated messages per second (default: 0, as fast as it goes)")
+    pb.add_argument("--timeout", type=_bounded(float, 0.001), default=5.0,
+                    help="seconds for the connection, and a publish's wait for room (default: %(default)s)")
+    sb = sub.add_parser("sub", help="print a topic's messages, or count them with a live rate and losses (--quiet)")
+    sb.add_argument("topic", metavar="TOPIC")
+    sb.add_argument("--address", default="broker", help="the server (default: %(default)s)")
+    sb.add_argument("--count", "-c", type=_bounded(int, 1), default=None, help="stop after this many")
+    sb.add_argument("--quiet", "-q", action="store_true", help="count, do not print: rate and losses each second")
+    sb.add_argument("--policy", choices=("block", "drop", "disconnect"), default="block",
+                    help="when its queue is full (default: %(default)s)")
+    sb.add_argument("--capacity", type=_bounded(int, 1), default=1024, help="its queue (default: %(default)s)")
+    sb.add_argument("--history", type=_bounded(int, 0), default=0, help="the topic's last N first")
+    sb.add_argument("--timeout", type=_bounded(float, 0.001), default=5.0,
+                    help="seconds for the connection (default: %(default)s)")
     cln = sub.add_parser("clean", help="remove this user's broker segments in /dev/shm whose creator is dead")
     cln.add_argument("--dry-run", "-n", action="store_true", help="only list what would be removed")
     png = sub.add_parser("ping", help="measure round trips to a broker's echo service")
@@ -363,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         return stat(args.address, args.json, args.timeout)
     if args.command == "clean":
         return clean(args.dry_run)
+    if args.command == "pub":
+        return pub_command(args.address, args.topic, args.count, args.size, args.rate, args.timeout)
+    if args.command == "sub":
+        return sub_command(args.address, args.topic, args.count, args.quiet, args.policy, args.capacity, args.history,
+                   args.timeout)
     if args.command == "ping":
         return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet)
     if args.command == "bench":

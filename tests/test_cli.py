@@ -186,3 +186,82 @@ def test_demo_runs_the_main_job():
     assert "unix shared memory" in out.split("broker stat:")[1]  # the stat table's carrier column
     assert "64 B echo round trip, 5000 calls: p50" in out
     assert "4 sessions (* this one)" in out
+
+
+# ---- broker pub, broker sub, and the topics in broker stat ----------------------------------------
+
+
+def _sub_proc(address: str, *args: str) -> subprocess.Popen:
+    """`broker sub` in a subprocess, once it says it subscribed."""
+    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "sub", *args, "--address", address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    line = b""
+    deadline = time.monotonic() + 20
+    while b"subscribed to" not in line:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        if not chunk:
+            proc.kill()
+            raise AssertionError(f"broker sub did not subscribe: {line!r}")
+        line += chunk
+    proc.first_err = line  # type: ignore[attr-defined]
+    return proc
+
+
+def test_pub_lines_from_stdin_reach_sub(tmp_path):
+    address = str(tmp_path / "b.sock")
+    with broker.Server(address) as srv:
+        sub = _sub_proc(address, "news", "--count", "3")
+        try:
+            p = subprocess.run([sys.executable, "-m", "broker.cli", "pub", "news", "--address", address],
+                               input=b"one\ntwo\nthr\xffee\n", capture_output=True, timeout=60)
+            assert p.returncode == 0 and b"3 messages to 'news'" in p.stderr
+            out, err = sub.communicate(timeout=30)
+            assert sub.returncode == 0
+            assert out.decode().splitlines() == ["one", "two", "thr\\xffee"]
+            assert "3 messages (12 bytes) from 'news'" in err.decode() and "lost 0" in err.decode()
+        finally:
+            sub.kill()
+        assert srv.stats()["topics"] == []
+
+
+def test_pub_generates_a_load_and_sub_counts_it_with_its_losses(tmp_path):
+    address = str(tmp_path / "b.sock")
+    with broker.Server(address, tcp="tcp://127.0.0.1:0") as srv:
+        tcp = f"tcp://127.0.0.1:{srv.bound[1][1]}"
+        counting = _sub_proc(address, "load", "--count", "2000", "--quiet")
+        dropping = _sub_proc(tcp, "load", "--quiet", "--policy", "drop", "--capacity", "10")
+        try:
+            st = run("stat", address)
+            assert st.returncode == 0 and "load" in st.stdout and "drop" in st.stdout, st.stdout
+            p = run("pub", "load", "--address", address, "--count", "2000", "--size", "100")
+            assert p.returncode == 0 and "2000 messages of 100 B to 'load'" in p.stderr, p.stderr
+            out, err = counting.communicate(timeout=30)
+            assert counting.returncode == 0 and out == b""
+            assert "2000 messages (200000 bytes) from 'load'" in err.decode() and "lost 0" in err.decode()
+
+            def accounted() -> bool:  # at the server: every message sent to the dropping one, or dropped
+                return any(q["policy"] == "drop" and q["delivered"] + q["lost"] == 2000 and q["queued"] == 0
+                           for t in srv.stats()["topics"] for q in t["subscribers"])
+            deadline = time.monotonic() + 20
+            while not accounted():
+                assert time.monotonic() < deadline, srv.stats()["topics"]
+                time.sleep(0.01)
+            time.sleep(1.0)  # its last batch reaches it
+        finally:
+            counting.kill()
+            dropping.send_signal(signal.SIGINT)  # it stops at SIGINT with its summary
+            _, derr = dropping.communicate(timeout=30)
+        summary = derr.decode().strip().splitlines()[-1]
+        got, lost = re.search(r"(\d+) messages .* lost (\d+)", summary).groups()  # type: ignore[union-attr]
+        assert int(got) + int(lost) == 2000, summary  # what it kept and what it lost, exactly
+        assert dropping.returncode == 0
+
+
+def test_pub_and_sub_say_what_is_wrong():
+    p = run("pub", "x", "--address", "/nonexistent/dir/sock")
+    assert p.returncode == 1 and p.stderr.startswith("broker pub:")
+    p = run("sub", "x", "--address", "/nonexistent/dir/sock")
+    assert p.returncode == 1 and p.stderr.startswith("broker sub:")
+    p = run("sub", "x", "--policy", "sometimes")
+    assert p.returncode == 2 and "invalid choice" in p.stderr
