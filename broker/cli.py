@@ -475,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     rpc = bench_sub.add_parser("rpc", help="the framework's request/response against a raw AF_UNIX socket and Pipe")
     rpc.add_argument("--json", metavar="FILE", help="also write every figure, repetition and ratio to FILE")
     rpc.add_argument("--quick", action="store_true", help="fewer requests and samples (a smoke run)")
+    pubsub = bench_sub.add_parser("pubsub", help="topics against multiprocessing.Queue and pyzmq PUB/SUB")
+    pubsub.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    pubsub.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.address, args.tcp, args.shm_policy)
@@ -500,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             from ._bench_rpc import run as run_rpc
 
             return run_rpc(json_path=args.json, quick=args.quick)
+        if args.suite == "pubsub":
+            from ._bench_pubsub import run as run_pubsub
+
+            return run_pubsub(json_path=args.json, quick=args.quick)
         parser.error(f"unknown benchmark {args.suite!r}")
     parser.print_help()
     return 0

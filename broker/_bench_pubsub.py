@@ -1,0 +1,351 @@
+"""`broker bench pubsub`: topics against multiprocessing.Queue and pyzmq PUB/SUB over ipc://, in one run.
+
+One publisher (this process) and 1 or 4 subscribers (forked children), for
+each transport in turn:
+
+- broker: a broker.Server in this process; the publisher and the subscribers
+  on shared-memory sessions, so the publisher writes its own ring and the
+  subscribers read it in place (the server is not in the path);
+- relay: the same, but the subscribers on socket sessions (as a subscriber
+  of another session is): the server reads the ring and relays;
+- queue: one multiprocessing.Queue per subscriber, the publisher puts each
+  message into each;
+- zmq: a pyzmq PUB socket bound to ipc://, SUB sockets connected to it (no
+  high-water mark: nothing dropped), if pyzmq is installed.
+
+Rates are measured at each subscriber, from its first message to its last
+(the slowest subscriber's for fan-out); latencies from the publisher's
+perf_counter_ns (carried in the message) to the subscriber's, the publisher
+sleeping 100 us (time.sleep: ~150 us here) between messages. Every subscriber checks it got every message, in order.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from multiprocessing import Queue
+from typing import Any, Callable
+
+from . import _bench_ring
+from ._bench_ring import _child, _latency_stats, _machine, _Progress, _scale
+
+try:  # a benchmark extra: pip install 'broker[bench]'
+    import zmq
+except ImportError:  # pragma: no cover - the table says it is missing
+    zmq = None
+
+TRANSPORTS = ("broker", "relay", "queue", "zmq")
+LABELS = {"broker": "broker", "relay": "broker relay", "queue": "mp.Queue", "zmq": "pyzmq ipc"}
+_STAMP = struct.Struct("<QQ")  # a message's sequence number and the publisher's perf_counter_ns
+_END = b"end"
+_now_ns = time.perf_counter_ns
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    unit: str  # "msgs/s", "GB/s" or "us"
+    size: int
+    subscribers: int
+    count: int  # messages at scale 1
+    batch: int = 1
+    gap_us: float = 0.0  # latency: the publisher's pause between messages
+    target: tuple[str, float] | None = None  # (op, value) for the broker column (issue 5)
+
+
+def _figures() -> list[Figure]:
+    return [
+        Figure("one_64", "64 B one per call, 1 subscriber", "msgs/s", 64, 1, 300_000, target=(">=", 2e6)),
+        Figure("fan_64", "64 B one per call, 4 subscribers", "msgs/s", 64, 4, 100_000),
+        Figure("batch_64", "64 B in batches of 1000, 1 subscriber", "msgs/s", 64, 1, 1_000_000, batch=1000,
+               target=(">=", 10e6)),
+        Figure("one_1m", "1 MiB, 1 subscriber", "GB/s", 1 << 20, 1, 2_000, target=(">=", 25.0)),
+        Figure("lat_64", "64 B latency, a sleep of 100 us between", "us", 64, 1, 3_000, gap_us=100.0),
+    ]
+
+
+# ---- the transports: (publish, publish_many, close) in the parent; receive in a child ----
+
+
+class _Broker:
+    def __init__(self, relay: bool) -> None:
+        from ._client import connect
+        from ._server import Server
+
+        self.dir = tempfile.mkdtemp(prefix="broker-bench-pubsub-")
+        self.path = os.path.join(self.dir, "b.sock")
+        self.server = Server(self.path).start()
+        self.session = connect(self.path)
+        self.pub = self.session.publisher("bench", block_timeout=60)
+        self.relay = relay
+        self.connect = connect
+
+    def subscriber(self, i: int) -> Any:  # in the child (after the fork)
+        s = self.connect(self.path, socket_only=self.relay)
+        return s, s.subscriber("bench", capacity=4096)
+
+    def receive(self, end: Any) -> Callable[[], Any]:
+        return end[1].receive
+
+    def receive_many(self, end: Any) -> Callable[[], list[Any]]:
+        return lambda: end[1].receive_many(4096)
+
+    def publish(self) -> Callable[[Any], Any]:
+        return self.pub.publish
+
+    def publish_many(self) -> Callable[[list[Any]], Any]:
+        return self.pub.publish_many
+
+    def close(self) -> None:
+        import shutil
+
+        self.pub.close()
+        self.session.close()
+        self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Queue:
+    def __init__(self, n: int) -> None:
+        self.queues = [Queue() for _ in range(n)]
+
+    def subscriber(self, i: int) -> Any:
+        return self.queues[i]
+
+    def receive(self, q: Any) -> Callable[[], Any]:
+        return q.get
+
+    def receive_many(self, q: Any) -> Callable[[], list[Any]]:
+        return q.get
+
+    def publish(self) -> Callable[[Any], Any]:
+        qs = self.queues
+        if len(qs) == 1:
+            return qs[0].put
+        return lambda m: [q.put(m) for q in qs]
+
+    def publish_many(self) -> Callable[[list[Any]], Any]:
+        return self.publish()  # a list is one item: the fairest batch a Queue has
+
+    def close(self) -> None:
+        for q in self.queues:
+            q.close()
+            q.join_thread()
+
+
+class _Zmq:
+    def __init__(self, n: int) -> None:
+        self.dir = tempfile.mkdtemp(prefix="broker-bench-pubsub-")
+        self.addr = f"ipc://{self.dir}/z"
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, 0)  # no high-water mark: nothing is dropped
+        self.sock.bind(self.addr)
+        self.n = n
+
+    def subscriber(self, i: int) -> Any:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(self.addr)
+        return ctx, s
+
+    def receive(self, end: Any) -> Callable[[], Any]:
+        return end[1].recv
+
+    def receive_many(self, end: Any) -> Callable[[], list[Any]]:
+        return end[1].recv_multipart
+
+    def publish(self) -> Callable[[Any], Any]:
+        return self.sock.send
+
+    def publish_many(self) -> Callable[[list[Any]], Any]:
+        return self.sock.send_multipart
+
+    def close(self) -> None:
+        import shutil
+
+        self.sock.close(linger=0)
+        self.ctx.term()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _make(transport: str, n: int) -> Any:
+    if transport in ("broker", "relay"):
+        return _Broker(transport == "relay")
+    if transport == "queue":
+        return _Queue(n)
+    return _Zmq(n)
+
+
+# ---- one figure on one transport -------------------------------------------------------------
+
+
+def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: int) -> None:
+    """Child: receive until the end marker; report (rate or latencies) through out_w."""
+    end = t.subscriber(i)
+    many = fig.batch > 1
+    recv = t.receive_many(end) if many else t.receive(end)
+    os.write(ready_w, b"r")
+    # the publisher sends hellos until every subscriber has seen one (pyzmq's late joiners)
+    while True:
+        m = recv()
+        first = m[0] if many else m
+        if bytes(first[:5]) != b"hello":
+            break
+    got, t0, lat = 0, 0, []
+    seq_expect = 0
+    while True:
+        items = m if many else [m]
+        for item in items:
+            b = bytes(item[:_STAMP.size]) if len(item) >= _STAMP.size else bytes(item)
+            if b[:3] == _END:
+                t1 = _now_ns()
+                rate = (got - 1) / max((t1 - t0) / 1e9, 1e-9) if got > 1 else 0.0
+                os.write(out_w, struct.pack("<dI", rate, len(lat)) + struct.pack(f"<{len(lat)}d", *lat)
+                         + struct.pack("<Q", got))
+                if isinstance(end, tuple) and hasattr(end[0], "term"):
+                    end[1].close(linger=0)
+                    end[0].term()
+                return
+            seq, stamp = _STAMP.unpack_from(b)
+            if seq != seq_expect:
+                raise AssertionError(f"subscriber {i}: message {seq}, want {seq_expect}")
+            seq_expect += 1
+            if got == 0:
+                t0 = _now_ns()
+            got += 1
+            if fig.gap_us:
+                lat.append((_now_ns() - stamp) / 1e3)
+        m = recv()
+
+
+def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
+    t = _make(transport, fig.subscribers)
+    ready_r, ready_w = os.pipe()
+    pipes = [os.pipe() for _ in range(fig.subscribers)]
+    try:
+        with ExitStack() as kids:  # each child reaped (killed first if this fails)
+            for i in range(fig.subscribers):
+                kids.enter_context(_child(_subscriber, t, i, fig, count, ready_w, pipes[i][1]))
+            for _ in range(fig.subscribers):
+                os.read(ready_r, 1)
+            publish = t.publish_many() if fig.batch > 1 else t.publish()
+            pad = b"\0" * (fig.size - _STAMP.size)
+            hello = b"hello" + b"\0" * max(0, fig.size - 5)
+            # hellos for 0.2 s, so that every subscriber is surely listening (pyzmq's late joiners)
+            t_end = time.monotonic() + 0.2
+            while time.monotonic() < t_end:
+                publish([hello] * fig.batch if fig.batch > 1 else hello)
+                time.sleep(0.01)
+            seq = 0
+            if fig.batch > 1:
+                for _ in range(count // fig.batch):
+                    publish([_STAMP.pack(seq + k, 0) + pad for k in range(fig.batch)])
+                    seq += fig.batch
+                publish([_END + pad])
+            else:
+                gap = fig.gap_us / 1e6
+                for _ in range(count):
+                    if gap:
+                        # a sleep, not a busy wait: a publisher spinning on its CPU would hold up the
+                        # subscriber the kernel wakes on that CPU (see csrc/brk_ring.c, brk_woke_at)
+                        time.sleep(gap)
+                    publish(_STAMP.pack(seq, _now_ns()) + pad)
+                    seq += 1
+                publish(_END + pad)
+            reports = []
+            for r, _ in pipes:
+                rate, n = struct.unpack("<dI", _read(r, 12))
+                lat = list(struct.unpack(f"<{n}d", _read(r, 8 * n))) if n else []
+                (got,) = struct.unpack("<Q", _read(r, 8))
+                if got != seq:
+                    raise AssertionError(f"{transport}: a subscriber got {got} of {seq}")
+                reports.append((rate, lat))
+    finally:
+        t.close()
+        for fd in (ready_r, ready_w, *[fd for p in pipes for fd in p]):
+            os.close(fd)
+    if fig.unit == "us":
+        return {**_latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
+    rate = min(r for r, _ in reports)
+    value = rate * fig.size / 1e9 if fig.unit == "GB/s" else rate
+    return {"value": value, "rates": [r for r, _ in reports], "count": seq}
+
+
+def _read(fd: int, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise RuntimeError("a subscriber ended without its report")
+        out += chunk
+    return out
+
+
+def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
+    factor = _scale(quick, scale)
+    figs = _figures()
+    transports = [t for t in TRANSPORTS if t != "zmq" or zmq is not None]
+    progress = _Progress(len(figs) * len(transports))
+    out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": 1,
+                                    "zmq": zmq.__version__ if zmq is not None else None}, "figures": {}}
+    for fig in figs:
+        entry: dict[str, Any] = {"title": fig.title, "unit": fig.unit, "results": {}}
+        for t in transports:
+            count = max(int(fig.count * factor) // fig.batch * fig.batch, fig.batch * 10 if fig.batch > 1 else 200)
+            progress.start(f"{fig.title} - {LABELS[t]}")
+            res = _run(t, fig, count)
+            entry["results"][t] = res
+            progress.end(f"p50 {res['p50']:.1f} us" if fig.unit == "us" else f"{_fmt(res['value'], fig.unit)}")
+        if fig.target is not None:
+            op, value = fig.target
+            got = entry["results"]["broker"]["value"]
+            entry["target"] = {"op": op, "value": value, "measured": got, "met": got >= value}
+        out["figures"][fig.key] = entry
+    out["meta"]["loadavg_end"] = list(os.getloadavg())
+    out["meta"]["seconds"] = round(time.monotonic() - progress.t0, 1)
+    return out
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "msgs/s":
+        return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.1f} k"
+    return f"{value:.2f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = _bench_ring.header_lines("pubsub", result["meta"], "msgs/s")
+    transports = [t for t in TRANSPORTS if any(t in f["results"] for f in result["figures"].values())]
+    rows: list[tuple[str, ...]] = [("figure", "unit", *(LABELS[t] for t in transports), "target for broker")]
+    for fig in result["figures"].values():
+        res = fig["results"]
+        tgt = fig.get("target")
+        ttext = (f"{tgt['op']} {_fmt(tgt['value'], fig['unit'])}: {'met' if tgt['met'] else 'NOT met'}"
+                 if tgt else "")
+        if fig["unit"] == "us":
+            for m in ("p50", "p99"):
+                rows.append((f"{fig['title']} {m}", "us (lower)",
+                             *(f"{res[t][m]:.1f}" if t in res else "-" for t in transports), ""))
+        else:
+            rows.append((fig["title"], fig["unit"], *(_fmt(res[t]["value"], fig["unit"]) if t in res else "-"
+                                                      for t in transports), ttext))
+    lines += _bench_ring.render_rows(rows)
+    lines += ["", "broker: publisher and subscribers on shared-memory sessions (the subscribers read the "
+              "publisher's ring in place);",
+              "broker relay: the subscribers on socket sessions (the server relays); rates at the slowest "
+              "subscriber"]
+    if "zmq" not in transports:
+        lines.append("pyzmq is not installed: pip install 'broker[bench]' for its column")
+    return "\n".join(lines)
+
+
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
+    """`broker bench pubsub`: print the table, optionally write JSON; the exit code."""
+    return _bench_ring.report(bench, table, json_path, quick, scale)
+
