@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
 from collections import deque
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import _address
 from ._carrier import MANY_ODD as _MANY_ODD
@@ -599,6 +599,17 @@ class ClientSession:
         from ._pubsub import open_subscriber
         return open_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
                                buffer_size=buffer_size, batch=batch)
+
+    def offer(self, name: str, handler: Callable[[Any], Any], *, max_call: int = 1 << 20) -> Any:
+        """Offer a named service (broker/_links.py): other clients call it through session.link(name);
+        each call runs handler(call) -> status in this client's serve_one() / serve_forever()."""
+        from ._links import open_offer
+        return open_offer(self, name, handler, max_call)
+
+    def link(self, name: str) -> Any:
+        """A link to the service offered as `name`: send_receive() as a session's."""
+        from ._links import open_link
+        return open_link(self, name)
 
     def topics(self) -> list[dict[str, Any]]:
         """The server's topics: publishers, subscribers (with their policies, queues, losses), counters."""

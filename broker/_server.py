@@ -32,6 +32,7 @@ from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, StateEr
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from ._ring import ring_batch, serve_messages, sweep
 from ._topics import TOPIC_CODES, TopicBroker
+from ._links import LINK_CODES, LinkBroker
 from ._protocol import (
     DEFAULT_MAX_FRAME,
     Close,
@@ -351,8 +352,11 @@ class _Conn:
         if req.code < 0 and req.code == SERVER_STATS:
             self._stats(msg)
             return
-        if req.code < 0 and req.code in TOPIC_CODES:  # the broker's own service, for every session
+        if req.code < 0 and req.code in TOPIC_CODES:  # the broker's own services, for every session
             srv.topics.handle(self, msg)
+            return
+        if req.code < 0 and req.code in LINK_CODES:
+            srv.links.handle(self, msg)
             return
         if req.code == CLOSE_SUBSESSION:
             try:
@@ -582,6 +586,7 @@ class Server:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap: (when, order, fn)
         self._timer_order = itertools.count()
         self.topics = TopicBroker(self)  # publish/subscribe (broker/_topics.py)
+        self.links = LinkBroker(self)  # linked services (broker/_links.py)
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -1109,4 +1114,5 @@ class Server:
                          "gid": p.gid, "address": list(p.address) if p.address else None, **row})
         where = [b if isinstance(b, str) else f"tcp://{b[0]}:{b[1]}" for b in self.bound]
         return {"pid": os.getpid(), "uid": self.uid, "addresses": where,
-                "shm_policy": self.shm_policy, "sessions": rows, "topics": self.topics.stats()}
+                "shm_policy": self.shm_policy, "sessions": rows, "topics": self.topics.stats(),
+                "services": self.links.stats()}

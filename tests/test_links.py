@@ -1,0 +1,176 @@
+"""Linked services (broker/_links.py): a provider process offers a named service, callers in other
+processes call it through the broker; the provider's death, a new provider, bad requests."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import broker
+from broker import Buffer, connect
+from broker._links import LINK_CALL, LINK_OFFER, LINK_REPLY, LINK_TAKE, pack_call, unpack_call
+
+from .helpers import Child, in_child, wait_for
+
+UPPER, FAIL, SLOW, ADD, PAUSE = 1, 2, 3, 4, 5
+
+
+def handler(call) -> int | None:
+    if call.code == UPPER:
+        data = call.read(0)
+        call.write(1, data.upper())
+        return len(data)
+    if call.code == FAIL:
+        raise ValueError("it failed on purpose")
+    if call.code == SLOW:
+        time.sleep(30)
+        return 0
+    if call.code == ADD:
+        return call.integer(0) + call.integer(1)
+    if call.code == PAUSE:
+        time.sleep(0.5)
+        return 0
+    return None
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = broker.Server(str(tmp_path / "links.sock"))
+    srv.start()
+    srv.address = str(tmp_path / "links.sock")
+    yield srv
+    srv.stop()
+
+
+def _provider(address: str, name: str, ready_w: int) -> Child:
+    def run() -> None:
+        with connect(address) as s, s.offer(name, handler) as offer:
+            os.write(ready_w, b"p")
+            offer.serve_forever()
+    return Child(run)
+
+
+@pytest.mark.parametrize("socket_only", [False, True])
+def test_a_linked_service_is_called_through_the_broker(server, socket_only):
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "upper", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+
+        def caller() -> None:
+            with connect(server.address, socket_only=socket_only) as s, s.link("upper") as link:
+                out = Buffer(16)
+                assert link.send_receive(UPPER, b"hello", out) == 5 and out.value == b"HELLO"
+                rw = bytearray(b"0123456789")
+                assert link.send_receive(UPPER, b"ab", rw) == 2 and rw == b"AB"
+                assert link.send_receive(ADD, 40, 2) == 42
+                with pytest.raises(broker.ServiceError, match="ValueError: it failed on purpose") as e:
+                    link.send_receive(FAIL)
+                assert e.value.status == broker.Status.DIED
+                with pytest.raises(broker.ServiceError, match="not an int"):
+                    link.send_receive(ADD, b"x", 2)  # the handler's TypeError, as its caller sees it
+                assert link.send_receive(99) == 0
+                for i in range(200):  # and many in a row
+                    assert link.send_receive(ADD, i, 1) == i + 1
+
+        in_child(caller)
+        [svc] = server.stats()["services"]
+        assert svc["service"] == "upper" and svc["served"] >= 206 and svc["queued"] == 0
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
+def test_nobody_offers_it_then_the_provider_dies_then_a_new_one_offers_it(server):
+    ready_r, ready_w = os.pipe()
+    with connect(server.address, sharable=True) as s, s.link("svc") as link:
+        with pytest.raises(broker.ServiceError, match="nobody offers 'svc'") as e:
+            link.send_receive(ADD, 1, 2)
+        assert e.value.status == broker.Status.NOT_FOUND
+        prov = _provider(server.address, "svc", ready_w)
+        try:
+            assert os.read(ready_r, 1) == b"p"
+            assert link.send_receive(ADD, 1, 2) == 3
+            outcome: dict[str, object] = {}
+
+            def slow_call() -> None:
+                try:
+                    link.send_receive(SLOW)
+                except broker.BrokerError as err:
+                    outcome["error"] = err
+
+            t = threading.Thread(target=slow_call)
+            t.start()
+            wait_for(lambda: server.stats()["services"][0]["running"] == 1)
+            os.kill(prov.pid, signal.SIGKILL)  # mid-call
+            prov.join(10)
+            t.join(10)
+            err = outcome.get("error")
+            assert isinstance(err, broker.ServiceError) and err.status == broker.Status.DISCONNECTED
+            assert "the provider of 'svc' is gone" in str(err)
+            wait_for(lambda: server.stats()["services"] == [])
+            prov = _provider(server.address, "svc", ready_w)  # a new provider: the same link reaches it
+            assert os.read(ready_r, 1) == b"p"
+            assert link.send_receive(ADD, 20, 22) == 42
+        finally:
+            prov.kill()
+            os.close(ready_r)
+            os.close(ready_w)
+
+
+def test_a_caller_that_dies_mid_call_leaves_the_provider_serving(server):
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "busy", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        doomed = Child(lambda: connect(server.address).link("busy").send_receive(PAUSE))
+        wait_for(lambda: server.stats()["services"][0]["running"] == 1)
+        doomed.kill()  # while the provider runs its call
+        in_child(lambda: _call_add(server.address, "busy"))  # the provider finishes it, then serves this one
+        wait_for(lambda: server.stats()["services"][0]["served"] == 2)
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
+def _call_add(address: str, name: str) -> None:
+    with connect(address) as s, s.link(name) as link:
+        assert link.send_receive(ADD, 1, 1) == 2
+
+
+def test_untrusted_link_requests_fail_alone(server):
+    with connect(server.address) as s:
+        offer = s.offer("u", handler)
+        with pytest.raises(broker.ServiceError, match="offered already"):
+            s.offer("u", handler)
+        link = s.link("u")
+        for code, args, text in [
+            (LINK_OFFER, (b"",), "1 to 200 bytes"),
+            (LINK_OFFER, (b"\xff",), "UTF-8"),
+        ]:
+            with pytest.raises(broker.ServiceError, match=text):
+                s.send_receive(code, *args)
+        with pytest.raises(broker.BadHandle):
+            s.send_receive(LINK_TAKE, Buffer(64), handle=link.handle)  # a link is not an offer
+        with pytest.raises(broker.BadHandle):
+            s.send_receive(LINK_CALL, 1, b"", None, handle=offer.handle)
+        with pytest.raises(broker.ServiceError, match="takes the code"):
+            s.send_receive(LINK_CALL, b"x", b"", None, handle=link.handle)
+        assert s.send_receive(LINK_REPLY, 12345, 0, b"", b"", handle=offer.handle) == 0  # an unknown id: ignored
+        # a call whose packed arguments are garbage: its caller learns it, the provider goes on
+        fut = s.send(LINK_CALL, ADD, b"\xff\xff", None, handle=link.handle)
+        assert offer.serve_one(5)
+        with pytest.raises(broker.ServiceError, match="cannot read") as e:
+            fut.result(5)
+        assert e.value.status == broker.Status.ARGUMENT
+        fut = s.send(LINK_CALL, ADD, pack_call((2, 3), Buffer)[0], None, handle=link.handle)
+        assert offer.serve_one(5) and fut.result(5) == 5
+        offer.close()
+        link.close()
+    with pytest.raises(ValueError):
+        unpack_call(b"\x09" + bytes(12))
