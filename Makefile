@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/broker demo
 	$(BIN)/broker bench rpc --quick
 	$(BIN)/broker bench ring --quick
+	$(BIN)/broker bench pubsub --quick
 
 bench: $(STAMP)
 	$(BIN)/broker bench ring --json bench/out/ring.json

@@ -416,9 +416,15 @@ class Offer(SubSession):
         return True
 
     def serve_forever(self, stop: threading.Event | None = None, poll: float = 0.5) -> None:
-        """Serve calls until `stop` is set (or the session ends: ServerGone)."""
+        """Serve calls until `stop` is set, or the server ends the offer (it stops: CANCELLED); the
+        session's end raises ServerGone."""
         while stop is None or not stop.is_set():
-            self.serve_one(poll)
+            try:
+                self.serve_one(poll)
+            except ServiceError as e:
+                if e.status == Status.CANCELLED:
+                    return
+                raise
 
     def close(self) -> None:
         fut, self._take = self._take, None

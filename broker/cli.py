@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ._version import __version__
 
@@ -336,7 +336,10 @@ def demo() -> int:
         return pid, go_w
 
     def release(pid: int, go_w: int) -> None:
-        os.write(go_w, b"g")
+        try:
+            os.write(go_w, b"g")
+        except BrokenPipeError:
+            pass  # it went on without waiting (a subscriber that has read everything)
         os.close(go_w)
         releases.remove(go_w)
         _, status = os.waitpid(pid, 0)
@@ -379,12 +382,96 @@ def demo() -> int:
                     hold()
 
             held = [holding(writer), holding(reader), holding(echo)]
+            _demo_services(path, tcp, holding, release)
             print("broker stat:", flush=True)
             stat(path, False, 5.0)
             for pid, go_w in held:
                 release(pid, go_w)
-        print("side by side with AF_UNIX and multiprocessing.Pipe: broker bench rpc (framework), broker bench ring (rings)")
+        print("side by side with AF_UNIX and multiprocessing.Pipe: broker bench rpc (framework), broker bench ring "
+              "(rings); with multiprocessing.Queue and pyzmq: broker bench pubsub (topics)")
     return 0
+
+
+def _demo_services(path: str, tcp: str, holding: Any, release: Any) -> None:
+    """The demo's second half: the broker's own services. A linked service offered by one process and
+    called from others (a shared-memory session and TCP), then a topic: a publisher writing its own
+    ring, a subscriber of the same session reading it in place, one over TCP getting it relayed."""
+    import threading
+
+    from ._client import Buffer, connect
+
+    n = 200_000
+
+    def provider(hold: Any) -> None:
+        stop, ready = threading.Event(), threading.Event()
+
+        def serve() -> None:
+            def upper(call: Any) -> int:
+                call.write(1, call.read(0).upper())
+                return len(call.read(0))
+            with connect(path) as s, s.offer("upper", upper) as offer:
+                ready.set()
+                offer.serve_forever(stop, poll=0.05)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        ready.wait(10)
+        print(f"  process {os.getpid()} offers the linked service 'upper'", flush=True)
+        hold()
+        stop.set()
+        t.join(10)
+
+    def caller(address: str) -> Callable[[Any], None]:
+        def call(hold: Any) -> None:
+            with connect(address) as s, s.link("upper") as link:
+                out, times = Buffer(16), []
+                for i in range(2000):
+                    t0 = time.perf_counter_ns()
+                    link.send_receive(1, b"linked", out)
+                    times.append(time.perf_counter_ns() - t0)
+                times.sort()
+                print(f"  process {os.getpid()} ({s.transport}) calls 'upper': {out.value!r}, round trip p50 "
+                      f"{times[len(times) // 2] / 1e3:.1f} us (through the broker)", flush=True)
+            hold()
+        return call
+
+    def publisher(hold: Any) -> None:
+        with connect(path) as s, s.publisher("prices", block_timeout=30) as pub:
+            hold()  # the subscribers are there
+            payload = b"p" * 64
+            t0 = time.perf_counter()
+            for i in range(0, n, 1000):
+                pub.publish_many([payload] * 1000)
+            secs = time.perf_counter() - t0
+            print(f"  process {os.getpid()} published {n} messages of 64 B to 'prices' in {secs:.2f} s "
+                  f"({n / secs / 1e6:.2f} M/s) into its own ring", flush=True)
+
+    def subscriber(address: str) -> Callable[[Any], None]:
+        def sub(hold: Any) -> None:
+            with connect(address) as s, s.subscriber("prices", capacity=4096) as q:
+                how = "reads the publisher's ring in place" if q._rings else "gets it relayed by the broker"
+                hold()  # subscribed: the publisher may go
+                t0, got = 0.0, 0
+                while got < n:
+                    got += len(q.receive_many(4096, timeout=30))
+                    if not t0:
+                        t0 = time.perf_counter()
+                secs = max(time.perf_counter() - t0, 1e-9)
+                print(f"  process {os.getpid()} ({s.transport}) {how}: {got} messages, {got / secs / 1e6:.2f} M/s, "
+                      f"lost {q.lost}", flush=True)
+        return sub
+
+    prov = holding(provider)
+    for address in (path, tcp):
+        release(*holding(caller(address)))
+    pub = holding(publisher)
+    subs = [holding(subscriber(address)) for address in (path, tcp)]
+    for pid, go_w in subs:  # they read while it publishes
+        os.write(go_w, b"g")
+    release(*pub)
+    for pid, go_w in subs:
+        release(pid, go_w)  # waited for: they read to the end
+    release(*prov)
 
 
 # ---- broker clean -----------------------------------------------------------------------

@@ -185,6 +185,11 @@ def test_demo_runs_the_main_job():
     assert "connected: tcp socket; session rule: socket: TCP never gets shared memory" in out
     assert "unix shared memory" in out.split("broker stat:")[1]  # the stat table's carrier column
     assert "64 B echo round trip, 5000 calls: p50" in out
+    assert "offers the linked service 'upper'" in out
+    assert "(shared memory) calls 'upper': b'LINKED'" in out and "(socket) calls 'upper': b'LINKED'" in out
+    assert "published 200000 messages of 64 B to 'prices'" in out
+    assert "(shared memory) reads the publisher's ring in place: 200000 messages" in out
+    assert "(socket) gets it relayed by the broker: 200000 messages" in out and "lost 0" in out
     assert "4 sessions (* this one)" in out
 
 
