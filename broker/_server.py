@@ -545,7 +545,7 @@ class Server:
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
                  spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY,
                  shm_max_capacity: int = SHM_MAX_CAPACITY, busy_poll: bool = False,
-                 offer_timeout: float = 10.0) -> None:
+                 offer_timeout: float = 10.0, metrics: int | None = None, metrics_host: str = "127.0.0.1") -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -570,6 +570,10 @@ class Server:
         self.shm_capacity = shm_capacity  # of each of a session's two rings, unless the client asks
         self.shm_max_capacity = shm_max_capacity  # the most a client may ask for (its /dev/shm is reserved)
         self.server_id = f"s{os.getpid()}"  # in the names of its segments
+        if metrics is not None and not 0 <= metrics <= 65535:
+            raise ValueError(f"metrics is a TCP port (0: one the kernel picks), not {metrics}")
+        self._metrics_at = None if metrics is None else (metrics_host, metrics)
+        self.metrics: Any = None  # the Prometheus endpoint (broker/_metrics.py) while serving, if asked for
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
         self._ring_conns: set[_Conn] = set()  # sessions on rings (threaded loop: spun on, armed before sleeping)
         self._rings_polled: tuple[tuple[_Conn, ServerRings, Callable[[], Any]], ...] = ()  # what _poll_rings looks at
@@ -728,6 +732,13 @@ class Server:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         for s in self._listeners:
             self._sel.register(s, selectors.EVENT_READ, ("listen", s))
+        if self._metrics_at is not None:
+            from ._metrics import MetricsEndpoint
+            try:
+                self.metrics = MetricsEndpoint(self.stats, *self._metrics_at)
+            except OSError:
+                self._shutdown()
+                raise
 
     async def serve_async(self) -> None:
         """Serve inside the running asyncio loop until stop(); services run on
@@ -882,6 +893,9 @@ class Server:
         if self._sel is not None:
             self._sel.close()
         self._sel = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(64):

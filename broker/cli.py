@@ -29,7 +29,7 @@ def _where(bound: Any) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-def serve(address: str, tcp: str | None, shm_policy: str | None = None) -> int:
+def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
     from ._errors import BrokerError
     from ._server import Server
@@ -46,6 +46,9 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None) -> int:
         # say where, once bound (a tcp port 0 is known only then)
         for bound in server.bound:
             print(f"listening on {_where(bound)}", flush=True)
+        if server.metrics is not None:
+            host, port = server.metrics.address
+            _say("broker serve", f"metrics on http://{host}:{port}/metrics")
         if signals:  # a signal came before the loop could take it
             server.stop()
 
@@ -54,7 +57,7 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None) -> int:
     keep_large_buffers()  # this process is the broker: large messages reuse their pages (see _malloc.py)
     try:
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
-                     shm_policy=shm_policy)
+                     shm_policy=shm_policy, metrics=metrics)
     except (ValueError, PermissionError) as e:
         _say("broker serve", str(e))
         return 2
@@ -515,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--tcp", metavar="tcp://HOST:PORT", help="also listen on TCP (port 0: one the kernel picks)")
     srv.add_argument("--shm-policy", choices=("strict", "same-user", "off"), default=None,
                      help="the session rule: when shared memory is allowed (default: $BROKER_SHM_POLICY, else strict)")
+    srv.add_argument("--metrics", metavar="PORT", type=_bounded(int, 0, 65535), default=None,
+                     help="serve the counters in the Prometheus text format at http://127.0.0.1:PORT/metrics")
     sub.add_parser("demo", help="a broker, clients in other processes over Unix and TCP, the session rule, the round trip")
     st = sub.add_parser("stat", help="the live sessions of a server: peers, transport and why, traffic")
     st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
@@ -567,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     pubsub.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.address, args.tcp, args.shm_policy)
+        return serve(args.address, args.tcp, args.shm_policy, args.metrics)
     if args.command == "demo":
         return demo()
     if args.command == "stat":

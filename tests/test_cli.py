@@ -270,3 +270,20 @@ def test_pub_and_sub_say_what_is_wrong():
     assert p.returncode == 1 and p.stderr.startswith("broker sub:")
     p = run("sub", "x", "--policy", "sometimes")
     assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_serve_with_metrics_answers_prometheus(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # a free port (the server binds it right after)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    srv = Serving("--address", str(tmp_path / "b.sock"), "--metrics", str(port))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert 'broker_sessions{transport="shared memory"} 0' in text
+    finally:
+        code, err = srv.stop(signal.SIGTERM)
+    assert code == 0 and f"metrics on http://127.0.0.1:{port}/metrics" in err
