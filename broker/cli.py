@@ -567,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     rpc = bench_sub.add_parser("rpc", help="the framework's request/response against a raw AF_UNIX socket and Pipe")
     rpc.add_argument("--json", metavar="FILE", help="also write every figure, repetition and ratio to FILE")
     rpc.add_argument("--quick", action="store_true", help="fewer requests and samples (a smoke run)")
+    lnk = bench_sub.add_parser("link", help="a linked service's round trip against a shared-memory session's")
+    lnk.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    lnk.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
     pubsub = bench_sub.add_parser("pubsub", help="topics against multiprocessing.Queue and pyzmq PUB/SUB")
     pubsub.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     pubsub.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
@@ -595,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
             from ._bench_rpc import run as run_rpc
 
             return run_rpc(json_path=args.json, quick=args.quick)
+        if args.suite == "link":
+            from ._bench_link import run as run_link
+
+            return run_link(json_path=args.json, quick=args.quick)
         if args.suite == "pubsub":
             from ._bench_pubsub import run as run_pubsub
 

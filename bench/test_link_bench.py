@@ -1,0 +1,26 @@
+"""A smoke run of `broker bench link`: its rows, its target, nothing left behind."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+
+from broker import _bench_link
+
+
+def test_bench_link_smoke_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BROKER_BENCH_SCALE", "0.01")
+    shm_before = set(os.listdir("/dev/shm"))
+    path = tmp_path / "link.json"
+    assert _bench_link.run(json_path=str(path), quick=True) == 0
+    assert "link/session" in capsys.readouterr().out
+    fig = json.loads(path.read_text())["figures"]["rtt_64"]
+    assert set(fig["results"]) == set(_bench_link.COLUMNS)
+    assert fig["results"]["link_shm"]["transport"] == "shared memory"
+    assert fig["results"]["link_socket"]["transport"] == "socket"
+    for res in fig["results"].values():
+        assert 0 < res["p50"] <= res["p99"]
+    assert fig["target"]["value"] == 1.2 and isinstance(fig["target"]["met"], bool)
+    assert set(os.listdir("/dev/shm")) == shm_before
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-link-*"))
