@@ -35,6 +35,8 @@ each a bad one failing only its call).
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import struct
 import threading
@@ -376,44 +378,95 @@ class Offer(SubSession):
         self._take: Any = None
         self._buf: Buffer | None = None
 
-    def serve_one(self, timeout: float | None = None) -> bool:
-        """Serve the next call, waiting up to `timeout`: False if none came."""
+    def _start_take(self) -> Any:
         if self._take is None:
             self._buf = Buffer(self._size)
             self._take = self.session.send(LINK_TAKE, self._buf, handle=self.handle)
-        fut = self._take
+        return self._take
+
+    def _taken(self, error: ServiceError | None, n: int) -> tuple[int, LinkedCall | None, bytes] | None:
+        """What the finished LINK_TAKE brought: (call id, the call or None if unreadable, error text);
+        None when there is nothing to serve; a bigger buffer next time when a call did not fit."""
+        self._take = None
+        if error is not None:
+            if error.status == Status.OVERFLOW and "needs " in (error.text or ""):
+                self._size = max(self._size * 2, int(error.text.split("needs ")[1].split()[0]))
+                return None
+            raise error
+        data = self._buf.value if self._buf is not None else b""
+        if n == 0 or len(data) < TAKE_HEAD.size:
+            return None
+        cid, code = TAKE_HEAD.unpack_from(data)
         try:
-            n = fut.result(timeout)
+            return cid, LinkedCall(code, unpack_call(data[TAKE_HEAD.size:])), b""
+        except ValueError as e:
+            return cid, None, f"a call the provider cannot read: {e}".encode()
+
+    @staticmethod
+    def _outcome(call: LinkedCall, result: Any) -> tuple[int, bytes, bytes]:
+        status = 0 if result is None else int(result)
+        if not 0 <= status <= 0x7FFFFFFF:
+            raise ValueError(f"a handler's status is 0 to 2**31-1, not {status}")
+        return status, pack_writes(call.writes), b""
+
+    @staticmethod
+    def _failure(e: Exception) -> tuple[int, bytes, bytes]:
+        return int(Status.DIED), b"", f"{type(e).__name__}: {e}".encode()[:MAX_ERROR]
+
+    def serve_one(self, timeout: float | None = None) -> bool:
+        """Serve the next call, waiting up to `timeout`: False if none came."""
+        fut = self._start_take()
+        try:
+            n, error = fut.result(timeout), None
         except TimeoutError:
             return False
         except ServiceError as e:
-            self._take = None
-            if e.status == Status.OVERFLOW and "needs " in (e.text or ""):
-                self._size = max(self._size * 2, int(e.text.split("needs ")[1].split()[0]))
-                return self.serve_one(timeout)
-            raise
-        self._take = None
-        data = self._buf.value if self._buf is not None else b""
-        if n == 0 or len(data) < TAKE_HEAD.size:
+            n, error = 0, e
+        got = self._taken(error, n)
+        if got is None:
             return False
-        cid, code = TAKE_HEAD.unpack_from(data)
-        status, writes, text = 0, b"", b""
-        try:
-            call = LinkedCall(code, unpack_call(data[TAKE_HEAD.size:]))
-        except ValueError as e:
-            status, text = Status.ARGUMENT, f"a call the provider cannot read: {e}".encode()
+        cid, call, text = got
+        if call is None:
+            status, writes = int(Status.ARGUMENT), b""
         else:
             try:
                 result = self.handler(call)
-                status = 0 if result is None else int(result)
-                if not 0 <= status <= 0x7FFFFFFF:
-                    raise ValueError(f"a handler's status is 0 to 2**31-1, not {status}")
-                writes = pack_writes(call.writes)
+                if inspect.isawaitable(result):  # an asyncio handler outside an event loop
+                    result = asyncio.run(_awaited(result))
+                status, writes, text = self._outcome(call, result)
             except Exception as e:  # the caller is told; the provider goes on
-                status, text = Status.DIED, f"{type(e).__name__}: {e}".encode()[:MAX_ERROR]
-        self.session.send_receive(LINK_REPLY, cid, int(status), writes, text, handle=self.handle)
+                status, writes, text = self._failure(e)
+        self.session.send_receive(LINK_REPLY, cid, status, writes, text, handle=self.handle)
         self.served += 1
         return True
+
+    async def aserve_forever(self) -> None:
+        """serve_forever for asyncio: the handler may be a coroutine function; until the offer ends
+        (cancel the task to stop)."""
+        while True:
+            fut = self._start_take()
+            try:
+                n, error = await asyncio.wrap_future(fut), None
+            except ServiceError as e:
+                if e.status == Status.CANCELLED:
+                    return
+                n, error = 0, e
+            got = self._taken(error, n)
+            if got is None:
+                continue
+            cid, call, text = got
+            if call is None:
+                status, writes = int(Status.ARGUMENT), b""
+            else:
+                try:
+                    result = self.handler(call)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    status, writes, text = self._outcome(call, result)
+                except Exception as e:
+                    status, writes, text = self._failure(e)
+            await self.session.asend_receive(LINK_REPLY, cid, status, writes, text, handle=self.handle)
+            self.served += 1
 
     def serve_forever(self, stop: threading.Event | None = None, poll: float = 0.5) -> None:
         """Serve calls until `stop` is set, or the server ends the offer (it stops: CANCELLED); the
@@ -466,6 +519,10 @@ class Link(SubSession):
 
     def __enter__(self) -> "Link":
         return self
+
+
+async def _awaited(result: Any) -> Any:
+    return await result
 
 
 def open_offer(session: ClientSession, name: str, handler: Callable[[LinkedCall], Any],

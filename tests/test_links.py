@@ -174,3 +174,53 @@ def test_untrusted_link_requests_fail_alone(server):
         link.close()
     with pytest.raises(ValueError):
         unpack_call(b"\x09" + bytes(12))
+
+
+def test_an_asyncio_provider(server):
+    import asyncio
+
+    ready_r, ready_w = os.pipe()
+
+    def provider() -> None:
+        async def upper(call) -> int:
+            await asyncio.sleep(0)
+            call.write(1, call.read(0).upper())
+            return 7
+
+        async def main() -> None:
+            with connect(server.address) as s:
+                offer = s.offer("aupper", upper)
+                os.write(ready_w, b"p")
+                task = asyncio.ensure_future(offer.aserve_forever())
+                await asyncio.sleep(30)
+                task.cancel()
+
+        asyncio.run(main())
+
+    prov = Child(provider)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+
+        def caller() -> None:
+            with connect(server.address) as s, s.link("aupper") as link:
+                out = Buffer(8)
+                for _ in range(20):
+                    assert link.send_receive(1, b"abc", out) == 7 and out.value == b"ABC"
+
+        in_child(caller)
+        # and an async handler served by the plain serve_one: run to completion there
+        with connect(server.address, sharable=True) as s:
+            async def lower(call) -> int:
+                call.write(1, call.read(0).lower())
+                return 1
+            offer = s.offer("alower", lower)
+            link = s.link("alower")
+            blob, room = pack_call((b"ABC", Buffer(8)), Buffer)
+            fut = s.send(LINK_CALL, 1, blob, Buffer(room), handle=link.handle)  # a link's call, made by hand
+            assert offer.serve_one(5) and fut.result(5) == 1
+            offer.close()
+            link.close()
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
