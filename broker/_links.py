@@ -143,10 +143,14 @@ class _Offer(RefObject):
 
 
 class _Link(RefObject):
-    def __init__(self, name: str, conn: Any) -> None:
+    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
         super().__init__()
-        self.name, self.conn = name, conn
+        self.broker, self.name, self.conn = broker, name, conn
         self.calls = 0
+
+    def destroyed(self) -> None:
+        with self.broker._lock:
+            self.broker.links = [link for link in self.broker.links if link is not self]
 
 
 class LinkBroker:
@@ -176,6 +180,9 @@ class LinkBroker:
             msg.complete(Status.ARGUMENT, str(e))
         except BadHandle as e:
             msg.complete(Status.BAD_HANDLE, str(e))
+        except Exception as e:  # anything else ends only this request, as a service's exception does
+            if not msg.completed:
+                conn.failed(msg, e)
 
     @staticmethod
     def _bytes(msg: Message, i: int) -> bytes:
@@ -215,7 +222,7 @@ class LinkBroker:
 
     def _open(self, conn: Any, msg: Message) -> None:
         name = self._name(msg)
-        link = _Link(name, conn)
+        link = _Link(self, name, conn)
         handle = conn.session.open_subsession(link)
         with self._lock:
             self.links.append(link)
@@ -256,14 +263,15 @@ class LinkBroker:
         assert take is not None
         while offer.queue:
             cid, caller, code, blob = offer.queue[0]
+            if caller.completed or caller._conn.ended:  # its caller went away meanwhile
+                offer.queue.popleft()
+                continue
             data = TAKE_HEAD.pack(cid, code) + blob
             if len(data) > take.max_length(0):
                 offer.take = None
                 take.complete(Status.OVERFLOW, f"a call needs {len(data)} bytes")
                 return
             offer.queue.popleft()
-            if caller.completed:  # its caller went away meanwhile
-                continue
             offer.take = None
             offer.running[cid] = caller
             take.write(0, data)
@@ -288,6 +296,10 @@ class LinkBroker:
             caller.complete(status, text.decode(errors="replace") or None)
             return
         if writes:
+            if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
+                caller.complete(Status.ARGUMENT, f"the provider of {offer.name!r} wrote into arguments that "
+                                                 "are not writable")
+                return
             try:
                 caller.write(2, writes)
             except Overflow:
@@ -311,7 +323,6 @@ class LinkBroker:
 
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:
-            self.links = [link for link in self.links if link.refs > 0]
             return [{"service": name, "provider": o.conn.peer.connection_id, "queued": len(o.queue),
                      "running": len(o.running), "served": o.served,
                      "callers": sorted({link.conn.peer.connection_id for link in self.links if link.name == name})}

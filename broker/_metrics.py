@@ -122,6 +122,8 @@ class MetricsEndpoint:
             def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
                 pass
 
+        Handler.timeout = 5.0  # a client that connects and says nothing cannot hold the server's stop
+
         self._http = ThreadingHTTPServer((host, port), Handler)
         self._http.daemon_threads = False  # server_close() waits for a scrape in progress
         self.address = self._http.server_address[:2]

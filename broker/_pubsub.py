@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import struct
 import time
 from collections import deque
@@ -294,7 +295,13 @@ class Subscriber(SubSession):
             if seq == 0:  # a control message: a publisher's ring to read, or its end
                 self._on_control(pub, meta, payload)
                 continue
-            self._items.append(Received(pub, seq, _decode(payload, meta)))
+            try:
+                value = _decode(payload, meta)
+            except ServerGone as e:  # a publisher's bad message: it alone is skipped (and counted)
+                self.corrupt += 1
+                self.last_error = str(e)
+                continue
+            self._items.append(Received(pub, seq, value))
         if at != len(data):
             raise ServerGone("a topic batch with bytes after its last message")
 
@@ -331,7 +338,12 @@ class Subscriber(SubSession):
                     continue  # a fragment: the rest of its message follows
                 self._turn += k + 1
                 seq, meta, payload = msg
-                return Received(pub, seq, _decode(payload, meta))
+                try:
+                    return Received(pub, seq, _decode(payload, meta))
+                except ServerGone as e:  # a publisher's bad message: skipped and counted
+                    self.corrupt += 1
+                    self.last_error = str(e)
+                    continue
         return None
 
     def _close_ring(self, pub: int) -> None:
@@ -388,6 +400,9 @@ class Subscriber(SubSession):
                     rec = ring.recv(timeout=0)
                 except BrokerError:  # Empty, or its end: the long way says what it means
                     break
+                if len(rec) < _HEAD_SIZE:  # (the long way counts it)
+                    self._push_back(pub, rec)
+                    break
                 seq, mlen, more, k = _UNPACK(rec)
                 asm = self._assemblers.get(pub)
                 if asm is None:
@@ -402,8 +417,17 @@ class Subscriber(SubSession):
                     self.last_error = f"publisher {pub}'s ring on {self.topic!r}: {e}"
                     break
                 if msg is not None:
-                    return _decode(msg[2], msg[1])
+                    try:
+                        return _decode(msg[2], msg[1])
+                    except ServerGone as e:
+                        self.corrupt += 1
+                        self.last_error = str(e)
         return self.receive_message(timeout).value
+
+    def _push_back(self, pub: int, rec: bytes) -> None:
+        """A record the fast path will not read: counted as the long way counts a bad one."""
+        self.corrupt += 1
+        self.last_error = f"publisher {pub}'s ring on {self.topic!r}: a record of {len(rec)} bytes"
 
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
@@ -472,7 +496,11 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
     if name.value:  # the server made this publisher a ring of its own
         try:
             ring = Broadcast.attach_producer(name.value.decode())
-            ring.set_notify_fd(session._rings.doorbell)  # type: ignore[union-attr]  # a relaying server's doorbell
+            # a relaying server's doorbell: its session's, a copy that lives and dies with the ring (the
+            # session may end first, and its descriptor's number be reused)
+            fd = os.dup(session._rings.doorbell)  # type: ignore[union-attr]
+            ring._res.fds.append(fd)
+            ring.set_notify_fd(fd)
         except BaseException:
             if ring is not None:
                 ring.close()

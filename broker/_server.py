@@ -849,6 +849,9 @@ class Server:
                         ready = sel.select(timeout=idle)
                     else:
                         busy = True  # records came as we armed: served, spin again
+                        if not spin_ns:  # no spin to read a relayed ring in: read it, and the sockets, now
+                            self.topics.poll()
+                            ready = sel.select(0)
                     self.topics.disarm()
                 busy = busy or bool(ready)
                 for key, mask in ready:

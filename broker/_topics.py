@@ -128,7 +128,7 @@ def _options(raw: bytes, allowed: dict[str, Callable[[Any], Any]]) -> dict[str, 
         raise TopicError(f"options are at most {MAX_OPTIONS} bytes")
     try:
         opts = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise TopicError(f"options are not JSON: {e}") from None
     if not isinstance(opts, dict):
         raise TopicError("options are a JSON object")
@@ -343,6 +343,9 @@ class TopicBroker:
             msg.complete(Status.ARGUMENT, str(e))
         except BadHandle as e:
             msg.complete(Status.BAD_HANDLE, str(e))
+        except Exception as e:  # anything else ends only this request, as a service's exception does
+            if not msg.completed:
+                conn.failed(msg, e)
 
     @staticmethod
     def _read(msg: Message, i: int, limit: int | None = None) -> bytes:
@@ -386,9 +389,12 @@ class TopicBroker:
                 if pub.ring_name is not None:
                     msg.write(2, pub.ring_name.encode())
                 handle = conn.session.open_subsession(pub)
-            except BaseException:
+            except BaseException as e:
                 self._drop_ring(pub)
                 self._forget_if_empty(topic)
+                if isinstance(e, Overflow):
+                    raise TopicError(f"argument 2 is too small for the ring's name ({len(pub.ring_name or '')} "
+                                     f"bytes)") from None
                 raise
             topic.publishers[pub.id] = pub
             self._set_history(topic)
@@ -437,7 +443,9 @@ class TopicBroker:
                 for item in list(topic.history)[-want:][-sub.capacity:]:
                     sub.queue.append(item)
             if sub.direct:  # the rings of the publishers there now: it joins them before subscribe() returns
-                rings = {p.id: p.ring_name for p in topic.publishers.values() if p.ring_name is not None}
+                # only its own session's rings (the session rule: no segment mapped outside its session)
+                rings = {p.id: p.ring_name for p in topic.publishers.values()
+                         if p.ring_name is not None and p.conn.session_key == conn.session_key}
                 try:
                     msg.write(2, json.dumps(rings).encode())
                 except Overflow:
@@ -640,9 +648,8 @@ class TopicBroker:
                 self._relay_from(pub)
             if pub.ring_name is not None:
                 for sub in topic.subscribers.values():
-                    if pub.id in sub.rings:  # it reads what is left, then closes its end
-                        sub.rings.discard(pub.id)
-                        self._control(sub, _Item(pub.id, 0, RING_GONE, b""))
+                    if pub.id in sub.rings:  # it reads what is left, then closes its end (pub.id stays in
+                        self._control(sub, _Item(pub.id, 0, RING_GONE, b""))  # sub.rings: no duplicates)
             topic.publishers.pop(pub.id, None)
             while pub.held:  # the session is ending, or the client closed it while a publish waited
                 msg, _, _ = pub.held.popleft()
@@ -690,6 +697,9 @@ class TopicBroker:
 
     def _end_relay(self, pub: Publisher) -> None:
         self.relays[:] = [p for p in self.relays if p is not pub]
+        if pub.closed:  # its rest is relayed: its direct subscribers read it to the end themselves
+            for sub in pub.topic.subscribers.values():
+                sub.rings.discard(pub.id)
         ring, pub.relay = pub.relay, None
         if ring is not None:
             if pub.armed:
@@ -729,13 +739,12 @@ class TopicBroker:
                     self._end_relay(pub)
                 break
             except (Closed, PeerGone):  # its publisher closed it or died, and all it wrote was read
-                if pub.closed:
-                    self._end_relay(pub)
+                self._end_relay(pub)
                 break
-            except BrokerError as e:  # scribbled on: its messages are lost, the session ends with its end
-                log.warning("topic %s: publisher %d's ring: %s", topic.name, pub.id, e)
-                if pub.closed:
-                    self._end_relay(pub)
+            except BrokerError as e:  # scribbled on, or the server's slot evicted: nothing more from it
+                log.warning("topic %s: publisher %d's ring, relayed no more: %s", topic.name, pub.id, e)
+                pub.corrupt += 1
+                self._end_relay(pub)
                 break
             n += 1
             try:
@@ -755,8 +764,9 @@ class TopicBroker:
             for pub in self.relays:
                 if pub.armed or pub.relay is None or not self._room(pub.topic, 1, pub.id):
                     continue  # blocked on a subscriber's room: its FETCH wakes the server
+                ready = pub.relay.arm_doorbell()  # counted from here on, whatever it says
                 pub.armed = True
-                if not pub.relay.arm_doorbell():
+                if not ready:
                     return False
         return True
 

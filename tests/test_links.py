@@ -11,7 +11,7 @@ import pytest
 
 import broker
 from broker import Buffer, connect
-from broker._links import LINK_CALL, LINK_OFFER, LINK_REPLY, LINK_TAKE, pack_call, unpack_call
+from broker._links import LINK_CALL, LINK_OFFER, LINK_REPLY, LINK_TAKE, pack_call, pack_writes, unpack_call
 
 from .helpers import Child, in_child, wait_for
 
@@ -170,6 +170,16 @@ def test_untrusted_link_requests_fail_alone(server):
         assert e.value.status == broker.Status.ARGUMENT
         fut = s.send(LINK_CALL, ADD, pack_call((2, 3), Buffer)[0], None, handle=link.handle)
         assert offer.serve_one(5) and fut.result(5) == 5
+        # a provider that writes into a call that has nothing writable: its caller is told, the server goes on
+        fut = s.send(LINK_CALL, ADD, pack_call((2, 3), Buffer)[0], None, handle=link.handle)
+        take = offer._start_take()
+        assert take.result(5) > 0
+        offer._take = None
+        cid = int.from_bytes(offer._buf.value[:8], "little")
+        assert s.send_receive(LINK_REPLY, cid, 0, pack_writes({1: b"x"}), b"", handle=offer.handle) == 0
+        with pytest.raises(broker.ServiceError, match="not writable") as e:
+            fut.result(5)
+        assert e.value.status == broker.Status.ARGUMENT
         offer.close()
         link.close()
     with pytest.raises(ValueError):

@@ -578,3 +578,73 @@ def test_a_ring_publishers_batch_that_finds_no_room_says_how_many_went(server):
         assert (last.value, last.seq) == (b"after", went + 1)  # no number lost to the ones that did not go
         sub.close()
         pub.close()
+
+
+def test_a_subscriber_of_another_login_session_never_maps_a_ring(tmp_path):
+    """Under policy same-user a process of another login session gets shared memory with the server,
+    but a publisher's ring belongs to the publisher's session: that subscriber gets it relayed."""
+    from .test_identity import new_login_session, require_audit_sessions
+
+    require_audit_sessions()
+    path = str(tmp_path / "s.sock")
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    sub_r, sub_w = os.pipe()
+    with broker.Server(path, shm_policy="same-user") as srv, connect(path) as a:
+        def other_session() -> None:  # forked before the ring exists: it inherits no mapping of it
+            before, after, _ = new_login_session()
+            if after == before:
+                _report(w, {"skip": True})
+                return
+            os.read(sub_r, 1)  # the publisher is there now
+            with connect(path) as s, s.subscriber("k") as sub:
+                _report(w, {"transport": s.transport, "rings": len(sub._rings)})
+                os.read(go_r, 1)
+                got = [sub.receive(30) for _ in range(100)]
+                with open("/proc/self/maps") as f:
+                    mapped = [line for line in f if ".topic." in line]
+                _report(w, {"ok": got == [b"%d" % i for i in range(100)], "mapped": mapped})
+
+        kid = Child(other_session)
+        pub = a.publisher("k")
+        try:
+            assert pub.ring is not None
+            os.write(sub_w, b"s")
+            first = _read_report(r)
+            if first.get("skip"):
+                pytest.skip("writing /proc/self/loginuid did not start a new audit session")
+            assert first == {"transport": "shared memory", "rings": 0}
+            os.write(go_w, b"g")
+            for i in range(100):
+                pub.publish(b"%d" % i)
+            assert _read_report(r) == {"ok": True, "mapped": []}
+            assert kid.join(30) == 0
+        finally:
+            kid.kill()
+            pub.close()
+            for fd in (r, w, go_r, go_w, sub_r, sub_w):
+                os.close(fd)
+
+
+def test_a_server_that_does_not_spin_still_relays_rings(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with broker.Server(path, spin_us=0) as srv, connect(path) as a, connect(path, socket_only=True) as b:
+        pub = a.publisher("nospin")
+        sub = b.subscriber("nospin")  # relayed from the ring
+        for i in range(500):
+            pub.publish(b"%d" % i)
+        assert [sub.receive(10) for _ in range(500)] == [b"%d" % i for i in range(500)]
+        assert b.server_stats()["sessions"]  # the socket session is served meanwhile
+        sub.close()
+        pub.close()
+
+
+def test_requests_the_topic_service_chokes_on_end_only_themselves(server):
+    with connect(server.address) as s:
+        deep = b"[" * 1000 + b"]" * 1000
+        with pytest.raises(broker.ServiceError, match="not JSON"):
+            s.send_receive(TOPIC_PUBLISHER, b"x", deep)
+        with pytest.raises(broker.ServiceError, match="too small for the ring's name"):
+            s.send_receive(TOPIC_PUBLISHER, b"x", b'{"ring": true}', broker.Buffer(4))
+        with s.publisher("still") as pub:  # the server goes on
+            pub.publish(b"ok")
