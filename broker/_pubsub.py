@@ -38,6 +38,7 @@ _PLAIN = RECORD_HEAD.pack
 _HEAD_SIZE = RECORD_HEAD.size
 _UNPACK = functools.partial(RECORD_HEAD.unpack_from, offset=0)
 _WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, then looks at its FETCH
+_FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this many messages
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
 
@@ -234,6 +235,7 @@ class Subscriber(SubSession):
         self._buf: Buffer | None = None
         self._gone: str | None = None
         self._rings: dict[int, Broadcast] = {}  # publisher id -> its ring, read in place (a direct subscriber)
+        self._since = 0  # messages since the FETCH was last looked at
         self._assemblers: dict[int, Assembler] = {}
         self._leaving: set[int] = set()  # publishers gone: their rings are read to the end, then closed
         self._turn = 0
@@ -264,7 +266,10 @@ class Subscriber(SubSession):
                 raise Disconnected(self._gone) from None
             if e.status == Status.OVERFLOW:  # one message is bigger than the buffer: a bigger one
                 need = int((e.text or "").split("needs ")[-1].split()[0]) if "needs " in (e.text or "") else 0
-                self._size = max(self._size * 2, need)
+                limit = self.session._max_frame
+                if self._size >= limit:
+                    raise ServerGone(f"a message on {self.topic!r} is bigger than a frame may be ({limit})") from None
+                self._size = min(max(self._size * 2, need), limit)
                 return self._take(timeout)
             raise
         self._fetch = None
@@ -393,6 +398,10 @@ class Subscriber(SubSession):
 
     def receive(self, timeout: float | None = None) -> Any:
         """The next message's value (bytes or a numpy array); as receive_message."""
+        self._since += 1
+        if self._since >= _FETCH_EVERY and self._rings:  # relayed messages are not kept waiting behind a busy ring
+            self._since = 0
+            self._take(0)
         if not self._items and len(self._rings) == 1 and not self._leaving:
             # the common case: one publisher's ring, a whole message of bytes in one record
             for pub, ring in self._rings.items():

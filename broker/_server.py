@@ -732,13 +732,16 @@ class Server:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         for s in self._listeners:
             self._sel.register(s, selectors.EVENT_READ, ("listen", s))
-        if self._metrics_at is not None:
+        try:
+            self._start_metrics()
+        except OSError:
+            self._shutdown()
+            raise
+
+    def _start_metrics(self) -> None:
+        if self._metrics_at is not None and self.metrics is None:
             from ._metrics import MetricsEndpoint
-            try:
-                self.metrics = MetricsEndpoint(self.stats, *self._metrics_at)
-            except OSError:
-                self._shutdown()
-                raise
+            self.metrics = MetricsEndpoint(self.stats, *self._metrics_at)
 
     async def serve_async(self) -> None:
         """Serve inside the running asyncio loop until stop(); services run on
@@ -754,6 +757,7 @@ class Server:
         for s in self._listeners:
             loop.add_reader(s, self._accept, s)
         try:
+            self._start_metrics()
             await self._done
         finally:
             for s in self._listeners:
@@ -1115,11 +1119,11 @@ class Server:
             {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
              "subsessions": len(c.session.objects) if c.session is not None else 0,
              "transport": "shared memory" if c.on_rings else "socket",
-             "ring_capacity": c.rings.capacity if c.on_rings and c.rings is not None else None,
+             "ring_capacity": r.capacity if c.on_rings and r is not None else None,
              "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",
              "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out}
-            for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id)
+            for c, r in ((c, c.rings) for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id))
         ]
 
     def stats(self) -> dict[str, Any]:

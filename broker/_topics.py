@@ -262,6 +262,7 @@ class Publisher(RefObject):
         self.seq = 0  # the last sequence number given
         self.published = 0
         self.held: deque[tuple[Message, list[tuple[bytes, bytes]], float]] = deque()  # waiting for room, in order
+        self.timer = False  # a deadline timer is set for the oldest held publish
         self.closed = False
         # a ring publisher (its session is on shared memory): it writes its own broadcast ring, which
         # direct subscribers read in place; the server reads it too (relay) only for the others
@@ -488,9 +489,17 @@ class TopicBroker:
         pub = self._own(conn, msg, Publisher)
         deadline = time.monotonic() + pub.block_timeout
         with self._lock:
+            small = min((s.capacity for s in pub.topic.subscribers.values()
+                         if s.policy == "block" and s.gone is None and pub.id not in s.rings), default=len(items))
+            if len(items) > small:  # it would wait for room that never comes
+                msg.complete(Status.ARGUMENT, f"a batch of {len(items)} is more than a blocking subscriber's "
+                                              f"capacity ({small}): publish it in parts")
+                return
             if pub.held or not self._room(pub.topic, len(items), pub.id):
                 pub.held.append((msg, items, deadline))  # after those already waiting: the publisher's order
-                self.server.call_later(pub.block_timeout, lambda: self._expire(pub))
+                if not pub.timer:
+                    pub.timer = True
+                    self.server.call_later(pub.block_timeout, lambda: self._expire(pub))
                 return
             self._deliver(pub, items)
         msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
@@ -568,9 +577,10 @@ class TopicBroker:
                 msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
 
     def _expire(self, pub: Publisher) -> None:
-        """A held publish's deadline: it fails, and nobody got it."""
+        """A held publish's deadline: it fails, and nobody got it (one timer a publisher at a time)."""
         now = time.monotonic()
         with self._lock:
+            pub.timer = False
             while pub.held and pub.held[0][2] <= now:
                 msg, items, _ = pub.held.popleft()
                 pub.topic.timed_out += len(items)
@@ -580,6 +590,7 @@ class TopicBroker:
                                                f"{', '.join(map(str, slow))} did not keep up")
             # the rest wait on: a later publish of theirs came after
             if pub.held:
+                pub.timer = True
                 self.server.call_later(max(0.0, pub.held[0][2] - now), lambda: self._expire(pub))
 
     # -- fetching ------------------------------------------------------------------------

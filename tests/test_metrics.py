@@ -68,3 +68,28 @@ def test_render_is_valid_for_empty_stats():
 def test_a_bad_metrics_port_is_refused(tmp_path):
     with pytest.raises(ValueError, match="a TCP port"):
         broker.Server(str(tmp_path / "x.sock"), metrics=70000)
+
+
+def test_an_asyncio_server_serves_its_metrics_too(tmp_path):
+    import asyncio
+
+    async def main() -> str:
+        srv = broker.Server(str(tmp_path / "a.sock"), metrics=0)
+        task = asyncio.ensure_future(srv.serve_async())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if srv.metrics is not None:
+                break
+        host, port = srv.metrics.address
+        loop = asyncio.get_running_loop()
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
+                return r.read().decode()
+
+        text = await loop.run_in_executor(None, scrape)
+        srv.stop()
+        await task
+        return text
+
+    assert "broker_sessions" in asyncio.run(main())

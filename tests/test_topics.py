@@ -648,3 +648,40 @@ def test_requests_the_topic_service_chokes_on_end_only_themselves(server):
             s.send_receive(TOPIC_PUBLISHER, b"x", b'{"ring": true}', broker.Buffer(4))
         with s.publisher("still") as pub:  # the server goes on
             pub.publish(b"ok")
+
+
+def test_a_direct_subscriber_is_not_kept_from_relayed_messages_by_a_busy_ring(server):
+    """Messages of a publisher that calls (a socket session) reach a direct subscriber while the ring it
+    reads in place is never empty: it looks at what is relayed to it every few hundred messages."""
+    n = 30_000
+    go_r, go_w = os.pipe()
+    with connect(server.address) as a, connect(server.address) as b, \
+            connect(server.address, socket_only=True) as c:
+        ring_pub = a.publisher("mixed", block_timeout=30)
+        sub = b.subscriber("mixed", capacity=8)
+        assert sub._rings
+        for i in range(n):  # the ring is full of them before the subscriber reads one
+            ring_pub.publish(b"r%d" % i)
+        with c.publisher("mixed") as call_pub:
+            call_pub.publish(b"called")
+            got = [sub.receive(10) for _ in range(n + 1)]
+        assert got.index(b"called") < n // 2
+        assert [g for g in got if g != b"called"] == [b"r%d" % i for i in range(n)]
+        sub.close()
+        ring_pub.close()
+    os.close(go_r)
+    os.close(go_w)
+
+
+def test_a_batch_bigger_than_a_blocking_subscribers_capacity_is_refused_at_once(server):
+    with connect(server.address, socket_only=True) as a, connect(server.address) as b:
+        sub = b.subscriber("cap", capacity=3)
+        pub = a.publisher("cap", block_timeout=30)
+        t0 = time.monotonic()
+        with pytest.raises(broker.ServiceError, match="publish it in parts") as e:
+            pub.publish_many([b"1", b"2", b"3", b"4"])
+        assert e.value.status == broker.Status.ARGUMENT and time.monotonic() - t0 < 10
+        pub.publish_many([b"1", b"2", b"3"])
+        assert sub.receive_many(10, timeout=5) == [b"1", b"2", b"3"]
+        sub.close()
+        pub.close()
