@@ -65,6 +65,29 @@ static int brk_py_int64(PyObject *o, long long *out)
     return !(*out == -1 && PyErr_Occurred());
 }
 
+/* A second ring passed by address (call's and call_many's reply ring); NULL with an exception. */
+static brk_ring *brk_py_ring(PyObject *address)
+{
+    brk_ring *r = PyLong_AsVoidPtr(address);
+    if (!r && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "ring is closed");
+    return r;
+}
+
+/* Wait for a record on rx (recv_wait, call, call_many): spin with the GIL for up to
+ * BRK_PY_GIL_SPIN_NS (or the ring's spin, if shorter), then without it, for
+ * up to wait_ns in all. The ring's outcome (BRK_OK: something to read). */
+static int brk_py_await(brk_ring *rx, int64_t wait_ns)
+{
+    int64_t spin = (int64_t)rx->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)rx->spin_ns : BRK_PY_GIL_SPIN_NS;
+    if (spin > wait_ns)
+        spin = wait_ns;
+    int rc = spin > 0 ? brk_spin_data(rx, spin) : BRK_TIMEOUT;
+    if (rc == BRK_TIMEOUT && wait_ns > spin)
+        BRK_PY_BLOCKING(rx, rc = brk_wait_data(rx, wait_ns - spin));
+    return rc;
+}
+
 /* send(ring, data) -> int: copy one record of any C-contiguous buffer in. */
 static PyObject *brk_py_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -146,12 +169,7 @@ static PyObject *brk_py_recv_wait(PyObject *self, PyObject *const *args, Py_ssiz
     if (!out || !PyLong_CheckExact(out) || PyLong_AsLong(out) != BRK_EMPTY || timeout <= 0)
         return out;
     Py_DECREF(out);
-    int64_t spin = (int64_t)r->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)r->spin_ns : BRK_PY_GIL_SPIN_NS;
-    if (spin > timeout)
-        spin = timeout;
-    int rc = spin > 0 ? brk_spin_data(r, spin) : BRK_TIMEOUT;
-    if (rc == BRK_TIMEOUT)
-        BRK_PY_BLOCKING(r, rc = brk_wait_data(r, (int64_t)timeout - spin));
+    int rc = brk_py_await(r, (int64_t)timeout);
     if (rc)
         return PyLong_FromLong(rc);
     return brk_py_take(r);
@@ -458,12 +476,9 @@ static PyObject *brk_py_call(PyObject *self, PyObject *const *args, Py_ssize_t n
     brk_ring *tx = brk_py_begin(args, nargs, 9, "call(tx, rx, rid, code, handle, args, buffer_type, wait_ns, max_frame)");
     if (!tx)
         return NULL;
-    brk_ring *rx = PyLong_AsVoidPtr(args[1]);
-    if (!rx) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "ring is closed");
+    brk_ring *rx = brk_py_ring(args[1]);
+    if (!rx)
         return NULL;
-    }
     unsigned long long rid = PyLong_AsUnsignedLongLong(args[2]);
     if (rid == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
@@ -521,13 +536,7 @@ static PyObject *brk_py_call(PyObject *self, PyObject *const *args, Py_ssize_t n
         out = Py_BuildValue("(i)", rc);
         goto done;
     }
-    /* the reply: as recv_wait waits */
-    int64_t spin = (int64_t)rx->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)rx->spin_ns : BRK_PY_GIL_SPIN_NS;
-    if (spin > wait_ns)
-        spin = wait_ns;
-    rc = spin > 0 ? brk_spin_data(rx, spin) : BRK_TIMEOUT;
-    if (rc == BRK_TIMEOUT && wait_ns > spin)
-        BRK_PY_BLOCKING(rx, rc = brk_wait_data(rx, wait_ns - spin));
+    rc = brk_py_await(rx, wait_ns); /* the reply */
     if (rc == BRK_OK)
         rc = brk_peek(rx);
     if (rc != BRK_OK) {
@@ -657,12 +666,9 @@ static PyObject *brk_py_call_many(PyObject *self, PyObject *const *args, Py_ssiz
                                 "window, buffer_type, wait_ns, max_frame, outstanding, odd)");
     if (!tx)
         return NULL;
-    brk_ring *rx = PyLong_AsVoidPtr(args[1]);
-    if (!rx) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "ring is closed");
+    brk_ring *rx = brk_py_ring(args[1]);
+    if (!rx)
         return NULL;
-    }
     unsigned long long first = PyLong_AsUnsignedLongLong(args[2]);
     if (first == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
@@ -774,12 +780,7 @@ static PyObject *brk_py_call_many(PyObject *self, PyObject *const *args, Py_ssiz
         if (rc == BRK_EMPTY) {
             if (!full && sent < limit && sent - done < window)
                 continue;
-            int64_t spin = (int64_t)rx->spin_ns < BRK_PY_GIL_SPIN_NS ? (int64_t)rx->spin_ns : BRK_PY_GIL_SPIN_NS;
-            if (spin > wait_ns)
-                spin = wait_ns;
-            rc = spin > 0 ? brk_spin_data(rx, spin) : BRK_TIMEOUT;
-            if (rc == BRK_TIMEOUT && wait_ns > spin)
-                BRK_PY_BLOCKING(rx, rc = brk_wait_data(rx, wait_ns - spin));
+            rc = brk_py_await(rx, wait_ns);
             if (rc == BRK_OK)
                 rc = brk_peek(rx);
         }
