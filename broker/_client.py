@@ -516,13 +516,17 @@ class ClientSession:
         asynchronous calls in the message slots free now, or one by one when none is."""
         n = len(sets)
         window = self.slots - self._async
+
+        def one_by_one(i: int, args: Any) -> None:  # a synchronous call: it needs no slot
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                results[i] = self.send_receive(code, *args, handle=handle, timeout=left)
+            except _CALL_ERRORS as e:
+                results[i] = e
+
         if window <= 0:
             for i, args in enumerate(sets):
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    results[i] = self.send_receive(code, *args, handle=handle, timeout=left)
-                except _CALL_ERRORS as e:
-                    results[i] = e
+                one_by_one(i, args)
             return
         inflight: deque[tuple[int, int, Any]] = deque()
 
@@ -562,11 +566,7 @@ class ClientSession:
                         if inflight:
                             reap()
                             continue
-                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                        try:
-                            results[i] = self.send_receive(code, *args, handle=handle, timeout=left)
-                        except _CALL_ERRORS as e:
-                            results[i] = e
+                        one_by_one(i, args)
                         break
                     inflight.append((i, rid, fut))
                     break

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from ._errors import BadHandle, Overflow
 from ._protocol import ArgKind, Status
-from ._session import Message, RefObject
+from ._session import Message, RefObject, refuse
 
 LINK_OFFER = -24
 LINK_TAKE = -25
@@ -176,13 +176,8 @@ class LinkBroker:
                 self._offer(conn, msg)
             elif code == LINK_OPEN:
                 self._open(conn, msg)
-        except LinkError as e:
-            msg.complete(Status.ARGUMENT, str(e))
-        except BadHandle as e:
-            msg.complete(Status.BAD_HANDLE, str(e))
-        except Exception as e:  # anything else ends only this request, as a service's exception does
-            if not msg.completed:
-                conn.failed(msg, e)
+        except Exception as e:  # it ends only this request
+            refuse(conn, msg, e, LinkError)
 
     @staticmethod
     def _bytes(msg: Message, i: int) -> bytes:

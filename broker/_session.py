@@ -213,6 +213,17 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         self._conn.panic(reason)
 
 
+def refuse(conn: Any, msg: "Message", e: Exception, argument_error: type) -> None:
+    """A broker service's request that raised: argument_error is ARGUMENT, BadHandle BAD_HANDLE, anything
+    else what a service's exception is (conn.failed); it ends only this request."""
+    if isinstance(e, argument_error):
+        msg.complete(Status.ARGUMENT, str(e))
+    elif isinstance(e, BadHandle):
+        msg.complete(Status.BAD_HANDLE, str(e))
+    elif not msg.completed:
+        conn.failed(msg, e)
+
+
 class Session:
     """Subclass this and implement service(message); the server makes one per
     accepted connection. `objects` holds the session's sub-sessions."""

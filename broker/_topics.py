@@ -58,7 +58,7 @@ from . import _names
 from ._errors import BadHandle, BrokerError, Closed, Empty, Overflow, PeerGone
 from ._protocol import ArgKind, Status
 from ._ring import Broadcast
-from ._session import Message, RefObject
+from ._session import Message, RefObject, refuse
 
 log = logging.getLogger("broker.topics")
 
@@ -340,13 +340,8 @@ class TopicBroker:
                 self._open_subscriber(conn, msg)
             elif code == TOPIC_LIST:
                 self._list(msg)
-        except TopicError as e:
-            msg.complete(Status.ARGUMENT, str(e))
-        except BadHandle as e:
-            msg.complete(Status.BAD_HANDLE, str(e))
-        except Exception as e:  # anything else ends only this request, as a service's exception does
-            if not msg.completed:
-                conn.failed(msg, e)
+        except Exception as e:  # it ends only this request
+            refuse(conn, msg, e, TopicError)
 
     @staticmethod
     def _read(msg: Message, i: int, limit: int | None = None) -> bytes:
