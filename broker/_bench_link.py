@@ -3,11 +3,13 @@
 A broker.Server in a forked child (the rpc benchmark's, serving its echo);
 a provider of the linked service "echo" in a second child (serve_forever,
 the same echo: argument 0 written into argument 1); the measured caller here.
-Rows: the caller linked to the provider on a shared-memory session and on a
-socket session (the broker relays every call: caller -> server -> provider
--> server -> caller), and the caller calling the server's own echo on a
-shared-memory session (one hop each way), the baseline of issue 5's target
-(a linked-service round trip within 1.2x of it).
+Rows: the caller linked to the provider on a shared-memory session (both in
+one session: the broker pairs them with a private pair of rings and steps out
+of the path: caller -> provider -> caller) and on a socket session (the broker
+relays every call: caller -> server -> provider -> server -> caller), and the
+caller calling the server's own echo on a shared-memory session (one hop each
+way), the baseline of issue 5's target (a linked-service round trip within
+1.2x of it).
 """
 from __future__ import annotations
 
@@ -117,8 +119,8 @@ def table(result: dict[str, Any]) -> str:
                      f"{res['link_shm'][m] / res['session_shm'][m]:.2f}x",
                      f"<= {TARGET}x: {'met' if t['met'] else 'NOT met'}" if m == "p50" else ""))
     lines += _bench_ring.render_rows(rows)
-    lines += ["", "link: caller -> broker -> provider -> broker -> caller (the broker relays every call); "
-              "session: the caller and the broker's own echo"]
+    lines += ["", "link (shm): caller -> provider -> caller over their private pair of rings; link (socket): "
+              "caller -> broker -> provider -> broker -> caller; session: the caller and the broker's own echo"]
     return "\n".join(lines)
 
 

@@ -38,25 +38,33 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import logging
 import struct
 import threading
+import time
 from collections import deque
 from typing import Any, Callable
 
-from ._errors import BadHandle, Overflow
-from ._protocol import ArgKind, Status
+from ._errors import BadHandle, BrokerError, Overflow
+from ._protocol import NO_ARG, Arg, ArgKind, Status
 from ._session import Message, RefObject, refuse
+
+log = logging.getLogger("broker.links")
 
 LINK_OFFER = -24
 LINK_TAKE = -25
 LINK_REPLY = -26
 LINK_OPEN = -27
 LINK_CALL = -28
-LINK_CODES = frozenset({LINK_OFFER, LINK_TAKE, LINK_REPLY, LINK_OPEN, LINK_CALL})
+LINK_PAIR = -29
+LINK_CODES = frozenset({LINK_OFFER, LINK_TAKE, LINK_REPLY, LINK_OPEN, LINK_CALL, LINK_PAIR})
 
 MAX_NAME = 200
 MAX_ERROR = 4096
-TAKE_HEAD = struct.Struct("<Qi")  # call id, the caller's code
+TAKE_HEAD = struct.Struct("<QiI")  # call id, the caller's code, what it is (TAKE_CALL or TAKE_PAIR)
+TAKE_CALL, TAKE_PAIR = 0, 1  # a call to serve; a private pair of rings to attach (the code is 0, the name follows)
+MAX_PAIRS = 64  # private pairs a provider serves at most (one futex_waitv: broker/_ring.py wait_any)
+PAIR_CAPACITY = 256 << 10  # bytes in each ring of a pair; a call or reply bigger than a record goes relayed
 ARG_HEAD = struct.Struct("<BqI")  # kind, value (an int's, or a writable's max length), bytes that follow
 WRITE_HEAD = struct.Struct("<BI")  # argument index, bytes that follow
 
@@ -133,10 +141,14 @@ class _Offer(RefObject):
     def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
         super().__init__()
         self.broker, self.name, self.conn = broker, name, conn
-        self.queue: deque[tuple[int, Message, int, bytes]] = deque()  # calls waiting: id, caller's message, code
+        # waiting: id, the caller's message, its code, the packed arguments, TAKE_CALL or TAKE_PAIR
+        self.queue: deque[tuple[int, Message, int, bytes, int]] = deque()
         self.running: dict[int, Message] = {}  # taken, not yet replied to
         self.take: Message | None = None  # the provider's waiting LINK_TAKE
         self.served = 0
+        self.pairing: dict[int, _Pair] = {}  # pairs handed to the provider, not yet acknowledged
+        self.pairs: list[_Pair] = []  # the pairs it serves
+        self.paired = 0  # pairs made, ever (their calls are the provider's own books: the server sees none)
 
     def destroyed(self) -> None:
         self.broker._offer_closed(self)
@@ -147,10 +159,32 @@ class _Link(RefObject):
         super().__init__()
         self.broker, self.name, self.conn = broker, name, conn
         self.calls = 0
+        self.pairs: list[_Pair] = []
+        self.gone = False
 
     def destroyed(self) -> None:
         with self.broker._lock:
+            self.gone = True
             self.broker.links = [link for link in self.broker.links if link is not self]
+        self.broker._end_pairs(self)
+
+
+class _Pair:
+    """A private pair of rings between one link and one offer of the same session: the server
+    made the segment and unlinks its name at the end; it maps nothing else of it."""
+
+    def __init__(self, name: str, segment: Any, offer: _Offer, link: _Link, msg: Message) -> None:
+        self.name, self.segment, self.offer, self.link = name, segment, offer, link
+        self.msg = msg  # the caller's LINK_PAIR, until the provider has answered
+
+    def end(self) -> None:
+        seg, self.segment = self.segment, None
+        if seg is not None:
+            seg.close()
+            try:
+                seg.unlink()
+            except OSError:
+                pass
 
 
 class LinkBroker:
@@ -176,6 +210,8 @@ class LinkBroker:
                 self._offer(conn, msg)
             elif code == LINK_OPEN:
                 self._open(conn, msg)
+            elif code == LINK_PAIR:
+                self._pair(conn, msg)
         except Exception as e:  # it ends only this request
             refuse(conn, msg, e, LinkError)
 
@@ -236,9 +272,74 @@ class LinkBroker:
                 msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
                 return
             link.calls += 1
-            offer.queue.append((next(self._ids), msg, code, blob))
+            offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
             if offer.take is not None:
                 self._hand(offer)
+
+    def _pair(self, conn: Any, msg: Message) -> None:
+        """LINK_PAIR: a private pair of rings between this link and the provider, if both are in
+        one session on shared memory; the provider attaches (through its LINK_TAKE), then the
+        caller gets the segment's name in argument 0. NOT_SUPPORTED says why there is none."""
+        link = self._own(conn, msg, _Link)
+        if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE):
+            raise LinkError("LINK_PAIR takes a writable argument for the rings' name")
+        from . import _names
+        from ._ring import make_pair_segment
+        self._end_pairs(link)  # one pair a link: a caller asks again only when it lost its pair
+        with self._lock:
+            offer = self.offers.get(link.name)
+            if offer is None:
+                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
+                return
+            why = self._no_pair(conn, offer)
+            if why:
+                msg.complete(Status.NOT_SUPPORTED, why)
+                return
+            name = _names.segment_name("link", self.server.server_id, conn.session_key)
+            if len(name) > msg.max_length(0):
+                raise LinkError(f"argument 0 is too small for the rings' name ({len(name)} bytes)")
+            try:
+                segment = make_pair_segment(name, PAIR_CAPACITY)
+            except (OSError, ValueError, BrokerError) as e:  # a full /dev/shm, say: the calls go relayed
+                msg.complete(Status.NO_MEMORY, f"no private rings for {link.name!r}: {e}")
+                return
+            cid = next(self._ids)
+            offer.pairing[cid] = _Pair(name, segment, offer, link, msg)
+            offer.queue.append((cid, msg, 0, name.encode(), TAKE_PAIR))
+            if offer.take is not None:
+                self._hand(offer)
+
+    @staticmethod
+    def _no_pair(conn: Any, offer: _Offer) -> str:
+        """Why this caller and this provider cannot share rings ("" if they can)."""
+        if not conn.on_rings:
+            return "the caller's session is not on shared memory"
+        if not offer.conn.on_rings:
+            return "the provider's session is not on shared memory"
+        if conn.session_key is None or conn.session_key != offer.conn.session_key:
+            return "the provider is in another session"
+        if len(offer.pairs) + len(offer.pairing) >= MAX_PAIRS:
+            return f"the provider serves {MAX_PAIRS} private pairs already"
+        return ""
+
+    def _end_pair(self, pair: _Pair) -> None:
+        with self._lock:
+            offer, link = pair.offer, pair.link
+            offer.pairs = [p for p in offer.pairs if p is not pair]
+            offer.pairing = {cid: p for cid, p in offer.pairing.items() if p is not pair}
+            link.pairs = [p for p in link.pairs if p is not pair]
+        pair.end()
+        if not pair.msg.completed and not pair.msg._conn.ended:  # its message slot is freed
+            pair.msg.complete(Status.CANCELLED, "the pair was given up")
+
+    def _end_pairs(self, link: _Link) -> None:
+        """The link's pair and any it is still waiting for."""
+        with self._lock:
+            ended = list(link.pairs)
+            for offer in self.offers.values():
+                ended += [p for p in offer.pairing.values() if p.link is link]
+        for pair in ended:
+            self._end_pair(pair)
 
     def _take(self, conn: Any, msg: Message) -> None:
         offer = self._own(conn, msg, _Offer)
@@ -257,11 +358,14 @@ class LinkBroker:
         take = offer.take
         assert take is not None
         while offer.queue:
-            cid, caller, code, blob = offer.queue[0]
+            cid, caller, code, blob, what = offer.queue[0]
             if caller.completed or caller._conn.ended:  # its caller went away meanwhile
                 offer.queue.popleft()
+                pair = offer.pairing.pop(cid, None)
+                if pair is not None:
+                    pair.end()
                 continue
-            data = TAKE_HEAD.pack(cid, code) + blob
+            data = TAKE_HEAD.pack(cid, code, what) + blob
             if len(data) > take.max_length(0):
                 offer.take = None
                 take.complete(Status.OVERFLOW, f"a call needs {len(data)} bytes")
@@ -283,6 +387,10 @@ class LinkBroker:
             raise LinkError("the status is 32 bits")
         with self._lock:
             caller = offer.running.pop(cid, None)
+            pair = offer.pairing.pop(cid, None)
+        if pair is not None:
+            self._paired(offer, pair, caller, msg, status, text)
+            return
         msg.complete(0)
         if caller is None or caller.completed:
             return  # not one of its calls, or its caller is gone: nothing to tell
@@ -302,14 +410,38 @@ class LinkBroker:
                 return
         caller.complete(status)
 
+    def _paired(self, offer: _Offer, pair: _Pair, caller: Message | None, msg: Message, status: int,
+                text: bytes) -> None:
+        """The provider's answer to a pair it was handed: it attached (status 0) or could not. The
+        provider's LINK_REPLY completes with 1 if it is to keep the pair, 0 if the pair is void."""
+        live = (caller is not None and not caller.completed and not caller._conn.ended and not pair.link.gone
+                and pair.segment is not None)
+        if status < 0 or not live:
+            msg.complete(0)
+            if live and caller is not None:
+                caller.complete(status, text.decode(errors="replace") or
+                                f"the provider of {offer.name!r} could not attach the rings")
+            self._end_pair(pair)
+            return
+        with self._lock:
+            offer.pairs.append(pair)
+            offer.paired += 1
+            pair.link.pairs.append(pair)
+        msg.complete(1)
+        caller.write(0, pair.name.encode())
+        caller.complete(0)
+
     def _offer_closed(self, offer: _Offer) -> None:
         with self._lock:
             if self.offers.get(offer.name) is offer:
                 del self.offers[offer.name]
-            gone = [m for _, m, _, _ in offer.queue] + list(offer.running.values())
+            gone = [m for _, m, _, _, _ in offer.queue] + list(offer.running.values())
             offer.queue.clear()
             offer.running.clear()
             take, offer.take = offer.take, None
+            pairs = offer.pairs + list(offer.pairing.values())
+        for pair in pairs:
+            self._end_pair(pair)
         for m in gone:
             if not m.completed:
                 m.complete(Status.DISCONNECTED, f"the provider of {offer.name!r} is gone")
@@ -319,61 +451,131 @@ class LinkBroker:
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:
             return [{"service": name, "provider": o.conn.peer.connection_id, "queued": len(o.queue),
-                     "running": len(o.running), "served": o.served,
+                     "running": len(o.running), "served": o.served, "direct": len(o.pairs),
+                     "pairs": o.paired,
                      "callers": sorted({link.conn.peer.connection_id for link in self.links if link.name == name})}
                     for name, o in sorted(self.offers.items())]
 
 
 # ---- the clients' half ---------------------------------------------------------------------
 
-from ._client import Buffer, ClientSession, SubSession  # noqa: E402  (after the server's half, which does not need it)
-from ._errors import ServiceError  # noqa: E402
+from . import _proc  # noqa: E402  (after the server's half, which does not need these)
+from ._client import _CALL_WAIT_NS, Buffer, ClientSession, SubSession, _apply_writes, _result, _to_arg  # noqa: E402
+from ._errors import Closed, Empty, PeerGone, ServiceError, Timeout  # noqa: E402
+from ._protocol import (MAX_TEXT, Complete, FrameReader, ProtocolError, Request, _c_encode_complete,  # noqa: E402
+                        _c_feed, complete_frame, request_frame)
+from ._carrier import TIMEOUT as _RING_TIMEOUT  # noqa: E402
+from ._ring import Bell, any_waiter, open_pair, session_call, wait_any  # noqa: E402
 
 
 class LinkedCall:
     """One call to an offered service, as its handler sees it (a Message's reading and writing)."""
 
-    def __init__(self, code: int, args: list[tuple[int, int, bytes]]) -> None:
+    __slots__ = ("code", "_args", "writes")
+
+    def __init__(self, code: int, args: Any) -> None:
         self.code = code
-        self._args = args + [(A_NONE, 0, b"")] * (4 - len(args))
+        self._args = args  # four Arg-like objects (kind, value, data), as the protocol's Request has them
         self.writes: dict[int, bytes] = {}
 
-    def _arg(self, i: int) -> tuple[int, int, bytes]:
+    def _arg(self, i: int) -> Any:
         if type(i) is not int or not 0 <= i < 4:
             raise IndexError(f"argument {i!r} is not 0 to 3")
         return self._args[i]
 
     def kind(self, i: int) -> int:
-        return self._arg(i)[0]
+        return int(self._arg(i).kind)
 
     def integer(self, i: int) -> int:
-        kind, value, _ = self._arg(i)
-        if kind != A_INT:
+        a = self._arg(i)
+        if a.kind != A_INT:
             raise TypeError(f"argument {i} is not an int")
-        return value
+        return a.value  # type: ignore[no-any-return]
 
     def read(self, i: int) -> bytes:
-        kind, _, data = self._arg(i)
-        if kind not in (A_READ, A_READWRITE):
+        a = self._arg(i)
+        k = a.kind
+        if k != A_READ and k != A_READWRITE:
             raise TypeError(f"argument {i} is not readable")
-        return self.writes.get(i, data)
+        return self.writes.get(i, a.data) if self.writes else a.data  # type: ignore[no-any-return]
 
     def max_length(self, i: int) -> int:
-        kind, value, data = self._arg(i)
-        return value if kind in (A_WRITE, A_READWRITE) else len(data)
+        a = self._arg(i)
+        return a.value if a.kind in (A_WRITE, A_READWRITE) else len(a.data)  # type: ignore[no-any-return]
 
     def write(self, i: int, data: bytes) -> None:
-        kind, value, _ = self._arg(i)
-        if kind not in (A_WRITE, A_READWRITE):
+        a = self._arg(i)
+        k = a.kind
+        if k != A_WRITE and k != A_READWRITE:
             raise TypeError(f"argument {i} is not writable")
-        if len(data) > value:
-            raise Overflow(f"{len(data)} bytes into argument {i} of at most {value}")
-        self.writes[i] = bytes(data)
+        if len(data) > a.value:
+            raise Overflow(f"{len(data)} bytes into argument {i} of at most {a.value}")
+        self.writes[i] = data if type(data) is bytes else bytes(data)
+
+
+class _ProvidedPair:
+    """The provider's side of a private pair: it reads the calls of one caller from ring 0 and
+    writes the replies into ring 1 (the caller's C call reads them; csrc/brk_py.c, call)."""
+
+    def __init__(self, name: str, spin_us: float, max_frame: int) -> None:
+        self.tx, self.rx = open_pair(name, spin_us, caller=False)
+        self.name = name
+        self.max_frame, self.max_record = max_frame, self.tx.max_record
+        self.since = time.monotonic()
+        tx = self.tx
+
+        def send(frame: bytes) -> None:
+            tx.send(frame, timeout=_REPLY_TIMEOUT)
+        self.send = send
+
+    def take(self) -> tuple[int, LinkedCall]:
+        """The next call (request id, the call); Empty when there is none. ProtocolError: the
+        caller wrote what is not one whole request."""
+        data = self.rx.recv(0)
+        events, at = _c_feed(data, 0, self.max_frame)  # the common case in C; the reader says what is wrong
+        if at != len(data) or len(events) != 1 or type(events[0]) is not Request:
+            events = FrameReader(self.max_frame).feed(data) if at != len(data) else events
+            raise ProtocolError("a record that is not one whole request")
+        req = events[0]
+        return req.request_id, LinkedCall(req.code, req.args)
+
+    def reply(self, rid: int, status: int, writes: dict[int, bytes], text: bytes) -> None:
+        frame = _c_encode_complete(rid, status, list(writes.items()) if writes else (), text[:MAX_TEXT] or None)
+        if frame is NotImplemented:
+            frame = complete_frame(rid, status, list(writes.items()), text.decode(errors="replace") or None)
+        if len(frame) > self.max_record:
+            frame = complete_frame(rid, int(Status.OVERFLOW), [], f"the reply takes {len(frame)} bytes, more than "
+                                                                 f"the link's ring carries ({self.max_record})")
+        self.send(frame)
+
+    def gone(self) -> bool:
+        """The caller closed its side, or died, or never came."""
+        h = self.rx._h
+        pid = int(h.hdr.producer_pid)
+        if pid == 0:
+            return time.monotonic() - self.since > _ATTACH_TIME
+        if pid < 0:  # closed: the wait returns at once for it, and take() raises Closed once it is read
+            return True
+        return not _proc.alive(pid, int(h.hdr.producer_start))
+
+    def close(self) -> None:
+        self.tx.close()
+        self.rx.close()
+
+
+_REPLY_TIMEOUT = 5.0  # seconds a provider waits for room in a caller's reply ring before giving the pair up
+_ATTACH_TIME = 30.0  # seconds a caller has to attach to a pair the provider attached to
+_NEVER = threading.Event()  # serve_forever's stop when it has none
+_LOOK = 0.5  # seconds a provider's wait lasts at most before it looks at its callers
 
 
 class Offer(SubSession):
     """A named service this client offers (session.offer(name, handler)): calls come in through
-    serve_one() / serve_forever(), which run handler(call) -> status (int >= 0, None for 0)."""
+    serve_one() / serve_forever(), which run handler(call) -> status (int >= 0, None for 0).
+
+    Calls come relayed by the broker, or, from a caller in this session on shared memory, over a
+    private pair of rings that the broker arranged: the provider serves both in the same loop
+    (waiting on all of them at once: broker/_ring.py wait_any)."""
 
     def __init__(self, session: ClientSession, handle: int, name: str, handler: Callable[[LinkedCall], Any],
                  max_call: int) -> None:
@@ -383,16 +585,28 @@ class Offer(SubSession):
         self._size = max_call + TAKE_HEAD.size
         self._take: Any = None
         self._buf: Buffer | None = None
+        self._pairs: list[_ProvidedPair] = []
+        self._bell = Bell()  # rung when the relayed take completes (or close() wants the loop out)
+        self._next = 0  # the pair looked at first next time: each gets its turn
+        self._closing = False
+
+    # -- what comes in ---------------------------------------------------------------------
 
     def _start_take(self) -> Any:
         if self._take is None:
             self._buf = Buffer(self._size)
             self._take = self.session.send(LINK_TAKE, self._buf, handle=self.handle)
+            if self._pairs:  # the loop waits on the rings: the session's reader completes the take
+                self._take.add_done_callback(self._ring_bell)
         return self._take
 
-    def _taken(self, error: ServiceError | None, n: int) -> tuple[int, LinkedCall | None, bytes] | None:
-        """What the finished LINK_TAKE brought: (call id, the call or None if unreadable, error text);
-        None when there is nothing to serve; a bigger buffer next time when a call did not fit."""
+    def _ring_bell(self, _: Any) -> None:
+        self._bell.ring()
+
+    def _taken(self, error: ServiceError | None, n: int) -> tuple[int, LinkedCall | None, bytes] | None | str:
+        """What the finished LINK_TAKE brought: (call id, the call or None if unreadable, error
+        text); None when there is nothing to serve; a bigger buffer next time when a call did not
+        fit; (for a pair to attach) its name as a str, with the call id in self._pair_cid."""
         self._take = None
         if error is not None:
             if error.status == Status.OVERFLOW and "needs " in (error.text or ""):
@@ -402,55 +616,213 @@ class Offer(SubSession):
         data = self._buf.value if self._buf is not None else b""
         if n == 0 or len(data) < TAKE_HEAD.size:
             return None
-        cid, code = TAKE_HEAD.unpack_from(data)
+        cid, code, what = TAKE_HEAD.unpack_from(data)
+        if what == TAKE_PAIR:
+            self._pair_cid = cid
+            return data[TAKE_HEAD.size:].decode(errors="replace")
         try:
-            return cid, LinkedCall(code, unpack_call(data[TAKE_HEAD.size:])), b""
+            args = [Arg(kind, value, blob) for kind, value, blob in unpack_call(data[TAKE_HEAD.size:])]
+            return cid, LinkedCall(code, args + [NO_ARG] * (4 - len(args))), b""
         except ValueError as e:
             return cid, None, f"a call the provider cannot read: {e}".encode()
 
+    def _attach(self, name: str) -> tuple[_ProvidedPair | None, tuple[Any, ...]]:
+        """Attach to a pair the broker made: the pair (or None) and the LINK_REPLY's arguments."""
+        cid = self._pair_cid
+        try:
+            spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
+            pair = _ProvidedPair(name, spin, self.session._max_frame)
+        except (BrokerError, OSError, ValueError) as e:
+            return None, (cid, int(Status.GENERAL), b"", f"the provider could not attach the rings: {e}".encode())
+        return pair, (cid, 0, b"", b"")
+
+    def _paired(self, pair: _ProvidedPair | None, keep: int) -> None:
+        if pair is None:
+            return
+        if keep != 1 or self._closing or len(self._pairs) >= MAX_PAIRS:
+            pair.close()
+            return
+        self._pairs = self._pairs + [pair]  # a new list: a loop waiting on the old one sees the change
+
+    def _drop(self, pair: _ProvidedPair) -> None:
+        if pair in self._pairs:
+            self._pairs = [p for p in self._pairs if p is not pair]
+        pair.close()
+
+    def _next_direct(self) -> tuple[_ProvidedPair, tuple[int, LinkedCall]] | None:
+        """A call waiting on one of the pairs (each pair in turn), or None."""
+        pairs = self._pairs
+        for k in range(len(pairs)):
+            pair = pairs[(self._next + k) % len(pairs)]
+            try:
+                got = pair.take()
+            except Empty:
+                continue
+            except (BrokerError, OSError) as e:  # the caller closed, died, or wrote nonsense: its pair ends
+                if not isinstance(e, (Closed, PeerGone)):
+                    log.warning("link %s: a caller's pair %s ends: %s", self.name, pair.name, e)
+                self._drop(pair)
+                return None
+            self._next = (self._next + k + 1) % max(1, len(pairs))
+            return pair, got
+        return None
+
+    def _look(self) -> None:
+        for pair in list(self._pairs):
+            if pair.gone():
+                self._drop(pair)
+
+    # -- running the handler ----------------------------------------------------------------
+
+    def _run(self, call: LinkedCall | None, text: bytes = b"") -> tuple[int, dict[int, bytes], bytes]:
+        if call is None:
+            return int(Status.ARGUMENT), {}, text
+        try:
+            result = self.handler(call)
+            if result is None:  # the common outcomes first: this runs for every call
+                return 0, call.writes, b""
+            if type(result) is int and 0 <= result <= 0x7FFFFFFF:
+                return result, call.writes, b""
+            if inspect.isawaitable(result):  # an asyncio handler outside an event loop
+                result = asyncio.run(_awaited(result))
+            return self._outcome(call, result)
+        except Exception as e:  # the caller is told; the provider goes on
+            return self._failure(e)
+
+    async def _arun(self, call: LinkedCall | None, text: bytes = b"") -> tuple[int, dict[int, bytes], bytes]:
+        if call is None:
+            return int(Status.ARGUMENT), {}, text
+        try:
+            result = self.handler(call)
+            if inspect.isawaitable(result):
+                result = await result
+            return self._outcome(call, result)
+        except Exception as e:
+            return self._failure(e)
+
     @staticmethod
-    def _outcome(call: LinkedCall, result: Any) -> tuple[int, bytes, bytes]:
+    def _outcome(call: LinkedCall, result: Any) -> tuple[int, dict[int, bytes], bytes]:
         status = 0 if result is None else int(result)
         if not 0 <= status <= 0x7FFFFFFF:
             raise ValueError(f"a handler's status is 0 to 2**31-1, not {status}")
-        return status, pack_writes(call.writes), b""
+        return status, call.writes, b""
 
     @staticmethod
-    def _failure(e: Exception) -> tuple[int, bytes, bytes]:
-        return int(Status.DIED), b"", f"{type(e).__name__}: {e}".encode()[:MAX_ERROR]
+    def _failure(e: Exception) -> tuple[int, dict[int, bytes], bytes]:
+        return int(Status.DIED), {}, f"{type(e).__name__}: {e}".encode()[:MAX_ERROR]
 
-    def serve_one(self, timeout: float | None = None) -> bool:
-        """Serve the next call, waiting up to `timeout`: False if none came."""
-        fut = self._start_take()
+    def _reply_direct(self, pair: _ProvidedPair, rid: int, outcome: tuple[int, dict[int, bytes], bytes]) -> None:
+        try:
+            pair.reply(rid, *outcome)
+        except (BrokerError, OSError) as e:
+            log.warning("link %s: no reply to a caller's pair %s: %s", self.name, pair.name, e)
+            self._drop(pair)
+        self.served += 1
+
+    # -- the loops ---------------------------------------------------------------------------
+
+    def _relayed(self, fut: Any, timeout: float | None) -> Any:
+        """The finished (or, without pairs, awaited) take's content, as _taken gives it; False
+        when the timeout passed."""
         try:
             n, error = fut.result(timeout), None
         except TimeoutError:
             return False
         except ServiceError as e:
             n, error = 0, e
-        got = self._taken(error, n)
-        if got is None:
-            return False
-        cid, call, text = got
-        if call is None:
-            status, writes = int(Status.ARGUMENT), b""
-        else:
+        return self._taken(error, n)
+
+    def serve_one(self, timeout: float | None = None) -> bool:
+        """Serve the next call, waiting up to `timeout`: False if none came."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            fut = self._start_take()
+            if self._pairs:
+                served = self._serve_pairs(fut, deadline)
+                if served is not None:
+                    return served
+                got = self._relayed(fut, 0)  # done, or the pairs are all gone
+            else:
+                got = self._relayed(fut, None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if got is False:
+                    return False
+            if isinstance(got, str):  # a pair to attach
+                pair, reply = self._attach(got)
+                self._paired(pair, self.session.send_receive(LINK_REPLY, *reply, handle=self.handle))
+                continue
+            if got is None or got is False:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                continue
+            cid, call, text = got
+            status, writes, text = self._run(call, text)
+            self.session.send_receive(LINK_REPLY, cid, status, pack_writes(writes), text, handle=self.handle)
+            self.served += 1
+            return True
+
+    def _serve_pairs(self, fut: Any, deadline: float | None, stop: threading.Event | None = None) -> bool | None:
+        """Serve one call from the pairs (with `stop`, calls until it is set): True; False when
+        the deadline passed; None when the relayed take is done (or no pair is left) and the
+        caller should look at it."""
+        bell, rings, waiter, served = self._bell, None, None, False
+        while self._pairs:
+            direct = self._next_direct()
+            if direct is not None:
+                pair, (rid, call) = direct
+                self._reply_direct(pair, rid, self._run(call))
+                if stop is None or stop.is_set():
+                    return True
+                served = True
+                continue
+            if fut.done():
+                return None
+            seen = bell.seen
+            if fut.done():  # settled before the look at the bell: its ring may have come before too
+                return None
+            left = _LOOK if deadline is None else min(_LOOK, deadline - time.monotonic())
+            if left <= 0:
+                return served
+            if rings is not self._pairs:  # a pair came or went: wait on the rings there are now
+                rings = self._pairs
+                waiter = any_waiter([p.rx for p in rings], bell, self._spin())
             try:
-                result = self.handler(call)
-                if inspect.isawaitable(result):  # an asyncio handler outside an event loop
-                    result = asyncio.run(_awaited(result))
-                status, writes, text = self._outcome(call, result)
-            except Exception as e:  # the caller is told; the provider goes on
-                status, writes, text = self._failure(e)
-        self.session.send_receive(LINK_REPLY, cid, status, writes, text, handle=self.handle)
-        self.served += 1
-        return True
+                woke = waiter(seen, left)
+            except OSError:  # a ring closed meanwhile: look again
+                woke = 0
+            if woke is None:
+                self._look()
+        return None
+
+    def _wait(self, rings: list[Any], seen: int, timeout: float) -> int | None:
+        try:
+            return wait_any(rings, self._bell, seen, timeout, self._spin())
+        except (BrokerError, OSError):  # a ring closed meanwhile: look again
+            return 0
+
+    def _spin(self) -> float:
+        return self.session._spin_ns / 1000 if self.session._spin_ns else 0.0
 
     async def aserve_forever(self) -> None:
         """serve_forever for asyncio: the handler may be a coroutine function; until the offer ends
         (cancel the task to stop)."""
         while True:
             fut = self._start_take()
+            if self._pairs:
+                direct = self._next_direct()
+                if direct is not None:
+                    pair, (rid, call) = direct
+                    self._reply_direct(pair, rid, await self._arun(call))
+                    continue
+                if not fut.done():
+                    seen = self._bell.seen
+                    try:
+                        r = await asyncio.to_thread(self._wait, [p.rx for p in self._pairs], seen, _LOOK)
+                    except asyncio.CancelledError:
+                        self._bell.ring()  # the thread's wait ends at once
+                        raise
+                    if r is None:
+                        self._look()
+                    continue
             try:
                 n, error = await asyncio.wrap_future(fut), None
             except ServiceError as e:
@@ -458,20 +830,15 @@ class Offer(SubSession):
                     return
                 n, error = 0, e
             got = self._taken(error, n)
+            if isinstance(got, str):
+                pair, reply = self._attach(got)
+                self._paired(pair, await self.session.asend_receive(LINK_REPLY, *reply, handle=self.handle))
+                continue
             if got is None:
                 continue
             cid, call, text = got
-            if call is None:
-                status, writes = int(Status.ARGUMENT), b""
-            else:
-                try:
-                    result = self.handler(call)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    status, writes, text = self._outcome(call, result)
-                except Exception as e:
-                    status, writes, text = self._failure(e)
-            await self.session.asend_receive(LINK_REPLY, cid, status, writes, text, handle=self.handle)
+            status, writes, text = await self._arun(call, text)
+            await self.session.asend_receive(LINK_REPLY, cid, status, pack_writes(writes), text, handle=self.handle)
             self.served += 1
 
     def serve_forever(self, stop: threading.Event | None = None, poll: float = 0.5) -> None:
@@ -479,6 +846,10 @@ class Offer(SubSession):
         session's end raises ServerGone."""
         while stop is None or not stop.is_set():
             try:
+                if self._pairs:  # calls from the pairs one after another, without leaving the loop
+                    deadline = time.monotonic() + poll
+                    if self._serve_pairs(self._start_take(), deadline, stop or _NEVER) is not None:
+                        continue
                 self.serve_one(poll)
             except ServiceError as e:
                 if e.status == Status.CANCELLED:
@@ -486,6 +857,10 @@ class Offer(SubSession):
                 raise
 
     def close(self) -> None:
+        self._closing = True
+        self._bell.ring()
+        for pair in list(self._pairs):  # our reply rings close: a caller waiting learns the provider is gone
+            self._drop(pair)
         fut, self._take = self._take, None
         super().close()
         if fut is not None and not self.session.closed:
@@ -498,15 +873,140 @@ class Offer(SubSession):
         return self
 
 
+class _CallerPair:
+    """The caller's side of a private pair: its requests into ring 0, the replies from ring 1, each
+    call one C call (as a session's on shared memory)."""
+
+    def __init__(self, name: str, spin_us: float, max_frame: int) -> None:
+        self.tx, self.rx = open_pair(name, spin_us, caller=True)
+        self.name = name
+        self.call = session_call(self.tx, self.rx)
+        self.reader = FrameReader(max_frame)
+        self.max_frame = max_frame
+
+    def close(self) -> None:
+        self.tx.close()
+        self.rx.close()
+
+
 class Link(SubSession):
     """A link to a named service (session.link(name)): send_receive() as a session's; the provider's
-    writes land in the Buffers and bytearrays passed."""
+    writes land in the Buffers and bytearrays passed.
+
+    A link asks the broker for a private pair of rings to the provider when it opens, and again
+    after losing one; while it has none (the provider is in another session, or has not answered
+    yet), its calls go relayed through the broker."""
 
     def __init__(self, session: ClientSession, handle: int, name: str) -> None:
         super().__init__(session, handle)
         self.name = name
+        self.direct = False  # whether the last call went over the private pair
+        self._pair: _CallerPair | None = None
+        self._pairing: tuple[Buffer, Any] | None = None
+        self._rid = 0
+        self._ask = session._rings is not None  # ask for a pair (again) at the next chance
+        self._ask_pair()
+
+    def _ask_pair(self) -> None:
+        if not self._ask or self._pairing is not None or self._pair is not None:
+            return
+        self._ask = False
+        buf = Buffer(512)
+        try:
+            self._pairing = (buf, self.session.send(LINK_PAIR, buf, handle=self.handle))
+        except BrokerError:  # no free message slot, say: the calls go relayed
+            self._pairing = None
+
+    def _take_pair(self) -> None:
+        buf, fut = self._pairing  # type: ignore[misc]
+        self._pairing = None
+        try:
+            fut.result(0)
+            spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
+            self._pair = _CallerPair(buf.value.decode(), spin, self.session._max_frame)
+        except (BrokerError, OSError, ValueError, UnicodeDecodeError):  # none for us: relayed
+            self._pair = None
+
+    def _lost_pair(self) -> None:
+        pair, self._pair = self._pair, None
+        if pair is not None:
+            pair.close()
+        self._ask = True
 
     def send_receive(self, code: int, *args: Any, timeout: float | None = None) -> int:  # type: ignore[override]
+        pair = self._pair
+        if pair is not None and timeout is None:  # the common case first: one C call
+            self._rid = rid = self._rid + 1
+            r = pair.call(rid, code, 0, args, Buffer, _CALL_WAIT_NS, pair.max_frame)
+            if type(r) is int and r >= 0:
+                self.direct = True
+                return r  # type: ignore[no-any-return]
+            r = self._direct(pair, code, args, timeout, rid, r)
+            if r is not NotImplemented:
+                self.direct = True
+                return r  # type: ignore[no-any-return]
+        if self._pair is None and self._pairing is not None and self._pairing[1].done():
+            self._take_pair()
+        if self._pair is not None:
+            r = self._direct(self._pair, code, args, timeout)
+            if r is not NotImplemented:
+                self.direct = True
+                return r  # type: ignore[no-any-return]
+        self.direct = False
+        try:
+            return self._relay(code, args, timeout)
+        finally:
+            if self._ask:
+                self._ask_pair()
+
+    def _direct(self, pair: _CallerPair, code: int, args: tuple[Any, ...], timeout: float | None,
+                rid: int = 0, r: Any = None) -> Any:
+        """A call over the pair (or the rest of one, whose C call gave `r`); NotImplemented if it
+        must go relayed (a call too big for a record)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not rid:
+            self._rid = rid = self._rid + 1
+            wait_ns = _CALL_WAIT_NS if timeout is None else max(0, min(_CALL_WAIT_NS, int(timeout * 1e9)))
+            r = pair.call(rid, code, 0, args, Buffer, wait_ns, pair.max_frame)
+        if type(r) is int:
+            return r if r >= 0 else _result(Complete(rid, r))
+        if r is NotImplemented:  # an argument C does not take (a bytearray), or a big frame: Python writes it
+            if len(args) > 4:
+                raise TypeError("at most four arguments")
+            frame = request_frame(rid, code, 0, False, [_to_arg(a) for a in args] + [NO_ARG] * (4 - len(args)))
+            if len(frame) > pair.tx.max_record:
+                return NotImplemented
+            try:
+                pair.tx.send(frame, timeout=timeout)
+            except (BrokerError, OSError) as e:
+                return self._gone(e)
+            r = None
+        elif type(r) is not bytes and not (r[0] == _RING_TIMEOUT and len(r) == 1):
+            return self._gone(None)
+        while True:  # the reply, as bytes, with the provider watched between slices
+            if type(r) is not bytes:
+                try:
+                    r = pair.rx.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except Timeout:  # EmptyTimeout: a late reply is skipped by its request id
+                    raise Timeout(f"no answer from {self.name!r} within {timeout} s") from None
+                except (BrokerError, OSError) as e:
+                    return self._gone(e)
+            try:
+                events = pair.reader.feed(r)
+            except ProtocolError as e:
+                return self._gone(e)
+            r = None
+            for done in events:
+                if isinstance(done, Complete) and done.request_id == rid:
+                    _apply_writes(args, done)
+                    return _result(done)
+
+    def _gone(self, error: BaseException | None) -> Any:
+        self._lost_pair()
+        why = "" if error is None or isinstance(error, (PeerGone, Closed)) else f" ({error})"
+        raise ServiceError(Status.DISCONNECTED, f"the provider of {self.name!r} is gone{why}")
+
+    def _relay(self, code: int, args: tuple[Any, ...], timeout: float | None) -> int:
         blob, room = pack_call(args, Buffer)
         out = Buffer(room) if room else None
         status = self.session.send_receive(LINK_CALL, code, blob, out, timeout=timeout, handle=self.handle)
@@ -522,6 +1022,18 @@ class Link(SubSession):
                 elif isinstance(target, bytearray):
                     target[:] = data
         return status
+
+    def close(self) -> None:
+        pair, self._pair = self._pair, None
+        if pair is not None:
+            pair.close()
+        fut, self._pairing = (self._pairing or (None, None))[1], None
+        super().close()
+        if fut is not None and not self.session.closed:
+            try:
+                fut.result(5.0)  # the server gave it up with the close
+            except (Exception, TimeoutError):
+                pass
 
     def __enter__(self) -> "Link":
         return self

@@ -331,6 +331,76 @@ def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring"
     return tx, rx, nonce
 
 
+def make_pair_segment(name: str, capacity: int) -> _shm.Mapping:
+    """A linked service's private pair of rings (broker/_linkpair.py): ring 0 carries a caller's
+    requests to the provider, ring 1 the replies back. The caller of this (the server) keeps the
+    mapping only to unlink the name at the pair's end; it attaches to neither ring."""
+    return _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name)
+
+
+def open_pair(name: str, spin_us: float, caller: bool) -> tuple["Ring", "Ring"]:
+    """(tx, rx) on a pair made by make_pair_segment: the caller produces ring 0 and consumes
+    ring 1, the provider the other way round."""
+    first = _open_segment(name, 1.0)
+    try:
+        tx = Ring(first, 0 if caller else 1, lib.BRK_ROLE_PRODUCER, spin_us)
+    except BaseException:
+        first.close()
+        raise
+    try:
+        rx = Ring(_open_segment(name, 1.0), 1 if caller else 0, lib.BRK_ROLE_CONSUMER, spin_us)
+    except BaseException:
+        tx.close()
+        raise
+    return tx, rx
+
+
+class Bell:
+    """A word that another thread of this process rings to end a wait_any() early."""
+
+    def __init__(self) -> None:
+        self._word = ffi.new("uint32_t *")
+        self._addr = int(ffi.cast("uintptr_t", self._word))
+
+    @property
+    def seen(self) -> int:
+        """The word now: pass it to wait_any, which returns as soon as the word moves on."""
+        return int(self._word[0])
+
+    def ring(self) -> None:
+        lib.brk_bell_ring(self._word)
+
+
+WAIT_ANY_MAX = lib.BRK_WAIT_ANY_MAX
+
+
+def any_waiter(rings: Sequence["Ring"], bell: Bell | None, spin_us: float = 50.0) -> Callable[[int, float], int | None]:
+    """wait_any over fixed rings and bell, as one closure: fn(seen, timeout) (a loop's per-call wait).
+    Keep the rings alive while using it; a ring closed meanwhile makes it raise OSError."""
+    if len(rings) > WAIT_ANY_MAX:
+        raise ValueError(f"wait_any waits on at most {WAIT_ANY_MAX} rings")
+    for r in rings:
+        r._need("consumer")
+    addrs, bell_addr, spin_ns, fn = tuple(r._addr for r in rings), 0 if bell is None else bell._addr, \
+        int(spin_us * 1000), _FAST["wait_any"]
+
+    def wait(seen: int, timeout: float) -> int | None:
+        return fn(addrs, bell_addr, seen, spin_ns, int(timeout * 1e9) if timeout > 0 else 0)  # type: ignore[no-any-return]
+    return wait
+
+
+def wait_any(rings: Sequence["Ring"], bell: Bell | None, seen: int, timeout: float, spin_us: float = 50.0) -> int | None:
+    """Wait, spinning for spin_us then asleep (one futex_waitv), until one of `rings` (this
+    process's consumer sides of SPSC rings) has something to look at, or the bell moves on
+    from `seen`: the ring's index, len(rings) for the bell, None when `timeout` passed."""
+    if len(rings) > WAIT_ANY_MAX:
+        raise ValueError(f"wait_any waits on at most {WAIT_ANY_MAX} rings")
+    for r in rings:
+        r._need("consumer")
+    return _FAST["wait_any"](tuple(r._addr for r in rings), 0 if bell is None else bell._addr, seen,
+                             int(spin_us * 1000), max(0, int(timeout * 1e9)))
+
+
 def sweep(remove: bool = True) -> list[tuple[str, str]]:
     """broker's segments in /dev/shm whose creator is dead, as (name, why);
     unlinked unless remove=False. Only this user's segments are judged (the

@@ -19,6 +19,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdatomic.h>
+#include <errno.h>
 
 #include "brk_ring.h"
 #include "brk_codec.h"
@@ -298,6 +299,48 @@ static PyObject *brk_py_wait_data(PyObject *self, PyObject *const *args, Py_ssiz
     int rc;
     BRK_PY_BLOCKING(r, rc = brk_wait_data(r, (int64_t)timeout));
     return PyLong_FromLong(rc);
+}
+
+/* wait_any(rings, bell, seen, spin_ns, timeout_ns) -> int | None: brk_wait_any without the GIL
+ * over a tuple of ring addresses (every one counted busy meanwhile), bell a uint32_t's address or
+ * 0: the ready ring's index, len(rings) for the bell, None at the timeout; OSError otherwise. */
+static PyObject *brk_py_wait_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5 || !PyTuple_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wait_any(rings: tuple, bell, seen, spin_ns, timeout_ns)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+    if (n > BRK_WAIT_ANY_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many rings for wait_any");
+        return NULL;
+    }
+    brk_ring *rings[BRK_WAIT_ANY_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!(rings[i] = brk_py_ring(PyTuple_GET_ITEM(args[0], i))))
+            return NULL;
+    }
+    void *bell = PyLong_AsVoidPtr(args[1]);
+    long long seen, spin, timeout;
+    if ((!bell && PyErr_Occurred()) || !brk_py_int64(args[2], &seen) || !brk_py_int64(args[3], &spin) ||
+        !brk_py_int64(args[4], &timeout))
+        return NULL;
+    uint32_t which = 0;
+    int rc;
+    for (Py_ssize_t i = 0; i < n; i++)
+        rings[i]->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    rc = brk_wait_any(rings, (uint32_t)n, bell, (uint32_t)seen, (int64_t)spin, (int64_t)timeout, &which);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        rings[i]->busy--;
+    if (rc == 0)
+        return PyLong_FromUnsignedLong(which);
+    if (rc == BRK_TIMEOUT)
+        Py_RETURN_NONE;
+    errno = rc < 0 ? -rc : EINVAL;
+    return PyErr_SetFromErrno(PyExc_OSError);
 }
 
 /* wait_space(ring, len, timeout_ns) -> int: brk_wait_space without the GIL. */
@@ -877,6 +920,8 @@ static PyMethodDef brk_py_methods[] = {
      "send_many(ring, sequence, start) -> (sent, outcome)"},
     {"recv_many", (PyCFunction)(void (*)(void))brk_py_recv_many, METH_FASTCALL,
      "recv_many(ring, max) -> list[bytes] | outcome"},
+    {"wait_any", (PyCFunction)(void (*)(void))brk_py_wait_any, METH_FASTCALL,
+     "wait_any(rings, bell, seen, spin_ns, timeout_ns) -> index | None"},
     {"wait_space", (PyCFunction)(void (*)(void))brk_py_wait_space, METH_FASTCALL,
      "wait_space(ring, len, timeout_ns) -> outcome"},
     {NULL, NULL, 0, NULL},

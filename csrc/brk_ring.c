@@ -1496,3 +1496,115 @@ int brk_bcast_slot_info(brk_ring *r, uint32_t slot, uint32_t *state, int32_t *pi
     *head = atomic_load_explicit(&sl->head, memory_order_relaxed); /* a statistic */
     return 0;
 }
+
+/* ---- waiting on several rings at once (a linked service's provider) ---- */
+
+/*
+ * A bell is a process-local word that another thread of this process rings
+ * (brk_bell_ring) to end a brk_wait_any early: an epoch, incremented and woken.
+ */
+void brk_bell_ring(uint32_t *bell)
+{
+    /* seq_cst: pairs with brk_wait_any's seq_cst load of the bell after it
+     * announced its sleep: either that load sees the new epoch, or the epoch
+     * changed before futex_waitv compared it, which then returns at once. */
+    atomic_fetch_add_explicit((_Atomic uint32_t *)bell, 1, memory_order_seq_cst);
+    brk_futex_wake((_Atomic uint32_t *)bell);
+}
+
+static int brk_any_ready(brk_ring *const *rings, uint32_t n, _Atomic uint32_t *bell, uint32_t seen,
+                         memory_order mo, uint32_t *which)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (brk_consumer_ready(rings[i], mo)) {
+            *which = i;
+            return 1;
+        }
+    }
+    if (bell && atomic_load_explicit(bell, mo) != seen) {
+        *which = n;
+        return 1;
+    }
+    return 0;
+}
+
+int brk_wait_any(brk_ring *const *rings, uint32_t n, uint32_t *bell_word, uint32_t bell_seen, int64_t spin_ns,
+                 int64_t timeout_ns, uint32_t *which)
+{
+    if (n > BRK_WAIT_ANY_MAX || timeout_ns < 0 || spin_ns < 0 || !which)
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        /* SPSC consumers that sleep on the futex only: an eventfd sleeper's producer writes its fd */
+        if (!rings[i] || !brk_consumer_ok(rings[i]) || rings[i]->kind != BRK_KIND_SPSC || rings[i]->efd_wait >= 0)
+            return -EINVAL;
+    }
+    _Atomic uint32_t *bell = (_Atomic uint32_t *)bell_word;
+    uint64_t start = brk_now_ns(), deadline = start + (uint64_t)timeout_ns;
+    uint64_t spin_end = start + (uint64_t)(spin_ns < timeout_ns ? spin_ns : timeout_ns);
+    /* Just woke someone, who may be queued on this CPU: unlike brk_wait, spin anyway, but
+     * yielding from the start. Sleeping at once here would make the next call wake us, and its
+     * caller, having woken us, sleep at once too: both sides would pay a wake-up every call. */
+    uint64_t pure = n ? rings[0]->pure_spin_ns : 0;
+    if (brk_woke_at && start - brk_woke_at < BRK_NO_SPIN_AFTER_WAKE_NS)
+        pure = 0;
+    for (uint64_t i = 0, now = start;; i++) {
+        /* acquire: pairs with each producer's publishing store of tail (brk_publish) */
+        if (brk_any_ready(rings, n, bell, bell_seen, memory_order_acquire, which))
+            return 0;
+        if ((i & 15) == 15) {
+            if ((now = brk_now_ns()) >= spin_end)
+                break;
+            if (now - start >= pure)
+                sched_yield(); /* see BRK_PURE_SPIN_NS */
+        }
+        brk_cpu_relax();
+    }
+    struct futex_waitv w[BRK_WAIT_ANY_MAX + 1];
+    for (;;) {
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            /* (1) seq_cst: the sleeper's half of brk_wake's handshake, as in brk_wait */
+            atomic_store_explicit(&rings[i]->hdr->cons_wait, BRK_WAIT_FUTEX, memory_order_seq_cst);
+            w[k++] = (struct futex_waitv){ .val = BRK_WAIT_FUTEX, .uaddr = (uintptr_t)&rings[i]->hdr->cons_wait,
+                                           .flags = FUTEX_32 };
+        }
+        if (bell)
+            w[k++] = (struct futex_waitv){ .val = bell_seen, .uaddr = (uintptr_t)bell, .flags = FUTEX_32 };
+        /* (2) seq_cst: after the announcements above (see brk_wait) */
+        int ready = brk_any_ready(rings, n, bell, bell_seen, memory_order_seq_cst, which);
+        uint64_t now = brk_now_ns();
+        int rc = 0;
+        if (!ready && now < deadline) {
+            for (uint32_t i = 0; i < n; i++)
+                rings[i]->sleeps++;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts); /* futex_waitv's timeout is absolute */
+            uint64_t at = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + (deadline - now);
+            ts.tv_sec = (time_t)(at / 1000000000u);
+            ts.tv_nsec = (long)(at % 1000000000u);
+            long s = syscall(SYS_futex_waitv, w, k, 0, &ts, CLOCK_MONOTONIC);
+            if (s < 0 && errno == ETIMEDOUT)
+                rc = BRK_TIMEOUT;
+            else if (s < 0 && errno == ENOSYS) {
+                /* a kernel before 5.16: sleep on the first word for a short slice, then look again */
+                uint64_t left = deadline - now;
+                rc = k ? brk_futex_wait((_Atomic uint32_t *)(uintptr_t)w[0].uaddr, w[0].val,
+                                        left < 1000000u ? left : 1000000u)
+                       : 0;
+                if (rc == BRK_TIMEOUT)
+                    rc = 0;
+            } else if (s < 0 && errno != EAGAIN && errno != EINTR)
+                rc = -errno;
+        }
+        for (uint32_t i = 0; i < n; i++)
+            /* relaxed: nobody else sleeps on this flag; a stale value only
+             * costs the other side one needless system call (as in brk_wait) */
+            atomic_store_explicit(&rings[i]->hdr->cons_wait, BRK_WAIT_NONE, memory_order_relaxed);
+        if (ready || brk_any_ready(rings, n, bell, bell_seen, memory_order_acquire, which))
+            return 0;
+        if (rc < 0)
+            return rc;
+        if (rc == BRK_TIMEOUT || brk_now_ns() >= deadline)
+            return BRK_TIMEOUT;
+    }
+}

@@ -39,6 +39,7 @@
 #define BRK_MIN_CAPACITY   256
 #define BRK_MAX_CAPACITY   1099511627776
 #define BRK_MAX_CONSUMERS  1024
+#define BRK_WAIT_ANY_MAX   64
 
 /* A slot's state word: the low 8 bits are the state, the rest a generation
  * that every join increments, so an evicted consumer never mistakes a new
@@ -254,6 +255,13 @@ int brk_bcast_evict(brk_ring *r, uint32_t slot);
 int brk_bcast_reclaim(brk_ring *r, uint32_t slot);
 /* *state is the whole state word: BRK_SLOT_* in the low 8 bits, the generation above. */
 int brk_bcast_slot_info(brk_ring *r, uint32_t slot, uint32_t *state, int32_t *pid, uint64_t *start, uint64_t *head);
+
+/* Several SPSC consumers (futex sleepers) of this process at once, and a bell: *which is the
+ * index of a ring with something to look at, or n when the bell's word is no longer bell_seen
+ * (bell_word may be NULL); 0, BRK_TIMEOUT, or -errno. brk_bell_ring moves the word on and wakes. */
+int brk_wait_any(brk_ring *const *rings, uint32_t n, uint32_t *bell_word, uint32_t bell_seen, int64_t spin_ns,
+                 int64_t timeout_ns, uint32_t *which);
+void brk_bell_ring(uint32_t *bell);
 
 /* Wake-ups: brk_eventfd returns a new non-blocking eventfd (>= 0) or -errno. */
 int brk_eventfd(void);

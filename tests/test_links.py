@@ -73,12 +73,21 @@ def test_a_linked_service_is_called_through_the_broker(server, socket_only):
                 with pytest.raises(broker.ServiceError, match="not an int"):
                     link.send_receive(ADD, b"x", 2)  # the handler's TypeError, as its caller sees it
                 assert link.send_receive(99) == 0
+                paths = []
                 for i in range(200):  # and many in a row
                     assert link.send_receive(ADD, i, 1) == i + 1
+                    paths.append(link.direct)
+                # in one session on shared memory the broker steps out after pairing the two (the
+                # first call may still go relayed); over a socket every call is relayed
+                assert paths == [not socket_only] * 200
 
         in_child(caller)
         [svc] = server.stats()["services"]
-        assert svc["service"] == "upper" and svc["served"] >= 206 and svc["queued"] == 0
+        assert svc["service"] == "upper" and svc["queued"] == 0 and svc["direct"] == 0  # the caller has gone
+        if socket_only:
+            assert svc["served"] >= 206 and svc["pairs"] == 0
+        else:
+            assert svc["served"] <= 1 and svc["pairs"] == 1
     finally:
         prov.kill()
         os.close(ready_r)
