@@ -905,6 +905,7 @@ class Link(SubSession):
         self._pairing: tuple[Buffer, Any] | None = None
         self._rid = 0
         self._ask = session._rings is not None  # ask for a pair (again) at the next chance
+        self._stale = False  # the provider may have changed since the last answer: ask after the next call
         self._ask_pair()
 
     def _ask_pair(self) -> None:
@@ -924,8 +925,10 @@ class Link(SubSession):
             fut.result(0)
             spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
             self._pair = _CallerPair(buf.value.decode(), spin, self.session._max_frame)
-        except (BrokerError, OSError, ValueError, UnicodeDecodeError):  # none for us: relayed
+        except (BrokerError, OSError, ValueError, UnicodeDecodeError) as e:  # none for us: relayed
             self._pair = None
+            if isinstance(e, ServiceError) and e.status in (Status.NOT_FOUND, Status.DISCONNECTED):
+                self._stale = True  # nobody offered it then: a provider that comes later may be ours
 
     def _lost_pair(self) -> None:
         pair, self._pair = self._pair, None
@@ -954,10 +957,16 @@ class Link(SubSession):
                 return r  # type: ignore[no-any-return]
         self.direct = False
         try:
-            return self._relay(code, args, timeout)
-        finally:
-            if self._ask:
-                self._ask_pair()
+            status = self._relay(code, args, timeout)
+        except ServiceError as e:
+            if e.status in (Status.NOT_FOUND, Status.DISCONNECTED):  # the next provider may share our session
+                self._stale = True
+            raise
+        if self._stale and self._pairing is None and self._pair is None and self.session._rings is not None:
+            self._stale, self._ask = False, True
+        if self._ask:
+            self._ask_pair()
+        return status
 
     def _direct(self, pair: _CallerPair, code: int, args: tuple[Any, ...], timeout: float | None,
                 rid: int = 0, r: Any = None) -> Any:

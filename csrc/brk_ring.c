@@ -1582,7 +1582,7 @@ int brk_wait_any(brk_ring *const *rings, uint32_t n, uint32_t *bell_word, uint32
             uint64_t at = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + (deadline - now);
             ts.tv_sec = (time_t)(at / 1000000000u);
             ts.tv_nsec = (long)(at % 1000000000u);
-            long s = syscall(SYS_futex_waitv, w, k, 0, &ts, CLOCK_MONOTONIC);
+            long s = syscall(SYS_futex_waitv, w, k, 0, &ts, CLOCK_MONOTONIC, 0);
             if (s < 0 && errno == ETIMEDOUT)
                 rc = BRK_TIMEOUT;
             else if (s < 0 && errno == ENOSYS) {

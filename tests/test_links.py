@@ -225,6 +225,7 @@ def test_an_asyncio_provider(server):
                 out = Buffer(8)
                 for _ in range(20):
                     assert link.send_receive(1, b"abc", out) == 7 and out.value == b"ABC"
+                assert link.direct  # the asyncio loop serves the private pair too
 
         in_child(caller)
         # and an async handler served by the plain serve_one: run to completion there
@@ -243,3 +244,160 @@ def test_an_asyncio_provider(server):
         prov.kill()
         os.close(ready_r)
         os.close(ready_w)
+
+
+def _pair_maps(pid: int | str = "self") -> list[str]:
+    """The private pairs of rings (link segments) a process maps."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sorted({line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
+                       for line in f if ".link." in line})
+
+
+def _until_direct(link, *args) -> int:
+    """Calls until one goes over the private pair (the first after pairing may go relayed)."""
+    for i in range(20):
+        link.send_receive(ADD, 1, 1)
+        if link.direct:
+            return i
+    raise AssertionError("the link never got its private pair")
+
+
+def test_a_direct_pair_fails_its_call_when_the_provider_dies_and_the_next_provider_gets_one(server):
+    """In one session the broker steps out of the path; kill -9 of the provider mid-call fails that
+    call DISCONNECTED, the link goes back to the broker (NOT_FOUND while nobody offers), and a new
+    provider's calls go over a new pair. Nothing is left in /dev/shm (the autouse fixture checks)."""
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "svc", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        with connect(server.address) as s, s.link("svc") as link:
+            _until_direct(link)
+            assert link.send_receive(ADD, 40, 2) == 42 and link.direct
+            [svc] = server.stats()["services"]
+            assert svc["direct"] == 1 and svc["pairs"] == 1
+            first = _pair_maps()
+            assert len(first) == 1 and _pair_maps(prov.pid) == first  # both ends map the pair
+            served_before = svc["served"]
+            killer = threading.Timer(0.3, os.kill, (prov.pid, signal.SIGKILL))
+            killer.start()
+            with pytest.raises(broker.ServiceError, match="the provider of 'svc' is gone") as e:
+                link.send_receive(SLOW)  # the provider sleeps in it, then dies
+            killer.join()
+            prov.join(10)
+            assert e.value.status == broker.Status.DISCONNECTED
+            assert server.stats()["services"] == [] or server.stats()["services"][0]["served"] == served_before
+            wait_for(lambda: server.stats()["services"] == [])
+            assert _pair_maps() == []  # the caller let its side go, and the server (in this process) its segment
+            with pytest.raises(broker.ServiceError) as e:
+                link.send_receive(ADD, 1, 2)
+            assert e.value.status == broker.Status.NOT_FOUND
+            prov = _provider(server.address, "svc", ready_w)
+            assert os.read(ready_r, 1) == b"p"
+            _until_direct(link)
+            second = _pair_maps()
+            assert len(second) == 1 and second != first
+            assert link.send_receive(ADD, 20, 22) == 42 and link.direct
+            assert server.stats()["services"][0]["pairs"] == 1
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
+def test_a_caller_killed_mid_call_on_its_pair_leaves_the_provider_serving(server):
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "busy", ready_w)
+    go_r, go_w = os.pipe()
+    try:
+        assert os.read(ready_r, 1) == b"p"
+
+        def doomed() -> None:
+            with connect(server.address) as s, s.link("busy") as link:
+                _until_direct(link)
+                os.write(go_w, b"g")
+                link.send_receive(PAUSE)  # killed in here
+
+        kid = Child(doomed)
+        assert os.read(go_r, 1) == b"g"
+        wait_for(lambda: len(_pair_maps(prov.pid)) == 1)
+        time.sleep(0.1)  # into the provider's handler
+        kid.kill()
+        wait_for(lambda: server.stats()["services"][0]["direct"] == 0)  # the broker ended the pair
+        wait_for(lambda: _pair_maps(prov.pid) == [], timeout=10)  # and the provider let it go
+        in_child(lambda: _until_direct(connect(server.address).link("busy")))  # it serves the next caller
+        assert server.stats()["services"][0]["pairs"] == 2
+    finally:
+        prov.kill()
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+
+
+def test_a_caller_writing_garbage_into_its_pair_ends_only_its_pair(server):
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "g", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        with connect(server.address) as s, s.link("g") as bad, s.link("g") as good:
+            _until_direct(bad)
+            _until_direct(good)
+            assert len(_pair_maps(prov.pid)) == 2
+            bad._pair.tx.send(b"BRK1 this is not a request frame at all")
+            with pytest.raises(broker.ServiceError) as e:
+                bad.send_receive(ADD, 1, 2)  # its pair ends: the provider closed its side
+            assert e.value.status == broker.Status.DISCONNECTED
+            wait_for(lambda: len(_pair_maps(prov.pid)) == 1)
+            for i in range(50):
+                assert good.send_receive(ADD, i, 1) == i + 1 and good.direct
+            assert bad.send_receive(ADD, 2, 2) == 4  # relayed, and then it asks for a new pair
+            _until_direct(bad)
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
+def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other_user):
+    """A different user gets a socket session, so its calls are relayed; a same-session caller of
+    the same provider at the same time goes over its pair. Only the two ends map a pair."""
+    import shutil
+    import tempfile
+
+    uid, gid = other_user
+    d = tempfile.mkdtemp(prefix="brk-link-", dir="/tmp")
+    os.chmod(d, 0o777)
+    path = os.path.join(d, "l.sock")
+    ready_r, ready_w = os.pipe()
+    r, w = os.pipe()
+    try:
+        with broker.Server(path) as srv:
+            os.chmod(path, 0o666)
+            prov = _provider(path, "x", ready_w)
+            try:
+                assert os.read(ready_r, 1) == b"p"
+
+                def stranger() -> None:
+                    os.setgid(gid)
+                    os.setuid(uid)
+                    with connect(path) as s, s.link("x") as link:
+                        paths = []
+                        for i in range(100):
+                            assert link.send_receive(ADD, i, 1) == i + 1
+                            paths.append(link.direct)
+                        maps = _pair_maps()
+                        os.write(w, repr((s.transport, any(paths), maps)).encode())
+
+                kid = Child(stranger)
+                with connect(path) as s, s.link("x") as link:
+                    _until_direct(link)
+                    assert kid.join(60) == 0
+                    transport, any_direct, maps = eval(os.read(w and r, 4096).decode())
+                    assert transport == "socket" and not any_direct and maps == []
+                    assert len(_pair_maps()) == 1 and len(_pair_maps(prov.pid)) == 1  # (the server's is ours too)
+                    [svc] = srv.stats()["services"]
+                    assert svc["direct"] == 1 and svc["served"] >= 100
+            finally:
+                prov.kill()
+    finally:
+        for fd in (ready_r, ready_w, r, w):
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)

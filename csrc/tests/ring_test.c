@@ -287,10 +287,11 @@ long syscall(long nr, ...)
     long a[6];
     va_start(ap, nr);
     for (int i = 0; i < 6; i++)
-        a[i] = va_arg(ap, long); /* brk_ring.c always passes all six futex arguments */
+        a[i] = va_arg(ap, long); /* brk_ring.c always passes six arguments to futex and futex_waitv */
     va_end(ap);
     void (*h)(void);
-    if (nr == SYS_futex && ((int)a[1] & FUTEX_CMD_MASK) == FUTEX_WAIT && (h = atomic_exchange(&g_futex_hook, NULL))) {
+    if (((nr == SYS_futex && ((int)a[1] & FUTEX_CMD_MASK) == FUTEX_WAIT) || nr == SYS_futex_waitv) &&
+        (h = atomic_exchange(&g_futex_hook, NULL))) {
         h();
         atomic_store(&g_hook_ran, 1);
     }
@@ -2525,6 +2526,18 @@ static void hook_publish(void)
     g_hook_rc = brk_send(g_hook_p, &v, sizeof v);
 }
 
+static uint32_t *g_hook_bell;
+
+static void hook_bell(void)
+{
+    brk_bell_ring(g_hook_bell);
+}
+
+static int i_odd(uint64_t v)
+{
+    return (int)(v & 1);
+}
+
 static void hook_second_sleeper(void)
 {
     atomic_store(&g_futex_hook, hook_publish); /* fires at B's FUTEX_WAIT */
@@ -2571,6 +2584,125 @@ static const char *t_publish_in_window(int k, int second)
     return NULL;
 }
 
+/* brk_wait_any: a record published between the waiter's last look and its futex_waitv wakes
+ * it (the hook publishes there), on the second of two rings; a bell rung there does too. */
+static const char *t_wait_any_window(int bell_in_window)
+{
+    rig_t g0, g1;
+    TRY(rig_open(&g0, K_SPSC, 1024, 1, 1));
+    TRY(rig_open(&g1, K_SPSC, 1024, 1, 1));
+    brk_ring *rings[2] = {&g0.c[0], &g1.c[0]};
+    static uint32_t bell;
+    uint32_t which = 99, seen = atomic_load((_Atomic uint32_t *)&bell);
+    REQ_RC(brk_wait_any(rings, 2, &bell, seen, 0, NS / 100, &which), BRK_TIMEOUT);
+    REQ_RC(brk_wait_any(rings, BRK_WAIT_ANY_MAX + 1, NULL, 0, 0, 0, &which), -EINVAL);
+    REQ_RC(brk_wait_any(&rings[0], 1, NULL, 0, 0, -1, &which), -EINVAL);
+    brk_ring *prod[1] = {&g0.p};
+    REQ_RC(brk_wait_any(prod, 1, NULL, 0, 0, 0, &which), -EINVAL); /* a producer side */
+    g_hook_p = &g1.p;
+    g_hook_rc = -1;
+    atomic_store(&g_hook_ran, 0);
+    atomic_store(&g_futex_hook, bell_in_window ? hook_bell : hook_publish);
+    g_hook_bell = &bell;
+    double t0 = now_s();
+    int rc = brk_wait_any(rings, 2, &bell, seen, 0, NS, &which);
+    double el = now_s() - t0;
+    atomic_store(&g_futex_hook, NULL);
+    REQ(atomic_load(&g_hook_ran), "the waiter never reached futex_waitv");
+    REQ_RC(rc, 0);
+    REQ(which == (bell_in_window ? 2u : 1u), "woke for %u", which);
+    REQ(el < 0.5, "the wake-up in the window was lost: woke after %.3f s", el);
+    if (!bell_in_window) {
+        REQ_RC(g_hook_rc, 0);
+        unsigned char b[16];
+        REQ_RC(brk_recv(&g1.c[0], b, sizeof b), 0);
+    }
+    REQ(atomic_load(&g0.c[0].hdr->cons_wait) == BRK_WAIT_NONE && atomic_load(&g1.c[0].hdr->cons_wait) == BRK_WAIT_NONE,
+        "the waiter left a sleeping flag behind");
+    rig_close(&g0);
+    rig_close(&g1);
+    return NULL;
+}
+
+typedef struct {
+    rig_t *g[2];
+    uint32_t *bell;
+    uint64_t n;
+    _Atomic uint64_t sent[3];
+} any_job_t;
+
+static void *any_producer(void *arg)
+{
+    any_job_t *j = arg;
+    for (uint64_t i = 0; i < j->n; i++) {
+        unsigned k = (unsigned)((i * 2654435761u) >> 7) % 3u;
+        if (k < 2) {
+            while (psend(j->g[k], 8) == BRK_FULL)
+                sched_yield();
+        } else
+            brk_bell_ring(j->bell);
+        atomic_fetch_add(&j->sent[k], 1);
+        if (i % 7 == 0) {
+            struct timespec ts = {0, 20000 * (long)(i % 5)}; /* now and then: the waiter falls asleep */
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* brk_wait_any from another thread's records on two rings and rings of the bell: every record
+ * is seen, and no wait outlasts STALL_S (a lost wake-up). */
+static const char *t_wait_any_threads(uint64_t n)
+{
+    rig_t g0, g1;
+    TRY(rig_open(&g0, K_SPSC, 1024, 1, 1));
+    TRY(rig_open(&g1, K_SPSC, 1024, 1, 1));
+    static uint32_t bell;
+    any_job_t j = {.g = {&g0, &g1}, .bell = &bell, .n = n};
+    brk_ring *rings[2] = {&g0.c[0], &g1.c[0]};
+    pthread_t th;
+    REQ(pthread_create(&th, NULL, any_producer, &j) == 0, "pthread_create");
+    uint64_t got[2] = {0, 0}, stalls = 0;
+    uint32_t seen = atomic_load((_Atomic uint32_t *)&bell);
+    const char *err = NULL;
+    while (!err) {
+        uint64_t total = atomic_load(&j.sent[0]) + atomic_load(&j.sent[1]) + atomic_load(&j.sent[2]);
+        if (total == n && got[0] == atomic_load(&j.sent[0]) && got[1] == atomic_load(&j.sent[1]) &&
+            atomic_load((_Atomic uint32_t *)&bell) == seen)
+            break;
+        uint32_t which = 99;
+        double t0 = now_s();
+        int rc = brk_wait_any(rings, 2, &bell, seen, (i_odd(got[0] + got[1]) ? 0 : 2000), WAIT_NS, &which);
+        if (now_s() - t0 > STALL_S)
+            stalls++;
+        if (rc == BRK_TIMEOUT)
+            continue; /* the producer may have ended between the look above and the wait */
+        if (rc != 0) {
+            err = "wait_any failed";
+            break;
+        }
+        if (which < 2) {
+            unsigned char b[16];
+            while (brk_recv(rings[which], b, sizeof b) == 0)
+                got[which]++;
+        } else if (which == 2)
+            seen = atomic_load((_Atomic uint32_t *)&bell);
+        else
+            err = "wait_any woke for no ring";
+    }
+    pthread_join(th, NULL);
+    REQ(!err, "%s", err);
+    REQ(got[0] == atomic_load(&j.sent[0]) && got[1] == atomic_load(&j.sent[1]), "records lost: %llu/%llu, %llu/%llu",
+        (unsigned long long)got[0], (unsigned long long)atomic_load(&j.sent[0]), (unsigned long long)got[1],
+        (unsigned long long)atomic_load(&j.sent[1]));
+    REQ(stalls == 0, "%llu waits outlasted %.0f s: a lost wake-up", (unsigned long long)stalls, STALL_S);
+    INFO("%llu + %llu records, %llu bells", (unsigned long long)got[0], (unsigned long long)got[1],
+         (unsigned long long)atomic_load(&j.sent[2]));
+    rig_close(&g0);
+    rig_close(&g1);
+    return NULL;
+}
+
 static void mode_wakeup(void)
 {
     ctl_t *ctl = ctl_new();
@@ -2588,6 +2720,9 @@ static void mode_wakeup(void)
         t_publish_in_window(K_BCAST, 0));
     RUN("wakeup bcast: a second consumer sleeping and waking in that window does not swallow the first one's wake-up",
         t_publish_in_window(K_BCAST, 1));
+    RUN("wakeup wait_any: a record published on the second ring in the window before futex_waitv wakes the waiter",
+        t_wait_any_window(0));
+    RUN("wakeup wait_any: a bell rung in that window wakes the waiter", t_wait_any_window(1));
     munmap(ctl, sizeof *ctl);
 }
 
@@ -2609,6 +2744,10 @@ static void mode_threads(void)
     snprintf(name, sizeof name, "threads wakeup futex: %llu ping-pong round trips, spin_ns 0",
              (unsigned long long)j.n);
     RUN(name, pingpong(&j, 1, 0));
+    uint64_t n_any = scaled(100000, 2000);
+    snprintf(name, sizeof name, "threads wait_any: %llu records on 2 rings and bells, from another thread",
+             (unsigned long long)n_any);
+    RUN(name, t_wait_any_threads(n_any));
     munmap(ctl, sizeof *ctl);
 }
 
