@@ -26,7 +26,7 @@ import numpy as np
 from ._client import Buffer, ClientSession, SubSession
 from ._session import CLOSE_SUBSESSION
 from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
-                      ServerGone, ServiceError, TooBig)
+                      ServerGone, ServiceError, StateError, TooBig)
 from ._protocol import Status
 from ._ring import Broadcast
 from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_GONE, TABLE_ENTRY, Assembler,
@@ -109,6 +109,7 @@ class Publisher(SubSession):
         self.ring = ring.name if ring is not None else None
         self.block_timeout = block_timeout
         self._seq = 0
+        self._loan: tuple[Any, ...] | None = None  # what loan() lent: see commit()
         if ring is not None:  # the common message (bytes in one record, no meta): one pack and one send
             self._send = ring.send
             self._small = ring.max_record - RECORD_HEAD.size
@@ -202,10 +203,87 @@ class Publisher(SubSession):
             _raise_full(e)
             raise  # (not reached)
 
+    # -- zero-copy: the next message built in place --------------------------------------------
+
+    def loan(self, n: int, *, timeout: float | None = None) -> memoryview:
+        """A writable buffer of n bytes for the next message: write the payload into it, then
+        commit() publishes it (abort() drops it). On a shared-memory session it lies in the
+        publisher's ring, so nothing is copied on the way to subscribers of the session that
+        read it in place (receive_view); a message too big for one record of the ring, and a
+        publisher on a socket, get a local buffer that commit() publishes as publish() does.
+        One loan at a time; do not touch the buffer after commit() or abort()."""
+        return self._lend(int(n), b"", timeout)
+
+    def loan_array(self, shape: int | tuple[int, ...], dtype: Any = np.uint8, *,
+                   timeout: float | None = None) -> np.ndarray:
+        """loan() as a writable numpy array of `shape` and `dtype`; subscribers get an array of the
+        same shape and dtype."""
+        dt = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if dt.hasobject:
+            raise TypeError("an array of Python objects cannot be published: its bytes are pointers")
+        _, meta = _encode(np.empty((0,) * len(shape), dt))  # the meta of this dtype and rank...
+        count = int(np.prod(shape, dtype=np.uint64))
+        meta = meta[:len(meta) - 8 * len(shape)] + struct.pack(f"<{len(shape)}Q", *shape)  # ...with this shape
+        view = self._lend(count * dt.itemsize, meta, timeout)
+        return np.frombuffer(view, dtype=dt, count=count).reshape(shape)
+
+    def _lend(self, n: int, meta: bytes, timeout: float | None) -> memoryview:
+        if self._loan is not None:
+            raise StateError(f"{self.topic!r}: commit() or abort() the last loan first")
+        if n < 0:
+            raise ValueError(f"a loan of {n} bytes")
+        ring = self._ring
+        if not self.handle:
+            raise ServerGone(f"the publisher on {self.topic!r} is closed")
+        head = _HEAD_SIZE + len(meta)
+        if ring is not None and head + n <= ring.max_record:
+            wait = self.block_timeout if timeout is None else timeout
+            try:
+                rec = ring.claim(head + n, wait)
+            except Full as e:
+                self._ring_full(e)
+            rec[:_HEAD_SIZE] = _PLAIN(self._seq + 1, len(meta), 0, 0)
+            rec[_HEAD_SIZE:head] = meta
+            self._loan = ("ring", head, n, meta)
+            return rec[head:]
+        buf = bytearray(n)
+        self._loan = ("copy", buf, n, meta, timeout)
+        return memoryview(buf)
+
+    def commit(self, n: int | None = None) -> None:
+        """Publish the loaned message with its first n bytes (default: all of them; an array's loan
+        is published whole)."""
+        loan = self._loan
+        if loan is None:
+            raise StateError(f"{self.topic!r}: commit() without loan()")
+        size, meta = loan[2], loan[3]
+        k = size if n is None or meta else int(n)
+        if not 0 <= k <= size:
+            raise ValueError(f"commit of {k} bytes, but {size} were lent")
+        self._loan = None
+        if loan[0] == "ring":
+            self._seq += 1
+            self._ring.commit(loan[1] + k)  # type: ignore[union-attr]
+            return
+        data = bytes(loan[1][:k])
+        self.publish(_decode(data, meta) if meta else data, timeout=loan[4])
+
+    def abort(self) -> None:
+        """Drop the loaned message: nobody sees it."""
+        loan, self._loan = self._loan, None
+        if loan is None:
+            raise StateError(f"{self.topic!r}: abort() without loan()")
+        if loan[0] == "ring" and self._ring is not None:
+            self._ring.abort()
+
     def close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
+            if self._loan is not None and self._loan[0] == "ring":
+                ring.abort()
             ring.close()  # its subscribers read what is left, then its end
+        self._loan = None
         super().close()
 
     def __enter__(self) -> "Publisher":
@@ -239,6 +317,7 @@ class Subscriber(SubSession):
         self._assemblers: dict[int, Assembler] = {}
         self._leaving: set[int] = set()  # publishers gone: their rings are read to the end, then closed
         self._turn = 0
+        self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
@@ -362,6 +441,8 @@ class Subscriber(SubSession):
         """The next message with its publisher and sequence number; EmptyTimeout if none came in time
         (timeout None: wait; 0: only what has arrived); Disconnected if the broker's policy dropped
         this subscriber."""
+        if self._held is not None:
+            self.release()
         if not self._rings:
             while not self._items:
                 if not self._take(timeout):
@@ -398,6 +479,8 @@ class Subscriber(SubSession):
 
     def receive(self, timeout: float | None = None) -> Any:
         """The next message's value (bytes or a numpy array); as receive_message."""
+        if self._held is not None:
+            self.release()
         self._since += 1
         if self._since >= _FETCH_EVERY and self._rings:  # relayed messages are not kept waiting behind a busy ring
             self._since = 0
@@ -433,6 +516,67 @@ class Subscriber(SubSession):
                         self.last_error = str(e)
         return self.receive_message(timeout).value
 
+    def receive_view(self, timeout: float | None = None) -> Any:
+        """The next message without a copy where it can be: a read-only memoryview (or numpy array)
+        over the publisher's ring itself when this subscriber reads the ring in place, valid until
+        release() (or the next receive, which releases it). A relayed message, or one in fragments,
+        is viewed over the bytes that brought it. As receive() otherwise."""
+        if self._held is not None:
+            self.release()
+        if not self._items and len(self._rings) == 1 and not self._leaving:
+            for pub, ring in self._rings.items():
+                try:
+                    rec = ring.recv_view(timeout=0)
+                except BrokerError:  # Empty, or its end: the long way says what it means
+                    break
+                if len(rec) >= _HEAD_SIZE:
+                    seq, mlen, more, k = _UNPACK(rec)
+                    asm = self._assemblers.get(pub)
+                    if asm is None:
+                        asm = self._assemblers[pub] = Assembler()
+                    if not (more or k) and seq > asm.seq and asm.complete and _HEAD_SIZE + mlen <= len(rec):
+                        meta = bytes(rec[_HEAD_SIZE:_HEAD_SIZE + mlen])
+                        try:
+                            value = _decode(rec[_HEAD_SIZE + mlen:], meta)  # type: ignore[arg-type]
+                        except ServerGone as e:
+                            self.corrupt += 1
+                            self.last_error = str(e)
+                            ring.release()
+                            break
+                        asm.seq = seq
+                        self._held = ring
+                        self._since += 1
+                        return value
+                copy = bytes(rec)  # anything else (a fragment, an odd record): read as receive() reads it
+                ring.release()
+                self._push_front(pub, copy)
+                break
+        value = self.receive_message(timeout).value
+        return memoryview(value).toreadonly() if type(value) is bytes else value
+
+    def release(self) -> None:
+        """Give back what receive_view() lent (a no-op when it lent nothing from a ring)."""
+        ring, self._held = self._held, None
+        if ring is not None and not ring.closed:
+            ring.release()
+
+    def _push_front(self, pub: int, rec: bytes) -> None:
+        """A record taken out of a ring by receive_view that it does not lend: fed as _from_rings would."""
+        asm = self._assemblers.setdefault(pub, Assembler())
+        try:
+            msg = asm.feed(rec)
+        except ValueError as e:
+            self.corrupt += 1
+            self.last_error = f"publisher {pub}'s ring on {self.topic!r}: {e}"
+            return
+        if msg is not None:
+            seq, meta, payload = msg
+            try:
+                self._items.appendleft(Received(pub, seq, _decode(payload, meta)))
+            except ServerGone as e:
+                self.corrupt += 1
+                self.last_error = str(e)
+
     def _push_back(self, pub: int, rec: bytes) -> None:
         """A record the fast path will not read: counted as the long way counts a bad one."""
         self.corrupt += 1
@@ -440,7 +584,7 @@ class Subscriber(SubSession):
 
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
-        out = [self.receive_message(timeout).value]
+        out = [self.receive(timeout)]
         while len(out) < max_messages:
             if self._items:
                 out.append(self._items.popleft().value)
@@ -475,6 +619,7 @@ class Subscriber(SubSession):
         return self._items.popleft().value
 
     def close(self) -> None:
+        self._held = None  # its ring closes below
         for pub in list(self._rings):
             self._close_ring(pub)
         fut, self._fetch = self._fetch, None

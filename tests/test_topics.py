@@ -685,3 +685,79 @@ def test_a_batch_bigger_than_a_blocking_subscribers_capacity_is_refused_at_once(
         assert sub.receive_many(10, timeout=5) == [b"1", b"2", b"3"]
         sub.close()
         pub.close()
+
+
+def _inside(view, ring) -> bool:
+    """Whether a buffer's bytes lie in a ring's own mapping (nothing was copied out of it)."""
+    addr = np.frombuffer(view, np.uint8).ctypes.data
+    start = ring._res.addr
+    return start <= addr < start + ring._res.mapping.size
+
+
+def test_loan_builds_a_message_in_the_ring_and_receive_view_reads_it_in_place(server):
+    """Zero-copy within a session: loan() lends room in the publisher's own ring, receive_view()
+    lends the record itself to a direct subscriber; a relayed subscriber gets the same messages
+    with the same numbers; an aborted loan is seen by nobody and takes no number."""
+    with connect(server.address) as s:
+        pub = s.publisher("zc")
+        sub = s.subscriber("zc")
+        relay = s.subscriber("zc", policy="drop")  # not a direct reader: the server relays to it
+        assert pub.ring is not None and len(sub._rings) == 1 and not relay._rings
+        buf = pub.loan(5)
+        assert _inside(buf, pub._ring)
+        buf[:] = b"hello"
+        pub.commit()
+        pub.loan(10)[:3] = b"abc"
+        pub.commit(3)  # only the bytes written
+        pub.loan(4)
+        with pytest.raises(broker.StateError, match="last loan first"):
+            pub.loan(1)
+        pub.abort()
+        with pytest.raises(broker.StateError, match="without loan"):
+            pub.commit()
+        arr = pub.loan_array((2, 3), np.float32)
+        arr[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+        pub.commit()
+        pub.publish(b"plain")
+
+        v = sub.receive_view(5)
+        assert isinstance(v, memoryview) and v.readonly and bytes(v) == b"hello"
+        assert _inside(v, next(iter(sub._rings.values())))  # the subscriber's view is the ring's record
+        assert bytes(sub.receive_view(5)) == b"abc"  # the next one releases the last
+        got = sub.receive_view(5)
+        assert got.dtype == np.float32 and got.shape == (2, 3) and not got.flags.writeable
+        assert (got == np.arange(6).reshape(2, 3)).all()
+        sub.release()
+        assert sub.receive(5) == b"plain"
+        seen = [relay.receive_message(5) for _ in range(4)]
+        assert [m.seq for m in seen] == [1, 2, 3, 4]  # the aborted loan took no number
+        assert [bytes(m.value) if isinstance(m.value, bytes) else m.value.tolist() for m in seen] == \
+            [b"hello", b"abc", [[0, 1, 2], [3, 4, 5]], b"plain"]
+        # bigger than a record of the ring: lent from a local buffer, published in fragments
+        big = pub.loan(pub._ring.max_record + 100)  # two records: they fit the ring together
+        assert not _inside(big, pub._ring)
+        big[:2], big[-2:] = b"<<", b">>"
+        pub.commit()
+        v = sub.receive_view(5)
+        assert len(v) == pub._ring.max_record + 100 and bytes(v[:2]) == b"<<" and bytes(v[-2:]) == b">>"
+        sub.release()
+        relay.close()
+        sub.close()
+        pub.close()
+
+
+def test_a_loan_on_a_socket_session_is_published_as_publish_does(server):
+    with connect(server.address, socket_only=True) as s, connect(server.address) as t:
+        pub = s.publisher("sock")
+        sub = t.subscriber("sock")
+        assert pub.ring is None
+        pub.loan(3)[:] = b"xyz"
+        pub.commit()
+        a = pub.loan_array(4, np.int64)
+        a[:] = [1, 2, 3, 4]
+        pub.commit()
+        assert bytes(sub.receive_view(5)) == b"xyz"
+        assert sub.receive_view(5).tolist() == [1, 2, 3, 4]
+        sub.release()
+        pub.close()
+        sub.close()
