@@ -10,6 +10,7 @@ import select
 import socket
 import struct
 import threading
+import weakref
 import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
@@ -296,6 +297,7 @@ class ClientSession:
         self._pending: dict[int, tuple[Any, tuple[Any, ...], bool]] = {}  # a Future or an _Inline
         self._async = 0
         self._reader: threading.Thread | None = None
+        self._locals: "weakref.WeakSet[SubSession]" = weakref.WeakSet()  # sub-sessions: close() ends them here too
         self._reading = 0  # the owner thread is reading the socket inline (nested: a count)
         self._handover = False  # start the reader thread once it stops
         self._broken: BaseException | None = None
@@ -653,6 +655,11 @@ class ClientSession:
         self._fail(ServerGone("the session is closed"))
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(5)
+        for sub in list(self._locals):  # what sub-sessions hold here (rings): a publish after this fails
+            try:
+                sub._session_ended()
+            except Exception:  # noqa: BLE001 - the session ends whatever one of them does
+                pass
 
     def __enter__(self) -> "ClientSession":
         return self
@@ -1122,6 +1129,11 @@ class SubSession:
     def __init__(self, session: ClientSession, handle: int) -> None:
         self.session = session
         self.handle = handle
+        session._locals.add(self)
+
+    def _session_ended(self) -> None:
+        """The session was closed: let go of what this holds in this process (a subclass's rings)."""
+        self.handle = 0
 
     @classmethod
     def open(cls, session: ClientSession, code: int, *args: Any, timeout: float | None = None) -> "SubSession":

@@ -856,6 +856,13 @@ class Offer(SubSession):
                     return
                 raise
 
+    def _session_ended(self) -> None:
+        self._closing = True
+        self._bell.ring()
+        for pair in list(self._pairs):
+            self._drop(pair)
+        super()._session_ended()
+
     def close(self) -> None:
         self._closing = True
         self._bell.ring()
@@ -1031,6 +1038,13 @@ class Link(SubSession):
                 elif isinstance(target, bytearray):
                     target[:] = data
         return status
+
+    def _session_ended(self) -> None:
+        pair, self._pair = self._pair, None
+        if pair is not None:
+            pair.close()
+        self._pairing = None
+        super()._session_ended()
 
     def close(self) -> None:
         pair, self._pair = self._pair, None

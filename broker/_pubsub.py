@@ -28,6 +28,7 @@ from ._session import CLOSE_SUBSESSION
 from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
                       ServerGone, ServiceError, StateError, TooBig)
 from ._protocol import Status
+from ._native import RING as _RING_CALLS
 from ._ring import Broadcast
 from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_GONE, TABLE_ENTRY, Assembler,
                       split_record,
@@ -39,6 +40,9 @@ _HEAD_SIZE = RECORD_HEAD.size
 _UNPACK = functools.partial(RECORD_HEAD.unpack_from, offset=0)
 _WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, then looks at its FETCH
 _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this many messages
+_tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/brk_py.c: plain messages
+_trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
+_RING_FULL = 2  # BRK_FULL
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
 
@@ -110,8 +114,9 @@ class Publisher(SubSession):
         self.block_timeout = block_timeout
         self._seq = 0
         self._loan: tuple[Any, ...] | None = None  # what loan() lent: see commit()
-        if ring is not None:  # the common message (bytes in one record, no meta): one pack and one send
+        if ring is not None:  # the common message (bytes in one record, no meta): one C call
             self._send = ring.send
+            self._addr = ring._addr
             self._small = ring.max_record - RECORD_HEAD.size
 
     def _records(self, data: Any) -> list[bytes]:
@@ -124,13 +129,14 @@ class Publisher(SubSession):
         raise FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: a subscriber "
                           f"did not keep up") from None
 
-    def _cut_short(self, base: int, n: int) -> None:
-        """A ring publisher's batch stopped after n messages: FullTimeout saying so (its `published`);
-        the sequence numbers of those that did not go are given again."""
+    def _cut_short(self, base: int, n: int, before: int = 0) -> None:
+        """A ring publisher's batch stopped after n messages (after `before` that went first):
+        FullTimeout saying so (its `published`); the sequence numbers of those that did not go
+        are given again."""
         self._seq = base + n
-        err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: {n} of the "
-                          f"batch went")
-        err.published = n  # type: ignore[attr-defined]
+        err = FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: {before + n} of "
+                          f"the batch went")
+        err.published = before + n  # type: ignore[attr-defined]
         raise err from None
 
     def publish(self, data: Any, *, timeout: float | None = None) -> None:
@@ -140,7 +146,9 @@ class Publisher(SubSession):
         if ring is not None:
             if type(data) is bytes and len(data) <= self._small:
                 self._seq += 1
-                try:
+                if not _tsend(self._addr, self._seq, data):  # header and data written into the ring in C
+                    return
+                try:  # no room (or the ring's end): the long way waits, or says what it is
                     self._send(_PLAIN(self._seq, 0, 0, 0) + data, self.block_timeout if timeout is None else timeout)
                 except Full as e:
                     self._seq -= 1
@@ -169,27 +177,45 @@ class Publisher(SubSession):
         publisher's FullTimeout comes after a first part went (its `published` says how many)."""
         ring = self._ring
         if ring is not None:
-            items = list(items)
+            items = items if type(items) is list else list(items)
             small, base = self._small, self._seq
-            if all(type(x) is bytes and len(x) <= small for x in items):
+            went, rc = _tsend_many(self._addr, items, base + 1, 0)  # the plain ones, until one is not (or no room)
+            if rc == _RING_FULL:  # wait for room (up to the deadline: FullTimeout), then on in C
+                wait = self.block_timeout if timeout is None else timeout
+                deadline = time.monotonic() + wait
+                h = ring._need("producer")
+                while rc == _RING_FULL:
+                    try:
+                        ring._wait_room(h, _HEAD_SIZE + len(items[went]), wait, deadline)
+                    except Full:
+                        self._cut_short(base, went)
+                    more, rc = _tsend_many(self._addr, items, base + 1, went)
+                    went += more
+            if not rc:
+                self._seq = base + went
+                return went
+            self._seq = base + went
+            rest = items[went:]
+            if all(type(x) is bytes and len(x) <= small for x in rest):
                 first = self._seq + 1
-                self._seq += len(items)
-                msgs = [[_PLAIN(first + i, 0, 0, 0) + x] for i, x in enumerate(items)]
+                self._seq += len(rest)
+                msgs = [[_PLAIN(first + i, 0, 0, 0) + x] for i, x in enumerate(rest)]
             else:
-                msgs = [self._records(x) for x in items]
+                msgs = [self._records(x) for x in rest]
+            base += went
             if all(len(m) == 1 for m in msgs):
                 recs = [m[0] for m in msgs]
                 try:
-                    return ring.send_many(recs, self.block_timeout if timeout is None else timeout)
+                    return went + ring.send_many(recs, self.block_timeout if timeout is None else timeout)
                 except Full as e:
-                    self._cut_short(base, getattr(e, "sent", 0))
+                    self._cut_short(base, getattr(e, "sent", 0), went)
             for n, m in enumerate(msgs):  # one has fragments: one by one
                 try:
                     for rec in m:
                         ring.send(rec, self.block_timeout if timeout is None else timeout)
                 except Full:
-                    self._cut_short(base, n)
-            return len(msgs)
+                    self._cut_short(base, n, went)
+            return went + len(msgs)
         encoded = [_encode(x) for x in items]
         if not encoded:
             return 0
@@ -277,6 +303,13 @@ class Publisher(SubSession):
         if loan[0] == "ring" and self._ring is not None:
             self._ring.abort()
 
+    def _session_ended(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()  # its subscribers read what is left, then its end
+        self._loan = None
+        super()._session_ended()
+
     def close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
@@ -318,6 +351,14 @@ class Subscriber(SubSession):
         self._leaving: set[int] = set()  # publishers gone: their rings are read to the end, then closed
         self._turn = 0
         self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
+        self._fast: tuple[int, Assembler] | None = None  # the one ring read in place, and its books (_refast)
+
+    def _refast(self) -> None:
+        """receive()'s shortest way is open while exactly one ring is read in place and it is not ending."""
+        self._fast = None
+        if len(self._rings) == 1 and not self._leaving:
+            for pub, ring in self._rings.items():
+                self._fast = (ring._addr, self._assemblers.setdefault(pub, Assembler()))
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
@@ -393,6 +434,7 @@ class Subscriber(SubSession):
         if what == RING_GONE:
             if pub in self._rings:
                 self._leaving.add(pub)
+                self._refast()
         else:
             raise ServerGone(f"an unknown control message {what!r} on {self.topic!r}")
 
@@ -434,6 +476,7 @@ class Subscriber(SubSession):
         ring = self._rings.pop(pub, None)
         self._assemblers.pop(pub, None)
         self._leaving.discard(pub)
+        self._refast()
         if ring is not None:
             ring.close()
 
@@ -485,9 +528,23 @@ class Subscriber(SubSession):
         if self._since >= _FETCH_EVERY and self._rings:  # relayed messages are not kept waiting behind a busy ring
             self._since = 0
             self._take(0)
+        fast = self._fast
+        if fast is not None and not self._items:  # the shortest way: one C call
+            asm = fast[1]
+            if asm._parts is None:  # no message half-way
+                r = _trecv(fast[0], asm.seq)
+                if type(r) is tuple:
+                    asm.seq = r[0]
+                    return r[1]
         if not self._items and len(self._rings) == 1 and not self._leaving:
             # the common case: one publisher's ring, a whole message of bytes in one record
             for pub, ring in self._rings.items():
+                asm = self._assemblers.get(pub)
+                if asm is not None and asm.complete:  # in C: a plain message numbered after the last
+                    r = _trecv(ring._addr, asm.seq)
+                    if type(r) is tuple:
+                        asm.seq = r[0]
+                        return r[1]
                 try:
                     rec = ring.recv(timeout=0)
                 except BrokerError:  # Empty, or its end: the long way says what it means
@@ -584,6 +641,18 @@ class Subscriber(SubSession):
 
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
+        if not self._items and len(self._rings) == 1 and not self._leaving and self._held is None:
+            for pub, ring in self._rings.items():  # the common case, in C: the plain messages already there
+                asm = self._assemblers.get(pub)
+                if asm is not None and asm.complete:
+                    got, seq, _ = _trecv_many(ring._addr, max(1, min(max_messages, 4096)), asm.seq)
+                    if got:
+                        asm.seq = seq
+                        self._since += len(got)
+                        if self._since >= _FETCH_EVERY:  # as receive() does
+                            self._since = 0
+                            self._take(0)
+                        return got  # type: ignore[no-any-return]
         out = [self.receive(timeout)]
         while len(out) < max_messages:
             if self._items:
@@ -618,8 +687,14 @@ class Subscriber(SubSession):
             self._take(0)
         return self._items.popleft().value
 
+    def _session_ended(self) -> None:
+        self._held = self._fast = None
+        for pub in list(self._rings):
+            self._close_ring(pub)
+        super()._session_ended()
+
     def close(self) -> None:
-        self._held = None  # its ring closes below
+        self._held = self._fast = None  # its ring closes below
         for pub in list(self._rings):
             self._close_ring(pub)
         fut, self._fetch = self._fetch, None
@@ -683,6 +758,7 @@ def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024,
             raise ValueError("not an object")
         for pub, name in rings.items():  # the rings of the publishers there now, read in place from here on
             sub._rings[int(pub)] = Broadcast.open(str(name))
+        sub._refast()
     except (ValueError, TypeError, BrokerError, OSError) as e:
         sub.close()
         raise ServerGone(f"the server's ring names for {topic!r} are unusable: {e}") from None

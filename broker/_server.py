@@ -349,6 +349,22 @@ class _Conn:
         self.messages[req.request_id] = msg
         self.requests += 1
         srv, session = self.server, self.session
+        if req.code == CLOSE_SUBSESSION:  # always allowed: a client may always give back what it holds
+            try:
+                session.close_subsession(req.handle)
+                msg.complete(Status.OK)
+            except BadHandle as e:
+                msg.complete(Status.BAD_HANDLE, str(e))
+            return
+        # the server's policies cover every other code, the broker's own services' too (topics, links,
+        # stats): a server can keep, say, TOPIC_LIST or LINK_OFFER to some users
+        policy = find_policy(srv.policies, req.code) if srv.policies else None
+        if policy is not None and not policy.allows(self.peer, msg, srv.uid):
+            if policy.panic:
+                msg.panic(f"function {req.code} is not allowed for {self.peer}")
+            else:
+                msg.complete(Status.PERMISSION_DENIED, f"function {req.code} is not allowed for {self.peer}")
+            return
         if req.code < 0 and req.code == SERVER_STATS:
             self._stats(msg)
             return
@@ -357,20 +373,6 @@ class _Conn:
             return
         if req.code < 0 and req.code in LINK_CODES:
             srv.links.handle(self, msg)
-            return
-        if req.code == CLOSE_SUBSESSION:
-            try:
-                session.close_subsession(req.handle)
-                msg.complete(Status.OK)
-            except BadHandle as e:
-                msg.complete(Status.BAD_HANDLE, str(e))
-            return
-        policy = find_policy(srv.policies, req.code) if srv.policies else None
-        if policy is not None and not policy.allows(self.peer, msg, srv.uid):
-            if policy.panic:
-                msg.panic(f"function {req.code} is not allowed for {self.peer}")
-            else:
-                msg.complete(Status.PERMISSION_DENIED, f"function {req.code} is not allowed for {self.peer}")
             return
         try:
             result = session.service(msg)

@@ -203,7 +203,8 @@ class Assembler:
     ValueError (the caller counts it); a message whose fragments stop short is dropped when the
     next message starts; a reader that joined in the middle of one skips its fragments."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message  # the most payload a message may have: more is a bad record
         self.seq = 0  # the last message's sequence number
         self.dropped = 0  # messages whose fragments did not all come
         self._parts: list[bytes] | None = None
@@ -241,7 +242,8 @@ class Assembler:
         if self._parts is not None:  # the last one stopped short (its publisher timed out, or died)
             self._parts = None
             self.dropped += 1
-        if mlen > MAX_META or head + mlen > len(rec) or more > MAX_MESSAGE or seq <= self.seq:
+        if (mlen > MAX_META or head + mlen > len(rec) or more > self.max_message - (len(rec) - head - mlen)
+                or seq <= self.seq):
             raise ValueError(f"a bad record (sequence {seq}, meta {mlen} bytes, {more} to come)")
         meta, body = rec[head:head + mlen], rec[head + mlen:]
         if not more:
@@ -269,7 +271,9 @@ class Publisher(RefObject):
         self.ring_name: str | None = None
         self.segment: Any = None  # the ring's segment: the server made it, and unlinks it at the end
         self.relay: Broadcast | None = None
-        self.assembler = Assembler()
+        # a relayed message travels in one FETCH reply: one bigger than a frame is never delivered, so
+        # the server does not gather it (a publisher announcing gigabytes only harms itself)
+        self.assembler = Assembler(max(1, broker.server.max_frame - BATCH_HEAD.size - MESSAGE_HEAD.size - MAX_META))
         self.armed = False
         self.corrupt = 0
 

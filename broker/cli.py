@@ -433,8 +433,10 @@ def _demo_services(path: str, tcp: str, holding: Any, release: Any) -> None:
                     link.send_receive(1, b"linked", out)
                     times.append(time.perf_counter_ns() - t0)
                 times.sort()
+                way = ("over a private pair of rings with the provider, the broker out of the path" if link.direct
+                       else "relayed by the broker")
                 print(f"  process {os.getpid()} ({s.transport}) calls 'upper': {out.value!r}, round trip p50 "
-                      f"{times[len(times) // 2] / 1e3:.1f} us (through the broker)", flush=True)
+                      f"{times[len(times) // 2] / 1e3:.1f} us ({way})", flush=True)
             hold()
         return call
 

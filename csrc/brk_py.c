@@ -286,6 +286,185 @@ static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssiz
     return list;
 }
 
+/* ---- topics: a publisher's ring (broker/_topics.py RECORD_HEAD) ----
+ * A record is a 20-byte header, then the message's meta and payload: sequence
+ * number u64, meta length u32, payload bytes still to come in later fragments
+ * u32, fragment index u32 (all little-endian). These calls handle the common
+ * message only, bytes with no meta in one record; anything else is Python's
+ * (broker/_pubsub.py), which also says what is wrong with a bad record. */
+#define BRK_TOPIC_HEAD 20
+
+/* Write one plain message: the header and data, straight into a claimed record. */
+static int brk_topic_put(brk_ring *r, uint64_t seq, const char *p, Py_ssize_t n)
+{
+    int rc = brk_claim(r, BRK_TOPIC_HEAD + (uint64_t)n);
+    if (rc)
+        return rc;
+    unsigned char *w = r->wptr;
+    brk_codec_st(w, seq, 8);
+    memset(w + 8, 0, 12); /* no meta, nothing more to come, fragment 0 */
+    memcpy(w + BRK_TOPIC_HEAD, p, (size_t)n);
+    return brk_commit(r, BRK_TOPIC_HEAD + (uint64_t)n);
+}
+
+/* topic_send(ring, seq, data: bytes) -> int: one plain message in one record (BRK_TOOBIG if it
+ * needs more; BRK_FULL: nothing written, Python waits for room). */
+static PyObject *brk_py_topic_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_send(ring, seq, data)");
+    if (!r)
+        return NULL;
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[1]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "topic_send takes bytes");
+        return NULL;
+    }
+    return PyLong_FromLong(brk_topic_put(r, seq, PyBytes_AS_STRING(args[2]), PyBytes_GET_SIZE(args[2])));
+}
+
+/* topic_send_many(ring, items: list, first_seq, start) -> (sent, outcome): items[start:] (bytes)
+ * as plain messages numbered first_seq + their index, each one record, until all went or one
+ * did not (outcome BRK_FULL, BRK_TOOBIG...; -1: an item is not bytes). */
+static PyObject *brk_py_topic_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 4, "topic_send_many(ring, items, first_seq, start)");
+    if (!r)
+        return NULL;
+    if (!PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "topic_send_many takes a list");
+        return NULL;
+    }
+    unsigned long long first = PyLong_AsUnsignedLongLong(args[2]);
+    if (first == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t start = PyLong_AsSsize_t(args[3]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(args[1]), i = start < 0 ? 0 : start;
+    int rc = 0;
+    for (; i < n; i++) {
+        PyObject *o = PyList_GET_ITEM(args[1], i);
+        if (!PyBytes_CheckExact(o)) {
+            rc = -1;
+            break;
+        }
+        if ((rc = brk_topic_put(r, first + (uint64_t)i, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o))))
+            break;
+    }
+    return Py_BuildValue("(ni)", i - (start < 0 ? 0 : start), rc);
+}
+
+/* The next record, if it is a plain message numbered after *last: its payload as new bytes
+ * (*last moved on), released; else NULL with *rc: the ring's outcome, or BRK_NOTREADY for a
+ * record Python must read (it stays first in line). NULL with an exception: out of memory. */
+static PyObject *brk_topic_take(brk_ring *r, uint64_t *last, int *rc)
+{
+    *rc = brk_peek(r);
+    if (*rc != BRK_OK)
+        return NULL; /* BRK_EMPTY, or anything else: lossless rings never give BRK_LOST */
+    unsigned char head[BRK_TOPIC_HEAD];
+    uint64_t n = r->rlen;
+    if (n < BRK_TOPIC_HEAD) {
+        brk_unpeek(r);
+        *rc = BRK_NOTREADY;
+        return NULL;
+    }
+    memcpy(head, r->rptr, BRK_TOPIC_HEAD); /* one copy: the publisher may change the ring meanwhile */
+    uint64_t seq = brk_codec_ld(head, 8);
+    if (brk_codec_ld(head + 8, 4) || brk_codec_ld(head + 12, 4) || brk_codec_ld(head + 16, 4) || seq <= *last) {
+        brk_unpeek(r);
+        *rc = BRK_NOTREADY;
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize((const char *)r->rptr + BRK_TOPIC_HEAD, (Py_ssize_t)(n - BRK_TOPIC_HEAD));
+    if (!out) {
+        brk_unpeek(r);
+        return NULL;
+    }
+    *rc = brk_release(r);
+    if (*rc) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    *last = seq;
+    return out;
+}
+
+/* topic_recv(ring, last_seq) -> (seq, bytes) | int: the next plain message numbered after
+ * last_seq, or an outcome (BRK_EMPTY; BRK_NOTREADY: the next record is Python's to read). */
+static PyObject *brk_py_topic_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "topic_recv(ring, last_seq)");
+    if (!r)
+        return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t seq = last;
+    int rc;
+    PyObject *out = brk_topic_take(r, &seq, &rc);
+    if (!out)
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(rc);
+    PyObject *t = PyTuple_New(2);
+    PyObject *num = t ? PyLong_FromUnsignedLongLong(seq) : NULL;
+    if (!num) {
+        Py_XDECREF(t);
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, num);
+    PyTuple_SET_ITEM(t, 1, out);
+    return t;
+}
+
+/* topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome): up to max plain messages
+ * already there, in one call; outcome says why it stopped (BRK_OK: max reached). */
+static PyObject *brk_py_topic_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_recv_many(ring, max, last_seq)");
+    if (!r)
+        return NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[2]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (max < 1 || max > BRK_PY_BATCH_MAX) {
+        PyErr_Format(PyExc_ValueError, "max must be from 1 to %d", BRK_PY_BATCH_MAX);
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    uint64_t seq = last;
+    int rc = BRK_OK;
+    for (Py_ssize_t i = 0; i < max; i++) {
+        PyObject *out = brk_topic_take(r, &seq, &rc);
+        if (!out) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            break;
+        }
+        int bad = PyList_Append(list, out);
+        Py_DECREF(out);
+        if (bad) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        rc = BRK_OK;
+    }
+    return Py_BuildValue("(NKi)", list, (unsigned long long)seq, rc);
+}
+
 /* wait_data(ring, timeout_ns) -> int: brk_wait_data without the GIL. */
 static PyObject *brk_py_wait_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -920,6 +1099,14 @@ static PyMethodDef brk_py_methods[] = {
      "send_many(ring, sequence, start) -> (sent, outcome)"},
     {"recv_many", (PyCFunction)(void (*)(void))brk_py_recv_many, METH_FASTCALL,
      "recv_many(ring, max) -> list[bytes] | outcome"},
+    {"topic_send", (PyCFunction)(void (*)(void))brk_py_topic_send, METH_FASTCALL,
+     "topic_send(ring, seq, data) -> outcome"},
+    {"topic_send_many", (PyCFunction)(void (*)(void))brk_py_topic_send_many, METH_FASTCALL,
+     "topic_send_many(ring, items, first_seq, start) -> (sent, outcome)"},
+    {"topic_recv", (PyCFunction)(void (*)(void))brk_py_topic_recv, METH_FASTCALL,
+     "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
+    {"topic_recv_many", (PyCFunction)(void (*)(void))brk_py_topic_recv_many, METH_FASTCALL,
+     "topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome)"},
     {"wait_any", (PyCFunction)(void (*)(void))brk_py_wait_any, METH_FASTCALL,
      "wait_any(rings, bell, seen, spin_ns, timeout_ns) -> index | None"},
     {"wait_space", (PyCFunction)(void (*)(void))brk_py_wait_space, METH_FASTCALL,

@@ -401,3 +401,25 @@ def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other
         for fd in (ready_r, ready_w, r, w):
             os.close(fd)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_servers_policies_cover_the_broker_own_services(tmp_path):
+    """Policies apply to the topic and link codes as to any other: here nobody may list topics or
+    offer a service, while publishing and linking stay open."""
+    from broker._links import LINK_OFFER
+    from broker._topics import TOPIC_LIST
+
+    path = str(tmp_path / "p.sock")
+    deny = (broker.Policy(range(TOPIC_LIST, TOPIC_LIST + 1), broker.NOT_SUPPORTED),
+            broker.Policy(range(LINK_OFFER, LINK_OFFER + 1), broker.NOT_SUPPORTED))
+    with broker.Server(path, policies=deny), connect(path) as s:
+        with pytest.raises(broker.PermissionDenied):
+            s.topics()
+        with pytest.raises(broker.PermissionDenied):
+            s.offer("svc", handler)
+        with s.publisher("t") as pub, s.subscriber("t") as sub:
+            pub.publish(b"x")
+            assert sub.receive(5) == b"x"
+        with s.link("svc") as link, pytest.raises(broker.ServiceError) as e:
+            link.send_receive(ADD, 1, 2)
+        assert e.value.status == broker.Status.NOT_FOUND

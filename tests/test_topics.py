@@ -652,25 +652,38 @@ def test_requests_the_topic_service_chokes_on_end_only_themselves(server):
 
 def test_a_direct_subscriber_is_not_kept_from_relayed_messages_by_a_busy_ring(server):
     """Messages of a publisher that calls (a socket session) reach a direct subscriber while the ring it
-    reads in place is never empty: it looks at what is relayed to it every few hundred messages."""
+    reads in place is never empty: it looks at what is relayed to it every few hundred messages. (The
+    subscriber is a process of its own: in this one, the server's thread would wait for the GIL.)"""
     n = 30_000
     go_r, go_w = os.pipe()
-    with connect(server.address) as a, connect(server.address) as b, \
-            connect(server.address, socket_only=True) as c:
+    r, w = os.pipe()
+    with connect(server.address) as a, connect(server.address, socket_only=True) as c:
         ring_pub = a.publisher("mixed", block_timeout=30)
-        sub = b.subscriber("mixed", capacity=8)
-        assert sub._rings
-        for i in range(n):  # the ring is full of them before the subscriber reads one
-            ring_pub.publish(b"r%d" % i)
-        with c.publisher("mixed") as call_pub:
-            call_pub.publish(b"called")
-            got = [sub.receive(10) for _ in range(n + 1)]
-        assert got.index(b"called") < n // 2
-        assert [g for g in got if g != b"called"] == [b"r%d" % i for i in range(n)]
-        sub.close()
-        ring_pub.close()
-    os.close(go_r)
-    os.close(go_w)
+
+        def reader() -> None:
+            with connect(server.address) as b, b.subscriber("mixed", capacity=8) as sub:
+                _report(w, {"direct": bool(sub._rings)})
+                os.read(go_r, 1)
+                got = [sub.receive(10) for _ in range(n + 1)]
+                _report(w, {"index": got.index(b"called"),
+                            "order": [g for g in got if g != b"called"] == [b"r%d" % i for i in range(n)]})
+
+        kid = Child(reader)
+        try:
+            assert _read_report(r) == {"direct": True}
+            for i in range(n):  # the ring is full of them before the subscriber reads one
+                ring_pub.publish(b"r%d" % i)
+            with c.publisher("mixed") as call_pub:
+                call_pub.publish(b"called")
+                os.write(go_w, b"g")
+                rep = _read_report(r)
+            assert rep["order"] and rep["index"] < n // 2, rep
+            assert kid.join(30) == 0
+        finally:
+            kid.kill()
+            ring_pub.close()
+    for fd in (go_r, go_w, r, w):
+        os.close(fd)
 
 
 def test_a_batch_bigger_than_a_blocking_subscribers_capacity_is_refused_at_once(server):
@@ -761,3 +774,34 @@ def test_a_loan_on_a_socket_session_is_published_as_publish_does(server):
         sub.release()
         pub.close()
         sub.close()
+
+
+def test_a_publisher_of_a_closed_session_fails_loudly(server):
+    """After its session was closed a publisher's publish() and loan() raise (before, a ring publisher
+    went on writing a ring nobody would read)."""
+    s = connect(server.address)
+    pub = s.publisher("late")
+    assert pub.ring is not None
+    s.close()
+    with pytest.raises(broker.ServerGone):
+        pub.publish(b"x")
+    with pytest.raises(broker.ServerGone):
+        pub.loan(4)
+    with pytest.raises(broker.ServerGone):
+        pub.publish_many([b"a", b"b"])
+    pub.close()
+
+
+def test_the_assembler_refuses_a_message_announced_bigger_than_its_limit():
+    """The server gathers a relayed ring's fragments only up to the frame limit: a record announcing
+    more is a bad record (counted), not gigabytes held in memory."""
+    from broker._topics import RECORD_HEAD, Assembler, split_record
+
+    asm = Assembler(max_message=1000)
+    with pytest.raises(ValueError, match="bad record"):
+        asm.feed(RECORD_HEAD.pack(1, 0, 5000, 0) + b"x" * 10)  # 10 here, 5000 to come
+    recs = split_record(2, b"", b"y" * 900, 256)
+    out = [asm.feed(r) for r in recs]
+    assert out[-1] == (2, b"", b"y" * 900) and all(o is None for o in out[:-1])
+    with pytest.raises(ValueError, match="bad record"):
+        asm.feed(split_record(3, b"", b"z" * 1001, 256)[0])
