@@ -465,7 +465,11 @@ from ._errors import Closed, Empty, PeerGone, ServiceError, Timeout  # noqa: E40
 from ._protocol import (MAX_TEXT, Complete, FrameReader, ProtocolError, Request, _c_encode_complete,  # noqa: E402
                         _c_feed, complete_frame, request_frame)
 from ._carrier import TIMEOUT as _RING_TIMEOUT  # noqa: E402
+from ._native import RING as _RING_CALLS  # noqa: E402
 from ._ring import Bell, any_waiter, open_pair, session_call, wait_any  # noqa: E402
+
+_fsend, _frecv = _RING_CALLS["send"], _RING_CALLS["recv"]
+_RING_EMPTY = 1  # BRK_EMPTY
 
 
 class LinkedCall:
@@ -522,16 +526,27 @@ class _ProvidedPair:
         self.name = name
         self.max_frame, self.max_record = max_frame, self.tx.max_record
         self.since = time.monotonic()
-        tx = self.tx
+        tx, rx = self.tx, self.rx
+        tx_addr, rx_addr = tx._addr, rx._addr
 
         def send(frame: bytes) -> None:
-            tx.send(frame, timeout=_REPLY_TIMEOUT)
+            if _fsend(tx_addr, frame):  # no room (the caller gave up on a call and sent more), or the end
+                tx.send(frame, timeout=_REPLY_TIMEOUT)
         self.send = send
 
-    def take(self) -> tuple[int, LinkedCall]:
-        """The next call (request id, the call); Empty when there is none. ProtocolError: the
-        caller wrote what is not one whole request."""
-        data = self.rx.recv(0)
+        def record() -> bytes | None:
+            r = _frecv(rx_addr)  # one C call; nothing raised for the common "nothing there"
+            if type(r) is bytes:
+                return r
+            return None if r == _RING_EMPTY else rx.recv(0)  # (recv says what the outcome means)
+        self._record = record
+
+    def take(self) -> tuple[int, LinkedCall] | None:
+        """The next call (request id, the call), or None when there is none. ProtocolError: the
+        caller wrote what is not one whole request; Closed, PeerGone: its end."""
+        data = self._record()
+        if data is None:
+            return None
         events, at = _c_feed(data, 0, self.max_frame)  # the common case in C; the reader says what is wrong
         if at != len(data) or len(events) != 1 or type(events[0]) is not Request:
             events = FrameReader(self.max_frame).feed(data) if at != len(data) else events
@@ -653,11 +668,11 @@ class Offer(SubSession):
         """A call waiting on one of the pairs (each pair in turn), or None."""
         pairs = self._pairs
         for k in range(len(pairs)):
-            pair = pairs[(self._next + k) % len(pairs)]
+            pair = pairs[(self._next + k) % len(pairs)] if k or self._next else pairs[0]
             try:
                 got = pair.take()
-            except Empty:
-                continue
+                if got is None:
+                    continue
             except (BrokerError, OSError) as e:  # the caller closed, died, or wrote nonsense: its pair ends
                 if not isinstance(e, (Closed, PeerGone)):
                     log.warning("link %s: a caller's pair %s ends: %s", self.name, pair.name, e)
