@@ -1093,6 +1093,9 @@ class Broadcast(_Side):
         pid, start = _proc.me()
         rc = lib.brk_bcast_join(self._h, pid, start)
         for _ in range(10):
+            if rc == -28 and self._free_dead_slots():  # ENOSPC, but some slots are dead consumers': freed
+                rc = lib.brk_bcast_join(self._h, pid, start)
+                continue
             if rc not in (-11, _LAPPED):  # EAGAIN (evicted while joining), or lapped by a fast lossy producer
                 break
             rc = lib.brk_bcast_join(self._h, pid, start)
@@ -1103,6 +1106,19 @@ class Broadcast(_Side):
                 raise StateError(f"{self.name}: all {slots} consumer slots are taken")
             raise _error(rc, f"joining {self.name}")
         return self
+
+    def _free_dead_slots(self) -> bool:
+        """Evict and free the slots of consumers that died (as a waiting producer does): True if any."""
+        h = self._live()
+        freed = False
+        for c in self.consumers():
+            state = c["state"]
+            if (state in (lib.BRK_SLOT_ACTIVE, lib.BRK_SLOT_EVICTED) and c["pid"] > 0
+                    and not _proc.alive(c["pid"], c["start"])):
+                if state == lib.BRK_SLOT_ACTIVE:
+                    lib.brk_bcast_evict(h, c["slot"])
+                freed = lib.brk_bcast_reclaim(h, c["slot"]) == 0 or freed
+        return freed
 
     @property
     def lossy(self) -> bool:

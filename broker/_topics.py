@@ -276,6 +276,7 @@ class Publisher(RefObject):
         self.assembler = Assembler(max(1, broker.server.max_frame - BATCH_HEAD.size - MESSAGE_HEAD.size - MAX_META))
         self.armed = False
         self.corrupt = 0
+        self.readers = 0  # direct subscribers given the ring (each takes one of its RING_CONSUMERS slots)
 
     def destroyed(self) -> None:
         self.broker._publisher_closed(self)
@@ -444,14 +445,19 @@ class TopicBroker:
                     sub.queue.append(item)
             if sub.direct:  # the rings of the publishers there now: it joins them before subscribe() returns
                 # only its own session's rings (the session rule: no segment mapped outside its session)
+                # and only while the ring has a slot for it: one is kept for the server's own relay, and a
+                # ring with all its slots promised is relayed to this subscriber instead
                 rings = {p.id: p.ring_name for p in topic.publishers.values()
-                         if p.ring_name is not None and p.conn.session_key == conn.session_key}
+                         if p.ring_name is not None and p.conn.session_key == conn.session_key
+                         and p.readers < RING_CONSUMERS - 1}
                 try:
                     msg.write(2, json.dumps(rings).encode())
                 except Overflow:
                     rings = {}
                     sub.direct = False  # its buffer is too small for the names: everything is relayed to it
                 sub.rings = set(rings)
+                for pid in sub.rings:
+                    topic.publishers[pid].readers += 1
             handle = conn.session.open_subsession(sub)
             topic.subscribers[sub.id] = sub
             self._update_relay(topic)
@@ -672,6 +678,11 @@ class TopicBroker:
         with self._lock:
             topic = sub.topic
             topic.subscribers.pop(sub.id, None)
+            for pid in sub.rings:  # its slots in those rings are free again (or soon: a dead one's is
+                pub = topic.publishers.get(pid)  # reclaimed by the next subscriber that needs it)
+                if pub is not None and pub.readers > 0:
+                    pub.readers -= 1
+            sub.rings = set()
             if sub.fetch is not None:
                 fetch, sub.fetch = sub.fetch, None
                 if not fetch.completed:

@@ -805,3 +805,46 @@ def test_the_assembler_refuses_a_message_announced_bigger_than_its_limit():
     assert out[-1] == (2, b"", b"y" * 900) and all(o is None for o in out[:-1])
     with pytest.raises(ValueError, match="bad record"):
         asm.feed(split_record(3, b"", b"z" * 1001, 256)[0])
+
+
+def test_subscribers_beyond_a_rings_slots_are_relayed_and_dead_ones_slots_come_back(server, monkeypatch):
+    """A ring has a fixed number of reader slots: the server gives it to as many direct subscribers
+    as it has slots for (one kept for its own relay), relays it to the others, and a subscriber that
+    died leaves its slot to the next one."""
+    from broker import _topics
+
+    monkeypatch.setattr(_topics, "RING_CONSUMERS", 4)  # rings made from now on: 4 slots
+    with connect(server.address) as s:
+        pub = s.publisher("slots")
+        subs = [s.subscriber("slots") for _ in range(5)]
+        assert [bool(x._rings) for x in subs] == [True, True, True, False, False]  # 3 direct, 2 relayed
+        pub.publish_many([b"%d" % i for i in range(50)])
+        for x in subs:  # every one of them gets every message, read in place or relayed
+            got: list = []
+            while len(got) < 50:
+                got += x.receive_many(100, timeout=5)
+            assert got == [b"%d" % i for i in range(50)]
+        for x in subs:
+            x.close()
+
+        def doomed() -> None:  # a direct subscriber that dies without leaving its slot
+            with connect(server.address) as t:
+                sub = t.subscriber("slots")
+                assert sub._rings
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        relayed = s.subscriber("slots", policy="drop")  # relayed: the server's own reader takes a slot
+        pub.publish(b"before")
+        assert relayed.receive(5) == b"before"
+        assert Child(doomed).join(30) == -signal.SIGKILL
+        wait_for(lambda: len(_topic(server, "slots")["subscribers"]) == 1)  # the server saw it end
+        # 4 slots: the server's reader, the dead one's, and room for 2; the server promises 3, so the
+        # third of these finds the dead one's slot and frees it
+        again = [s.subscriber("slots") for _ in range(3)]
+        assert all(x._rings for x in again)
+        pub.publish(b"after")
+        assert all(x.receive(5) == b"after" for x in again) and relayed.receive(5) == b"after"
+        for x in again:
+            x.close()
+        relayed.close()
+        pub.close()
