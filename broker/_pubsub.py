@@ -30,7 +30,7 @@ from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Ev
 from ._protocol import Status
 from ._native import RING as _RING_CALLS
 from ._ring import Broadcast
-from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_GONE, TABLE_ENTRY, Assembler,
+from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_GONE, TABLE_ENTRY, TOPIC_OF, Assembler,
                       split_record,
                       TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
                       TOPIC_SUBSCRIBER)
@@ -43,17 +43,20 @@ _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this
 _tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/brk_py.c: plain messages
 _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
 _RING_FULL = 2  # BRK_FULL
+_MAX_TOPICS_KEPT = 1 << 16  # publishers' topic names a prefix subscriber keeps
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
 
 
 class Received(NamedTuple):
     """One message as a subscriber got it: which publisher (its id at the server), its sequence
-    number there (from 1, in publishing order) and the value (bytes or a numpy array)."""
+    number there (from 1, in publishing order), the value (bytes or a numpy array) and its topic
+    (the subscriber's own, or for a prefix subscriber, "prices.*", the one it was published to)."""
 
     publisher: int
     seq: int
     value: Any
+    topic: str = ""
 
 
 def _encode(data: Any) -> tuple[bytes, bytes]:
@@ -352,6 +355,7 @@ class Subscriber(SubSession):
         self._turn = 0
         self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
         self._fast: tuple[int, Assembler] | None = None  # the one ring read in place, and its books (_refast)
+        self._topics: dict[int, str] = {}  # a prefix subscriber: each publisher's topic (TOPIC_OF)
 
     def _refast(self) -> None:
         """receive()'s shortest way is open while exactly one ring is read in place and it is not ending."""
@@ -426,12 +430,16 @@ class Subscriber(SubSession):
                 self.corrupt += 1
                 self.last_error = str(e)
                 continue
-            self._items.append(Received(pub, seq, value))
+            self._items.append(Received(pub, seq, value, self._topics.get(pub, self.topic)))
         if at != len(data):
             raise ServerGone("a topic batch with bytes after its last message")
 
     def _on_control(self, pub: int, what: bytes, data: bytes) -> None:
-        if what == RING_GONE:
+        if what == TOPIC_OF:  # (a prefix subscriber) the topic of this publisher's messages
+            if len(self._topics) >= _MAX_TOPICS_KEPT:
+                self._topics.clear()  # (a very long-lived prefix: forget the oldest names wholesale)
+            self._topics[pub] = data.decode(errors="replace")
+        elif what == RING_GONE:
             if pub in self._rings:
                 self._leaving.add(pub)
                 self._refast()
@@ -465,7 +473,7 @@ class Subscriber(SubSession):
                 self._turn += k + 1
                 seq, meta, payload = msg
                 try:
-                    return Received(pub, seq, _decode(payload, meta))
+                    return Received(pub, seq, _decode(payload, meta), self.topic)
                 except ServerGone as e:  # a publisher's bad message: skipped and counted
                     self.corrupt += 1
                     self.last_error = str(e)
@@ -629,7 +637,7 @@ class Subscriber(SubSession):
         if msg is not None:
             seq, meta, payload = msg
             try:
-                self._items.appendleft(Received(pub, seq, _decode(payload, meta)))
+                self._items.appendleft(Received(pub, seq, _decode(payload, meta), self.topic))
             except ServerGone as e:
                 self.corrupt += 1
                 self.last_error = str(e)
@@ -743,7 +751,7 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
 
 def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
                     history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
-    direct = session.transport == "shared memory" and policy == "block" and not history
+    direct = session.transport == "shared memory" and policy == "block" and not history and not topic.endswith("*")
     if not direct:
         handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(),
                                       _options(capacity=capacity, policy=policy, history=history))

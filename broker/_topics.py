@@ -8,9 +8,15 @@ subscriber takes them with a long-poll FETCH: the request waits at the server
 until its queue has something, then carries a batch back in its writable
 argument. The same frames on a socket session and a shared-memory one, so
 the semantics are the same for a subscriber in another session or over TCP.
-(Zero-copy delivery between processes of one session, through broadcast
-rings, is the next step of issue 5; this is the relay every topic needs for
-its cross-session subscribers.)
+Within a session a ring publisher's messages reach the direct subscribers
+through its broadcast ring, read in place; this relay is what the others get.
+
+A subscriber's name that ends in "*" is a prefix: "prices.*" subscribes to
+every topic whose name starts with "prices.", those there now and those made
+later ("*" alone: every topic). Such a subscriber is always relayed; before a
+publisher's first message it gets a control message (sequence 0, TOPIC_OF)
+with that publisher's topic name. A publisher's topic name cannot end in "*".
+The cost is at subscribe and when a topic is made, never per message.
 
 Quality of service, per subscriber: `capacity` (messages its queue holds);
 `policy` for a full queue: "block" (the publish waits at the server until
@@ -91,6 +97,7 @@ BATCH_HEAD = struct.Struct("<Q")
 RECORD_HEAD = struct.Struct("<QIII")
 MAX_MESSAGE = 1 << 34  # the most payload a message may announce
 RING_GONE = b"-ring"  # a control message (sequence 0) to a direct subscriber: that publisher's ring ended
+TOPIC_OF = b"-topic"  # a control message to a prefix subscriber: that publisher's topic name follows
 MESSAGE_HEAD = struct.Struct("<IQII")
 TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
 
@@ -285,7 +292,8 @@ class Publisher(RefObject):
 class Subscriber(RefObject):
     """A subscriber's end at the server: its queue, its policy, its waiting FETCH."""
 
-    def __init__(self, broker: "TopicBroker", topic: "Topic", ident: int, conn: Any, capacity: int, policy: str) -> None:
+    def __init__(self, broker: "TopicBroker", topic: "Topic | None", ident: int, conn: Any, capacity: int,
+                 policy: str) -> None:
         super().__init__()
         self.broker, self.topic, self.id, self.conn = broker, topic, ident, conn
         self.capacity, self.policy = capacity, policy
@@ -298,6 +306,9 @@ class Subscriber(RefObject):
         self.gone: str | None = None  # disconnected by policy: why
         self.direct = False  # reads the rings of the publishers that were there when it subscribed, in place
         self.rings: set[int] = set()  # those publishers' ids: the server relays it only the others
+        self.pattern: str | None = None  # a prefix subscriber's name ("prices.*"), else None
+        self.attached: list[Topic] = [topic] if topic is not None else []  # the topics it is subscribed to
+        self.announced: set[int] = set()  # a prefix subscriber: publishers whose topic it was told
 
     def destroyed(self) -> None:
         self.broker._subscriber_closed(self)
@@ -326,6 +337,7 @@ class TopicBroker:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.relays: list[Publisher] = []  # ring publishers whose ring the server reads (for relay subscribers)
+        self.patterns: dict[int, Subscriber] = {}  # prefix subscribers, by id
 
     # -- requests -----------------------------------------------------------------------
 
@@ -369,10 +381,20 @@ class TopicBroker:
         topic = self.topics.get(name)
         if topic is None:
             topic = self.topics[name] = Topic(name)
+            for sub in self.patterns.values():  # the prefix subscribers it matches are subscribed to it
+                if sub.gone is None and name.startswith(sub.pattern[:-1]):  # type: ignore[index]
+                    self._attach(sub, topic)
         return topic
+
+    @staticmethod
+    def _attach(sub: Subscriber, topic: Topic) -> None:
+        topic.subscribers[sub.id] = sub
+        sub.attached.append(topic)
 
     def _open_publisher(self, conn: Any, msg: Message) -> None:
         name = _text(self._read(msg, 0), "topic name", MAX_NAME)
+        if name.endswith("*"):
+            raise TopicError(f"a topic name that ends in '*' is a subscriber's prefix, not a topic: {name!r}")
         opts = _options(self._read(msg, 1), PUBLISHER_OPTIONS)
         ring = opts.get("ring", False) and conn.on_rings and self.server._aloop is None
         if ring and msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
@@ -426,6 +448,9 @@ class TopicBroker:
     def _open_subscriber(self, conn: Any, msg: Message) -> None:
         name = _text(self._read(msg, 0), "topic name", MAX_NAME)
         opts = _options(self._read(msg, 1), SUBSCRIBER_OPTIONS)
+        if name.endswith("*"):
+            self._open_prefix(conn, msg, name, opts)
+            return
         with self._lock:
             topic = self._topic(name)
             for pub in [p for p in self.relays if p.topic is topic]:
@@ -462,6 +487,35 @@ class TopicBroker:
             topic.subscribers[sub.id] = sub
             self._update_relay(topic)
         msg.complete(handle)
+
+    def _open_prefix(self, conn: Any, msg: Message, name: str, opts: dict[str, Any]) -> None:
+        """A subscriber to every topic whose name starts with name[:-1], now and later: relayed."""
+        with self._lock:
+            sub = Subscriber(self, None, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
+                             opts.get("policy", "block"))
+            sub.pattern = name
+            prefix, want = name[:-1], opts.get("history", 0)
+            for topic in [t for t in self.topics.values() if t.name.startswith(prefix)]:
+                for pub in [p for p in self.relays if p.topic is topic]:
+                    self._relay_from(pub, catch_up=True)  # as a subscriber of that topic starts after it
+                if want:
+                    for item in list(topic.history)[-want:]:
+                        self._enqueue_for(sub, topic, item)
+                self._attach(sub, topic)
+            while len(sub.queue) > sub.capacity:  # (history of several topics: the newest of it)
+                sub.queue.popleft()
+            handle = conn.session.open_subsession(sub)
+            self.patterns[sub.id] = sub
+            for topic in sub.attached:
+                self._update_relay(topic)
+        msg.complete(handle)
+
+    def _enqueue_for(self, sub: Subscriber, topic: Topic, item: "_Item") -> None:
+        """An item into a prefix subscriber's queue, after the name of its publisher's topic the first time."""
+        if item.publisher not in sub.announced:
+            sub.announced.add(item.publisher)
+            sub.queue.append(_Item(item.publisher, 0, TOPIC_OF, topic.name.encode()))
+        sub.queue.append(item)
 
     def _set_history(self, topic: Topic) -> None:
         topic.history_len = max((p.history for p in topic.publishers.values()), default=0)
@@ -549,7 +603,10 @@ class TopicBroker:
                     elif sub.policy == "disconnect":
                         self._disconnect(sub, f"disconnected by policy: {sub.capacity} messages waited unread")
                         break
-                sub.queue.append(item)
+                if sub.pattern is None:
+                    sub.queue.append(item)
+                else:
+                    self._enqueue_for(sub, topic, item)
             if sub.fetch is not None and sub.queue:
                 self._answer(sub)
                 answered = True
@@ -559,8 +616,10 @@ class TopicBroker:
     def _disconnect(self, sub: Subscriber, why: str) -> None:
         sub.gone = why
         sub.queue.clear()
-        sub.topic.disconnected += 1
-        sub.topic.subscribers.pop(sub.id, None)
+        for topic in sub.attached:
+            topic.disconnected += 1
+            topic.subscribers.pop(sub.id, None)
+        self.patterns.pop(sub.id, None)
         if sub.fetch is not None:
             fetch, sub.fetch = sub.fetch, None
             fetch.complete(Status.DISCONNECTED, why)
@@ -617,7 +676,8 @@ class TopicBroker:
             sub.fetch, sub.fetch_max = msg, most
             if sub.queue or sub.lost:
                 self._answer(sub)
-                self._made_room(sub.topic)
+                for topic in list(sub.attached):
+                    self._made_room(topic)
 
     def _answer(self, sub: Subscriber) -> None:
         """The waiting FETCH gets what is queued, as much as fits (with the lock held)."""
@@ -676,10 +736,11 @@ class TopicBroker:
 
     def _subscriber_closed(self, sub: Subscriber) -> None:
         with self._lock:
-            topic = sub.topic
-            topic.subscribers.pop(sub.id, None)
+            self.patterns.pop(sub.id, None)
+            for topic in sub.attached:
+                topic.subscribers.pop(sub.id, None)
             for pid in sub.rings:  # its slots in those rings are free again (or soon: a dead one's is
-                pub = topic.publishers.get(pid)  # reclaimed by the next subscriber that needs it)
+                pub = sub.topic.publishers.get(pid)  # reclaimed by the next subscriber that needs it)
                 if pub is not None and pub.readers > 0:
                     pub.readers -= 1
             sub.rings = set()
@@ -688,13 +749,22 @@ class TopicBroker:
                 if not fetch.completed:
                     fetch.complete(Status.CANCELLED, "the subscriber was closed")
             sub.queue.clear()
-            self._update_relay(topic)
-            self._made_room(topic)  # a blocking subscriber is gone (this also ends the relay of a
-            self._forget_if_empty(topic)  # closed publisher nobody needs now)
+            attached, sub.attached = sub.attached, []
+            for topic in attached:
+                self._update_relay(topic)
+                self._made_room(topic)  # a blocking subscriber is gone (this also ends the relay of a
+                self._forget_if_empty(topic)  # closed publisher nobody needs now)
 
     def _forget_if_empty(self, topic: Topic) -> None:
-        if not topic.publishers and not topic.subscribers and self.topics.get(topic.name) is topic:
+        """A topic nobody publishes to and nobody but prefix subscribers reads is forgotten (made again,
+        and found by the prefixes again, when someone comes back to it)."""
+        if topic.publishers or any(s.pattern is None for s in topic.subscribers.values()):
+            return
+        if self.topics.get(topic.name) is topic:
             del self.topics[topic.name]
+        for sub in topic.subscribers.values():
+            sub.attached = [t for t in sub.attached if t is not topic]
+        topic.subscribers.clear()
 
     # -- relaying from publisher rings ----------------------------------------------------
 
@@ -812,7 +882,8 @@ class TopicBroker:
                                     for p in t.publishers.values()],
                      "subscribers": [{"id": s.id, "connection_id": s.conn.peer.connection_id, "policy": s.policy,
                                       "capacity": s.capacity, "queued": len(s.queue), "delivered": s.delivered,
-                                      "lost": s.lost_total, "direct": s.direct} for s in t.subscribers.values()]}
+                                      "lost": s.lost_total, "direct": s.direct, "pattern": s.pattern}
+                                     for s in t.subscribers.values()]}
                     for t in sorted(self.topics.values(), key=lambda t: t.name)]
 
     def _list(self, msg: Message) -> None:

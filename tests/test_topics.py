@@ -848,3 +848,35 @@ def test_subscribers_beyond_a_rings_slots_are_relayed_and_dead_ones_slots_come_b
             x.close()
         relayed.close()
         pub.close()
+
+
+def test_a_prefix_subscriber_gets_every_matching_topic_now_and_later(server):
+    """subscriber("prices.*"): the topics whose names start with "prices.", those there and those made
+    after it, each message with its topic; other topics not; a publisher's name cannot end in '*'."""
+    with connect(server.address) as s, connect(server.address, socket_only=True) as t:
+        eu = s.publisher("prices.eu")  # a ring publisher (its ring relayed to the prefix subscriber)
+        sub = t.subscriber("prices.*", capacity=100)
+        alls = s.subscriber("*", policy="drop")
+        us = t.publisher("prices.us")  # made after the subscriber: it is subscribed to it too
+        other = s.publisher("volumes.eu")
+        eu.publish(b"e1")
+        us.publish(b"u1")
+        other.publish(b"v1")
+        eu.publish(b"e2")
+        got = [sub.receive_message(5) for _ in range(3)]
+        assert sorted((m.topic, m.value) for m in got) == [("prices.eu", b"e1"), ("prices.eu", b"e2"),
+                                                          ("prices.us", b"u1")]
+        assert [m.value for m in got if m.topic == "prices.eu"] == [b"e1", b"e2"]  # per publisher, in order
+        with pytest.raises(broker.EmptyTimeout):
+            sub.receive_message(0.3)  # nothing of volumes.eu
+        every = sorted((m.topic, m.value) for m in (alls.receive_message(5) for _ in range(4)))
+        assert every == [("prices.eu", b"e1"), ("prices.eu", b"e2"), ("prices.us", b"u1"), ("volumes.eu", b"v1")]
+        [eu_stats] = [x for x in s.topics() if x["topic"] == "prices.eu"]
+        assert sorted(x["pattern"] or "" for x in eu_stats["subscribers"]) == ["*", "prices.*"]
+        with pytest.raises(broker.ServiceError, match="prefix"):
+            s.publisher("prices.*")
+        for x in (eu, us, other):
+            x.close()
+        sub.close()
+        alls.close()
+    wait_for(lambda: server.stats()["topics"] == [])  # nothing kept once everyone is gone
