@@ -356,16 +356,24 @@ static void brk_wake_consumers(brk_ring *r)
         brk_wake(r, &r->hdr->cons_wait);
         return;
     }
-    if (atomic_load_explicit(&r->hdr->cons_sleepers, memory_order_seq_cst) == 0)
+    /* Two kinds of sleeper, each counted on its own: cons_sleepers, those on the futex (brk_wait),
+     * and cons_pollers, those in poll() on the producer's doorbell (brk_arm, a server relaying the
+     * ring). Each seq_cst load pairs with its sleepers' seq_cst increment, made before they look
+     * at the ring: either we see one counted, or it sees our store. */
+    uint32_t sleepers = atomic_load_explicit(&r->hdr->cons_sleepers, memory_order_seq_cst);
+    uint32_t pollers = atomic_load_explicit(&r->hdr->cons_pollers, memory_order_seq_cst);
+    if (sleepers == 0 && pollers == 0)
         return;
-    /* seq_cst increment: a sleeper that reads the new epoch also sees the
-     * store we made before it (see brk_wait); one that read the old epoch
-     * is woken, or finds the word changed when it calls FUTEX_WAIT. */
-    atomic_fetch_add_explicit(&r->hdr->cons_wait, 1, memory_order_seq_cst);
-    brk_futex_wake(&r->hdr->cons_wait);
-    if (r->efd_notify >= 0) {
-        /* a consumer that sleeps in poll() instead (a server relaying the ring, brk_arm) counted
-         * itself in cons_sleepers too: its doorbell is this eventfd */
+    if (sleepers) {
+        /* seq_cst increment: a sleeper that reads the new epoch also sees the
+         * store we made before it (see brk_wait); one that read the old epoch
+         * is woken, or finds the word changed when it calls FUTEX_WAIT. */
+        atomic_fetch_add_explicit(&r->hdr->cons_wait, 1, memory_order_seq_cst);
+        brk_futex_wake(&r->hdr->cons_wait);
+    }
+    if (r->efd_notify >= 0 && pollers) {
+        /* the pollers' doorbell is this eventfd; nobody polling, no write (a direct subscriber
+         * asleep on the futex does not ring the relaying server's doorbell) */
         uint64_t one = 1;
         ssize_t w = write(r->efd_notify, &one, sizeof one);
         (void)w; /* EAGAIN: the counter is already non-zero, the poller wakes anyway */
@@ -1239,10 +1247,10 @@ int brk_arm(brk_ring *r)
     if (r->kind != BRK_KIND_SPSC) {
         /* A broadcast consumer that will sleep in poll() on the producer's doorbell (its
          * efd_notify, given to the producer by whoever arranged it): (1) of brk_wait, counted
-         * as a sleeper until brk_disarm, then (2). seq_cst: pairs with the producer's seq_cst
-         * load of cons_sleepers after its tail store (brk_wake_consumers). */
-        atomic_fetch_add_explicit(&r->hdr->cons_sleepers, 1, memory_order_seq_cst); /* (1) */
-        return brk_consumer_ready(r, memory_order_seq_cst) ? BRK_BUSY : 0;         /* (2) */
+         * as a poller until brk_disarm, then (2). seq_cst: pairs with the producer's seq_cst
+         * load of cons_pollers after its tail store (brk_wake_consumers). */
+        atomic_fetch_add_explicit(&r->hdr->cons_pollers, 1, memory_order_seq_cst); /* (1) */
+        return brk_consumer_ready(r, memory_order_seq_cst) ? BRK_BUSY : 0;        /* (2) */
     }
     /* (1) and (2) of brk_wait, for a caller that then polls efd_wait with
      * other descriptors. 0: armed, nothing to read; BRK_BUSY: do not sleep. */
@@ -1255,7 +1263,7 @@ int brk_disarm(brk_ring *r)
     if (!brk_consumer_ok(r) || r->kind == BRK_KIND_SPSC)
         return -EINVAL;
     /* seq_cst, like the increment of brk_arm it undoes (once per brk_arm: the caller keeps count) */
-    atomic_fetch_sub_explicit(&r->hdr->cons_sleepers, 1, memory_order_seq_cst);
+    atomic_fetch_sub_explicit(&r->hdr->cons_pollers, 1, memory_order_seq_cst);
     return 0;
 }
 

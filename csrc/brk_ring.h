@@ -117,10 +117,12 @@ struct brk_ring_hdr {
     uint8_t  _pad4[104];
     /* line 3: consumers' sleeping flag and futex word. SPSC: BRK_WAIT_* of
      * the one consumer. Broadcast: an epoch that wakers increment (so a
-     * sleeper never mistakes an old wake-up for none), with a sleeper count. */
+     * sleeper never mistakes an old wake-up for none), with a count of the
+     * sleepers on it, and a count of those that poll the producer's eventfd. */
     _Atomic uint32_t cons_wait;
     _Atomic uint32_t cons_sleepers;
-    uint8_t  _pad5[120];
+    _Atomic uint32_t cons_pollers;  /* broadcast: consumers asleep in poll() on the producer's doorbell (brk_arm) */
+    uint8_t  _pad5[116];
     /* line 4: the producer's sleeping flag and futex word (BRK_WAIT_*) */
     _Atomic uint32_t prod_wait;
     uint8_t  _pad6[124];

@@ -1314,16 +1314,24 @@ static const char *t_waits(int k)
         REQ(efd >= 0, "eventfd: %d", errno);
         g.p.efd_notify = efd;
         REQ_RC(brk_arm(c), 0);
-        REQ(atomic_load(&c->hdr->cons_sleepers) == 1, "arm counts one sleeper");
+        REQ(atomic_load(&c->hdr->cons_pollers) == 1 && atomic_load(&c->hdr->cons_sleepers) == 0,
+            "arm counts one poller");
         REQ_RC(psend(&g, 1), 0);
         uint64_t v = 0;
         REQ(read(efd, &v, sizeof v) == (ssize_t)sizeof v && v >= 1, "the record rang the doorbell");
         REQ_RC(brk_arm(c), BRK_BUSY);
         REQ_RC(brk_disarm(c), 0);
         REQ_RC(brk_disarm(c), 0);
-        REQ(atomic_load(&c->hdr->cons_sleepers) == 0, "disarm uncounts");
+        REQ(atomic_load(&c->hdr->cons_pollers) == 0, "disarm uncounts");
         REQ_RC(psend(&g, 1), 0);
         REQ(read(efd, &v, sizeof v) < 0 && errno == EAGAIN, "nobody armed: no doorbell");
+        /* a sleeper on the futex (a direct subscriber) is woken there, and rings no doorbell */
+        atomic_fetch_add(&c->hdr->cons_sleepers, 1);
+        uint32_t epoch = atomic_load(&c->hdr->cons_wait);
+        REQ_RC(psend(&g, 1), 0);
+        REQ(atomic_load(&c->hdr->cons_wait) != epoch, "a futex sleeper: the epoch moved");
+        REQ(read(efd, &v, sizeof v) < 0 && errno == EAGAIN, "a futex sleeper only: no doorbell");
+        atomic_fetch_sub(&c->hdr->cons_sleepers, 1);
         g.p.efd_notify = -1;
         close(efd);
     }
