@@ -456,7 +456,7 @@ class TopicBroker:
             for pub in [p for p in self.relays if p.topic is topic]:
                 # what its ring holds was published before this subscriber came: to the others (and the
                 # history) first, so that this one starts after it (a blocking subscriber may go over its
-                # capacity by that much)
+                # capacity for it, up to twice its capacity: see _relay_from)
                 self._relay_from(pub, catch_up=True)
             sub = Subscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
                              opts.get("policy", "block"))
@@ -564,10 +564,10 @@ class TopicBroker:
         msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
 
     @staticmethod
-    def _room(topic: Topic, n: int, pub: int = 0) -> bool:
-        """Every blocking subscriber publisher `pub`'s messages go to can take n more (a subscriber
-        that reads pub's ring in place is not one of them)."""
-        return all(len(s.queue) + n <= s.capacity for s in topic.subscribers.values()
+    def _room(topic: Topic, n: int, pub: int = 0, times: int = 1) -> bool:
+        """Every blocking subscriber publisher `pub`'s messages go to can take n more (within `times`
+        its capacity; a subscriber that reads pub's ring in place is not one of them)."""
+        return all(len(s.queue) + n <= s.capacity * times for s in topic.subscribers.values()
                    if s.policy == "block" and s.gone is None and pub not in s.rings)
 
     def _control(self, sub: Subscriber, item: _Item) -> None:
@@ -822,7 +822,10 @@ class TopicBroker:
         most = RELAY_BATCH
         if catch_up:
             most = ring.backlog() // 16 + 1  # a record takes 16 bytes at least
-        while n < most and (catch_up or self._room(topic, 1, pub.id)):
+        # a catch-up goes over a blocking subscriber's capacity, but at most to twice it: past that the
+        # joiner gets the rest of the ring too (messages from just before it came), rather than a
+        # stalled subscriber's queue growing by a ring at every subscribe
+        while n < most and self._room(topic, 1, pub.id, 2 if catch_up else 1):
             try:
                 rec = ring.recv(timeout=0)
             except Empty:

@@ -880,3 +880,24 @@ def test_a_prefix_subscriber_gets_every_matching_topic_now_and_later(server):
         sub.close()
         alls.close()
     wait_for(lambda: server.stats()["topics"] == [])  # nothing kept once everyone is gone
+
+
+def test_subscribing_again_and_again_does_not_grow_a_stalled_subscribers_queue_past_twice_its_capacity(server):
+    """Each subscriber that joins makes the server read a ring publisher's ring up to now for the
+    others (so the joiner starts after it); for a stalled blocking subscriber that is bounded."""
+    with connect(server.address) as a, connect(server.address, socket_only=True) as b, \
+            connect(server.address, socket_only=True) as c:
+        pub = a.publisher("stall", block_timeout=0.2)
+        stalled = b.subscriber("stall", capacity=10)  # relayed; it reads nothing
+        for round_ in range(5):
+            for i in range(50):  # into the ring until the relay holds it up
+                try:
+                    pub.publish(b"%d-%d" % (round_, i), timeout=0.05)
+                except broker.FullTimeout:
+                    break
+            c.subscriber("stall", policy="drop").close()  # a joiner: the catch-up
+            assert max(x["queued"] for x in _topic(server, "stall")["subscribers"]) <= 20  # 2x its capacity
+        got = stalled.receive_many(100, timeout=5)
+        assert got and got[0] == b"0-0"  # in order, from the first
+        stalled.close()
+        pub.close()
