@@ -30,9 +30,9 @@ from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Ev
 from ._protocol import Status
 from ._native import RING as _RING_CALLS
 from ._ring import Broadcast
-from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_GONE, TABLE_ENTRY, TOPIC_OF, Assembler,
-                      split_record,
-                      TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
+from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
+                      Assembler, split_record,
+                      TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
                       TOPIC_SUBSCRIBER)
 
 _PLAIN = RECORD_HEAD.pack
@@ -356,11 +356,17 @@ class Subscriber(SubSession):
         self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
         self._fast: tuple[int, Assembler] | None = None  # the one ring read in place, and its books (_refast)
         self._topics: dict[int, str] = {}  # a prefix subscriber: each publisher's topic (TOPIC_OF)
+        # rings of publishers that came after this subscriber (RING_ADD): joined, while their messages
+        # still come relayed too, until the ring gives the one after the last relayed (the handover);
+        # the value is a message read in place too early, held until the relayed ones catch up
+        self._handover: dict[int, Received | None] = {}
+        self._last: dict[int, int] = {}  # during a handover: the last relayed sequence number
+        self._direct_only: set[int] = set()  # handed over: their relayed copies (in flight) are dropped
 
     def _refast(self) -> None:
         """receive()'s shortest way is open while exactly one ring is read in place and it is not ending."""
         self._fast = None
-        if len(self._rings) == 1 and not self._leaving:
+        if len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
                 self._fast = (ring._addr, self._assemblers.setdefault(pub, Assembler()))
 
@@ -424,11 +430,24 @@ class Subscriber(SubSession):
             if seq == 0:  # a control message: a publisher's ring to read, or its end
                 self._on_control(pub, meta, payload)
                 continue
+            if self._direct_only and pub in self._direct_only:
+                continue  # read in place: this relayed copy was on its way before the handover
             try:
                 value = _decode(payload, meta)
             except ServerGone as e:  # a publisher's bad message: it alone is skipped (and counted)
                 self.corrupt += 1
                 self.last_error = str(e)
+                continue
+            if self._handover and pub in self._handover:
+                if seq <= self._last.get(pub, 0):
+                    continue
+                self._last[pub] = seq
+                self._items.append(Received(pub, seq, value, self.topic))
+                held = self._handover[pub]
+                if held is not None and held.seq <= seq + 1:  # the ring's next is the relay's next: over
+                    if held.seq == seq + 1:
+                        self._items.append(held)
+                    self._handed_over(pub, held.seq if held.seq == seq + 1 else seq + 1)
                 continue
             self._items.append(Received(pub, seq, value, self._topics.get(pub, self.topic)))
         if at != len(data):
@@ -439,6 +458,16 @@ class Subscriber(SubSession):
             if len(self._topics) >= _MAX_TOPICS_KEPT:
                 self._topics.clear()  # (a very long-lived prefix: forget the oldest names wholesale)
             self._topics[pub] = data.decode(errors="replace")
+        elif what == RING_ADD:  # a publisher that came after this subscriber: its ring, read in place
+            try:
+                ring = Broadcast.open(data.decode())
+            except (BrokerError, OSError, ValueError, UnicodeDecodeError):  # gone already, no slot...: relayed
+                self._tell_direct(pub, 0)
+                return
+            self._rings[pub] = ring
+            self._handover[pub] = None
+            self._last.setdefault(pub, 0)
+            self._refast()
         elif what == RING_GONE:
             if pub in self._rings:
                 self._leaving.add(pub)
@@ -446,11 +475,27 @@ class Subscriber(SubSession):
         else:
             raise ServerGone(f"an unknown control message {what!r} on {self.topic!r}")
 
+    def _tell_direct(self, pub: int, seq: int) -> None:
+        try:
+            self.session.send_receive(TOPIC_DIRECT, pub, seq, handle=self.handle)
+        except BrokerError:  # the server relays on: its copies are dropped here (or the session is over)
+            pass
+
+    def _handed_over(self, pub: int, seq: int) -> None:
+        """From seq on, pub's messages are read in place only."""
+        self._handover.pop(pub, None)
+        self._last.pop(pub, None)
+        self._direct_only.add(pub)
+        self._tell_direct(pub, seq)
+        self._refast()
+
     def _from_rings(self) -> Received | None:
         """A message read in place from one of the publishers' rings (in turn), or None."""
         rings = list(self._rings.items())
         for k in range(len(rings)):
             pub, ring = rings[(self._turn + k) % len(rings)]
+            if self._handover and self._handover.get(pub) is not None:
+                continue  # one read too early waits for the relayed ones before it
             asm = self._assemblers.setdefault(pub, Assembler())
             while True:
                 try:
@@ -470,20 +515,32 @@ class Subscriber(SubSession):
                     continue
                 if msg is None:
                     continue  # a fragment: the rest of its message follows
-                self._turn += k + 1
                 seq, meta, payload = msg
                 try:
-                    return Received(pub, seq, _decode(payload, meta), self.topic)
+                    got = Received(pub, seq, _decode(payload, meta), self.topic)
                 except ServerGone as e:  # a publisher's bad message: skipped and counted
                     self.corrupt += 1
                     self.last_error = str(e)
                     continue
+                if self._handover and pub in self._handover:
+                    last = self._last.get(pub, 0)
+                    if seq <= last:
+                        continue  # it came relayed already
+                    if seq > last + 1:
+                        self._handover[pub] = got  # the relayed ones before it are still on their way
+                        break
+                    self._handed_over(pub, seq)
+                self._turn += k + 1
+                return got
         return None
 
     def _close_ring(self, pub: int) -> None:
         ring = self._rings.pop(pub, None)
         self._assemblers.pop(pub, None)
         self._leaving.discard(pub)
+        if pub in self._handover:  # ended before the handover: everything of it comes relayed
+            del self._handover[pub]
+            self._last.pop(pub, None)
         self._refast()
         if ring is not None:
             ring.close()
@@ -544,7 +601,7 @@ class Subscriber(SubSession):
                 if type(r) is tuple:
                     asm.seq = r[0]
                     return r[1]
-        if not self._items and len(self._rings) == 1 and not self._leaving:
+        if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
             # the common case: one publisher's ring, a whole message of bytes in one record
             for pub, ring in self._rings.items():
                 asm = self._assemblers.get(pub)
@@ -588,7 +645,7 @@ class Subscriber(SubSession):
         is viewed over the bytes that brought it. As receive() otherwise."""
         if self._held is not None:
             self.release()
-        if not self._items and len(self._rings) == 1 and not self._leaving:
+        if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
                 try:
                     rec = ring.recv_view(timeout=0)
@@ -649,7 +706,8 @@ class Subscriber(SubSession):
 
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
-        if not self._items and len(self._rings) == 1 and not self._leaving and self._held is None:
+        if (not self._items and len(self._rings) == 1 and not self._leaving and self._held is None
+                and not self._handover):
             for pub, ring in self._rings.items():  # the common case, in C: the plain messages already there
                 asm = self._assemblers.get(pub)
                 if asm is not None and asm.complete:

@@ -39,6 +39,14 @@ Function codes (h: the call carries the publisher's or subscriber's handle):
     TOPIC_FETCH      h   arg 0 writable (the batch), arg 1 int: at most this many messages
                          -> how many arg 0 holds (waits while there are none)
     TOPIC_LIST           arg 0 writable -> JSON: the topics, their publishers, subscribers, counters
+    TOPIC_DIRECT     h   arg 0 int publisher id, arg 1 int sequence -> 0: a direct subscriber, told of a
+                         new ring publisher of its session (RING_ADD), reads its ring in place from that
+                         message on (0: it could not: relay it on); the server relays it no more of them
+
+A direct subscriber learns of a ring publisher that came after it through a
+control message (RING_ADD, the ring's name) ahead of that publisher's first
+relayed message; it joins the ring, takes the relayed messages until the ring
+gives the next one, then says so (TOPIC_DIRECT) and drops what is relayed twice.
 
 A FETCH's batch: u64 messages lost since the last batch, then each message as
 u32 publisher id, u64 sequence (per publisher, from 1), u32 meta length, u32
@@ -74,8 +82,9 @@ TOPIC_PUBLISH_MANY = -18
 TOPIC_SUBSCRIBER = -19
 TOPIC_FETCH = -20
 TOPIC_LIST = -21
+TOPIC_DIRECT = -22
 TOPIC_CODES = frozenset({TOPIC_PUBLISHER, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_SUBSCRIBER, TOPIC_FETCH,
-                         TOPIC_LIST})
+                         TOPIC_LIST, TOPIC_DIRECT})
 
 POLICIES = ("block", "drop", "disconnect")
 MAX_NAME = 200
@@ -98,6 +107,7 @@ RECORD_HEAD = struct.Struct("<QIII")
 MAX_MESSAGE = 1 << 34  # the most payload a message may announce
 RING_GONE = b"-ring"  # a control message (sequence 0) to a direct subscriber: that publisher's ring ended
 TOPIC_OF = b"-topic"  # a control message to a prefix subscriber: that publisher's topic name follows
+RING_ADD = b"+ring"  # a control message to a direct subscriber: a new publisher's ring to read (its name)
 MESSAGE_HEAD = struct.Struct("<IQII")
 TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
 
@@ -306,6 +316,7 @@ class Subscriber(RefObject):
         self.gone: str | None = None  # disconnected by policy: why
         self.direct = False  # reads the rings of the publishers that were there when it subscribed, in place
         self.rings: set[int] = set()  # those publishers' ids: the server relays it only the others
+        self.handover: set[int] = set()  # ring publishers it was told of (RING_ADD), still relayed to it
         self.pattern: str | None = None  # a prefix subscriber's name ("prices.*"), else None
         self.attached: list[Topic] = [topic] if topic is not None else []  # the topics it is subscribed to
         self.announced: set[int] = set()  # a prefix subscriber: publishers whose topic it was told
@@ -357,6 +368,8 @@ class TopicBroker:
                 self._open_subscriber(conn, msg)
             elif code == TOPIC_LIST:
                 self._list(msg)
+            elif code == TOPIC_DIRECT:
+                self._direct(conn, msg)
         except Exception as e:  # it ends only this request
             refuse(conn, msg, e, TopicError)
 
@@ -422,10 +435,39 @@ class TopicBroker:
             topic.publishers[pub.id] = pub
             self._set_history(topic)
             if pub.ring_name is not None:
-                # the subscribers already there read it through the server (they learn of rings only as
-                # they subscribe): the server reads it from its first record
+                # the subscribers already there get it through the server, which reads it from its first
+                # record; the direct ones of its session are told of the ring, ahead of its first message,
+                # and take it in place from where they join (TOPIC_DIRECT)
                 self._update_relay(topic)
+                for sub in topic.subscribers.values():
+                    if (sub.direct and sub.gone is None and sub.conn.session_key == conn.session_key
+                            and pub.readers < RING_CONSUMERS - 1):
+                        pub.readers += 1
+                        sub.handover.add(pub.id)
+                        self._control(sub, _Item(pub.id, 0, RING_ADD, pub.ring_name.encode()))
         msg.complete(handle)
+
+    def _direct(self, conn: Any, msg: Message) -> None:
+        """TOPIC_DIRECT: the subscriber reads publisher arg 0's ring in place from sequence arg 1 on."""
+        sub = self._own(conn, msg, Subscriber)
+        if msg.kind(0) != ArgKind.INT or msg.kind(1) != ArgKind.INT:
+            raise TopicError("TOPIC_DIRECT takes a publisher id and a sequence number (ints)")
+        pid, seq = msg.integer(0), msg.integer(1)
+        with self._lock:
+            if pid in sub.handover:
+                sub.handover.discard(pid)
+                topic = sub.topic
+                pub = topic.publishers.get(pid)
+                if seq <= 0:  # it could not join: relayed on
+                    if pub is not None and pub.readers > 0:
+                        pub.readers -= 1
+                else:
+                    sub.rings.add(pid)
+                    kept = deque(i for i in sub.queue if not (i.publisher == pid and i.seq >= seq))
+                    sub.queue = kept  # what it reads in place is not relayed too
+                    self._update_relay(topic)
+                    self._made_room(topic)
+        msg.complete(0)
 
     def _make_ring(self, pub: Publisher, conn: Any, capacity: int) -> None:
         name = _names.segment_name("topic", self.server.server_id, conn.session_key)
@@ -724,8 +766,9 @@ class TopicBroker:
                 self._relay_from(pub)
             if pub.ring_name is not None:
                 for sub in topic.subscribers.values():
-                    if pub.id in sub.rings:  # it reads what is left, then closes its end (pub.id stays in
-                        self._control(sub, _Item(pub.id, 0, RING_GONE, b""))  # sub.rings: no duplicates)
+                    if pub.id in sub.rings or pub.id in sub.handover:  # it reads what is left, then closes
+                        self._control(sub, _Item(pub.id, 0, RING_GONE, b""))  # its end (pub.id stays in
+                                                                               # sub.rings: no duplicates)
             topic.publishers.pop(pub.id, None)
             while pub.held:  # the session is ending, or the client closed it while a publish waited
                 msg, _, _ = pub.held.popleft()
@@ -739,11 +782,11 @@ class TopicBroker:
             self.patterns.pop(sub.id, None)
             for topic in sub.attached:
                 topic.subscribers.pop(sub.id, None)
-            for pid in sub.rings:  # its slots in those rings are free again (or soon: a dead one's is
-                pub = sub.topic.publishers.get(pid)  # reclaimed by the next subscriber that needs it)
+            for pid in sub.rings | sub.handover:  # its slots in those rings are free again (or soon: a dead
+                pub = sub.topic.publishers.get(pid)  # one's is reclaimed by the next subscriber that needs it)
                 if pub is not None and pub.readers > 0:
                     pub.readers -= 1
-            sub.rings = set()
+            sub.rings, sub.handover = set(), set()
             if sub.fetch is not None:
                 fetch, sub.fetch = sub.fetch, None
                 if not fetch.completed:

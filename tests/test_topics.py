@@ -901,3 +901,54 @@ def test_subscribing_again_and_again_does_not_grow_a_stalled_subscribers_queue_p
         assert got and got[0] == b"0-0"  # in order, from the first
         stalled.close()
         pub.close()
+
+
+@pytest.mark.parametrize("publishers", [1, 2])
+def test_a_direct_subscriber_takes_over_the_rings_of_publishers_that_come_after_it(server, publishers):
+    """Publishers of the same session that come after a direct subscriber: their messages come relayed
+    until the subscriber has joined their rings and the ring gives the next one, then in place only;
+    every message once, in order per publisher, under the blocking policy's flow control."""
+    n, first = 5000, 100
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    with connect(server.address) as s:
+        sub = s.subscriber("late", capacity=64)
+        assert sub._rings == {}  # nobody publishes yet
+
+        def publish(k: int) -> None:
+            with connect(server.address) as p, p.publisher("late", block_timeout=30) as pub:
+                assert pub.ring is not None
+                for i in range(first):  # these before the subscriber has joined the ring
+                    pub.publish(b"%d:%d" % (k, i))
+                os.write(ready_w, b"p")
+                os.read(go_r, 1)
+                for i in range(first, n):
+                    pub.publish(b"%d:%d" % (k, i))
+
+        kids = [Child(lambda k=k: publish(k)) for k in range(publishers)]
+        try:
+            for _ in kids:
+                os.read(ready_r, 1)
+            got: dict[int, list[int]] = {k: [] for k in range(publishers)}
+
+            def take() -> None:
+                k, i = sub.receive(10).split(b":")
+                got[int(k)].append(int(i))
+            for _ in range(publishers):
+                take()  # the first relayed batch brought the news of the rings: joined now
+            assert len(sub._handover) == publishers
+            os.write(go_w, b"g" * publishers)
+            for _ in range(n * publishers - publishers):
+                take()
+            assert got == {k: list(range(n)) for k in range(publishers)}  # once each, in order
+            assert sub._handover == {} and len(sub._direct_only) == publishers  # read in place at the end
+            with pytest.raises(broker.EmptyTimeout):
+                sub.receive(0.3)  # and nothing twice
+            for kid in kids:
+                assert kid.join(30) == 0
+        finally:
+            for kid in kids:
+                kid.kill()
+            for fd in (ready_r, ready_w, go_r, go_w):
+                os.close(fd)
+        sub.close()
