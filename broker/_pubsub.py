@@ -601,41 +601,7 @@ class Subscriber(SubSession):
                 if type(r) is tuple:
                     asm.seq = r[0]
                     return r[1]
-        if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
-            # the common case: one publisher's ring, a whole message of bytes in one record
-            for pub, ring in self._rings.items():
-                asm = self._assemblers.get(pub)
-                if asm is not None and asm.complete:  # in C: a plain message numbered after the last
-                    r = _trecv(ring._addr, asm.seq)
-                    if type(r) is tuple:
-                        asm.seq = r[0]
-                        return r[1]
-                try:
-                    rec = ring.recv(timeout=0)
-                except BrokerError:  # Empty, or its end: the long way says what it means
-                    break
-                if len(rec) < _HEAD_SIZE:  # (the long way counts it)
-                    self._push_back(pub, rec)
-                    break
-                seq, mlen, more, k = _UNPACK(rec)
-                asm = self._assemblers.get(pub)
-                if asm is None:
-                    asm = self._assemblers[pub] = Assembler()
-                if not (mlen or more or k) and seq > asm.seq and asm.complete:
-                    asm.seq = seq
-                    return rec[_HEAD_SIZE:]
-                try:
-                    msg = asm.feed(rec)
-                except ValueError as e:
-                    self.corrupt += 1
-                    self.last_error = f"publisher {pub}'s ring on {self.topic!r}: {e}"
-                    break
-                if msg is not None:
-                    try:
-                        return _decode(msg[2], msg[1])
-                    except ServerGone as e:
-                        self.corrupt += 1
-                        self.last_error = str(e)
+        # anything else (a message in fragments or with meta, several rings, relayed ones): the long way
         return self.receive_message(timeout).value
 
     def receive_view(self, timeout: float | None = None) -> Any:
@@ -698,11 +664,6 @@ class Subscriber(SubSession):
             except ServerGone as e:
                 self.corrupt += 1
                 self.last_error = str(e)
-
-    def _push_back(self, pub: int, rec: bytes) -> None:
-        """A record the fast path will not read: counted as the long way counts a bad one."""
-        self.corrupt += 1
-        self.last_error = f"publisher {pub}'s ring on {self.topic!r}: a record of {len(rec)} bytes"
 
     def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
