@@ -57,12 +57,15 @@ LINK_REPLY = -26
 LINK_OPEN = -27
 LINK_CALL = -28
 LINK_PAIR = -29
-LINK_CODES = frozenset({LINK_OFFER, LINK_TAKE, LINK_REPLY, LINK_OPEN, LINK_CALL, LINK_PAIR})
+LINK_UNPAIR = -30
+LINK_CODES = frozenset({LINK_OFFER, LINK_TAKE, LINK_REPLY, LINK_OPEN, LINK_CALL, LINK_PAIR, LINK_UNPAIR})
 
 MAX_NAME = 200
 MAX_ERROR = 4096
 TAKE_HEAD = struct.Struct("<QiI")  # call id, the caller's code, what it is (TAKE_CALL or TAKE_PAIR)
-TAKE_CALL, TAKE_PAIR = 0, 1  # a call to serve; a private pair of rings to attach (the code is 0, the name follows)
+# a call to serve; a private pair of rings to attach (the code is 0, the name follows); a pair that ended
+# at the broker (its caller closed the link or went: the name follows), to let go
+TAKE_CALL, TAKE_PAIR, TAKE_UNPAIR = 0, 1, 2
 MAX_PAIRS = 64  # private pairs a provider serves at most (one futex_waitv: broker/_ring.py wait_any)
 PAIR_CAPACITY = 256 << 10  # bytes in each ring of a pair; a call or reply bigger than a record goes relayed
 ARG_HEAD = struct.Struct("<BqI")  # kind, value (an int's, or a writable's max length), bytes that follow
@@ -141,8 +144,8 @@ class _Offer(RefObject):
     def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
         super().__init__()
         self.broker, self.name, self.conn = broker, name, conn
-        # waiting: id, the caller's message, its code, the packed arguments, TAKE_CALL or TAKE_PAIR
-        self.queue: deque[tuple[int, Message, int, bytes, int]] = deque()
+        # waiting: id, the caller's message (None for TAKE_UNPAIR), its code, the packed arguments, TAKE_*
+        self.queue: deque[tuple[int, Message | None, int, bytes, int]] = deque()
         self.running: dict[int, Message] = {}  # taken, not yet replied to
         self.take: Message | None = None  # the provider's waiting LINK_TAKE
         self.served = 0
@@ -176,6 +179,7 @@ class _Pair:
     def __init__(self, name: str, segment: Any, offer: _Offer, link: _Link, msg: Message) -> None:
         self.name, self.segment, self.offer, self.link = name, segment, offer, link
         self.msg = msg  # the caller's LINK_PAIR, until the provider has answered
+        self.told = False  # the provider knows the pair is over
 
     def end(self) -> None:
         seg, self.segment = self.segment, None
@@ -212,6 +216,8 @@ class LinkBroker:
                 self._open(conn, msg)
             elif code == LINK_PAIR:
                 self._pair(conn, msg)
+            elif code == LINK_UNPAIR:
+                self._unpair(conn, msg)
         except Exception as e:  # it ends only this request
             refuse(conn, msg, e, LinkError)
 
@@ -322,12 +328,32 @@ class LinkBroker:
             return f"the provider serves {MAX_PAIRS} private pairs already"
         return ""
 
+    def _unpair(self, conn: Any, msg: Message) -> None:
+        """LINK_UNPAIR: the provider gave up one of its pairs (its caller wrote nonsense, or is gone)."""
+        offer = self._own(conn, msg, _Offer)
+        name = self._bytes(msg, 0).decode(errors="replace")
+        with self._lock:
+            pair = next((p for p in offer.pairs if p.name == name), None)
+            if pair is not None:
+                pair.told = True  # (it knows)
+        if pair is not None:
+            self._end_pair(pair)
+        msg.complete(0)
+
     def _end_pair(self, pair: _Pair) -> None:
         with self._lock:
             offer, link = pair.offer, pair.link
+            active = any(p is pair for p in offer.pairs)
             offer.pairs = [p for p in offer.pairs if p is not pair]
             offer.pairing = {cid: p for cid, p in offer.pairing.items() if p is not pair}
             link.pairs = [p for p in link.pairs if p is not pair]
+            if active and not pair.told and self.offers.get(offer.name) is offer:
+                # the provider holds its side: it is told to let go (it cannot know a caller that never
+                # attached is gone)
+                pair.told = True
+                offer.queue.append((next(self._ids), None, 0, pair.name.encode(), TAKE_UNPAIR))
+                if offer.take is not None:
+                    self._hand(offer)
         pair.end()
         if not pair.msg.completed and not pair.msg._conn.ended:  # its message slot is freed
             pair.msg.complete(Status.CANCELLED, "the pair was given up")
@@ -359,7 +385,7 @@ class LinkBroker:
         assert take is not None
         while offer.queue:
             cid, caller, code, blob, what = offer.queue[0]
-            if caller.completed or caller._conn.ended:  # its caller went away meanwhile
+            if caller is not None and (caller.completed or caller._conn.ended):  # its caller went away meanwhile
                 offer.queue.popleft()
                 pair = offer.pairing.pop(cid, None)
                 if pair is not None:
@@ -372,7 +398,8 @@ class LinkBroker:
                 return
             offer.queue.popleft()
             offer.take = None
-            offer.running[cid] = caller
+            if caller is not None:  # (a notice is not answered)
+                offer.running[cid] = caller
             take.write(0, data)
             take.complete(len(data))
             return
@@ -435,7 +462,7 @@ class LinkBroker:
         with self._lock:
             if self.offers.get(offer.name) is offer:
                 del self.offers[offer.name]
-            gone = [m for _, m, _, _, _ in offer.queue] + list(offer.running.values())
+            gone = [m for _, m, _, _, _ in offer.queue if m is not None] + list(offer.running.values())
             offer.queue.clear()
             offer.running.clear()
             take, offer.take = offer.take, None
@@ -462,7 +489,7 @@ class LinkBroker:
 from . import _proc  # noqa: E402  (after the server's half, which does not need these)
 from ._client import _CALL_WAIT_NS, Buffer, ClientSession, SubSession, _apply_writes, _result, _to_arg  # noqa: E402
 from ._errors import Closed, Empty, PeerGone, ServiceError, Timeout  # noqa: E402
-from ._protocol import (MAX_TEXT, Complete, FrameReader, ProtocolError, Request, _c_encode_complete,  # noqa: E402
+from ._protocol import (HEADER_SIZE, MAX_TEXT, Complete, FrameReader, ProtocolError, Request, _c_encode_complete,  # noqa: E402
                         _c_feed, complete_frame, request_frame)
 from ._carrier import TIMEOUT as _RING_TIMEOUT  # noqa: E402
 from ._native import RING as _RING_CALLS  # noqa: E402
@@ -567,8 +594,8 @@ class _ProvidedPair:
         """The caller closed its side, or died, or never came."""
         h = self.rx._h
         pid = int(h.hdr.producer_pid)
-        if pid == 0:
-            return time.monotonic() - self.since > _ATTACH_TIME
+        if pid == 0:  # not attached yet: the broker tells us (TAKE_UNPAIR) if it never will
+            return False
         if pid < 0:  # closed: the wait returns at once for it, and take() raises Closed once it is read
             return True
         return not _proc.alive(pid, int(h.hdr.producer_start))
@@ -579,7 +606,6 @@ class _ProvidedPair:
 
 
 _REPLY_TIMEOUT = 5.0  # seconds a provider waits for room in a caller's reply ring before giving the pair up
-_ATTACH_TIME = 30.0  # seconds a caller has to attach to a pair the provider attached to
 _NEVER = threading.Event()  # serve_forever's stop when it has none
 _LOOK = 0.5  # seconds a provider's wait lasts at most before it looks at its callers
 
@@ -635,6 +661,11 @@ class Offer(SubSession):
         if what == TAKE_PAIR:
             self._pair_cid = cid
             return data[TAKE_HEAD.size:].decode(errors="replace")
+        if what == TAKE_UNPAIR:  # the broker ended one of our pairs: let go of it here (nothing to answer)
+            name = data[TAKE_HEAD.size:].decode(errors="replace")
+            for pair in [p for p in self._pairs if p.name == name]:
+                self._drop(pair, tell=False)
+            return None
         try:
             args = [Arg(kind, value, blob) for kind, value, blob in unpack_call(data[TAKE_HEAD.size:])]
             return cid, LinkedCall(code, args + [NO_ARG] * (4 - len(args))), b""
@@ -659,10 +690,16 @@ class Offer(SubSession):
             return
         self._pairs = self._pairs + [pair]  # a new list: a loop waiting on the old one sees the change
 
-    def _drop(self, pair: _ProvidedPair) -> None:
+    def _drop(self, pair: _ProvidedPair, tell: bool = True) -> None:
+        """Let go of a pair; tell: the broker does not know yet (it ends its side, and unlinks the name)."""
         if pair in self._pairs:
             self._pairs = [p for p in self._pairs if p is not pair]
         pair.close()
+        if tell and not self._closing and self.handle and not self.session.closed:
+            try:
+                self.session.send_receive(LINK_UNPAIR, pair.name.encode(), handle=self.handle)
+            except BrokerError:
+                pass
 
     def _next_direct(self) -> tuple[_ProvidedPair, tuple[int, LinkedCall]] | None:
         """A call waiting on one of the pairs (each pair in turn), or None."""
@@ -780,7 +817,10 @@ class Offer(SubSession):
         the deadline passed; None when the relayed take is done (or no pair is left) and the
         caller should look at it."""
         bell, rings, waiter, served = self._bell, None, None, False
+        look_at = time.monotonic() + _LOOK
         while self._pairs:
+            if fut.done():  # a relayed call (or news of a pair) first: under a steady stream of direct
+                return None  # calls it would wait for ever otherwise
             direct = self._next_direct()
             if direct is not None:
                 pair, (rid, call) = direct
@@ -788,6 +828,12 @@ class Offer(SubSession):
                 if stop is None or stop.is_set():
                     return True
                 served = True
+                now = time.monotonic()
+                if now >= look_at:  # busy or not, the callers that went are noticed
+                    self._look()
+                    look_at = now + _LOOK
+                if deadline is not None and now >= deadline:
+                    return True
                 continue
             if fut.done():
                 return None
@@ -830,6 +876,8 @@ class Offer(SubSession):
                     continue
                 if not fut.done():
                     seen = self._bell.seen
+                    if fut.done():  # settled before the look at the bell: its ring may have come before too
+                        continue
                     try:
                         r = await asyncio.to_thread(self._wait, [p.rx for p in self._pairs], seen, _LOOK)
                     except asyncio.CancelledError:
@@ -875,14 +923,14 @@ class Offer(SubSession):
         self._closing = True
         self._bell.ring()
         for pair in list(self._pairs):
-            self._drop(pair)
+            self._drop(pair, tell=False)
         super()._session_ended()
 
     def close(self) -> None:
         self._closing = True
         self._bell.ring()
         for pair in list(self._pairs):  # our reply rings close: a caller waiting learns the provider is gone
-            self._drop(pair)
+            self._drop(pair, tell=False)
         fut, self._take = self._take, None
         super().close()
         if fut is not None and not self.session.closed:
@@ -926,7 +974,9 @@ class Link(SubSession):
         self._pair: _CallerPair | None = None
         self._pairing: tuple[Buffer, Any] | None = None
         self._rid = 0
-        self._ask = session._rings is not None  # ask for a pair (again) at the next chance
+        # ask for a pair (again) at the next chance: on shared memory, and not on a sharable session (a
+        # pair is one ring each way, for one thread's calls at a time)
+        self._ask = session._rings is not None and not session.sharable
         self._stale = False  # the provider may have changed since the last answer: ask after the next call
         self._ask_pair()
 
@@ -946,7 +996,14 @@ class Link(SubSession):
         try:
             fut.result(0)
             spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
-            self._pair = _CallerPair(buf.value.decode(), spin, self.session._max_frame)
+            pair = _CallerPair(buf.value.decode(), spin, self.session._max_frame)
+            h = pair.rx._h
+            pid = int(h.hdr.producer_pid)
+            if pid <= 0 or not _proc.alive(pid, int(h.hdr.producer_start)):  # its provider let go meanwhile
+                pair.close()
+                self._stale = True
+                return
+            self._pair = pair
         except (BrokerError, OSError, ValueError, UnicodeDecodeError) as e:  # none for us: relayed
             self._pair = None
             if isinstance(e, ServiceError) and e.status in (Status.NOT_FOUND, Status.DISCONNECTED):
@@ -984,7 +1041,8 @@ class Link(SubSession):
             if e.status in (Status.NOT_FOUND, Status.DISCONNECTED):  # the next provider may share our session
                 self._stale = True
             raise
-        if self._stale and self._pairing is None and self._pair is None and self.session._rings is not None:
+        if (self._stale and self._pairing is None and self._pair is None and self.session._rings is not None
+                and not self.session.sharable):
             self._stale, self._ask = False, True
         if self._ask:
             self._ask_pair()
@@ -1005,8 +1063,8 @@ class Link(SubSession):
             if len(args) > 4:
                 raise TypeError("at most four arguments")
             frame = request_frame(rid, code, 0, False, [_to_arg(a) for a in args] + [NO_ARG] * (4 - len(args)))
-            if len(frame) > pair.tx.max_record:
-                return NotImplemented
+            if len(frame) > pair.tx.max_record or len(frame) - HEADER_SIZE > pair.max_frame:
+                return NotImplemented  # relayed: the broker says what is wrong with a frame too big
             try:
                 pair.tx.send(frame, timeout=timeout)
             except (BrokerError, OSError) as e:

@@ -43,7 +43,7 @@ _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this
 _tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/brk_py.c: plain messages
 _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
 _RING_FULL = 2  # BRK_FULL
-_MAX_TOPICS_KEPT = 1 << 16  # publishers' topic names a prefix subscriber keeps
+
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
 
@@ -454,10 +454,8 @@ class Subscriber(SubSession):
             raise ServerGone("a topic batch with bytes after its last message")
 
     def _on_control(self, pub: int, what: bytes, data: bytes) -> None:
-        if what == TOPIC_OF:  # (a prefix subscriber) the topic of this publisher's messages
-            if len(self._topics) >= _MAX_TOPICS_KEPT:
-                self._topics.clear()  # (a very long-lived prefix: forget the oldest names wholesale)
-            self._topics[pub] = data.decode(errors="replace")
+        if what == TOPIC_OF:  # (a prefix subscriber) the topic of this publisher's messages (one name a
+            self._topics[pub] = data.decode(errors="replace")  # publisher, kept: it is not sent again)
         elif what == RING_ADD:  # a publisher that came after this subscriber: its ring, read in place
             try:
                 ring = Broadcast.open(data.decode())
@@ -571,11 +569,14 @@ class Subscriber(SubSession):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
-            if not self._rings:
-                if not self._take(left):
-                    raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
+            readable = [p for p in self._rings if self._handover.get(p) is None]
+            if not readable:  # no ring, or every ring holds a message waiting for relayed ones: the FETCH
+                slice_ = left if not self._rings else _WAIT_SLICE if left is None else min(left, _WAIT_SLICE)
+                if not self._take(slice_):
+                    if not self._rings:
+                        raise EmptyTimeout(f"no message on {self.topic!r} within {timeout} s")
                 continue
-            ring = next(iter(self._rings.values())) if len(self._rings) == 1 else None
+            ring = self._rings[readable[0]] if len(self._rings) == 1 else None
             wait = _WAIT_SLICE if left is None else min(_WAIT_SLICE, left)
             if ring is not None:
                 try:
@@ -611,6 +612,10 @@ class Subscriber(SubSession):
         is viewed over the bytes that brought it. As receive() otherwise."""
         if self._held is not None:
             self.release()
+        self._since += 1
+        if self._since >= _FETCH_EVERY and self._rings:  # as receive(): relayed messages and news of rings
+            self._since = 0
+            self._take(0)
         if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
                 try:
@@ -633,7 +638,6 @@ class Subscriber(SubSession):
                             break
                         asm.seq = seq
                         self._held = ring
-                        self._since += 1
                         return value
                 copy = bytes(rec)  # anything else (a fragment, an odd record): read as receive() reads it
                 ring.release()

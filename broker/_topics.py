@@ -112,6 +112,19 @@ MESSAGE_HEAD = struct.Struct("<IQII")
 TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
 
 
+def _drop_oldest(queue: deque) -> bool:
+    """Drop the oldest message of a queue, not a control item before it (a TOPIC_OF the messages after
+    it need): True if there was one."""
+    if queue and queue[0].seq:
+        queue.popleft()
+        return True
+    for i, item in enumerate(queue):
+        if item.seq:
+            del queue[i]
+            return True
+    return False
+
+
 class TopicError(ValueError):
     """A request the topic service refuses (its status is ARGUMENT)."""
 
@@ -544,8 +557,8 @@ class TopicBroker:
                     for item in list(topic.history)[-want:]:
                         self._enqueue_for(sub, topic, item)
                 self._attach(sub, topic)
-            while len(sub.queue) > sub.capacity:  # (history of several topics: the newest of it)
-                sub.queue.popleft()
+            while len(sub.queue) > sub.capacity and _drop_oldest(sub.queue):  # (history of several topics:
+                pass  # the newest of it)
             handle = conn.session.open_subsession(sub)
             self.patterns[sub.id] = sub
             for topic in sub.attached:
@@ -638,7 +651,7 @@ class TopicBroker:
             for item in made:
                 if len(sub.queue) >= sub.capacity:
                     if sub.policy == "drop":
-                        sub.queue.popleft()
+                        _drop_oldest(sub.queue)
                         sub.lost += 1
                         sub.lost_total += 1
                         topic.dropped += 1
@@ -803,6 +816,8 @@ class TopicBroker:
         and found by the prefixes again, when someone comes back to it)."""
         if topic.publishers or any(s.pattern is None for s in topic.subscribers.values()):
             return
+        if any(p.topic is topic for p in self.relays):  # a closed publisher's rest is still relayed to them:
+            return  # forgotten when that ends (_end_relay)
         if self.topics.get(topic.name) is topic:
             del self.topics[topic.name]
         for sub in topic.subscribers.values():
@@ -840,6 +855,8 @@ class TopicBroker:
                 pub.armed = False
                 ring.disarm_doorbell()
             ring.close()
+        if pub.closed:
+            self._forget_if_empty(pub.topic)
 
     def poll(self) -> bool:
         """The server loop's look at the relayed rings: True if it relayed something."""

@@ -346,6 +346,7 @@ def test_a_caller_writing_garbage_into_its_pair_ends_only_its_pair(server):
                 bad.send_receive(ADD, 1, 2)  # its pair ends: the provider closed its side
             assert e.value.status == broker.Status.DISCONNECTED
             wait_for(lambda: len(_pair_maps(prov.pid)) == 1)
+            wait_for(lambda: server.stats()["services"][0]["direct"] == 1)  # the provider told the broker
             for i in range(50):
                 assert good.send_receive(ADD, i, 1) == i + 1 and good.direct
             assert bad.send_receive(ADD, 2, 2) == 4  # relayed, and then it asks for a new pair
@@ -423,3 +424,89 @@ def test_a_servers_policies_cover_the_broker_own_services(tmp_path):
         with s.link("svc") as link, pytest.raises(broker.ServiceError) as e:
             link.send_receive(ADD, 1, 2)
         assert e.value.status == broker.Status.NOT_FOUND
+
+
+def test_a_link_on_a_sharable_session_is_relayed_and_an_idle_one_keeps_its_pair(server):
+    """A pair is one ring each way, for one thread at a time: a sharable session's link is relayed.
+    An unsharable one that waits (the provider looks at its pairs meanwhile) still gets its pair."""
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "idle", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        with connect(server.address, sharable=True) as s, s.link("idle") as link:
+            for i in range(20):
+                assert link.send_receive(ADD, i, 1) == i + 1 and not link.direct
+        assert server.stats()["services"][0]["pairs"] == 0
+        with connect(server.address) as s, s.link("idle") as link:
+            time.sleep(1.5)  # three of the provider's looks at its pairs while the caller has not attached
+            assert link.send_receive(ADD, 1, 1) == 2
+            _until_direct(link)
+            assert link.send_receive(ADD, 2, 2) == 4 and link.direct
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
+def test_a_pair_the_caller_never_used_is_let_go_when_its_link_closes(server):
+    """The broker tells the provider of a pair that ended before its caller attached (TAKE_UNPAIR)."""
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "unused", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        with connect(server.address) as s:
+            link = s.link("unused")  # it asks for a pair at once; the provider attaches
+            wait_for(lambda: len(_pair_maps(prov.pid)) == 1)
+            link.close()  # without a call: the caller never attached
+            wait_for(lambda: _pair_maps(prov.pid) == [], timeout=10)
+            assert server.stats()["services"][0]["direct"] == 0
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
+def test_relayed_calls_are_served_while_a_pair_keeps_the_provider_busy(server):
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    prov = _provider(server.address, "busy2", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+
+        def hammer() -> None:  # direct calls, one after another, for a few seconds
+            with connect(server.address) as s, s.link("busy2") as link:
+                _until_direct(link)
+                os.write(go_w, b"g")
+                end = time.monotonic() + 4
+                while time.monotonic() < end:
+                    link.send_receive(ADD, 1, 1)
+
+        kids = [Child(hammer) for _ in range(2)]  # two of them: there is always a direct call waiting
+        for _ in kids:
+            assert os.read(go_r, 1) == b"g"
+        with connect(server.address, socket_only=True) as s, s.link("busy2") as link:
+            for i in range(20):
+                assert link.send_receive(ADD, i, 2, timeout=3) == i + 2 and not link.direct
+        assert [kid.join(30) for kid in kids] == [0, 0]
+    finally:
+        prov.kill()
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+
+
+def test_a_call_over_the_frame_limit_goes_to_the_broker_which_refuses_it(tmp_path):
+    path = str(tmp_path / "small.sock")
+    ready_r, ready_w = os.pipe()
+    with broker.Server(path, max_frame=8192):
+        prov = _provider(path, "small", ready_w)
+        try:
+            assert os.read(ready_r, 1) == b"p"
+            with connect(path) as s, s.link("small") as link:
+                _until_direct(link)
+                with pytest.raises(ValueError, match="over the server's limit"):  # as a session's call says
+                    link.send_receive(UPPER, b"x" * 20000, Buffer(16))
+                assert link.send_receive(ADD, 1, 2) == 3 and link.direct  # the pair is fine
+        finally:
+            prov.kill()
+            os.close(ready_r)
+            os.close(ready_w)

@@ -650,7 +650,8 @@ def test_requests_the_topic_service_chokes_on_end_only_themselves(server):
             pub.publish(b"ok")
 
 
-def test_a_direct_subscriber_is_not_kept_from_relayed_messages_by_a_busy_ring(server):
+@pytest.mark.parametrize("view", [False, True])
+def test_a_direct_subscriber_is_not_kept_from_relayed_messages_by_a_busy_ring(server, view):
     """Messages of a publisher that calls (a socket session) reach a direct subscriber while the ring it
     reads in place is never empty: it looks at what is relayed to it every few hundred messages. (The
     subscriber is a process of its own: in this one, the server's thread would wait for the GIL.)"""
@@ -664,7 +665,7 @@ def test_a_direct_subscriber_is_not_kept_from_relayed_messages_by_a_busy_ring(se
             with connect(server.address) as b, b.subscriber("mixed", capacity=8) as sub:
                 _report(w, {"direct": bool(sub._rings)})
                 os.read(go_r, 1)
-                got = [sub.receive(10) for _ in range(n + 1)]
+                got = [bytes(sub.receive_view(10)) if view else sub.receive(10) for _ in range(n + 1)]
                 _report(w, {"index": got.index(b"called"),
                             "order": [g for g in got if g != b"called"] == [b"r%d" % i for i in range(n)]})
 
@@ -952,3 +953,37 @@ def test_a_direct_subscriber_takes_over_the_rings_of_publishers_that_come_after_
             for fd in (ready_r, ready_w, go_r, go_w):
                 os.close(fd)
         sub.close()
+
+
+def test_a_prefix_subscriber_gets_the_rest_of_a_closed_ring_publisher_and_its_topics_under_drop(server):
+    """What a ring publisher wrote before it closed still reaches a prefix subscriber (the topic is not
+    forgotten while that is relayed); under "drop" the topic names survive the drops."""
+    with connect(server.address) as a, connect(server.address, socket_only=True) as b:
+        sub = b.subscriber("rest.*", capacity=300)  # blocking: the server relays 300, then waits for room
+        pub = a.publisher("rest.one")
+        assert pub.ring is not None
+        pub.publish_many([b"%d" % i for i in range(1500)])  # into the ring: the relay holds the rest back
+        wait_for(lambda: _topic(server, "rest.one")["subscribers"][0]["queued"] >= 300)
+        pub.close()  # with 1200 still in its ring
+        got = []
+        while len(got) < 1500:
+            got += [m.value for m in [sub.receive_message(5)]]
+        assert got == [b"%d" % i for i in range(1500)]
+        sub.close()
+        lossy = b.subscriber("drop.*", policy="drop", capacity=5)
+        pubs = [a.publisher(f"drop.{k}") for k in range(3)]
+        for i in range(40):
+            for k, p in enumerate(pubs):
+                p.publish(b"%d" % k)
+        seen = []
+        while True:
+            try:
+                m = lossy.receive_message(0.5)
+            except broker.EmptyTimeout:
+                break
+            seen.append((m.topic, m.value))
+        assert seen and all(t == "drop." + v.decode() for t, v in seen)  # each with its own topic
+        assert lossy.lost + len(seen) == 120  # and the count of what was dropped is exact
+        for p in pubs:
+            p.close()
+        lossy.close()
