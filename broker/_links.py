@@ -581,6 +581,23 @@ class _ProvidedPair:
         req = events[0]
         return req.request_id, LinkedCall(req.code, req.args)
 
+    def serve_next(self, run: Callable[[LinkedCall], tuple[int, dict[int, bytes], bytes]]) -> bool:
+        """take(), run(call) and reply() in one: the synchronous loop's per-call path. False: no call."""
+        data = self._record()
+        if data is None:
+            return False
+        events, at = _c_feed(data, 0, self.max_frame)
+        if at != len(data) or len(events) != 1 or type(events[0]) is not Request:
+            raise ProtocolError("a record that is not one whole request")
+        req = events[0]
+        status, writes, text = run(LinkedCall(req.code, req.args))
+        frame = _c_encode_complete(req.request_id, status, list(writes.items()) if writes else (), text or None)
+        if frame is NotImplemented or len(frame) > self.max_record or len(text) > MAX_TEXT:
+            self.reply(req.request_id, status, writes, text)  # the long way says what does not fit
+        else:
+            self.send(frame)
+        return True
+
     def reply(self, rid: int, status: int, writes: dict[int, bytes], text: bytes) -> None:
         frame = _c_encode_complete(rid, status, list(writes.items()) if writes else (), text[:MAX_TEXT] or None)
         if frame is NotImplemented:
@@ -719,6 +736,26 @@ class Offer(SubSession):
             return pair, got
         return None
 
+    def _serve_direct(self) -> bool:
+        """Serve one call waiting on one of the pairs (each pair in turn): False if none was waiting."""
+        pairs = self._pairs
+        n = len(pairs)
+        for k in range(n):
+            pair = pairs[(self._next + k) % n] if n > 1 else pairs[0]
+            try:
+                if not pair.serve_next(self._run):
+                    continue
+            except (BrokerError, OSError) as e:  # the caller closed, died, or wrote nonsense: its pair ends
+                if not isinstance(e, (Closed, PeerGone)):
+                    log.warning("link %s: a caller's pair %s ends: %s", self.name, pair.name, e)
+                self._drop(pair)
+                return False
+            self.served += 1
+            if n > 1:
+                self._next = (self._next + k + 1) % n
+            return True
+        return False
+
     def _look(self) -> None:
         for pair in list(self._pairs):
             if pair.gone():
@@ -816,15 +853,12 @@ class Offer(SubSession):
         """Serve one call from the pairs (with `stop`, calls until it is set): True; False when
         the deadline passed; None when the relayed take is done (or no pair is left) and the
         caller should look at it."""
-        bell, rings, waiter, served = self._bell, None, None, False
+        bell, rings, waiter, served, serve = self._bell, None, None, False, self._serve_direct
         look_at = time.monotonic() + _LOOK
         while self._pairs:
             if fut.done():  # a relayed call (or news of a pair) first: under a steady stream of direct
                 return None  # calls it would wait for ever otherwise
-            direct = self._next_direct()
-            if direct is not None:
-                pair, (rid, call) = direct
-                self._reply_direct(pair, rid, self._run(call))
+            if serve():
                 if stop is None or stop.is_set():
                     return True
                 served = True
