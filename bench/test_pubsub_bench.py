@@ -20,7 +20,7 @@ def test_bench_pubsub_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatc
     assert "target for broker" in printed.out and "broker relay" in printed.out
     data = json.loads(path.read_text())
     figures = data["figures"]
-    assert set(figures) == {"one_64", "fan_64", "batch_64", "one_1m", "zc_1m", "lat_64"}
+    assert set(figures) == {"one_64", "fan_64", "batch_64", "one_64k", "one_1m", "zc_1m", "lat_64"}
     want = {"broker", "relay", "queue"} | ({"zmq"} if _bench_pubsub.zmq is not None else set())
     for key, fig in figures.items():
         assert set(fig["results"]) == ({"broker"} if key == "zc_1m" else want), key  # zero-copy: broker's own

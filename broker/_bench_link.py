@@ -25,8 +25,15 @@ from ._bench_ring import _child, _latency_stats, _machine, _Progress, _scale
 from ._bench_rpc import ECHO, PAYLOAD, SMALL, _server
 from ._client import Buffer, connect
 
-COLUMNS = ("link_shm", "link_socket", "session_shm")
-LABELS = {"link_shm": "link (shm)", "link_socket": "link (socket)", "session_shm": "session (shm)"}
+try:  # a benchmark extra: pip install 'broker[bench]'
+    import zmq
+except ImportError:  # pragma: no cover - the table says it is missing
+    zmq = None
+
+COLUMNS = ("link_shm", "link_socket", "session_shm", "zmq", "queue")
+LABELS = {"link_shm": "link (shm)", "link_socket": "link (socket)", "session_shm": "session (shm)",
+          "zmq": "pyzmq REQ/REP ipc", "queue": "mp.Queue pair"}
+BASELINES = ("zmq", "queue")  # the same echo in a child of its own, over what users would use instead
 TARGET = 1.2  # issue 5: a linked-service round trip within 1.2x of a shared-memory session's
 REPEATS = 5  # link (shm) and session (shm) run this many times, in turn: the figures are their medians
 # (round trips here come in two modes that change from run to run, 4-5 us or 8-9 us: one run of each
@@ -57,6 +64,79 @@ def _provider(path: str, ready_w: int, stop_r: int, parents: tuple[int, ...]) ->
         offer.serve_forever(stop, poll=0.05)
 
 
+def _zmq_echo(address: str, ready_w: int) -> None:
+    """Child: a REP socket echoing each request until an empty one."""
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.bind(address)
+    os.write(ready_w, b"z")
+    while True:
+        m = rep.recv()
+        rep.send(m)
+        if not m:
+            break
+    rep.close(linger=0)
+    ctx.term()
+
+
+def _queue_echo(q_in: Any, q_out: Any, ready_w: int) -> None:
+    """Child: put back on q_out what comes on q_in, until None."""
+    os.write(ready_w, b"q")
+    while True:
+        m = q_in.get()
+        q_out.put(m)
+        if m is None:
+            break
+    q_out.close()
+    q_out.join_thread()  # the last put is sent before the child's os._exit
+
+
+def _baseline(col: str, tmpdir: str, count: int, warmup: int) -> list[int]:
+    """The 64 B round trips to an echo child over pyzmq REQ/REP (ipc://) or a pair of mp.Queues."""
+    import multiprocessing
+
+    r, w = os.pipe()
+    try:
+        if col == "zmq":
+            address = "ipc://" + os.path.join(tmpdir, "echo.ipc")
+            with _child(_zmq_echo, address, w):
+                os.read(r, 1)
+                ctx = zmq.Context()
+                req = ctx.socket(zmq.REQ)
+                req.connect(address)
+
+                def call(code: int, payload: bytes, buf: Buffer) -> None:
+                    req.send(payload)
+                    buf.value = req.recv()
+                try:
+                    return _rounds(call, count, warmup)
+                finally:
+                    req.send(b"")
+                    req.recv()
+                    req.close(linger=0)
+                    ctx.term()
+        q_in, q_out = multiprocessing.Queue(), multiprocessing.Queue()
+        try:
+            with _child(_queue_echo, q_in, q_out, w):
+                os.read(r, 1)
+
+                def qcall(code: int, payload: bytes, buf: Buffer) -> None:
+                    q_in.put(payload)
+                    buf.value = q_out.get()
+                try:
+                    return _rounds(qcall, count, warmup)
+                finally:
+                    q_in.put(None)
+                    q_out.get()
+        finally:
+            for q in (q_in, q_out):
+                q.close()
+                q.join_thread()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def _rounds(call: Any, count: int, warmup: int) -> list[int]:
     out, clock = [], time.perf_counter_ns
     for _ in range(warmup + count):
@@ -74,13 +154,15 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     count = max(int(10_000 * factor), 200)
     warmup = max(count // 10, 20)
     repeats = 1 if quick else REPEATS
-    plan = [col for _ in range(repeats) for col in COLUMNS if col != "link_socket"] + ["link_socket"]
+    baselines = [c for c in BASELINES if c != "zmq" or zmq is not None]
+    columns = [c for c in COLUMNS if c not in BASELINES or c in baselines]
+    plan = [col for _ in range(repeats) for col in ("link_shm", "session_shm")] + ["link_socket"] + baselines
     progress = _Progress(len(plan))
     result: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": repeats},
                               "figures": {}}
     tmpdir = tempfile.mkdtemp(prefix="broker-bench-link-")
     ready_r = ready_w = stop_r = stop_w = -1
-    runs: dict[str, list[dict[str, Any]]] = {col: [] for col in COLUMNS}
+    runs: dict[str, list[dict[str, Any]]] = {col: [] for col in columns}
     try:
         with _server(tmpdir, 50.0, "strict") as path:
             ready_r, ready_w = os.pipe()  # made after the server's fork: it must not hold them
@@ -90,6 +172,11 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
                     raise RuntimeError("the provider did not start")
                 for col in plan:
                     progress.start(f"64 B round trip - {LABELS[col]}")
+                    if col in BASELINES:
+                        runs[col].append({**_latency_stats(_baseline(col, tmpdir, count, warmup)),
+                                          "transport": LABELS[col]})
+                        progress.end(f"p50 {runs[col][-1]['p50']:.1f} us")
+                        continue
                     with connect(path, socket_only=(col == "link_socket")) as s:
                         if col == "session_shm":
                             ns = _rounds(s.send_receive, count, warmup)
@@ -129,17 +216,19 @@ def table(result: dict[str, Any]) -> str:
     lines = _bench_ring.header_lines("link", result["meta"], "us")
     fig = result["figures"]["rtt_64"]
     res = fig["results"]
-    rows: list[tuple[str, ...]] = [("figure", "unit", *(LABELS[c] for c in COLUMNS), "link/session", "target")]
+    cols = [c for c in COLUMNS if c in res]
+    rows: list[tuple[str, ...]] = [("figure", "unit", *(LABELS[c] for c in cols), "link/session", "target")]
     t = fig["target"]
     for m in ("p50", "p99", "p99.9"):
-        rows.append((f"64 B round trip {m}", "us (lower)", *(f"{res[c][m]:.1f}" for c in COLUMNS),
+        rows.append((f"64 B round trip {m}", "us (lower)", *(f"{res[c][m]:.1f}" for c in cols),
                      f"{res['link_shm'][m] / res['session_shm'][m]:.2f}x",
                      f"<= {TARGET}x: {'met' if t['met'] else 'NOT met'}" if m == "p50" else ""))
     lines += _bench_ring.render_rows(rows)
     lines += ["", "link (shm): caller -> provider -> caller over their private pair of rings; link (socket): "
-              "caller -> broker -> provider -> broker -> caller; session: the caller and the broker's own echo",
+              "caller -> broker -> provider -> broker -> caller; session: the caller and the broker's own echo; "
+              "pyzmq, mp.Queue: the same echo in a child process",
               "p50 of each run: " + "; ".join(f"{LABELS[c]} " + ", ".join(f"{v:.1f}" for v in res[c]["runs_p50"])
-                                             for c in COLUMNS)]
+                                             for c in cols)]
     return "\n".join(lines)
 
 

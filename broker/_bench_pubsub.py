@@ -67,6 +67,7 @@ def _figures() -> list[Figure]:
         Figure("fan_64", "64 B one per call, 4 subscribers", "msgs/s", 64, 4, 100_000),
         Figure("batch_64", "64 B in batches of 1000, 1 subscriber", "msgs/s", 64, 1, 1_000_000, batch=1000,
                target=(">=", 10e6)),
+        Figure("one_64k", "64 KiB, 1 subscriber", "GB/s", 64 << 10, 1, 20_000),
         Figure("one_1m", "1 MiB, 1 subscriber", "GB/s", 1 << 20, 1, 2_000),
         Figure("zc_1m", "1 MiB zero-copy (loan / receive_view), 1 subscriber", "GB/s", 1 << 20, 1, 20_000,
                target=(">=", 25.0), zero_copy=True),

@@ -43,6 +43,7 @@ import struct
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from ._errors import BadHandle, BrokerError, Overflow
@@ -1133,6 +1134,10 @@ class Link(SubSession):
         blob, room = pack_call(args, Buffer)
         out = Buffer(room) if room else None
         status = self.session.send_receive(LINK_CALL, code, blob, out, timeout=timeout, handle=self.handle)
+        self._relayed_writes(args, out)
+        return status
+
+    def _relayed_writes(self, args: tuple[Any, ...], out: Buffer | None) -> None:
         if out is not None and out.value:
             try:
                 writes = unpack_writes(out.value)
@@ -1144,7 +1149,30 @@ class Link(SubSession):
                     target.value = data
                 elif isinstance(target, bytearray):
                     target[:] = data
-        return status
+
+    def send(self, code: int, *args: Any) -> "Future[int]":  # type: ignore[override]
+        """The call without waiting for it: a future of its status, the provider's writes applied to
+        the arguments before it completes. It goes through the broker (a pair carries one call at
+        a time, in its caller's thread); one of the session's message slots while it runs."""
+        blob, room = pack_call(args, Buffer)
+        out = Buffer(room) if room else None
+        inner = self.session.send(LINK_CALL, code, blob, out, handle=self.handle)
+        outer: Future[int] = Future()
+
+        def done(f: Any) -> None:
+            try:
+                status = f.result()
+                self._relayed_writes(args, out)
+            except BaseException as e:  # noqa: BLE001 - the caller's future carries it
+                outer.set_exception(e)
+                return
+            outer.set_result(status)
+        inner.add_done_callback(done)
+        return outer
+
+    async def asend_receive(self, code: int, *args: Any) -> int:
+        """send_receive for asyncio (through the broker, as send())."""
+        return await asyncio.wrap_future(self.send(code, *args))
 
     def _session_ended(self) -> None:
         pair, self._pair = self._pair, None

@@ -96,6 +96,10 @@ def render(stats: dict[str, Any]) -> str:
         fam("broker_service_queued", "gauge", "Calls waiting for the provider.").add(v.get("queued"), **lab)
         fam("broker_service_callers", "gauge", "Sessions with a link to the service.").add(
             len(v.get("callers", [])), **lab)
+        fam("broker_service_pairs", "gauge", "Private pairs of rings between a caller and the provider now "
+            "(their calls bypass the broker).").add(v.get("direct", 0), **lab)
+        fam("broker_service_pairs_made_total", "counter", "Private pairs of rings made for the service.").add(
+            v.get("pairs", 0), **lab)
     return "\n".join(line for f in fams.values() for line in f.lines()) + "\n"
 
 

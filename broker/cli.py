@@ -203,6 +203,17 @@ def stat(address: str, as_json: bool, timeout: float) -> int:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    services = data.get("services") or []
+    if services:
+        rows = [("service", "provider", "relayed: served", "queued", "running", "private pairs (now / made)",
+                 "callers (conn)")]
+        for v in services:
+            rows.append((str(v.get("service")), str(v.get("provider")), str(v.get("served")), str(v.get("queued")),
+                         str(v.get("running")), f"{v.get('direct', 0)} / {v.get('pairs', 0)}",
+                         ", ".join(map(str, v.get("callers", []))) or "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return 0
 
 

@@ -12,8 +12,9 @@ import time
 import pytest
 
 import broker
+from broker import connect
 
-from .helpers import Child
+from .helpers import Child, wait_for
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -287,3 +288,22 @@ def test_serve_with_metrics_answers_prometheus(tmp_path):
     finally:
         code, err = srv.stop(signal.SIGTERM)
     assert code == 0 and f"metrics on http://127.0.0.1:{port}/metrics" in err
+
+
+def test_stat_lists_the_linked_services_with_their_callers_and_pairs(tmp_path):
+    address = str(tmp_path / "l.sock")
+    with broker.Server(address) as srv, connect(address) as s, connect(address, socket_only=True) as t:
+        offer = s.offer("upper", lambda call: 3)
+        relayed = t.link("upper")
+        fut = relayed.send(1)
+        assert offer.serve_one(5) and fut.result(5) == 3
+        direct = s.link("upper")  # same session: a private pair, once the provider has attached it
+        offer.serve_one(0.5)
+        wait_for(lambda: srv.stats()["services"][0]["direct"] == 1)
+        st = run("stat", address)
+        assert st.returncode == 0, st.stderr
+        line = [ln for ln in st.stdout.splitlines() if ln.startswith("upper")]
+        assert line and " 1 / 1 " in line[0], st.stdout  # one pair now, one made
+        assert line[0].rstrip().endswith(", ".join(map(str, sorted([s.connection_id, t.connection_id])))), st.stdout
+        for x in (direct, relayed, offer):
+            x.close()

@@ -510,3 +510,25 @@ def test_a_call_over_the_frame_limit_goes_to_the_broker_which_refuses_it(tmp_pat
             prov.kill()
             os.close(ready_r)
             os.close(ready_w)
+
+
+def test_a_links_send_and_asend_receive_do_not_wait(server):
+    """link.send() returns a future at once (several may be in flight); asend_receive() for asyncio."""
+    import asyncio
+
+    ready_r, ready_w = os.pipe()
+    prov = _provider(server.address, "later", ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        with connect(server.address) as s, s.link("later") as link:
+            outs = [Buffer(16) for _ in range(3)]
+            futs = [link.send(UPPER, b"abc%d" % i, out) for i, out in enumerate(outs)]
+            assert [f.result(10) for f in futs] == [4, 4, 4]
+            assert [o.value for o in outs] == [b"ABC0", b"ABC1", b"ABC2"]  # the writes, applied
+            with pytest.raises(broker.ServiceError, match="failed on purpose"):
+                link.send(FAIL).result(10)
+            assert asyncio.run(link.asend_receive(ADD, 20, 22)) == 42
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)

@@ -49,8 +49,14 @@ def test_the_endpoint_shows_sessions_topics_and_services(tmp_path):
             lost = [v for k, v in m.items() if k.startswith("broker_subscriber_lost_total{") and topic in k]
             assert lost and lost[0] >= 7  # 10 published, 2 kept at most, 1 read
             assert m['broker_service_served_total{service="svc"}'] == 1
+            assert m['broker_service_pairs{service="svc"}'] == 0
             assert any(k.startswith("broker_session_requests_total{") and v > 0 for k, v in m.items())
-            for x in (sub, pub, link, offer):
+            paired = s.link("svc")  # the provider's own session: a private pair, once it has attached it
+            offer.serve_one(0.5)
+            m = _scrape(srv)
+            assert m['broker_service_pairs{service="svc"}'] == 1
+            assert m['broker_service_pairs_made_total{service="svc"}'] == 1
+            for x in (sub, pub, paired, link, offer):
                 x.close()
         host, port = srv.metrics.address
         with pytest.raises(urllib.error.HTTPError) as e:
