@@ -9,7 +9,8 @@ of the path: caller -> provider -> caller) and on a socket session (the broker
 relays every call: caller -> server -> provider -> server -> caller), and the
 caller calling the server's own echo on a shared-memory session (one hop each
 way), the baseline of issue 5's target (a linked-service round trip within
-1.2x of it).
+1.2x of it); and the same echo in a child over pyzmq REQ/REP on ipc:// and
+over a pair of multiprocessing.Queues, what users would take instead.
 """
 from __future__ import annotations
 

@@ -14,9 +14,20 @@ provider's LINK_REPLY carries the status and the writes back to the caller's
 waiting request. A call to a name nobody offers fails at once (NOT_FOUND); a
 provider that closes or dies fails its queued and running calls
 (DISCONNECTED, "the provider of ... is gone"); a new provider of the name gets
-the calls made after it offered. Within one session the broker's private
-pair of rings between the two sides (stepping out of the path) is the next
-step of issue 5; this relay is what calls across sessions take.
+the calls made after it offered.
+
+Within one session, both on shared memory, the broker steps out of the path:
+a link asks for a private pair (LINK_PAIR) when it opens; the server makes a
+segment of two SPSC rings, hands its name to the provider through its
+LINK_TAKE (TAKE_PAIR), and, once the provider has attached (LINK_REPLY 0),
+gives it to the caller. Then each call is the session's own C call on the
+pair (a REQUEST frame into ring 0, the COMPLETE back on ring 1), and the
+provider serves its pairs and its relayed calls in one loop (wait_any). A
+pair ends with either side: the server unlinks the name and tells the
+provider (TAKE_UNPAIR); a provider that gives one up tells the server
+(LINK_UNPAIR); a caller whose provider died gets DISCONNECTED and asks again.
+Calls too big for a record of the pair, a sharable session's, and callers in
+other sessions go relayed.
 
 Function codes (h: the call carries the offer's or the link's handle):
 
@@ -28,6 +39,9 @@ Function codes (h: the call carries the offer's or the link's handle):
     LINK_OPEN         arg 0 name                                 -> a link handle
     LINK_CALL     h   arg 0 int code, arg 1 the packed arguments, arg 2 writable (the packed writes)
                                                                  -> the provider's status
+    LINK_PAIR     h   (a link's) arg 0 writable: the pair's segment name, once the provider attached
+                                                                 -> 0 (NOT_SUPPORTED: why there is none)
+    LINK_UNPAIR   h   (an offer's) arg 0 the name of a pair the provider gave up -> 0
 
 Everything is untrusted: the server checks names, handles, ids and lengths;
 it does not look into the packed arguments (the provider's side parses them,
