@@ -460,7 +460,8 @@ def _demo_services(path: str, tcp: str, holding: Any, release: Any) -> None:
                 pub.publish_many([payload] * 1000)
             secs = time.perf_counter() - t0
             print(f"  process {os.getpid()} published {n} messages of 64 B to 'prices' in {secs:.2f} s "
-                  f"({n / secs / 1e6:.2f} M/s) into its own ring", flush=True)
+                  f"({n / secs / 1e6:.2f} M/s) into its own ring, at the pace of its slowest blocking "
+                  f"subscriber (the relayed one; broker bench pubsub measures each alone)", flush=True)
 
     def subscriber(address: str) -> Callable[[Any], None]:
         def sub(hold: Any) -> None:
