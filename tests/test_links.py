@@ -287,7 +287,8 @@ def test_a_direct_pair_fails_its_call_when_the_provider_dies_and_the_next_provid
             assert e.value.status == broker.Status.DISCONNECTED
             assert server.stats()["services"] == [] or server.stats()["services"][0]["served"] == served_before
             wait_for(lambda: server.stats()["services"] == [])
-            assert _pair_maps() == []  # the caller let its side go, and the server (in this process) its segment
+            # the caller let its side go, and the server (in this process) its segment, just after
+            wait_for(lambda: _pair_maps() == [])
             with pytest.raises(broker.ServiceError) as e:
                 link.send_receive(ADD, 1, 2)
             assert e.value.status == broker.Status.NOT_FOUND
