@@ -146,8 +146,9 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
 # ---- broker stat ------------------------------------------------------------------------
 
 
-def stat(address: str, as_json: bool, timeout: float) -> int:
-    """The live sessions of the server at `address`."""
+def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> int:
+    """The live sessions of the server at `address`; with interval, a second look that long after gives
+    the rates (topics published and relayed a second, services' calls a second)."""
     import json
 
     from ._client import connect
@@ -155,6 +156,9 @@ def stat(address: str, as_json: bool, timeout: float) -> int:
 
     try:
         with connect(address, timeout=timeout, socket_only=True) as s:
+            before = s.server_stats(timeout=timeout) if interval > 0 else None
+            if before is not None:
+                time.sleep(interval)
             data = s.server_stats(timeout=timeout)
             me = s.connection_id
     except ValueError as e:
@@ -190,25 +194,40 @@ def stat(address: str, as_json: bool, timeout: float) -> int:
     n = len(data["sessions"])
     print(f"{n} session{'s' if n != 1 else ''} (* this one)")
     topics = data.get("topics") or []
+
+    def rate(kind: str, key: str, name: Any, field: str, now: Any) -> str:
+        """`field` a second between the two looks ("-" with one look, or for something new)."""
+        if before is None:
+            return "-"
+        old = [x for x in before.get(kind) or [] if x.get(key) == name]
+        if not old or not isinstance(now, (int, float)) or not isinstance(old[0].get(field), (int, float)):
+            return "-"
+        return f"{max(0.0, (now - old[0][field]) / interval):.0f}"
     if topics:
-        rows = [("topic", "published", "dropped", "timed out", "disconn.", "publishers (conn, ring/calls)",
-                 "subscribers (conn policy queued lost, direct)")]
+        rows = [("topic", "published", "/s", "dropped", "timed out", "disconn.",
+                 "publishers (conn, ring/calls, relayed)", "subscribers (conn policy queued lost, direct/pattern)")]
         for t in topics:
             pubs = ", ".join(f"{p.get('connection_id')} {'ring' if p.get('ring') else 'calls'}"
-                             for p in t.get("publishers", []))
+                             f"{' relayed' if p.get('relayed') else ''}" for p in t.get("publishers", []))
             subs = ", ".join(f"{q.get('connection_id')} {q.get('policy')} {q.get('queued')} {q.get('lost')}"
-                             f"{' direct' if q.get('direct') else ''}" for q in t.get("subscribers", []))
-            rows.append((str(t.get("topic")), str(t.get("published")), str(t.get("dropped")),
-                         str(t.get("timed_out")), str(t.get("disconnected")), pubs or "-", subs or "-"))
+                             f"{' direct' if q.get('direct') else ''}"
+                             f"{' ' + str(q.get('pattern')) if q.get('pattern') else ''}"
+                             for q in t.get("subscribers", []))
+            rows.append((str(t.get("topic")), str(t.get("published")),
+                         rate("topics", "topic", t.get("topic"), "published", t.get("published")),
+                         str(t.get("dropped")), str(t.get("timed_out")), str(t.get("disconnected")), pubs or "-",
+                         subs or "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     services = data.get("services") or []
     if services:
-        rows = [("service", "provider", "relayed: served", "queued", "running", "private pairs (now / made)",
+        rows = [("service", "provider", "relayed: served", "/s", "queued", "running", "private pairs (now / made)",
                  "callers (conn)")]
         for v in services:
-            rows.append((str(v.get("service")), str(v.get("provider")), str(v.get("served")), str(v.get("queued")),
+            rows.append((str(v.get("service")), str(v.get("provider")), str(v.get("served")),
+                         rate("services", "service", v.get("service"), "served", v.get("served")),
+                         str(v.get("queued")),
                          str(v.get("running")), f"{v.get('direct', 0)} / {v.get('pairs', 0)}",
                          ", ".join(map(str, v.get("callers", []))) or "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -540,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a server name, a Unix socket path or tcp://host:port (default: %(default)s)")
     st.add_argument("--json", action="store_true", help="everything, as JSON")
     st.add_argument("--timeout", type=_bounded(float, 0.001), default=5.0, help="seconds (default: %(default)s)")
+    st.add_argument("--interval", type=_bounded(float, 0.0), default=0.5,
+                    help="seconds between the two looks that give the rates (0: one look, no rates; "
+                         "default: %(default)s)")
     pb = sub.add_parser("pub", help="publish lines from stdin to a topic, or a generated load (--count)")
     pb.add_argument("topic", metavar="TOPIC")
     pb.add_argument("--address", default="broker", help="the server (default: %(default)s)")
@@ -593,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo()
     if args.command == "stat":
-        return stat(args.address, args.json, args.timeout)
+        return stat(args.address, args.json, args.timeout, args.interval)
     if args.command == "clean":
         return clean(args.dry_run)
     if args.command == "pub":

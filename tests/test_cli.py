@@ -307,3 +307,34 @@ def test_stat_lists_the_linked_services_with_their_callers_and_pairs(tmp_path):
         assert line[0].rstrip().endswith(", ".join(map(str, sorted([s.connection_id, t.connection_id])))), st.stdout
         for x in (direct, relayed, offer):
             x.close()
+
+
+def test_stat_gives_the_rates_between_two_looks(tmp_path):
+    import threading
+
+    address = str(tmp_path / "r.sock")
+    with broker.Server(address) as srv, connect(address) as s:
+        pub = s.publisher("ticks")
+        sub = s.subscriber("ticks", policy="drop", capacity=10)  # relayed, and it never reads: drops
+        stop = threading.Event()
+
+        def ticking() -> None:
+            while not stop.is_set():
+                pub.publish(b"t")
+                time.sleep(0.001)
+
+        t = threading.Thread(target=ticking)
+        t.start()
+        try:
+            st = run("stat", address, "--interval", "1")
+        finally:
+            stop.set()
+            t.join()
+        assert st.returncode == 0, st.stderr
+        [line] = [ln for ln in st.stdout.splitlines() if ln.startswith("ticks")]
+        assert int(line.split()[2]) > 0, line  # messages came between the two looks
+        one_look = run("stat", address, "--interval", "0")
+        [line] = [ln for ln in one_look.stdout.splitlines() if ln.startswith("ticks")]
+        assert line.split()[2] == "-"
+        sub.close()
+        pub.close()
