@@ -915,9 +915,13 @@ class Offer(SubSession):
     async def aserve_forever(self) -> None:
         """serve_forever for asyncio: the handler may be a coroutine function; until the offer ends
         (cancel the task to stop)."""
+        look_at = time.monotonic() + _LOOK
         while True:
             fut = self._start_take()
-            if self._pairs:
+            if self._pairs and not fut.done():  # a finished relayed take first, as in _serve_pairs
+                if time.monotonic() >= look_at:
+                    self._look()
+                    look_at = time.monotonic() + _LOOK
                 direct = self._next_direct()
                 if direct is not None:
                     pair, (rid, call) = direct
@@ -1055,8 +1059,8 @@ class Link(SubSession):
             self._pair = pair
         except (BrokerError, OSError, ValueError, UnicodeDecodeError) as e:  # none for us: relayed
             self._pair = None
-            if isinstance(e, ServiceError) and e.status in (Status.NOT_FOUND, Status.DISCONNECTED):
-                self._stale = True  # nobody offered it then: a provider that comes later may be ours
+            if not (isinstance(e, ServiceError) and e.status == Status.NOT_SUPPORTED):
+                self._stale = True  # nobody offered it then, or the pair failed: the next provider may be ours
 
     def _lost_pair(self) -> None:
         pair, self._pair = self._pair, None
@@ -1174,6 +1178,8 @@ class Link(SubSession):
         outer: Future[int] = Future()
 
         def done(f: Any) -> None:
+            if not outer.set_running_or_notify_cancel():  # the caller gave up on it (asyncio cancelled)
+                return
             try:
                 status = f.result()
                 self._relayed_writes(args, out)

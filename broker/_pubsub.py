@@ -539,6 +539,7 @@ class Subscriber(SubSession):
         if pub in self._handover:  # ended before the handover: everything of it comes relayed
             del self._handover[pub]
             self._last.pop(pub, None)
+        # (pub stays in _direct_only: a relayed copy from before the handover may still be unread)
         self._refast()
         if ring is not None:
             ring.close()

@@ -112,15 +112,21 @@ MESSAGE_HEAD = struct.Struct("<IQII")
 TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
 
 
-def _drop_oldest(queue: deque) -> bool:
-    """Drop the oldest message of a queue, not a control item before it (a TOPIC_OF the messages after
-    it need): True if there was one."""
+def _drop_oldest(sub: "Subscriber") -> bool:
+    """Drop the oldest message of a subscriber's queue, not a control item before it (a TOPIC_OF the
+    messages after it need): True if there was one. TOPIC_OFs that no queued message needs any more go
+    too, their publishers to be announced again (so the queue never fills with them)."""
+    queue = sub.queue
     if queue and queue[0].seq:
         queue.popleft()
         return True
     for i, item in enumerate(queue):
         if item.seq:
             del queue[i]
+            needed = {x.publisher for x in queue if x.seq}
+            for x in [x for x in queue if not x.seq and x.meta == TOPIC_OF and x.publisher not in needed]:
+                queue.remove(x)
+                sub.announced.discard(x.publisher)
             return True
     return False
 
@@ -513,6 +519,7 @@ class TopicBroker:
                 # history) first, so that this one starts after it (a blocking subscriber may go over its
                 # capacity for it, up to twice its capacity: see _relay_from)
                 self._relay_from(pub, catch_up=True)
+            topic = self._topic(name)  # (the catch-up may have ended a relay and forgotten the topic)
             sub = Subscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
                              opts.get("policy", "block"))
             want = opts.get("history", 0)
@@ -550,14 +557,14 @@ class TopicBroker:
                              opts.get("policy", "block"))
             sub.pattern = name
             prefix, want = name[:-1], opts.get("history", 0)
-            for topic in [t for t in self.topics.values() if t.name.startswith(prefix)]:
-                for pub in [p for p in self.relays if p.topic is topic]:
-                    self._relay_from(pub, catch_up=True)  # as a subscriber of that topic starts after it
+            for pub in [p for p in self.relays if p.topic.name.startswith(prefix)]:
+                self._relay_from(pub, catch_up=True)  # as a subscriber of that topic starts after it
+            for topic in [t for t in self.topics.values() if t.name.startswith(prefix)]:  # (those still there)
                 if want:
                     for item in list(topic.history)[-want:]:
                         self._enqueue_for(sub, topic, item)
                 self._attach(sub, topic)
-            while len(sub.queue) > sub.capacity and _drop_oldest(sub.queue):  # (history of several topics:
+            while len(sub.queue) > sub.capacity and _drop_oldest(sub):  # (history of several topics:
                 pass  # the newest of it)
             handle = conn.session.open_subsession(sub)
             self.patterns[sub.id] = sub
@@ -651,10 +658,10 @@ class TopicBroker:
             for item in made:
                 if len(sub.queue) >= sub.capacity:
                     if sub.policy == "drop":
-                        _drop_oldest(sub.queue)
-                        sub.lost += 1
-                        sub.lost_total += 1
-                        topic.dropped += 1
+                        if _drop_oldest(sub):  # (a queue of control items only: nothing is dropped)
+                            sub.lost += 1
+                            sub.lost_total += 1
+                            topic.dropped += 1
                     elif sub.policy == "disconnect":
                         self._disconnect(sub, f"disconnected by policy: {sub.capacity} messages waited unread")
                         break

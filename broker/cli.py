@@ -156,10 +156,13 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> 
 
     try:
         with connect(address, timeout=timeout, socket_only=True) as s:
-            before = s.server_stats(timeout=timeout) if interval > 0 else None
+            before = s.server_stats(timeout=timeout) if interval > 0 and not as_json else None
             if before is not None:
+                t0 = time.monotonic()
                 time.sleep(interval)
             data = s.server_stats(timeout=timeout)
+            if before is not None:
+                interval = time.monotonic() - t0  # what passed between the two looks, not what was asked
             me = s.connection_id
     except ValueError as e:
         _say("broker stat", str(e))

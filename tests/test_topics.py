@@ -987,3 +987,49 @@ def test_a_prefix_subscriber_gets_the_rest_of_a_closed_ring_publisher_and_its_to
         for p in pubs:
             p.close()
         lossy.close()
+
+
+def test_a_subscriber_that_comes_while_a_closed_publishers_rest_is_relayed_gets_the_next_publishers(server):
+    """A topic read only by a prefix subscriber, a closed ring publisher's rest still being relayed: an
+    exact subscriber that comes then is subscribed to the topic the next publisher publishes to."""
+    with connect(server.address) as a, connect(server.address, socket_only=True) as b:
+        stalled = b.subscriber("gone*", capacity=5)  # blocking, reads nothing yet: the relay waits
+        first = a.publisher("gone")
+        first.publish_many([b"%d" % i for i in range(8)])
+        wait_for(lambda: _topic(server, "gone")["subscribers"][0]["queued"] >= 5)
+        first.close()  # 3 left in its ring, relayed as the prefix subscriber makes room
+        late = b.subscriber("gone", policy="drop", capacity=100)  # its catch-up reads the ring to its end
+        second = a.publisher("gone")
+        second.publish(b"next")
+        got = []
+        while len(got) < 9:  # (the blocking one holds the relay of both rings until it reads)
+            got.append(stalled.receive(5))
+        assert got == [b"%d" % i for i in range(8)] + [b"next"]
+        # subscribed to the topic that is there, not a forgotten one: it gets "next" (after the rest of the
+        # first ring that the bounded catch-up left to it too)
+        early = []
+        while (m := late.receive(5)) != b"next":
+            early.append(m)
+        assert early == [b"%d" % i for i in range(8 - len(early), 8)]
+        for x in (second, late, stalled):
+            x.close()
+
+
+def test_a_dropping_prefix_subscriber_stays_bounded_and_exact_under_publisher_churn(server):
+    with connect(server.address) as a, connect(server.address, socket_only=True) as b:
+        sub = b.subscriber("churn.*", policy="drop", capacity=3)
+        for k in range(60):  # a publisher a message, each on a topic of its own, nobody reading
+            with a.publisher(f"churn.{k}") as p:
+                p.publish(b"%d" % k)
+        [prefix] = server.topics.patterns.values()  # (its topics are forgotten: the server's own books)
+        assert len(prefix.queue) <= 6  # three messages and their topics' names, not a name for every publisher
+        seen = []
+        while True:
+            try:
+                m = sub.receive_message(0.5)
+            except broker.EmptyTimeout:
+                break
+            seen.append(m)
+        assert len(seen) + sub.lost == 60  # what it got and what was dropped, exactly
+        assert all(m.topic == "churn." + m.value.decode() for m in seen)
+        sub.close()
