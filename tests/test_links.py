@@ -2,10 +2,13 @@
 processes call it through the broker; the provider's death, a new provider, bad requests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+
+from typing import Iterator
 
 import pytest
 
@@ -45,6 +48,20 @@ def server(tmp_path):
     srv.stop()
 
 
+@contextlib.contextmanager
+def _provided(address: str, name: str) -> Iterator[Child]:
+    """A provider process of `name` for the block (killed after it)."""
+    ready_r, ready_w = os.pipe()
+    prov = _provider(address, name, ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"p"
+        yield prov
+    finally:
+        prov.kill()
+        os.close(ready_r)
+        os.close(ready_w)
+
+
 def _provider(address: str, name: str, ready_w: int) -> Child:
     def run() -> None:
         with connect(address) as s, s.offer(name, handler) as offer:
@@ -55,10 +72,7 @@ def _provider(address: str, name: str, ready_w: int) -> Child:
 
 @pytest.mark.parametrize("socket_only", [False, True])
 def test_a_linked_service_is_called_through_the_broker(server, socket_only):
-    ready_r, ready_w = os.pipe()
-    prov = _provider(server.address, "upper", ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"p"
+    with _provided(server.address, "upper") as prov:
 
         def caller() -> None:
             with connect(server.address, socket_only=socket_only) as s, s.link("upper") as link:
@@ -88,10 +102,6 @@ def test_a_linked_service_is_called_through_the_broker(server, socket_only):
             assert svc["served"] >= 206 and svc["pairs"] == 0
         else:
             assert svc["served"] <= 1 and svc["pairs"] == 1
-    finally:
-        prov.kill()
-        os.close(ready_r)
-        os.close(ready_w)
 
 
 def test_nobody_offers_it_then_the_provider_dies_then_a_new_one_offers_it(server):
@@ -132,19 +142,12 @@ def test_nobody_offers_it_then_the_provider_dies_then_a_new_one_offers_it(server
 
 
 def test_a_caller_that_dies_mid_call_leaves_the_provider_serving(server):
-    ready_r, ready_w = os.pipe()
-    prov = _provider(server.address, "busy", ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"p"
+    with _provided(server.address, "busy") as prov:
         doomed = Child(lambda: connect(server.address).link("busy").send_receive(PAUSE))
         wait_for(lambda: server.stats()["services"][0]["running"] == 1)
         doomed.kill()  # while the provider runs its call
         in_child(lambda: _call_add(server.address, "busy"))  # the provider finishes it, then serves this one
         wait_for(lambda: server.stats()["services"][0]["served"] == 2)
-    finally:
-        prov.kill()
-        os.close(ready_r)
-        os.close(ready_w)
 
 
 def _call_add(address: str, name: str) -> None:
@@ -334,10 +337,7 @@ def test_a_caller_killed_mid_call_on_its_pair_leaves_the_provider_serving(server
 
 
 def test_a_caller_writing_garbage_into_its_pair_ends_only_its_pair(server):
-    ready_r, ready_w = os.pipe()
-    prov = _provider(server.address, "g", ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"p"
+    with _provided(server.address, "g") as prov:
         with connect(server.address) as s, s.link("g") as bad, s.link("g") as good:
             _until_direct(bad)
             _until_direct(good)
@@ -352,10 +352,6 @@ def test_a_caller_writing_garbage_into_its_pair_ends_only_its_pair(server):
                 assert good.send_receive(ADD, i, 1) == i + 1 and good.direct
             assert bad.send_receive(ADD, 2, 2) == 4  # relayed, and then it asks for a new pair
             _until_direct(bad)
-    finally:
-        prov.kill()
-        os.close(ready_r)
-        os.close(ready_w)
 
 
 def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other_user):
@@ -430,10 +426,7 @@ def test_a_servers_policies_cover_the_broker_own_services(tmp_path):
 def test_a_link_on_a_sharable_session_is_relayed_and_an_idle_one_keeps_its_pair(server):
     """A pair is one ring each way, for one thread at a time: a sharable session's link is relayed.
     An unsharable one that waits (the provider looks at its pairs meanwhile) still gets its pair."""
-    ready_r, ready_w = os.pipe()
-    prov = _provider(server.address, "idle", ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"p"
+    with _provided(server.address, "idle") as prov:
         with connect(server.address, sharable=True) as s, s.link("idle") as link:
             for i in range(20):
                 assert link.send_receive(ADD, i, 1) == i + 1 and not link.direct
@@ -443,28 +436,17 @@ def test_a_link_on_a_sharable_session_is_relayed_and_an_idle_one_keeps_its_pair(
             assert link.send_receive(ADD, 1, 1) == 2
             _until_direct(link)
             assert link.send_receive(ADD, 2, 2) == 4 and link.direct
-    finally:
-        prov.kill()
-        os.close(ready_r)
-        os.close(ready_w)
 
 
 def test_a_pair_the_caller_never_used_is_let_go_when_its_link_closes(server):
     """The broker tells the provider of a pair that ended before its caller attached (TAKE_UNPAIR)."""
-    ready_r, ready_w = os.pipe()
-    prov = _provider(server.address, "unused", ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"p"
+    with _provided(server.address, "unused") as prov:
         with connect(server.address) as s:
             link = s.link("unused")  # it asks for a pair at once; the provider attaches
             wait_for(lambda: len(_pair_maps(prov.pid)) == 1)
             link.close()  # without a call: the caller never attached
             wait_for(lambda: _pair_maps(prov.pid) == [], timeout=10)
             assert server.stats()["services"][0]["direct"] == 0
-    finally:
-        prov.kill()
-        os.close(ready_r)
-        os.close(ready_w)
 
 
 def test_relayed_calls_are_served_while_a_pair_keeps_the_provider_busy(server):
@@ -517,10 +499,7 @@ def test_a_links_send_and_asend_receive_do_not_wait(server):
     """link.send() returns a future at once (several may be in flight); asend_receive() for asyncio."""
     import asyncio
 
-    ready_r, ready_w = os.pipe()
-    prov = _provider(server.address, "later", ready_w)
-    try:
-        assert os.read(ready_r, 1) == b"p"
+    with _provided(server.address, "later") as prov:
         with connect(server.address) as s, s.link("later") as link:
             outs = [Buffer(16) for _ in range(3)]
             futs = [link.send(UPPER, b"abc%d" % i, out) for i, out in enumerate(outs)]
@@ -529,7 +508,3 @@ def test_a_links_send_and_asend_receive_do_not_wait(server):
             with pytest.raises(broker.ServiceError, match="failed on purpose"):
                 link.send(FAIL).result(10)
             assert asyncio.run(link.asend_receive(ADD, 20, 22)) == 42
-    finally:
-        prov.kill()
-        os.close(ready_r)
-        os.close(ready_w)
