@@ -73,3 +73,17 @@ def other_user() -> tuple[int, int]:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER], check=True)
         pw = pwd.getpwnam(OTHER_USER)
     return pw.pw_uid, pw.pw_gid
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A broker.Server on a Unix socket in tmp_path, started, with its `address` (modules with a
+    parametrized server of their own override this)."""
+    import broker
+
+    path = str(tmp_path / "broker.sock")
+    srv = broker.Server(path)
+    srv.start()
+    srv.address = path
+    yield srv
+    srv.stop()

@@ -39,15 +39,6 @@ def handler(call) -> int | None:
     return None
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = broker.Server(str(tmp_path / "links.sock"))
-    srv.start()
-    srv.address = str(tmp_path / "links.sock")
-    yield srv
-    srv.stop()
-
-
 @contextlib.contextmanager
 def _provided(address: str, name: str) -> Iterator[Child]:
     """A provider process of `name` for the block (killed after it)."""

@@ -26,15 +26,6 @@ from broker._topics import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC
 from .helpers import Child, wait_for
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = broker.Server(str(tmp_path / "topics.sock"))
-    srv.start()
-    srv.address = str(tmp_path / "topics.sock")
-    yield srv
-    srv.stop()
-
-
 def _topic(srv: broker.Server, name: str) -> dict:
     [t] = [t for t in srv.stats()["topics"] if t["topic"] == name]
     return t
