@@ -1536,6 +1536,37 @@ static int brk_any_ready(brk_ring *const *rings, uint32_t n, _Atomic uint32_t *b
     return 0;
 }
 
+/*
+ * Spin, then sleep in one futex_waitv on every ring's cons_wait and the bell, until one has
+ * something (*which) or timeout_ns has passed.
+ *
+ * No lost wake-up. Each ring is brk_wait's handshake, made for all of them before one look:
+ * (1) for every ring, a seq_cst store of BRK_WAIT_FUTEX into its cons_wait; (2) one seq_cst look
+ * at every ring's tail (and interrupt, producer_pid) and at the bell; sleep only if it shows
+ * nothing. A producer (3) stores its tail seq_cst, then (4) loads that ring's flag seq_cst
+ * (brk_wake). For each ring on its own, in the single total order of seq_cst operations either
+ * (2)'s load of its tail follows (3), and we see the record and do not sleep, or (4) follows (1),
+ * the producer sees BRK_WAIT_FUTEX, exchanges it for NONE and calls FUTEX_WAKE. That wake is not
+ * lost when it comes before we block: futex_waitv compares every word with the value we gave it
+ * (BRK_WAIT_FUTEX) under the futex bucket locks and returns at once (EAGAIN) if one moved.
+ * The bell is the same with an epoch: brk_bell_ring increments it seq_cst, then wakes; (2)'s
+ * seq_cst load sees the new epoch, or futex_waitv finds the word no longer bell_seen.
+ *
+ * The flags go back to NONE with relaxed stores after a sleep. Such a store can never hide a
+ * later announcement: the next (1) is a later store by this same thread, so it follows in the
+ * word's modification order, and a producer's seq_cst load that comes after that (1) in the
+ * total order cannot read the older NONE (coherence). A producer that read an older
+ * BRK_WAIT_FUTEX and wakes us late costs one spurious wake-up: we look again and sleep again.
+ * Several rings need no more than one ring does: each ring's pair of handshakes is independent,
+ * and one look after all announcements covers every ring at once.
+ *
+ * Kernels before 5.16 (ENOSYS) sleep on the first word only, for 1 ms at a time, and look at
+ * all of them between: a wake-up on another ring or the bell then waits up to 1 ms, never more.
+ *
+ * tests: csrc/tests/ring_test.c, the wakeup mode (a record or a bell put in the window just
+ * before futex_waitv; a ping-pong between processes, with and without CPU hogs, in which any
+ * lost wake-up sleeps to its timeout) and the threads mode under TSan (the same ping-pong).
+ */
 int brk_wait_any(brk_ring *const *rings, uint32_t n, uint32_t *bell_word, uint32_t bell_seen, int64_t spin_ns,
                  int64_t timeout_ns, uint32_t *which)
 {
