@@ -15,7 +15,7 @@ from array import array
 
 import pytest
 
-from broker import Ring, _bench_ring
+from broker import Ring, _bench_ring, _names
 
 PAYLOAD = bytes(range(64))
 BATCH = 1024
@@ -87,7 +87,7 @@ def test_claim_commit_recv_view_release_64_kib(benchmark):
 # ---- the two-process benchmark, scaled far down -------------------------------------
 
 FIGURES = {"small_per_call", "small_batch", "small_many", "bulk_64k_into", "bulk_64k_bytes",
-           "bulk_1m_into", "bulk_1m_bytes", "rtt_spin", "rtt_sleep"}
+           "bulk_1m_into", "bulk_1m_bytes", "rtt_spin", "rtt_sleep", "rtt_default"}
 
 
 def _children() -> set[int]:
@@ -103,7 +103,7 @@ def _children() -> set[int]:
 
 
 def _segments() -> set[str]:
-    return {e for e in os.listdir("/dev/shm") if e.startswith("brk.")}
+    return {e for e in os.listdir("/dev/shm") if e.startswith(f"{_names.PREFIX}.")}
 
 
 def test_bench_ring_smoke_run_writes_every_figure(tmp_path, capsys):
@@ -125,6 +125,11 @@ def test_bench_ring_smoke_run_writes_every_figure(tmp_path, capsys):
             if fig["unit"] == "us":
                 assert res["samples"] > 0, (key, t)
                 assert 0 < res["p50"] <= res["p99"] <= res["p99.9"], (key, t, res)
+                if key == "rtt_default":  # every run between two fresh processes, each one's figures kept
+                    assert res["fresh_runs"] == len(res["runs"]) >= 3, (t, res["fresh_runs"])
+                    assert res["p50_min"] <= res["p50"] <= res["p50_max"], (t, res)
+                    assert {r["p50"] for r in res["runs"]} >= {res["p50_min"], res["p50_max"]}, (t, res)
+                    assert all(r["ring_spin_us"] == 50.0 for r in res["runs"] if t == "ring"), "not the defaults"
             else:
                 assert res["median"] > 0, (key, t)
                 assert len(res["repetitions"]) == 3, (key, t)

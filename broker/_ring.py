@@ -564,6 +564,7 @@ class _Side:
             "sleeps": int(h.sleeps),
             "wakeups": int(h.wakeups),
             "full_waits": int(h.full_waits),
+            "shared_cpu_waits": int(h.shared_cpu_waits),
             "backlog_bytes": int(backlog) if backlog >= 0 else -1,
         }
 

@@ -63,9 +63,11 @@ _Static_assert(offsetof(struct brk_ring_hdr, reserve) == 136, "ring reserve");
 _Static_assert(offsetof(struct brk_ring_hdr, oldest) == 144, "ring oldest");
 _Static_assert(offsetof(struct brk_ring_hdr, producer_pid) == 152, "ring producer_pid");
 _Static_assert(offsetof(struct brk_ring_hdr, producer_start) == 160, "ring producer_start");
+_Static_assert(offsetof(struct brk_ring_hdr, producer_cpu) == 168, "ring producer_cpu");
 _Static_assert(offsetof(struct brk_ring_hdr, head) == 256, "consumer line");
 _Static_assert(offsetof(struct brk_ring_hdr, consumer_pid) == 264, "ring consumer_pid");
 _Static_assert(offsetof(struct brk_ring_hdr, consumer_start) == 272, "ring consumer_start");
+_Static_assert(offsetof(struct brk_ring_hdr, consumer_cpu) == 280, "ring consumer_cpu");
 _Static_assert(offsetof(struct brk_ring_hdr, cons_wait) == 384, "consumer wait line");
 _Static_assert(offsetof(struct brk_ring_hdr, prod_wait) == 512, "producer wait line");
 
@@ -115,28 +117,80 @@ static inline int brk_is_lossless_bcast(const brk_ring *r) { return r->kind == B
 /* ---- futex and eventfd ------------------------------------------------- */
 
 /*
- * When this thread last woke a sleeper with a system call. The kernel tends to
- * run the woken process on the waker's CPU; if the waker then spins waiting
- * for the answer, the woken process cannot run until the spin ends (measured
- * on 2 cores: a 50 us spin made a sleeping round trip take ~90-140 us, against
- * ~25 us without it; yielding inside the spin did not help enough). So for a
- * short while after a wake-up a waiter sleeps at once instead of spinning.
+ * Where the other side runs decides how to wait for it.
+ *
+ * Each side leaves a hint of the CPU it last ran on in its own line of the
+ * ring header: the producer at every publish (producer_cpu), an SPSC consumer
+ * at every release (consumer_cpu). A waiter compares the other side's hint
+ * with its own CPU (sched_getcpu, a few ns through rseq):
+ *
+ * - Another CPU (or no hint yet): spin. The answer comes from elsewhere and a
+ *   spin catches it without a system call on either side.
+ * - This CPU: the other side can only run while we do not. Yield between
+ *   looks from the start, and right after we woke it (it is then most likely
+ *   queued behind us) sleep at once: spinning there made a sleeping round
+ *   trip take ~90-140 us against ~25 us without it (2 cores, one busy).
+ *
+ * Before the hint, the second rule applied to every waiter that had woken the
+ * other side in the last 200 us. Two processes on two idle CPUs could then
+ * fall into a state they never left: each woke the other, slept at once, and
+ * was woken in turn, so every message paid two futex calls and two wake-ups
+ * (a 64 B round trip of 14-50 us instead of ~0.5 us, for as long as the pair
+ * ran). The hint keeps the rule where it helps: both processes on one CPU
+ * (pinned, one vCPU, or stacked there by the scheduler while the other CPU
+ * is busy), where sleeping or yielding is the fastest hand-over there is.
+ * A wrong hint costs one slow hand-over: the side that runs next writes a
+ * fresh one. Only equality with our own CPU is ever asked of it, so whatever
+ * a peer writes there cannot do more than that.
  */
-static _Thread_local uint64_t brk_woke_at;
+static _Thread_local uint64_t brk_woke_at; /* when this thread last woke a sleeper with a system call */
 #define BRK_NO_SPIN_AFTER_WAKE_NS 200000u
+
+/* 1 + the CPU this thread runs on, 0 if unknown: what the hints hold. */
+static inline uint32_t brk_cpu_hint(void)
+{
+    int c = sched_getcpu();
+    return c < 0 ? 0 : (uint32_t)c + 1;
+}
 
 /*
  * A waiter spins on its own for r->pure_spin_ns (BRK_PURE_SPIN_NS unless the
  * Python layer says otherwise), then calls sched_yield() between looks until
- * its spin time is up. When the other side shares this CPU (one vCPU, or both
- * pinned to one) it can only answer while we are not spinning: without the
- * yields a shared-memory session's round trip there took the whole 50 us spin
- * plus a wake-up (73 us, against 27 us on a socket session, whose Python spin
- * yields). A process allowed on one CPU only yields at once (pure_spin_ns 0,
- * set by broker/_ring.py); elsewhere an answer mostly comes within the pure
- * spin, which keeps its latency.
+ * its spin time is up: an answer mostly comes within the pure spin, which
+ * keeps its latency, and a peer we did not know to share our CPU still gets
+ * it. A process allowed on one CPU only yields at once (pure_spin_ns 0, set
+ * by broker/_ring.py), as does a waiter whose peer's hint is its own CPU.
  */
 #define BRK_PURE_SPIN_NS 20000u
+
+/* How a wait spins, from the other side's hint (peer_cpu, 0 unknown): the
+ * pure spin before yielding, and whether to skip the spin altogether. */
+typedef struct {
+    uint64_t pure;
+    int no_spin;
+} brk_spin_plan;
+
+static inline brk_spin_plan brk_plan(brk_ring *r, uint32_t peer_cpu, uint64_t now)
+{
+    brk_spin_plan p = { r->pure_spin_ns, 0 };
+    if (peer_cpu && peer_cpu == brk_cpu_hint()) {
+        r->shared_cpu_waits++;
+        p.pure = 0;
+        if (brk_woke_at && now - brk_woke_at < BRK_NO_SPIN_AFTER_WAKE_NS)
+            p.no_spin = 1;
+    }
+    return p;
+}
+
+/* The other side's hint for a waiter on r: the producer's for a consumer; the
+ * consumer's for an SPSC producer; none for a broadcast producer (many). relaxed:
+ * a hint, ordered with nothing; any value only picks one of two ways to wait. */
+static inline uint32_t brk_peer_cpu(const brk_ring *r, int consumer)
+{
+    if (consumer)
+        return atomic_load_explicit(&r->hdr->producer_cpu, memory_order_relaxed);
+    return r->kind == BRK_KIND_SPSC ? atomic_load_explicit(&r->hdr->consumer_cpu, memory_order_relaxed) : 0;
+}
 
 /* Shared (not PRIVATE) futexes: the word lives in a MAP_SHARED segment. */
 static int brk_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ns)
@@ -632,6 +686,8 @@ static inline void brk_write_headers(brk_ring *r, uint64_t len)
 static inline void brk_publish(brk_ring *r, uint64_t end)
 {
     r->tail = end;
+    /* relaxed: a hint for the consumer's waits (brk_plan), on the line the tail store writes anyway */
+    atomic_store_explicit(&r->hdr->producer_cpu, brk_cpu_hint(), memory_order_relaxed);
     /* seq_cst store: as a release it pairs with the consumer's acquire load
      * of tail (the records are visible before the position that covers them);
      * as seq_cst it is our half of the sleeping handshake (brk_wake,
@@ -891,6 +947,8 @@ static inline int brk_accept(brk_ring *r, uint64_t seq)
 static inline void brk_publish_head(brk_ring *r)
 {
     if (r->kind == BRK_KIND_SPSC) {
+        /* relaxed: a hint for the producer's waits (brk_plan), on the line the head store writes anyway */
+        atomic_store_explicit(&r->hdr->consumer_cpu, brk_cpu_hint(), memory_order_relaxed);
         /* seq_cst store: as a release it pairs with the producer's acquire
          * load of head in brk_room (our reads happen-before its overwrite);
          * as seq_cst it is our half of the producer's sleeping-flag handshake. */
@@ -1131,17 +1189,18 @@ static int brk_wait(brk_ring *r, int consumer, uint64_t len, int64_t timeout_ns)
         return -EINVAL;
     uint64_t start = brk_now_ns(), deadline = start + (uint64_t)timeout_ns;
     uint64_t spin_end = start + (r->spin_ns < (uint64_t)timeout_ns ? r->spin_ns : (uint64_t)timeout_ns);
-    /* Just woke someone: it may be queued on this CPU; do not spin in its way. */
-    int no_spin = r->spin_ns == 0 || (brk_woke_at && start - brk_woke_at < BRK_NO_SPIN_AFTER_WAKE_NS);
+    /* Spin, yield or sleep at once: where the other side runs decides (brk_plan). */
+    brk_spin_plan plan = brk_plan(r, brk_peer_cpu(r, consumer), start);
+    plan.no_spin |= r->spin_ns == 0;
     for (uint64_t i = 0, now = start;; i++) {
         if (consumer ? brk_consumer_ready(r, memory_order_acquire) : brk_producer_ready(r, len, memory_order_acquire))
             return brk_wait_result(r);
-        if (no_spin)
+        if (plan.no_spin)
             break;
         if ((i & 15) == 15) {
             if ((now = brk_now_ns()) >= spin_end)
                 break;
-            if (now - start >= r->pure_spin_ns)
+            if (now - start >= plan.pure)
                 sched_yield(); /* see BRK_PURE_SPIN_NS */
         }
         brk_cpu_relax();
@@ -1204,8 +1263,9 @@ int brk_spin_data(brk_ring *r, int64_t spin_ns)
                        * producer's publishing store of tail (brk_publish), as in the loop below */
         return brk_consumer_ready(r, memory_order_acquire) ? brk_wait_result(r) : BRK_TIMEOUT;
     uint64_t now = brk_now_ns(), end = now + (uint64_t)spin_ns;
-    if (brk_woke_at && now - brk_woke_at < BRK_NO_SPIN_AFTER_WAKE_NS)
-        end = now; /* just woke someone: see brk_wait */
+    brk_spin_plan plan = brk_plan(r, brk_peer_cpu(r, 1), now); /* as in brk_wait */
+    if (plan.no_spin)
+        end = now;
     for (uint64_t i = 0;; i++) {
         if (brk_consumer_ready(r, memory_order_acquire))
             return brk_wait_result(r);
@@ -1213,7 +1273,7 @@ int brk_spin_data(brk_ring *r, int64_t spin_ns)
             uint64_t t = brk_now_ns();
             if (t >= end)
                 return BRK_TIMEOUT;
-            if (t - now >= r->pure_spin_ns)
+            if (t - now >= plan.pure)
                 sched_yield(); /* see BRK_PURE_SPIN_NS */
         }
         brk_cpu_relax();
@@ -1580,12 +1640,11 @@ int brk_wait_any(brk_ring *const *rings, uint32_t n, uint32_t *bell_word, uint32
     _Atomic uint32_t *bell = (_Atomic uint32_t *)bell_word;
     uint64_t start = brk_now_ns(), deadline = start + (uint64_t)timeout_ns;
     uint64_t spin_end = start + (uint64_t)(spin_ns < timeout_ns ? spin_ns : timeout_ns);
-    /* Just woke someone, who may be queued on this CPU: unlike brk_wait, spin anyway, but
-     * yielding from the start. Sleeping at once here would make the next call wake us, and its
-     * caller, having woken us, sleep at once too: both sides would pay a wake-up every call. */
+    /* Spin, yielding from the start if a producer's hint is our CPU (brk_plan). Unlike brk_wait,
+     * never sleep at once: a provider that just answered one caller may hear from another. */
     uint64_t pure = n ? rings[0]->pure_spin_ns : 0;
-    if (brk_woke_at && start - brk_woke_at < BRK_NO_SPIN_AFTER_WAKE_NS)
-        pure = 0;
+    for (uint32_t i = 0; i < n && pure; i++)
+        pure = brk_plan(rings[i], brk_peer_cpu(rings[i], 1), start).pure;
     for (uint64_t i = 0, now = start;; i++) {
         /* acquire: pairs with each producer's publishing store of tail (brk_publish) */
         if (brk_any_ready(rings, n, bell, bell_seen, memory_order_acquire, which))

@@ -108,13 +108,17 @@ struct brk_ring_hdr {
     _Atomic int32_t  producer_pid;
     uint32_t _pad1;
     uint64_t producer_start;
-    uint8_t  _pad2[88];
+    _Atomic uint32_t producer_cpu;  /* 1 + the CPU of the producer's last publish, 0 unknown: a hint for waiters */
+    uint32_t _pad7;
+    uint8_t  _pad2[80];
     /* line 2: written by the consumer (SPSC) */
     _Atomic uint64_t head;          /* end of the last released record */
     _Atomic int32_t  consumer_pid;
     uint32_t _pad3;
     uint64_t consumer_start;
-    uint8_t  _pad4[104];
+    _Atomic uint32_t consumer_cpu;  /* SPSC: 1 + the CPU of the consumer's last release, 0 unknown: a hint */
+    uint32_t _pad8;
+    uint8_t  _pad4[96];
     /* line 3: consumers' sleeping flag and futex word. SPSC: BRK_WAIT_* of
      * the one consumer. Broadcast: an epoch that wakers increment (so a
      * sleeper never mistakes an old wake-up for none), with a count of the
@@ -210,6 +214,7 @@ typedef struct brk_ring {
     uint64_t sleeps;                /* times this side went to sleep */
     uint64_t wakeups;               /* wake-ups this side sent */
     uint64_t full_waits;            /* producer: waits for space */
+    uint64_t shared_cpu_waits;      /* wait plans that found the other side last ran on this CPU (brk_plan) */
 } brk_ring;
 
 /* Segments */

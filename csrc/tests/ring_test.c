@@ -32,6 +32,7 @@
 #include <unistd.h>
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -1395,6 +1396,85 @@ static const char *t_lossy_abort_lapped(void)
     return NULL;
 }
 
+/* Where the other side last ran decides how a wait spins (brk_plan in brk_ring.c). Pinned to one
+ * CPU, this thread knows its own; each side writes its hint at every publish and release. Then,
+ * on an empty ring, with spin_ns far beyond a 50 ms timeout so that a spinning wait spins to
+ * its deadline and never sleeps while one that skips its spin sleeps at once: right after a
+ * wake-up, a wait whose producer last ran on this CPU sleeps at once (it would spin in the
+ * way of the woken one); one whose producer runs elsewhere spins (the rule once applied to every
+ * waiter and kept two processes on two idle CPUs waking each other for ever); without a recent
+ * wake-up a wait spins either way. */
+static const char *t_cpu_hint(void)
+{
+    int cpu = sched_getcpu();
+    REQ(cpu >= 0, "sched_getcpu: %s", strerror(errno));
+    cpu_set_t was, one;
+    REQ(sched_getaffinity(0, sizeof was, &was) == 0, "sched_getaffinity");
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    REQ(sched_setaffinity(0, sizeof one, &one) == 0, "sched_setaffinity: %s", strerror(errno));
+    const char *err = NULL;
+    rig_t g, w;
+    if ((err = rig_open(&g, K_SPSC, 1024, 1, 1)) || (err = rig_open(&w, K_SPSC, 1024, 1, 1))) {
+        sched_setaffinity(0, sizeof was, &was);
+        return err;
+    }
+    brk_ring *c = &g.c[0];
+    uint32_t me = (uint32_t)cpu + 1, other = me + 1;
+    uint64_t v = 0;
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            int n_ = snprintf(g_why, sizeof g_why, "line %d: ", __LINE__);                                             \
+            snprintf(g_why + n_, sizeof g_why - (size_t)n_, __VA_ARGS__);                                             \
+            err = g_why;                                                                                               \
+            goto out;                                                                                                  \
+        }                                                                                                              \
+    } while (0)
+    CHECK(atomic_load(&g.p.hdr->producer_cpu) == 0 && atomic_load(&g.p.hdr->consumer_cpu) == 0, "hints before use");
+    CHECK(psend(&g, 8) == 0, "send");
+    CHECK(atomic_load(&g.p.hdr->producer_cpu) == me, "the producer's hint is %u, want %u",
+          atomic_load(&g.p.hdr->producer_cpu), me);
+    CHECK(brk_recv(c, &v, sizeof v) == 0, "recv");
+    CHECK(atomic_load(&g.p.hdr->consumer_cpu) == me, "the consumer's hint is %u, want %u",
+          atomic_load(&g.p.hdr->consumer_cpu), me);
+
+    c->spin_ns = 10 * NS;
+    /* 1. no recent wake-up, the producer here: spins (yielding), counted as a shared CPU */
+    atomic_store(&g.p.hdr->producer_cpu, me);
+    uint64_t sleeps = c->sleeps, shared = c->shared_cpu_waits;
+    CHECK(brk_wait_data(c, NS / 20) == BRK_TIMEOUT, "wait 1");
+    CHECK(c->sleeps == sleeps && c->shared_cpu_waits == shared + 1, "wait 1: %llu sleeps, %llu shared",
+          (unsigned long long)(c->sleeps - sleeps), (unsigned long long)(c->shared_cpu_waits - shared));
+    /* 2. just woke someone, the producer elsewhere: spins */
+    atomic_store(&w.c[0].hdr->cons_wait, BRK_WAIT_FUTEX); /* w's consumer "sleeps": the send wakes it */
+    CHECK(psend(&w, 8) == 0 && w.p.wakeups == 1, "the wake-up");
+    atomic_store(&g.p.hdr->producer_cpu, other);
+    sleeps = c->sleeps, shared = c->shared_cpu_waits;
+    CHECK(brk_wait_data(c, NS / 20) == BRK_TIMEOUT, "wait 2");
+    CHECK(c->sleeps == sleeps && c->shared_cpu_waits == shared, "wait 2 (peer elsewhere, just woke one): %llu sleeps",
+          (unsigned long long)(c->sleeps - sleeps));
+    /* 3. just woke someone, the producer here: sleeps at once. "Just" is 200 us: a preemption
+     * between the wake-up and the wait can spoil a try, so a few tries, one of which must. */
+    atomic_store(&g.p.hdr->producer_cpu, me);
+    int slept = 0;
+    for (int t = 0; t < 20 && !slept; t++) {
+        atomic_store(&w.c[0].hdr->cons_wait, BRK_WAIT_FUTEX);
+        CHECK(psend(&w, 8) == 0, "the wake-up");
+        sleeps = c->sleeps;
+        CHECK(brk_wait_data(c, NS / 20) == BRK_TIMEOUT, "wait 3");
+        slept = c->sleeps == sleeps + 1;
+    }
+    CHECK(slept, "wait 3 (peer here, just woke one) never slept at once in 20 tries");
+    INFO("CPU %d", cpu);
+out:
+#undef CHECK
+    rig_close(&g);
+    rig_close(&w);
+    sched_setaffinity(0, sizeof was, &was);
+    return err;
+}
+
 static void mode_unit(void)
 {
     char name[96];
@@ -1428,6 +1508,9 @@ static void mode_unit(void)
         t_lossy_abort_lapped());
     RUN("unit seg_check: bad magic/abi/size/rings -> BADSEG, unready -> NOTREADY", t_segcheck());
     RUN("unit attach: tampered config -> BADSEG, second producer/consumer -> -EBUSY, re-attach", t_attach_tamper());
+    RUN("unit wait: each side leaves the CPU it ran on; a waiter sleeps at once after a wake-up only if its peer "
+        "last ran on its CPU, and yields from the start then (regression: both sides asleep for good)",
+        t_cpu_hint());
 }
 
 /* ======================================================================== */
