@@ -5,8 +5,27 @@ import os
 import re
 import secrets
 
-PREFIX = "brk"
 _PART = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+
+
+def _prefix() -> str:
+    """The product prefix: BROKER_SHM_PREFIX from the environment, else "brk".
+
+    Another prefix is another world of names: a server sweeps, `broker clean`
+    removes and the test suite's leak check counts only its own prefix's
+    segments, so two test runs (or two deployments) on one machine never touch
+    each other's. Processes that share a ring by its short name need the same
+    prefix (the full names a server hands out are opened as they are). Read
+    once, at import."""
+    value = os.environ.get("BROKER_SHM_PREFIX") or "brk"  # unset or empty: the default
+    if not _PREFIX.match(value):
+        raise ValueError(f"BROKER_SHM_PREFIX={value!r}: use a lower-case letter, then up to 23 lower-case letters, "
+                         f"digits or '-'")
+    return value
+
+
+PREFIX = _prefix()
 # NAME_MAX is 255 for /dev/shm entries; stay well under it.
 _MAX_LEN = 200
 

@@ -11,8 +11,12 @@ SHM = "/dev/shm"
 
 
 def shm_entries() -> set[str]:
-    # multiprocessing's own semaphores come and go with its machinery; everything else counts
-    return {e for e in os.listdir(SHM) if not e.startswith("sem.mp-")}
+    """This run's segments: its own prefix (set in the root conftest.py), so that another test
+    run, a benchmark or a broker on the same machine is neither counted nor cleaned up."""
+    from broker import _names
+
+    assert _names.PREFIX.startswith("brk-t"), "the root conftest.py sets this run's prefix before broker is imported"
+    return {e for e in os.listdir(SHM) if _names.is_ours(e)}
 
 
 def children() -> set[int]:

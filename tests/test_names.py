@@ -8,13 +8,15 @@ import pytest
 
 from broker import _names
 
+P = re.escape(_names.PREFIX)
+
 
 def test_generated_names_carry_prefix_server_session_purpose_and_randomness():
     a = _names.segment_name("ring", server_id="srv1", session_key="k42")
     b = _names.segment_name("ring", server_id="srv1", session_key="k42")
-    assert re.fullmatch(r"/brk\.srv1\.k42\.ring\.[0-9a-f]{16}", a)
+    assert re.fullmatch(rf"/{P}\.srv1\.k42\.ring\.[0-9a-f]{{16}}", a)
     assert a != b
-    assert _names.segment_name("x").startswith(f"/brk.p{os.getpid()}.local.x.")
+    assert _names.segment_name("x").startswith(f"/{_names.PREFIX}.p{os.getpid()}.local.x.")
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a.b", "x" * 49, "ü", "a b"])
@@ -26,10 +28,11 @@ def test_bad_parts_are_refused(bad):
 
 
 def test_user_names_are_per_user_and_resolve():
-    assert _names.user_name("orders") == f"/brk.u{os.geteuid()}.orders"
+    assert _names.user_name("orders") == f"/{_names.PREFIX}.u{os.geteuid()}.orders"
     assert _names.resolve("orders") == _names.user_name("orders")
     full = _names.segment_name("ring")
     assert _names.resolve(full) == full
     with pytest.raises(ValueError):
-        _names.resolve("/brk.a/b")
-    assert _names.is_ours("brk.p1.local.ring.00") and not _names.is_ours("sem.mp-x")
+        _names.resolve(f"/{_names.PREFIX}.a/b")
+    assert _names.is_ours(f"{_names.PREFIX}.p1.local.ring.00") and not _names.is_ours("sem.mp-x")
+    assert not _names.is_ours(f"{_names.PREFIX}x.p1.local.ring.00")  # another prefix is another world

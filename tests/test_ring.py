@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import broker
-from broker import Ring
+from broker import Ring, _names
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_second_producer_or_consumer_is_refused(pair):
 
 def test_named_ring_and_open_by_short_name():
     with Ring.create("unit-test-ring", capacity=1 << 10) as tx, Ring.open("unit-test-ring") as rx:
-        assert tx.name == f"/brk.u{os.geteuid()}.unit-test-ring"
+        assert tx.name == f"/{_names.PREFIX}.u{os.geteuid()}.unit-test-ring"
         tx.send(b"by name")
         assert rx.recv() == b"by name"
     with pytest.raises(broker.SegmentError):

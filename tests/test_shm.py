@@ -13,7 +13,7 @@ import posix_ipc
 import pytest
 
 import broker
-from broker import Ring, _shm
+from broker import Ring, _names, _shm
 
 from .helpers import Child
 
@@ -59,7 +59,7 @@ def test_a_segment_of_another_user_is_refused(other_user):
 
     with Child(as_other_user) as kid:
         name = os.read(r1, 64).decode().strip()
-        assert name == f"/brk.u{uid}.other-user-ring"
+        assert name == f"/{_names.PREFIX}.u{uid}.other-user-ring"
         with pytest.raises(broker.SegmentError, match=f"belongs to uid {uid}") as e:
             Ring.open(name)
         assert isinstance(e.value, OSError) and e.value.errno == errno.EPERM
@@ -77,7 +77,7 @@ def test_a_segment_open_to_others_is_refused():
 
 
 def test_an_unformatted_segment_is_waited_for_then_refused():
-    name = "/brk.test.unformatted"
+    name = f"/{_names.PREFIX}.test.unformatted"
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=8192)
     shm.close_fd()
     try:
@@ -88,7 +88,7 @@ def test_an_unformatted_segment_is_waited_for_then_refused():
 
 
 def test_a_segment_too_small_to_be_ours_is_refused():
-    name = "/brk.test.tiny"
+    name = f"/{_names.PREFIX}.test.tiny"
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=100)
     shm.close_fd()
     try:
@@ -100,7 +100,7 @@ def test_a_segment_too_small_to_be_ours_is_refused():
 
 def test_missing_segment():
     with pytest.raises(broker.SegmentError) as e:
-        Ring.open("/brk.test.does-not-exist")
+        Ring.open(f"/{_names.PREFIX}.test.does-not-exist")
     assert e.value.errno == errno.ENOENT
 
 

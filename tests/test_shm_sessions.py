@@ -18,7 +18,7 @@ import time
 import pytest
 
 import broker
-from broker import Buffer, connect
+from broker import Buffer, _names, connect
 
 from .helpers import Child, wait_for
 
@@ -48,7 +48,7 @@ def _session_maps(pid: int | str = "self") -> list[str]:
     """The session segments a process maps (/proc/PID/maps)."""
     with open(f"/proc/{pid}/maps") as f:
         return [line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
-                for line in f if "/dev/shm/brk." in line and ".session." in line]
+                for line in f if f"/dev/shm/{_names.PREFIX}." in line and ".session." in line]
 
 
 def _run(fn) -> None:
@@ -69,7 +69,7 @@ def test_a_same_user_session_travels_on_its_rings_and_its_segment_has_no_name(tm
                 assert s.send_receive(ECHO, b"ping", small) == 4 and small.value == b"ping"
                 mine = _session_maps()
                 assert mine, "the client maps its session's segment"
-                assert not [e for e in os.listdir("/dev/shm") if e.startswith("brk.") and ".session." in e], \
+                assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"{_names.PREFIX}.") and ".session." in e], \
                     "the name is gone once both sides mapped it"
                 os.write(w, mine[0].encode() + b"\n")
                 os.read(go_r, 1)
@@ -215,7 +215,7 @@ def test_a_client_that_scribbles_on_its_ring_ends_only_its_own_session(tmp_path)
         _run(scribbler)
         _run(lambda: _echo_ok(path))
     [ended] = [e for e in events if e.kind == "disconnected" and "corrupt" in e.reason]
-    assert ended.reason.startswith("protocol error: recv_many on /brk.")
+    assert ended.reason.startswith(f"protocol error: recv_many on /{_names.PREFIX}.")
 
 
 def _carrier_in_child(path: str, prepare, want: str) -> None:
@@ -334,7 +334,7 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
 def _segment_size(pid: int | str = "self") -> int:
     """Bytes of the one session segment a process maps (from /proc/PID/maps)."""
     with open(f"/proc/{pid}/maps") as f:
-        spans = [line.split()[0] for line in f if "/dev/shm/brk." in line and ".session." in line]
+        spans = [line.split()[0] for line in f if f"/dev/shm/{_names.PREFIX}." in line and ".session." in line]
     sizes = {int(b, 16) - int(a, 16) for a, b in (s.split("-") for s in spans)}
     assert len(sizes) == 1, spans
     return sizes.pop()

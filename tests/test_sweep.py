@@ -15,6 +15,7 @@ import posix_ipc
 import pytest
 
 import broker
+from broker import _names
 
 from .helpers import Child
 
@@ -40,7 +41,7 @@ def _orphan(become: tuple[int, int] | None = None) -> str:
         name = f.readline().decode().strip()
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
-    assert name.startswith("/brk.") and os.path.exists(SHM + name), name
+    assert name.startswith(f"/{_names.PREFIX}.") and os.path.exists(SHM + name), name
     return name
 
 
@@ -67,7 +68,7 @@ def test_sweep_finds_only_dead_creators_and_clean_removes_them():
 
 
 def test_a_segment_that_is_not_a_broker_header_is_left_alone():
-    name = "/brk.test.garbage.x." + os.urandom(4).hex()
+    name = f"/{_names.PREFIX}.test.garbage.x." + os.urandom(4).hex()
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=4096)
     try:
         os.write(shm.fd, os.urandom(4096))  # not a formatted header: no creator to ask
@@ -110,3 +111,36 @@ def test_a_starting_server_sweeps(tmp_path, caplog, mode):
         asyncio.run(main())
     assert not os.path.exists(SHM + orphan)
     assert any(f"removed {orphan}" in r.getMessage() for r in caplog.records)
+
+
+def _with_prefix(prefix: str, *args: str) -> subprocess.CompletedProcess:
+    """python -c/-m ARGS in a process whose segments are named PREFIX.*"""
+    env = {**os.environ, "BROKER_SHM_PREFIX": prefix}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_another_prefix_is_another_world():
+    """Two test runs (or deployments) on one machine, each with its own BROKER_SHM_PREFIX: neither
+    sweeps nor cleans the other's segments, even those whose creator died."""
+    other = f"{_names.PREFIX}-other"
+    made = _with_prefix(other, "-c", "import broker, os; r = broker.Ring.create(capacity=1 << 12); "
+                                     "print(r.name, flush=True); os._exit(0)")  # dies without cleaning up
+    assert made.returncode == 0, made.stderr
+    name = made.stdout.strip()
+    assert name.startswith(f"/{other}.") and os.path.exists(SHM + name), name
+    try:
+        assert name not in dict(broker.sweep(remove=False))  # ours does not even look
+        ours = _cli("clean")
+        assert ours.returncode == 0 and name not in ours.stdout and os.path.exists(SHM + name)
+        theirs = _with_prefix(other, "-m", "broker.cli", "clean")
+        assert theirs.returncode == 0 and f"removed {name}" in theirs.stdout, theirs.stdout + theirs.stderr
+        assert not os.path.exists(SHM + name)
+    finally:
+        if os.path.exists(SHM + name):
+            posix_ipc.unlink_shared_memory(name)
+
+
+@pytest.mark.parametrize("bad", ["Brk", "brk.x", "1brk", "brk/x", "b" * 25])
+def test_a_bad_prefix_is_refused_with_its_rule(bad):
+    res = _with_prefix(bad, "-c", "import broker")
+    assert res.returncode != 0 and "BROKER_SHM_PREFIX" in res.stderr and "lower-case letter" in res.stderr, res.stderr
