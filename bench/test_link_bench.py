@@ -6,12 +6,13 @@ import json
 import os
 import tempfile
 
-from broker import _bench_link
+from broker import _bench_link, _names
 
 
 def test_bench_link_smoke_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BROKER_BENCH_SCALE", "0.01")
-    shm_before = set(os.listdir("/dev/shm"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its working directory here: not another run's
+    shm_before = {e for e in os.listdir("/dev/shm") if _names.is_ours(e)}
     path = tmp_path / "link.json"
     assert _bench_link.run(json_path=str(path), quick=True) == 0
     assert "link/session" in capsys.readouterr().out
@@ -22,5 +23,5 @@ def test_bench_link_smoke_run(tmp_path, capsys, monkeypatch):
     for res in fig["results"].values():
         assert 0 < res["p50"] <= res["p99"]
     assert fig["target"]["value"] == 1.2 and isinstance(fig["target"]["met"], bool)
-    assert set(os.listdir("/dev/shm")) == shm_before
+    assert {e for e in os.listdir("/dev/shm") if _names.is_ours(e)} == shm_before
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-link-*"))

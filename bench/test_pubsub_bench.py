@@ -7,12 +7,13 @@ import os
 import tempfile
 import threading
 
-from broker import _bench_pubsub
+from broker import _bench_pubsub, _names
 
 
 def test_bench_pubsub_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BROKER_BENCH_SCALE", "0.01")
-    shm_before = set(os.listdir("/dev/shm"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its working directory here: not another run's
+    shm_before = {e for e in os.listdir("/dev/shm") if _names.is_ours(e)}
     threads_before = set(threading.enumerate())
     path = tmp_path / "pubsub.json"
     assert _bench_pubsub.run(json_path=str(path), quick=True) == 0
@@ -31,6 +32,6 @@ def test_bench_pubsub_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatc
             else:
                 assert res["value"] > 0, (key, t, res)
     assert {k for k, f in figures.items() if "target" in f} == {"one_64", "batch_64", "zc_1m"}
-    assert set(os.listdir("/dev/shm")) == shm_before
+    assert {e for e in os.listdir("/dev/shm") if _names.is_ours(e)} == shm_before
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-pubsub-*"))
     assert {t for t in threading.enumerate() if t.is_alive()} - threads_before == set()

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 import broker
-from broker import _bench_rpc
+from broker import _bench_rpc, _names
 from broker.cli import main
 
 FIGURES = {"rtt_64", "strict_64", "pipelined_64", "many_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}
@@ -38,12 +38,13 @@ def _children() -> set[int]:
 
 def _leftovers() -> tuple[set[str], set[str]]:
     """(/dev/shm entries, the benchmark's temporary directories)."""
-    shm = {e for e in os.listdir("/dev/shm") if not e.startswith("sem.mp-")}
+    shm = {e for e in os.listdir("/dev/shm") if _names.is_ours(e)}
     return shm, set(glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-rpc-*")))
 
 
 def test_bench_rpc_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BROKER_BENCH_SCALE", "0.01")  # with --quick: 1/1000 of the counts, the minimums
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its working directory here: not another run's
     before, kids_before, threads_before = _leftovers(), _children(), set(threading.enumerate())
     path = tmp_path / "out" / "rpc.json"  # the parent directory does not exist yet
     assert _bench_rpc.run(json_path=str(path), quick=True) == 0

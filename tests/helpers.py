@@ -8,6 +8,14 @@ import traceback
 from typing import Callable
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this process when the thread that forked it ends: a test that fails (or a test run
+    that dies) never leaves a child behind, blocked for ever on a pipe its parent will not write."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Child:
     """A forked child running `fn()`; exit code 0 if it returned, 1 if it raised (traceback on stderr)."""
 
@@ -18,6 +26,7 @@ class Child:
         if pid == 0:
             code = 1
             try:
+                _die_with_parent()
                 fn()
                 code = 0
             except BaseException:
@@ -67,7 +76,7 @@ def in_child(fn: Callable[[], object]) -> None:
     assert Child(fn).join(60) == 0, "the client process failed (traceback above)"
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
+def wait_for(cond: Callable[[], object], timeout: float = 30.0) -> None:
     """Poll cond() until it is true; fail after `timeout` seconds (a bound, not a measurement)."""
     import time
 

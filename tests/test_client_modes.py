@@ -101,7 +101,7 @@ def readers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("broker-client") and t.is_alive()]
 
 
-def wait_for(cond, timeout: float = 5.0, what: str = "condition") -> None:
+def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"

@@ -68,7 +68,13 @@ def test_the_extension_under_asan_and_ubsan(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import broker._brk as b; print(b.__file__)"], env=env,
                            capture_output=True, text=True, timeout=60, cwd=tree)
     assert probe.stdout.strip() == str(tree / "broker" / built.name), probe.stdout + probe.stderr
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS], env=env,
-                         capture_output=True, text=True, timeout=500, cwd=tree)
-    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    assert " passed" in run.stdout and "ERROR: AddressSanitizer" not in run.stderr
+    # Output to files, not pipes: a forked child of a failed test that outlives its run cannot keep
+    # this waiting for the pipes' end. Each test has its own time limit, far inside ours.
+    with open(tmp_path / "out.txt", "w+") as out, open(tmp_path / "err.txt", "w+") as err:
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "timeout=120",
+                              *TESTS], env=env, stdout=out, stderr=err, text=True, timeout=500, cwd=tree)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert run.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    assert " passed" in stdout and "ERROR: AddressSanitizer" not in stderr

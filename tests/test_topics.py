@@ -490,6 +490,7 @@ def test_a_subscriber_of_the_same_session_reads_the_publishers_ring_in_place(ser
     """A publisher on a shared-memory session writes its own ring; a blocking subscriber of the same
     session that comes after it maps that ring and reads it: the server relays nothing."""
     r, w = os.pipe()
+    go_r, go_w = os.pipe()  # the reader stays subscribed until the server's table has been read
     with connect(server.address) as a:
         pub = a.publisher("direct")
         assert pub.ring is not None and ".topic." in pub.ring
@@ -503,6 +504,7 @@ def test_a_subscriber_of_the_same_session_reads_the_publishers_ring_in_place(ser
                     mapped = any(pub.ring[1:] in line for line in f)
                 _report(w, {"ok": [m.value for m in got] == [b"%d" % i for i in range(5000)],
                             "seqs": [m.seq for m in got] == list(range(1, 5001)), "mapped": mapped})
+                os.read(go_r, 1)
 
         kid = Child(reader)
         try:
@@ -513,12 +515,13 @@ def test_a_subscriber_of_the_same_session_reads_the_publishers_ring_in_place(ser
             t = _topic(server, "direct")
             assert [(s["direct"], s["delivered"]) for s in t["subscribers"]] == [(True, 0)]
             assert t["publishers"][0]["relayed"] is False  # the data never went through the server
+            os.write(go_w, b"g")
             assert kid.join(30) == 0
         finally:
             kid.kill()
             pub.close()
-            os.close(r)
-            os.close(w)
+            for fd in (r, w, go_r, go_w):
+                os.close(fd)
 
 
 def test_messages_bigger_than_a_ring_record_go_in_fragments(server):
