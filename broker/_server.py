@@ -266,8 +266,8 @@ class _Conn:
             try:
                 sent = self.sock.sendmsg([offer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                     array.array("i", [self.rings.doorbell]))])
-            except OSError as e:
-                self.server._call_soon(lambda: self.end(f"died: {e}"))
+            except OSError as e:  # the reason now: Python unbinds `e` when this block ends
+                self.server._call_soon(functools.partial(self.end, f"died: {e}"))
                 return
             self.bytes_out += len(offer)
             if sent < len(offer):
@@ -453,7 +453,7 @@ class _Conn:
             except (PeerGone, Closed):
                 self.server._call_soon(lambda: self.end("died"))
             except BrokerError as e:  # Corrupt: the client scribbled on ring 1; only its session ends
-                self.server._call_soon(lambda: self.end(f"protocol error: {e}"))
+                self.server._call_soon(functools.partial(self.end, f"protocol error: {e}"))
             finally:
                 lock.release()
             return
@@ -528,6 +528,38 @@ class _Conn:
             srv._event(SessionEvent("disconnected", self.peer, reason, session))
 
 
+def _clear_stale_socket(path: str) -> None:
+    """Before binding `path`: remove a stale socket there (its server gone), and nothing else.
+
+    Only a socket owned by this user whose listener is gone is removed; a live server, another
+    user's socket, a regular file, a directory or a symlink (even to a socket) is an error that
+    names what is there: `broker serve --address` never deletes what it did not make."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise BrokerError(f"{path} is a symbolic link: not removed; give the server another address")
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "directory" if stat.S_ISDIR(st.st_mode) else "regular file" if stat.S_ISREG(st.st_mode) else "file"
+        raise BrokerError(f"{path} exists and is a {kind}, not a socket: not removed; give the server another address")
+    if st.st_uid != os.geteuid():
+        raise BrokerError(f"{path} is a socket of uid {st.st_uid}, not ours: not removed")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: its server is gone
+        return
+    except FileNotFoundError:
+        return
+    finally:
+        probe.close()
+    raise BrokerError(f"another server is live at {path}")
+
+
 class Server:
     """A named server: `with Server("name", MySession) as srv: ...` serves in a background thread.
 
@@ -585,6 +617,7 @@ class Server:
         self._ids = itertools.count(1)
         self._sel: selectors.BaseSelector | None = None
         self._listeners: list[socket.socket] = []
+        self._bound_paths: dict[str, tuple[int, int]] = {}  # the sockets we made: (device, inode)
         self._conns: set[_Conn] = set()
         self._conns_open: set[_Conn] = set()
         self._soon: list[Callable[[], None]] = []
@@ -666,18 +699,11 @@ class Server:
         for addr in self.addresses:
             if addr.is_unix:
                 path = str(addr.target)
-                if os.path.exists(path):
-                    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    try:
-                        probe.connect(path)
-                        probe.close()
-                        raise BrokerError(f"another server is live at {path}")
-                    except (ConnectionRefusedError, FileNotFoundError):
-                        os.unlink(path)  # stale: its server is gone
-                    finally:
-                        probe.close()
+                _clear_stale_socket(path)
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.bind(path)
+                st = os.lstat(path)
+                self._bound_paths[path] = (st.st_dev, st.st_ino)
             else:
                 s = socket.socket(addr.family, socket.SOCK_STREAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -796,8 +822,11 @@ class Server:
                 s.close()
             finally:
                 if addr.is_unix:
+                    path = str(addr.target)
                     try:
-                        os.unlink(str(addr.target))
+                        st = os.lstat(path)
+                        if (st.st_dev, st.st_ino) == self._bound_paths.pop(path, None):
+                            os.unlink(path)  # ours still: whatever replaced it since is left alone
                     except FileNotFoundError:
                         pass
         self._listeners = []
@@ -915,10 +944,16 @@ class Server:
             except OSError as e:
                 log.warning("accept failed: %s", e)
                 return
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(self, sock, _peer(sock, next(self._ids)))
+            try:
+                sock.setblocking(False)
+                if sock.family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = _peer(sock, next(self._ids))
+            except OSError as e:  # reset between its connect and our accept (ENOTCONN, ECONNRESET): gone
+                log.info("a connection ended before it was accepted: %s", e)
+                sock.close()
+                continue
+            conn = _Conn(self, sock, peer)
             self._conns.add(conn)
             if self._aloop is not None:
                 self._aloop.add_reader(sock, conn.on_readable)
@@ -1001,7 +1036,7 @@ class Server:
                 self._call_soon(lambda: conn.end("died"))
                 return True
             except BrokerError as e:  # Corrupt: only this session ends
-                self._call_soon(lambda: conn.end(f"protocol error: {e}"))
+                self._call_soon(functools.partial(conn.end, f"protocol error: {e}"))
                 return True
         if not done and self._aloop is not None:
             self._aloop.call_later(0.001, self._flush_ring, conn)
