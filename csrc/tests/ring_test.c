@@ -3022,6 +3022,19 @@ static const char *t_wait_any_pingpong(ctl_t *ctl, int threads, int hogs, uint64
     return e;
 }
 
+/* The brk_wait_any ping-pong alone and beside two CPU hogs, between processes or threads. */
+static void run_wait_any_pingpongs(ctl_t *ctl, int threads)
+{
+    char name[160];
+    uint64_t rounds = scaled(50000, 5000);
+    for (int hogs = 0; hogs <= 2; hogs += 2) {
+        snprintf(name, sizeof name, "%s wait_any: %llu ping-pong rounds between 2 %s%s", threads ? "threads" : "wakeup",
+                 (unsigned long long)rounds, threads ? "threads" : "processes",
+                 hogs ? " beside 2 CPU hogs" : ", none lost");
+        RUN(name, t_wait_any_pingpong(ctl, threads, hogs, rounds));
+    }
+}
+
 static void mode_wakeup(void)
 {
     ctl_t *ctl = ctl_new();
@@ -3042,13 +3055,7 @@ static void mode_wakeup(void)
     RUN("wakeup wait_any: a record published on the second ring in the window before futex_waitv wakes the waiter",
         t_wait_any_window(0));
     RUN("wakeup wait_any: a bell rung in that window wakes the waiter", t_wait_any_window(1));
-    uint64_t rounds = scaled(50000, 5000);
-    snprintf(name, sizeof name, "wakeup wait_any: %llu ping-pong rounds between 2 processes, none lost",
-             (unsigned long long)rounds);
-    RUN(name, t_wait_any_pingpong(ctl, 0, 0, rounds));
-    snprintf(name, sizeof name, "wakeup wait_any: %llu ping-pong rounds between 2 processes beside 2 CPU hogs",
-             (unsigned long long)rounds);
-    RUN(name, t_wait_any_pingpong(ctl, 0, 2, rounds));
+    run_wait_any_pingpongs(ctl, 0);
     munmap(ctl, sizeof *ctl);
 }
 
@@ -3074,13 +3081,7 @@ static void mode_threads(void)
     snprintf(name, sizeof name, "threads wait_any: %llu records on 2 rings and bells, from another thread",
              (unsigned long long)n_any);
     RUN(name, t_wait_any_threads(n_any));
-    uint64_t rounds = scaled(50000, 5000);
-    snprintf(name, sizeof name, "threads wait_any: %llu ping-pong rounds between 2 threads, none lost",
-             (unsigned long long)rounds);
-    RUN(name, t_wait_any_pingpong(ctl, 1, 0, rounds));
-    snprintf(name, sizeof name, "threads wait_any: %llu ping-pong rounds between 2 threads beside 2 CPU hogs",
-             (unsigned long long)rounds);
-    RUN(name, t_wait_any_pingpong(ctl, 1, 2, rounds));
+    run_wait_any_pingpongs(ctl, 1);
     munmap(ctl, sizeof *ctl);
 }
 
