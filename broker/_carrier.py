@@ -37,6 +37,7 @@ class ServerRings:
             raise
         self._chunk = self.tx.max_record
         self.pending: deque[bytes] = deque()  # pieces that did not fit in ring 1 yet
+        self.pending_bytes = 0  # their size: the server bounds it (Server(max_queued=))
         # Something to read now? One C call, no system call (a spinning server looks often);
         # truthy for an error too, which read() then raises.
         self.ready = self.rx.poller()
@@ -65,6 +66,7 @@ class ServerRings:
                 return True
             if rc == FULL:
                 self.pending.append(frame)
+                self.pending_bytes += len(frame)
                 return False
             self.tx.send(frame, 0)  # raises what the outcome means (PeerGone, Corrupt...)
             return True
@@ -81,6 +83,7 @@ class ServerRings:
     def _split(self, view: memoryview) -> None:
         step = self._chunk
         self.pending.extend(bytes(view[at : at + step]) for at in range(0, len(view), step))
+        self.pending_bytes += len(view)
 
     def flush(self) -> bool:
         """Move what waits into ring 1 while it fits; True when nothing is left."""
@@ -90,7 +93,7 @@ class ServerRings:
                 send(pending[0], 0)
             except Full:
                 return False
-            pending.popleft()
+            self.pending_bytes -= len(pending.popleft())
         return True
 
     def read(self) -> list[bytes]:

@@ -39,6 +39,7 @@ from ._errors import (
     Timeout,
     VersionRefused,
 )
+from ._watchdog import Watchdog
 from ._protocol import (
     NO_ARG,
     Arg,
@@ -309,6 +310,7 @@ class ClientSession:
         self.transport = "shared memory" if rings is not None else "socket"
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
         self._max_frame = welcome.max_frame  # the server's limit on a frame's body
+        self._watchdog: Watchdog | None = None  # sees the server die for the rings that would not (publishers')
         if sharable:
             self._start_reader()
 
@@ -660,6 +662,30 @@ class ClientSession:
                 sub._session_ended()
             except Exception:  # noqa: BLE001 - the session ends whatever one of them does
                 pass
+        with self._lock:
+            dog, self._watchdog = self._watchdog, None
+        if dog is not None:
+            dog.close()
+
+    def _watch_ring(self, ring: Any) -> None:
+        """A ring this process writes without a system call (a publisher's): interrupted when the server
+        goes (broker/_watchdog.py), so that its next send fails. ServerGone if it is gone already."""
+        with self._lock:
+            if self._broken is None and self._watchdog is None:
+                self._watchdog = Watchdog(self._sock.fileno(), self.address)
+            dog = self._watchdog
+        if dog is None or not dog.watch(ring):
+            raise ServerGone(f"the server at {self.address} is gone")
+
+    def _unwatch_ring(self, ring: Any) -> None:
+        dog = self._watchdog
+        if dog is not None:
+            dog.unwatch(ring)
+
+    def _server_gone(self) -> bool:
+        """Did the watchdog see the server go?"""
+        dog = self._watchdog
+        return self._broken is not None or (dog is not None and dog.fired)
 
     def __enter__(self) -> "ClientSession":
         return self
@@ -1060,15 +1086,21 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         if not addr.is_unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         proto = ClientConnection()
-        sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only,  # type: ignore[arg-type]
-                                       ring_capacity or 0)))
+        try:
+            sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only,  # type: ignore[arg-type]
+                                           ring_capacity or 0)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a server that refuses at once (busy) may have closed already: its REFUSE is there to read
+        refused = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
         while proto.state == State.HANDSHAKE or proto.offer_due:
             data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
             if not data:
                 raise ServerGone(f"the server at {address} closed the connection during the handshake")
             for ev in proto.receive(data):
                 if isinstance(ev, Refuse):
-                    raise VersionRefused(f"the server at {address} refused the session: {ev.reason}", ev.status)
+                    what = f"the server at {address} refused the session: {ev.reason}"
+                    cls = refused.get(ev.status)
+                    raise cls(what) if cls is not None else VersionRefused(what, ev.status)
         assert proto.welcome is not None
         if proto.offer is not None:
             rings = _take_offer(sock, proto, fds, spin_us)
@@ -1081,7 +1113,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         for fd in fds:
             os.close(fd)
         sock.close()
-        if isinstance(e, (VersionRefused, PermissionDenied, ServerGone)) or not isinstance(
+        if isinstance(e, (VersionRefused, PermissionDenied, ServerGone, ServerBusy)) or not isinstance(
                 e, (ProtocolError, socket.timeout, OSError)):
             raise
         raise ServerNotFound(f"no broker server at {address}: {e}") from None
@@ -1152,7 +1184,7 @@ class SubSession:
     def close(self) -> None:
         if self.handle:
             h, self.handle = self.handle, 0
-            if not self.session.closed:
+            if not self.session.closed and not self.session._server_gone():  # (a dead server closed it already)
                 self.session.send_receive(CLOSE_SUBSESSION, handle=h)
 
     def __enter__(self) -> "SubSession":

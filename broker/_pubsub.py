@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import os
+import re
 import struct
 import time
 from collections import deque
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -46,6 +48,7 @@ _RING_FULL = 2  # BRK_FULL
 
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32
+_DTYPE_STR = re.compile(rb"[<>|=]?[A-Za-z][0-9]{0,12}(\[[A-Za-z0-9]{1,8}\])?")
 
 
 class Received(NamedTuple):
@@ -88,14 +91,27 @@ def _decode(data: bytes, meta: bytes) -> Any:
     ndim = meta[at]
     if len(meta) != at + 1 + 8 * ndim:
         raise ServerGone("a message with a cut array meta")
+    if ndim > _MAX_DIMS:
+        raise ServerGone(f"an array message of {ndim} dimensions (at most {_MAX_DIMS})")
     shape = struct.unpack_from(f"<{ndim}Q", meta, at + 1)
+    # only what dtype.str of an array is ("<f8", "|S5", "<M8[ns]"...): numpy parses anything else
+    # (commas, parentheses) with ast.literal_eval, which raises SyntaxError and more on junk
+    if not _DTYPE_STR.fullmatch(dt):
+        raise ServerGone(f"a message with an unknown dtype {dt!r}")
     try:
         dtype = np.dtype(dt.decode())
     except (TypeError, ValueError, UnicodeDecodeError):
         raise ServerGone(f"a message with an unknown dtype {dt!r}") from None
-    if dtype.hasobject or int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize != len(data):
+    # the publisher is untrusted: a dtype that frombuffer cannot take (no bytes, a sub-array, Python
+    # objects), or a shape whose product is counted exactly (never modulo 2**64), is a bad message
+    if dtype.hasobject or dtype.itemsize == 0 or dtype.subdtype is not None:
+        raise ServerGone(f"an array message of dtype {dtype} cannot be received")
+    if math.prod(shape) * dtype.itemsize != len(data):
         raise ServerGone("an array message whose shape and dtype do not match its bytes")
-    return np.frombuffer(data, dtype).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype).reshape(shape)
+    except ValueError as e:  # numpy's own limits (a zero-size array with a dimension too big, say)
+        raise ServerGone(f"an array message numpy cannot make: {e}") from None
 
 
 def _options(**opts: Any) -> bytes:
@@ -128,6 +144,13 @@ class Publisher(SubSession):
         self._seq += 1
         return split_record(self._seq, meta, payload, self._ring.max_record)  # type: ignore[union-attr]
 
+    def _ring_closed(self, e: Closed) -> NoReturn:
+        """A send on the ring failed as closed: the server is gone (the session's watchdog interrupted
+        it), or another thread closed this publisher."""
+        if self.session._server_gone():
+            raise ServerGone(f"the server of {self.topic!r} is gone: nothing published since") from None
+        raise e
+
     def _ring_full(self, e: BrokerError) -> None:
         raise FullTimeout(f"no room in {self.topic!r}'s ring within {self.block_timeout:g} s: a subscriber "
                           f"did not keep up") from None
@@ -156,6 +179,9 @@ class Publisher(SubSession):
                 except Full as e:
                     self._seq -= 1
                     self._ring_full(e)
+                except Closed as e:
+                    self._seq -= 1
+                    self._ring_closed(e)
                 return
             recs = self._records(data)
             wait = self.block_timeout if timeout is None else timeout
@@ -168,6 +194,8 @@ class Publisher(SubSession):
                         ring.send(rec, max(0.0, deadline - time.monotonic()))
             except Full as e:
                 self._ring_full(e)
+            except Closed as e:
+                self._ring_closed(e)
             return
         payload, meta = _encode(data)
         try:
@@ -180,45 +208,10 @@ class Publisher(SubSession):
         publisher's FullTimeout comes after a first part went (its `published` says how many)."""
         ring = self._ring
         if ring is not None:
-            items = items if type(items) is list else list(items)
-            small, base = self._small, self._seq
-            went, rc = _tsend_many(self._addr, items, base + 1, 0)  # the plain ones, until one is not (or no room)
-            if rc == _RING_FULL:  # wait for room (up to the deadline: FullTimeout), then on in C
-                wait = self.block_timeout if timeout is None else timeout
-                deadline = time.monotonic() + wait
-                h = ring._need("producer")
-                while rc == _RING_FULL:
-                    try:
-                        ring._wait_room(h, _HEAD_SIZE + len(items[went]), wait, deadline)
-                    except Full:
-                        self._cut_short(base, went)
-                    more, rc = _tsend_many(self._addr, items, base + 1, went)
-                    went += more
-            if not rc:
-                self._seq = base + went
-                return went
-            self._seq = base + went
-            rest = items[went:]
-            if all(type(x) is bytes and len(x) <= small for x in rest):
-                first = self._seq + 1
-                self._seq += len(rest)
-                msgs = [[_PLAIN(first + i, 0, 0, 0) + x] for i, x in enumerate(rest)]
-            else:
-                msgs = [self._records(x) for x in rest]
-            base += went
-            if all(len(m) == 1 for m in msgs):
-                recs = [m[0] for m in msgs]
-                try:
-                    return went + ring.send_many(recs, self.block_timeout if timeout is None else timeout)
-                except Full as e:
-                    self._cut_short(base, getattr(e, "sent", 0), went)
-            for n, m in enumerate(msgs):  # one has fragments: one by one
-                try:
-                    for rec in m:
-                        ring.send(rec, self.block_timeout if timeout is None else timeout)
-                except Full:
-                    self._cut_short(base, n, went)
-            return went + len(msgs)
+            try:
+                return self._publish_many_ring(ring, items, timeout)
+            except Closed as e:
+                self._ring_closed(e)
         encoded = [_encode(x) for x in items]
         if not encoded:
             return 0
@@ -231,6 +224,47 @@ class Publisher(SubSession):
         except ServiceError as e:
             _raise_full(e)
             raise  # (not reached)
+
+    def _publish_many_ring(self, ring: Broadcast, items: Iterable[Any], timeout: float | None) -> int:
+        items = items if type(items) is list else list(items)
+        small, base = self._small, self._seq
+        went, rc = _tsend_many(self._addr, items, base + 1, 0)  # the plain ones, until one is not (or no room)
+        if rc == _RING_FULL:  # wait for room (up to the deadline: FullTimeout), then on in C
+            wait = self.block_timeout if timeout is None else timeout
+            deadline = time.monotonic() + wait
+            h = ring._need("producer")
+            while rc == _RING_FULL:
+                try:
+                    ring._wait_room(h, _HEAD_SIZE + len(items[went]), wait, deadline)
+                except Full:
+                    self._cut_short(base, went)
+                more, rc = _tsend_many(self._addr, items, base + 1, went)
+                went += more
+        if not rc:
+            self._seq = base + went
+            return went
+        self._seq = base + went
+        rest = items[went:]
+        if all(type(x) is bytes and len(x) <= small for x in rest):
+            first = self._seq + 1
+            self._seq += len(rest)
+            msgs = [[_PLAIN(first + i, 0, 0, 0) + x] for i, x in enumerate(rest)]
+        else:
+            msgs = [self._records(x) for x in rest]
+        base += went
+        if all(len(m) == 1 for m in msgs):
+            recs = [m[0] for m in msgs]
+            try:
+                return went + ring.send_many(recs, self.block_timeout if timeout is None else timeout)
+            except Full as e:
+                self._cut_short(base, getattr(e, "sent", 0), went)
+        for n, m in enumerate(msgs):  # one has fragments: one by one
+            try:
+                for rec in m:
+                    ring.send(rec, self.block_timeout if timeout is None else timeout)
+            except Full:
+                self._cut_short(base, n, went)
+        return went + len(msgs)
 
     # -- zero-copy: the next message built in place --------------------------------------------
 
@@ -272,6 +306,8 @@ class Publisher(SubSession):
                 rec = ring.claim(head + n, wait)
             except Full as e:
                 self._ring_full(e)
+            except Closed as e:
+                self._ring_closed(e)
             rec[:_HEAD_SIZE] = _PLAIN(self._seq + 1, len(meta), 0, 0)
             rec[_HEAD_SIZE:head] = meta
             self._loan = ("ring", head, n, meta)
@@ -309,6 +345,7 @@ class Publisher(SubSession):
     def _session_ended(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
+            self.session._unwatch_ring(ring)
             ring.close()  # its subscribers read what is left, then its end
         self._loan = None
         super()._session_ended()
@@ -316,6 +353,7 @@ class Publisher(SubSession):
     def close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
+            self.session._unwatch_ring(ring)
             if self._loan is not None and self._loan[0] == "ring":
                 ring.abort()
             ring.close()  # its subscribers read what is left, then its end
@@ -762,7 +800,9 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
             fd = os.dup(session._rings.doorbell)  # type: ignore[union-attr]
             ring._res.fds.append(fd)
             ring.set_notify_fd(fd)
+            session._watch_ring(ring)  # its server's death interrupts it: the next publish says so
         except BaseException:
+            session._unwatch_ring(ring)
             if ring is not None:
                 ring.close()
             try:

@@ -301,7 +301,8 @@ serve_messages: Callable[..., None] = CODEC["serve_messages"]  # the server's tu
 
 def request_taker(rx: "Ring") -> Callable[..., Any]:
     """The server's ring 0 as C takes its requests (csrc/brk_codec.c, take_requests):
-    fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages, async_budget).
+    fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages, async_budget,
+    reply_budget).
     Keep rx alive."""
     rx._need("consumer")
     return functools.partial(CODEC["take_requests"], rx._addr)
@@ -513,6 +514,13 @@ class _Side:
         mapping lives until they are gone) but no longer mean anything."""
         self._view = self._claim = None
         self._finalizer()
+
+    def interrupt(self) -> None:
+        """(Any thread, while this side is open) A wait in progress ends, and every later wait and
+        send fails: Closed. For a watchdog that saw the other side's process go (broker/_watchdog.py)."""
+        h = self._res.handle
+        if h is not None:
+            lib.brk_interrupt(h)
 
     def unlink(self) -> None:
         """Remove the segment's name now (its creator only; the mappings stay valid)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import errno
 import functools
 import heapq
 import inspect
@@ -38,6 +39,7 @@ from ._protocol import (
     Close,
     Hello,
     ProtocolError,
+    Refuse,
     Request,
     ServerConnection,
     ShmAccept,
@@ -45,6 +47,7 @@ from ._protocol import (
     State,
     Status,
     Write,
+    encode,
 )
 from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
@@ -54,6 +57,8 @@ _RECV = 256 * 1024
 SHM_MIN_CAPACITY = 64 << 10  # the least a client may ask for each ring of its session
 SHM_MAX_CAPACITY = 64 << 20  # the most, unless Server(shm_max_capacity=) says otherwise
 SELECT_GAP_NS = 50_000  # a spinning loop with only ring sessions calls the selector this often
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # accept's "not now"
+ACCEPT_BACKOFF = (0.05, 1.0)  # out of descriptors: stop accepting this long, doubling up to the second
 
 
 # A turn of the server takes the records waiting in a session's ring 0 until it has this many messages
@@ -69,6 +74,11 @@ class Refused(BrokerError):
     def __init__(self, reason: str, status: int = Status.VERSION) -> None:
         super().__init__(reason)
         self.status = int(status)
+
+
+def _peer_key(peer: Peer) -> str:
+    """Whose connection it is, for the per-user bounds: the uid over Unix, the host over TCP."""
+    return f"uid {peer.uid}" if peer.transport == "unix" else f"host {peer.address[0] if peer.address else '?'}"
 
 
 def _peer(sock: socket.socket, cid: int) -> Peer:
@@ -107,10 +117,22 @@ class _Conn:
         self._take: Callable[[], Any] | None = None  # on rings, in a threaded server without policies: see on_ring
         self.on_rings = False  # the rings carry the session (after the client's proof)
         self._connected: tuple[Any, Decision] | None = None  # the event waits for the answer to an offer
+        self.key = _peer_key(peer)  # whose it is, for the per-user bounds
+        # The output's bound (Server(max_queued=)): what waits to go out, counted in the user's total;
+        # at the bound the connection is not read (paused) and what was read is held, not handled.
+        self.counted = 0
+        self.paused = False  # set by any thread; the loop thread stops and starts the reading
+        self.reading = True  # the loop watches its socket (or its doorbell) for input
+        self.held: list[Any] | None = None  # events read but not handled yet: the output was at its bound
+        self.stalled_since: float | None = None  # at its own bound since (time.monotonic())
+        self.watching = 0  # the selector events its socket is registered for (threaded loop)
+        self.handshaking = False  # counted among the connections without a HELLO yet
 
     # -- input (loop thread) --------------------------------------------------
 
     def on_readable(self) -> None:
+        if self.paused and not self.on_rings:
+            return  # its replies wait to go out: its requests wait in its socket meanwhile
         try:
             n = self.sock.recv_into(self.inbuf)
         except (ConnectionResetError, OSError):
@@ -130,7 +152,7 @@ class _Conn:
         """The doorbell rang, or (rang=False) a spin found work: what the client wrote to ring 0
         (one batch; drain: everything, until the ring is empty)."""
         rings = self.rings
-        if rings is None or self.ended:
+        if rings is None or self.ended or (self.paused and not drain):
             return
         if rang:
             rings.clear_doorbell()
@@ -138,7 +160,8 @@ class _Conn:
         take = self._take
         if take is not None and not drain and not proto.reader._buf and proto.state is _OPEN and not proto.offered:
             # the common requests, made Messages by C straight from the ring (one batch per turn)
-            r = take(self.slots - self.async_outstanding)  # asynchronous ones: as many as message slots are free
+            # asynchronous ones: as many as message slots are free; replies: as many as fit under the bound
+            r = take(self.slots - self.async_outstanding, self.server.max_queued - self.counted)
             if len(r) == 4:
                 msgs, nbytes, left, nasync = r
                 if nasync:
@@ -182,11 +205,11 @@ class _Conn:
             if type(events) is not list:
                 self._close_with(f"protocol error: {events}")
                 return
-            if len(events) == 1:  # its completion goes into ring 1 as it is made
+            if len(events) == 1 and self.held is None and not self.paused:  # its completion goes into ring 1 as it is made
                 self._one_event(events[0])
             else:  # the completions made meanwhile go into ring 1 together, as one record
                 self._in_one_record(self._handle, events)
-            if self.ended:
+            if self.ended or self.paused:
                 return
             if self.server._aloop is None and not drain:
                 return  # the threaded loop comes back at once if there is more (it spins, or arms first)
@@ -199,7 +222,11 @@ class _Conn:
         except ProtocolError as e:
             self._close_with(f"protocol error: {e}")
             return
-        # the completions these events make go out together, in one send, after the last
+        self._batched(events)
+
+    def _batched(self, events: list[Any]) -> None:
+        """Handle events of a socket session: the completions they make go out together, in one send,
+        after the last."""
         self.batching = True
         try:
             self._handle(events)
@@ -210,10 +237,59 @@ class _Conn:
                     self._flush()
 
     def _handle(self, events: list[Any]) -> None:
-        for ev in events:
+        if self.held is not None:  # older events wait for the output to drain: these go after them
+            self.held.extend(events)
+            return
+        srv = self.server
+        for i, ev in enumerate(events):
             if self.ended:
                 return
+            if self.paused:  # the output reached its bound: the rest waits for it to drain
+                self.held = list(events[i:])
+                return
+            if i:
+                batch = self.ring_batch
+                n = self.counted + len(batch) if batch is not None else len(self.out)
+                if n >= srv.max_queued or n - self.counted + srv._queued.get(self.key, 0) >= srv.max_queued_per_user:
+                    # this batch's completions reached a bound: they go out (and count) first, the rest after
+                    self.held = list(events[i:])
+                    srv._call_soon(self._resume)
+                    return
             self._one_event(ev)
+
+    def _resume(self) -> None:
+        """(loop thread) The output is below its bound again: handle what was held, then read again."""
+        if self.ended or self.paused:
+            return
+        held, self.held = self.held, None
+        if held:
+            if self.on_rings:
+                self._in_one_record(self._handle, held)
+            else:
+                self._batched(held)
+        if not self.ended and not self.paused and self.held is None and not self.reading:
+            self.server._read_again(self)
+
+    def _account(self) -> None:
+        """After what waits to go out changed (lock held, any thread): keep the user's total; at the bound
+        stop reading (Server(max_queued=, max_queued_per_user=)); below half of it, read again."""
+        rings = self.rings
+        q = len(self.out) + (rings.pending_bytes if rings is not None else 0)
+        d = q - self.counted
+        if not d:
+            return
+        self.counted = q
+        srv = self.server
+        total = srv._queued_add(self.key, d)
+        if d > 0:
+            if not self.ended and (q >= srv.max_queued or total >= srv.max_queued_per_user) and (
+                    not self.paused or (q >= srv.max_queued and self.stalled_since is None)):
+                self.paused = True  # seen at once by the loop thread's _handle; the reading stops on it
+                srv._call_soon(functools.partial(srv._pause, self))
+        elif self.paused and q <= srv.max_queued // 2 and total < srv.max_queued_per_user // 2:
+            srv._call_soon(functools.partial(srv._unpause, self))
+        elif srv._paused and d < 0 and total < srv.max_queued_per_user // 2:
+            srv._call_soon(functools.partial(srv._unpause_user, self.key))
 
     def _one_event(self, ev: Any) -> None:
         if type(ev) is Request:
@@ -232,6 +308,7 @@ class _Conn:
 
     def on_hello(self, hello: Hello) -> None:
         srv = self.server
+        srv._handshake_over(self)
         try:
             if len(srv._conns_open) >= srv.max_sessions:
                 raise Refused(f"the server has its maximum of {srv.max_sessions} sessions", Status.SERVER_BUSY)
@@ -450,6 +527,9 @@ class _Conn:
                     return
                 if not self.rings.write(frame):
                     self.server._rings_pending(self)
+                    self._account()
+                elif self.counted:
+                    self._account()
             except (PeerGone, Closed):
                 self.server._call_soon(lambda: self.end("died"))
             except BrokerError as e:  # Corrupt: the client scribbled on ring 1; only its session ends
@@ -461,6 +541,8 @@ class _Conn:
             self.bytes_out += len(frame)
             if self.out or self.batching or self.ended:
                 self.out += frame  # sent after what is queued, or with the batch
+                if not self.batching:
+                    self._account()
                 return
             try:
                 n = self.sock.send(frame)
@@ -472,19 +554,24 @@ class _Conn:
             if n < len(frame):
                 self.out += memoryview(frame)[n:]
                 self.server._want_write(self)
+                self._account()
 
     def _flush(self) -> None:
         with self.lock:
-            while self.out and not self.ended:
-                try:
-                    n = self.sock.send(self.out)
-                except BlockingIOError:
-                    self.server._want_write(self)
-                    return
-                except OSError:
-                    self.server._call_soon(lambda: self.end("died"))
-                    return
-                del self.out[:n]
+            try:
+                while self.out and not self.ended:
+                    try:
+                        n = self.sock.send(self.out)
+                    except BlockingIOError:
+                        self.server._want_write(self)
+                        return
+                    except OSError:
+                        self.server._call_soon(lambda: self.end("died"))
+                        return
+                    del self.out[:n]
+            finally:
+                if self.out or self.counted:
+                    self._account()
 
     # -- the end ------------------------------------------------------------------
 
@@ -507,7 +594,11 @@ class _Conn:
                     pass
             self.ended = True
             self._take = None  # it holds this connection: no cycle left behind
+            self.held = None
         srv = self.server
+        if self.counted:
+            srv._queued_add(self.key, -self.counted)
+            self.counted = 0
         srv._forget(self)
         if self.rings is not None:
             self.rings.close()  # the client reads what is there, then Closed; gone before the socket closes
@@ -579,7 +670,10 @@ class Server:
                  max_frame: int = DEFAULT_MAX_FRAME, on_event: Callable[[SessionEvent], None] | None = None,
                  spin_us: float = 50.0, shm_policy: str | None = None, shm_capacity: int = SHM_CAPACITY,
                  shm_max_capacity: int = SHM_MAX_CAPACITY, busy_poll: bool = False,
-                 offer_timeout: float = 10.0, metrics: int | None = None, metrics_host: str = "127.0.0.1") -> None:
+                 offer_timeout: float = 10.0, metrics: int | None = None, metrics_host: str = "127.0.0.1",
+                 max_queued: int = 8 << 20, max_queued_per_user: int = 64 << 20, stall_timeout: float = 30.0,
+                 handshake_timeout: float = 10.0, max_handshakes: int = 256,
+                 max_handshakes_per_user: int = 32) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
         self.session_factory = session
         self.version = version
@@ -593,6 +687,32 @@ class Server:
         self.spin_ns = int(spin_us * 1000)  # after serving, poll this long before sleeping (0: sleep at once)
         self.busy_poll = bool(busy_poll)  # never sleep: the lowest latency, a core always busy
         self.offer_timeout = offer_timeout  # seconds a client has to answer SHM_OFFER, its segment reserved meanwhile
+        # What one client may hold of the server (DESIGN.md section 8). Its replies waiting to go out:
+        # at max_queued bytes (or its user's connections together at max_queued_per_user) it is not
+        # read until half is gone; still at its own bound after stall_timeout seconds, it is disconnected.
+        # A connection has handshake_timeout seconds to send its HELLO; at most max_handshakes
+        # connections (max_handshakes_per_user of one uid, or of one host over TCP) may be without one.
+        for what, v in (("max_queued", max_queued), ("max_queued_per_user", max_queued_per_user),
+                        ("max_handshakes", max_handshakes), ("max_handshakes_per_user", max_handshakes_per_user)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{what} must be a positive integer, not {v!r}")
+        for what, t in (("stall_timeout", stall_timeout), ("handshake_timeout", handshake_timeout)):
+            if not t > 0:
+                raise ValueError(f"{what} must be > 0 seconds, not {t!r}")
+        self.max_queued = max_queued
+        self.max_queued_per_user = max_queued_per_user
+        self.stall_timeout = stall_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_handshakes = max_handshakes
+        self.max_handshakes_per_user = max_handshakes_per_user
+        self._queued: dict[str, int] = {}  # each user's bytes waiting to go out, all its connections together
+        self._queued_lock = threading.Lock()
+        self._paused: set[_Conn] = set()  # not read now: their output is at its bound
+        self._handshaking: dict[str, int] = {}  # each user's connections without a HELLO yet
+        self._backoff = 0.0  # out of descriptors: the listeners are off for this long (0: they are on)
+        self._reserve_fd = -1  # kept free, to accept and refuse a client when descriptors run out
+        self.counters = {"accept_errors": 0, "refused_busy": 0, "handshake_timeouts": 0, "stalled": 0,
+                         "paused": 0}  # what stats() shows of the bounds at work
         self._offers: dict[_Conn, float] = {}  # sessions whose offer awaits its answer: their deadline
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
@@ -745,6 +865,7 @@ class Server:
     def _setup(self) -> None:
         self._sweep()
         self._stopping = False
+        self._open_reserve()
         self._sel = selectors.DefaultSelector()
         try:
             self._listen()
@@ -780,6 +901,7 @@ class Server:
         self._sweep()
         self._stopping = False
         self._listen()
+        self._open_reserve()
         self._aloop = loop
         self._done = loop.create_future()
         for s in self._listeners:
@@ -900,8 +1022,7 @@ class Server:
                     else:
                         if mask & selectors.EVENT_WRITE:
                             obj._flush()
-                            if not obj.out and not obj.ended:
-                                sel.modify(obj.sock, selectors.EVENT_READ, key.data)
+                            self._watch(obj)
                         if mask & selectors.EVENT_READ and not obj.ended:
                             obj.on_readable()
                 self._run_soon()
@@ -924,6 +1045,9 @@ class Server:
                         pass
             conn._close_with("server stopped")
         self._close_listeners()
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
         for s in (self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
@@ -942,8 +1066,13 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.warning("accept failed: %s", e)
+                self.counters["accept_errors"] += 1
+                if e.errno in _NO_DESCRIPTORS:
+                    self._out_of_descriptors(listener, e)
+                else:
+                    log.warning("accept failed: %s", e)
                 return
+            self._backoff = 0.0
             try:
                 sock.setblocking(False)
                 if sock.family != socket.AF_UNIX:
@@ -953,13 +1082,202 @@ class Server:
                 log.info("a connection ended before it was accepted: %s", e)
                 sock.close()
                 continue
+            key = _peer_key(peer)
+            mine = self._handshaking.get(key, 0)
+            if mine >= self.max_handshakes_per_user or self._handshaking_total() >= self.max_handshakes:
+                self._refuse_busy(sock, f"too many connections without a HELLO ({mine} of {key}; "
+                                        f"{self._handshaking_total()} in all)")
+                continue
             conn = _Conn(self, sock, peer)
             self._conns.add(conn)
+            conn.handshaking = True
+            self._handshaking[key] = mine + 1
+            self.call_later(self.handshake_timeout, functools.partial(self._handshake_expired, conn))
             if self._aloop is not None:
                 self._aloop.add_reader(sock, conn.on_readable)
             else:
-                assert self._sel is not None
-                self._sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+                self._watch(conn)
+
+    # -- what one client may hold: handshakes, descriptors, output (loop thread) ---------------
+
+    def _handshaking_total(self) -> int:
+        return sum(self._handshaking.values())
+
+    def _handshake_over(self, conn: _Conn) -> None:
+        if conn.handshaking:
+            conn.handshaking = False
+            n = self._handshaking.get(conn.key, 0) - 1
+            if n > 0:
+                self._handshaking[conn.key] = n
+            else:
+                self._handshaking.pop(conn.key, None)
+
+    def _handshake_expired(self, conn: _Conn) -> None:
+        if conn.handshaking and not conn.ended:
+            self.counters["handshake_timeouts"] += 1
+            conn.end(f"protocol error: no HELLO within {self.handshake_timeout:g} s")
+
+    def _refuse_busy(self, sock: socket.socket, reason: str) -> None:
+        """Tell a client at once that the server is busy, and close: it gets ServerBusy, not a time-out."""
+        self.counters["refused_busy"] += 1
+        log.info("refused a connection: %s", reason)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.recv(4096)  # its HELLO, if there: closing on unread bytes would reset what we send
+            except OSError:
+                pass
+            sock.send(encode(Refuse(Status.SERVER_BUSY, f"the server is busy: {reason}")))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _open_reserve(self) -> None:
+        if self._reserve_fd < 0:
+            try:
+                self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._reserve_fd = -1
+
+    def _out_of_descriptors(self, listener: socket.socket, e: OSError) -> None:
+        """accept failed for want of descriptors: the listener stays readable, so without care the loop
+        would spin on it while its clients time out. The reserve descriptor, given up for a moment, lets
+        each waiting client be accepted and told the server is busy; when even that fails, the listeners
+        are off for a while (ACCEPT_BACKOFF), and the log says so."""
+        for _ in range(64):
+            if self._reserve_fd < 0:
+                break
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                self._open_reserve()
+                return  # every waiting client was told: nothing left to spin on
+            except OSError:
+                self._open_reserve()
+                break
+            self._refuse_busy(sock, f"it is out of file descriptors ({e.strerror})")
+            self._open_reserve()
+        else:
+            return  # more wait: the next turn tells them
+        delay = self._backoff = min(max(self._backoff * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
+        log.warning("accept failed: %s; not accepting new connections for %.2f s", e.strerror, delay)
+        for s in self._listeners:
+            try:
+                if self._aloop is not None:
+                    self._aloop.remove_reader(s)
+                elif self._sel is not None:
+                    self._sel.unregister(s)
+            except (KeyError, ValueError, OSError):
+                pass
+        self.call_later(delay, self._listen_again)
+
+    def _listen_again(self) -> None:
+        self._open_reserve()
+        for s in self._listeners:
+            try:
+                if self._aloop is not None:
+                    self._aloop.add_reader(s, self._accept, s)
+                elif self._sel is not None:
+                    self._sel.register(s, selectors.EVENT_READ, ("listen", s))
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _watch(self, conn: _Conn) -> None:
+        """(threaded loop) Watch a connection's socket for what it needs now: input unless it is paused (a
+        shared-memory session's socket always: it is how its death is seen), output while some waits."""
+        sel = self._sel
+        if conn.ended or sel is None:
+            return
+        want = (selectors.EVENT_READ if conn.reading or conn.on_rings else 0) | (
+            selectors.EVENT_WRITE if conn.out else 0)
+        if want == conn.watching:
+            return
+        try:
+            if not conn.watching:
+                sel.register(conn.sock, want, ("conn", conn))
+            elif not want:
+                sel.unregister(conn.sock)
+            else:
+                sel.modify(conn.sock, want, ("conn", conn))
+        except (KeyError, ValueError, OSError):
+            return
+        conn.watching = want
+
+    def _queued_add(self, key: str, d: int) -> int:
+        """A user's bytes waiting to go out changed by d (any thread): the new total."""
+        with self._queued_lock:
+            t = self._queued.get(key, 0) + d
+            if t > 0:
+                self._queued[key] = t
+            else:
+                self._queued.pop(key, None)
+            return t
+
+    def _pause(self, conn: _Conn) -> None:
+        """Its output is at a bound: stop reading it. At its own bound, it has stall_timeout to read."""
+        if conn.ended or not conn.paused:
+            return
+        if conn.reading:
+            conn.reading = False
+            self._paused.add(conn)
+            self.counters["paused"] += 1
+            rings = conn.rings
+            if conn.on_rings and rings is not None:
+                self._ring_conns.discard(conn)
+                self._rings_polled = tuple(e for e in self._rings_polled if e[0] is not conn)
+                try:
+                    if self._aloop is not None:
+                        self._aloop.remove_reader(rings.doorbell)
+                    elif self._sel is not None:
+                        self._sel.unregister(rings.doorbell)
+                except (KeyError, ValueError, OSError):
+                    pass
+            elif self._aloop is not None:
+                self._aloop.remove_reader(conn.sock)
+            else:
+                self._watch(conn)
+            log.info("session %s: %d bytes wait to go out: not read until half of them are gone",
+                     conn.peer, conn.counted)
+        if conn.stalled_since is None and conn.counted >= self.max_queued:
+            since = conn.stalled_since = time.monotonic()
+            self.call_later(self.stall_timeout, functools.partial(self._stall_expired, conn, since))
+
+    def _stall_expired(self, conn: _Conn, since: float) -> None:
+        if conn.ended or conn.stalled_since != since or not conn.paused:
+            return
+        if conn.counted < self.max_queued // 2:  # its own output drained: what holds it is its user's other
+            conn.stalled_since = None
+            return
+        self.counters["stalled"] += 1
+        conn.end(f"stalled: {conn.counted} bytes of its replies waited to go out for over "
+                 f"{self.stall_timeout:g} s (max_queued {self.max_queued})")
+
+    def _unpause(self, conn: _Conn) -> None:
+        """Its output drained below half its bound (and its user's): handle what was held, read again."""
+        if conn.ended or not conn.paused:
+            return
+        if conn.counted > self.max_queued // 2 or self._queued.get(conn.key, 0) >= self.max_queued_per_user // 2:
+            return
+        conn.paused = False
+        conn.stalled_since = None
+        self._paused.discard(conn)
+        conn._resume()
+
+    def _unpause_user(self, key: str) -> None:
+        for conn in [c for c in self._paused if c.key == key]:
+            self._unpause(conn)
+
+    def _read_again(self, conn: _Conn) -> None:
+        conn.reading = True
+        if conn.on_rings and conn.rings is not None:
+            self._watch_rings(conn)  # records that came meanwhile: the spin, or the arming before a sleep, sees them
+        elif self._aloop is not None:
+            self._aloop.add_reader(conn.sock, conn.on_readable)
+        else:
+            self._watch(conn)
 
     def _poll_rings(self) -> bool:
         """Serve every ring session with something to read; True if any had."""
@@ -1038,6 +1356,7 @@ class Server:
             except BrokerError as e:  # Corrupt: only this session ends
                 self._call_soon(functools.partial(conn.end, f"protocol error: {e}"))
                 return True
+            conn._account()
         if not done and self._aloop is not None:
             self._aloop.call_later(0.001, self._flush_ring, conn)
         return done
@@ -1051,6 +1370,8 @@ class Server:
                     self._pending_rings.add(conn)
 
     def _forget(self, conn: _Conn) -> None:
+        self._handshake_over(conn)
+        self._paused.discard(conn)
         self._conns.discard(conn)
         self._conns_open.discard(conn)
         self._pending_rings.discard(conn)
@@ -1072,7 +1393,8 @@ class Server:
                 self._aloop.remove_writer(conn.sock)
             except (ValueError, OSError):
                 pass
-        elif self._sel is not None:
+        elif self._sel is not None and conn.watching:
+            conn.watching = 0
             try:
                 self._sel.unregister(conn.sock)
             except (KeyError, ValueError, OSError):
@@ -1141,8 +1463,7 @@ class Server:
             return
 
         def arm() -> None:
-            if not conn.ended and self._sel is not None:
-                self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", conn))
+            self._watch(conn)
         if threading.current_thread() is self._thread:
             arm()
         else:
@@ -1159,7 +1480,8 @@ class Server:
              "ring_capacity": r.capacity if c.on_rings and r is not None else None,
              "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",
-             "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out}
+             "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
+             "queued_bytes": c.counted, "paused": c.paused}
             for c, r in ((c, c.rings) for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id))
         ]
 
@@ -1171,6 +1493,11 @@ class Server:
             rows.append({"connection_id": p.connection_id, "connection": p.transport, "pid": p.pid, "uid": p.uid,
                          "gid": p.gid, "address": list(p.address) if p.address else None, **row})
         where = [b if isinstance(b, str) else f"tcp://{b[0]}:{b[1]}" for b in self.bound]
+        bounds = {**self.counters, "queued_bytes": sum(self._queued.values()), "paused_now": len(self._paused),
+                  "handshaking_now": self._handshaking_total(), "max_queued": self.max_queued,
+                  "max_queued_per_user": self.max_queued_per_user, "stall_timeout": self.stall_timeout,
+                  "handshake_timeout": self.handshake_timeout, "max_handshakes": self.max_handshakes,
+                  "max_handshakes_per_user": self.max_handshakes_per_user}
         return {"pid": os.getpid(), "uid": self.uid, "addresses": where,
                 "shm_policy": self.shm_policy, "sessions": rows, "topics": self.topics.stats(),
-                "services": self.links.stats()}
+                "services": self.links.stats(), "bounds": bounds}

@@ -845,6 +845,12 @@ static PyObject *brk_batch_take(PyObject *self, PyObject *unused)
     return out;
 }
 
+/* len(batch): the bytes it holds now (the server bounds a batch's output by it: Server(max_queued=)). */
+static Py_ssize_t brk_batch_len(PyObject *self)
+{
+    return (Py_ssize_t)((brk_batch *)self)->len;
+}
+
 static PyMethodDef brk_batch_methods[] = {
     {"append", brk_batch_append, METH_O, "append(frame): a frame, after those already in the batch"},
     {"take", brk_batch_take, METH_NOARGS,
@@ -858,6 +864,7 @@ static PyType_Slot brk_batch_slots[] = {
     {Py_tp_traverse, brk_batch_traverse},
     {Py_tp_clear, brk_batch_clear},
     {Py_tp_methods, brk_batch_methods},
+    {Py_mp_length, brk_batch_len},
     {0, NULL},
 };
 
@@ -1385,9 +1392,11 @@ static brk_ring *brk_codec_ring(PyObject *address)
  * nothing made), -1 (an exception). rids[i], codes[i], handles[i], args[i] (new). */
 static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_frame, int64_t close_code,
                            PyObject *outstanding, uint64_t *rids, int32_t *codes, uint32_t *handles,
-                           PyObject **args, unsigned char *asyncs, Py_ssize_t async_budget, int *count)
+                           PyObject **args, unsigned char *asyncs, Py_ssize_t async_budget, uint64_t *reply_budget,
+                           int *count)
 {
     int k = 0;
+    uint64_t replies = 0; /* the most its completions can take: a header and the writable arguments' max lengths */
     for (uint64_t at = 0; at < n; k++) {
         if (k == BRK_TAKE_FRAMES || n - at < BRK_CODEC_HEADER)
             goto defer;
@@ -1427,7 +1436,17 @@ static int brk_take_record(const unsigned char *p, uint64_t n, uint64_t max_fram
         codes[k] = code;
         handles[k] = (uint32_t)brk_ld(b + 4, 4);
         at += BRK_CODEC_HEADER + length;
+        replies += BRK_CODEC_HEADER + BRK_CODEC_COMPLETE_FIXED;
+        for (int i = 0; i < 4; i++) { /* checked by brk_decode_args: a writable one's value is its max length */
+            const unsigned char *d = b + 8 + 16 * i;
+            uint64_t most = brk_ld(d + 8, 8);
+            if (d[0] == K_WRITE || d[0] == K_READWRITE)
+                replies += most < max_frame ? most : max_frame; /* no reply is bigger than a frame */
+        }
     }
+    if (replies > *reply_budget)
+        goto defer; /* its replies could pass the connection's bound: Python takes it a request at a time */
+    *reply_budget -= replies;
     *count = k;
     return 1;
 defer:
@@ -1442,14 +1461,16 @@ fail:
 
 /*
  * take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages,
- *               async_budget) -> (messages, bytes, left, asynchronous) | (outcome,)
+ *               async_budget, reply_budget) -> (messages, bytes, left, asynchronous) | (outcome,)
  * The requests at the head of ring 0 (the server's side), each a new
  * message_type instance (broker.Message, its slots set without running its
  * __init__: _conn, request_id, code, handle, asynchronous, _args, _writes
  * None, _done False) entered in the protocol's `outstanding` and the
  * connection's `messages`; `bytes` the records' bytes; `asynchronous` how many
  * of them are asynchronous (at most async_budget: the message slots free; the
- * caller counts them as taken). A record is taken whole or not at all: `left`
+ * caller counts them as taken), and the most their completions can take at most
+ * reply_budget bytes (the connection's room before its bound: Server(max_queued=)).
+ * A record is taken whole or not at all: `left`
  * is true when one waits that is anything else (an asynchronous request with
  * no slot free, a negative code or close_code, a frame over several records,
  * an invalid one...), for Python. (outcome,) for a ring error before anything
@@ -1458,9 +1479,9 @@ fail:
 static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 9 || !PyType_Check(args[2]) || !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
+    if (nargs != 10 || !PyType_Check(args[2]) || !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
         PyErr_SetString(PyExc_TypeError, "take_requests(rx, max_frame, message_type, conn, outstanding, messages, "
-                                         "close_code, max_messages, async_budget)");
+                                         "close_code, max_messages, async_budget, reply_budget)");
         return NULL;
     }
     if (!brk_t_request) {
@@ -1474,6 +1495,8 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
     long long close_code = PyLong_AsLongLong(args[6]);
     Py_ssize_t max_messages = PyLong_AsSsize_t(args[7]);
     Py_ssize_t async_budget = PyLong_AsSsize_t(args[8]);
+    long long reply_arg = PyLong_AsLongLong(args[9]);
+    uint64_t reply_budget = reply_arg > 0 ? (uint64_t)reply_arg : 0;
     if (PyErr_Occurred())
         return NULL;
     struct { PyObject **at; const char *s; } names[] = {
@@ -1522,7 +1545,7 @@ static PyObject *brk_codec_take_requests(PyObject *self, PyObject *const *args, 
         memcpy(copy, r->rptr, (size_t)n);
         int count = 0;
         int ok = brk_take_record(copy, n, max_frame, close_code, outstanding, rids, codes, handles, argt, asyncs,
-                                 async_budget - nasync, &count);
+                                 async_budget - nasync, &reply_budget, &count);
         if (ok <= 0) {
             brk_unpeek(r);
             if (ok < 0)
@@ -1660,7 +1683,7 @@ static PyMethodDef brk_codec_methods[] = {
      "ring_batch(lock, proto, outstanding, messages) -> RingBatch"},
     {"take_requests", (PyCFunction)(void (*)(void))brk_codec_take_requests, METH_FASTCALL,
      "take_requests(rx, max_frame, message_type, conn, outstanding, messages, close_code, max_messages, "
-     "async_budget) -> (messages, bytes, left, asynchronous) | (outcome,)"},
+     "async_budget, reply_budget) -> (messages, bytes, left, asynchronous) | (outcome,)"},
     {"put_complete", (PyCFunction)(void (*)(void))brk_codec_put_complete, METH_FASTCALL,
      "put_complete(tx, rid, status, writes, error) -> int | NotImplemented | (outcome,)"},
     {NULL, NULL, 0, NULL},

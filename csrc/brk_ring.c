@@ -641,6 +641,11 @@ static int brk_lossy_room(brk_ring *r, uint64_t pos, uint64_t end)
  * batch that has not been published yet); sets claim_pos/claim_pad. */
 static inline int brk_room(brk_ring *r, uint64_t pos, uint64_t len)
 {
+    /* relaxed: a sticky flag that another thread of ours sets (brk_interrupt's seq_cst store) when
+     * the ring closes or its reader is gone (a watchdog saw its server die): every send after fails
+     * with BRK_INTERRUPTED. No data is ordered by it; it is seen at the latest a few sends later. */
+    if (atomic_load_explicit(&r->interrupt, memory_order_relaxed))
+        return BRK_INTERRUPTED;
     if (len > r->max_record)
         return BRK_TOOBIG;
     uint64_t size = brk_rec_size(len);

@@ -204,7 +204,7 @@ typedef struct brk_ring {
     uint64_t last_lost;             /* records lost just before the last one returned */
     /* waiting */
     uint64_t spin_ns;               /* how long to spin before sleeping */
-    _Atomic uint32_t interrupt;     /* set by brk_interrupt (another thread): waits return BRK_INTERRUPTED */
+    _Atomic uint32_t interrupt;     /* set by brk_interrupt (another thread): waits and sends return BRK_INTERRUPTED */
     uint32_t busy;                  /* calls in progress without the GIL (kept by the Python layer) */
     /* statistics, process-local */
     uint64_t records;
