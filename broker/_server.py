@@ -66,6 +66,11 @@ ACCEPT_BACKOFF = (0.05, 1.0)  # out of descriptors: stop accepting this long, do
 # into one), whose completions then go back while the client writes the next. Taking all that waits
 # (256) made the two sides take turns instead of overlapping: 64 B call_many, 0.45 M/s against 0.86 M/s.
 TAKE_MESSAGES = 16
+# ...and a turn handles at most this many of a connection's events (requests) read the long way (a
+# socket's 256 KiB recv may hold thousands): the rest waits for its next turn, after every other ready
+# connection had its own; meanwhile the connection is not read.
+TURN_EVENTS = 64
+LONG_TURN_NS = 200_000  # a turn that took longer yields the CPU once (a client may share it)
 
 
 class Refused(BrokerError):
@@ -131,8 +136,8 @@ class _Conn:
     # -- input (loop thread) --------------------------------------------------
 
     def on_readable(self) -> None:
-        if self.paused and not self.on_rings:
-            return  # its replies wait to go out: its requests wait in its socket meanwhile
+        if (self.paused or self.held is not None) and not self.on_rings:
+            return  # its replies wait to go out, or its requests their turn: the rest waits in its socket
         try:
             n = self.sock.recv_into(self.inbuf)
         except (ConnectionResetError, OSError):
@@ -152,7 +157,7 @@ class _Conn:
         """The doorbell rang, or (rang=False) a spin found work: what the client wrote to ring 0
         (one batch; drain: everything, until the ring is empty)."""
         rings = self.rings
-        if rings is None or self.ended or (self.paused and not drain):
+        if rings is None or self.ended or ((self.paused or self.held is not None) and not drain):
             return
         if rang:
             rings.clear_doorbell()
@@ -250,15 +255,18 @@ class _Conn:
             if i:
                 batch = self.ring_batch
                 n = self.counted + len(batch) if batch is not None else len(self.out)
-                if n >= srv.max_queued or n - self.counted + srv._queued.get(self.key, 0) >= srv.max_queued_per_user:
-                    # this batch's completions reached a bound: they go out (and count) first, the rest after
+                if i >= TURN_EVENTS or n >= srv.max_queued or \
+                        n - self.counted + srv._queued.get(self.key, 0) >= srv.max_queued_per_user:
+                    # its share of this turn is taken, or this batch's completions reached a bound (they go
+                    # out, and count, first): the rest in its next turn
                     self.held = list(events[i:])
-                    srv._call_soon(self._resume)
+                    srv._next_turn(self)
                     return
             self._one_event(ev)
 
     def _resume(self) -> None:
-        """(loop thread) The output is below its bound again: handle what was held, then read again."""
+        """(loop thread) Its next turn, or its output below its bound again: handle what was held (a turn's
+        share of it), then read again."""
         if self.ended or self.paused:
             return
         held, self.held = self.held, None
@@ -708,6 +716,8 @@ class Server:
         self._queued: dict[str, int] = {}  # each user's bytes waiting to go out, all its connections together
         self._queued_lock = threading.Lock()
         self._paused: set[_Conn] = set()  # not read now: their output is at its bound
+        self._later: list[_Conn] = []  # connections whose events wait for their next turn (TURN_EVENTS)
+        self.turns = 0  # of the threaded loop: each ready connection gets a bounded share of one
         self._handshaking: dict[str, int] = {}  # each user's connections without a HELLO yet
         self._backoff = 0.0  # out of descriptors: the listeners are off for this long (0: they are on)
         self._reserve_fd = -1  # kept free, to accept and refuse a client when descriptors run out
@@ -962,8 +972,11 @@ class Server:
             busy = False
             next_select = 0  # when the spin calls the selector next
             while not self._stopping:
+                later, self._later = self._later, []  # their turn comes after this turn's ready ones
+                turn = ns()
+                self.turns += 1
                 # what waits for room in a ring is retried soon; an offer's deadline is looked at often
-                idle = 0.001 if self._pending_rings else 0.05 if self._offers else 1.0
+                idle = 0.0 if later else 0.001 if self._pending_rings else 0.05 if self._offers else 1.0
                 if self._timers:
                     idle = max(0.0, min(idle, self._timers[0][0] - time.monotonic()))
                 ready = []
@@ -1010,7 +1023,7 @@ class Server:
                             self.topics.poll()
                             ready = sel.select(0)
                     self.topics.disarm()
-                busy = busy or bool(ready)
+                busy = busy or bool(ready) or bool(later)
                 for key, mask in ready:
                     kind, obj = key.data
                     if kind == "ring":
@@ -1025,6 +1038,8 @@ class Server:
                             self._watch(obj)
                         if mask & selectors.EVENT_READ and not obj.ended:
                             obj.on_readable()
+                for conn in later:
+                    conn._resume()
                 self._run_soon()
                 if self._pending_rings:
                     self._flush_rings()
@@ -1032,6 +1047,8 @@ class Server:
                     self._expire_offers()
                 if self._timers:
                     self._run_timers()
+                if ns() - turn > LONG_TURN_NS:
+                    os.sched_yield()  # a long turn: a client on this CPU may be waiting to send the next request
         finally:
             self._shutdown()
 
@@ -1265,6 +1282,13 @@ class Server:
         conn.stalled_since = None
         self._paused.discard(conn)
         conn._resume()
+
+    def _next_turn(self, conn: _Conn) -> None:
+        """(loop thread) conn's held events, in its next turn: after every other ready connection had one."""
+        if self._aloop is not None:
+            self._aloop.call_soon(conn._resume)
+        else:
+            self._later.append(conn)
 
     def _unpause_user(self, key: str) -> None:
         for conn in [c for c in self._paused if c.key == key]:
