@@ -5,10 +5,12 @@ Ring 0 carries the client's frames to the server, ring 1 the server's to the
 client. Each record is a piece of the same byte stream the socket would carry
 (the protocol's FrameReader does not care where a frame was cut), so a frame
 larger than a ring's biggest record is split, never refused. The server
-creates the segment and owns it; it sleeps on an eventfd (ring 0's consumer
-doorbell, passed to the client over the Unix socket with SCM_RIGHTS) among its
-other descriptors, and never blocks on a client's ring: what does not fit in
-ring 1 waits in memory and is retried. The client sleeps on ring 1's futex.
+creates the segment, a memfd sealed against shrinking (broker/_shm.py: no
+client can truncate it under the server), and owns it; the segment and an
+eventfd (ring 0's consumer doorbell) go to the client over the Unix socket
+with SCM_RIGHTS. The server sleeps on the doorbell among its other
+descriptors, and never blocks on a client's ring: what does not fit in ring 1
+waits in memory and is retried. The client sleeps on ring 1's futex.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ class ServerRings:
     """The server's side: consumer of ring 0, producer of ring 1."""
 
     def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, spin_us: float = 0.0) -> None:
-        self.rx, self.tx, self.nonce = session_rings(name, capacity, spin_us)
-        self.name = name
+        self.rx, self.tx, self.nonce, self.segment = session_rings(name, capacity, spin_us)  # segment: its fd
+        self.name = self.rx.name
         self.capacity = capacity
         try:
             self.doorbell = self.rx.fileno()  # an eventfd: the client writes it when we sleep
@@ -51,8 +53,9 @@ class ServerRings:
         return hmac.compare_digest(nonce, self.nonce)
 
     def mapped(self) -> None:
-        """Both sides have mapped it: remove the name, so nobody else ever opens it."""
+        """Both sides have mapped it: let go of its descriptor, so nobody else ever gets it."""
         self.rx.unlink()
+        self.segment = -1
 
     def write(self, frame: bytes) -> bool:
         """Queue a frame for the client; True if it is all in the ring, False
@@ -128,8 +131,15 @@ class ServerRings:
 class ClientRings:
     """The client's side: producer of ring 0, consumer of ring 1."""
 
-    def __init__(self, name: str, doorbell: int, spin_us: float) -> None:
-        self.tx, self.rx, self.nonce = open_session_rings(name, spin_us)
+    def __init__(self, name: str, doorbell: int, segment: int, spin_us: float) -> None:
+        """From the two descriptors the offer brought (ours to close, both, whatever happens here)."""
+        try:
+            self.tx, self.rx, self.nonce = open_session_rings(segment, name, spin_us)
+        except BaseException:
+            os.close(doorbell)
+            raise
+        finally:
+            os.close(segment)  # mapped twice: the descriptor is not needed any more
         self.doorbell = doorbell  # ours to close
         self.capacity = self.tx.capacity
         self.tx.set_notify_fd(doorbell)

@@ -39,7 +39,8 @@ from ._errors import (
     Timeout,
     VersionRefused,
 )
-from ._watchdog import Watchdog
+from ._shm import MEMFD
+from ._protocol import parse_passed_fds
 from ._protocol import (
     NO_ARG,
     Arg,
@@ -57,7 +58,7 @@ from ._protocol import (
 from ._session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
-_MAX_FDS = 4  # descriptors accepted with one message (an offer brings one)
+_MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 _DONTWAIT = socket.MSG_DONTWAIT
 _CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
@@ -310,7 +311,10 @@ class ClientSession:
         self.transport = "shared memory" if rings is not None else "socket"
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
         self._max_frame = welcome.max_frame  # the server's limit on a frame's body
-        self._watchdog: Watchdog | None = None  # sees the server die for the rings that would not (publishers')
+        self._fd_lock = threading.Lock()  # reading the descriptors the server passes on the socket (_receive_fd)
+        self._fd_buf = bytearray()
+        self._fd_queue: list[int] = []  # received, their message not complete yet
+        self._passed: dict[str, int] = {}  # received and named, not taken yet
         if sharable:
             self._start_reader()
 
@@ -662,30 +666,81 @@ class ClientSession:
                 sub._session_ended()
             except Exception:  # noqa: BLE001 - the session ends whatever one of them does
                 pass
-        with self._lock:
-            dog, self._watchdog = self._watchdog, None
-        if dog is not None:
-            dog.close()
+        with self._fd_lock:
+            for fd in self._fd_queue + list(self._passed.values()):
+                os.close(fd)
+            self._fd_queue, self._passed = [], {}
+
+    def _passed_segment(self, name: str, attach: Callable[[int | None], Any]) -> Any:
+        """attach(fd) with the descriptor the server passed for the sealed segment `name` (closed after,
+        whatever happens), or attach(None) for a named one."""
+        if not name.startswith(MEMFD):
+            return attach(None)
+        fd = self._receive_fd(name)
+        try:
+            return attach(fd)
+        finally:
+            os.close(fd)
+
+    def _receive_fd(self, name: str, timeout: float = 10.0) -> int:
+        """The descriptor of the sealed segment `name` that the server passed on this shared-memory
+        session's socket, ahead of the message that named it (broker/_protocol.py, PASSED_FD); ours to
+        close. ServerGone if it does not come."""
+        with self._fd_lock:
+            deadline = time.monotonic() + timeout
+            while name not in self._passed:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._broken is not None or self._rings is None:
+                    raise ServerGone(f"the server at {self.address} did not pass the descriptor of {name}")
+                if not select.select([self._sock], [], [], left)[0]:
+                    continue
+                try:
+                    data, anc, _flags, _addr = self._sock.recvmsg(
+                        4096, socket.CMSG_SPACE(4 * _MAX_FDS), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    raise ServerGone(f"the server at {self.address} is gone: {e}") from None
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        got = array.array("i")
+                        got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+                        self._fd_queue.extend(got)
+                if not data:
+                    raise ServerGone(f"the server at {self.address} closed the session")
+                self._fd_buf += data
+                try:
+                    names = parse_passed_fds(self._fd_buf)
+                    for n in names:
+                        if not self._fd_queue:
+                            raise ProtocolError(f"the passed descriptor of {n} did not come with it")
+                        old = self._passed.pop(n, None)
+                        if old is not None:
+                            os.close(old)
+                        self._passed[n] = self._fd_queue.pop(0)
+                except ProtocolError as e:
+                    raise ServerGone(f"the server at {self.address}: {e}") from None
+            return self._passed.pop(name)
 
     def _watch_ring(self, ring: Any) -> None:
-        """A ring this process writes without a system call (a publisher's): interrupted when the server
-        goes (broker/_watchdog.py), so that its next send fails. ServerGone if it is gone already."""
-        with self._lock:
-            if self._broken is None and self._watchdog is None:
-                self._watchdog = Watchdog(self._sock.fileno(), self.address)
-            dog = self._watchdog
-        if dog is None or not dog.watch(ring):
+        """A ring this process writes without ever waiting for the server (a publisher's): its sends
+        fail (Closed) within a tenth of a second of the server's death, seen on a copy of this
+        session's socket (Ring.set_alive_fd)."""
+        if self._broken is not None:
             raise ServerGone(f"the server at {self.address} is gone")
-
-    def _unwatch_ring(self, ring: Any) -> None:
-        dog = self._watchdog
-        if dog is not None:
-            dog.unwatch(ring)
+        ring.set_alive_fd(os.dup(self._sock.fileno()))
 
     def _server_gone(self) -> bool:
-        """Did the watchdog see the server go?"""
-        dog = self._watchdog
-        return self._broken is not None or (dog is not None and dog.fired)
+        """Is the server gone: the session broke, or its socket hung up?"""
+        if self._broken is not None:
+            return True
+        p = select.poll()
+        try:
+            p.register(self._sock, select.POLLRDHUP)
+        except (OSError, ValueError):
+            return True
+        return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _fd, ev in p.poll(0))
 
     def __enter__(self) -> "ClientSession":
         return self
@@ -1137,9 +1192,12 @@ def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], sp
     offer = proto.offer
     assert offer is not None
     try:
-        if len(fds) != 1:
-            raise SegmentError(errno.EPROTO, f"the offer came with {len(fds)} descriptors, not one doorbell")
-        rings = ClientRings(offer.name, fds.pop(), spin_us)
+        if len(fds) != 2:
+            raise SegmentError(errno.EPROTO, f"the offer came with {len(fds)} descriptors, not a doorbell and a "
+                                             f"segment")
+        doorbell, segment = fds
+        fds.clear()  # ClientRings owns them now, whatever happens
+        rings = ClientRings(offer.name, doorbell, segment, spin_us)
         if rings.capacity != offer.capacity:
             rings.close()
             raise SegmentError(errno.EPROTO, f"the offer says rings of {offer.capacity} bytes, the segment has "

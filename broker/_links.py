@@ -317,13 +317,16 @@ class LinkBroker:
                 msg.complete(Status.NOT_SUPPORTED, why)
                 return
             name = _names.segment_name("link", self.server.server_id, conn.session_key)
-            if len(name) > msg.max_length(0):
-                raise LinkError(f"argument 0 is too small for the rings' name ({len(name)} bytes)")
             try:
-                segment = make_pair_segment(name, PAIR_CAPACITY)
-            except (OSError, ValueError, BrokerError) as e:  # a full /dev/shm, say: the calls go relayed
+                segment = make_pair_segment(name, PAIR_CAPACITY)  # a sealed memfd: its name says so
+            except (OSError, ValueError, BrokerError) as e:  # short of memory, say: the calls go relayed
                 msg.complete(Status.NO_MEMORY, f"no private rings for {link.name!r}: {e}")
                 return
+            name = segment.name
+            if len(name) > msg.max_length(0):
+                segment.close()
+                segment.unlink()
+                raise LinkError(f"argument 0 is too small for the rings' name ({len(name)} bytes)")
             cid = next(self._ids)
             offer.pairing[cid] = _Pair(name, segment, offer, link, msg)
             offer.queue.append((cid, msg, 0, name.encode(), TAKE_PAIR))
@@ -415,6 +418,9 @@ class LinkBroker:
             offer.take = None
             if caller is not None:  # (a notice is not answered)
                 offer.running[cid] = caller
+            pair = offer.pairing.get(cid) if what == TAKE_PAIR else None
+            if pair is not None and pair.segment is not None and pair.segment.fd >= 0:
+                offer.conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
             take.write(0, data)
             take.complete(len(data))
             return
@@ -471,6 +477,8 @@ class LinkBroker:
             pair.link.pairs.append(pair)
         msg.complete(1)
         caller.write(0, pair.name.encode())
+        if pair.segment is not None and pair.segment.fd >= 0:
+            caller._conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
         caller.complete(0)
 
     def _offer_closed(self, offer: _Offer) -> None:
@@ -563,8 +571,8 @@ class _ProvidedPair:
     """The provider's side of a private pair: it reads the calls of one caller from ring 0 and
     writes the replies into ring 1 (the caller's C call reads them; csrc/brk_py.c, call)."""
 
-    def __init__(self, name: str, spin_us: float, max_frame: int) -> None:
-        self.tx, self.rx = open_pair(name, spin_us, caller=False)
+    def __init__(self, name: str, spin_us: float, max_frame: int, fd: int | None = None) -> None:
+        self.tx, self.rx = open_pair(name, spin_us, caller=False, fd=fd)
         self.name = name
         self.max_frame, self.max_record = max_frame, self.tx.max_record
         self.since = time.monotonic()
@@ -709,7 +717,7 @@ class Offer(SubSession):
         cid = self._pair_cid
         try:
             spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
-            pair = _ProvidedPair(name, spin, self.session._max_frame)
+            pair = self.session._passed_segment(name, lambda fd: _ProvidedPair(name, spin, self.session._max_frame, fd))
         except (BrokerError, OSError, ValueError) as e:
             return None, (cid, int(Status.GENERAL), b"", f"the provider could not attach the rings: {e}".encode())
         return pair, (cid, 0, b"", b"")
@@ -1000,8 +1008,8 @@ class _CallerPair:
     """The caller's side of a private pair: its requests into ring 0, the replies from ring 1, each
     call one C call (as a session's on shared memory)."""
 
-    def __init__(self, name: str, spin_us: float, max_frame: int) -> None:
-        self.tx, self.rx = open_pair(name, spin_us, caller=True)
+    def __init__(self, name: str, spin_us: float, max_frame: int, fd: int | None = None) -> None:
+        self.tx, self.rx = open_pair(name, spin_us, caller=True, fd=fd)
         self.name = name
         self.call = session_call(self.tx, self.rx)
         self.reader = FrameReader(max_frame)
@@ -1049,7 +1057,8 @@ class Link(SubSession):
         try:
             fut.result(0)
             spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
-            pair = _CallerPair(buf.value.decode(), spin, self.session._max_frame)
+            name = buf.value.decode()
+            pair = self.session._passed_segment(name, lambda fd: _CallerPair(name, spin, self.session._max_frame, fd))
             h = pair.rx._h
             pid = int(h.hdr.producer_pid)
             if pid <= 0 or not _proc.alive(pid, int(h.hdr.producer_start)):  # its provider let go meanwhile

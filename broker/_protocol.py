@@ -28,8 +28,9 @@ Bodies:
     PANIC     reason (UTF-8)
     CANCEL    (empty; the request id says which)
     CLOSE     reason (UTF-8)
-    SHM_OFFER   ring capacity u32, segment name (UTF-8, the rest); right after a
-                WELCOME with WELCOME_SHM_OFFER; the doorbell eventfd rides along (SCM_RIGHTS)
+    SHM_OFFER   ring capacity u32, segment name (UTF-8, the rest: what it is, for messages); right
+                after a WELCOME with WELCOME_SHM_OFFER; the doorbell eventfd and the segment (a
+                sealed memfd) ride along, in that order (SCM_RIGHTS)
     SHM_ACCEPT  the 32-byte nonce the client read from the segment's header
     SHM_DECLINE reason (UTF-8); then both sides stay on the socket
 
@@ -96,7 +97,7 @@ class FrameType(enum.IntEnum):
     PANIC = 6
     CANCEL = 7
     CLOSE = 8
-    SHM_OFFER = 9  # server: the session's rings (a name; the doorbell eventfd travels with SCM_RIGHTS)
+    SHM_OFFER = 9  # server: the session's rings (the doorbell and the segment travel with SCM_RIGHTS)
     SHM_ACCEPT = 10  # client: mapped; the segment's nonce, echoed
     SHM_DECLINE = 11  # client: could not map it (the reason); the socket carries the session
 
@@ -260,6 +261,40 @@ def text_bytes(s: str) -> bytes:
 def _text(s: str) -> bytes:
     b = s.encode("utf-8", "replace")[:MAX_TEXT]
     return b.decode("utf-8", "ignore").encode("utf-8")  # never cut a character in two
+
+
+# A sealed segment's descriptor, passed on a shared-memory session's socket (which carries nothing else
+# once the rings carry the session): PASSED_FD, u16 name length, the name (UTF-8); the descriptor rides
+# with its first byte (SCM_RIGHTS). The reply or control message that names the segment comes after it.
+PASSED_FD = b"BRKD"
+_PASSED_LEN = struct.Struct("<H")
+MAX_PASSED_NAME = 255
+
+
+def passed_fd_message(name: str) -> bytes:
+    b = name.encode()
+    if not 0 < len(b) <= MAX_PASSED_NAME:
+        raise ValueError(f"a passed segment's name of {len(b)} bytes")
+    return PASSED_FD + _PASSED_LEN.pack(len(b)) + b
+
+
+def parse_passed_fds(buf: bytearray) -> list[str]:
+    """The names of the PASSED_FD messages complete at the head of buf (removed from it); ProtocolError
+    for anything else."""
+    names = []
+    head = len(PASSED_FD) + _PASSED_LEN.size
+    while len(buf) >= head:
+        if bytes(buf[: len(PASSED_FD)]) != PASSED_FD:
+            raise ProtocolError("the server sent something other than a passed descriptor on a shared-memory "
+                                "session's socket")
+        (n,) = _PASSED_LEN.unpack_from(buf, len(PASSED_FD))
+        if not 0 < n <= MAX_PASSED_NAME:
+            raise ProtocolError(f"a passed descriptor's name of {n} bytes")
+        if len(buf) < head + n:
+            break
+        names.append(_utf8(memoryview(bytes(buf[head : head + n])), "a passed descriptor's name"))
+        del buf[: head + n]
+    return names
 
 
 def _frame(ftype: FrameType, body: bytes, request_id: int = 0, flags: int = 0) -> bytes:

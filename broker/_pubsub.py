@@ -145,8 +145,8 @@ class Publisher(SubSession):
         return split_record(self._seq, meta, payload, self._ring.max_record)  # type: ignore[union-attr]
 
     def _ring_closed(self, e: Closed) -> NoReturn:
-        """A send on the ring failed as closed: the server is gone (the session's watchdog interrupted
-        it), or another thread closed this publisher."""
+        """A send on the ring failed as closed: the server is gone (its session's socket hung up:
+        Ring.set_alive_fd), or another thread closed this publisher."""
         if self.session._server_gone():
             raise ServerGone(f"the server of {self.topic!r} is gone: nothing published since") from None
         raise e
@@ -345,7 +345,6 @@ class Publisher(SubSession):
     def _session_ended(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
-            self.session._unwatch_ring(ring)
             ring.close()  # its subscribers read what is left, then its end
         self._loan = None
         super()._session_ended()
@@ -353,7 +352,6 @@ class Publisher(SubSession):
     def close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
-            self.session._unwatch_ring(ring)
             if self._loan is not None and self._loan[0] == "ring":
                 ring.abort()
             ring.close()  # its subscribers read what is left, then its end
@@ -496,7 +494,8 @@ class Subscriber(SubSession):
             self._topics[pub] = data.decode(errors="replace")  # publisher, kept: it is not sent again)
         elif what == RING_ADD:  # a publisher that came after this subscriber: its ring, read in place
             try:
-                ring = Broadcast.open(data.decode())
+                name = data.decode()
+                ring = self.session._passed_segment(name, lambda fd: Broadcast.open(name, fd=fd))
             except (BrokerError, OSError, ValueError, UnicodeDecodeError):  # gone already, no slot...: relayed
                 self._tell_direct(pub, 0)
                 return
@@ -794,7 +793,8 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
     ring = None
     if name.value:  # the server made this publisher a ring of its own
         try:
-            ring = Broadcast.attach_producer(name.value.decode())
+            ring_name = name.value.decode()
+            ring = session._passed_segment(ring_name, lambda fd: Broadcast.attach_producer(ring_name, fd=fd))
             # a relaying server's doorbell: its session's, a copy that lives and dies with the ring (the
             # session may end first, and its descriptor's number be reused)
             fd = os.dup(session._rings.doorbell)  # type: ignore[union-attr]
@@ -802,7 +802,6 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
             ring.set_notify_fd(fd)
             session._watch_ring(ring)  # its server's death interrupts it: the next publish says so
         except BaseException:
-            session._unwatch_ring(ring)
             if ring is not None:
                 ring.close()
             try:
@@ -829,7 +828,7 @@ def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024,
         if not isinstance(rings, dict):
             raise ValueError("not an object")
         for pub, name in rings.items():  # the rings of the publishers there now, read in place from here on
-            sub._rings[int(pub)] = Broadcast.open(str(name))
+            sub._rings[int(pub)] = session._passed_segment(str(name), lambda fd: Broadcast.open(str(name), fd=fd))
         sub._refast()
     except (ValueError, TypeError, BrokerError, OSError) as e:
         sub.close()

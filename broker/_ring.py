@@ -167,7 +167,7 @@ class _Resources:
         self.mapping.unlink()
 
 
-def _make_segment(specs: Sequence[tuple[int, int, int, int]], name: str) -> _shm.Mapping:
+def _make_segment(specs: Sequence[tuple[int, int, int, int]], name: str, sealed: bool = False) -> _shm.Mapping:
     n = len(specs)
     sp = ffi.new("brk_ring_spec[]", n)
     for i, (kind, flags, capacity, consumers) in enumerate(specs):
@@ -181,7 +181,7 @@ def _make_segment(specs: Sequence[tuple[int, int, int, int]], name: str) -> _shm
             f"bad ring layout {list(specs)}: capacity must be a power of two from "
             f"{lib.BRK_MIN_CAPACITY} to 2**40, consumers from 1 to {lib.BRK_MAX_CONSUMERS}"
         )
-    mapping = _shm.create(name, total[0])
+    mapping = _shm.create_sealed(name, total[0]) if sealed else _shm.create(name, total[0])
     try:
         base = _from_buffer(mapping.mm)
         pid, start = _proc.me()
@@ -210,6 +210,22 @@ def _open_segment(name: str, timeout: float) -> _shm.Mapping:
         time.sleep(0.001)
 
 
+def _open_passed(fd: int, name: str) -> _shm.Mapping:
+    """Map a sealed segment whose descriptor the server passed (the caller still owns `fd`); its creator
+    formatted it before passing it."""
+    mapping = _shm.open_fd(fd, name)
+    rc, _hdr = _seg_header(mapping)
+    if rc:
+        mapping.close()
+        raise _error(rc, f"opening {name}")
+    return mapping
+
+
+def _attach_segment(name: str, fd: int | None, timeout: float) -> _shm.Mapping:
+    """By the descriptor passed (a sealed segment), or else by its name."""
+    return _open_passed(fd, name) if fd is not None else _open_segment(_names.resolve(name), timeout)
+
+
 def _seg_header(mapping: _shm.Mapping) -> tuple[int, Any]:
     """brk_seg_check's outcome and the header it copied out (valid when the outcome is 0)."""
     hdr = ffi.new("struct brk_seg_hdr *")
@@ -227,11 +243,11 @@ def _nonce(mapping: _shm.Mapping) -> bytes:
     return bytes(ffi.buffer(hdr.nonce, lib.BRK_NONCE_BYTES))
 
 
-def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:
-    """The server's side of a session's segment: two rings, 0 carrying requests
-    (we consume) and 1 replies (we produce), and the segment's nonce. The
-    segment is ours: unlinked when the first of the two closes, or by unlink()."""
-    seg = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name)
+def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes, int]:
+    """The server's side of a session's segment, a sealed memfd (broker/_shm.py): two rings, 0 carrying
+    requests (we consume) and 1 replies (we produce), the segment's nonce, and its descriptor to pass
+    to the client (closed by the first ring's unlink() or close())."""
+    seg = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name, sealed=True)
     try:
         nonce = _nonce(seg)
         rx = Ring(seg, 0, lib.BRK_ROLE_CONSUMER, spin_us)
@@ -240,11 +256,11 @@ def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Rin
         seg.unlink()
         raise
     try:
-        tx = Ring(_shm.open_existing(name), 1, lib.BRK_ROLE_PRODUCER, spin_us)
+        tx = Ring(seg.remap(), 1, lib.BRK_ROLE_PRODUCER, spin_us)
     except BaseException:
         rx.close()
         raise
-    return rx, tx, nonce
+    return rx, tx, nonce, seg.fd
 
 
 def _one_cpu() -> bool:
@@ -315,9 +331,10 @@ def completer(tx: "Ring") -> Callable[..., Any]:
     return functools.partial(CODEC["put_complete"], tx._addr)
 
 
-def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:
-    """The client's side: (requests producer, replies consumer, the segment's nonce)."""
-    first = _open_segment(name, 1.0)
+def open_session_rings(fd: int, name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:
+    """The client's side, from the sealed segment's descriptor the server passed (the caller still
+    owns `fd`): (requests producer, replies consumer, the segment's nonce)."""
+    first = _open_passed(fd, name)
     try:
         nonce = _nonce(first)
         tx = Ring(first, 0, lib.BRK_ROLE_PRODUCER, spin_us)
@@ -325,7 +342,7 @@ def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring"
         first.close()
         raise
     try:
-        rx = Ring(_open_segment(name, 1.0), 1, lib.BRK_ROLE_CONSUMER, spin_us)
+        rx = Ring(_shm.open_fd(fd, name), 1, lib.BRK_ROLE_CONSUMER, spin_us)
     except BaseException:
         tx.close()
         raise
@@ -333,23 +350,24 @@ def open_session_rings(name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring"
 
 
 def make_pair_segment(name: str, capacity: int) -> _shm.Mapping:
-    """A linked service's private pair of rings (broker/_linkpair.py): ring 0 carries a caller's
-    requests to the provider, ring 1 the replies back. The caller of this (the server) keeps the
-    mapping only to unlink the name at the pair's end; it attaches to neither ring."""
-    return _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name)
+    """A linked service's private pair of rings (broker/_links.py), a sealed memfd: ring 0 carries a
+    caller's requests to the provider, ring 1 the replies back. The caller of this (the server) keeps
+    the mapping only to pass its descriptor (mapping.fd) to both and to let go of it at the pair's end;
+    it attaches to neither ring."""
+    return _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name, sealed=True)
 
 
-def open_pair(name: str, spin_us: float, caller: bool) -> tuple["Ring", "Ring"]:
-    """(tx, rx) on a pair made by make_pair_segment: the caller produces ring 0 and consumes
-    ring 1, the provider the other way round."""
-    first = _open_segment(name, 1.0)
+def open_pair(name: str, spin_us: float, caller: bool, fd: int | None = None) -> tuple["Ring", "Ring"]:
+    """(tx, rx) on a pair made by make_pair_segment (by the descriptor passed, else by name): the
+    caller produces ring 0 and consumes ring 1, the provider the other way round."""
+    first = _attach_segment(name, fd, 1.0)
     try:
         tx = Ring(first, 0 if caller else 1, lib.BRK_ROLE_PRODUCER, spin_us)
     except BaseException:
         first.close()
         raise
     try:
-        rx = Ring(_open_segment(name, 1.0), 1 if caller else 0, lib.BRK_ROLE_CONSUMER, spin_us)
+        rx = Ring(_attach_segment(name, fd, 1.0), 1 if caller else 0, lib.BRK_ROLE_CONSUMER, spin_us)
     except BaseException:
         tx.close()
         raise
@@ -517,7 +535,7 @@ class _Side:
 
     def interrupt(self) -> None:
         """(Any thread, while this side is open) A wait in progress ends, and every later wait and
-        send fails: Closed. For a watchdog that saw the other side's process go (broker/_watchdog.py)."""
+        send fails: Closed."""
         h = self._res.handle
         if h is not None:
             lib.brk_interrupt(h)
@@ -594,6 +612,13 @@ class _Side:
     def set_notify_fd(self, fd: int) -> None:
         """The eventfd the other side sleeps on (see fileno); we write it to wake it."""
         self._live().efd_notify = fd
+
+    def set_alive_fd(self, fd: int) -> None:
+        """(Producer) A descriptor that hangs up when the reader's process dies (a session's socket;
+        this side owns it now, and closes it with the ring): a tenth of a second after that, every
+        send fails (Closed), even one that found room (csrc/brk_ring.c, brk_alive)."""
+        self._res.fds.append(fd)
+        self._live().alive_fd1 = fd + 1
 
     def set_wait_fd(self, fd: int) -> None:
         """Sleep on this eventfd instead of the futex (the caller keeps ownership)."""
@@ -1083,21 +1108,25 @@ class Broadcast(_Side):
 
     @staticmethod
     def make_segment(name: str, capacity: int = DEFAULT_CAPACITY, *, max_consumers: int = 16,
-                     lossy: bool = False) -> _shm.Mapping:
+                     lossy: bool = False, sealed: bool = False) -> _shm.Mapping:
         """A new broadcast ring's segment that nobody is attached to yet (a server makes it for a
-        publisher, which attaches with attach_producer; the caller unlinks it)."""
+        publisher, which attaches with attach_producer; the caller unlinks it). sealed: a sealed memfd,
+        whose descriptor (mapping.fd) is passed to whoever attaches (broker/_shm.py)."""
         flags = lib.BRK_FLAG_LOSSY if lossy else 0
-        return _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], name)
+        return _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], name, sealed)
 
     @classmethod
-    def attach_producer(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0) -> "Broadcast":
-        """Be the producer of an existing broadcast ring that has none (see make_segment)."""
-        return cls(_open_segment(_names.resolve(name), timeout), 0, lib.BRK_ROLE_PRODUCER, spin_us)
+    def attach_producer(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0,
+                        fd: int | None = None) -> "Broadcast":
+        """Be the producer of an existing broadcast ring that has none (see make_segment): by the
+        descriptor passed (fd, still the caller's), else by name."""
+        return cls(_attach_segment(name, fd, timeout), 0, lib.BRK_ROLE_PRODUCER, spin_us)
 
     @classmethod
-    def open(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0) -> "Broadcast":
-        """Join an existing broadcast ring as a consumer, starting with the next record."""
-        mapping = _open_segment(_names.resolve(name), timeout)
+    def open(cls, name: str, *, spin_us: float = 50.0, timeout: float = 1.0, fd: int | None = None) -> "Broadcast":
+        """Join an existing broadcast ring as a consumer, starting with the next record (by the
+        descriptor passed, fd, still the caller's; else by name)."""
+        mapping = _attach_segment(name, fd, timeout)
         self = cls(mapping, 0, lib.BRK_ROLE_CONSUMER, spin_us)
         pid, start = _proc.me()
         rc = lib.brk_bcast_join(self._h, pid, start)

@@ -48,6 +48,7 @@ from ._protocol import (
     Status,
     Write,
     encode,
+    passed_fd_message,
 )
 from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
@@ -350,7 +351,7 @@ class _Conn:
             offer = self.proto.offer_shm(self.rings.capacity, self.rings.name)
             try:
                 sent = self.sock.sendmsg([offer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                    array.array("i", [self.rings.doorbell]))])
+                                                    array.array("i", [self.rings.doorbell, self.rings.segment]))])
             except OSError as e:  # the reason now: Python unbinds `e` when this block ends
                 self.server._call_soon(functools.partial(self.end, f"died: {e}"))
                 return
@@ -563,6 +564,25 @@ class _Conn:
                 self.out += memoryview(frame)[n:]
                 self.server._want_write(self)
                 self._account()
+
+    def pass_fd(self, name: str, fd: int) -> bool:
+        """A sealed segment's descriptor to this shared-memory session's client (SCM_RIGHTS), ahead of the
+        reply or control message that names it: its socket carries nothing else once the rings carry the
+        session (PASSED_FD). A client that does not take them (its socket full) is closed: False."""
+        if not self.on_rings or self.ended:
+            return False
+        data = passed_fd_message(name)
+        try:
+            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        except OSError as e:
+            sent, why = -1, str(e)
+        else:
+            why = "a short write"
+        if sent != len(data):
+            self.server._call_soon(functools.partial(
+                self._close_with, f"protocol error: its socket does not take the descriptors passed to it ({why})"))
+            return False
+        return True
 
     def _flush(self) -> None:
         with self.lock:

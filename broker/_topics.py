@@ -445,6 +445,9 @@ class TopicBroker:
             try:
                 if pub.ring_name is not None:
                     msg.write(2, pub.ring_name.encode())
+                    if pub.segment is not None and pub.segment.fd >= 0 and not conn.pass_fd(pub.ring_name,
+                                                                                              pub.segment.fd):
+                        raise TopicError("the client's socket did not take its ring's descriptor")
                 handle = conn.session.open_subsession(pub)
             except BaseException as e:
                 self._drop_ring(pub)
@@ -465,6 +468,7 @@ class TopicBroker:
                             and pub.readers < RING_CONSUMERS - 1):
                         pub.readers += 1
                         sub.handover.add(pub.id)
+                        self._pass_ring(sub.conn, pub)
                         self._control(sub, _Item(pub.id, 0, RING_ADD, pub.ring_name.encode()))
         msg.complete(handle)
 
@@ -491,9 +495,19 @@ class TopicBroker:
         msg.complete(0)
 
     def _make_ring(self, pub: Publisher, conn: Any, capacity: int) -> None:
+        """A sealed memfd (broker/_shm.py: nobody can truncate it under a reader); its descriptor goes to
+        the publisher and each direct subscriber on their sockets (_Conn.pass_fd), the server keeps it
+        until the publisher closes."""
         name = _names.segment_name("topic", self.server.server_id, conn.session_key)
-        pub.segment = Broadcast.make_segment(name, capacity, max_consumers=RING_CONSUMERS)
-        pub.ring_name = name
+        pub.segment = Broadcast.make_segment(name, capacity, max_consumers=RING_CONSUMERS, sealed=True)
+        pub.ring_name = pub.segment.name
+
+    @staticmethod
+    def _pass_ring(conn: Any, pub: Publisher) -> None:
+        """The publisher ring's descriptor to a direct subscriber's client, ahead of the name (a subscriber
+        that does not get it cannot join, and says so: TOPIC_DIRECT 0, relayed)."""
+        if pub.segment is not None and pub.segment.fd >= 0 and pub.ring_name is not None:
+            conn.pass_fd(pub.ring_name, pub.segment.fd)
 
     def _drop_ring(self, pub: Publisher) -> None:
         """The ring's end at the server: no more relaying from it, and its name unlinked (the
@@ -547,6 +561,7 @@ class TopicBroker:
                 sub.rings = set(rings)
                 for pid in sub.rings:
                     topic.publishers[pid].readers += 1
+                    self._pass_ring(conn, topic.publishers[pid])
             handle = conn.session.open_subsession(sub)
             topic.subscribers[sub.id] = sub
             self._update_relay(topic)
@@ -845,7 +860,9 @@ class TopicBroker:
                                                 for s in topic.subscribers.values())
             if need and pub.relay is None:
                 try:
-                    pub.relay = Broadcast.open(pub.ring_name, spin_us=0)  # from its next record on
+                    seg = pub.segment
+                    pub.relay = Broadcast.open(pub.ring_name, spin_us=0,  # from its next record on
+                                               fd=seg.fd if seg is not None and seg.fd >= 0 else None)
                 except (BrokerError, OSError) as e:
                     log.warning("topic %s: cannot relay publisher %d's ring: %s", topic.name, pub.id, e)
                     continue

@@ -637,15 +637,45 @@ static int brk_lossy_room(brk_ring *r, uint64_t pos, uint64_t end)
     return 0;
 }
 
+/* How often a producer with an alive descriptor looks at it (brk_alive). */
+#define BRK_ALIVE_NS 100000000ull
+
+/* A producer whose reader never waits for it (a server relaying a publisher's ring) would not
+ * notice that reader die: every BRK_ALIVE_NS its sends poll() a descriptor that hangs up when it
+ * does (the session's socket), and from then on fail (BRK_INTERRUPTED, as after brk_interrupt).
+ * A coarse clock read per send (vDSO, a few ns); a poll() ten times a second at most. */
+static int brk_alive(brk_ring *r)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (now < r->alive_next)
+        return 0;
+    r->alive_next = now + BRK_ALIVE_NS;
+    struct pollfd p = { r->alive_fd1 - 1, POLLRDHUP, 0 };
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) {
+        /* relaxed: our own thread reads it next (brk_room); another thread's wait sees it at its
+         * next look (the flag is sticky) */
+        atomic_store_explicit(&r->interrupt, 1, memory_order_relaxed);
+        return BRK_INTERRUPTED;
+    }
+    return 0;
+}
+
 /* Find room for a payload of len bytes at pos (the tail, or further on in a
  * batch that has not been published yet); sets claim_pos/claim_pad. */
 static inline int brk_room(brk_ring *r, uint64_t pos, uint64_t len)
 {
     /* relaxed: a sticky flag that another thread of ours sets (brk_interrupt's seq_cst store) when
-     * the ring closes or its reader is gone (a watchdog saw its server die): every send after fails
-     * with BRK_INTERRUPTED. No data is ordered by it; it is seen at the latest a few sends later. */
+     * the ring closes, or brk_alive when the reader's process is gone: every send after fails with
+     * BRK_INTERRUPTED. No data is ordered by it; it is seen at the latest a few sends later. */
     if (atomic_load_explicit(&r->interrupt, memory_order_relaxed))
         return BRK_INTERRUPTED;
+    if (r->alive_fd1 > 0) {
+        int rc = brk_alive(r);
+        if (rc)
+            return rc;
+    }
     if (len > r->max_record)
         return BRK_TOOBIG;
     uint64_t size = brk_rec_size(len);

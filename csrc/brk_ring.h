@@ -205,6 +205,10 @@ typedef struct brk_ring {
     /* waiting */
     uint64_t spin_ns;               /* how long to spin before sleeping */
     _Atomic uint32_t interrupt;     /* set by brk_interrupt (another thread): waits and sends return BRK_INTERRUPTED */
+    int32_t  alive_fd1;             /* producer: 1 + a descriptor that hangs up when the reader's process dies
+                                     * (a session's socket), looked at every BRK_ALIVE_NS by sends; 0: none */
+    uint32_t _r2;
+    uint64_t alive_next;            /* CLOCK_MONOTONIC_COARSE ns of its next look */
     uint32_t busy;                  /* calls in progress without the GIL (kept by the Python layer) */
     /* statistics, process-local */
     uint64_t records;

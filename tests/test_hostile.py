@@ -212,3 +212,149 @@ def test_no_deferred_callback_captures_an_exception_variable():
                     if any(isinstance(n, ast.Name) and n.id == handler.name for n in ast.walk(fn)):
                         found.append(f"{path.name}:{fn.lineno}")
     assert not found, f"closures over an except block's exception variable: {found}"
+
+
+# ---- truncating shared memory (issue 13, item 2) ---------------------------------------------------
+
+
+def _session_spans(pid: int | str) -> list[str]:
+    """The address ranges at which a process maps session segments (its /proc/PID/map_files names)."""
+    from broker import _names
+
+    with open(f"/proc/{pid}/maps") as f:
+        return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and ".session." in line]
+
+
+def test_no_client_can_truncate_its_session_segment(tmp_path):
+    """The SIGBUS attack: a same-user client ftruncate()s its session's segment, through the
+    descriptor the offer brought, through its own /proc/self/map_files/ or the server's. Every route
+    is refused (EPERM: the memfd is sealed against shrinking), and the server, in its own process, goes
+    on serving the attacker and everyone else. Before the seals, the server died of SIGBUS."""
+    import fcntl
+    import sys
+
+    from .bounds_server import ECHO as SERVED_ECHO
+    from .helpers import Child
+    from .served import serve
+
+    with serve(str(tmp_path), tcp=False) as srv:
+        def attacker() -> None:
+            # 1. the descriptor as it arrives with the offer (a raw client)
+            s = _raw(srv.unix)
+            s.sendall(encode(Hello((1, 0, 0), 4)))
+            fds: list[int] = []
+            got = b""
+            while len(fds) < 2 and len(got) < 1 << 16:
+                msg, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(16))
+                assert msg, "no SHM_OFFER"
+                got += msg
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds += array.array("i", payload[: len(payload) - len(payload) % 4])
+            assert len(fds) == 2, fds
+            assert fcntl.fcntl(fds[1], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+            for size in (0, 4096):
+                try:
+                    os.ftruncate(fds[1], size)
+                except PermissionError:
+                    pass
+                else:
+                    raise AssertionError(f"ftruncate({size}) of the offered segment went through")
+            for fd in fds:
+                os.close(fd)
+            s.close()
+            # 2. a session that took the offer: its mappings, reopened through map_files, ours and the server's
+            with connect(srv.unix, timeout=30) as c:
+                assert c.transport == "shared memory"
+                assert c.send_receive(SERVED_ECHO, b"before") == 6
+                tried = 0
+                for pid in ("self", srv.pid):
+                    for span in _session_spans(pid):
+                        fd = os.open(f"/proc/{pid}/map_files/{span}", os.O_RDWR)
+                        try:
+                            os.ftruncate(fd, 0)
+                        except PermissionError:
+                            tried += 1
+                        else:
+                            raise AssertionError(f"ftruncate through /proc/{pid}/map_files/{span} went through")
+                        finally:
+                            os.close(fd)
+                assert tried >= 4, tried  # two mappings on each side
+                assert c.send_receive(SERVED_ECHO, b"after!!") == 7
+            sys.stdout.flush()
+
+        assert Child(attacker).join(60) == 0
+        assert srv.proc.poll() is None, "the server died"
+        with connect(srv.unix, timeout=30) as c:
+            assert c.send_receive(SERVED_ECHO, b"alive") == 5
+
+
+def _sealed_spans(pid: int | str, kind: str) -> list[str]:
+    from broker import _names
+
+    with open(f"/proc/{pid}/maps") as f:
+        return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and f".{kind}." in line]
+
+
+def _truncate_all(pid: int | str, kind: str) -> int:
+    """ftruncate every `kind` segment `pid` maps, through /proc/PID/map_files/; how many were refused
+    (EPERM). AssertionError if one went through."""
+    refused = 0
+    for span in _sealed_spans(pid, kind):
+        fd = os.open(f"/proc/{pid}/map_files/{span}", os.O_RDWR)
+        try:
+            os.ftruncate(fd, 0)
+        except PermissionError:
+            refused += 1
+        else:
+            raise AssertionError(f"ftruncate of /proc/{pid}/map_files/{span} ({kind}) went through")
+        finally:
+            os.close(fd)
+    return refused
+
+
+def test_no_peer_can_truncate_a_publisher_ring_or_a_link_pair(tmp_path):
+    """The same attack on the other segments the broker makes: a publisher's ring (mapped by the
+    publisher, a direct subscriber and the server's relay) and a linked service's private pair
+    (mapped by provider and caller). All sealed: every truncation is refused, everyone goes on."""
+    import sys
+
+    from .helpers import Child
+    from .served import serve
+
+    with serve(str(tmp_path), tcp=False) as srv:
+        ready_r, ready_w = os.pipe()
+
+        def provider() -> None:
+            with connect(srv.unix, timeout=30) as s, s.offer("upper", lambda call: 7) as offer:
+                os.write(ready_w, b"p")
+                offer.serve_forever()
+
+        prov = Child(provider)
+        try:
+            assert os.read(ready_r, 1) == b"p"
+
+            def attacker() -> None:
+                with connect(srv.unix, timeout=30) as c, connect(srv.unix, timeout=30) as d:
+                    pub = c.publisher("t")
+                    relayed = d.subscriber("t", policy="drop")  # the server relays it: it maps the ring too
+                    direct = c.subscriber("t")
+                    pub.publish(b"one")
+                    assert direct.receive(timeout=30) == b"one" and relayed.receive(timeout=30) == b"one"
+                    with c.link("upper") as link:
+                        for _ in range(20):  # the private pair comes after the first calls
+                            assert link.send_receive(1) == 7
+                        refused = {k: _truncate_all("self", k) + _truncate_all(srv.pid, k) + _truncate_all(prov.pid, k)
+                                   for k in ("topic", "link")}
+                        assert refused["topic"] >= 2 and refused["link"] >= 2, refused
+                        assert link.send_receive(1) == 7
+                    pub.publish(b"two")
+                    assert direct.receive(timeout=30) == b"two" and relayed.receive(timeout=30) == b"two"
+                sys.stdout.flush()
+
+            assert Child(attacker).join(90) == 0
+            assert srv.proc.poll() is None, "the server died"
+        finally:
+            prov.kill()
+            os.close(ready_r)
+            os.close(ready_w)

@@ -44,11 +44,16 @@ class _Never:
         return False
 
 
+def _is_session_map(line: str) -> bool:
+    """A line of /proc/PID/maps that maps a session's segment (a sealed memfd: /memfd:NAME (deleted))."""
+    return f"/memfd:{_names.PREFIX}." in line and ".session." in line
+
+
 def _session_maps(pid: int | str = "self") -> list[str]:
     """The session segments a process maps (/proc/PID/maps)."""
     with open(f"/proc/{pid}/maps") as f:
         return [line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
-                for line in f if f"/dev/shm/{_names.PREFIX}." in line and ".session." in line]
+                for line in f if _is_session_map(line)]
 
 
 def _run(fn) -> None:
@@ -215,7 +220,7 @@ def test_a_client_that_scribbles_on_its_ring_ends_only_its_own_session(tmp_path)
         _run(scribbler)
         _run(lambda: _echo_ok(path))
     [ended] = [e for e in events if e.kind == "disconnected" and "corrupt" in e.reason]
-    assert ended.reason.startswith(f"protocol error: recv_many on /{_names.PREFIX}.")
+    assert ended.reason.startswith(f"protocol error: recv_many on memfd:{_names.PREFIX}.")
 
 
 def _carrier_in_child(path: str, prepare, want: str) -> None:
@@ -315,9 +320,14 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
             for _level, _kind, payload in anc:
                 fds += list(memoryview(payload).cast("i"))
             proto.receive(data)
+        import fcntl
+
+        assert len(fds) == 2 and fcntl.fcntl(fds[1], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK  # a sealed memfd
+        seg = os.readlink(f"/proc/self/fd/{fds[1]}")
+        assert seg.startswith("/memfd:") and proto.offer.name.startswith("memfd:")
+        assert not [e for e in os.listdir("/dev/shm") if _names.is_ours(e) and ".session." in e]  # no name
         for fd in fds:
             os.close(fd)
-        assert os.path.exists("/dev/shm" + proto.offer.name)  # named until answered
         rest = b""
         while True:  # silence: the server closes the session with the reason, then the connection
             chunk = sock.recv(4096)
@@ -326,7 +336,9 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
             rest += chunk
         sock.close()
         assert b"no answer to SHM_OFFER" in rest
-        assert not os.path.exists("/dev/shm" + proto.offer.name)
+        held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")]
+        assert seg not in held, "the server still holds the segment of an offer that expired"
     [ev] = [e for e in events if e.kind == "disconnected"]
     assert "no answer to SHM_OFFER within 0.2 s" in ev.reason
 
@@ -334,7 +346,7 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
 def _segment_size(pid: int | str = "self") -> int:
     """Bytes of the one session segment a process maps (from /proc/PID/maps)."""
     with open(f"/proc/{pid}/maps") as f:
-        spans = [line.split()[0] for line in f if f"/dev/shm/{_names.PREFIX}." in line and ".session." in line]
+        spans = [line.split()[0] for line in f if _is_session_map(line)]
     sizes = {int(b, 16) - int(a, 16) for a, b in (s.split("-") for s in spans)}
     assert len(sizes) == 1, spans
     return sizes.pop()
