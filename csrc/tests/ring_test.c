@@ -38,6 +38,7 @@
 #include <sys/wait.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
 #include <linux/futex.h>
 
 #include "brk_ring.h"
@@ -1475,6 +1476,42 @@ out:
     return err;
 }
 
+/* A producer given an alive descriptor (a session's socket, in the broker) keeps sending while it
+ * is open and, once its other end hangs up, fails every send with BRK_INTERRUPTED within
+ * BRK_ALIVE_NS (100 ms): a send, a claim, a batch alike, however much room there is. */
+static const char *t_alive(int k)
+{
+    const char *err = NULL;
+    rig_t g;
+    if ((err = rig_open(&g, k, 4096, 1, 2)))
+        return err;
+    int sv[2];
+    REQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair: %s", strerror(errno));
+    brk_ring *p = &g.p;
+    unsigned char rec[8] = {0}, sink[64];
+    p->alive_fd1 = sv[0] + 1;
+    for (int i = 0; i < 100; i++) { /* alive: every send goes (the consumer keeps room) */
+        REQ_RC(brk_send(p, rec, sizeof rec), 0);
+        REQ_RC(brk_recv(&g.c[0], sink, sizeof sink), 0);
+    }
+    close(sv[1]); /* the reader's process "dies" */
+    int rc = 0;
+    double t0 = now_s();
+    while (rc == 0 && now_s() - t0 < 5) {
+        rc = brk_send(p, rec, sizeof rec);
+        if (rc == 0)
+            REQ_RC(brk_recv(&g.c[0], sink, sizeof sink), 0);
+    }
+    REQ(rc == BRK_INTERRUPTED, "a send after the hang-up: %s, not INTERRUPTED", rc_name(rc));
+    REQ_RC(brk_claim(p, 8), BRK_INTERRUPTED); /* and from then on, every way of sending */
+    REQ_RC(brk_send(p, rec, sizeof rec), BRK_INTERRUPTED);
+    INFO("the hang-up seen after %.0f ms", (now_s() - t0) * 1000);
+    p->alive_fd1 = 0;
+    close(sv[0]);
+    rig_close(&g);
+    return NULL;
+}
+
 static void mode_unit(void)
 {
     char name[96];
@@ -1497,6 +1534,7 @@ static void mode_unit(void)
             U("full -> FULL, then room after the consumer reads", t_full(k));
         if (k != K_SPSC)
             U("evict -> EVICTED, leave and rejoin", t_evict(k));
+        U("alive fd: sends go while it is open, INTERRUPTED after its hang-up", t_alive(k));
 #undef U
     }
     RUN("unit lossy: producer never full", t_lossy_never_full());
