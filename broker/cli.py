@@ -29,7 +29,8 @@ def _where(bound: Any) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None) -> int:
+def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None,
+          limits: dict[str, Any] | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
     from ._errors import BrokerError
     from ._server import Server
@@ -57,7 +58,7 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
     keep_large_buffers()  # this process is the broker: large messages reuse their pages (see _malloc.py)
     try:
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
-                     shm_policy=shm_policy, metrics=metrics)
+                     shm_policy=shm_policy, metrics=metrics, **(limits or {}))
     except (ValueError, PermissionError) as e:
         _say("broker serve", str(e))
         return 2
@@ -556,6 +557,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="the session rule: when shared memory is allowed (default: $BROKER_SHM_POLICY, else strict)")
     srv.add_argument("--metrics", metavar="PORT", type=_bounded(int, 0, 65535), default=None,
                      help="serve the counters in the Prometheus text format at http://127.0.0.1:PORT/metrics")
+    # what one client may hold of the server (docs/ROBUSTNESS.md)
+    srv.add_argument("--max-queued", metavar="BYTES", type=_bounded(int, 1), default=None,
+                     help="a connection's replies waiting to go out before it is no longer read (default 8 MiB)")
+    srv.add_argument("--max-queued-per-user", metavar="BYTES", type=_bounded(int, 1), default=None,
+                     help="the same for all of one user's (or one TCP host's) connections (default 64 MiB)")
+    srv.add_argument("--stall-timeout", metavar="S", type=_bounded(float, 0.001), default=None,
+                     help="seconds a connection may stay at its bound before it is disconnected (default 30)")
+    srv.add_argument("--handshake-timeout", metavar="S", type=_bounded(float, 0.001), default=None,
+                     help="seconds a new connection has to send its HELLO (default 10)")
     sub.add_parser("demo", help="a broker, clients in other processes over Unix and TCP, the session rule, the round trip")
     st = sub.add_parser("stat", help="the live sessions of a server: peers, transport and why, traffic")
     st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
@@ -614,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     pubsub.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.address, args.tcp, args.shm_policy, args.metrics)
+        limits = {k: v for k in ("max_queued", "max_queued_per_user", "stall_timeout", "handshake_timeout")
+                  if (v := getattr(args, k)) is not None}
+        return serve(args.address, args.tcp, args.shm_policy, args.metrics, limits)
     if args.command == "demo":
         return demo()
     if args.command == "stat":

@@ -5,6 +5,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -338,3 +339,26 @@ def test_stat_gives_the_rates_between_two_looks(tmp_path):
         assert line.split()[2] == "-"
         sub.close()
         pub.close()
+
+
+def test_serve_takes_the_bounds_of_what_a_client_may_hold(tmp_path):
+    address = str(tmp_path / "b.sock")
+    srv = Serving("--address", address, "--max-queued", "1048576", "--max-queued-per-user", "4194304",
+                  "--stall-timeout", "7.5", "--handshake-timeout", "2")
+    try:
+        with broker.connect(address) as s:
+            bounds = s.server_stats()["bounds"]
+        assert (bounds["max_queued"], bounds["max_queued_per_user"], bounds["stall_timeout"],
+                bounds["handshake_timeout"]) == (1 << 20, 4 << 20, 7.5, 2.0), bounds
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.settimeout(30)
+        silent.connect(address)
+        try:
+            assert silent.recv(16) == b""  # no HELLO within 2 s: closed
+        finally:
+            silent.close()
+    finally:
+        code, err = srv.stop(signal.SIGTERM)
+    assert code == 0, err
+    p = run("serve", "--address", address, "--max-queued", "0")
+    assert p.returncode == 2 and "--max-queued: 0 is below 1" in p.stderr, p.stderr
