@@ -3,10 +3,11 @@
     python -m tests.bounds_server CONFIG_JSON
 
 CONFIG_JSON: {"address": path, "tcp": "tcp://127.0.0.1:0" or null, "nofile": descriptor limit or null,
-"server": keyword arguments of broker.Server}. It prints one JSON line per session event
-({"event": kind, "reason": ..., "uid": ...}), after a first line {"ready": [bound addresses]}, and
-serves until SIGTERM. Its services: BIG (1) writes arg 1 bytes into the writable arg 0; ECHO (2)
-returns the length of arg 0.
+"services": true for the built-in echo and key-value services instead, "server": keyword arguments
+of broker.Server}. It prints one JSON line per session event ({"event": kind, "reason": ..., "uid":
+..., "pid": the client's, "t": time.monotonic() when the server saw it}), after a first line
+{"ready": [bound addresses]}, and serves until SIGTERM. Its services: BIG (1) writes arg 1 bytes
+into the writable arg 0; ECHO (2) returns the length of arg 0.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 
 import broker
 
@@ -47,9 +49,11 @@ def main() -> None:
             sys.stdout.flush()
 
     def on_event(ev: broker.SessionEvent) -> None:
-        emit({"event": ev.kind, "reason": ev.reason, "uid": ev.peer.uid, "transport": ev.peer.transport})
+        emit({"event": ev.kind, "reason": ev.reason, "uid": ev.peer.uid, "transport": ev.peer.transport,
+              "pid": ev.peer.pid, "t": time.monotonic()})
 
-    srv = broker.Server(cfg["address"], Services, tcp=cfg.get("tcp"), on_event=on_event, **cfg.get("server", {}))
+    session = broker.ServicesSession.factory(broker.KeyValueStore()) if cfg.get("services") else Services
+    srv = broker.Server(cfg["address"], session, tcp=cfg.get("tcp"), on_event=on_event, **cfg.get("server", {}))
     signal.signal(signal.SIGTERM, lambda *_: srv.stop())
     srv.serve_forever(ready=lambda s: emit({"ready": [b if isinstance(b, str) else list(b) for b in s.bound],
                                             "pid": os.getpid()}))

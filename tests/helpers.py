@@ -55,7 +55,8 @@ class Child:
                 raise AssertionError(f"child {self.pid} did not finish within {timeout} s")
             time.sleep(0.005)
 
-    def kill(self) -> None:
+    def kill(self) -> int:
+        """SIGKILL it (if it still runs) and reap it: its exit code (-9 if the kill ended it)."""
         if self.status is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -63,6 +64,7 @@ class Child:
                 pass
             _, st = os.waitpid(self.pid, 0)
             self.status = os.waitstatus_to_exitcode(st)
+        return self.status
 
     def __enter__(self) -> "Child":
         return self

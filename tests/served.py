@@ -79,9 +79,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(where: str, tcp: bool = True, nofile: int | None = None, **server: Any) -> Iterator[Served]:
+def serve(where: str, tcp: bool = True, nofile: int | None = None, services: bool = False,
+          **server: Any) -> Iterator[Served]:
     cfg = {"address": os.path.join(where, "bounds.sock"), "tcp": "tcp://127.0.0.1:0" if tcp else None,
-           "nofile": nofile, "server": server}
+           "nofile": nofile, "services": services, "server": server}
     proc = subprocess.Popen([sys.executable, "-m", "tests.bounds_server", json.dumps(cfg)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
