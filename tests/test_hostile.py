@@ -217,12 +217,28 @@ def test_no_deferred_callback_captures_an_exception_variable():
 # ---- truncating shared memory (issue 13, item 2) ---------------------------------------------------
 
 
-def _session_spans(pid: int | str) -> list[str]:
-    """The address ranges at which a process maps session segments (its /proc/PID/map_files names)."""
+def _sealed_spans(pid: int | str, kind: str) -> list[str]:
     from broker import _names
 
     with open(f"/proc/{pid}/maps") as f:
-        return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and ".session." in line]
+        return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and f".{kind}." in line]
+
+
+def _truncate_all(pid: int | str, kind: str) -> int:
+    """ftruncate every `kind` segment `pid` maps, through /proc/PID/map_files/; how many were refused
+    (EPERM). AssertionError if one went through."""
+    refused = 0
+    for span in _sealed_spans(pid, kind):
+        fd = os.open(f"/proc/{pid}/map_files/{span}", os.O_RDWR)
+        try:
+            os.ftruncate(fd, 0)
+        except PermissionError:
+            refused += 1
+        else:
+            raise AssertionError(f"ftruncate of /proc/{pid}/map_files/{span} ({kind}) went through")
+        finally:
+            os.close(fd)
+    return refused
 
 
 def test_no_client_can_truncate_its_session_segment(tmp_path):
@@ -267,19 +283,8 @@ def test_no_client_can_truncate_its_session_segment(tmp_path):
             with connect(srv.unix, timeout=30) as c:
                 assert c.transport == "shared memory"
                 assert c.send_receive(SERVED_ECHO, b"before") == 6
-                tried = 0
-                for pid in ("self", srv.pid):
-                    for span in _session_spans(pid):
-                        fd = os.open(f"/proc/{pid}/map_files/{span}", os.O_RDWR)
-                        try:
-                            os.ftruncate(fd, 0)
-                        except PermissionError:
-                            tried += 1
-                        else:
-                            raise AssertionError(f"ftruncate through /proc/{pid}/map_files/{span} went through")
-                        finally:
-                            os.close(fd)
-                assert tried >= 4, tried  # two mappings on each side
+                refused = _truncate_all("self", "session") + _truncate_all(srv.pid, "session")
+                assert refused >= 4, refused  # two mappings on each side
                 assert c.send_receive(SERVED_ECHO, b"after!!") == 7
             sys.stdout.flush()
 
@@ -287,30 +292,6 @@ def test_no_client_can_truncate_its_session_segment(tmp_path):
         assert srv.proc.poll() is None, "the server died"
         with connect(srv.unix, timeout=30) as c:
             assert c.send_receive(SERVED_ECHO, b"alive") == 5
-
-
-def _sealed_spans(pid: int | str, kind: str) -> list[str]:
-    from broker import _names
-
-    with open(f"/proc/{pid}/maps") as f:
-        return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and f".{kind}." in line]
-
-
-def _truncate_all(pid: int | str, kind: str) -> int:
-    """ftruncate every `kind` segment `pid` maps, through /proc/PID/map_files/; how many were refused
-    (EPERM). AssertionError if one went through."""
-    refused = 0
-    for span in _sealed_spans(pid, kind):
-        fd = os.open(f"/proc/{pid}/map_files/{span}", os.O_RDWR)
-        try:
-            os.ftruncate(fd, 0)
-        except PermissionError:
-            refused += 1
-        else:
-            raise AssertionError(f"ftruncate of /proc/{pid}/map_files/{span} ({kind}) went through")
-        finally:
-            os.close(fd)
-    return refused
 
 
 def test_no_peer_can_truncate_a_publisher_ring_or_a_link_pair(tmp_path):
