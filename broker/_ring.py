@@ -533,13 +533,6 @@ class _Side:
         self._view = self._claim = None
         self._finalizer()
 
-    def interrupt(self) -> None:
-        """(Any thread, while this side is open) A wait in progress ends, and every later wait and
-        send fails: Closed."""
-        h = self._res.handle
-        if h is not None:
-            lib.brk_interrupt(h)
-
     def unlink(self) -> None:
         """Remove the segment's name now (its creator only; the mappings stay valid)."""
         if self._res.handle is not None:

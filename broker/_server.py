@@ -1202,14 +1202,18 @@ class Server:
         delay = self._backoff = min(max(self._backoff * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
         log.warning("accept failed: %s; not accepting new connections for %.2f s", e.strerror, delay)
         for s in self._listeners:
-            try:
-                if self._aloop is not None:
-                    self._aloop.remove_reader(s)
-                elif self._sel is not None:
-                    self._sel.unregister(s)
-            except (KeyError, ValueError, OSError):
-                pass
+            self._unwatch(s)
         self.call_later(delay, self._listen_again)
+
+    def _unwatch(self, fd: Any) -> None:
+        """Stop watching a descriptor (or socket) for input, whichever loop serves, if it is watched."""
+        try:
+            if self._aloop is not None:
+                self._aloop.remove_reader(fd)
+            elif self._sel is not None:
+                self._sel.unregister(fd)
+        except (KeyError, ValueError, OSError):
+            pass
 
     def _listen_again(self) -> None:
         self._open_reserve()
@@ -1265,13 +1269,7 @@ class Server:
             if conn.on_rings and rings is not None:
                 self._ring_conns.discard(conn)
                 self._rings_polled = tuple(e for e in self._rings_polled if e[0] is not conn)
-                try:
-                    if self._aloop is not None:
-                        self._aloop.remove_reader(rings.doorbell)
-                    elif self._sel is not None:
-                        self._sel.unregister(rings.doorbell)
-                except (KeyError, ValueError, OSError):
-                    pass
+                self._unwatch(rings.doorbell)
             elif self._aloop is not None:
                 self._aloop.remove_reader(conn.sock)
             else:
@@ -1423,14 +1421,7 @@ class Server:
         self._rings_polled = tuple(e for e in self._rings_polled if e[0] is not conn)
         self._offers.pop(conn, None)
         if conn.on_rings and conn.rings is not None:
-            fd = conn.rings.doorbell
-            try:
-                if self._aloop is not None:
-                    self._aloop.remove_reader(fd)
-                elif self._sel is not None:
-                    self._sel.unregister(fd)
-            except (KeyError, ValueError, OSError):
-                pass
+            self._unwatch(conn.rings.doorbell)
         if self._aloop is not None:
             try:
                 self._aloop.remove_reader(conn.sock)
