@@ -25,6 +25,8 @@ from ._errors import (
     Timeout,
     TooBig,
 )
+from ._access import Access, Grant, GrantError, load_grants, parse_grant
+from ._keys import Key, KeyFileError, load_keys, new_key
 from ._identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 from ._malloc import keep_large_buffers
 from ._protocol import ArgKind, ProtocolError, Status
@@ -51,6 +53,15 @@ from ._session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message,
 from ._version import __version__
 
 __all__ = [
+    "Access",
+    "Grant",
+    "GrantError",
+    "Key",
+    "KeyFileError",
+    "load_grants",
+    "load_keys",
+    "new_key",
+    "parse_grant",
     "keep_large_buffers",
     "ALWAYS_PASS",
     "ArgKind",

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import secrets
 import select
 import socket
 import struct
@@ -17,7 +18,7 @@ from concurrent.futures import _base as _futures_base  # its state names: _Reply
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
-from . import _address
+from . import _address, _keys
 from ._carrier import MANY_ODD as _MANY_ODD
 from ._carrier import MANY_UNUSUAL as _MANY_UNUSUAL
 from ._carrier import TIMEOUT as _RING_TIMEOUT
@@ -45,6 +46,7 @@ from ._protocol import (
     NO_ARG,
     Arg,
     ArgKind,
+    Challenge,
     ClientConnection,
     Complete,
     Hello,
@@ -55,6 +57,7 @@ from ._protocol import (
     Status,
     Welcome,
 )
+from ._keys import Key
 from ._session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
@@ -1100,7 +1103,8 @@ class ClientSession:
 
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
             timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None,
-            spin_us: float = 50.0, busy_poll: bool = False, ring_capacity: int | None = None) -> ClientSession:
+            spin_us: float = 50.0, busy_poll: bool = False, ring_capacity: int | None = None,
+            key: "str | Key | bool | None" = None) -> ClientSession:
     """Open a session with the server at `address` (a name, a Unix socket path, or tcp://host:port).
 
     spin_us: how long a synchronous call polls for its reply before it sleeps
@@ -1113,7 +1117,14 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     ring_capacity says what it got. A frame larger than a ring still travels
     (in pieces), so this is about how much may be in flight, not a size limit.
 
-    server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets)."""
+    server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets).
+
+    key (TCP only; a Unix socket's peers are known to the kernel): the key to
+    prove this client with, and to make the server prove itself with: a
+    keys file's path (its first key), a broker.Key, None (the first key of
+    $BROKER_KEYS or ~/.config/broker/keys, if that file is there) or False (no
+    key: only a server run with insecure_tcp takes it). With a key, a server
+    that does not prove it holds the same key is refused (PermissionDenied)."""
     if not spin_us >= 0:
         raise ValueError("spin_us must be >= 0")
     if ring_capacity is not None and not 1 <= ring_capacity <= 1 << 31:
@@ -1121,6 +1132,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     if busy_poll:
         spin_us = _BUSY_POLL_US
     addr = _address.parse(address)
+    mine = None if addr.is_unix else _keys.client_key(key)  # KeyFileError before anything is sent
     fds: list[int] = []  # descriptors the server passed (the doorbell of an offer)
     rings: ClientRings | None = None
     sock = socket.socket(addr.family, socket.SOCK_STREAM)
@@ -1147,7 +1159,8 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         except (BrokenPipeError, ConnectionResetError):
             pass  # a server that refuses at once (busy) may have closed already: its REFUSE is there to read
         refused = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
-        while proto.state == State.HANDSHAKE or proto.offer_due:
+        nonce = b""
+        while proto.state in (State.HANDSHAKE, State.AUTH) or proto.offer_due:
             data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
             if not data:
                 raise ServerGone(f"the server at {address} closed the connection during the handshake")
@@ -1156,7 +1169,25 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
                     what = f"the server at {address} refused the session: {ev.reason}"
                     cls = refused.get(ev.status)
                     raise cls(what) if cls is not None else VersionRefused(what, ev.status)
+                if isinstance(ev, Challenge):
+                    if mine is None:
+                        raise PermissionDenied(
+                            f"the server at {address} asks for a key: connect(key=) with a keys file, or set "
+                            f"${_keys.KEYS_ENV} (`broker keygen` makes one; the server's operator adds it)")
+                    nonce = secrets.token_bytes(_keys.NONCE_BYTES)
+                    sock.sendall(proto.auth(nonce, _keys.client_proof(mine, proto.hello_body, ev.nonce, nonce),
+                                            mine.name))
         assert proto.welcome is not None
+        if mine is not None:
+            if proto.server_proof is None:
+                raise PermissionDenied(
+                    f"the server at {address} did not ask for key {mine.name!r}, so it cannot prove it is the server "
+                    f"that holds it (it runs with --insecure-tcp, or it is another server): connect(key=False) "
+                    f"talks to it without a key")
+            assert proto.challenge is not None
+            if not _keys.check(_keys.server_proof(mine, proto.hello_body, proto.challenge, nonce), proto.server_proof):
+                raise PermissionDenied(f"the server at {address} could not prove it holds key {mine.name!r}: "
+                                       f"it is not the server that key is for")
         if proto.offer is not None:
             rings = _take_offer(sock, proto, fds, spin_us)
         for fd in fds:  # nothing else is expected; never leak what a server sends

@@ -262,6 +262,7 @@ class LinkBroker:
 
     def _offer(self, conn: Any, msg: Message) -> None:
         name = self._name(msg)
+        self.server.access.check(conn.peer, "service", name, "offer")  # (broker/_access.py)
         with self._lock:
             if name in self.offers:
                 msg.complete(Status.ARGUMENT, f"{name!r} is offered already (connection "
@@ -274,6 +275,7 @@ class LinkBroker:
 
     def _open(self, conn: Any, msg: Message) -> None:
         name = self._name(msg)
+        self.server.access.check(conn.peer, "service", name, "call")
         link = _Link(self, name, conn)
         handle = conn.session.open_subsession(link)
         with self._lock:

@@ -33,6 +33,10 @@ Bodies:
                 sealed memfd) ride along, in that order (SCM_RIGHTS)
     SHM_ACCEPT  the 32-byte nonce the client read from the segment's header
     SHM_DECLINE reason (UTF-8); then both sides stay on the socket
+    CHALLENGE   the server's 32-byte nonce: over TCP, the answer to HELLO when the server
+                wants a key (broker/_keys.py has the exchange and the proofs)
+    AUTH        client nonce (32 bytes), client proof (32 bytes), key name (UTF-8, the rest, 1-64)
+    AUTH_OK     the server's proof (32 bytes); right before its WELCOME
 
 An argument descriptor is 16 bytes: kind u8, 0 u8 x3, length u32, value i64.
 INT and HANDLE carry their value; READ carries `length` bytes of payload;
@@ -71,6 +75,8 @@ HELLO_SOCKET_ONLY = 2
 WELCOME_SHM_OFFER = 1  # WELCOME flags: an SHM_OFFER follows
 NONCE_BYTES = 32
 MAX_SHM_NAME = 255
+PROOF_BYTES = 32  # an HMAC-SHA256
+MAX_KEY_NAME = 64
 
 _HELLO = struct.Struct("<HHIHBBI")
 _WELCOME = struct.Struct("<QHHI")
@@ -100,6 +106,9 @@ class FrameType(enum.IntEnum):
     SHM_OFFER = 9  # server: the session's rings (the doorbell and the segment travel with SCM_RIGHTS)
     SHM_ACCEPT = 10  # client: mapped; the segment's nonce, echoed
     SHM_DECLINE = 11  # client: could not map it (the reason); the socket carries the session
+    CHALLENGE = 12  # server: prove you hold a key (its nonce)
+    AUTH = 13  # client: the key's name, a nonce, the proof
+    AUTH_OK = 14  # server: its own proof, before WELCOME
 
 
 class ArgKind(enum.IntEnum):
@@ -194,6 +203,23 @@ class ShmDecline:
     reason: str = ""
 
 
+@dataclass(slots=True)
+class Challenge:
+    nonce: bytes  # the server's
+
+
+@dataclass(slots=True)
+class Auth:
+    nonce: bytes  # the client's
+    proof: bytes
+    name: str  # the key's
+
+
+@dataclass(slots=True)
+class AuthOk:
+    proof: bytes  # the server's
+
+
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us an object, on every message
 class Refuse:
     status: int
@@ -240,7 +266,8 @@ class Close:
     reason: str = ""
 
 
-Event = Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close | ShmOffer | ShmAccept | ShmDecline
+Event = (Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close | ShmOffer | ShmAccept | ShmDecline
+         | Challenge | Auth | AuthOk)
 
 # The per-message frames in C (csrc/brk_codec.c): it makes these classes' instances itself.
 _CODEC["codec_setup"](Request, Arg, Complete, Write, tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG)
@@ -402,6 +429,20 @@ def encode(event: Event) -> bytes:
         return _frame(FrameType.SHM_ACCEPT, bytes(event.nonce))
     if isinstance(event, ShmDecline):
         return _frame(FrameType.SHM_DECLINE, _text(event.reason))
+    if isinstance(event, Challenge):
+        if len(event.nonce) != NONCE_BYTES:
+            raise ValueError(f"a nonce has {NONCE_BYTES} bytes")
+        return _frame(FrameType.CHALLENGE, bytes(event.nonce))
+    if isinstance(event, Auth):
+        name = event.name.encode()
+        if len(event.nonce) != NONCE_BYTES or len(event.proof) != PROOF_BYTES or not 0 < len(name) <= MAX_KEY_NAME:
+            raise ValueError(f"an AUTH needs a {NONCE_BYTES}-byte nonce, a {PROOF_BYTES}-byte proof and a name of "
+                             f"1 to {MAX_KEY_NAME} bytes")
+        return _frame(FrameType.AUTH, bytes(event.nonce) + bytes(event.proof) + name)
+    if isinstance(event, AuthOk):
+        if len(event.proof) != PROOF_BYTES:
+            raise ValueError(f"a proof has {PROOF_BYTES} bytes")
+        return _frame(FrameType.AUTH_OK, bytes(event.proof))
     raise TypeError(f"not a protocol event: {event!r}")
 
 
@@ -475,6 +516,21 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
         if len(b) != NONCE_BYTES:
             raise ProtocolError(f"SHM_ACCEPT with a nonce of {len(b)} bytes, expected {NONCE_BYTES}")
         return ShmAccept(bytes(b))
+    if t == FrameType.CHALLENGE:
+        if len(b) != NONCE_BYTES:
+            raise ProtocolError(f"CHALLENGE with a nonce of {len(b)} bytes, expected {NONCE_BYTES}")
+        return Challenge(bytes(b))
+    if t == FrameType.AUTH:
+        _need(b, NONCE_BYTES + PROOF_BYTES + 1, "AUTH")
+        name = b[NONCE_BYTES + PROOF_BYTES :]
+        if len(name) > MAX_KEY_NAME:
+            raise ProtocolError(f"AUTH with a key name of {len(name)} bytes (at most {MAX_KEY_NAME})")
+        return Auth(bytes(b[:NONCE_BYTES]), bytes(b[NONCE_BYTES : NONCE_BYTES + PROOF_BYTES]),
+                    _utf8(name, "AUTH key name"))
+    if t == FrameType.AUTH_OK:
+        if len(b) != PROOF_BYTES:
+            raise ProtocolError(f"AUTH_OK with a proof of {len(b)} bytes, expected {PROOF_BYTES}")
+        return AuthOk(bytes(b))
     return ShmDecline(_utf8(b, "SHM_DECLINE reason"))
 
 
@@ -617,7 +673,8 @@ class FrameReader:
 
 class State(enum.Enum):
     START = "start"  # client: HELLO not sent; server: waiting for it
-    HANDSHAKE = "handshake"  # client: HELLO sent, waiting for WELCOME or REFUSE
+    HANDSHAKE = "handshake"  # client: HELLO sent, waiting for WELCOME or REFUSE (or a CHALLENGE)
+    AUTH = "auth"  # client: AUTH sent, waiting for AUTH_OK or REFUSE; server: CHALLENGE sent, waiting for AUTH
     OPEN = "open"
     CLOSED = "closed"
 
@@ -681,12 +738,24 @@ class ClientConnection(_Side):
         self.offer: ShmOffer | None = None
         self.outstanding: dict[int, bool] = {}  # request id -> asynchronous
         self._next_id = 1
+        self.hello_body = b""  # what the proofs cover (broker/_keys.py)
+        self.challenge: bytes | None = None  # the server's nonce, once it asked for a key
+        self.server_proof: bytes | None = None  # its AUTH_OK, once it answered the AUTH
 
     def hello(self, hello: Hello) -> bytes:
         if self.state != State.START:
             raise ProtocolError("HELLO twice")
         self.state = State.HANDSHAKE
-        return encode(hello)
+        frame = encode(hello)
+        self.hello_body = frame[HEADER_SIZE:]
+        return frame
+
+    def auth(self, nonce: bytes, proof: bytes, name: str) -> bytes:
+        """The answer to the server's CHALLENGE."""
+        if self.state != State.HANDSHAKE or self.challenge is None or self.server_proof is not None:
+            raise ProtocolError("an AUTH without a CHALLENGE to answer")
+        self.state = State.AUTH
+        return encode(Auth(nonce, proof, name))
 
     def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
         """A new request: (its id, the frame to send)."""
@@ -768,8 +837,24 @@ class ClientConnection(_Side):
             if self.outstanding.pop(ev.request_id, None) is None:
                 raise ProtocolError(f"completion of unknown request {ev.request_id}")
             return
+        if self.state == State.AUTH:
+            if isinstance(ev, AuthOk):
+                self.server_proof = ev.proof
+                self.state = State.HANDSHAKE  # its WELCOME (or REFUSE) comes next
+                return
+            if isinstance(ev, Refuse):
+                self._close(ev.reason or f"refused ({ev.status})")
+                return
+            raise ProtocolError(f"{type(ev).__name__} where AUTH_OK was due")
         if self.state == State.HANDSHAKE:
+            if isinstance(ev, Challenge):
+                if self.challenge is not None:
+                    raise ProtocolError("a second CHALLENGE")
+                self.challenge = ev.nonce
+                return
             if isinstance(ev, Welcome):
+                if self.challenge is not None and self.server_proof is None:
+                    raise ProtocolError("WELCOME before the CHALLENGE was answered")
                 self.welcome = ev
                 self.offer_due = ev.shm_offer
                 self.state = _OPEN
@@ -807,6 +892,8 @@ class ServerConnection(_Side):
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(max_frame)
         self.hello_event: Hello | None = None
+        self.challenged: bytes | None = None  # the nonce of the CHALLENGE sent
+        self.auth_event: Auth | None = None  # the client's answer to it
         self.offered = False  # an SHM_OFFER awaits its answer
         self.outstanding: dict[int, Request] = {}
 
@@ -820,6 +907,12 @@ class ServerConnection(_Side):
             if not isinstance(ev, Hello):
                 raise ProtocolError(f"{type(ev).__name__} before HELLO")
             self.hello_event = ev
+            self.state = State.HANDSHAKE
+            return
+        if self.state == State.AUTH:
+            if not isinstance(ev, Auth):
+                raise ProtocolError(f"{type(ev).__name__} where the answer to CHALLENGE was due")
+            self.auth_event = ev
             self.state = State.HANDSHAKE
             return
         if self.state == State.HANDSHAKE:
@@ -845,12 +938,29 @@ class ServerConnection(_Side):
             return
         raise ProtocolError(f"a client does not send {type(ev).__name__}")
 
-    def accept(self, connection_id: int, slots: int, shm_offer: bool = False) -> bytes:
+    def challenge(self, nonce: bytes) -> bytes:
+        """Ask the client to prove it holds a key (the answer to HELLO, over TCP)."""
+        if self.state != State.HANDSHAKE or self.challenged is not None:
+            raise ProtocolError("a CHALLENGE without a HELLO to answer")
+        self.challenged = nonce
+        self.state = State.AUTH
+        return encode(Challenge(nonce))
+
+    def accept(self, connection_id: int, slots: int, shm_offer: bool = False, proof: bytes | None = None) -> bytes:
+        """WELCOME; after a CHALLENGE, `proof` (the server's) goes ahead of it in an AUTH_OK."""
         if self.state != State.HANDSHAKE:
             raise ProtocolError("accept without HELLO")
+        if (self.challenged is not None) != (proof is not None) or (proof is not None and self.auth_event is None):
+            raise ProtocolError("a WELCOME after a CHALLENGE needs the answered CHALLENGE and the server's proof")
         self.state = _OPEN
         self.offered = shm_offer
-        return encode(Welcome(connection_id, slots, self.max_frame, shm_offer))
+        welcome = encode(Welcome(connection_id, slots, self.max_frame, shm_offer))
+        return welcome if proof is None else encode(AuthOk(proof)) + welcome
+
+    @property
+    def hello_body(self) -> bytes:
+        """The HELLO's body as it travelled (its encoding is canonical): what the proofs cover."""
+        return encode(self.hello_event)[HEADER_SIZE:] if self.hello_event is not None else b""
 
     def offer_shm(self, capacity: int, name: str) -> bytes:
         """The SHM_OFFER that accept(shm_offer=True) announced."""
@@ -859,7 +969,7 @@ class ServerConnection(_Side):
         return encode(ShmOffer(capacity, name))
 
     def refuse(self, status: int, reason: str) -> bytes:
-        if self.state != State.HANDSHAKE:
+        if self.state not in (State.HANDSHAKE, State.AUTH):
             raise ProtocolError("refuse without HELLO")
         self._close(reason)
         return encode(Refuse(status, reason))

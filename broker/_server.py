@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import dataclasses
 import errno
 import functools
 import heapq
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import selectors
 import socket
 import struct
@@ -26,16 +28,18 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from . import _address, _names
+from . import _address, _keys, _names
 from ._carrier import DEFAULT_CAPACITY as SHM_CAPACITY
 from ._carrier import ServerRings
-from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, StateError
+from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, PermissionDenied, StateError
+from ._access import Access
 from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from ._ring import ring_batch, serve_messages, sweep
 from ._topics import TOPIC_CODES, TopicBroker
 from ._links import LINK_CODES, LinkBroker
 from ._protocol import (
     DEFAULT_MAX_FRAME,
+    Auth,
     Close,
     Hello,
     ProtocolError,
@@ -133,6 +137,8 @@ class _Conn:
         self.stalled_since: float | None = None  # at its own bound since (time.monotonic())
         self.watching = 0  # the selector events its socket is registered for (threaded loop)
         self.handshaking = False  # counted among the connections without a HELLO yet
+        self._nonce = b""  # TCP with keys: the CHALLENGE's
+        self._proof: bytes | None = None  # ...and the server's proof, once the client proved its key
 
     # -- input (loop thread) --------------------------------------------------
 
@@ -309,6 +315,8 @@ class _Conn:
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, Hello):
             self.on_hello(ev)
+        elif isinstance(ev, Auth):
+            self.on_auth(ev)
         elif isinstance(ev, (ShmAccept, ShmDecline)):
             self.on_shm_answer(ev)
         elif isinstance(ev, Close):
@@ -317,6 +325,10 @@ class _Conn:
 
     def on_hello(self, hello: Hello) -> None:
         srv = self.server
+        if self.peer.transport == "tcp" and srv.keys is not None and self._proof is None:
+            self._nonce = secrets.token_bytes(_keys.NONCE_BYTES)  # prove your key first (_keys.py)
+            self._send(self.proto.challenge(self._nonce))
+            return  # still handshaking: the deadline and the caps cover the AUTH too
         srv._handshake_over(self)
         try:
             if len(srv._conns_open) >= srv.max_sessions:
@@ -340,7 +352,8 @@ class _Conn:
                                          srv.ring_capacity_for(hello.ring_capacity))
             except (BrokerError, OSError, ValueError) as e:  # a full /dev/shm, say: the socket carries it
                 self.decision = d = Decision(False, f"shared memory allowed but unavailable: {e}", d.policy)
-        self._send(self.proto.accept(self.peer.connection_id, self.slots, shm_offer=self.rings is not None))
+        self._send(self.proto.accept(self.peer.connection_id, self.slots, shm_offer=self.rings is not None,
+                                     proof=self._proof))
         if self.rings is None:
             self._connected_event()
             return
@@ -359,6 +372,27 @@ class _Conn:
             if sent < len(offer):
                 self.out += offer[sent:]
                 self.server._want_write(self)
+
+    def on_auth(self, ev: Auth) -> None:
+        """The answer to the CHALLENGE: a key this server holds, proven; else refused (PERMISSION_DENIED)."""
+        srv = self.server
+        key = srv.keys.get(ev.name) if srv.keys is not None else None
+        hello = self.proto.hello_body
+        if key is None or not _keys.check(_keys.client_proof(key, hello, self._nonce, ev.nonce), ev.proof):
+            srv.counters["auth_failures"] += 1
+            why = "no such key" if key is None else "a wrong proof"
+            log.warning("connection %s: authentication failed for key %r: %s", self.peer, ev.name, why)
+            srv._handshake_over(self)
+            # the client learns only that it failed: not whether the name is known
+            self._send(self.proto.refuse(Status.PERMISSION_DENIED, "authentication failed: this server does not "
+                                                                   "hold that key, or the proof is wrong"))
+            srv._event(SessionEvent("refused", self.peer, f"authentication failed for key {ev.name!r}: {why}"))
+            self.end("refused", quiet=True)
+            return
+        self.peer = dataclasses.replace(self.peer, identity=f"key:{key.name}")
+        self._proof = _keys.server_proof(key, hello, self._nonce, ev.nonce)
+        assert self.proto.hello_event is not None
+        self.on_hello(self.proto.hello_event)
 
     def on_shm_answer(self, ev: ShmAccept | ShmDecline) -> None:
         """The client mapped the rings (and proves it) or could not."""
@@ -500,6 +534,8 @@ class _Conn:
             status = Status.BAD_HANDLE
         elif isinstance(e, Overflow):
             status = Status.OVERFLOW
+        elif isinstance(e, PermissionDenied):  # a grant it lacks (broker/_access.py)
+            status = Status.PERMISSION_DENIED
         else:
             status = Status.DIED
             log.warning("service of function %d for %s raised %r", msg.code, self.peer, e)
@@ -701,8 +737,23 @@ class Server:
                  offer_timeout: float = 10.0, metrics: int | None = None, metrics_host: str = "127.0.0.1",
                  max_queued: int = 8 << 20, max_queued_per_user: int = 64 << 20, stall_timeout: float = 30.0,
                  handshake_timeout: float = 10.0, max_handshakes: int = 256,
-                 max_handshakes_per_user: int = 32) -> None:
+                 max_handshakes_per_user: int = 32, keys: Any = None, insecure_tcp: bool = False,
+                 grants: Any = ()) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
+        # TCP is authenticated (broker/_keys.py): a client proves it holds one of `keys` (a keys file,
+        # default $BROKER_KEYS or ~/.config/broker/keys, or Keys), and the server proves it holds it
+        # too; plain TCP only with insecure_tcp, with a warning. None: no TCP, or plain TCP.
+        self.insecure_tcp = bool(insecure_tcp) and tcp is not None
+        self.keys: dict[str, _keys.Key] | None = None
+        if tcp is not None and not insecure_tcp:
+            try:
+                self.keys = _keys.server_keys(keys)
+            except _keys.KeyFileError as e:
+                raise _keys.KeyFileError(f"TCP is authenticated: {e}; or pass insecure_tcp=True (`broker serve "
+                                         f"--insecure-tcp`) for plain TCP that anyone who reaches it may use") from None
+        # Who may use the broker's own services (topics, tables, linked services): the server's own
+        # user always; another user or a TCP identity only what a grant gives (broker/_access.py).
+        self.access = Access(grants, os.geteuid())
         self.session_factory = session
         self.version = version
         self.max_sessions = max_sessions
@@ -742,7 +793,7 @@ class Server:
         self._backoff = 0.0  # out of descriptors: the listeners are off for this long (0: they are on)
         self._reserve_fd = -1  # kept free, to accept and refuse a client when descriptors run out
         self.counters = {"accept_errors": 0, "refused_busy": 0, "handshake_timeouts": 0, "stalled": 0,
-                         "paused": 0}  # what stats() shows of the bounds at work
+                         "paused": 0, "auth_failures": 0}  # what stats() shows of the bounds at work
         self._offers: dict[_Conn, float] = {}  # sessions whose offer awaits its answer: their deadline
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
@@ -862,6 +913,10 @@ class Server:
             s.setblocking(False)
             self._listeners.append(s)
             self.bound.append(s.getsockname())
+            if not addr.is_unix and self.insecure_tcp:
+                host, port = self.bound[-1][:2]
+                log.warning("plain TCP on %s:%s (insecure_tcp): whoever reaches it gets a session, with no "
+                            "identity; use keys instead", host, port)
 
     def start(self) -> "Server":
         """Serve in a background thread (the embedding case)."""
@@ -1509,7 +1564,7 @@ class Server:
     def sessions(self) -> list[dict[str, Any]]:
         """The live sessions: peer, transport and the rule's verdict, traffic, outstanding requests, sub-sessions."""
         return [
-            {"peer": c.peer, "outstanding": len(c.messages), "slots": c.slots,
+            {"peer": c.peer, "identity": c.peer.identity, "outstanding": len(c.messages), "slots": c.slots,
              "subsessions": len(c.session.objects) if c.session is not None else 0,
              "transport": "shared memory" if c.on_rings else "socket",
              "ring_capacity": r.capacity if c.on_rings and r is not None else None,
@@ -1534,5 +1589,8 @@ class Server:
                   "handshake_timeout": self.handshake_timeout, "max_handshakes": self.max_handshakes,
                   "max_handshakes_per_user": self.max_handshakes_per_user}
         return {"pid": os.getpid(), "uid": self.uid, "addresses": where,
+                "tcp": None if len(self.addresses) < 2 else ("insecure" if self.insecure_tcp else "keys"),
+                "keys": sorted(self.keys) if self.keys is not None else [],
+                "grants": [str(g) for g in self.access.grants],
                 "shm_policy": self.shm_policy, "sessions": rows, "topics": self.topics.stats(),
                 "services": self.links.stats(), "bounds": bounds}

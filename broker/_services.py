@@ -44,6 +44,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ._access import Access
 from ._client import Buffer, ClientSession, SubSession
 from ._errors import BadHandle, ServiceError
 from ._protocol import ArgKind, Status
@@ -310,6 +311,9 @@ class KeyValueSession(Session):
     def __init__(self, server: Any, peer: Peer, store: KeyValueStore | None = None) -> None:
         super().__init__(server, peer)
         self.store = store if store is not None else KeyValueStore.for_server(server)
+        # who may read and write which tables: the server's grants (broker/_access.py)
+        self.access: Access = getattr(server, "access", None) or Access()
+        self._all = self.access.owner(peer)  # the server's own user: every table, no lookups
 
     @classmethod
     def factory(cls, store: KeyValueStore) -> Callable[[Any, Peer], "KeyValueSession"]:
@@ -327,14 +331,21 @@ class KeyValueSession(Session):
         except _Reject as r:
             m.complete(r.status, r.text)
 
-    def _table(self, m: Message) -> SharedTable:
+    def _table(self, m: Message, action: str) -> SharedTable:
         try:
             obj = self.subsession(m)
         except BadHandle as e:
             raise _Reject(Status.BAD_HANDLE, str(e)) from None
         if not isinstance(obj, SharedTable) or obj.store is not self.store:
             raise _Reject(Status.BAD_HANDLE, f"handle {m.handle:#010x} is not a table of this session")
+        self._may(obj.name or "", action)
         return obj
+
+    def _may(self, name: str, *actions: str) -> None:
+        """PERMISSION_DENIED unless a grant gives this peer one of `actions` on table `name`."""
+        if self._all or any(self.access.allows(self.peer, "table", name, a) for a in actions):
+            return
+        raise _Reject(Status.PERMISSION_DENIED, self.access.denied(self.peer, "table", name, *actions))
 
     def _kv(self, m: Message) -> int:
         limits, code = self.store.limits, m.code
@@ -346,17 +357,18 @@ class KeyValueSession(Session):
                 raise _Reject(Status.ARGUMENT, f"the table name {_show(raw)} is not UTF-8") from None
             if not name.isprintable():
                 raise _Reject(Status.ARGUMENT, f"the table name {name!r} has unprintable characters")
+            self._may(name, "read", "write")
             return self.store.open(self, name)
         if code == COUNT:
-            return len(self._table(m))
+            return len(self._table(m, "read"))
         if code == KEYS:
-            table = self._table(m)
+            table = self._table(m, "read")
             room = _room(m, 0, "keys")
             after = None if m.kind(1) == ArgKind.NONE else _read(m, 1, "key to start after", limits.max_key, empty=True)
             return self._keys(m, table.keys_after(after), room)
         if code not in (PUT, GET, DELETE):
             raise _Reject(Status.NOT_SUPPORTED, f"function {code} is not supported")
-        table = self._table(m)
+        table = self._table(m, "read" if code == GET else "write")
         key = _read(m, 0, "key", limits.max_key)
         if code == PUT:
             return int(table.put(key, _read(m, 1, "value", limits.max_value, empty=True)))

@@ -31,12 +31,16 @@ class Peer:
     uid: int | None = None
     gid: int | None = None
     address: tuple[str, int] | None = None  # TCP: the peer's address
+    identity: str | None = None  # TCP: "key:NAME" once it proved it holds that key (None: plain TCP, or Unix)
     facts: Any = field(default=None, compare=False, repr=False)  # Unix: _identity.Facts, what the kernel said at accept
 
     def __str__(self) -> str:
         if self.transport == "unix":
             return f"connection {self.connection_id} (pid {self.pid}, uid {self.uid})"
-        return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]})" if self.address else "?"
+        if not self.address:
+            return f"connection {self.connection_id} (?)"
+        who = f", {self.identity}" if self.identity else ""
+        return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]}{who})"
 
 
 @message_class(_OPEN)  # the server's C (take_requests) makes instances of it, its fields set without __init__
@@ -268,7 +272,8 @@ class Policy:
     """What to check for a range of function codes, on the kernel's word about the peer.
 
     check: ALWAYS_PASS, NOT_SUPPORTED, SAME_USER (as the server), `uids` /
-    `gids` (in a set), or a callable(peer, message) -> bool. On failure the
+    `gids` / `identities` (in a set; a TCP peer's identity, "key:NAME", takes
+    the place of a uid), or a callable(peer, message) -> bool. On failure the
     request completes with PERMISSION_DENIED, or the client is panicked."""
 
     codes: range
@@ -276,10 +281,12 @@ class Policy:
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()
     panic: bool = False
+    identities: frozenset[str] = frozenset()
 
     def allows(self, peer: Peer, message: Message, server_uid: int) -> bool:
-        if self.uids or self.gids:  # a set given: membership decides (a TCP peer has no uid: refused)
-            return (peer.uid is not None and peer.uid in self.uids) or (peer.gid is not None and peer.gid in self.gids)
+        if self.uids or self.gids or self.identities:  # a set given: membership decides
+            return ((peer.uid is not None and peer.uid in self.uids) or (peer.gid is not None and peer.gid in self.gids)
+                    or (peer.identity is not None and peer.identity in self.identities))
         if self.check == ALWAYS_PASS:
             return True
         if self.check == NOT_SUPPORTED:

@@ -388,7 +388,7 @@ class TopicBroker:
             elif code == TOPIC_SUBSCRIBER:
                 self._open_subscriber(conn, msg)
             elif code == TOPIC_LIST:
-                self._list(msg)
+                self._list(conn, msg)
             elif code == TOPIC_DIRECT:
                 self._direct(conn, msg)
         except Exception as e:  # it ends only this request
@@ -415,8 +415,10 @@ class TopicBroker:
         topic = self.topics.get(name)
         if topic is None:
             topic = self.topics[name] = Topic(name)
+            allows = self.server.access.allows
             for sub in self.patterns.values():  # the prefix subscribers it matches are subscribed to it
-                if sub.gone is None and name.startswith(sub.pattern[:-1]):  # type: ignore[index]
+                if (sub.gone is None and name.startswith(sub.pattern[:-1])  # type: ignore[index]
+                        and allows(sub.conn.peer, "topic", name, "subscribe")):  # (and a grant lets read)
                     self._attach(sub, topic)
         return topic
 
@@ -429,6 +431,7 @@ class TopicBroker:
         name = _text(self._read(msg, 0), "topic name", MAX_NAME)
         if name.endswith("*"):
             raise TopicError(f"a topic name that ends in '*' is a subscriber's prefix, not a topic: {name!r}")
+        self.server.access.check(conn.peer, "topic", name, "publish")
         opts = _options(self._read(msg, 1), PUBLISHER_OPTIONS)
         ring = opts.get("ring", False) and conn.on_rings and self.server._aloop is None
         if ring and msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
@@ -525,9 +528,13 @@ class TopicBroker:
     def _open_subscriber(self, conn: Any, msg: Message) -> None:
         name = _text(self._read(msg, 0), "topic name", MAX_NAME)
         opts = _options(self._read(msg, 1), SUBSCRIBER_OPTIONS)
+        access = self.server.access
         if name.endswith("*"):
+            if not access.allows_some(conn.peer, "topic", name[:-1], "subscribe"):
+                access.check(conn.peer, "topic", name, "subscribe")  # (raises: no grant reaches under it)
             self._open_prefix(conn, msg, name, opts)
             return
+        access.check(conn.peer, "topic", name, "subscribe")
         with self._lock:
             topic = self._topic(name)
             for pub in [p for p in self.relays if p.topic is topic]:
@@ -576,7 +583,9 @@ class TopicBroker:
             prefix, want = name[:-1], opts.get("history", 0)
             for pub in [p for p in self.relays if p.topic.name.startswith(prefix)]:
                 self._relay_from(pub, catch_up=True)  # as a subscriber of that topic starts after it
-            for topic in [t for t in self.topics.values() if t.name.startswith(prefix)]:  # (those still there)
+            allows, peer = self.server.access.allows, conn.peer
+            for topic in [t for t in self.topics.values()  # (those still there, and a grant lets it read)
+                          if t.name.startswith(prefix) and allows(peer, "topic", t.name, "subscribe")]:
                 if want:
                     for item in list(topic.history)[-want:]:
                         self._enqueue_for(sub, topic, item)
@@ -975,8 +984,13 @@ class TopicBroker:
                                      for s in t.subscribers.values()]}
                     for t in sorted(self.topics.values(), key=lambda t: t.name)]
 
-    def _list(self, msg: Message) -> None:
-        data = json.dumps(self.stats(), sort_keys=True).encode()
+    def _list(self, conn: Any, msg: Message) -> None:
+        """TOPIC_LIST: the topics this peer may publish to or subscribe to (all of them, for the server's user)."""
+        topics, access, peer = self.stats(), self.server.access, conn.peer
+        if not access.owner(peer):
+            topics = [t for t in topics if access.allows(peer, "topic", t["topic"], "subscribe")
+                      or access.allows(peer, "topic", t["topic"], "publish")]
+        data = json.dumps(topics, sort_keys=True).encode()
         try:
             msg.write(0, data)
         except Overflow:

@@ -30,7 +30,7 @@ def _where(bound: Any) -> str:
 
 
 def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None,
-          limits: dict[str, Any] | None = None) -> int:
+          limits: dict[str, Any] | None = None, access: dict[str, Any] | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
     from ._errors import BrokerError
     from ._server import Server
@@ -53,15 +53,28 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
         if signals:  # a signal came before the loop could take it
             server.stop()
 
+    from ._access import load_grants
     from ._malloc import keep_large_buffers
 
     keep_large_buffers()  # this process is the broker: large messages reuse their pages (see _malloc.py)
+    access = dict(access or {})
     try:
+        grants = list(access.pop("grant", None) or [])
+        for path in access.pop("grants", None) or []:
+            grants += load_grants(path)
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
-                     shm_policy=shm_policy, metrics=metrics, **(limits or {}))
+                     shm_policy=shm_policy, metrics=metrics, grants=grants, **access, **(limits or {}))
     except (ValueError, PermissionError) as e:
         _say("broker serve", str(e))
         return 2
+    if srv.insecure_tcp:
+        _say("broker serve", f"WARNING: plain TCP on {tcp} (--insecure-tcp): whoever reaches it gets a session, "
+                             f"unauthenticated and unencrypted; use keys (broker keygen) instead")
+    elif srv.keys is not None:
+        _say("broker serve", f"TCP clients prove one of {len(srv.keys)} key{'s' if len(srv.keys) != 1 else ''}: "
+                             f"{', '.join(sorted(srv.keys))}")
+    for g in srv.access.grants:
+        _say("broker serve", f"grant: {g}")
 
     def on_signal(signum: int, _frame: Any) -> None:
         signals.append(signum)
@@ -80,6 +93,22 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
     return 0
 
 
+def keygen(path: str | None, name: str | None) -> int:
+    """Add a fresh key to a keys file (made 0600 if it is not there)."""
+    from ._keys import KeyFileError, default_path, new_key
+
+    path = path or default_path()
+    try:
+        key = new_key(path, name)
+    except (KeyFileError, ValueError, OSError) as e:
+        _say("broker keygen", str(e))
+        return 1
+    print(f"added key {key.name!r} to {path}")
+    print("a client on another host or account needs that key's line in its own keys file (mode 0600): "
+          f"grep '^{key.name} ' {path}")
+    return 0
+
+
 # ---- broker ping --------------------------------------------------------------------------
 
 
@@ -88,14 +117,14 @@ def _percentile(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[max(0, min(len(sorted_ms) - 1, math.ceil(p / 100 * len(sorted_ms)) - 1))]
 
 
-def ping(address: str, count: int, size: int, interval: float, timeout: float, quiet: bool) -> int:
+def ping(address: str, count: int, size: int, interval: float, timeout: float, quiet: bool, key: Any = None) -> int:
     """Round trips to the echo service; exit code 0 only if every one came back intact."""
     from ._client import connect
     from ._errors import BrokerError, Panicked, ServerGone
     from ._services import EchoClient
 
     try:
-        session = connect(address, timeout=timeout)
+        session = connect(address, timeout=timeout, key=key)
     except ValueError as e:
         _say("broker ping", str(e))
         return 2
@@ -147,7 +176,7 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
 # ---- broker stat ------------------------------------------------------------------------
 
 
-def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> int:
+def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key: Any = None) -> int:
     """The live sessions of the server at `address`; with interval, a second look that long after gives
     the rates (topics published and relayed a second, services' calls a second)."""
     import json
@@ -156,7 +185,7 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> 
     from ._errors import BrokerError
 
     try:
-        with connect(address, timeout=timeout, socket_only=True) as s:
+        with connect(address, timeout=timeout, socket_only=True, key=key) as s:
             before = s.server_stats(timeout=timeout) if interval > 0 and not as_json else None
             if before is not None:
                 t0 = time.monotonic()
@@ -175,7 +204,9 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> 
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
     print(f"server pid {data.get('pid')} uid {data.get('uid')} at {', '.join(map(str, data.get('addresses', [])))}; "
-          f"shared-memory policy {data.get('shm_policy')}")
+          f"shared-memory policy {data.get('shm_policy')}"
+          + (f"; tcp {'with keys' if data['tcp'] == 'keys' else 'INSECURE (no keys)'}" if data.get("tcp") else "")
+          + (f"; {len(data['grants'])} grant{'s' if len(data['grants']) != 1 else ''}" if data.get("grants") else ""))
     head = ("conn", "peer", "carrier", "requests", "bytes in", "bytes out", "outst.", "subs", "session rule")
     rows = [head]
     for r in data["sessions"]:
@@ -183,7 +214,7 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> 
             peer = f"pid {r.get('pid')} uid {r.get('uid')}"
         else:
             addr = r.get("address") or ["?", "?"]
-            peer = f"{addr[0]}:{addr[1]}"
+            peer = f"{addr[0]}:{addr[1]}" + (f" {r['identity']}" if r.get("identity") else " (no key)")
         mark = "*" if r.get("connection_id") == me else ""
         carrier = f"{r.get('connection')} {r.get('transport')}"
         cap = r.get("ring_capacity")
@@ -243,7 +274,8 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5) -> 
 # ---- broker pub / broker sub ---------------------------------------------------------------
 
 
-def pub_command(address: str, topic: str, count: int | None, size: int, rate: float, timeout: float) -> int:
+def pub_command(address: str, topic: str, count: int | None, size: int, rate: float, timeout: float,
+                key: Any = None) -> int:
     """Lines from stdin as messages of `topic` (without their newline); or, with count, a generated
     load of `count` messages of `size` bytes at `rate` per second (0: as fast as it goes)."""
     import time
@@ -252,7 +284,7 @@ def pub_command(address: str, topic: str, count: int | None, size: int, rate: fl
     from ._errors import BrokerError
 
     try:
-        with connect(address, timeout=timeout) as s, s.publisher(topic, block_timeout=timeout) as p:
+        with connect(address, timeout=timeout, key=key) as s, s.publisher(topic, block_timeout=timeout) as p:
             if count is None:
                 n = 0
                 for line in sys.stdin.buffer:
@@ -281,7 +313,7 @@ def pub_command(address: str, topic: str, count: int | None, size: int, rate: fl
 
 
 def sub_command(address: str, topic: str, count: int | None, quiet: bool, policy: str, capacity: int, history: int,
-        timeout: float) -> int:
+        timeout: float, key: Any = None) -> int:
     """Print the messages of `topic` as they come (or, quiet, a live count, rate and losses on stderr
     once a second); after `count` messages, or at SIGINT, a summary."""
     import time
@@ -292,7 +324,7 @@ def sub_command(address: str, topic: str, count: int | None, quiet: bool, policy
     n = nbytes = 0
     t0 = last = time.monotonic()
     try:
-        with connect(address, timeout=timeout) as s, \
+        with connect(address, timeout=timeout, key=key) as s, \
                 s.subscriber(topic, policy=policy, capacity=capacity, history=history) as q:
             _say("broker sub", f"subscribed to {topic!r} ({s.transport}, policy {policy})")
             try:
@@ -336,6 +368,7 @@ def demo() -> int:
     import tempfile
 
     from ._client import Buffer, connect
+    from ._keys import new_key
     from ._server import Server
     from ._services import ECHO, KeyValueClient, KeyValueStore, ServicesSession
     from ._session import SessionEvent
@@ -384,11 +417,17 @@ def demo() -> int:
             raise RuntimeError("a demo client failed")
 
     with tempfile.TemporaryDirectory(prefix="broker-demo-") as d:
-        path = os.path.join(d, "demo.sock")
-        with Server(path, ServicesSession.factory(KeyValueStore()), tcp="tcp://127.0.0.1:0", on_event=on_event) as srv:
+        path, keys = os.path.join(d, "demo.sock"), os.path.join(d, "keys")
+        key = new_key(keys, "demo-tcp")  # TCP clients prove it; the server proves it back (broker/_keys.py)
+        # what that TCP identity may do: nothing of the broker's own services unless granted
+        grants = [f"key:{key.name} table:orders read", f"key:{key.name} service:upper call",
+                  f"key:{key.name} topic:prices subscribe"]
+        with Server(path, ServicesSession.factory(KeyValueStore()), tcp="tcp://127.0.0.1:0", on_event=on_event,
+                    keys=keys, grants=grants) as srv:
             tcp = f"tcp://127.0.0.1:{srv.bound[1][1]}"
             print(f"broker demo: a server at {path} and {tcp} (echo and key-value services)")
-            print("(sessions the session rule allows travel on shared-memory rings, the others on their sockets)")
+            print("(sessions the session rule allows travel on shared-memory rings, the others on their sockets;")
+            print(f" TCP clients prove the key {key.name!r}, and it may only: {'; '.join(map(str, srv.access.grants))})")
 
             def writer(hold: Any) -> None:
                 with connect(path) as s, KeyValueClient(s).open("orders") as t:
@@ -398,7 +437,7 @@ def demo() -> int:
                     hold()  # the table lives while a session holds it
 
             def reader(hold: Any) -> None:
-                with connect(tcp) as s, KeyValueClient(s).open("orders") as t:
+                with connect(tcp, key=keys) as s, KeyValueClient(s).open("orders") as t:
                     value = t.get("order-999")
                     print(f"  process {os.getpid()} over TCP sees {t.count()} entries; order-999 = {value!r}")
                     hold()
@@ -419,7 +458,7 @@ def demo() -> int:
                     hold()
 
             held = [holding(writer), holding(reader), holding(echo)]
-            _demo_services(path, tcp, holding, release)
+            _demo_services(path, tcp, keys, holding, release)
             print("broker stat:", flush=True)
             stat(path, False, 5.0)
             for pid, go_w in held:
@@ -429,7 +468,7 @@ def demo() -> int:
     return 0
 
 
-def _demo_services(path: str, tcp: str, holding: Any, release: Any) -> None:
+def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -> None:
     """The demo's second half: the broker's own services. A linked service offered by one process and
     called from others (a shared-memory session and TCP), then a topic: a publisher writing its own
     ring, a subscriber of the same session reading it in place, one over TCP getting it relayed."""
@@ -460,7 +499,7 @@ def _demo_services(path: str, tcp: str, holding: Any, release: Any) -> None:
 
     def caller(address: str) -> Callable[[Any], None]:
         def call(hold: Any) -> None:
-            with connect(address) as s, s.link("upper") as link:
+            with connect(address, key=keys) as s, s.link("upper") as link:
                 out, times = Buffer(16), []
                 for i in range(2000):
                     t0 = time.perf_counter_ns()
@@ -488,7 +527,7 @@ def _demo_services(path: str, tcp: str, holding: Any, release: Any) -> None:
 
     def subscriber(address: str) -> Callable[[Any], None]:
         def sub(hold: Any) -> None:
-            with connect(address) as s, s.subscriber("prices", capacity=4096) as q:
+            with connect(address, key=keys) as s, s.subscriber("prices", capacity=4096) as q:
                 how = "reads the publisher's ring in place" if q._rings else "gets it relayed by the broker"
                 hold()  # subscribed: the publisher may go
                 t0, got = 0.0, 0
@@ -545,6 +584,18 @@ def _bounded(kind: type, low: float, high: float | None = None) -> Any:
     return parse
 
 
+def _key_options(p: argparse.ArgumentParser) -> None:
+    """A client's way to a server over TCP: its key, or plain TCP."""
+    p.add_argument("--key", metavar="FILE", default=None,
+                   help="over TCP, prove this keys file's first key (default: $BROKER_KEYS, else "
+                        "~/.config/broker/keys, if there)")
+    p.add_argument("--insecure-tcp", action="store_true", help="over TCP, no key: for a server run with --insecure-tcp")
+
+
+def _key(args: argparse.Namespace) -> Any:
+    return False if args.insecure_tcp else args.key
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description="A shared-memory message broker for one Linux host.")
     parser.add_argument("--version", action="version", version=f"broker {__version__}")
@@ -566,6 +617,21 @@ def main(argv: list[str] | None = None) -> int:
                      help="seconds a connection may stay at its bound before it is disconnected (default 30)")
     srv.add_argument("--handshake-timeout", metavar="S", type=_bounded(float, 0.001), default=None,
                      help="seconds a new connection has to send its HELLO (default 10)")
+    # who may connect over TCP, and what anyone but the server's own user may do (docs/ROBUSTNESS.md)
+    srv.add_argument("--keys", metavar="FILE", default=None,
+                     help="TCP clients must prove one of this file's keys (default: $BROKER_KEYS, else "
+                          "~/.config/broker/keys; `broker keygen` makes them)")
+    srv.add_argument("--insecure-tcp", action="store_true",
+                     help="plain TCP: no keys, anyone who reaches the port gets a session (a warning says so)")
+    srv.add_argument("--grant", metavar="'WHO WHAT [ACTIONS]'", action="append", default=None,
+                     help="let another user or a TCP key use topics, tables or linked services, e.g. "
+                          "'key:alice topic:prices.* subscribe' (repeat it; see broker/_access.py)")
+    srv.add_argument("--grants", metavar="FILE", action="append", default=None,
+                     help="grants from a file, a line each (not writable by others)")
+    kg = sub.add_parser("keygen", help="add a fresh key for TCP clients to a keys file (made 0600)")
+    kg.add_argument("--file", metavar="FILE", default=None,
+                    help="the keys file (default: $BROKER_KEYS, else ~/.config/broker/keys)")
+    kg.add_argument("--name", default=None, help="the key's name, the client's identity (default: user@host)")
     sub.add_parser("demo", help="a broker, clients in other processes over Unix and TCP, the session rule, the round trip")
     st = sub.add_parser("stat", help="the live sessions of a server: peers, transport and why, traffic")
     st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
@@ -608,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     png.add_argument("--timeout", "-W", type=_bounded(float, 0.001), default=5.0,
                      help="seconds to wait for the connection and each reply (default: %(default)s)")
     png.add_argument("--quiet", "-q", action="store_true", help="only the summary")
+    for client in (st, pb, sb, png):
+        _key_options(client)
     bench = sub.add_parser("bench", help="run benchmarks side by side with the IPC you would otherwise use")
     bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE")
     ring = bench_sub.add_parser("ring", help="the shared-memory ring against multiprocessing.Pipe and AF_UNIX")
@@ -626,20 +694,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         limits = {k: v for k in ("max_queued", "max_queued_per_user", "stall_timeout", "handshake_timeout")
                   if (v := getattr(args, k)) is not None}
-        return serve(args.address, args.tcp, args.shm_policy, args.metrics, limits)
+        access = {"keys": args.keys, "insecure_tcp": args.insecure_tcp, "grant": args.grant, "grants": args.grants}
+        return serve(args.address, args.tcp, args.shm_policy, args.metrics, limits, access)
+    if args.command == "keygen":
+        return keygen(args.file, args.name)
     if args.command == "demo":
         return demo()
     if args.command == "stat":
-        return stat(args.address, args.json, args.timeout, args.interval)
+        return stat(args.address, args.json, args.timeout, args.interval, _key(args))
     if args.command == "clean":
         return clean(args.dry_run)
     if args.command == "pub":
-        return pub_command(args.address, args.topic, args.count, args.size, args.rate, args.timeout)
+        return pub_command(args.address, args.topic, args.count, args.size, args.rate, args.timeout, _key(args))
     if args.command == "sub":
         return sub_command(args.address, args.topic, args.count, args.quiet, args.policy, args.capacity, args.history,
-                   args.timeout)
+                           args.timeout, _key(args))
     if args.command == "ping":
-        return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet)
+        return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet, _key(args))
     if args.command == "bench":
         if args.suite in (None, "ring"):
             from ._bench_ring import run

@@ -109,3 +109,24 @@ def check_payload(data: bytes) -> int:
     body, crc = data[:-4], int.from_bytes(data[-4:], "little")
     assert zlib.crc32(body) == crc, "checksum mismatch"
     return int.from_bytes(body[:8], "little")
+
+
+def raw_hello(sock, proto=None, hello=None):
+    """A HELLO on a raw socket, and the handshake through to WELCOME: over TCP, the server's CHALLENGE
+    answered with the run's key ($BROKER_KEYS, conftest.py). The protocol's client end, open."""
+    from broker import _keys
+    from broker._protocol import Challenge, ClientConnection, Hello, State
+
+    proto = proto or ClientConnection()
+    sock.sendall(proto.hello(hello or Hello((1, 0, 0), 4, False, True)))
+    while proto.state in (State.HANDSHAKE, State.AUTH):
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError(f"the server closed the connection during the handshake ({proto.state})")
+        for ev in proto.receive(data):
+            if isinstance(ev, Challenge):
+                key = _keys.client_key(None)
+                assert key is not None, "no key: the root conftest.py sets $BROKER_KEYS"
+                nonce = os.urandom(_keys.NONCE_BYTES)
+                sock.sendall(proto.auth(nonce, _keys.client_proof(key, proto.hello_body, ev.nonce, nonce), key.name))
+    return proto

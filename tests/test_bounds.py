@@ -21,7 +21,7 @@ import broker
 from broker import Buffer, connect
 from broker._protocol import HEADER, MAGIC, Arg, ArgKind, Hello, encode, request_frame
 
-from .helpers import Child, wait_for
+from .helpers import Child, raw_hello, wait_for
 from .served import serve
 
 BIG, ECHO = 1, 2
@@ -51,8 +51,7 @@ def _flood(address: str, n: int, size: int) -> socket.socket:
     s = _raw(address, timeout=5)
     reqs = b"".join(request_frame(i + 1, BIG, 0, False, (Arg(ArgKind.WRITE, size), Arg(ArgKind.INT, size),
                                                           Arg(), Arg())) for i in range(n))
-    s.sendall(encode(Hello((1, 0, 0), 4, False, True)))
-    assert s.recv(HEADER.size + 64)[:4] == MAGIC, "no WELCOME"  # its only reply it ever reads
+    raw_hello(s)  # the WELCOME (over TCP, after the key's proofs): the only replies it ever reads
     try:
         s.sendall(reqs)
     except socket.timeout:

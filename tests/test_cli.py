@@ -95,7 +95,8 @@ def _use_the_store(address: str) -> None:
 
 def test_serve_ping_and_stop_on_sigterm(tmp_path):
     path = str(tmp_path / "cli.sock")
-    srv = Serving("--address", path, "--tcp", "tcp://127.0.0.1:0")
+    # TCP clients prove the run's key "test" ($BROKER_KEYS, conftest.py), which may use the table "cli"
+    srv = Serving("--address", path, "--tcp", "tcp://127.0.0.1:0", "--grant", "key:test table:cli")
     r, w = os.pipe()
 
     def doomed() -> None:
@@ -124,10 +125,51 @@ def test_serve_ping_and_stop_on_sigterm(tmp_path):
     assert not os.path.exists(path)
     assert re.search(r"connected connection 1 \(pid \d+, uid \d+\): unix shared memory; session rule: shared memory", err), err
     assert re.search(r"disconnected connection 1 \(pid \d+, uid \d+\): closed", err), err
-    assert re.search(r"connected connection \d+ \(127\.0\.0\.1:\d+\): tcp socket; session rule: socket", err), err
+    assert re.search(r"connected connection \d+ \(127\.0\.0\.1:\d+, key:test\): tcp socket; session rule: socket",
+                     err), err
+    assert "TCP clients prove one of 1 key: test" in err and "grant: key:test table:cli all" in err, err
     assert re.search(r"disconnected connection \d+ \(pid \d+, uid \d+\): died", err), err
     assert re.search(r"refused connection \d+ \(pid \d+, uid \d+\): version 2\.0\.0 is not supported", err), err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
+
+
+def test_keygen_makes_a_private_keys_file_and_adds_to_it(tmp_path):
+    path = str(tmp_path / "conf" / "keys")
+    for name in ("alice", "bob"):
+        p = run("keygen", "--file", path, "--name", name)
+        assert p.returncode == 0 and f"added key {name!r} to {path}" in p.stdout, p.stderr
+    assert os.stat(path).st_mode & 0o777 == 0o600 and list(broker.load_keys(path)) == ["alice", "bob"]
+    p = run("keygen", "--file", path, "--name", "alice")
+    assert p.returncode == 1 and "already has a key named 'alice'" in p.stderr
+    os.chmod(path, 0o644)
+    p = run("keygen", "--file", path, "--name", "carol")
+    assert p.returncode == 1 and "chmod 600" in p.stderr
+
+
+def test_serve_on_tcp_without_keys_says_how_to_make_them(tmp_path):
+    env = dict(os.environ, BROKER_KEYS=str(tmp_path / "no-keys"))
+    p = subprocess.run([sys.executable, "-m", "broker.cli", "serve", "--address", str(tmp_path / "s.sock"), "--tcp",
+                        "tcp://127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2, p.stderr
+    assert "no keys file at" in p.stderr and "broker keygen" in p.stderr and "--insecure-tcp" in p.stderr
+    p = run("serve", "--address", str(tmp_path / "s.sock"), "--grant", "key:x queue:y")
+    assert p.returncode == 2 and "WHAT is topic:NAME" in p.stderr
+
+
+def test_insecure_tcp_warns_and_its_clients_say_so_too(tmp_path):
+    path = str(tmp_path / "plain.sock")
+    srv = Serving("--address", path, "--tcp", "tcp://127.0.0.1:0", "--insecure-tcp")
+    try:
+        tcp = srv.listening[1]
+        p = run("ping", tcp, "--count", "1")  # it holds the run's key: the server must prove it, and cannot
+        assert p.returncode == 1 and "did not ask for key 'test'" in p.stderr, p.stderr
+        p, counts, _ = ping(tcp, "--count", "2", "--interval", "0", "--insecure-tcp")
+        assert p.returncode == 0 and counts == (2, 2, 0)
+        p = run("stat", path, "--interval", "0")
+        assert "tcp INSECURE (no keys)" in p.stdout, p.stdout
+    finally:
+        code, err = srv.stop(signal.SIGTERM)
+    assert code == 0 and "WARNING: plain TCP on tcp://127.0.0.1:0 (--insecure-tcp)" in err, err
 
 
 def test_serve_on_the_default_name_stops_on_sigint(tmp_path):
@@ -234,7 +276,7 @@ def test_pub_lines_from_stdin_reach_sub(tmp_path):
 
 def test_pub_generates_a_load_and_sub_counts_it_with_its_losses(tmp_path):
     address = str(tmp_path / "b.sock")
-    with broker.Server(address, tcp="tcp://127.0.0.1:0") as srv:
+    with broker.Server(address, tcp="tcp://127.0.0.1:0", grants=["key:test topic:load subscribe"]) as srv:
         tcp = f"tcp://127.0.0.1:{srv.bound[1][1]}"
         counting = _sub_proc(address, "load", "--count", "2000", "--quiet")
         dropping = _sub_proc(tcp, "load", "--quiet", "--policy", "drop", "--capacity", "10")

@@ -17,7 +17,7 @@ import pytest
 import broker
 from broker import Buffer, Policy, RefObject, Session, SubSession, connect
 
-from .helpers import Child, in_child, wait_for
+from .helpers import Child, in_child, raw_hello, wait_for
 
 ECHO_LEN, REVERSE, RAISE, OPEN_SHARED, SUB_ADD, PANIC, LATER, OVERFLOW, SECRET, GUARDED, HOLD, TWICE = range(1, 13)
 
@@ -599,9 +599,7 @@ def test_a_busy_refusal_does_not_free_a_slot(server):
     server.only_raw_clients = True
     sock = raw_socket(server)
     proto = ClientConnection()
-    sock.sendall(proto.hello(Hello((1, 0, 0), slots=1, socket_only=True)))  # this test speaks on the socket
-    while proto.state.value == "handshake":
-        proto.receive(sock.recv(4096))
+    raw_hello(sock, proto, Hello((1, 0, 0), slots=1, socket_only=True))  # this test speaks on the socket
     statuses = {}
     for _ in range(4):  # one is held, the next three are refused
         rid, frame = proto.request(HOLD, asynchronous=True)

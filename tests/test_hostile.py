@@ -17,6 +17,8 @@ import broker
 from broker import connect
 from broker._protocol import HEADER, Hello, encode
 
+from .helpers import raw_hello
+
 ROUNDS = 20
 ECHO = 1
 
@@ -69,23 +71,39 @@ def _read_frame(s: socket.socket) -> bytes:
     return data
 
 
-STEPS = ["at once", "half a HELLO", "right after HELLO", "after WELCOME", "after the shared-memory offer"]
+STEPS = ["at once", "half a HELLO", "right after HELLO", "after the CHALLENGE", "after the AUTH", "after WELCOME",
+         "after the shared-memory offer"]
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("step", STEPS)
 def test_a_client_reset_at_any_step_of_the_handshake_ends_only_its_connection(served, transport, step):
+    from broker import _keys
+    from broker._protocol import Auth, ClientConnection, decode_body
+
     srv, addresses = served
     if step == "after the shared-memory offer" and transport == "tcp":
         pytest.skip("TCP never gets shared memory")
+    if step in ("after the CHALLENGE", "after the AUTH") and transport == "unix":
+        pytest.skip("a Unix peer is known to the kernel: no key to prove")
     hello = encode(Hello((1, 0, 0), 4))
+    key = _keys.client_key(None)  # the run's (conftest.py): TCP clients prove it
     for _ in range(ROUNDS):
         s = _raw(addresses[transport])
         if step == "half a HELLO":
             s.sendall(hello[: len(hello) // 2])
+        elif step == "after WELCOME" and transport == "tcp":
+            raw_hello(s, ClientConnection(), Hello((1, 0, 0), 4))  # the key proven both ways, then WELCOME
         elif step != "at once":
             s.sendall(hello)
-        if step in ("after WELCOME", "after the shared-memory offer"):
+        if step in ("after the CHALLENGE", "after the AUTH"):
+            frame = _read_frame(s)
+            challenge = decode_body(frame[5], 0, 0, frame[HEADER.size:])
+            if step == "after the AUTH":  # a good proof, and gone before the server's AUTH_OK
+                nonce = os.urandom(32)
+                s.sendall(encode(Auth(nonce, _keys.client_proof(key, hello[HEADER.size:], challenge.nonce, nonce),
+                                      key.name)))
+        if step == "after WELCOME" and transport == "unix" or step == "after the shared-memory offer":
             assert _read_frame(s), "no WELCOME"
         if step == "after the shared-memory offer":
             assert _read_frame(s), "no SHM_OFFER"

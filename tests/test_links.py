@@ -358,7 +358,7 @@ def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other
     ready_r, ready_w = os.pipe()
     r, w = os.pipe()
     try:
-        with broker.Server(path) as srv:
+        with broker.Server(path, grants=[f"uid:{uid} service:x call"]) as srv:  # another user: granted
             os.chmod(path, 0o666)
             prov = _provider(path, "x", ready_w)
             try:

@@ -13,7 +13,10 @@ from broker._protocol import (
     NO_ARG,
     Arg,
     ArgKind,
+    Auth,
+    AuthOk,
     Cancel,
+    Challenge,
     ClientConnection,
     Close,
     Complete,
@@ -67,6 +70,11 @@ GOLDEN = [
     (Panic("bad"), "42524b31 01 06 0000 03000000 00000000 0000000000000000 | 626164"),
     (Cancel(8), "42524b31 01 07 0000 00000000 00000000 0800000000000000 |"),
     (Close(""), "42524b31 01 08 0000 00000000 00000000 0000000000000000 |"),
+    (Challenge(bytes(range(32))),
+     "42524b31 01 0c 0000 20000000 00000000 0000000000000000 | " + bytes(range(32)).hex()),
+    (Auth(bytes(32), b"\xff" * 32, "al"),
+     "42524b31 01 0d 0000 42000000 00000000 0000000000000000 | " + "00" * 32 + "ff" * 32 + "616c"),
+    (AuthOk(b"\x11" * 32), "42524b31 01 0e 0000 20000000 00000000 0000000000000000 | " + "11" * 32),
 ]
 
 
@@ -123,6 +131,11 @@ COMPLETE = GOLDEN[6][1]
         (corrupt(COMPLETE, 24 + 12, struct.pack("<I", 99)), "write of 99 bytes"),
         (corrupt(GOLDEN[8][1], 24, b"\xff"), "not UTF-8"),
         (corrupt(GOLDEN[9][1], 8, b"\x01") + b"x", "CANCEL with a body"),
+        (corrupt(GOLDEN[11][1], 8, b"\x1f")[:-1], "CHALLENGE with a nonce of 31 bytes"),
+        (corrupt(GOLDEN[12][1], 8, b"\x40")[:-2], "AUTH: 64 bytes, needs 65"),
+        (corrupt(GOLDEN[12][1], 8, b"\x81") + b"n" * 63, "key name of 65 bytes"),
+        (corrupt(GOLDEN[12][1], 24 + 64, b"\xff"), "AUTH key name is not UTF-8"),
+        (corrupt(GOLDEN[13][1], 8, b"\x21") + b"x", "AUTH_OK with a proof of 33 bytes"),
     ],
 )
 def test_bad_frames_are_protocol_errors_with_a_reason(data, reason):
@@ -215,6 +228,69 @@ def test_out_of_place_frames_end_the_connection():
     c, s = handshake()
     with pytest.raises(ProtocolError, match="does not send"):
         s.receive(encode(Welcome(1, 1)))
+
+
+def test_the_key_exchange_in_order():
+    """HELLO, CHALLENGE, AUTH, then AUTH_OK with WELCOME; the proofs cover the HELLO as it travelled."""
+    c, s = ClientConnection(), ServerConnection()
+    s.receive(c.hello(Hello((1, 0, 0), 3)))
+    assert s.hello_body == c.hello_body and len(c.hello_body) == 16
+    [ch] = c.receive(s.challenge(b"n" * 32))
+    assert ch == Challenge(b"n" * 32) and c.challenge == b"n" * 32 and s.state == State.AUTH
+    [auth] = s.receive(c.auth(b"c" * 32, b"p" * 32, "alice"))
+    assert auth == Auth(b"c" * 32, b"p" * 32, "alice") and s.auth_event == auth and c.state == State.AUTH
+    with pytest.raises(ProtocolError, match="needs the answered CHALLENGE and the server's proof"):
+        s.accept(1, 3)  # no proof: a WELCOME without AUTH_OK would let the client take an impostor
+    ok, welcome = c.receive(s.accept(1, 3, proof=b"s" * 32))
+    assert ok == AuthOk(b"s" * 32) and c.server_proof == b"s" * 32 and welcome.connection_id == 1
+    assert c.state == s.state == State.OPEN
+
+
+@pytest.mark.parametrize("case, error", [
+    ("welcome before the auth", "WELCOME before the CHALLENGE was answered"),
+    ("a second challenge", "a second CHALLENGE"),
+    ("auth_ok without auth", "AuthOk before WELCOME"),
+    ("welcome in place of auth_ok", "Welcome where AUTH_OK was due"),
+    ("auth to a client", "Auth before WELCOME"),
+])
+def test_key_frames_out_of_place_end_the_client(case, error):
+    c = ClientConnection()
+    c.hello(Hello())
+    if case == "welcome before the auth":
+        c.receive(encode(Challenge(bytes(32))))
+        frames = encode(Welcome(1, 1))
+    elif case == "a second challenge":
+        frames = encode(Challenge(bytes(32))) * 2
+    elif case == "auth_ok without auth":
+        frames = encode(AuthOk(bytes(32)))
+    elif case == "welcome in place of auth_ok":
+        c.receive(encode(Challenge(bytes(32))))
+        c.auth(bytes(32), bytes(32), "k")
+        frames = encode(Welcome(1, 1))
+    else:
+        frames = encode(Auth(bytes(32), bytes(32), "k"))
+    with pytest.raises(ProtocolError, match=error):
+        c.receive(frames)
+    assert c.state == State.CLOSED
+
+
+@pytest.mark.parametrize("case, error", [
+    ("auth before hello", "Auth before HELLO"),
+    ("auth without a challenge", "Auth before the server answered HELLO"),
+    ("a request in place of auth", "Request where the answer to CHALLENGE was due"),
+    ("auth_ok from a client", "AuthOk where the answer to CHALLENGE was due"),
+])
+def test_key_frames_out_of_place_end_the_server(case, error):
+    s = ServerConnection()
+    if case != "auth before hello":
+        s.receive(encode(Hello()))
+    if case in ("a request in place of auth", "auth_ok from a client"):
+        s.challenge(bytes(32))
+    frame = {"a request in place of auth": encode(Request(1, 1)),
+             "auth_ok from a client": encode(AuthOk(bytes(32)))}.get(case, encode(Auth(bytes(32), bytes(32), "k")))
+    with pytest.raises(ProtocolError, match=error):
+        s.receive(frame)
+    assert s.state == State.CLOSED
 
 
 def test_refusal_and_panic_close_the_client():

@@ -25,7 +25,9 @@ def server(request, tmp_path):
     events: list[broker.SessionEvent] = []
     store = KeyValueStore(LIMITS)
     path = str(tmp_path / "svc.sock")
-    srv = broker.Server(path, ServicesSession.factory(store), tcp="tcp://127.0.0.1:0", on_event=events.append)
+    # the TCP client proves the run's key "test" (conftest.py); the grant lets it use every table
+    srv = broker.Server(path, ServicesSession.factory(store), tcp="tcp://127.0.0.1:0", on_event=events.append,
+                        grants=["key:test table:*"])
     srv.start()
     srv.address = path if request.param == "unix" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
     srv.store = store

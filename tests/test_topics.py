@@ -302,7 +302,7 @@ def test_a_subscriber_in_another_session_gets_every_message_over_its_socket(serv
     r, w = os.pipe()
     ready_r, ready_w = os.pipe()
     try:
-        with broker.Server(path) as srv:
+        with broker.Server(path, grants=[f"uid:{uid} topic:* subscribe"]) as srv:  # another user: granted
             os.chmod(path, 0o666)
 
             def stranger() -> None:
@@ -336,7 +336,7 @@ def test_a_subscriber_in_another_session_gets_every_message_over_its_socket(serv
 
 
 def test_tcp_subscribers_and_asyncio(server, tmp_path):
-    srv = broker.Server(str(tmp_path / "tcp.sock"), tcp="tcp://127.0.0.1:0")
+    srv = broker.Server(str(tmp_path / "tcp.sock"), tcp="tcp://127.0.0.1:0", grants=["key:test topic:net subscribe"])
     with srv:
         address = f"tcp://127.0.0.1:{srv.bound[1][1]}"
         with connect(address) as t, connect(str(tmp_path / "tcp.sock")) as u:

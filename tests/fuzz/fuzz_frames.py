@@ -26,7 +26,9 @@ with fuzzlib.instrumented(__name__ == "__main__", ["broker._protocol"]):
 TARGET = "frames"
 Bug = fuzzlib.Bug
 EVENT_TYPES = (P.Hello, P.Welcome, P.Refuse, P.Request, P.Complete, P.Panic, P.Cancel, P.Close, P.ShmOffer,
-               P.ShmAccept, P.ShmDecline)
+               P.ShmAccept, P.ShmDecline, P.Challenge, P.Auth, P.AuthOk)
+STATES = 7  # of each side below
+NONCE, PROOF = bytes(range(32)), bytes(range(32, 64))
 
 
 def _reader_outcome(reader: P.FrameReader, pieces: list[bytes]) -> tuple[list, tuple[str, str] | None]:
@@ -72,6 +74,11 @@ def _server(state: int, max_frame: int) -> P.ServerConnection:
     conn.receive(P.encode(P.Hello((1, 0, 0), 4)))
     if state == 1:
         return conn  # HANDSHAKE: HELLO in, not answered
+    if state in (5, 6):
+        conn.challenge(NONCE)  # AUTH: waiting for the client's proof (TCP with keys)
+        if state == 6:
+            conn.receive(P.encode(P.Auth(NONCE, PROOF, "alice")))  # HANDSHAKE again: proven, not answered
+        return conn
     conn.accept(7, 4, shm_offer=state == 3)
     if state == 3:
         conn.offer_shm(4096, "/brk-fuzz")  # OPEN, waiting for SHM_ACCEPT / SHM_DECLINE
@@ -87,6 +94,11 @@ def _client(state: int, max_frame: int) -> P.ClientConnection:
     conn.hello(P.Hello((1, 0, 0), 4))
     if state == 1:
         return conn  # HANDSHAKE: waiting for WELCOME
+    if state in (5, 6):
+        conn.receive(P.encode(P.Challenge(NONCE)))  # HANDSHAKE, asked for a key
+        if state == 6:
+            conn.auth(NONCE, PROOF, "alice")  # AUTH: waiting for AUTH_OK
+        return conn
     conn.receive(P.encode(P.Welcome(7, 4, max_frame, shm_offer=state in (3, 4))))
     if state == 4:
         conn.receive(P.encode(P.ShmOffer(4096, "/brk-fuzz")))  # an offer to answer
@@ -133,7 +145,7 @@ def TestOneInput(data: bytes) -> None:
     cuts, stream = data[2:2 + ncuts], data[2 + ncuts:]
     pieces = fuzzlib.chunks(stream, cuts)
     max_frame = P.MIN_MAX_FRAME if mode & 8 else P.DEFAULT_MAX_FRAME
-    what, state = mode & 7, (mode >> 4) % 5
+    what, state = mode & 7, (mode >> 4) % STATES
     if what in (0, 1):
         _readers(stream, pieces, max_frame)
     elif what in (2, 3):
@@ -154,13 +166,16 @@ def seeds() -> list[bytes]:
     req = P.request_frame(1, 3, 0, False, args) + P.request_frame(2, 4, 17, True, (P.Arg(P.ArgKind.HANDLE, 3),) + (P.NO_ARG,) * 3)
     comp = P.complete_frame(1, 0, [P.Write(2, b"out")], None) + P.complete_frame(2, -6, [], "an error, \u00e9")
     other = (P.encode(P.Refuse(-10, "version")) + P.encode(P.Panic("boom")) + P.encode(P.Cancel(5))
-             + P.encode(P.Close("bye")) + P.encode(P.ShmAccept(bytes(range(32)))) + P.encode(P.ShmDecline("no")))
+             + P.encode(P.Close("bye")) + P.encode(P.ShmAccept(bytes(range(32)))) + P.encode(P.ShmDecline("no"))
+             + P.encode(P.Challenge(NONCE)) + P.encode(P.Auth(NONCE, PROOF, "key-\u00e9")) + P.encode(P.AuthOk(PROOF)))
     out = [bytes([0, 0]) + hello + req + comp + other, bytes([1, 3, 5, 30, 200]) + req + comp,
            bytes([8, 0]) + req]
-    for state in range(5):
-        out.append(bytes([2 | state << 4, 0]) + (hello if state == 0 else b"") + req + P.encode(P.Cancel(1))
+    for state in range(STATES):
+        out.append(bytes([2 | state << 4, 0]) + (hello if state == 0 else b"")
+                   + (P.encode(P.Auth(NONCE, PROOF, "bob")) if state == 5 else b"") + req + P.encode(P.Cancel(1))
                    + P.encode(P.ShmAccept(bytes(32))) + P.encode(P.Close("done")))
-        out.append(bytes([4 | state << 4, 2, 10, 40]) + welcome + offer + comp + P.encode(P.Close("x")))
+        out.append(bytes([4 | state << 4, 2, 10, 40]) + (P.encode(P.AuthOk(PROOF)) if state == 6 else b"")
+                   + welcome + offer + comp + P.encode(P.Close("x")))
     out.append(bytes([6, 0]) + bytes([4, 1, 0]) + (5).to_bytes(8, "little") + req[24:24 + 72 + 7])
     return out
 
