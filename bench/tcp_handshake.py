@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import broker
-from broker._services import EchoClient, ServicesSession
+from broker.services.kv import EchoClient, ServicesSession
 
 
 def _connects(address: str, key: object, n: int) -> list[float]:

@@ -6,7 +6,8 @@ import json
 import os
 import tempfile
 
-from broker import _bench_link, _names
+from broker.bench import link as _bench_link
+from broker.core import names as _names
 
 
 def test_bench_link_smoke_run(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,8 @@ import os
 import tempfile
 import threading
 
-from broker import _bench_pubsub, _names
+from broker.bench import pubsub as _bench_pubsub
+from broker.core import names as _names
 
 
 def test_bench_pubsub_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,9 @@ from array import array
 
 import pytest
 
-from broker import Ring, _bench_ring, _names
+from broker import Ring
+from broker.bench import ring as _bench_ring
+from broker.core import names as _names
 
 PAYLOAD = bytes(range(64))
 BATCH = 1024

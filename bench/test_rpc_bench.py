@@ -16,7 +16,8 @@ import threading
 import pytest
 
 import broker
-from broker import _bench_rpc, _names
+from broker.bench import rpc as _bench_rpc
+from broker.core import names as _names
 from broker.cli import main
 
 FIGURES = {"rtt_64", "strict_64", "pipelined_64", "many_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}

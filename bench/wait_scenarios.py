@@ -22,7 +22,7 @@ import statistics
 import sys
 from typing import Any
 
-from broker import _bench_ring as b
+from broker.bench import ring as b
 
 SCENARIOS = ("free", "pinned to one CPU", "1 CPU hog beside", "2 CPU hogs beside")
 

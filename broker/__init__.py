@@ -1,6 +1,7 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
-from ._client import Buffer, ClientSession, SubSession, connect
-from ._errors import (
+from broker.api import ClientSession, Server, connect
+from broker.framework.client import Buffer, SubSession
+from broker._errors import (
     BadHandle,
     BrokerError,
     Closed,
@@ -25,16 +26,16 @@ from ._errors import (
     Timeout,
     TooBig,
 )
-from ._access import Access, Grant, GrantError, load_grants, parse_grant
-from ._keys import Key, KeyFileError, load_keys, new_key
-from ._identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
-from ._malloc import keep_large_buffers
-from ._protocol import ArgKind, ProtocolError, Status
-from ._ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
-from ._server import Refused, Server
-from ._pubsub import Publisher, Received, Subscriber
-from . import _services as services  # the function codes: broker.services.ECHO, .PUT, ...
-from ._services import (
+from broker.framework.access import Access, Grant, GrantError, load_grants, parse_grant
+from broker.transport.keys import Key, KeyFileError, load_keys, new_key
+from broker.transport.identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
+from broker.core.malloc import keep_large_buffers
+from broker.protocol.frames import ArgKind, ProtocolError, Status
+from broker.core.ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
+from broker.framework.server import Refused
+from broker.services.topics.client import Publisher, Received, Subscriber
+from broker import services  # the built-in services; broker.services.ECHO, .PUT, ...: the key-value codes
+from broker.services.kv import (
     BufferTooSmall,
     EchoClient,
     EchoSession,
@@ -49,8 +50,8 @@ from ._services import (
     SharedTable,
     Table,
 )
-from ._session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent
-from ._version import __version__
+from broker.framework.session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent
+from broker._version import __version__
 
 __all__ = [
     "Access",

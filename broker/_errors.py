@@ -56,14 +56,6 @@ class Evicted(BrokerError, ConnectionError):
     """This broadcast consumer was removed by the producer."""
 
 
-class MessagesLost(BrokerError):
-    """A lossy consumer was lapped: `count` records were skipped."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(f"{count} record(s) lost: the producer lapped this consumer")
-        self.count = count
-
-
 class StateError(BrokerError, RuntimeError):
     """A call out of order: a second claim, a commit without a claim, a
     consumer call on the producer side, a closed ring."""

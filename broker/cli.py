@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from ._version import __version__
+from broker._version import __version__
 
 MAX_PING_SIZE = 16 << 20
 
@@ -32,10 +32,10 @@ def _where(bound: Any) -> str:
 def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None,
           limits: dict[str, Any] | None = None, access: dict[str, Any] | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
-    from ._errors import BrokerError
-    from ._server import Server
-    from ._services import KeyValueStore, ServicesSession
-    from ._session import SessionEvent
+    from broker._errors import BrokerError
+    from broker.api import Server
+    from broker.services.kv import KeyValueStore, ServicesSession
+    from broker.framework.session import SessionEvent
 
     def log_event(ev: SessionEvent) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -53,10 +53,10 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
         if signals:  # a signal came before the loop could take it
             server.stop()
 
-    from ._access import load_grants
-    from ._malloc import keep_large_buffers
+    from broker.framework.access import load_grants
+    from broker.core.malloc import keep_large_buffers
 
-    keep_large_buffers()  # this process is the broker: large messages reuse their pages (see _malloc.py)
+    keep_large_buffers()  # this process is the broker: large messages reuse their pages (see malloc.py)
     access = dict(access or {})
     try:
         grants = list(access.pop("grant", None) or [])
@@ -95,7 +95,7 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
 
 def keygen(path: str | None, name: str | None) -> int:
     """Add a fresh key to a keys file (made 0600 if it is not there)."""
-    from ._keys import KeyFileError, default_path, new_key
+    from broker.transport.keys import KeyFileError, default_path, new_key
 
     path = path or default_path()
     try:
@@ -119,9 +119,9 @@ def _percentile(sorted_ms: list[float], p: float) -> float:
 
 def ping(address: str, count: int, size: int, interval: float, timeout: float, quiet: bool, key: Any = None) -> int:
     """Round trips to the echo service; exit code 0 only if every one came back intact."""
-    from ._client import connect
-    from ._errors import BrokerError, Panicked, ServerGone
-    from ._services import EchoClient
+    from broker.api import connect
+    from broker._errors import BrokerError, Panicked, ServerGone
+    from broker.services.kv import EchoClient
 
     try:
         session = connect(address, timeout=timeout, key=key)
@@ -181,8 +181,8 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
     the rates (topics published and relayed a second, services' calls a second)."""
     import json
 
-    from ._client import connect
-    from ._errors import BrokerError
+    from broker.api import connect
+    from broker._errors import BrokerError
 
     try:
         with connect(address, timeout=timeout, socket_only=True, key=key) as s:
@@ -280,8 +280,8 @@ def pub_command(address: str, topic: str, count: int | None, size: int, rate: fl
     load of `count` messages of `size` bytes at `rate` per second (0: as fast as it goes)."""
     import time
 
-    from ._client import connect
-    from ._errors import BrokerError
+    from broker.api import connect
+    from broker._errors import BrokerError
 
     try:
         with connect(address, timeout=timeout, key=key) as s, s.publisher(topic, block_timeout=timeout) as p:
@@ -318,8 +318,8 @@ def sub_command(address: str, topic: str, count: int | None, quiet: bool, policy
     once a second); after `count` messages, or at SIGINT, a summary."""
     import time
 
-    from ._client import connect
-    from ._errors import BrokerError, EmptyTimeout
+    from broker.api import connect
+    from broker._errors import BrokerError, EmptyTimeout
 
     n = nbytes = 0
     t0 = last = time.monotonic()
@@ -367,11 +367,12 @@ def demo() -> int:
     the round trip, and the server's statistics."""
     import tempfile
 
-    from ._client import Buffer, connect
-    from ._keys import new_key
-    from ._server import Server
-    from ._services import ECHO, KeyValueClient, KeyValueStore, ServicesSession
-    from ._session import SessionEvent
+    from broker.api import connect
+    from broker.framework.client import Buffer
+    from broker.transport.keys import new_key
+    from broker.api import Server
+    from broker.services.kv import ECHO, KeyValueClient, KeyValueStore, ServicesSession
+    from broker.framework.session import SessionEvent
 
     def on_event(ev: SessionEvent) -> None:
         if ev.kind == "connected" and ev.decision is not None:
@@ -418,7 +419,7 @@ def demo() -> int:
 
     with tempfile.TemporaryDirectory(prefix="broker-demo-") as d:
         path, keys = os.path.join(d, "demo.sock"), os.path.join(d, "keys")
-        key = new_key(keys, "demo-tcp")  # TCP clients prove it; the server proves it back (broker/_keys.py)
+        key = new_key(keys, "demo-tcp")  # TCP clients prove it; the server proves it back (broker/transport/keys.py)
         # what that TCP identity may do: nothing of the broker's own services unless granted
         grants = [f"key:{key.name} table:orders read", f"key:{key.name} service:upper call",
                   f"key:{key.name} topic:prices subscribe"]
@@ -474,7 +475,8 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
     ring, a subscriber of the same session reading it in place, one over TCP getting it relayed."""
     import threading
 
-    from ._client import Buffer, connect
+    from broker.api import connect
+    from broker.framework.client import Buffer
 
     n = 200_000
 
@@ -558,7 +560,7 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
 
 def clean(dry_run: bool) -> int:
     """Remove this user's broker segments whose creator is dead; say which."""
-    from ._ring import sweep
+    from broker.core.ring import sweep
 
     found = sweep(remove=not dry_run)
     for name, why in found:
@@ -625,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="plain TCP: no keys, anyone who reaches the port gets a session (a warning says so)")
     srv.add_argument("--grant", metavar="'WHO WHAT [ACTIONS]'", action="append", default=None,
                      help="let another user or a TCP key use topics, tables or linked services, e.g. "
-                          "'key:alice topic:prices.* subscribe' (repeat it; see broker/_access.py)")
+                          "'key:alice topic:prices.* subscribe' (repeat it; see broker/framework/access.py)")
     srv.add_argument("--grants", metavar="FILE", action="append", default=None,
                      help="grants from a file, a line each (not writable by others)")
     kg = sub.add_parser("keygen", help="add a fresh key for TCP clients to a keys file (made 0600)")
@@ -713,19 +715,19 @@ def main(argv: list[str] | None = None) -> int:
         return ping(args.address, args.count, args.size, args.interval, args.timeout, args.quiet, _key(args))
     if args.command == "bench":
         if args.suite in (None, "ring"):
-            from ._bench_ring import run
+            from broker.bench.ring import run
 
             return run(json_path=getattr(args, "json", None), quick=getattr(args, "quick", False))
         if args.suite == "rpc":
-            from ._bench_rpc import run as run_rpc
+            from broker.bench.rpc import run as run_rpc
 
             return run_rpc(json_path=args.json, quick=args.quick)
         if args.suite == "link":
-            from ._bench_link import run as run_link
+            from broker.bench.link import run as run_link
 
             return run_link(json_path=args.json, quick=args.quick)
         if args.suite == "pubsub":
-            from ._bench_pubsub import run as run_pubsub
+            from broker.bench.pubsub import run as run_pubsub
 
             return run_pubsub(json_path=args.json, quick=args.quick)
         parser.error(f"unknown benchmark {args.suite!r}")

@@ -6,7 +6,7 @@
  * about 8 us of a round trip whose rings take 0.7 us. Here each is a few
  * hundred nanoseconds.
  *
- * broker/_protocol.py stays the definition of the wire format (its module
+ * broker/protocol/frames.py stays the definition of the wire format (its module
  * docstring) and its reference code. This file takes only the common, valid
  * frames: whenever anything is unusual (a bad header, an unknown flag, an
  * argument out of range, a frame of another type, an incomplete frame) it
@@ -1379,7 +1379,7 @@ static PyObject *brk_codec_message_setup(PyObject *self, PyObject *const *args, 
 #define BRK_TAKE_COPY BRK_CODEC_BATCH_BYTES
 #define BRK_TAKE_FRAMES (BRK_TAKE_COPY / (BRK_CODEC_HEADER + BRK_CODEC_REQUEST_FIXED) + 1)
 
-/* A ring handle passed as its address (only broker/_ring.py passes one); NULL with an exception. */
+/* A ring handle passed as its address (only broker/core/ring.py passes one); NULL with an exception. */
 static brk_ring *brk_codec_ring(PyObject *address)
 {
     brk_ring *r = PyLong_AsVoidPtr(address);

@@ -1,4 +1,4 @@
-/* brk_codec.h: the framework's frame layout as the C codec sees it (broker/_protocol.py defines it), for brk_codec.c and brk_py.c. */
+/* brk_codec.h: the framework's frame layout as the C codec sees it (broker/protocol/frames.py defines it), for brk_codec.c and brk_py.c. */
 #ifndef BRK_CODEC_H
 #define BRK_CODEC_H
 

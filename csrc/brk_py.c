@@ -8,11 +8,11 @@
  * million messages a second, so the three per-message calls live here.
  * They hold the GIL (they do not block) except around long copies and waits,
  * which they count in r->busy (see BRK_PY_BLOCKING).
- * They are compiled into the same extension as the cffi module; broker/_ring.py
+ * They are compiled into the same extension as the cffi module; broker/core/ring.py
  * turns the method table into callables once, at import.
  *
  * The first argument of each is the address of a brk_ring handle, which only
- * broker/_ring.py passes. The result is bytes or an int outcome (brk_ring.h).
+ * broker/core/ring.py passes. The result is bytes or an int outcome (brk_ring.h).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -244,7 +244,6 @@ static PyObject *brk_py_send_many(PyObject *self, PyObject *const *args, Py_ssiz
 /* Batch buffer of recv_many: records and lengths together stay under glibc's
  * mmap threshold (128 KiB), so the allocation is reused, not page-faulted. */
 #define BRK_PY_BATCH_BYTES (64 * 1024)
-#define BRK_PY_BATCH_MAX 4096
 
 /* recv_many(ring, max) -> list of bytes | int: the records already there (up
  * to max and 64 KiB), each its own bytes object, in one call. */
@@ -286,12 +285,12 @@ static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssiz
     return list;
 }
 
-/* ---- topics: a publisher's ring (broker/_topics.py RECORD_HEAD) ----
+/* ---- topics: a publisher's ring (broker/services/topics/broker.py RECORD_HEAD) ----
  * A record is a 20-byte header, then the message's meta and payload: sequence
  * number u64, meta length u32, payload bytes still to come in later fragments
  * u32, fragment index u32 (all little-endian). These calls handle the common
  * message only, bytes with no meta in one record; anything else is Python's
- * (broker/_pubsub.py), which also says what is wrong with a bad record. */
+ * (broker/services/topics/client.py), which also says what is wrong with a bad record. */
 #define BRK_TOPIC_HEAD 20
 
 /* Write one plain message: the header and data, straight into a claimed record. */

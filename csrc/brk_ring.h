@@ -40,6 +40,7 @@
 #define BRK_MAX_CAPACITY   1099511627776
 #define BRK_MAX_CONSUMERS  1024
 #define BRK_WAIT_ANY_MAX   64
+#define BRK_PY_BATCH_MAX   4096  /* records one recv_many call returns at most (brk_py.c) */
 
 /* A slot's state word: the low 8 bits are the state, the rest a generation
  * that every join increments, so an evicted consumer never mistakes a new

@@ -13,7 +13,7 @@ SHM = "/dev/shm"
 def shm_entries() -> set[str]:
     """This run's segments: its own prefix (set in the root conftest.py), so that another test
     run, a benchmark or a broker on the same machine is neither counted nor cleaned up."""
-    from broker import _names
+    from broker.core import names as _names
 
     assert _names.PREFIX.startswith("brk-t"), "the root conftest.py sets this run's prefix before broker is imported"
     return {e for e in os.listdir(SHM) if _names.is_ours(e)}

@@ -14,7 +14,7 @@ import pytest
 
 import broker
 from broker import GrantError, parse_grant
-from broker._services import EchoClient, KeyValueClient, ServicesSession
+from broker.services.kv import EchoClient, KeyValueClient, ServicesSession
 
 from .helpers import Child
 

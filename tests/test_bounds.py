@@ -19,7 +19,7 @@ import pytest
 
 import broker
 from broker import Buffer, connect
-from broker._protocol import HEADER, MAGIC, Arg, ArgKind, Hello, encode, request_frame
+from broker.protocol.frames import HEADER, MAGIC, Arg, ArgKind, Hello, encode, request_frame
 
 from .helpers import Child, raw_hello, wait_for
 from .served import serve
@@ -312,7 +312,7 @@ class Recorder(broker.Session):
 def test_a_pipelining_client_gets_a_bounded_share_of_each_turn_and_the_others_their_turns(tmp_path):
     """20,000 requests in one go from one socket client (a 256 KiB recv holds thousands) are handled
     at most TURN_EVENTS a turn, and a second client's calls are served between them, not after."""
-    from broker._server import TURN_EVENTS
+    from broker.framework.server import TURN_EVENTS
 
     Recorder.served = []
     path = str(tmp_path / "fair.sock")

@@ -30,7 +30,8 @@ import zlib
 import pytest
 
 import broker
-from broker import _names, connect
+from broker import connect
+from broker.core import names as _names
 
 from .helpers import Child, wait_for
 from .served import serve

@@ -10,7 +10,7 @@ import pytest
 
 import broker
 from broker import Broadcast, Ring
-from broker._ring import ffi
+from broker.core.ring import ffi
 
 from .helpers import Child
 

@@ -347,7 +347,7 @@ def test_truncated_frame_then_disconnect(server):
 
 def test_a_request_before_hello_is_a_protocol_error(server):
     bad = raw_socket(server)
-    bad.sendall(broker._protocol.encode(broker._protocol.Request(1, 5)))
+    bad.sendall(broker.protocol.frames.encode(broker.protocol.frames.Request(1, 5)))
     assert bad.recv(100) == b""  # the server closed the connection
     bad.close()
     wait_for(lambda: any("before HELLO" in ev.reason for ev in server.recorded))
@@ -594,7 +594,7 @@ def test_session_events_iterator(tmp_path):
 
 def test_a_busy_refusal_does_not_free_a_slot(server):
     """A client that ignores its slots: the refusal must not hand it an extra slot."""
-    from broker._protocol import ClientConnection, Hello
+    from broker.protocol.frames import ClientConnection, Hello
 
     server.only_raw_clients = True
     sock = raw_socket(server)

@@ -5,7 +5,7 @@ import pytest
 
 import broker
 from broker._errors import BadHandle
-from broker._handles import ObjectIndex
+from broker.protocol.handles import ObjectIndex
 
 
 def test_add_get_remove():

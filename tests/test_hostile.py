@@ -15,7 +15,7 @@ import pytest
 
 import broker
 from broker import connect
-from broker._protocol import HEADER, Hello, encode
+from broker.protocol.frames import HEADER, Hello, encode
 
 from .helpers import raw_hello
 
@@ -78,8 +78,8 @@ STEPS = ["at once", "half a HELLO", "right after HELLO", "after the CHALLENGE", 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("step", STEPS)
 def test_a_client_reset_at_any_step_of_the_handshake_ends_only_its_connection(served, transport, step):
-    from broker import _keys
-    from broker._protocol import Auth, ClientConnection, decode_body
+    from broker.transport import keys as _keys
+    from broker.protocol.frames import Auth, ClientConnection, decode_body
 
     srv, addresses = served
     if step == "after the shared-memory offer" and transport == "tcp":
@@ -236,7 +236,7 @@ def test_no_deferred_callback_captures_an_exception_variable():
 
 
 def _sealed_spans(pid: int | str, kind: str) -> list[str]:
-    from broker import _names
+    from broker.core import names as _names
 
     with open(f"/proc/{pid}/maps") as f:
         return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and f".{kind}." in line]

@@ -14,8 +14,8 @@ import threading
 import pytest
 
 import broker
-from broker import _keys
-from broker._protocol import (
+from broker.transport import keys as _keys
+from broker.protocol.frames import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -31,7 +31,7 @@ from broker._protocol import (
     Welcome,
     encode,
 )
-from broker._services import ECHO, EchoClient, ServicesSession
+from broker.services.kv import ECHO, EchoClient, ServicesSession
 
 from .helpers import wait_for
 

@@ -13,8 +13,8 @@ import threading
 import pytest
 
 import broker
-from broker._protocol import NO_ARG, Arg, ArgKind
-from broker._session import Message
+from broker.protocol.frames import NO_ARG, Arg, ArgKind
+from broker.framework.session import Message
 
 
 class _Conn:
@@ -103,8 +103,8 @@ def test_the_first_complete_of_a_process_may_take_the_python_way():
 
     code = (
         "import threading\n"
-        "from broker._protocol import NO_ARG\n"
-        "from broker._session import Message\n"
+        "from broker.protocol.frames import NO_ARG\n"
+        "from broker.framework.session import Message\n"
         "class Proto:\n"
         "    state = None\n"
         "class Conn:\n"
@@ -127,8 +127,8 @@ class _BatchConn:
     """What complete() uses of a shared-memory connection while on_ring serves a batch."""
 
     def __init__(self, rid: int, asynchronous: bool) -> None:
-        from broker._protocol import Request, ServerConnection, State
-        from broker._ring import ring_batch
+        from broker.protocol.frames import Request, ServerConnection, State
+        from broker.core.ring import ring_batch
 
         self.lock = threading.RLock()
         self.proto = ServerConnection()

@@ -1,4 +1,4 @@
-"""The Prometheus endpoint (broker/_metrics.py): real HTTP, real traffic, the counters it shows."""
+"""The Prometheus endpoint (broker/framework/metrics.py): real HTTP, real traffic, the counters it shows."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ import pytest
 
 import broker
 from broker import connect
-from broker._metrics import render
+from broker.framework.metrics import render
 
 
 def _scrape(srv: broker.Server) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Every shared-memory name comes from broker._names."""
+"""Every shared-memory name comes from broker.core.names."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from broker import _names
+from broker.core import names as _names
 
 P = re.escape(_names.PREFIX)
 

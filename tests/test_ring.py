@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import broker
-from broker import Ring, _names
+from broker import Ring
+from broker.core import names as _names
 
 
 @pytest.fixture

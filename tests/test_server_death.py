@@ -8,7 +8,8 @@ import time
 import pytest
 
 import broker
-from broker import _names, connect
+from broker import connect
+from broker.core import names as _names
 
 from .served import serve
 

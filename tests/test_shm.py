@@ -13,7 +13,9 @@ import posix_ipc
 import pytest
 
 import broker
-from broker import Ring, _names, _shm
+from broker import Ring
+from broker.core import names as _names
+from broker.core import shm as _shm
 
 from .helpers import Child
 

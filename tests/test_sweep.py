@@ -15,7 +15,7 @@ import posix_ipc
 import pytest
 
 import broker
-from broker import _names
+from broker.core import names as _names
 
 from .helpers import Child
 

@@ -1,4 +1,4 @@
-"""Publish/subscribe topics (broker/_topics.py, broker/_pubsub.py), with real processes.
+"""Publish/subscribe topics (broker/services/topics/broker.py, broker/services/topics/client.py), with real processes.
 
 The server runs here (its books are checked); publishers and subscribers run in
 forked children, on shared-memory sessions unless a test says otherwise, and
@@ -21,7 +21,7 @@ import pytest
 
 import broker
 from broker import connect
-from broker._topics import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER
+from broker.protocol.codes import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER
 
 from .helpers import Child, wait_for
 
@@ -397,7 +397,7 @@ def test_kill_9_of_a_publisher_and_of_a_subscriber_mid_traffic(server):
             try:
                 wait_for(lambda: _topic(server, "k")["draining"] == 0)  # what it wrote before it died, relayed
             except AssertionError:
-                rel = [(p.id, p.closed, p.relay and p.relay.backlog(), p.armed) for p in server.topics.relays]
+                rel = [(p.id, p.closed, p.relay and p.relay.backlog(), p.armed) for p in server.service("topics").relays]
                 raise AssertionError(f"{_topic(server, 'k')} {rel}") from None
             with me.publisher("k") as pub:  # the topic still works
                 pub.publish(b"after")
@@ -790,7 +790,7 @@ def test_a_publisher_of_a_closed_session_fails_loudly(server):
 def test_the_assembler_refuses_a_message_announced_bigger_than_its_limit():
     """The server gathers a relayed ring's fragments only up to the frame limit: a record announcing
     more is a bad record (counted), not gigabytes held in memory."""
-    from broker._topics import RECORD_HEAD, Assembler, split_record
+    from broker.services.topics.wire import RECORD_HEAD, Assembler, split_record
 
     asm = Assembler(max_message=1000)
     with pytest.raises(ValueError, match="bad record"):
@@ -806,7 +806,7 @@ def test_subscribers_beyond_a_rings_slots_are_relayed_and_dead_ones_slots_come_b
     """A ring has a fixed number of reader slots: the server gives it to as many direct subscribers
     as it has slots for (one kept for its own relay), relays it to the others, and a subscriber that
     died leaves its slot to the next one."""
-    from broker import _topics
+    from broker.services.topics import broker as _topics
 
     monkeypatch.setattr(_topics, "RING_CONSUMERS", 4)  # rings made from now on: 4 slots
     with connect(server.address) as s:
@@ -1015,7 +1015,7 @@ def test_a_dropping_prefix_subscriber_stays_bounded_and_exact_under_publisher_ch
         for k in range(60):  # a publisher a message, each on a topic of its own, nobody reading
             with a.publisher(f"churn.{k}") as p:
                 p.publish(b"%d" % k)
-        [prefix] = server.topics.patterns.values()  # (its topics are forgotten: the server's own books)
+        [prefix] = server.service("topics").patterns.values()  # (its topics are forgotten: the server's own books)
         assert len(prefix.queue) <= 6  # three messages and their topics' names, not a name for every publisher
         seen = []
         while True:

@@ -10,7 +10,7 @@ import pytest
 
 import broker
 from broker import Broadcast, Ring
-from broker import _shm
+from broker.core import shm as _shm
 
 from .helpers import Child, check_payload, checksum_payload
 

@@ -24,16 +24,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
-with fuzzlib.instrumented(__name__ == "__main__", ["broker._topics", "broker._pubsub", "broker._links"]):
+with fuzzlib.instrumented(__name__ == "__main__", ["broker.services.topics.wire", "broker.services.topics.broker",
+                                                    "broker.services.topics.client", "broker.services.links.wire"]):
     import numpy as np
 
-    from broker import _links as L
-    from broker import _pubsub as S
-    from broker import _topics as T
+    from broker.services.links import wire as L
+    from broker.services.topics import client as S
+    from broker.services.topics import broker as T
     from broker._errors import BrokerError, ServerGone
-    from broker._protocol import Arg, ArgKind
-    from broker._ring import Broadcast
-    from broker._session import Message
+    from broker.protocol.frames import Arg, ArgKind
+    from broker.core.ring import Broadcast
+    from broker.framework.session import Message
 
 TARGET = "assemblers"
 Bug = fuzzlib.Bug

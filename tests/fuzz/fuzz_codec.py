@@ -24,16 +24,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
-with fuzzlib.instrumented(__name__ == "__main__", ["broker._protocol", "broker._ring"]):
-    from broker import _protocol as P
+with fuzzlib.instrumented(__name__ == "__main__", ["broker.protocol.frames", "broker.core.ring"]):
+    from broker.protocol import frames as P
     from broker import Ring
     from broker._errors import BrokerError, Empty
-    from broker._ring import request_taker
-    from broker._session import CLOSE_SUBSESSION, Message
+    from broker.core.ring import request_taker
+    from broker.framework.session import CLOSE_SUBSESSION, Message
 
 TARGET = "codec"
 Bug = fuzzlib.Bug
-_feed = P._c_feed
+_feed = P.c_feed
 TAKE_COPY = 4096  # BRK_TAKE_COPY: a bigger record is Python's
 MAX_RECORDS = 64
 # take_requests's last argument, when it has it: the bytes of replies the connection may still owe
@@ -83,11 +83,11 @@ def _check_feed(param: int, mode: int, stream: bytes) -> None:
 
 def _check_encoders(ev: P.Request | P.Complete) -> None:
     if type(ev) is P.Request:
-        c = P._c_encode_request(ev.request_id, ev.code, ev.handle, ev.asynchronous, ev.args)
+        c = P.c_encode_request(ev.request_id, ev.code, ev.handle, ev.asynchronous, ev.args)
         py = P.request_frame_py(ev.request_id, ev.code, ev.handle, ev.asynchronous, ev.args)
     else:
         err = None if ev.error is None else P._text(ev.error)
-        c = P._c_encode_complete(ev.request_id, ev.status, ev.writes, err)
+        c = P.c_encode_complete(ev.request_id, ev.status, ev.writes, err)
         py = P.complete_frame_py(ev.request_id, ev.status, ev.writes, ev.error)
     if c is NotImplemented or c != py:
         raise Bug(f"{ev!r}: C encodes {c!r}, Python {py!r}")
@@ -118,7 +118,7 @@ def _check_encode_hostile(param: int, stream: bytes) -> None:
     rid = int.from_bytes(stream[48:57].ljust(9, b"\0"), "little") >> (param % 16)
     code = struct.unpack_from("<q", stream[57:65].ljust(8, b"\0"))[0] >> (param % 40)
     handle = int.from_bytes(stream[65:70].ljust(5, b"\0"), "little") >> (param % 9)
-    c = P._c_encode_request(rid, code, handle, bool(param & 1), args)
+    c = P.c_encode_request(rid, code, handle, bool(param & 1), args)
     if c is NotImplemented:
         return
     py = P.request_frame_py(rid, code, handle, bool(param & 1), args)  # what C encodes, Python must too
@@ -126,7 +126,7 @@ def _check_encode_hostile(param: int, stream: bytes) -> None:
         raise Bug(f"C encodes {c!r}, Python {py!r}")
     writes = [(a.value & 7 if a.value >= 0 else 9, a.data) for a in args[: param % 5]]
     err = stream[70:] if param & 2 else None
-    c = P._c_encode_complete(rid, code, writes, err)
+    c = P.c_encode_complete(rid, code, writes, err)
     if c is not NotImplemented:
         try:
             text = None if err is None else err.decode()

@@ -1,5 +1,7 @@
-"""`broker bench rpc`: the framework's request/response (broker.Server and a
-client session over a Unix socket) against a raw AF_UNIX stream socketpair
+"""`broker bench rpc`: the framework's request/response against a raw AF_UNIX socket and a Pipe.
+
+broker.Server and a
+client session over a Unix socket against a raw AF_UNIX stream socketpair
 with 4-byte length framing and a multiprocessing.Pipe, each between two
 processes, in one run.
 
@@ -30,12 +32,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import _bench_ring
-from ._bench_ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
-from ._client import Buffer, connect
-from ._malloc import keep_large_buffers
-from ._server import Server
-from ._session import Message, Session
+from broker.bench import ring as _bench_ring
+from broker.bench.ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
+from broker.api import connect
+from broker.framework.client import Buffer
+from broker.core.malloc import keep_large_buffers
+from broker.api import Server
+from broker.framework.session import Message, Session
 
 TRANSPORTS = ("shm", "busy", "framework", "nospin", "unix", "pipe")
 LABELS = {"shm": "fw shm", "busy": "shm busy", "framework": "framework", "nospin": "fw spin 0", "unix": "AF_UNIX",
@@ -83,7 +86,7 @@ def _serve(path: str, ready_w: int, ctl_r: int, parent_fds: tuple[int, ...], spi
     """Child: serve at `path` until the parent closes its end of the control pipe."""
     for fd in parent_fds:
         os.close(fd)
-    keep_large_buffers()  # as `broker serve` does (see _malloc.py); the measured client process does not
+    keep_large_buffers()  # as `broker serve` does (see malloc.py); the measured client process does not
     srv = Server(path, _Bench, spin_us=spin_us, shm_policy=policy, busy_poll=busy_poll)
     srv.start()
     try:

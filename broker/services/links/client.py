@@ -1,527 +1,30 @@
-"""Linked services: one client offers a named request/response service, others call it through the broker.
-
-    provider:  offer = session.offer("upper", handler)   # handler(call) -> status (int >= 0, or None: 0)
-               offer.serve_forever()                     # or serve_one(timeout), in the provider's thread
-    caller:    link = session.link("upper")
-               link.send_receive(code, b"abc", out)      # as a session's: ints, bytes, Buffers, bytearrays
-
-The broker relays (this module's two halves: LinkBroker at the server,
-Offer and Link at the clients). A call travels as one blob: the caller packs
-its code and arguments (pack_call), the server hands the blob to the current
-provider of the name through the provider's long-poll LINK_TAKE, the
-provider's handler runs on a LinkedCall (read, integer, write, ...), and the
-provider's LINK_REPLY carries the status and the writes back to the caller's
-waiting request. A call to a name nobody offers fails at once (NOT_FOUND); a
-provider that closes or dies fails its queued and running calls
-(DISCONNECTED, "the provider of ... is gone"); a new provider of the name gets
-the calls made after it offered.
-
-Within one session, both on shared memory, the broker steps out of the path:
-a link asks for a private pair (LINK_PAIR) when it opens; the server makes a
-segment of two SPSC rings, hands its name to the provider through its
-LINK_TAKE (TAKE_PAIR), and, once the provider has attached (LINK_REPLY 0),
-gives it to the caller. Then each call is the session's own C call on the
-pair (a REQUEST frame into ring 0, the COMPLETE back on ring 1), and the
-provider serves its pairs and its relayed calls in one loop (wait_any). A
-pair ends with either side: the server unlinks the name and tells the
-provider (TAKE_UNPAIR); a provider that gives one up tells the server
-(LINK_UNPAIR); a caller whose provider died gets DISCONNECTED and asks again.
-Calls too big for a record of the pair, a sharable session's, and callers in
-other sessions go relayed.
-
-Function codes (h: the call carries the offer's or the link's handle):
-
-    LINK_OFFER        arg 0 name (UTF-8, 1-200 bytes)            -> an offer handle
-    LINK_TAKE     h   arg 0 writable: u64 call id, i32 code, the call's packed arguments
-                      (waits while no call is queued)           -> the bytes arg 0 holds
-    LINK_REPLY    h   arg 0 int call id, arg 1 int status, arg 2 the packed writes, arg 3 error text
-                                                                 -> 0
-    LINK_OPEN         arg 0 name                                 -> a link handle
-    LINK_CALL     h   arg 0 int code, arg 1 the packed arguments, arg 2 writable (the packed writes)
-                                                                 -> the provider's status
-    LINK_PAIR     h   (a link's) arg 0 writable: the pair's segment name, once the provider attached
-                                                                 -> 0 (NOT_SUPPORTED: why there is none)
-    LINK_UNPAIR   h   (an offer's) arg 0 the name of a pair the provider gave up -> 0
-
-Everything is untrusted: the server checks names, handles, ids and lengths;
-it does not look into the packed arguments (the provider's side parses them,
-each a bad one failing only its call).
-"""
+"""Linked services at the clients: Offer (a provider) and Link (a caller); the design: broker/services/links/__init__.py."""
 from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
-import struct
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ._errors import BadHandle, BrokerError, Overflow
-from ._protocol import NO_ARG, Arg, ArgKind, Status
-from ._session import Message, RefObject, refuse
+from broker._errors import BrokerError, Closed, Overflow, PeerGone, ServiceError, Timeout
+from broker.core import proc as _proc
+from broker.core.native import RING as _RING_CALLS
+from broker.core.native import RING_EMPTY as _RING_EMPTY
+from broker.core.ring import Bell, any_waiter, open_pair, session_call, wait_any
+from broker.framework.client import CALL_WAIT_NS, Buffer, ClientSession, SubSession, apply_writes, result_of, to_arg
+from broker.protocol.codes import LINK_CALL, LINK_OFFER, LINK_OPEN, LINK_PAIR, LINK_REPLY, LINK_TAKE, LINK_UNPAIR
+from broker.protocol.frames import (HEADER_SIZE, MAX_TEXT, NO_ARG, Arg, Complete, FrameReader, ProtocolError, Request,
+                                    Status, c_encode_complete, c_feed, complete_frame, request_frame)
+from broker.services.links.wire import (A_INT, A_READ, A_READWRITE, A_WRITE, MAX_ERROR, MAX_PAIRS, TAKE_HEAD,
+                                        TAKE_PAIR, TAKE_UNPAIR, pack_call, pack_writes, unpack_call, unpack_writes)
+from broker.transport.carrier import TIMEOUT as _RING_TIMEOUT
 
 log = logging.getLogger("broker.links")
 
-LINK_OFFER = -24
-LINK_TAKE = -25
-LINK_REPLY = -26
-LINK_OPEN = -27
-LINK_CALL = -28
-LINK_PAIR = -29
-LINK_UNPAIR = -30
-LINK_CODES = frozenset({LINK_OFFER, LINK_TAKE, LINK_REPLY, LINK_OPEN, LINK_CALL, LINK_PAIR, LINK_UNPAIR})
-
-MAX_NAME = 200
-MAX_ERROR = 4096
-TAKE_HEAD = struct.Struct("<QiI")  # call id, the caller's code, what it is (TAKE_CALL or TAKE_PAIR)
-# a call to serve; a private pair of rings to attach (the code is 0, the name follows); a pair that ended
-# at the broker (its caller closed the link or went: the name follows), to let go
-TAKE_CALL, TAKE_PAIR, TAKE_UNPAIR = 0, 1, 2
-MAX_PAIRS = 64  # private pairs a provider serves at most (one futex_waitv: broker/_ring.py wait_any)
-PAIR_CAPACITY = 256 << 10  # bytes in each ring of a pair; a call or reply bigger than a record goes relayed
-ARG_HEAD = struct.Struct("<BqI")  # kind, value (an int's, or a writable's max length), bytes that follow
-WRITE_HEAD = struct.Struct("<BI")  # argument index, bytes that follow
-
-# packed argument kinds
-A_NONE, A_INT, A_READ, A_WRITE, A_READWRITE = range(5)
-
-
-class LinkError(ValueError):
-    """A request the link service refuses (ARGUMENT)."""
-
-
-def pack_call(args: tuple[Any, ...], buffer_type: type) -> tuple[bytes, int]:
-    """The caller's arguments as one blob, and the room its writes may need."""
-    if len(args) > 4:
-        raise TypeError("at most four arguments")
-    parts, room = [], 0
-    for a in args:
-        if a is None:
-            parts.append(ARG_HEAD.pack(A_NONE, 0, 0))
-        elif type(a) is int:
-            parts.append(ARG_HEAD.pack(A_INT, a, 0))
-        elif isinstance(a, (bytes, memoryview)):
-            data = bytes(a)
-            parts += [ARG_HEAD.pack(A_READ, 0, len(data)), data]
-        elif isinstance(a, buffer_type):
-            data = a.value
-            parts += [ARG_HEAD.pack(A_READWRITE if data else A_WRITE, a.max_length, len(data)), data]
-            room += WRITE_HEAD.size + a.max_length
-        elif isinstance(a, bytearray):
-            parts += [ARG_HEAD.pack(A_READWRITE, 1 << 30, len(a)), bytes(a)]
-            room += WRITE_HEAD.size + (1 << 20)
-        else:
-            raise TypeError(f"an argument is an int, bytes, a Buffer, a bytearray or None, not {type(a).__name__}")
-    return b"".join(parts), room
-
-
-def unpack_call(blob: bytes) -> list[tuple[int, int, bytes]]:
-    """(kind, value, data) of each argument; ValueError if the blob is not a packed call."""
-    out, at = [], 0
-    while at < len(blob):
-        if len(out) == 4 or at + ARG_HEAD.size > len(blob):
-            raise ValueError("a packed call with more than four arguments, or one cut short")
-        kind, value, n = ARG_HEAD.unpack_from(blob, at)
-        at += ARG_HEAD.size
-        if kind > A_READWRITE or at + n > len(blob) or (kind in (A_NONE, A_INT) and n):
-            raise ValueError(f"a packed argument of kind {kind} and {n} bytes")
-        out.append((kind, value, blob[at:at + n]))
-        at += n
-    return out
-
-
-def pack_writes(writes: dict[int, bytes]) -> bytes:
-    return b"".join(WRITE_HEAD.pack(i, len(d)) + d for i, d in sorted(writes.items()))
-
-
-def unpack_writes(blob: bytes) -> dict[int, bytes]:
-    out, at = {}, 0
-    while at < len(blob):
-        if at + WRITE_HEAD.size > len(blob):
-            raise ValueError("packed writes cut short")
-        i, n = WRITE_HEAD.unpack_from(blob, at)
-        at += WRITE_HEAD.size
-        if i > 3 or at + n > len(blob) or i in out:
-            raise ValueError("a packed write out of place")
-        out[i] = blob[at:at + n]
-        at += n
-    return out
-
-
-# ---- the server's half ---------------------------------------------------------------------
-
-
-class _Offer(RefObject):
-    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
-        super().__init__()
-        self.broker, self.name, self.conn = broker, name, conn
-        # waiting: id, the caller's message (None for TAKE_UNPAIR), its code, the packed arguments, TAKE_*
-        self.queue: deque[tuple[int, Message | None, int, bytes, int]] = deque()
-        self.running: dict[int, Message] = {}  # taken, not yet replied to
-        self.take: Message | None = None  # the provider's waiting LINK_TAKE
-        self.served = 0
-        self.pairing: dict[int, _Pair] = {}  # pairs handed to the provider, not yet acknowledged
-        self.pairs: list[_Pair] = []  # the pairs it serves
-        self.paired = 0  # pairs made, ever (their calls are the provider's own books: the server sees none)
-
-    def destroyed(self) -> None:
-        self.broker._offer_closed(self)
-
-
-class _Link(RefObject):
-    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
-        super().__init__()
-        self.broker, self.name, self.conn = broker, name, conn
-        self.calls = 0
-        self.pairs: list[_Pair] = []
-        self.gone = False
-
-    def destroyed(self) -> None:
-        with self.broker._lock:
-            self.gone = True
-            self.broker.links = [link for link in self.broker.links if link is not self]
-        self.broker._end_pairs(self)
-
-
-class _Pair:
-    """A private pair of rings between one link and one offer of the same session: the server
-    made the segment and unlinks its name at the end; it maps nothing else of it."""
-
-    def __init__(self, name: str, segment: Any, offer: _Offer, link: _Link, msg: Message) -> None:
-        self.name, self.segment, self.offer, self.link = name, segment, offer, link
-        self.msg = msg  # the caller's LINK_PAIR, until the provider has answered
-        self.told = False  # the provider knows the pair is over
-
-    def end(self) -> None:
-        seg, self.segment = self.segment, None
-        if seg is not None:
-            seg.close()
-            try:
-                seg.unlink()
-            except OSError:
-                pass
-
-
-class LinkBroker:
-    """The server's linked services (srv.links): on the loop thread; stats() under the lock."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.offers: dict[str, _Offer] = {}
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self.links: list[_Link] = []
-
-    def handle(self, conn: Any, msg: Message) -> None:
-        try:
-            code = msg.code
-            if code == LINK_CALL:
-                self._call(conn, msg)
-            elif code == LINK_TAKE:
-                self._take(conn, msg)
-            elif code == LINK_REPLY:
-                self._reply(conn, msg)
-            elif code == LINK_OFFER:
-                self._offer(conn, msg)
-            elif code == LINK_OPEN:
-                self._open(conn, msg)
-            elif code == LINK_PAIR:
-                self._pair(conn, msg)
-            elif code == LINK_UNPAIR:
-                self._unpair(conn, msg)
-        except Exception as e:  # it ends only this request
-            refuse(conn, msg, e, LinkError)
-
-    @staticmethod
-    def _bytes(msg: Message, i: int) -> bytes:
-        if msg.kind(i) == ArgKind.NONE:
-            return b""
-        if msg.kind(i) not in (ArgKind.READ, ArgKind.READWRITE):
-            raise LinkError(f"argument {i} is bytes")
-        return msg.read(i)
-
-    def _name(self, msg: Message) -> str:
-        raw = self._bytes(msg, 0)
-        if not 1 <= len(raw) <= MAX_NAME:
-            raise LinkError(f"a service name is 1 to {MAX_NAME} bytes, not {len(raw)}")
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise LinkError("a service name is UTF-8") from None
-
-    @staticmethod
-    def _own(conn: Any, msg: Message, kind: type) -> Any:
-        obj = conn.session.subsession(msg)
-        if not isinstance(obj, kind):
-            raise BadHandle(f"handle {msg.handle} is not a {'service offer' if kind is _Offer else 'link'}")
-        return obj
-
-    def _offer(self, conn: Any, msg: Message) -> None:
-        name = self._name(msg)
-        self.server.access.check(conn.peer, "service", name, "offer")  # (broker/_access.py)
-        with self._lock:
-            if name in self.offers:
-                msg.complete(Status.ARGUMENT, f"{name!r} is offered already (connection "
-                                              f"{self.offers[name].conn.peer.connection_id})")
-                return
-            offer = _Offer(self, name, conn)
-            handle = conn.session.open_subsession(offer)
-            self.offers[name] = offer
-        msg.complete(handle)
-
-    def _open(self, conn: Any, msg: Message) -> None:
-        name = self._name(msg)
-        self.server.access.check(conn.peer, "service", name, "call")
-        link = _Link(self, name, conn)
-        handle = conn.session.open_subsession(link)
-        with self._lock:
-            self.links.append(link)
-        msg.complete(handle)
-
-    def _call(self, conn: Any, msg: Message) -> None:
-        link = self._own(conn, msg, _Link)
-        if msg.kind(0) != ArgKind.INT or msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE, ArgKind.NONE):
-            raise LinkError("LINK_CALL takes the code (int), the packed arguments and a writable argument")
-        code, blob = msg.integer(0), self._bytes(msg, 1)
-        if not -0x80000000 <= code <= 0x7FFFFFFF:
-            raise LinkError("the code is 32 bits")
-        with self._lock:
-            offer = self.offers.get(link.name)
-            if offer is None:
-                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
-                return
-            link.calls += 1
-            offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
-            if offer.take is not None:
-                self._hand(offer)
-
-    def _pair(self, conn: Any, msg: Message) -> None:
-        """LINK_PAIR: a private pair of rings between this link and the provider, if both are in
-        one session on shared memory; the provider attaches (through its LINK_TAKE), then the
-        caller gets the segment's name in argument 0. NOT_SUPPORTED says why there is none."""
-        link = self._own(conn, msg, _Link)
-        if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE):
-            raise LinkError("LINK_PAIR takes a writable argument for the rings' name")
-        from . import _names
-        from ._ring import make_pair_segment
-        self._end_pairs(link)  # one pair a link: a caller asks again only when it lost its pair
-        with self._lock:
-            offer = self.offers.get(link.name)
-            if offer is None:
-                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
-                return
-            why = self._no_pair(conn, offer)
-            if why:
-                msg.complete(Status.NOT_SUPPORTED, why)
-                return
-            name = _names.segment_name("link", self.server.server_id, conn.session_key)
-            try:
-                segment = make_pair_segment(name, PAIR_CAPACITY)  # a sealed memfd: its name says so
-            except (OSError, ValueError, BrokerError) as e:  # short of memory, say: the calls go relayed
-                msg.complete(Status.NO_MEMORY, f"no private rings for {link.name!r}: {e}")
-                return
-            name = segment.name
-            if len(name) > msg.max_length(0):
-                segment.close()
-                segment.unlink()
-                raise LinkError(f"argument 0 is too small for the rings' name ({len(name)} bytes)")
-            cid = next(self._ids)
-            offer.pairing[cid] = _Pair(name, segment, offer, link, msg)
-            offer.queue.append((cid, msg, 0, name.encode(), TAKE_PAIR))
-            if offer.take is not None:
-                self._hand(offer)
-
-    @staticmethod
-    def _no_pair(conn: Any, offer: _Offer) -> str:
-        """Why this caller and this provider cannot share rings ("" if they can)."""
-        if not conn.on_rings:
-            return "the caller's session is not on shared memory"
-        if not offer.conn.on_rings:
-            return "the provider's session is not on shared memory"
-        if conn.session_key is None or conn.session_key != offer.conn.session_key:
-            return "the provider is in another session"
-        if len(offer.pairs) + len(offer.pairing) >= MAX_PAIRS:
-            return f"the provider serves {MAX_PAIRS} private pairs already"
-        return ""
-
-    def _unpair(self, conn: Any, msg: Message) -> None:
-        """LINK_UNPAIR: the provider gave up one of its pairs (its caller wrote nonsense, or is gone)."""
-        offer = self._own(conn, msg, _Offer)
-        name = self._bytes(msg, 0).decode(errors="replace")
-        with self._lock:
-            pair = next((p for p in offer.pairs if p.name == name), None)
-            if pair is not None:
-                pair.told = True  # (it knows)
-        if pair is not None:
-            self._end_pair(pair)
-        msg.complete(0)
-
-    def _end_pair(self, pair: _Pair) -> None:
-        with self._lock:
-            offer, link = pair.offer, pair.link
-            active = any(p is pair for p in offer.pairs)
-            offer.pairs = [p for p in offer.pairs if p is not pair]
-            offer.pairing = {cid: p for cid, p in offer.pairing.items() if p is not pair}
-            link.pairs = [p for p in link.pairs if p is not pair]
-            if active and not pair.told and self.offers.get(offer.name) is offer:
-                # the provider holds its side: it is told to let go (it cannot know a caller that never
-                # attached is gone)
-                pair.told = True
-                offer.queue.append((next(self._ids), None, 0, pair.name.encode(), TAKE_UNPAIR))
-                if offer.take is not None:
-                    self._hand(offer)
-        pair.end()
-        if not pair.msg.completed and not pair.msg._conn.ended:  # its message slot is freed
-            pair.msg.complete(Status.CANCELLED, "the pair was given up")
-
-    def _end_pairs(self, link: _Link) -> None:
-        """The link's pair and any it is still waiting for."""
-        with self._lock:
-            ended = list(link.pairs)
-            for offer in self.offers.values():
-                ended += [p for p in offer.pairing.values() if p.link is link]
-        for pair in ended:
-            self._end_pair(pair)
-
-    def _take(self, conn: Any, msg: Message) -> None:
-        offer = self._own(conn, msg, _Offer)
-        if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE):
-            raise LinkError("LINK_TAKE takes a writable argument")
-        with self._lock:
-            if offer.take is not None:  # one at a time: the older one ends empty
-                old, offer.take = offer.take, None
-                old.complete(0)
-            offer.take = msg
-            if offer.queue:
-                self._hand(offer)
-
-    def _hand(self, offer: _Offer) -> None:
-        """The waiting LINK_TAKE gets the oldest queued call (with the lock held)."""
-        take = offer.take
-        assert take is not None
-        while offer.queue:
-            cid, caller, code, blob, what = offer.queue[0]
-            if caller is not None and (caller.completed or caller._conn.ended):  # its caller went away meanwhile
-                offer.queue.popleft()
-                pair = offer.pairing.pop(cid, None)
-                if pair is not None:
-                    pair.end()
-                continue
-            data = TAKE_HEAD.pack(cid, code, what) + blob
-            if len(data) > take.max_length(0):
-                offer.take = None
-                take.complete(Status.OVERFLOW, f"a call needs {len(data)} bytes")
-                return
-            offer.queue.popleft()
-            offer.take = None
-            if caller is not None:  # (a notice is not answered)
-                offer.running[cid] = caller
-            pair = offer.pairing.get(cid) if what == TAKE_PAIR else None
-            if pair is not None and pair.segment is not None and pair.segment.fd >= 0:
-                offer.conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
-            take.write(0, data)
-            take.complete(len(data))
-            return
-
-    def _reply(self, conn: Any, msg: Message) -> None:
-        offer = self._own(conn, msg, _Offer)
-        if msg.kind(0) != ArgKind.INT or msg.kind(1) != ArgKind.INT:
-            raise LinkError("LINK_REPLY takes the call id and the status (ints)")
-        cid, status = msg.integer(0), msg.integer(1)
-        writes, text = self._bytes(msg, 2), self._bytes(msg, 3)[:MAX_ERROR]
-        if not -0x80000000 <= status <= 0x7FFFFFFF:
-            raise LinkError("the status is 32 bits")
-        with self._lock:
-            caller = offer.running.pop(cid, None)
-            pair = offer.pairing.pop(cid, None)
-        if pair is not None:
-            self._paired(offer, pair, caller, msg, status, text)
-            return
-        msg.complete(0)
-        if caller is None or caller.completed:
-            return  # not one of its calls, or its caller is gone: nothing to tell
-        offer.served += 1
-        if status < 0:
-            caller.complete(status, text.decode(errors="replace") or None)
-            return
-        if writes:
-            if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
-                caller.complete(Status.ARGUMENT, f"the provider of {offer.name!r} wrote into arguments that "
-                                                 "are not writable")
-                return
-            try:
-                caller.write(2, writes)
-            except Overflow:
-                caller.complete(Status.OVERFLOW, f"the provider's writes take {len(writes)} bytes")
-                return
-        caller.complete(status)
-
-    def _paired(self, offer: _Offer, pair: _Pair, caller: Message | None, msg: Message, status: int,
-                text: bytes) -> None:
-        """The provider's answer to a pair it was handed: it attached (status 0) or could not. The
-        provider's LINK_REPLY completes with 1 if it is to keep the pair, 0 if the pair is void."""
-        live = (caller is not None and not caller.completed and not caller._conn.ended and not pair.link.gone
-                and pair.segment is not None)
-        if status < 0 or not live:
-            msg.complete(0)
-            if live and caller is not None:
-                caller.complete(status, text.decode(errors="replace") or
-                                f"the provider of {offer.name!r} could not attach the rings")
-            self._end_pair(pair)
-            return
-        with self._lock:
-            offer.pairs.append(pair)
-            offer.paired += 1
-            pair.link.pairs.append(pair)
-        msg.complete(1)
-        caller.write(0, pair.name.encode())
-        if pair.segment is not None and pair.segment.fd >= 0:
-            caller._conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
-        caller.complete(0)
-
-    def _offer_closed(self, offer: _Offer) -> None:
-        with self._lock:
-            if self.offers.get(offer.name) is offer:
-                del self.offers[offer.name]
-            gone = [m for _, m, _, _, _ in offer.queue if m is not None] + list(offer.running.values())
-            offer.queue.clear()
-            offer.running.clear()
-            take, offer.take = offer.take, None
-            pairs = offer.pairs + list(offer.pairing.values())
-        for pair in pairs:
-            self._end_pair(pair)
-        for m in gone:
-            if not m.completed:
-                m.complete(Status.DISCONNECTED, f"the provider of {offer.name!r} is gone")
-        if take is not None and not take.completed:
-            take.complete(Status.CANCELLED, "the offer was closed")
-
-    def stats(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{"service": name, "provider": o.conn.peer.connection_id, "queued": len(o.queue),
-                     "running": len(o.running), "served": o.served, "direct": len(o.pairs),
-                     "pairs": o.paired,
-                     "callers": sorted({link.conn.peer.connection_id for link in self.links if link.name == name})}
-                    for name, o in sorted(self.offers.items())]
-
-
-# ---- the clients' half ---------------------------------------------------------------------
-
-from . import _proc  # noqa: E402  (after the server's half, which does not need these)
-from ._client import _CALL_WAIT_NS, Buffer, ClientSession, SubSession, _apply_writes, _result, _to_arg  # noqa: E402
-from ._errors import Closed, Empty, PeerGone, ServiceError, Timeout  # noqa: E402
-from ._protocol import (HEADER_SIZE, MAX_TEXT, Complete, FrameReader, ProtocolError, Request, _c_encode_complete,  # noqa: E402
-                        _c_feed, complete_frame, request_frame)
-from ._carrier import TIMEOUT as _RING_TIMEOUT  # noqa: E402
-from ._native import RING as _RING_CALLS  # noqa: E402
-from ._ring import Bell, any_waiter, open_pair, session_call, wait_any  # noqa: E402
-
 _fsend, _frecv = _RING_CALLS["send"], _RING_CALLS["recv"]
-_RING_EMPTY = 1  # BRK_EMPTY
 
 
 class LinkedCall:
@@ -599,7 +102,7 @@ class _ProvidedPair:
         data = self._record()
         if data is None:
             return None
-        events, at = _c_feed(data, 0, self.max_frame)  # the common case in C; the reader says what is wrong
+        events, at = c_feed(data, 0, self.max_frame)  # the common case in C; the reader says what is wrong
         if at != len(data) or len(events) != 1 or type(events[0]) is not Request:
             events = FrameReader(self.max_frame).feed(data) if at != len(data) else events
             raise ProtocolError("a record that is not one whole request")
@@ -611,12 +114,12 @@ class _ProvidedPair:
         data = self._record()
         if data is None:
             return False
-        events, at = _c_feed(data, 0, self.max_frame)
+        events, at = c_feed(data, 0, self.max_frame)
         if at != len(data) or len(events) != 1 or type(events[0]) is not Request:
             raise ProtocolError("a record that is not one whole request")
         req = events[0]
         status, writes, text = run(LinkedCall(req.code, req.args))
-        frame = _c_encode_complete(req.request_id, status, list(writes.items()) if writes else (), text or None)
+        frame = c_encode_complete(req.request_id, status, list(writes.items()) if writes else (), text or None)
         if frame is NotImplemented or len(frame) > self.max_record or len(text) > MAX_TEXT:
             self.reply(req.request_id, status, writes, text)  # the long way says what does not fit
         else:
@@ -624,7 +127,7 @@ class _ProvidedPair:
         return True
 
     def reply(self, rid: int, status: int, writes: dict[int, bytes], text: bytes) -> None:
-        frame = _c_encode_complete(rid, status, list(writes.items()) if writes else (), text[:MAX_TEXT] or None)
+        frame = c_encode_complete(rid, status, list(writes.items()) if writes else (), text[:MAX_TEXT] or None)
         if frame is NotImplemented:
             frame = complete_frame(rid, status, list(writes.items()), text.decode(errors="replace") or None)
         if len(frame) > self.max_record:
@@ -658,7 +161,7 @@ class Offer(SubSession):
 
     Calls come relayed by the broker, or, from a caller in this session on shared memory, over a
     private pair of rings that the broker arranged: the provider serves both in the same loop
-    (waiting on all of them at once: broker/_ring.py wait_any)."""
+    (waiting on all of them at once: broker/core/ring.py wait_any)."""
 
     def __init__(self, session: ClientSession, handle: int, name: str, handler: Callable[[LinkedCall], Any],
                  max_call: int) -> None:
@@ -1083,7 +586,7 @@ class Link(SubSession):
         pair = self._pair
         if pair is not None and timeout is None:  # the common case first: one C call
             self._rid = rid = self._rid + 1
-            r = pair.call(rid, code, 0, args, Buffer, _CALL_WAIT_NS, pair.max_frame)
+            r = pair.call(rid, code, 0, args, Buffer, CALL_WAIT_NS, pair.max_frame)
             if type(r) is int and r >= 0:
                 self.direct = True
                 return r  # type: ignore[no-any-return]
@@ -1119,14 +622,14 @@ class Link(SubSession):
         deadline = None if timeout is None else time.monotonic() + timeout
         if not rid:
             self._rid = rid = self._rid + 1
-            wait_ns = _CALL_WAIT_NS if timeout is None else max(0, min(_CALL_WAIT_NS, int(timeout * 1e9)))
+            wait_ns = CALL_WAIT_NS if timeout is None else max(0, min(CALL_WAIT_NS, int(timeout * 1e9)))
             r = pair.call(rid, code, 0, args, Buffer, wait_ns, pair.max_frame)
         if type(r) is int:
-            return r if r >= 0 else _result(Complete(rid, r))
+            return r if r >= 0 else result_of(Complete(rid, r))
         if r is NotImplemented:  # an argument C does not take (a bytearray), or a big frame: Python writes it
             if len(args) > 4:
                 raise TypeError("at most four arguments")
-            frame = request_frame(rid, code, 0, False, [_to_arg(a) for a in args] + [NO_ARG] * (4 - len(args)))
+            frame = request_frame(rid, code, 0, False, [to_arg(a) for a in args] + [NO_ARG] * (4 - len(args)))
             if len(frame) > pair.tx.max_record or len(frame) - HEADER_SIZE > pair.max_frame:
                 return NotImplemented  # relayed: the broker says what is wrong with a frame too big
             try:
@@ -1151,8 +654,8 @@ class Link(SubSession):
             r = None
             for done in events:
                 if isinstance(done, Complete) and done.request_id == rid:
-                    _apply_writes(args, done)
-                    return _result(done)
+                    apply_writes(args, done)
+                    return result_of(done)
 
     def _gone(self, error: BaseException | None) -> Any:
         self._lost_pair()
@@ -1239,3 +742,4 @@ def open_offer(session: ClientSession, name: str, handler: Callable[[LinkedCall]
 
 def open_link(session: ClientSession, name: str) -> Link:
     return Link(session, session.send_receive(LINK_OPEN, name.encode()), name)
+

@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _bench_ring
-from ._bench_ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench import ring as _bench_ring
+from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
 
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
@@ -80,8 +80,8 @@ def _figures() -> list[Figure]:
 
 class _Broker:
     def __init__(self, relay: bool, zero_copy: int = 0) -> None:
-        from ._client import connect
-        from ._server import Server
+        from broker.api import connect
+        from broker.api import Server
 
         self.dir = tempfile.mkdtemp(prefix="broker-bench-pubsub-")
         self.path = os.path.join(self.dir, "b.sock")

@@ -28,16 +28,16 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from . import _address, _keys, _names
-from ._carrier import DEFAULT_CAPACITY as SHM_CAPACITY
-from ._carrier import ServerRings
-from ._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, PermissionDenied, StateError
-from ._access import Access
-from ._identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
-from ._ring import ring_batch, serve_messages, sweep
-from ._topics import TOPIC_CODES, TopicBroker
-from ._links import LINK_CODES, LinkBroker
-from ._protocol import (
+from broker.transport import address as _address
+from broker.transport import keys as _keys
+from broker.core import names as _names
+from broker.transport.carrier import SESSION_RING_CAPACITY as SHM_CAPACITY
+from broker.transport.carrier import ServerRings
+from broker._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, PermissionDenied, StateError
+from broker.framework.access import Access
+from broker.transport.identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
+from broker.core.ring import ring_batch, serve_messages, sweep
+from broker.protocol.frames import (
     DEFAULT_MAX_FRAME,
     Auth,
     Close,
@@ -54,7 +54,8 @@ from ._protocol import (
     encode,
     passed_fd_message,
 )
-from ._session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
+from broker.framework.service import Service, dispatch_table
+from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")
 _OPEN = State.OPEN
@@ -326,7 +327,7 @@ class _Conn:
     def on_hello(self, hello: Hello) -> None:
         srv = self.server
         if self.peer.transport == "tcp" and srv.keys is not None and self._proof is None:
-            self._nonce = secrets.token_bytes(_keys.NONCE_BYTES)  # prove your key first (_keys.py)
+            self._nonce = secrets.token_bytes(_keys.NONCE_BYTES)  # prove your key first (keys.py)
             self._send(self.proto.challenge(self._nonce))
             return  # still handshaking: the deadline and the caps cover the AUTH too
         srv._handshake_over(self)
@@ -485,15 +486,14 @@ class _Conn:
             else:
                 msg.complete(Status.PERMISSION_DENIED, f"function {req.code} is not allowed for {self.peer}")
             return
-        if req.code < 0 and req.code == SERVER_STATS:
-            self._stats(msg)
-            return
-        if req.code < 0 and req.code in TOPIC_CODES:  # the broker's own services, for every session
-            srv.topics.handle(self, msg)
-            return
-        if req.code < 0 and req.code in LINK_CODES:
-            srv.links.handle(self, msg)
-            return
+        if req.code < 0:
+            if req.code == SERVER_STATS:
+                self._stats(msg)
+                return
+            service = srv._dispatch.get(req.code)
+            if service is not None:  # the broker's own services, for every session (framework/service.py)
+                service.handle(self, msg)
+                return
         try:
             result = session.service(msg)
         except Exception as e:
@@ -534,7 +534,7 @@ class _Conn:
             status = Status.BAD_HANDLE
         elif isinstance(e, Overflow):
             status = Status.OVERFLOW
-        elif isinstance(e, PermissionDenied):  # a grant it lacks (broker/_access.py)
+        elif isinstance(e, PermissionDenied):  # a grant it lacks (broker/framework/access.py)
             status = Status.PERMISSION_DENIED
         else:
             status = Status.DIED
@@ -738,9 +738,9 @@ class Server:
                  max_queued: int = 8 << 20, max_queued_per_user: int = 64 << 20, stall_timeout: float = 30.0,
                  handshake_timeout: float = 10.0, max_handshakes: int = 256,
                  max_handshakes_per_user: int = 32, keys: Any = None, insecure_tcp: bool = False,
-                 grants: Any = ()) -> None:
+                 grants: Any = (), services: tuple[type[Service], ...] = ()) -> None:
         self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
-        # TCP is authenticated (broker/_keys.py): a client proves it holds one of `keys` (a keys file,
+        # TCP is authenticated (broker/transport/keys.py): a client proves it holds one of `keys` (a keys file,
         # default $BROKER_KEYS or ~/.config/broker/keys, or Keys), and the server proves it holds it
         # too; plain TCP only with insecure_tcp, with a warning. None: no TCP, or plain TCP.
         self.insecure_tcp = bool(insecure_tcp) and tcp is not None
@@ -752,7 +752,7 @@ class Server:
                 raise _keys.KeyFileError(f"TCP is authenticated: {e}; or pass insecure_tcp=True (`broker serve "
                                          f"--insecure-tcp`) for plain TCP that anyone who reaches it may use") from None
         # Who may use the broker's own services (topics, tables, linked services): the server's own
-        # user always; another user or a TCP identity only what a grant gives (broker/_access.py).
+        # user always; another user or a TCP identity only what a grant gives (broker/framework/access.py).
         self.access = Access(grants, os.geteuid())
         self.session_factory = session
         self.version = version
@@ -808,7 +808,7 @@ class Server:
         if metrics is not None and not 0 <= metrics <= 65535:
             raise ValueError(f"metrics is a TCP port (0: one the kernel picks), not {metrics}")
         self._metrics_at = None if metrics is None else (metrics_host, metrics)
-        self.metrics: Any = None  # the Prometheus endpoint (broker/_metrics.py) while serving, if asked for
+        self.metrics: Any = None  # the Prometheus endpoint (broker/framework/metrics.py) while serving, if asked for
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
         self._ring_conns: set[_Conn] = set()  # sessions on rings (threaded loop: spun on, armed before sleeping)
         self._rings_polled: tuple[tuple[_Conn, ServerRings, Callable[[], Any]], ...] = ()  # what _poll_rings looks at
@@ -825,8 +825,10 @@ class Server:
         self._soon_lock = threading.Lock()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap: (when, order, fn)
         self._timer_order = itertools.count()
-        self.topics = TopicBroker(self)  # publish/subscribe (broker/_topics.py)
-        self.links = LinkBroker(self)  # linked services (broker/_links.py)
+        # the built-in services (framework/service.py): one of each class, its codes dispatched to it
+        self.services: list[Service] = [cls(self) for cls in services]
+        self._dispatch = dispatch_table(self.services)
+        self._polls = tuple(s.poll for s in self.services if type(s).poll is not Service.poll)
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -974,7 +976,7 @@ class Server:
 
     def _start_metrics(self) -> None:
         if self._metrics_at is not None and self.metrics is None:
-            from ._metrics import MetricsEndpoint
+            from broker.framework.metrics import MetricsEndpoint
             self.metrics = MetricsEndpoint(self.stats, *self._metrics_at)
 
     async def serve_async(self) -> None:
@@ -1067,11 +1069,12 @@ class Server:
                     gap = 0 if len(self._conns) > len(self._ring_conns) else SELECT_GAP_NS
                     if gap == 0:
                         next_select = now
-                    topics = self.topics
+                    polls = self._polls
                     while True:
                         worked = bool(self._rings_polled) and self._poll_rings()
-                        if topics.relays and topics.poll():
-                            worked = True
+                        for poll in polls:
+                            if poll():
+                                worked = True
                         # the selector at least every gap, however busy the rings are: a new
                         # connection or a client's death is not kept waiting by a flood on a ring
                         if now >= next_select:
@@ -1090,14 +1093,16 @@ class Server:
                 if not ready and not busy:
                     # every ring armed (its client rings the doorbell; a publisher's topic ring rings its
                     # session's): sleep
-                    if self._arm_rings() and self.topics.arm():
+                    if self._arm_rings() and all(s.arm() for s in self.services):
                         ready = sel.select(timeout=idle)
                     else:
                         busy = True  # records came as we armed: served, spin again
                         if not spin_ns:  # no spin to read a relayed ring in: read it, and the sockets, now
-                            self.topics.poll()
+                            for poll in self._polls:
+                                poll()
                             ready = sel.select(0)
-                    self.topics.disarm()
+                    for s in self.services:
+                        s.disarm()
                 busy = busy or bool(ready) or bool(later)
                 for key, mask in ready:
                     kind, obj = key.data
@@ -1150,6 +1155,23 @@ class Server:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        for s in self.services:
+            try:
+                s.close()
+            except Exception as e:
+                log.warning("%s.close() raised %r", type(s).__name__, e)
+
+    def service(self, key: str) -> Any:
+        """The built-in service whose statistics are under `key` ("topics", "services"...)."""
+        for s in self.services:
+            if s.stats_key == key:
+                return s
+        raise KeyError(f"this server has no service {key!r}: it has {[s.stats_key for s in self.services]}")
+
+    @property
+    def is_async(self) -> bool:
+        """Serving inside an asyncio loop (serve_async): services may await, and rings are not spun."""
+        return self._aloop is not None
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(64):
@@ -1592,5 +1614,5 @@ class Server:
                 "tcp": None if len(self.addresses) < 2 else ("insecure" if self.insecure_tcp else "keys"),
                 "keys": sorted(self.keys) if self.keys is not None else [],
                 "grants": [str(g) for g in self.access.grants],
-                "shm_policy": self.shm_policy, "sessions": rows, "topics": self.topics.stats(),
-                "services": self.links.stats(), "bounds": bounds}
+                "shm_policy": self.shm_policy, "sessions": rows, "bounds": bounds,
+                **{s.stats_key: s.stats() for s in self.services}}

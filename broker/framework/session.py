@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
-from ._errors import BadHandle, BrokerError, Overflow, StateError
-from ._handles import ObjectIndex
-from ._protocol import Arg, ArgKind, State, Status, complete_frame, text_bytes
-from ._ring import MessageBase, message_class
+from broker._errors import BadHandle, BrokerError, Overflow, StateError
+from broker.protocol.codes import CLOSE_SUBSESSION, SERVER_STATS  # noqa: F401  (the framework's own codes)
+from broker.protocol.handles import ObjectIndex
+from broker.protocol.frames import Arg, ArgKind, State, Status, complete_frame, text_bytes
+from broker.core.ring import MessageBase, message_class
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
 
-if TYPE_CHECKING:
-    from ._server import _Conn
-
-# Function codes below zero belong to the framework.
-CLOSE_SUBSESSION = -1
-SERVER_STATS = -2  # arg 0: a writable buffer for the server's statistics as JSON; same user as the server only
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
 
     __slots__ = ()
 
-    def __init__(self, conn: "_Conn", request_id: int, code: int, args: tuple[Arg, ...], handle: int,
+    def __init__(self, conn: Any, request_id: int, code: int, args: tuple[Arg, ...], handle: int,
                  asynchronous: bool) -> None:
         self._conn = conn  # its lock (conn.lock) also guards this message's writes and its completion
         self.request_id = request_id
@@ -164,7 +159,7 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
             lock.release()
 
     @staticmethod
-    def _send_completion(conn: "_Conn", rid: int, status: int, writes: Any) -> None:
+    def _send_completion(conn: Any, rid: int, status: int, writes: Any) -> None:
         """The C complete()'s way out when ring 1 has no room now (the frame waits in memory)."""
         conn._send(complete_frame(rid, status, writes, None))
 

@@ -1,11 +1,13 @@
-"""A session's pair of rings in shared memory: the carrier of its frames once
+"""A session's pair of rings in shared memory: the carrier of its frames when the session rule allows it.
+
+Once
 the session rule allows it (DESIGN.md sections 3 and 4).
 
 Ring 0 carries the client's frames to the server, ring 1 the server's to the
 client. Each record is a piece of the same byte stream the socket would carry
 (the protocol's FrameReader does not care where a frame was cut), so a frame
 larger than a ring's biggest record is split, never refused. The server
-creates the segment, a memfd sealed against shrinking (broker/_shm.py: no
+creates the segment, a memfd sealed against shrinking (broker/core/shm.py: no
 client can truncate it under the server), and owns it; the segment and an
 eventfd (ring 0's consumer doorbell) go to the client over the Unix socket
 with SCM_RIGHTS. The server sleeps on the doorbell among its other
@@ -18,17 +20,17 @@ import hmac
 import os
 from collections import deque
 
-from ._errors import Empty, Full
-from ._ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, open_session_rings, request_taker, session_call,
+from broker._errors import Empty, Full
+from broker.core.ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, open_session_rings, request_taker, session_call,
                     session_call_many, session_rings)
 
-DEFAULT_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
+SESSION_RING_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
 
 
 class ServerRings:
     """The server's side: consumer of ring 0, producer of ring 1."""
 
-    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, spin_us: float = 0.0) -> None:
+    def __init__(self, name: str, capacity: int = SESSION_RING_CAPACITY, spin_us: float = 0.0) -> None:
         self.rx, self.tx, self.nonce, self.segment = session_rings(name, capacity, spin_us)  # segment: its fd
         self.name = self.rx.name
         self.capacity = capacity

@@ -1,4 +1,6 @@
-"""Who a peer is, as the kernel says, and the session rule (DESIGN.md section 3):
+"""Who a peer is, as the kernel says, and the session rule: may two processes share memory?
+
+DESIGN.md section 3:
 may these two processes share memory, or must the socket carry their traffic?
 
 `local_facts()` and `peer_facts(sock)` gather the kernel's facts; `decide()` is a
@@ -14,7 +16,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from ._errors import BrokerError
+from broker._errors import BrokerError
 
 __all__ = [
     "AUDIT_SID_UNSET",

@@ -1,7 +1,7 @@
 """Publish/subscribe topics, the client's side: session.publisher(topic) and session.subscriber(topic).
 
 Both are sub-sessions of a session (SubSession): the server's TopicBroker
-(broker/_topics.py) keeps each topic's publishers, subscribers, queues and
+(broker/services/topics/broker.py) keeps each topic's publishers, subscribers, queues and
 history. A Publisher's publish() is one call (it waits at the server while a
 blocking subscriber's queue is full, up to the publisher's block_timeout,
 then raises FullTimeout and nobody got the message); publish_many() sends a
@@ -25,14 +25,15 @@ from typing import Any, Iterable, Iterator, NamedTuple, NoReturn
 
 import numpy as np
 
-from ._client import Buffer, ClientSession, SubSession
-from ._session import CLOSE_SUBSESSION
-from ._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
+from broker.framework.client import Buffer, ClientSession, SubSession
+from broker.framework.session import CLOSE_SUBSESSION
+from broker._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
                       ServerGone, ServiceError, StateError, TooBig)
-from ._protocol import Status
-from ._native import RING as _RING_CALLS
-from ._ring import Broadcast
-from ._topics import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
+from broker.protocol.frames import Status
+from broker.core.native import RING_FULL as _RING_FULL
+from broker.core.native import RING as _RING_CALLS
+from broker.core.ring import Broadcast
+from broker.services.topics.wire import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
                       Assembler, split_record,
                       TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
                       TOPIC_SUBSCRIBER)
@@ -44,7 +45,6 @@ _WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, t
 _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this many messages
 _tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/brk_py.c: plain messages
 _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
-_RING_FULL = 2  # BRK_FULL
 
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
 _MAX_DIMS = 32

@@ -1,5 +1,6 @@
-"""`broker bench ring`: the shared-memory ring against multiprocessing.Pipe and
-a raw AF_UNIX stream socketpair, each between two processes, in one run.
+"""`broker bench ring`: the shared-memory ring against multiprocessing.Pipe and an AF_UNIX socketpair.
+
+Each between two processes, in one run.
 
 Every measurement forks one child. One-way figures: the child produces, the
 parent consumes and times from the first message it receives to the last, so
@@ -35,8 +36,8 @@ from functools import partial
 from multiprocessing import Pipe
 from typing import Any, Callable, Iterator, NoReturn
 
-from ._ring import Ring
-from ._version import __version__
+from broker.core.ring import Ring
+from broker._version import __version__
 
 TRANSPORTS = ("ring", "pipe", "unix")
 LABELS = {"ring": "ring", "pipe": "Pipe", "unix": "AF_UNIX"}

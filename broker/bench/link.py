@@ -21,10 +21,11 @@ import tempfile
 import time
 from typing import Any
 
-from . import _bench_ring
-from ._bench_ring import _child, _latency_stats, _machine, _Progress, _scale
-from ._bench_rpc import ECHO, PAYLOAD, SMALL, _server
-from ._client import Buffer, connect
+from broker.bench import ring as _bench_ring
+from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench.rpc import ECHO, PAYLOAD, SMALL, _server
+from broker.api import connect
+from broker.framework.client import Buffer
 
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq

@@ -1,5 +1,6 @@
-"""Shared memory segments: named POSIX shared memory (create with O_CREAT|O_EXCL, 0600, space reserved;
-open checked; map, unlink, sweep), and sealed memfds, passed over a Unix socket instead of named.
+"""Shared-memory segments: named POSIX shared memory, and sealed memfds passed over a Unix socket.
+
+Named: created with O_CREAT|O_EXCL, 0600, space reserved; opened checked; mapped, unlinked, swept.
 
 Why sealed memfds: a peer that can open a segment's file (by its name, or through
 /proc/<pid>/map_files/) can ftruncate it, and every process that then touches the lost pages dies of
@@ -19,8 +20,8 @@ import stat
 
 import posix_ipc
 
-from . import _names
-from ._errors import SegmentError
+from broker.core import names as _names
+from broker._errors import SegmentError
 
 SHM_DIR = "/dev/shm"
 MAX_SEGMENT = 1 << 40

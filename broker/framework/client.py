@@ -18,12 +18,13 @@ from concurrent.futures import _base as _futures_base  # its state names: _Reply
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
-from . import _address, _keys
-from ._carrier import MANY_ODD as _MANY_ODD
-from ._carrier import MANY_UNUSUAL as _MANY_UNUSUAL
-from ._carrier import TIMEOUT as _RING_TIMEOUT
-from ._carrier import ClientRings
-from ._errors import (
+from broker.transport import address as _address
+from broker.transport import keys as _keys
+from broker.transport.carrier import MANY_ODD as _MANY_ODD
+from broker.transport.carrier import MANY_UNUSUAL as _MANY_UNUSUAL
+from broker.transport.carrier import TIMEOUT as _RING_TIMEOUT
+from broker.transport.carrier import ClientRings
+from broker._errors import (
     BadHandle,
     BrokerError,
     Closed,
@@ -40,9 +41,9 @@ from ._errors import (
     Timeout,
     VersionRefused,
 )
-from ._shm import MEMFD
-from ._protocol import parse_passed_fds
-from ._protocol import (
+from broker.core.shm import MEMFD
+from broker.protocol.frames import parse_passed_fds
+from broker.protocol.frames import (
     NO_ARG,
     Arg,
     ArgKind,
@@ -57,14 +58,14 @@ from ._protocol import (
     Status,
     Welcome,
 )
-from ._keys import Key
-from ._session import CLOSE_SUBSESSION, SERVER_STATS
+from broker.transport.keys import Key
+from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
 _MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 _DONTWAIT = socket.MSG_DONTWAIT
-_CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
+CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
 _ns = time.perf_counter_ns
 _yield = os.sched_yield
 
@@ -86,7 +87,7 @@ class Buffer:
 _READ, _WRITE, _READWRITE, _INT, _HANDLE = ArgKind.READ, ArgKind.WRITE, ArgKind.READWRITE, ArgKind.INT, ArgKind.HANDLE
 
 
-def _to_arg(a: Any) -> Arg:
+def to_arg(a: Any) -> Arg:
     t = type(a)  # the common cases first, by exact type: this runs for every argument of every call
     if t is bytes:
         return Arg(_READ, 0, a)
@@ -255,7 +256,7 @@ def _settle(fut: Any, outcome: Any) -> None:
         pass  # cancelled by its caller meanwhile: nobody wants the outcome
 
 
-def _apply_writes(args: tuple[Any, ...], done: Complete) -> None:
+def apply_writes(args: tuple[Any, ...], done: Complete) -> None:
     for w in done.writes:
         target = args[w.index] if w.index < len(args) else None
         if isinstance(target, Buffer):
@@ -275,7 +276,7 @@ _STATUS_ERRORS = {
 _CALL_ERRORS = (ServiceError, PermissionDenied, BadHandle, ServerBusy)
 
 
-def _result(done: Complete) -> int:
+def result_of(done: Complete) -> int:
     """The status of a completion, or the typed error it stands for."""
     if done.status >= 0:
         return done.status
@@ -398,7 +399,7 @@ class ClientSession:
         for i, r in enumerate(results):
             if type(r) is int and r < 0:
                 try:
-                    _result(Complete(0, r))
+                    result_of(Complete(0, r))
                 except BrokerError as e:
                     r = results[i] = e
             if first is None and isinstance(r, BaseException):
@@ -432,7 +433,7 @@ class ClientSession:
         call = rings.call_many
         outstanding = proto.outstanding
         while True:
-            wait = _CALL_WAIT_NS if deadline is None else max(0, min(_CALL_WAIT_NS,
+            wait = CALL_WAIT_NS if deadline is None else max(0, min(CALL_WAIT_NS,
                                                                       int((deadline - time.monotonic()) * 1e9)))
             sent, done, rc = call(first, code, handle, sets, results, sent, done, limit, window, Buffer, wait,
                                   self._max_frame, outstanding, odd)
@@ -445,7 +446,7 @@ class ClientSession:
                     if len(args) > 4:
                         raise TypeError("at most four arguments")
                     with lock:
-                        frame = proto.request_for(first + sent, code, map(_to_arg, args), handle, True)
+                        frame = proto.request_for(first + sent, code, map(to_arg, args), handle, True)
                 except (TypeError, ValueError, OverflowError, struct.error) as e:
                     refused = e
                     limit = sent  # the calls before it end first
@@ -589,44 +590,6 @@ class ClientSession:
         if refused is not None:
             raise refused
 
-    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
-                  ring_capacity: int | None = None) -> Any:
-        """A publisher on `topic` (a sub-session; broker/_pubsub.py): publish(), publish_many().
-        history: the topic keeps this many of the last messages for subscribers that join later;
-        block_timeout: how long a publish may wait for room (at the server for a blocking
-        subscriber's, or in its ring); ring_capacity: bytes of the broadcast ring a publisher on a
-        shared-memory session writes (a power of two, 64 KiB to 256 MiB; 4 MiB by default)."""
-        from ._pubsub import open_publisher
-        return open_publisher(self, topic, history=history, block_timeout=block_timeout,
-                              ring_capacity=ring_capacity)
-
-    def subscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
-                   buffer_size: int = 1 << 20, batch: int = 1024) -> Any:
-        """A subscriber on `topic` (a sub-session; broker/_pubsub.py): receive(), receive_many(),
-        iteration. capacity: messages its queue at the server holds; policy for a full queue:
-        "block" (publishers wait), "drop" (the oldest is dropped and counted in `lost`) or
-        "disconnect" (this subscriber is closed: Disconnected); history: up to this many of the
-        topic's last messages first. It keeps one FETCH outstanding: one of the session's slots."""
-        from ._pubsub import open_subscriber
-        return open_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
-                               buffer_size=buffer_size, batch=batch)
-
-    def offer(self, name: str, handler: Callable[[Any], Any], *, max_call: int = 1 << 20) -> Any:
-        """Offer a named service (broker/_links.py): other clients call it through session.link(name);
-        each call runs handler(call) -> status in this client's serve_one() / serve_forever()."""
-        from ._links import open_offer
-        return open_offer(self, name, handler, max_call)
-
-    def link(self, name: str) -> Any:
-        """A link to the service offered as `name`: send_receive() as a session's."""
-        from ._links import open_link
-        return open_link(self, name)
-
-    def topics(self) -> list[dict[str, Any]]:
-        """The server's topics: publishers, subscribers (with their policies, queues, losses), counters."""
-        from ._pubsub import list_topics
-        return list_topics(self)
-
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
         """send_receive for asyncio (does not block the event loop)."""
         self._background()
@@ -687,7 +650,7 @@ class ClientSession:
 
     def _receive_fd(self, name: str, timeout: float = 10.0) -> int:
         """The descriptor of the sealed segment `name` that the server passed on this shared-memory
-        session's socket, ahead of the message that named it (broker/_protocol.py, PASSED_FD); ours to
+        session's socket, ahead of the message that named it (broker/protocol/frames.py, PASSED_FD); ours to
         close. ServerGone if it does not come."""
         with self._fd_lock:
             deadline = time.monotonic() + timeout
@@ -766,7 +729,7 @@ class ClientSession:
         """Send the request; `fut` (a Future, or an _Inline) gets its outcome. The request's id."""
         if len(args) > 4:
             raise TypeError("at most four arguments")
-        wire = list(map(_to_arg, args))
+        wire = list(map(to_arg, args))
         with self._lock:
             if self._broken is not None:
                 raise self._broken
@@ -828,7 +791,7 @@ class ClientSession:
         reading = True
         try:
             # with the GIL held while it sends: atomic against close() from another thread
-            r = rings.call(rid, code, handle, args, Buffer, _CALL_WAIT_NS, self._max_frame)
+            r = rings.call(rid, code, handle, args, Buffer, CALL_WAIT_NS, self._max_frame)
             if type(r) is int:  # the simple completion: its writes are in the Buffers
                 lock.acquire()
                 try:
@@ -840,7 +803,7 @@ class ClientSession:
                         self._start_reader()
                 finally:
                     lock.release()
-                return r if r >= 0 else _result(Complete(rid, r))
+                return r if r >= 0 else result_of(Complete(rid, r))
             if r is NotImplemented:  # not sent: an argument of another kind, a big frame, a full ring
                 with lock:
                     self._pending.pop(rid, None)
@@ -1066,9 +1029,9 @@ class ClientSession:
                     fut, args, asynchronous = entry
                     if asynchronous:
                         self._async -= 1
-                    _apply_writes(args, ev)
+                    apply_writes(args, ev)
                     try:
-                        settled.append((fut, _result(ev)))
+                        settled.append((fut, result_of(ev)))
                     except BrokerError as e:
                         settled.append((fut, e))
                 elif isinstance(ev, Panic):
@@ -1104,7 +1067,7 @@ class ClientSession:
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,
             timeout: float = 5.0, socket_only: bool = False, server_uid: int | None = None,
             spin_us: float = 50.0, busy_poll: bool = False, ring_capacity: int | None = None,
-            key: "str | Key | bool | None" = None) -> ClientSession:
+            key: "str | Key | bool | None" = None, session_class: type[ClientSession] = ClientSession) -> ClientSession:
     """Open a session with the server at `address` (a name, a Unix socket path, or tcp://host:port).
 
     spin_us: how long a synchronous call polls for its reply before it sleeps
@@ -1118,6 +1081,9 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     (in pieces), so this is about how much may be in flight, not a size limit.
 
     server_uid: refuse (PermissionDenied) unless the kernel says the server runs as this user (Unix sockets).
+
+    session_class: what to make of the connection (broker.connect makes broker.ClientSession, with the
+    built-in services' calls: publisher(), subscriber(), offer(), link(), topics()).
 
     key (TCP only; a Unix socket's peers are known to the kernel): the key to
     prove this client with, and to make the server prove itself with: a
@@ -1204,7 +1170,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
             raise
         raise ServerNotFound(f"no broker server at {address}: {e}") from None
     sock.settimeout(None)
-    return ClientSession(sock, address, proto, proto.welcome, sharable, spin_us, rings)
+    return session_class(sock, address, proto, proto.welcome, sharable, spin_us, rings)
 
 
 def _recv_with_fds(sock: socket.socket, fds: list[int]) -> bytes:

@@ -1,61 +1,4 @@
-"""The broker's own service: publish/subscribe topics, relayed by the server.
-
-Every broker.Server has one TopicBroker (srv.topics). A client opens a
-publisher or a subscriber on a topic as a sub-session (reserved function codes
-below, handled by the server itself, for every Session class); messages
-published go, in the publisher's order, into each subscriber's queue, and a
-subscriber takes them with a long-poll FETCH: the request waits at the server
-until its queue has something, then carries a batch back in its writable
-argument. The same frames on a socket session and a shared-memory one, so
-the semantics are the same for a subscriber in another session or over TCP.
-Within a session a ring publisher's messages reach the direct subscribers
-through its broadcast ring, read in place; this relay is what the others get.
-
-A subscriber's name that ends in "*" is a prefix: "prices.*" subscribes to
-every topic whose name starts with "prices.", those there now and those made
-later ("*" alone: every topic). Such a subscriber is always relayed; before a
-publisher's first message it gets a control message (sequence 0, TOPIC_OF)
-with that publisher's topic name. A publisher's topic name cannot end in "*".
-The cost is at subscribe and when a topic is made, never per message.
-
-Quality of service, per subscriber: `capacity` (messages its queue holds);
-`policy` for a full queue: "block" (the publish waits at the server until
-every blocking subscriber has room, up to the publisher's `block_timeout`,
-then fails with TIMED_OUT and nobody gets it), "drop" (the oldest queued
-message is dropped and counted exactly: the subscriber's `lost`), or
-"disconnect" (the subscriber is closed with the reason, which its next
-receive raises); `history`: up to that many of the topic's last messages
-delivered first to a late joiner (the topic keeps as many as its publishers'
-largest `history`).
-
-Function codes (h: the call carries the publisher's or subscriber's handle):
-
-    TOPIC_PUBLISHER      arg 0 topic name (UTF-8, 1-200 bytes), arg 1 options (JSON bytes, optional)
-                         -> a publisher handle
-    TOPIC_PUBLISH    h   arg 0 the payload, arg 1 its meta (bytes, may be empty) -> 0
-    TOPIC_PUBLISH_MANY h arg 0 the payloads back to back, arg 1 the batch's table (see _pack_table)
-                         -> how many were published (all of them, or an error)
-    TOPIC_SUBSCRIBER     arg 0 topic name, arg 1 options (JSON bytes, optional) -> a subscriber handle
-    TOPIC_FETCH      h   arg 0 writable (the batch), arg 1 int: at most this many messages
-                         -> how many arg 0 holds (waits while there are none)
-    TOPIC_LIST           arg 0 writable -> JSON: the topics, their publishers, subscribers, counters
-    TOPIC_DIRECT     h   arg 0 int publisher id, arg 1 int sequence -> 0: a direct subscriber, told of a
-                         new ring publisher of its session (RING_ADD), reads its ring in place from that
-                         message on (0: it could not: relay it on); the server relays it no more of them
-
-A direct subscriber learns of a ring publisher that came after it through a
-control message (RING_ADD, the ring's name) ahead of that publisher's first
-relayed message; it joins the ring, takes the relayed messages until the ring
-gives the next one, then says so (TOPIC_DIRECT) and drops what is relayed twice.
-
-A FETCH's batch: u64 messages lost since the last batch, then each message as
-u32 publisher id, u64 sequence (per publisher, from 1), u32 meta length, u32
-payload length, the meta, the payload; all little-endian.
-
-Everything a client sends is untrusted: names, options, tables, lengths are
-checked and a bad one fails only that request (ARGUMENT). Handles are the
-framework's sub-session handles (BadHandle for anything else).
-"""
+"""Topics at the server: TopicBroker, publishers, subscribers, queues, relaying (the design: broker/services/topics/__init__.py)."""
 from __future__ import annotations
 
 import itertools
@@ -68,53 +11,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import _names
-from ._errors import BadHandle, BrokerError, Closed, Empty, Overflow, PeerGone
-from ._protocol import ArgKind, Status
-from ._ring import Broadcast
-from ._session import Message, RefObject, refuse
+from broker.core import names as _names
+from broker._errors import BadHandle, BrokerError, Closed, Empty, Overflow, PeerGone
+from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
+                                   TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
+from broker.protocol.frames import ArgKind, Status
+from broker.core.ring import Broadcast
+from broker.framework.service import Service
+from broker.services.topics.wire import (POLICIES, MAX_TOPIC_NAME, MAX_OPTIONS, MAX_CAPACITY, MAX_HISTORY, MAX_META,
+                                        DEFAULT_QUEUE_CAPACITY, DEFAULT_BLOCK_TIMEOUT, DEFAULT_RING_CAPACITY, MAX_RING_CAPACITY, RING_CONSUMERS, RELAY_BATCH,
+                                        BATCH_HEAD, RECORD_HEAD, MAX_MESSAGE, RING_GONE, TOPIC_OF, RING_ADD, MESSAGE_HEAD, TABLE_ENTRY, Assembler, split_record)
+from broker.framework.session import Message, RefObject, refuse
 
 log = logging.getLogger("broker.topics")
 
-TOPIC_PUBLISHER = -16
-TOPIC_PUBLISH = -17
-TOPIC_PUBLISH_MANY = -18
-TOPIC_SUBSCRIBER = -19
-TOPIC_FETCH = -20
-TOPIC_LIST = -21
-TOPIC_DIRECT = -22
-TOPIC_CODES = frozenset({TOPIC_PUBLISHER, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_SUBSCRIBER, TOPIC_FETCH,
-                         TOPIC_LIST, TOPIC_DIRECT})
 
-POLICIES = ("block", "drop", "disconnect")
-MAX_NAME = 200
-MAX_OPTIONS = 4096
-MAX_CAPACITY = 1 << 20  # messages in one subscriber's queue
-MAX_HISTORY = 1 << 16
-MAX_META = 4096
-DEFAULT_CAPACITY = 1024
-DEFAULT_BLOCK_TIMEOUT = 5.0
-
-DEFAULT_RING_CAPACITY = 1 << 22  # a ring publisher's broadcast ring, bytes
-MAX_RING_CAPACITY = 1 << 28
-RING_CONSUMERS = 64  # direct subscribers (and the server's relay) one publisher ring takes
-# records the server relays from one publisher ring per turn: a turn with three publishers flooding took
-# 2.8 ms at 256, and a socket session's request waited for it (issue 13, item 8)
-RELAY_BATCH = 64
-
-BATCH_HEAD = struct.Struct("<Q")
-# A publisher ring's record: sequence, meta length, payload bytes still to come in the records after
-# this one, fragment number (0: a message's first record, which holds the meta); then meta, payload.
-RECORD_HEAD = struct.Struct("<QIII")
-MAX_MESSAGE = 1 << 34  # the most payload a message may announce
-RING_GONE = b"-ring"  # a control message (sequence 0) to a direct subscriber: that publisher's ring ended
-TOPIC_OF = b"-topic"  # a control message to a prefix subscriber: that publisher's topic name follows
-RING_ADD = b"+ring"  # a control message to a direct subscriber: a new publisher's ring to read (its name)
-MESSAGE_HEAD = struct.Struct("<IQII")
-TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
-
-
-def _drop_oldest(sub: "Subscriber") -> bool:
+def _drop_oldest(sub: "ServerSubscriber") -> bool:
     """Drop the oldest message of a subscriber's queue, not a control item before it (a TOPIC_OF the
     messages after it need): True if there was one. TOPIC_OFs that no queued message needs any more go
     too, their publishers to be announced again (so the queue never fills with them)."""
@@ -217,81 +129,7 @@ SUBSCRIBER_OPTIONS = {"capacity": _int_in(1, MAX_CAPACITY, "capacity"), "policy"
                       "history": _int_in(0, MAX_HISTORY, "history"), "direct": _flag}
 
 
-def split_record(seq: int, meta: bytes, payload: bytes, max_record: int) -> list[bytes]:
-    """A message as a publisher ring's records: one, or fragments of at most max_record bytes each."""
-    head = RECORD_HEAD.size
-    first = max_record - head - len(meta)
-    if first < 0 or max_record <= head:  # (no room for a fragment's payload: it would never end)
-        raise ValueError(f"the ring's records ({max_record} bytes) cannot hold a message's header")
-    if len(payload) <= first:
-        return [RECORD_HEAD.pack(seq, len(meta), 0, 0) + meta + payload]
-    view = memoryview(payload)
-    out = [RECORD_HEAD.pack(seq, len(meta), len(payload) - first, 0) + meta + view[:first]]
-    at, room, k = first, max_record - head, 1
-    while at < len(payload):
-        chunk = view[at:at + room]
-        at += len(chunk)
-        out.append(RECORD_HEAD.pack(seq, 0, len(payload) - at, k) + chunk)
-        k += 1
-    return out
-
-
-class Assembler:
-    """A publisher ring's records back into messages. Records are untrusted: a bad one is a
-    ValueError (the caller counts it); a message whose fragments stop short is dropped when the
-    next message starts; a reader that joined in the middle of one skips its fragments."""
-
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self.max_message = max_message  # the most payload a message may have: more is a bad record
-        self.seq = 0  # the last message's sequence number
-        self.dropped = 0  # messages whose fragments did not all come
-        self._parts: list[bytes] | None = None
-        self._meta = b""
-        self._pseq = 0
-        self._more = 0
-        self._next = 0
-
-    @property
-    def complete(self) -> bool:
-        """No message is half-way: a record that starts and ends one may be taken as it is."""
-        return self._parts is None
-
-    def feed(self, rec: bytes) -> tuple[int, bytes, bytes] | None:
-        """(sequence, meta, payload) when rec ends a message, else None."""
-        head = RECORD_HEAD.size
-        if len(rec) < head:
-            raise ValueError("a record shorter than its header")
-        seq, mlen, more, k = RECORD_HEAD.unpack_from(rec)
-        if k:  # a continuation
-            if self._parts is None:
-                return None  # of a message that began before this reader joined
-            if seq != self._pseq or k != self._next or mlen or self._more - (len(rec) - head) != more:
-                self._parts = None
-                self.dropped += 1
-                raise ValueError(f"fragment {k} of message {seq} does not follow")
-            self._parts.append(rec[head:])
-            self._more, self._next = more, k + 1
-            if more:
-                return None
-            msg = (seq, self._meta, b"".join(self._parts))
-            self._parts = None
-            self.seq = seq
-            return msg
-        if self._parts is not None:  # the last one stopped short (its publisher timed out, or died)
-            self._parts = None
-            self.dropped += 1
-        if (mlen > MAX_META or head + mlen > len(rec) or more > self.max_message - (len(rec) - head - mlen)
-                or seq <= self.seq):
-            raise ValueError(f"a bad record (sequence {seq}, meta {mlen} bytes, {more} to come)")
-        meta, body = rec[head:head + mlen], rec[head + mlen:]
-        if not more:
-            self.seq = seq
-            return seq, meta, body
-        self._parts, self._meta, self._pseq, self._more, self._next = [body], meta, seq, more, 1
-        return None
-
-
-class Publisher(RefObject):
+class ServerPublisher(RefObject):
     """A publisher's end at the server: a sub-session of its session."""
 
     def __init__(self, broker: "TopicBroker", topic: "Topic", ident: int, conn: Any, history: int,
@@ -320,7 +158,7 @@ class Publisher(RefObject):
         self.broker._publisher_closed(self)
 
 
-class Subscriber(RefObject):
+class ServerSubscriber(RefObject):
     """A subscriber's end at the server: its queue, its policy, its waiting FETCH."""
 
     def __init__(self, broker: "TopicBroker", topic: "Topic | None", ident: int, conn: Any, capacity: int,
@@ -349,8 +187,8 @@ class Subscriber(RefObject):
 @dataclass
 class Topic:
     name: str
-    publishers: dict[int, Publisher] = field(default_factory=dict)
-    subscribers: dict[int, Subscriber] = field(default_factory=dict)
+    publishers: dict[int, ServerPublisher] = field(default_factory=dict)
+    subscribers: dict[int, ServerSubscriber] = field(default_factory=dict)
     history: deque[_Item] = field(default_factory=deque)
     history_len: int = 0
     published: int = 0
@@ -359,17 +197,20 @@ class Topic:
     timed_out: int = 0
 
 
-class TopicBroker:
+class TopicBroker(Service):
     """The server's topics. Every method runs on the server's loop thread (requests, session ends,
     timers); stats() may run anywhere, under the lock."""
 
+    codes = TOPIC_CODES
+    stats_key = "topics"
+
     def __init__(self, server: Any) -> None:
-        self.server = server
+        super().__init__(server)
         self.topics: dict[str, Topic] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.relays: list[Publisher] = []  # ring publishers whose ring the server reads (for relay subscribers)
-        self.patterns: dict[int, Subscriber] = {}  # prefix subscribers, by id
+        self.relays: list[ServerPublisher] = []  # ring publishers whose ring the server reads (for relay subscribers)
+        self.patterns: dict[int, ServerSubscriber] = {}  # prefix subscribers, by id
 
     # -- requests -----------------------------------------------------------------------
 
@@ -423,22 +264,22 @@ class TopicBroker:
         return topic
 
     @staticmethod
-    def _attach(sub: Subscriber, topic: Topic) -> None:
+    def _attach(sub: ServerSubscriber, topic: Topic) -> None:
         topic.subscribers[sub.id] = sub
         sub.attached.append(topic)
 
     def _open_publisher(self, conn: Any, msg: Message) -> None:
-        name = _text(self._read(msg, 0), "topic name", MAX_NAME)
+        name = _text(self._read(msg, 0), "topic name", MAX_TOPIC_NAME)
         if name.endswith("*"):
             raise TopicError(f"a topic name that ends in '*' is a subscriber's prefix, not a topic: {name!r}")
         self.server.access.check(conn.peer, "topic", name, "publish")
         opts = _options(self._read(msg, 1), PUBLISHER_OPTIONS)
-        ring = opts.get("ring", False) and conn.on_rings and self.server._aloop is None
+        ring = opts.get("ring", False) and conn.on_rings and not self.server.is_async
         if ring and msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
             raise TopicError("a ring publisher takes a writable argument 2 for its ring's name")
         with self._lock:
             topic = self._topic(name)
-            pub = Publisher(self, topic, next(self._ids), conn, opts.get("history", 0),
+            pub = ServerPublisher(self, topic, next(self._ids), conn, opts.get("history", 0),
                             opts.get("block_timeout", DEFAULT_BLOCK_TIMEOUT))
             if ring:
                 try:
@@ -477,7 +318,7 @@ class TopicBroker:
 
     def _direct(self, conn: Any, msg: Message) -> None:
         """TOPIC_DIRECT: the subscriber reads publisher arg 0's ring in place from sequence arg 1 on."""
-        sub = self._own(conn, msg, Subscriber)
+        sub = self._own(conn, msg, ServerSubscriber)
         if msg.kind(0) != ArgKind.INT or msg.kind(1) != ArgKind.INT:
             raise TopicError("TOPIC_DIRECT takes a publisher id and a sequence number (ints)")
         pid, seq = msg.integer(0), msg.integer(1)
@@ -497,8 +338,8 @@ class TopicBroker:
                     self._made_room(topic)
         msg.complete(0)
 
-    def _make_ring(self, pub: Publisher, conn: Any, capacity: int) -> None:
-        """A sealed memfd (broker/_shm.py: nobody can truncate it under a reader); its descriptor goes to
+    def _make_ring(self, pub: ServerPublisher, conn: Any, capacity: int) -> None:
+        """A sealed memfd (broker/core/shm.py: nobody can truncate it under a reader); its descriptor goes to
         the publisher and each direct subscriber on their sockets (_Conn.pass_fd), the server keeps it
         until the publisher closes."""
         name = _names.segment_name("topic", self.server.server_id, conn.session_key)
@@ -506,13 +347,13 @@ class TopicBroker:
         pub.ring_name = pub.segment.name
 
     @staticmethod
-    def _pass_ring(conn: Any, pub: Publisher) -> None:
+    def _pass_ring(conn: Any, pub: ServerPublisher) -> None:
         """The publisher ring's descriptor to a direct subscriber's client, ahead of the name (a subscriber
         that does not get it cannot join, and says so: TOPIC_DIRECT 0, relayed)."""
         if pub.segment is not None and pub.segment.fd >= 0 and pub.ring_name is not None:
             conn.pass_fd(pub.ring_name, pub.segment.fd)
 
-    def _drop_ring(self, pub: Publisher) -> None:
+    def _drop_ring(self, pub: ServerPublisher) -> None:
         """The ring's end at the server: no more relaying from it, and its name unlinked (the
         publisher and direct subscribers keep their mappings until they close them)."""
         if pub.relay is not None:
@@ -526,7 +367,7 @@ class TopicBroker:
                 pass
 
     def _open_subscriber(self, conn: Any, msg: Message) -> None:
-        name = _text(self._read(msg, 0), "topic name", MAX_NAME)
+        name = _text(self._read(msg, 0), "topic name", MAX_TOPIC_NAME)
         opts = _options(self._read(msg, 1), SUBSCRIBER_OPTIONS)
         access = self.server.access
         if name.endswith("*"):
@@ -543,13 +384,13 @@ class TopicBroker:
                 # capacity for it, up to twice its capacity: see _relay_from)
                 self._relay_from(pub, catch_up=True)
             topic = self._topic(name)  # (the catch-up may have ended a relay and forgotten the topic)
-            sub = Subscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
+            sub = ServerSubscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_QUEUE_CAPACITY),
                              opts.get("policy", "block"))
             want = opts.get("history", 0)
             # direct: it reads the publishers' rings in place; only a blocking subscriber without history on
             # a shared-memory session of a threaded server (a ring is lossless: its producer waits for it)
             sub.direct = (opts.get("direct", False) and conn.on_rings and sub.policy == "block" and not want
-                          and self.server._aloop is None and msg.kind(2) in (ArgKind.WRITE, ArgKind.READWRITE))
+                          and not self.server.is_async and msg.kind(2) in (ArgKind.WRITE, ArgKind.READWRITE))
             if want:
                 for item in list(topic.history)[-want:][-sub.capacity:]:
                     sub.queue.append(item)
@@ -577,7 +418,7 @@ class TopicBroker:
     def _open_prefix(self, conn: Any, msg: Message, name: str, opts: dict[str, Any]) -> None:
         """A subscriber to every topic whose name starts with name[:-1], now and later: relayed."""
         with self._lock:
-            sub = Subscriber(self, None, next(self._ids), conn, opts.get("capacity", DEFAULT_CAPACITY),
+            sub = ServerSubscriber(self, None, next(self._ids), conn, opts.get("capacity", DEFAULT_QUEUE_CAPACITY),
                              opts.get("policy", "block"))
             sub.pattern = name
             prefix, want = name[:-1], opts.get("history", 0)
@@ -598,7 +439,7 @@ class TopicBroker:
                 self._update_relay(topic)
         msg.complete(handle)
 
-    def _enqueue_for(self, sub: Subscriber, topic: Topic, item: "_Item") -> None:
+    def _enqueue_for(self, sub: ServerSubscriber, topic: Topic, item: "_Item") -> None:
         """An item into a prefix subscriber's queue, after the name of its publisher's topic the first time."""
         if item.publisher not in sub.announced:
             sub.announced.add(item.publisher)
@@ -633,7 +474,7 @@ class TopicBroker:
     # -- publishing ------------------------------------------------------------------------
 
     def _publish(self, conn: Any, msg: Message, items: list[tuple[bytes, bytes]]) -> None:
-        pub = self._own(conn, msg, Publisher)
+        pub = self._own(conn, msg, ServerPublisher)
         deadline = time.monotonic() + pub.block_timeout
         with self._lock:
             small = min((s.capacity for s in pub.topic.subscribers.values()
@@ -658,12 +499,12 @@ class TopicBroker:
         return all(len(s.queue) + n <= s.capacity * times for s in topic.subscribers.values()
                    if s.policy == "block" and s.gone is None and pub not in s.rings)
 
-    def _control(self, sub: Subscriber, item: _Item) -> None:
+    def _control(self, sub: ServerSubscriber, item: _Item) -> None:
         sub.queue.append(item)
         if sub.fetch is not None:
             self._answer(sub)
 
-    def _deliver(self, pub: Publisher, items: list[tuple[bytes, bytes]], seq: int | None = None) -> None:
+    def _deliver(self, pub: ServerPublisher, items: list[tuple[bytes, bytes]], seq: int | None = None) -> None:
         """Into every subscriber's queue (with the lock held), as each one's policy says. seq: a ring
         record's own sequence number (the publisher numbered it)."""
         topic = pub.topic
@@ -701,7 +542,7 @@ class TopicBroker:
         if answered:
             self._retry(topic)  # the answers made room: held publishes may go
 
-    def _disconnect(self, sub: Subscriber, why: str) -> None:
+    def _disconnect(self, sub: ServerSubscriber, why: str) -> None:
         sub.gone = why
         sub.queue.clear()
         for topic in sub.attached:
@@ -728,7 +569,7 @@ class TopicBroker:
                 self._deliver(pub, items)
                 msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
 
-    def _expire(self, pub: Publisher) -> None:
+    def _expire(self, pub: ServerPublisher) -> None:
         """A held publish's deadline: it fails, and nobody got it (one timer a publisher at a time)."""
         now = time.monotonic()
         with self._lock:
@@ -748,7 +589,7 @@ class TopicBroker:
     # -- fetching ------------------------------------------------------------------------
 
     def _fetch(self, conn: Any, msg: Message) -> None:
-        sub = self._own(conn, msg, Subscriber)
+        sub = self._own(conn, msg, ServerSubscriber)
         if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE) or msg.kind(1) != ArgKind.INT:
             raise TopicError("FETCH takes a writable argument and an int")
         most = msg.integer(1)
@@ -767,7 +608,7 @@ class TopicBroker:
                 for topic in list(sub.attached):
                     self._made_room(topic)
 
-    def _answer(self, sub: Subscriber) -> None:
+    def _answer(self, sub: ServerSubscriber) -> None:
         """The waiting FETCH gets what is queued, as much as fits (with the lock held)."""
         msg = sub.fetch
         assert msg is not None
@@ -799,7 +640,7 @@ class TopicBroker:
 
     # -- ends ------------------------------------------------------------------------------
 
-    def _publisher_closed(self, pub: Publisher) -> None:
+    def _publisher_closed(self, pub: ServerPublisher) -> None:
         with self._lock:
             pub.closed = True
             topic = pub.topic
@@ -823,7 +664,7 @@ class TopicBroker:
             self._set_history(topic)
             self._forget_if_empty(topic)
 
-    def _subscriber_closed(self, sub: Subscriber) -> None:
+    def _subscriber_closed(self, sub: ServerSubscriber) -> None:
         with self._lock:
             self.patterns.pop(sub.id, None)
             for topic in sub.attached:
@@ -879,7 +720,7 @@ class TopicBroker:
             elif not need and pub.relay is not None:
                 self._end_relay(pub)  # nobody it is relayed to is left
 
-    def _end_relay(self, pub: Publisher) -> None:
+    def _end_relay(self, pub: ServerPublisher) -> None:
         self.relays[:] = [p for p in self.relays if p is not pub]
         if pub.closed:  # its rest is relayed: its direct subscribers read it to the end themselves
             for sub in pub.topic.subscribers.values():
@@ -895,13 +736,15 @@ class TopicBroker:
 
     def poll(self) -> bool:
         """The server loop's look at the relayed rings: True if it relayed something."""
+        if not self.relays:
+            return False
         did = False
         with self._lock:
             for pub in list(self.relays):
                 did = self._relay_from(pub) or did
         return did
 
-    def _relay_from(self, pub: Publisher, catch_up: bool = False) -> bool:
+    def _relay_from(self, pub: ServerPublisher, catch_up: bool = False) -> bool:
         """Records of a ring publisher to the relay subscribers, while the blocking ones have room
         (else the ring fills and the publisher waits, as a blocking subscriber wants); with the lock
         held. catch_up: what the ring holds now, room or not (a subscriber is joining; the publisher

@@ -1,4 +1,4 @@
-"""The Python face of the C rings; with _native (its fast-call tables), the only module that imports the extension.
+"""The Python face of the C rings; with core/native.py (its fast-call tables), the only module that imports the extension.
 
 Return codes become exceptions here; shared memory becomes memoryviews and
 numpy arrays here. Two kinds of ring:
@@ -12,6 +12,7 @@ and Ctrl-C is handled.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import time
@@ -20,10 +21,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import _names, _proc, _shm
-from ._brk import ffi, lib
-from ._native import CODEC, RING
-from ._errors import (
+from broker.core import names as _names
+from broker.core import proc as _proc
+from broker.core import shm as _shm
+from broker._brk import ffi, lib
+from broker.core.native import CODEC, RING
+from broker._errors import (
     BrokerError,
     Closed,
     Corrupt,
@@ -54,7 +57,7 @@ _FAST = RING
 _fsend, _frecv, _frecv_wait = _FAST["send"], _FAST["recv"], _FAST["recv_wait"]
 _frecv_many, _fwait_data, _fwait_space = _FAST["recv_many"], _FAST["wait_data"], _FAST["wait_space"]
 _fsend_many, _fready = _FAST["send_many"], _FAST["ready"]
-_BATCH_MAX = 4096  # BRK_PY_BATCH_MAX
+_BATCH_MAX = lib.BRK_PY_BATCH_MAX
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 
@@ -244,7 +247,7 @@ def _nonce(mapping: _shm.Mapping) -> bytes:
 
 
 def session_rings(name: str, capacity: int, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes, int]:
-    """The server's side of a session's segment, a sealed memfd (broker/_shm.py): two rings, 0 carrying
+    """The server's side of a session's segment, a sealed memfd (broker/core/shm.py): two rings, 0 carrying
     requests (we consume) and 1 replies (we produce), the segment's nonce, and its descriptor to pass
     to the client (closed by the first ring's unlink() or close())."""
     seg = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)] * 2, name, sealed=True)
@@ -350,7 +353,7 @@ def open_session_rings(fd: int, name: str, spin_us: float = 50.0) -> tuple["Ring
 
 
 def make_pair_segment(name: str, capacity: int) -> _shm.Mapping:
-    """A linked service's private pair of rings (broker/_links.py), a sealed memfd: ring 0 carries a
+    """A linked service's private pair of rings (broker/services/links), a sealed memfd: ring 0 carries a
     caller's requests to the provider, ring 1 the replies back. The caller of this (the server) keeps
     the mapping only to pass its descriptor (mapping.fd) to both and to let go of it at the pair's end;
     it attaches to neither ring."""
@@ -446,7 +449,7 @@ def sweep(remove: bool = True) -> list[tuple[str, str]]:
     return found
 
 
-class _Side:
+class _RingSide:
     """One side of one ring. Subclasses add the kind-specific parts."""
 
     _kind = 0
@@ -458,7 +461,7 @@ class _Side:
         pid, start = _proc.me()
         try:
             rc = lib.brk_ring_attach(h, self._res.base, mapping.size, index, role, pid, start)
-            if rc == -16:  # EBUSY
+            if rc == -errno.EBUSY:
                 side = "producer" if role == lib.BRK_ROLE_PRODUCER else "consumer"
                 raise StateError(f"{mapping.name} already has its {side}")
             if rc:
@@ -491,7 +494,7 @@ class _Side:
                 if rc:
                     send_slow(rc, data, timeout)
 
-            send.__doc__ = _Side.send.__doc__
+            send.__doc__ = _RingSide.send.__doc__
             self.send = send  # type: ignore[method-assign]
             self.recv = self._not_consumer  # type: ignore[method-assign]
         else:
@@ -505,13 +508,13 @@ class _Side:
                     return r
                 return recv_slow(r, timeout)
 
-            recv.__doc__ = _Side.recv.__doc__
+            recv.__doc__ = _RingSide.recv.__doc__
             self.recv = recv  # type: ignore[method-assign]
             self.send = self._not_producer  # type: ignore[method-assign]
 
     # -- common ------------------------------------------------------------
 
-    def __enter__(self) -> "_Side":
+    def __enter__(self) -> "_RingSide":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -990,7 +993,7 @@ class _Side:
             raise _error(rc, f"arm on {self.name}")
         return rc == _OK
 
-    def __iter__(self) -> "_Side":
+    def __iter__(self) -> "_RingSide":
         return self
 
     def __next__(self) -> bytes:
@@ -1040,7 +1043,7 @@ def _role(role: str) -> int:
         raise ValueError(f"role must be 'producer' or 'consumer', not {role!r}") from None
 
 
-class Ring(_Side):
+class Ring(_RingSide):
     """A single-producer, single-consumer ring of variable-length records in named shared memory.
 
     >>> with Ring.create(capacity=1 << 16) as tx, Ring.open(tx.name) as rx:
@@ -1080,7 +1083,7 @@ class Ring(_Side):
 
 
 
-class Broadcast(_Side):
+class Broadcast(_RingSide):
     """One producer, many consumers: every consumer sees every record.
 
     Lossless (default): the producer waits for the slowest consumer (and a
@@ -1104,7 +1107,7 @@ class Broadcast(_Side):
                      lossy: bool = False, sealed: bool = False) -> _shm.Mapping:
         """A new broadcast ring's segment that nobody is attached to yet (a server makes it for a
         publisher, which attaches with attach_producer; the caller unlinks it). sealed: a sealed memfd,
-        whose descriptor (mapping.fd) is passed to whoever attaches (broker/_shm.py)."""
+        whose descriptor (mapping.fd) is passed to whoever attaches (broker/core/shm.py)."""
         flags = lib.BRK_FLAG_LOSSY if lossy else 0
         return _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], name, sealed)
 
@@ -1124,7 +1127,7 @@ class Broadcast(_Side):
         pid, start = _proc.me()
         rc = lib.brk_bcast_join(self._h, pid, start)
         for _ in range(10):
-            if rc == -28 and self._free_dead_slots():  # ENOSPC, but some slots are dead consumers': freed
+            if rc == -errno.ENOSPC and self._free_dead_slots():  # but some slots are dead consumers': freed
                 rc = lib.brk_bcast_join(self._h, pid, start)
                 continue
             if rc not in (-11, _LAPPED):  # EAGAIN (evicted while joining), or lapped by a fast lossy producer
@@ -1133,7 +1136,7 @@ class Broadcast(_Side):
         if rc:
             slots = int(self._h.max_consumers)
             self.close()
-            if rc == -28:  # ENOSPC
+            if rc == -errno.ENOSPC:
                 raise StateError(f"{self.name}: all {slots} consumer slots are taken")
             raise _error(rc, f"joining {self.name}")
         return self

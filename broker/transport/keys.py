@@ -6,7 +6,7 @@ readable by nobody else (0600), as ssh insists for its own keys. The server
 loads every key of its file; a client uses the first key of its own.
 `broker keygen` makes them.
 
-The handshake over TCP (the frames are in _protocol.py):
+The handshake over TCP (the frames are in frames.py):
 
     client                                       server
     HELLO                          ->
@@ -35,7 +35,7 @@ import stat
 from dataclasses import dataclass
 from typing import Mapping
 
-from ._errors import BrokerError
+from broker._errors import BrokerError
 
 SECRET_BYTES = 32
 NONCE_BYTES = 32

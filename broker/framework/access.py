@@ -33,7 +33,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ._errors import PermissionDenied
+from broker._errors import PermissionDenied
 
 ACTIONS = {"topic": frozenset({"publish", "subscribe"}), "table": frozenset({"read", "write"}),
            "service": frozenset({"offer", "call"})}

@@ -34,7 +34,7 @@ Bodies:
     SHM_ACCEPT  the 32-byte nonce the client read from the segment's header
     SHM_DECLINE reason (UTF-8); then both sides stay on the socket
     CHALLENGE   the server's 32-byte nonce: over TCP, the answer to HELLO when the server
-                wants a key (broker/_keys.py has the exchange and the proofs)
+                wants a key (broker/transport/keys.py has the exchange and the proofs)
     AUTH        client nonce (32 bytes), client proof (32 bytes), key name (UTF-8, the rest, 1-64)
     AUTH_OK     the server's proof (32 bytes); right before its WELCOME
 
@@ -56,8 +56,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ._errors import BrokerError
-from ._native import CODEC as _CODEC
+from broker._errors import BrokerError
+from broker.core.native import CODEC as _CODEC
 
 MAGIC = b"BRK1"
 PROTOCOL_VERSION = 1
@@ -271,7 +271,7 @@ Event = (Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close 
 
 # The per-message frames in C (csrc/brk_codec.c): it makes these classes' instances itself.
 _CODEC["codec_setup"](Request, Arg, Complete, Write, tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG)
-_c_feed, _c_encode_request, _c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
+c_feed, c_encode_request, c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
 
 
 def _no_feed(view: memoryview, at: int, max_frame: int) -> tuple[list[Event], int]:
@@ -331,7 +331,7 @@ def _frame(ftype: FrameType, body: bytes, request_id: int = 0, flags: int = 0) -
 def request_frame(request_id: int, code: int, handle: int, asynchronous: bool, args: tuple[Arg, ...] | list[Arg]) -> bytes:
     """A REQUEST frame with exactly four arguments (the hot path: in C, csrc/brk_codec.c; the
     reference below takes whatever C leaves to it, errors included)."""
-    frame = _c_encode_request(request_id, code, handle, asynchronous, args)
+    frame = c_encode_request(request_id, code, handle, asynchronous, args)
     if frame is not NotImplemented:
         return frame  # type: ignore[no-any-return]
     return request_frame_py(request_id, code, handle, asynchronous, args)
@@ -369,7 +369,7 @@ def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | lis
                    error: str | None) -> bytes:
     """A COMPLETE frame (the hot path of the server's side: in C, as request_frame). `writes`:
     Write objects or (index, data) pairs."""
-    frame = _c_encode_complete(request_id, status, writes, None if error is None else _text(error))
+    frame = c_encode_complete(request_id, status, writes, None if error is None else _text(error))
     if frame is not NotImplemented:
         return frame  # type: ignore[no-any-return]
     return complete_frame_py(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes], error)
@@ -615,7 +615,7 @@ class FrameReader:
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, fast: bool = True) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
-        self._feed = _c_feed if fast else _no_feed  # fast=False: the Python reference decodes everything
+        self._feed = c_feed if fast else _no_feed  # fast=False: the Python reference decodes everything
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The events completed by `data` (possibly none). ProtocolError on the first bad frame.
@@ -738,7 +738,7 @@ class ClientConnection(_Side):
         self.offer: ShmOffer | None = None
         self.outstanding: dict[int, bool] = {}  # request id -> asynchronous
         self._next_id = 1
-        self.hello_body = b""  # what the proofs cover (broker/_keys.py)
+        self.hello_body = b""  # what the proofs cover (broker/transport/keys.py)
         self.challenge: bytes | None = None  # the server's nonce, once it asked for a key
         self.server_proof: bytes | None = None  # its AUTH_OK, once it answered the AUTH
 
@@ -979,7 +979,7 @@ class ServerConnection(_Side):
         """The completion of an outstanding request; ProtocolError if it is not outstanding (a
         second completion). `writes`: Write objects or (index, data) pairs."""
         self.completing(request_id)
-        frame = _c_encode_complete(request_id, status, writes, None if error is None else _text(error))
+        frame = c_encode_complete(request_id, status, writes, None if error is None else _text(error))
         if frame is NotImplemented:
             frame = complete_frame(request_id, status, tuple(writes), error)
         return frame  # type: ignore[no-any-return]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterator
 
-from ._errors import BadHandle
+from broker._errors import BadHandle
 
 INDEX_BITS = 16
 MAX_INDEX = (1 << INDEX_BITS) - 1  # indexes are 1..MAX_INDEX; 0 means "no handle"

@@ -44,11 +44,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._access import Access
-from ._client import Buffer, ClientSession, SubSession
-from ._errors import BadHandle, ServiceError
-from ._protocol import ArgKind, Status
-from ._session import Container, Message, Peer, RefObject, Session
+from broker.framework.access import Access
+from broker.framework.client import Buffer, ClientSession, SubSession
+from broker._errors import BadHandle, ServiceError
+from broker.protocol.frames import ArgKind, Status
+from broker.framework.session import Container, Message, Peer, RefObject, Session
 
 # ---- function codes -------------------------------------------------------------------
 
@@ -64,7 +64,7 @@ COUNT = 20
 KEYS = 21
 KV_CODES = range(16, 32)
 
-MAX_NAME = 64  # bytes of a table name (UTF-8)
+MAX_TABLE_NAME = 64  # bytes of a table name (UTF-8)
 VALUE_CEILING = 16 << 20  # no store holds a larger value: a client's default GET buffer
 _KEY_LEN = struct.Struct("<H")  # KEYS: the length before each key
 
@@ -311,7 +311,7 @@ class KeyValueSession(Session):
     def __init__(self, server: Any, peer: Peer, store: KeyValueStore | None = None) -> None:
         super().__init__(server, peer)
         self.store = store if store is not None else KeyValueStore.for_server(server)
-        # who may read and write which tables: the server's grants (broker/_access.py)
+        # who may read and write which tables: the server's grants (broker/framework/access.py)
         self.access: Access = getattr(server, "access", None) or Access()
         self._all = self.access.owner(peer)  # the server's own user: every table, no lookups
 
@@ -350,7 +350,7 @@ class KeyValueSession(Session):
     def _kv(self, m: Message) -> int:
         limits, code = self.store.limits, m.code
         if code == OPEN_TABLE:
-            raw = _read(m, 0, "table name", MAX_NAME)
+            raw = _read(m, 0, "table name", MAX_TABLE_NAME)
             try:
                 name = raw.decode("utf-8")
             except UnicodeDecodeError:

@@ -1,0 +1,378 @@
+"""Linked services at the server: LinkBroker (the design: broker/services/links/__init__.py)."""
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from typing import Any
+
+from broker._errors import BadHandle, BrokerError, Overflow
+from broker.protocol.codes import (LINK_CALL, LINK_CODES, LINK_OFFER, LINK_OPEN, LINK_PAIR,  # noqa: F401
+                                   LINK_REPLY, LINK_TAKE, LINK_UNPAIR)
+from broker.protocol.frames import ArgKind, Status
+from broker.framework.service import Service
+from broker.framework.session import Message, RefObject, refuse
+
+from broker.services.links.wire import (LinkError, MAX_ERROR, MAX_SERVICE_NAME, MAX_PAIRS, PAIR_CAPACITY, TAKE_CALL, TAKE_HEAD, TAKE_PAIR,
+                                         TAKE_UNPAIR)
+
+# ---- the server's half ---------------------------------------------------------------------
+
+
+class _Offer(RefObject):
+    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
+        super().__init__()
+        self.broker, self.name, self.conn = broker, name, conn
+        # waiting: id, the caller's message (None for TAKE_UNPAIR), its code, the packed arguments, TAKE_*
+        self.queue: deque[tuple[int, Message | None, int, bytes, int]] = deque()
+        self.running: dict[int, Message] = {}  # taken, not yet replied to
+        self.take: Message | None = None  # the provider's waiting LINK_TAKE
+        self.served = 0
+        self.pairing: dict[int, _Pair] = {}  # pairs handed to the provider, not yet acknowledged
+        self.pairs: list[_Pair] = []  # the pairs it serves
+        self.paired = 0  # pairs made, ever (their calls are the provider's own books: the server sees none)
+
+    def destroyed(self) -> None:
+        self.broker._offer_closed(self)
+
+
+class _Link(RefObject):
+    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
+        super().__init__()
+        self.broker, self.name, self.conn = broker, name, conn
+        self.calls = 0
+        self.pairs: list[_Pair] = []
+        self.gone = False
+
+    def destroyed(self) -> None:
+        with self.broker._lock:
+            self.gone = True
+            self.broker.links = [link for link in self.broker.links if link is not self]
+        self.broker._end_pairs(self)
+
+
+class _Pair:
+    """A private pair of rings between one link and one offer of the same session: the server
+    made the segment and unlinks its name at the end; it maps nothing else of it."""
+
+    def __init__(self, name: str, segment: Any, offer: _Offer, link: _Link, msg: Message) -> None:
+        self.name, self.segment, self.offer, self.link = name, segment, offer, link
+        self.msg = msg  # the caller's LINK_PAIR, until the provider has answered
+        self.told = False  # the provider knows the pair is over
+
+    def end(self) -> None:
+        seg, self.segment = self.segment, None
+        if seg is not None:
+            seg.close()
+            try:
+                seg.unlink()
+            except OSError:
+                pass
+
+
+class LinkBroker(Service):
+    """The server's linked services: on the loop thread; stats() under the lock."""
+
+    codes = LINK_CODES
+    stats_key = "services"  # (their name in Server.stats() and the metrics since the first release)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.offers: dict[str, _Offer] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.links: list[_Link] = []
+
+    def handle(self, conn: Any, msg: Message) -> None:
+        try:
+            code = msg.code
+            if code == LINK_CALL:
+                self._call(conn, msg)
+            elif code == LINK_TAKE:
+                self._take(conn, msg)
+            elif code == LINK_REPLY:
+                self._reply(conn, msg)
+            elif code == LINK_OFFER:
+                self._offer(conn, msg)
+            elif code == LINK_OPEN:
+                self._open(conn, msg)
+            elif code == LINK_PAIR:
+                self._pair(conn, msg)
+            elif code == LINK_UNPAIR:
+                self._unpair(conn, msg)
+        except Exception as e:  # it ends only this request
+            refuse(conn, msg, e, LinkError)
+
+    @staticmethod
+    def _bytes(msg: Message, i: int) -> bytes:
+        if msg.kind(i) == ArgKind.NONE:
+            return b""
+        if msg.kind(i) not in (ArgKind.READ, ArgKind.READWRITE):
+            raise LinkError(f"argument {i} is bytes")
+        return msg.read(i)
+
+    def _name(self, msg: Message) -> str:
+        raw = self._bytes(msg, 0)
+        if not 1 <= len(raw) <= MAX_SERVICE_NAME:
+            raise LinkError(f"a service name is 1 to {MAX_SERVICE_NAME} bytes, not {len(raw)}")
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise LinkError("a service name is UTF-8") from None
+
+    @staticmethod
+    def _own(conn: Any, msg: Message, kind: type) -> Any:
+        obj = conn.session.subsession(msg)
+        if not isinstance(obj, kind):
+            raise BadHandle(f"handle {msg.handle} is not a {'service offer' if kind is _Offer else 'link'}")
+        return obj
+
+    def _offer(self, conn: Any, msg: Message) -> None:
+        name = self._name(msg)
+        self.server.access.check(conn.peer, "service", name, "offer")  # (broker/framework/access.py)
+        with self._lock:
+            if name in self.offers:
+                msg.complete(Status.ARGUMENT, f"{name!r} is offered already (connection "
+                                              f"{self.offers[name].conn.peer.connection_id})")
+                return
+            offer = _Offer(self, name, conn)
+            handle = conn.session.open_subsession(offer)
+            self.offers[name] = offer
+        msg.complete(handle)
+
+    def _open(self, conn: Any, msg: Message) -> None:
+        name = self._name(msg)
+        self.server.access.check(conn.peer, "service", name, "call")
+        link = _Link(self, name, conn)
+        handle = conn.session.open_subsession(link)
+        with self._lock:
+            self.links.append(link)
+        msg.complete(handle)
+
+    def _call(self, conn: Any, msg: Message) -> None:
+        link = self._own(conn, msg, _Link)
+        if msg.kind(0) != ArgKind.INT or msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE, ArgKind.NONE):
+            raise LinkError("LINK_CALL takes the code (int), the packed arguments and a writable argument")
+        code, blob = msg.integer(0), self._bytes(msg, 1)
+        if not -0x80000000 <= code <= 0x7FFFFFFF:
+            raise LinkError("the code is 32 bits")
+        with self._lock:
+            offer = self.offers.get(link.name)
+            if offer is None:
+                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
+                return
+            link.calls += 1
+            offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
+            if offer.take is not None:
+                self._hand(offer)
+
+    def _pair(self, conn: Any, msg: Message) -> None:
+        """LINK_PAIR: a private pair of rings between this link and the provider, if both are in
+        one session on shared memory; the provider attaches (through its LINK_TAKE), then the
+        caller gets the segment's name in argument 0. NOT_SUPPORTED says why there is none."""
+        link = self._own(conn, msg, _Link)
+        if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE):
+            raise LinkError("LINK_PAIR takes a writable argument for the rings' name")
+        from broker.core import names as _names
+        from broker.core.ring import make_pair_segment
+        self._end_pairs(link)  # one pair a link: a caller asks again only when it lost its pair
+        with self._lock:
+            offer = self.offers.get(link.name)
+            if offer is None:
+                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
+                return
+            why = self._no_pair(conn, offer)
+            if why:
+                msg.complete(Status.NOT_SUPPORTED, why)
+                return
+            name = _names.segment_name("link", self.server.server_id, conn.session_key)
+            try:
+                segment = make_pair_segment(name, PAIR_CAPACITY)  # a sealed memfd: its name says so
+            except (OSError, ValueError, BrokerError) as e:  # short of memory, say: the calls go relayed
+                msg.complete(Status.NO_MEMORY, f"no private rings for {link.name!r}: {e}")
+                return
+            name = segment.name
+            if len(name) > msg.max_length(0):
+                segment.close()
+                segment.unlink()
+                raise LinkError(f"argument 0 is too small for the rings' name ({len(name)} bytes)")
+            cid = next(self._ids)
+            offer.pairing[cid] = _Pair(name, segment, offer, link, msg)
+            offer.queue.append((cid, msg, 0, name.encode(), TAKE_PAIR))
+            if offer.take is not None:
+                self._hand(offer)
+
+    @staticmethod
+    def _no_pair(conn: Any, offer: _Offer) -> str:
+        """Why this caller and this provider cannot share rings ("" if they can)."""
+        if not conn.on_rings:
+            return "the caller's session is not on shared memory"
+        if not offer.conn.on_rings:
+            return "the provider's session is not on shared memory"
+        if conn.session_key is None or conn.session_key != offer.conn.session_key:
+            return "the provider is in another session"
+        if len(offer.pairs) + len(offer.pairing) >= MAX_PAIRS:
+            return f"the provider serves {MAX_PAIRS} private pairs already"
+        return ""
+
+    def _unpair(self, conn: Any, msg: Message) -> None:
+        """LINK_UNPAIR: the provider gave up one of its pairs (its caller wrote nonsense, or is gone)."""
+        offer = self._own(conn, msg, _Offer)
+        name = self._bytes(msg, 0).decode(errors="replace")
+        with self._lock:
+            pair = next((p for p in offer.pairs if p.name == name), None)
+            if pair is not None:
+                pair.told = True  # (it knows)
+        if pair is not None:
+            self._end_pair(pair)
+        msg.complete(0)
+
+    def _end_pair(self, pair: _Pair) -> None:
+        with self._lock:
+            offer, link = pair.offer, pair.link
+            active = any(p is pair for p in offer.pairs)
+            offer.pairs = [p for p in offer.pairs if p is not pair]
+            offer.pairing = {cid: p for cid, p in offer.pairing.items() if p is not pair}
+            link.pairs = [p for p in link.pairs if p is not pair]
+            if active and not pair.told and self.offers.get(offer.name) is offer:
+                # the provider holds its side: it is told to let go (it cannot know a caller that never
+                # attached is gone)
+                pair.told = True
+                offer.queue.append((next(self._ids), None, 0, pair.name.encode(), TAKE_UNPAIR))
+                if offer.take is not None:
+                    self._hand(offer)
+        pair.end()
+        if not pair.msg.completed and not pair.msg._conn.ended:  # its message slot is freed
+            pair.msg.complete(Status.CANCELLED, "the pair was given up")
+
+    def _end_pairs(self, link: _Link) -> None:
+        """The link's pair and any it is still waiting for."""
+        with self._lock:
+            ended = list(link.pairs)
+            for offer in self.offers.values():
+                ended += [p for p in offer.pairing.values() if p.link is link]
+        for pair in ended:
+            self._end_pair(pair)
+
+    def _take(self, conn: Any, msg: Message) -> None:
+        offer = self._own(conn, msg, _Offer)
+        if msg.kind(0) not in (ArgKind.WRITE, ArgKind.READWRITE):
+            raise LinkError("LINK_TAKE takes a writable argument")
+        with self._lock:
+            if offer.take is not None:  # one at a time: the older one ends empty
+                old, offer.take = offer.take, None
+                old.complete(0)
+            offer.take = msg
+            if offer.queue:
+                self._hand(offer)
+
+    def _hand(self, offer: _Offer) -> None:
+        """The waiting LINK_TAKE gets the oldest queued call (with the lock held)."""
+        take = offer.take
+        assert take is not None
+        while offer.queue:
+            cid, caller, code, blob, what = offer.queue[0]
+            if caller is not None and (caller.completed or caller._conn.ended):  # its caller went away meanwhile
+                offer.queue.popleft()
+                pair = offer.pairing.pop(cid, None)
+                if pair is not None:
+                    pair.end()
+                continue
+            data = TAKE_HEAD.pack(cid, code, what) + blob
+            if len(data) > take.max_length(0):
+                offer.take = None
+                take.complete(Status.OVERFLOW, f"a call needs {len(data)} bytes")
+                return
+            offer.queue.popleft()
+            offer.take = None
+            if caller is not None:  # (a notice is not answered)
+                offer.running[cid] = caller
+            pair = offer.pairing.get(cid) if what == TAKE_PAIR else None
+            if pair is not None and pair.segment is not None and pair.segment.fd >= 0:
+                offer.conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
+            take.write(0, data)
+            take.complete(len(data))
+            return
+
+    def _reply(self, conn: Any, msg: Message) -> None:
+        offer = self._own(conn, msg, _Offer)
+        if msg.kind(0) != ArgKind.INT or msg.kind(1) != ArgKind.INT:
+            raise LinkError("LINK_REPLY takes the call id and the status (ints)")
+        cid, status = msg.integer(0), msg.integer(1)
+        writes, text = self._bytes(msg, 2), self._bytes(msg, 3)[:MAX_ERROR]
+        if not -0x80000000 <= status <= 0x7FFFFFFF:
+            raise LinkError("the status is 32 bits")
+        with self._lock:
+            caller = offer.running.pop(cid, None)
+            pair = offer.pairing.pop(cid, None)
+        if pair is not None:
+            self._paired(offer, pair, caller, msg, status, text)
+            return
+        msg.complete(0)
+        if caller is None or caller.completed:
+            return  # not one of its calls, or its caller is gone: nothing to tell
+        offer.served += 1
+        if status < 0:
+            caller.complete(status, text.decode(errors="replace") or None)
+            return
+        if writes:
+            if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
+                caller.complete(Status.ARGUMENT, f"the provider of {offer.name!r} wrote into arguments that "
+                                                 "are not writable")
+                return
+            try:
+                caller.write(2, writes)
+            except Overflow:
+                caller.complete(Status.OVERFLOW, f"the provider's writes take {len(writes)} bytes")
+                return
+        caller.complete(status)
+
+    def _paired(self, offer: _Offer, pair: _Pair, caller: Message | None, msg: Message, status: int,
+                text: bytes) -> None:
+        """The provider's answer to a pair it was handed: it attached (status 0) or could not. The
+        provider's LINK_REPLY completes with 1 if it is to keep the pair, 0 if the pair is void."""
+        live = (caller is not None and not caller.completed and not caller._conn.ended and not pair.link.gone
+                and pair.segment is not None)
+        if status < 0 or not live:
+            msg.complete(0)
+            if live and caller is not None:
+                caller.complete(status, text.decode(errors="replace") or
+                                f"the provider of {offer.name!r} could not attach the rings")
+            self._end_pair(pair)
+            return
+        with self._lock:
+            offer.pairs.append(pair)
+            offer.paired += 1
+            pair.link.pairs.append(pair)
+        msg.complete(1)
+        caller.write(0, pair.name.encode())
+        if pair.segment is not None and pair.segment.fd >= 0:
+            caller._conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
+        caller.complete(0)
+
+    def _offer_closed(self, offer: _Offer) -> None:
+        with self._lock:
+            if self.offers.get(offer.name) is offer:
+                del self.offers[offer.name]
+            gone = [m for _, m, _, _, _ in offer.queue if m is not None] + list(offer.running.values())
+            offer.queue.clear()
+            offer.running.clear()
+            take, offer.take = offer.take, None
+            pairs = offer.pairs + list(offer.pairing.values())
+        for pair in pairs:
+            self._end_pair(pair)
+        for m in gone:
+            if not m.completed:
+                m.complete(Status.DISCONNECTED, f"the provider of {offer.name!r} is gone")
+        if take is not None and not take.completed:
+            take.complete(Status.CANCELLED, "the offer was closed")
+
+    def stats(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"service": name, "provider": o.conn.peer.connection_id, "queued": len(o.queue),
+                     "running": len(o.running), "served": o.served, "direct": len(o.pairs),
+                     "pairs": o.paired,
+                     "callers": sorted({link.conn.peer.connection_id for link in self.links if link.name == name})}
+                    for name, o in sorted(self.offers.items())]
+
+

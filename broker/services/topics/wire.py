@@ -1,0 +1,113 @@
+"""Topics on the wire: the function codes, a FETCH's batch, a publisher ring's records, the limits.
+
+Shared by the broker's half (broker.py) and the clients' (client.py); the design is in
+broker/services/topics/__init__.py.
+"""
+from __future__ import annotations
+
+import struct
+
+from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
+                                   TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
+
+POLICIES = ("block", "drop", "disconnect")
+MAX_TOPIC_NAME = 200
+MAX_OPTIONS = 4096
+MAX_CAPACITY = 1 << 20  # messages in one subscriber's queue
+MAX_HISTORY = 1 << 16
+MAX_META = 4096
+DEFAULT_QUEUE_CAPACITY = 1024
+DEFAULT_BLOCK_TIMEOUT = 5.0
+
+DEFAULT_RING_CAPACITY = 1 << 22  # a ring publisher's broadcast ring, bytes
+MAX_RING_CAPACITY = 1 << 28
+RING_CONSUMERS = 64  # direct subscribers (and the server's relay) one publisher ring takes
+# records the server relays from one publisher ring per turn: a turn with three publishers flooding took
+# 2.8 ms at 256, and a socket session's request waited for it (issue 13, item 8)
+RELAY_BATCH = 64
+
+BATCH_HEAD = struct.Struct("<Q")
+# A publisher ring's record: sequence, meta length, payload bytes still to come in the records after
+# this one, fragment number (0: a message's first record, which holds the meta); then meta, payload.
+RECORD_HEAD = struct.Struct("<QIII")
+MAX_MESSAGE = 1 << 34  # the most payload a message may announce
+RING_GONE = b"-ring"  # a control message (sequence 0) to a direct subscriber: that publisher's ring ended
+TOPIC_OF = b"-topic"  # a control message to a prefix subscriber: that publisher's topic name follows
+RING_ADD = b"+ring"  # a control message to a direct subscriber: a new publisher's ring to read (its name)
+MESSAGE_HEAD = struct.Struct("<IQII")
+TABLE_ENTRY = struct.Struct("<II")  # a PUBLISH_MANY entry: payload length, meta length (metas follow the table)
+
+
+
+def split_record(seq: int, meta: bytes, payload: bytes, max_record: int) -> list[bytes]:
+    """A message as a publisher ring's records: one, or fragments of at most max_record bytes each."""
+    head = RECORD_HEAD.size
+    first = max_record - head - len(meta)
+    if first < 0 or max_record <= head:  # (no room for a fragment's payload: it would never end)
+        raise ValueError(f"the ring's records ({max_record} bytes) cannot hold a message's header")
+    if len(payload) <= first:
+        return [RECORD_HEAD.pack(seq, len(meta), 0, 0) + meta + payload]
+    view = memoryview(payload)
+    out = [RECORD_HEAD.pack(seq, len(meta), len(payload) - first, 0) + meta + view[:first]]
+    at, room, k = first, max_record - head, 1
+    while at < len(payload):
+        chunk = view[at:at + room]
+        at += len(chunk)
+        out.append(RECORD_HEAD.pack(seq, 0, len(payload) - at, k) + chunk)
+        k += 1
+    return out
+
+
+class Assembler:
+    """A publisher ring's records back into messages. Records are untrusted: a bad one is a
+    ValueError (the caller counts it); a message whose fragments stop short is dropped when the
+    next message starts; a reader that joined in the middle of one skips its fragments."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message  # the most payload a message may have: more is a bad record
+        self.seq = 0  # the last message's sequence number
+        self.dropped = 0  # messages whose fragments did not all come
+        self._parts: list[bytes] | None = None
+        self._meta = b""
+        self._pseq = 0
+        self._more = 0
+        self._next = 0
+
+    @property
+    def complete(self) -> bool:
+        """No message is half-way: a record that starts and ends one may be taken as it is."""
+        return self._parts is None
+
+    def feed(self, rec: bytes) -> tuple[int, bytes, bytes] | None:
+        """(sequence, meta, payload) when rec ends a message, else None."""
+        head = RECORD_HEAD.size
+        if len(rec) < head:
+            raise ValueError("a record shorter than its header")
+        seq, mlen, more, k = RECORD_HEAD.unpack_from(rec)
+        if k:  # a continuation
+            if self._parts is None:
+                return None  # of a message that began before this reader joined
+            if seq != self._pseq or k != self._next or mlen or self._more - (len(rec) - head) != more:
+                self._parts = None
+                self.dropped += 1
+                raise ValueError(f"fragment {k} of message {seq} does not follow")
+            self._parts.append(rec[head:])
+            self._more, self._next = more, k + 1
+            if more:
+                return None
+            msg = (seq, self._meta, b"".join(self._parts))
+            self._parts = None
+            self.seq = seq
+            return msg
+        if self._parts is not None:  # the last one stopped short (its publisher timed out, or died)
+            self._parts = None
+            self.dropped += 1
+        if (mlen > MAX_META or head + mlen > len(rec) or more > self.max_message - (len(rec) - head - mlen)
+                or seq <= self.seq):
+            raise ValueError(f"a bad record (sequence {seq}, meta {mlen} bytes, {more} to come)")
+        meta, body = rec[head:head + mlen], rec[head + mlen:]
+        if not more:
+            self.seq = seq
+            return seq, meta, body
+        self._parts, self._meta, self._pseq, self._more, self._next = [body], meta, seq, more, 1
+        return None
