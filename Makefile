@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py broker/_build.py csrc/brk_ring.h csrc/brk_ring
 	@bash .ci/deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	BROKER_WERROR=1 $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@touch $(STAMP)
 
 build: $(STAMP)

@@ -530,7 +530,7 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
     def subscriber(address: str) -> Callable[[Any], None]:
         def sub(hold: Any) -> None:
             with connect(address, key=keys) as s, s.subscriber("prices", capacity=4096) as q:
-                how = "reads the publisher's ring in place" if q._rings else "gets it relayed by the broker"
+                how = "reads the publisher's ring in place" if q.in_place else "gets it relayed by the broker"
                 hold()  # subscribed: the publisher may go
                 t0, got = 0.0, 0
                 while got < n:

@@ -794,11 +794,9 @@ done:
     return out;
 }
 
-/* call_many's outcomes besides the rings' own (BRK_OK: every call up to
- * `limit` has its reply; BRK_TIMEOUT: one wait of wait_ns passed with replies
- * still due; any other: a ring failed). */
-#define BRK_MANY_UNUSUAL 100 /* argsets[sent] is not for C (another kind, too big): Python sends it */
-#define BRK_MANY_ODD 101     /* a record's rest that C did not take is the last item of `odd` */
+/* call_many's outcomes: BRK_OK (every call up to `limit` has its reply),
+ * BRK_TIMEOUT (one wait of wait_ns passed with replies still due),
+ * BRK_MANY_UNUSUAL and BRK_MANY_ODD (brk_ring.h), or any other: a ring failed. */
 /* Reply records up to this size are copied out and read from the copy; a
  * bigger one goes to Python whole (as BRK_MANY_ODD). */
 #define BRK_MANY_COPY (64 * 1024)

@@ -70,6 +70,9 @@
 #define BRK_BADSEG         11
 #define BRK_CLOSED         12
 #define BRK_INTERRUPTED    13
+/* the session calls' own outcomes (brk_py.c call_many) */
+#define BRK_MANY_UNUSUAL   100 /* argsets[sent] is not for C (another kind, too big): Python sends it */
+#define BRK_MANY_ODD       101 /* a record's rest that C did not take is the last item of `odd` */
 
 /* The first bytes of every segment. Written once by the creator. */
 struct brk_seg_hdr {

@@ -1,4 +1,11 @@
-"""Shared fixtures: every test is checked for leaks (segments, child processes, threads)."""
+"""Shared fixtures: every test is checked for leaks (segments, child processes, threads).
+
+The suite mirrors the package's layers: tests/core, protocol, transport, framework, services, and
+at the top the tests that cross them (the CLI, the layers' checks, hostile clients, the chaos
+soak, fuzzing). A test parametrized by how a session travels says it with one vocabulary:
+"socket" (a Unix socket carries it), "shm" (a Unix socket, then shared-memory rings), "tcp".
+Long runs carry the `stress` marker: `make test-fast` leaves them out, `make test` runs them.
+"""
 from __future__ import annotations
 
 import os

@@ -33,8 +33,8 @@ import broker
 from broker import connect
 from broker.core import names as _names
 
-from .helpers import Child, wait_for
-from .served import serve
+from tests.helpers import Child, wait_for
+from tests.served import serve
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "10"))
 KILL_EVERY = float(os.environ.get("CHAOS_KILL_MS", "50")) / 1000

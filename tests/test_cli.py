@@ -15,7 +15,7 @@ import pytest
 import broker
 from broker import connect
 
-from .helpers import Child, wait_for
+from tests.helpers import Child, wait_for
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -133,6 +133,7 @@ def test_serve_ping_and_stop_on_sigterm(tmp_path):
     assert "stopped by SIGTERM" in err and "Traceback" not in err
 
 
+@pytest.mark.stress  # subprocesses: a second each
 def test_keygen_makes_a_private_keys_file_and_adds_to_it(tmp_path):
     path = str(tmp_path / "conf" / "keys")
     for name in ("alice", "bob"):
@@ -156,6 +157,7 @@ def test_serve_on_tcp_without_keys_says_how_to_make_them(tmp_path):
     assert p.returncode == 2 and "WHAT is topic:NAME" in p.stderr
 
 
+@pytest.mark.stress  # subprocesses: a second each
 def test_insecure_tcp_warns_and_its_clients_say_so_too(tmp_path):
     path = str(tmp_path / "plain.sock")
     srv = Serving("--address", path, "--tcp", "tcp://127.0.0.1:0", "--insecure-tcp")
@@ -218,6 +220,7 @@ def test_ping_checks_its_arguments(args):
     assert p.returncode == 2 and "error: argument" in p.stderr
 
 
+@pytest.mark.stress  # seconds: whole commands
 def test_demo_runs_the_main_job():
     p = run("demo")
     assert p.returncode == 0, p.stderr
@@ -274,6 +277,7 @@ def test_pub_lines_from_stdin_reach_sub(tmp_path):
         assert srv.stats()["topics"] == []
 
 
+@pytest.mark.stress  # seconds: whole commands
 def test_pub_generates_a_load_and_sub_counts_it_with_its_losses(tmp_path):
     address = str(tmp_path / "b.sock")
     with broker.Server(address, tcp="tcp://127.0.0.1:0", grants=["key:test topic:load subscribe"]) as srv:
@@ -333,6 +337,7 @@ def test_serve_with_metrics_answers_prometheus(tmp_path):
     assert code == 0 and f"metrics on http://127.0.0.1:{port}/metrics" in err
 
 
+@pytest.mark.stress  # subprocesses: a second each
 def test_stat_lists_the_linked_services_with_their_callers_and_pairs(tmp_path):
     address = str(tmp_path / "l.sock")
     with broker.Server(address) as srv, connect(address) as s, connect(address, socket_only=True) as t:
@@ -352,6 +357,7 @@ def test_stat_lists_the_linked_services_with_their_callers_and_pairs(tmp_path):
             x.close()
 
 
+@pytest.mark.stress  # seconds: whole commands
 def test_stat_gives_the_rates_between_two_looks(tmp_path):
     import threading
 
@@ -383,6 +389,7 @@ def test_stat_gives_the_rates_between_two_looks(tmp_path):
         pub.close()
 
 
+@pytest.mark.stress  # seconds: whole commands
 def test_serve_takes_the_bounds_of_what_a_client_may_hold(tmp_path):
     address = str(tmp_path / "b.sock")
     srv = Serving("--address", address, "--max-queued", "1048576", "--max-queued-per-user", "4194304",

@@ -107,6 +107,7 @@ def test_replay(target, tmp_path):
     assert sorted(ran) == sorted(map(str, inputs)), out[-3000:]
 
 
+@pytest.mark.stress  # seconds of fuzzing per target
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz_bounded(target, tmp_path):
     _fuzz(target, BOUNDED_SECONDS, tmp_path)

@@ -17,7 +17,7 @@ import broker
 from broker import connect
 from broker.protocol.frames import HEADER, Hello, encode
 
-from .helpers import raw_hello
+from tests.helpers import raw_hello
 
 ROUNDS = 20
 ECHO = 1
@@ -163,7 +163,7 @@ def test_a_stale_socket_of_ours_is_replaced_and_a_live_one_refused(tmp_path):
 
 
 def test_another_users_stale_socket_is_not_removed(other_user):
-    from .helpers import Child
+    from tests.helpers import Child
 
     import shutil
     import tempfile
@@ -267,9 +267,9 @@ def test_no_client_can_truncate_its_session_segment(tmp_path):
     import fcntl
     import sys
 
-    from .bounds_server import ECHO as SERVED_ECHO
-    from .helpers import Child
-    from .served import serve
+    from tests.bounds_server import ECHO as SERVED_ECHO
+    from tests.helpers import Child
+    from tests.served import serve
 
     with serve(str(tmp_path), tcp=False) as srv:
         def attacker() -> None:
@@ -318,8 +318,8 @@ def test_no_peer_can_truncate_a_publisher_ring_or_a_link_pair(tmp_path):
     (mapped by provider and caller). All sealed: every truncation is refused, everyone goes on."""
     import sys
 
-    from .helpers import Child
-    from .served import serve
+    from tests.helpers import Child
+    from tests.served import serve
 
     with serve(str(tmp_path), tcp=False) as srv:
         ready_r, ready_w = os.pipe()

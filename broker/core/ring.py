@@ -279,8 +279,8 @@ def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     """A client's whole synchronous call in C on its session's two rings (csrc/brk_py.c, call):
     fn(rid, code, handle, args, buffer_type, wait_ns, max_frame) -> int | bytes | NotImplemented |
     (outcome,) | (outcome, 0). Keep both Rings alive while using it."""
-    tx._need("producer")
-    rx._need("consumer")
+    tx.need("producer")
+    rx.need("consumer")
     return functools.partial(_FAST["call"], tx._addr, rx._addr)
 
 
@@ -288,13 +288,13 @@ def session_call_many(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
     """A client's pipelined calls in C on its session's two rings (csrc/brk_py.c, call_many):
     fn(first_rid, code, handle, argsets, results, sent, done, limit, window, buffer_type, wait_ns,
     max_frame, outstanding, odd) -> (sent, done, outcome). Keep both Rings alive while using it."""
-    tx._need("producer")
-    rx._need("consumer")
+    tx.need("producer")
+    rx.need("consumer")
     return functools.partial(_FAST["call_many"], tx._addr, rx._addr)
 
 
-MANY_UNUSUAL = 100  # call_many's outcome: the next request is not for C (csrc/brk_py.c, BRK_MANY_UNUSUAL)
-MANY_ODD = 101  # call_many's outcome: a reply C did not take, and what followed it, are in `odd` (BRK_MANY_ODD)
+MANY_UNUSUAL = lib.BRK_MANY_UNUSUAL  # call_many's outcome: the next request is not for C
+MANY_ODD = lib.BRK_MANY_ODD  # call_many's outcome: a reply C did not take, and what followed it, are in `odd`
 
 MessageBase: type = CODEC["message_base"]()  # broker.Message's base: its fields, the common read() / write() in C
 
@@ -323,14 +323,14 @@ def request_taker(rx: "Ring") -> Callable[..., Any]:
     fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages, async_budget,
     reply_budget).
     Keep rx alive."""
-    rx._need("consumer")
+    rx.need("consumer")
     return functools.partial(CODEC["take_requests"], rx._addr)
 
 
 def completer(tx: "Ring") -> Callable[..., Any]:
     """The server's ring 1 as C writes completions into it (csrc/brk_codec.c, put_complete):
     fn(rid, status, writes, error_bytes). Keep tx alive."""
-    tx._need("producer")
+    tx.need("producer")
     return functools.partial(CODEC["put_complete"], tx._addr)
 
 
@@ -402,7 +402,7 @@ def any_waiter(rings: Sequence["Ring"], bell: Bell | None, spin_us: float = 50.0
     if len(rings) > WAIT_ANY_MAX:
         raise ValueError(f"wait_any waits on at most {WAIT_ANY_MAX} rings")
     for r in rings:
-        r._need("consumer")
+        r.need("consumer")
     addrs, bell_addr, spin_ns, fn = tuple(r._addr for r in rings), 0 if bell is None else bell._addr, \
         int(spin_us * 1000), _FAST["wait_any"]
 
@@ -418,7 +418,7 @@ def wait_any(rings: Sequence["Ring"], bell: Bell | None, seen: int, timeout: flo
     if len(rings) > WAIT_ANY_MAX:
         raise ValueError(f"wait_any waits on at most {WAIT_ANY_MAX} rings")
     for r in rings:
-        r._need("consumer")
+        r.need("consumer")
     return _FAST["wait_any"](tuple(r._addr for r in rings), 0 if bell is None else bell._addr, seen,
                              int(spin_us * 1000), max(0, int(timeout * 1e9)))
 
@@ -560,7 +560,21 @@ class _RingSide:
     def _not_consumer(self, *a: object, **k: object) -> Any:
         raise StateError(f"{self.name}: this is the producer side; only a consumer receives")
 
-    def _need(self, role: str) -> Any:
+    @property
+    def address(self) -> int:
+        """The ring's handle as an address, for the fast calls (core/native.py RING) that take one."""
+        return self._addr
+
+    @property
+    def handle(self) -> Any:
+        """The ring's cffi handle (brk_ring_t *), for C calls through lib."""
+        return self._h
+
+    def keep_fd(self, fd: int) -> None:
+        """A descriptor this ring's side owns from now on: closed with it."""
+        self._res.fds.append(fd)
+
+    def need(self, role: str) -> Any:
         h = self._live()
         if self.role != role:
             raise StateError(f"{self.name}: only the {role} side can do that")
@@ -630,19 +644,19 @@ class _RingSide:
         raise StateError(f"{self.name}: only the producer sends")  # replaced per instance in __init__
 
     def _send_slow(self, rc: int, data: Any, timeout: float | None) -> None:
-        h = self._need("producer")
+        h = self.need("producer")
         n = len(data) if type(data) is bytes else memoryview(data).nbytes
         deadline = _deadline(timeout)
         while rc:
             if rc == _FULL:
-                self._wait_room(h, n, timeout, deadline)
+                self.wait_room(h, n, timeout, deadline)
                 rc = _fsend(self._addr, data)
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: a record of {n} bytes exceeds this ring's maximum of {self.max_record}")
             raise self._failed(rc, f"send on {self.name}")
 
-    def _wait_room(self, h: Any, n: int, timeout: float | None, deadline: float | None) -> None:
+    def wait_room(self, h: Any, n: int, timeout: float | None, deadline: float | None) -> None:
         if timeout == 0:
             raise Full(f"{self.name}: no room for {n} bytes")
         while True:
@@ -666,7 +680,7 @@ class _RingSide:
         publications as room allows, waiting for room like send(); returns
         the count (on Full, its `sent` says how many went). One C call per
         256 messages; no per-message Python work."""
-        h = self._need("producer")
+        h = self.need("producer")
         msgs = messages if isinstance(messages, (list, tuple)) else list(messages)
         deadline = _deadline(timeout)
         done = 0
@@ -678,7 +692,7 @@ class _RingSide:
             n = len(msgs[done]) if type(msgs[done]) is bytes else memoryview(msgs[done]).nbytes
             if rc == _FULL:
                 try:
-                    self._wait_room(h, n, timeout, deadline)
+                    self.wait_room(h, n, timeout, deadline)
                 except Full as e:
                     e.sent = done  # type: ignore[attr-defined]  # the first `sent` went
                     raise
@@ -692,7 +706,7 @@ class _RingSide:
         """Send len(lens) records packed back to back in `data` (a buffer), the
         i-th lens[i] bytes long. `lens` is a buffer of unsigned 64-bit integers
         (a numpy uint64 array, array('Q')). No per-record Python work."""
-        h = self._need("producer")
+        h = self.need("producer")
         buf = _as_buffer(data)
         lp = _lengths(lens)
         total_n = len(lp)
@@ -706,7 +720,7 @@ class _RingSide:
                 offset += int(h.count_bytes)
                 continue
             if rc == _FULL:
-                self._wait_room(h, int(lp[done]), timeout, deadline)
+                self.wait_room(h, int(lp[done]), timeout, deadline)
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: record {done} has {lp[done]} bytes, over the maximum of {self.max_record}")
@@ -718,14 +732,14 @@ class _RingSide:
         """Reserve room for a record of up to n bytes and return it as a
         writable memoryview into the ring; commit() publishes it, abort()
         forgets it. Nothing is visible to consumers before commit()."""
-        h = self._need("producer")
+        h = self.need("producer")
         deadline = _deadline(timeout)
         while True:
             rc = lib.brk_claim(h, n)
             if rc == _OK:
                 break
             if rc == _FULL:
-                self._wait_room(h, n, timeout, deadline)
+                self.wait_room(h, n, timeout, deadline)
                 continue
             if rc == _TOOBIG:
                 raise TooBig(f"{self.name}: cannot claim {n} bytes, the maximum is {self.max_record}")
@@ -744,7 +758,7 @@ class _RingSide:
 
     def commit(self, n: int | None = None) -> None:
         """Publish the claimed record with n bytes (default: all that was claimed)."""
-        h = self._need("producer")
+        h = self.need("producer")
         if self._claim is None:
             raise StateError(f"{self.name}: commit() without claim()")
         length = self._claim_len if n is None else n
@@ -758,7 +772,7 @@ class _RingSide:
 
     def abort(self) -> None:
         """Forget the claimed record; consumers never see it."""
-        h = self._need("producer")
+        h = self.need("producer")
         if self._claim is None:
             raise StateError(f"{self.name}: abort() without claim()")
         _revoke(self._claim)
@@ -774,7 +788,7 @@ class _RingSide:
         raise StateError(f"{self.name}: only a consumer receives")  # replaced per instance in __init__
 
     def _recv_slow(self, r: Any, timeout: float | None) -> bytes:
-        h = self._need("consumer")
+        h = self.need("consumer")
         deadline = _deadline(timeout)
         addr = self._addr
         while True:
@@ -825,7 +839,7 @@ class _RingSide:
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Copy the next record into a writable buffer; returns its length.
         TooBig (the record stays unread) if the buffer is too small."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         dst = ffi.from_buffer(buffer, require_writable=True)
         deadline = _deadline(timeout)
         rc = lib.brk_recv(h, dst, len(dst))
@@ -843,7 +857,7 @@ class _RingSide:
     def recv_view(self, timeout: float | None = None) -> memoryview:
         """The next record in place, as a read-only memoryview: no copy. Valid
         until release(); only one at a time."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         if self._view is not None:
             raise StateError(f"{self.name}: release() the previous view first")
         deadline = _deadline(timeout)
@@ -861,7 +875,7 @@ class _RingSide:
         """Give the viewed record back to the ring. True if its bytes stayed
         intact while held; False if a lossy producer overwrote them meanwhile
         (what was read may be torn)."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         if self._view is None:
             raise StateError(f"{self.name}: release() without recv_view()")
         _revoke(self._view)
@@ -896,7 +910,7 @@ class _RingSide:
     def recv_many(self, max_records: int = _BATCH_RECORDS, timeout: float | None = None) -> list[bytes]:
         """At least one record (waiting as recv does) and up to max_records
         (at most 4096) of those already there, in one C call."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         if not 1 <= max_records <= _BATCH_MAX:
             raise ValueError(f"max_records must be from 1 to {_BATCH_MAX}")
         addr = self._addr
@@ -918,7 +932,7 @@ class _RingSide:
         """Copy records back to back into the writable buffer `out`, their
         lengths into `lens` (a writable buffer of uint64); returns how many (at
         least one, waiting as recv does). No per-record Python work."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         dst = ffi.from_buffer(out, require_writable=True)
         lp = _lengths(lens)
         if memoryview(lens).readonly:
@@ -940,7 +954,7 @@ class _RingSide:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Consumer: wait until there is something to read; False on timeout."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         try:
             self._wait_data(h, timeout, _deadline(timeout))
         except (EmptyTimeout, Empty):
@@ -951,11 +965,11 @@ class _RingSide:
         """Consumer: is there something to look at (a record, or the producer's
         end) right now? One short look, never a wait; for a poller that spins."""
         if self.role != "consumer":
-            self._need("consumer")
+            self.need("consumer")
         r = _fready(self._addr)
         if type(r) is bool:
             return r
-        self._need("consumer")  # Closed if it was closed
+        self.need("consumer")  # Closed if it was closed
         raise _error(r, f"ready on {self.name}")
 
     def poller(self) -> Callable[[], Any]:
@@ -963,14 +977,14 @@ class _RingSide:
         spins over many rings: truthy when there is something to look at, or
         an error to find out about (recv then raises it). The caller keeps this
         Ring alive for as long as it uses the poller."""
-        self._need("consumer")
+        self.need("consumer")
         return functools.partial(_fready, self._addr)
 
     def sender(self) -> Callable[[Any], int]:
         """Producer: send(data, timeout=0) as one C call: 0 when the record is
         in, else an int outcome (BRK_FULL: no room now; anything else: call
         send, which says what). Keep this Ring alive while using it."""
-        self._need("producer")
+        self.need("producer")
         return functools.partial(_fsend, self._addr)
 
     def batcher(self, max_records: int = _BATCH_RECORDS) -> Callable[[], Any]:
@@ -978,7 +992,7 @@ class _RingSide:
         arguments: a list of the records there (never empty), or an int
         outcome when there are none or something is wrong (then call
         recv_many, which says what). Keep this Ring alive while using it."""
-        self._need("consumer")
+        self.need("consumer")
         if not 1 <= max_records <= _BATCH_MAX:
             raise ValueError(f"max_records must be from 1 to {_BATCH_MAX}")
         return functools.partial(_frecv_many, self._addr, max_records)
@@ -986,7 +1000,7 @@ class _RingSide:
     def arm(self) -> bool:
         """Consumer: announce that we will sleep on fileno(). True: poll it;
         False: records are already waiting, read them first."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         self.fileno()
         rc = lib.brk_arm(h)
         if rc < 0:
@@ -1183,14 +1197,14 @@ class Broadcast(_RingSide):
 
     def backlog(self) -> int:
         """Consumer: bytes written and not yet read by this consumer (records and their headers)."""
-        return max(0, int(lib.brk_backlog(self._need("consumer"))))
+        return max(0, int(lib.brk_backlog(self.need("consumer"))))
 
     def arm_doorbell(self) -> bool:
         """Consumer: count this consumer as a sleeper that the producer wakes through its notify
         eventfd (set_notify_fd in the producer's process; a server relaying the ring polls it
         with its other descriptors). True: sleep; False: records are already waiting. Either way
         it stays counted until disarm_doorbell()."""
-        h = self._need("consumer")
+        h = self.need("consumer")
         rc = lib.brk_arm(h)
         if rc < 0:
             raise _error(rc, f"arm on {self.name}")
@@ -1198,13 +1212,13 @@ class Broadcast(_RingSide):
 
     def disarm_doorbell(self) -> None:
         """Undo one arm_doorbell()."""
-        rc = lib.brk_disarm(self._need("consumer"))
+        rc = lib.brk_disarm(self.need("consumer"))
         if rc < 0:
             raise _error(rc, f"disarm on {self.name}")
 
     def evict(self, slot: int) -> bool:
         """Producer: remove a consumer; it gets Evicted on its next call."""
-        h = self._need("producer")
+        h = self.need("producer")
         return lib.brk_bcast_evict(h, slot) == _OK
 
     def _check_consumers(self, h: Any) -> None:

@@ -637,7 +637,24 @@ class ClientSession:
                 os.close(fd)
             self._fd_queue, self._passed = [], {}
 
-    def _passed_segment(self, name: str, attach: Callable[[int | None], Any]) -> Any:
+    # -- what the built-in services' client halves use (broker/services/*/client.py) ---------------
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame the server takes (its WELCOME said so)."""
+        return self._max_frame
+
+    @property
+    def spin_ns(self) -> int:
+        """How long a wait for a reply spins before it sleeps (connect(spin_us=))."""
+        return self._spin_ns
+
+    @property
+    def carrier(self) -> ClientRings | None:
+        """The session's shared-memory rings, when they carry it (None: the socket does)."""
+        return self._rings
+
+    def passed_segment(self, name: str, attach: Callable[[int | None], Any]) -> Any:
         """attach(fd) with the descriptor the server passed for the sealed segment `name` (closed after,
         whatever happens), or attach(None) for a named one."""
         if not name.startswith(MEMFD):
@@ -688,7 +705,7 @@ class ClientSession:
                     raise ServerGone(f"the server at {self.address}: {e}") from None
             return self._passed.pop(name)
 
-    def _watch_ring(self, ring: Any) -> None:
+    def watch_ring(self, ring: Any) -> None:
         """A ring this process writes without ever waiting for the server (a publisher's): its sends
         fail (Closed) within a tenth of a second of the server's death, seen on a copy of this
         session's socket (Ring.set_alive_fd)."""
@@ -696,7 +713,7 @@ class ClientSession:
             raise ServerGone(f"the server at {self.address} is gone")
         ring.set_alive_fd(os.dup(self._sock.fileno()))
 
-    def _server_gone(self) -> bool:
+    def server_gone(self) -> bool:
         """Is the server gone: the session broke, or its socket hung up?"""
         if self._broken is not None:
             return True
@@ -1239,7 +1256,7 @@ class SubSession:
     def close(self) -> None:
         if self.handle:
             h, self.handle = self.handle, 0
-            if not self.session.closed and not self.session._server_gone():  # (a dead server closed it already)
+            if not self.session.closed and not self.session.server_gone():  # (a dead server closed it already)
                 self.session.send_receive(CLOSE_SUBSESSION, handle=h)
 
     def __enter__(self) -> "SubSession":

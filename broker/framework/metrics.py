@@ -1,6 +1,6 @@
 """The server's counters in the Prometheus text format, on an optional HTTP endpoint.
 
-render(stats) turns Server.stats() (sessions, topics, linked services) into
+render(stats, exporters) turns Server.stats() (sessions, and each service's part) into
 the text format (version 0.0.4) that Prometheus scrapes; MetricsEndpoint
 serves it at /metrics from a thread of its own (http.server from the standard
 library: the format is a few lines, not worth a dependency). The same
@@ -40,8 +40,12 @@ class _Family:
             yield f"{self.name}{labels} {int(value) if value.is_integer() else value}"
 
 
-def render(stats: dict[str, Any]) -> str:
-    """The text format of Server.stats()."""
+Family = Callable[[str, str, str], _Family]  # fam(name, kind, help): a metric family, made once
+
+
+def render(stats: dict[str, Any], exporters: Iterable[tuple[str, Callable[[Any, Family], None]]] = ()) -> str:
+    """The text format of Server.stats(): the sessions', then each (stats key, export) of `exporters`
+    (the server's services: Service.metrics) adds the families of its part of the statistics."""
     fams: dict[str, _Family] = {}
 
     def fam(name: str, kind: str, help_text: str) -> _Family:
@@ -65,55 +69,25 @@ def render(stats: dict[str, Any]) -> str:
         fam("broker_session_bytes_in_total", "counter", "Bytes from the client.").add(s.get("bytes_in"), **lab)
         fam("broker_session_bytes_out_total", "counter", "Bytes to the client.").add(s.get("bytes_out"), **lab)
         fam("broker_session_outstanding", "gauge", "Requests not completed yet.").add(s.get("outstanding"), **lab)
-    for t in stats.get("topics", []):
-        name = t.get("topic")
-        fam("broker_topic_published_total", "counter",
-            "Messages published (a ring publisher's: those the server relayed).").add(t.get("published"), topic=name)
-        fam("broker_topic_dropped_total", "counter", "Messages the drop policy dropped.").add(t.get("dropped"),
-                                                                                               topic=name)
-        fam("broker_topic_timed_out_total", "counter", "Publishes that waited for room in vain.").add(
-            t.get("timed_out"), topic=name)
-        fam("broker_topic_disconnected_total", "counter", "Subscribers the disconnect policy closed.").add(
-            t.get("disconnected"), topic=name)
-        fam("broker_topic_publishers", "gauge", "Publishers on the topic.").add(len(t.get("publishers", [])),
-                                                                                 topic=name)
-        fam("broker_topic_subscribers", "gauge", "Subscribers on the topic.").add(len(t.get("subscribers", [])),
-                                                                                   topic=name)
-        for q in t.get("subscribers", []):
-            lab = {"topic": name, "subscriber": q.get("id"), "policy": q.get("policy"),
-                   "direct": str(bool(q.get("direct"))).lower()}
-            fam("broker_subscriber_lost_total", "counter", "Messages lost to a subscriber (drop policy).").add(
-                q.get("lost"), **lab)
-            fam("broker_subscriber_delivered_total", "counter", "Messages relayed to a subscriber.").add(
-                q.get("delivered"), **lab)
-            fam("broker_subscriber_queued", "gauge", "Messages waiting in a subscriber's queue.").add(
-                q.get("queued"), **lab)
-    for v in stats.get("services", []):
-        lab = {"service": v.get("service")}
-        fam("broker_service_served_total", "counter", "Calls a linked service's provider answered.").add(
-            v.get("served"), **lab)
-        fam("broker_service_running", "gauge", "Calls the provider is running.").add(v.get("running"), **lab)
-        fam("broker_service_queued", "gauge", "Calls waiting for the provider.").add(v.get("queued"), **lab)
-        fam("broker_service_callers", "gauge", "Sessions with a link to the service.").add(
-            len(v.get("callers", [])), **lab)
-        fam("broker_service_pairs", "gauge", "Private pairs of rings between a caller and the provider now "
-            "(their calls bypass the broker).").add(v.get("direct", 0), **lab)
-        fam("broker_service_pairs_made_total", "counter", "Private pairs of rings made for the service.").add(
-            v.get("pairs", 0), **lab)
+    for key, export in exporters:  # each built-in service's own (Service.metrics)
+        export(stats.get(key), fam)
     return "\n".join(line for f in fams.values() for line in f.lines()) + "\n"
 
 
 class MetricsEndpoint:
     """GET /metrics on host:port (port 0: one the kernel picks; see .address), in a thread."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], host: str = "127.0.0.1", port: int = 0,
+                 exporters: Iterable[tuple[str, Callable[[Any, Family], None]]] = ()) -> None:
+        exporters = tuple(exporters)
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics is here")
                     return
                 try:
-                    body = render(stats()).encode()
+                    body = render(stats(), exporters).encode()
                 except Exception as e:  # the server is stopping, say: the scraper sees a 500
                     self.send_error(500, f"no statistics: {e}")
                     return

@@ -6,7 +6,8 @@ built-in ones, broker/services/__init__.py). For each, the server makes one inst
 
 - dispatches every request whose code is in `cls.codes` (reserved codes, broker/protocol/codes.py) to
   `handle(conn, msg)`, on the loop thread, after the server's policies passed it;
-- puts `stats()` under `stats_key` in Server.stats() (and so in `broker stat` and the metrics);
+- puts `stats()` under `stats_key` in Server.stats() (and so in `broker stat`), and has `metrics()`
+  turn that part into Prometheus families;
 - in a threaded server's loop: calls `poll()` while it spins (work found without a system call:
   True), and `arm()` before it sleeps (False: work came meanwhile, do not sleep), `disarm()` after;
 - calls `close()` once when the server stops.
@@ -17,7 +18,7 @@ A service reaches the server through its public face: `server.access` (grants), 
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 
 class Service:
@@ -36,6 +37,11 @@ class Service:
     def stats(self) -> Any:
         """JSON-able figures, under `stats_key` in Server.stats()."""
         return None
+
+    @staticmethod
+    def metrics(stats: Any, family: Callable[[str, str, str], Any]) -> None:
+        """Its part of the Prometheus endpoint (framework/metrics.py): from `stats` (what stats() gave),
+        `family(name, kind, help).add(value, **labels)` for each figure."""
 
     def poll(self) -> bool:
         """The loop spins: any work found without a system call? (keep it cheap when idle)"""

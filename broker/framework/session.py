@@ -73,6 +73,11 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         return self._conn.peer
 
     @property
+    def connection(self) -> Any:
+        """The connection it came on (the server's books for it: ended, peer, pass_fd...)."""
+        return self._conn
+
+    @property
     def args(self) -> tuple[Any, Any, Any, Any]:
         """Each argument as Python sees it: an int, bytes (read), a handle (int), or None."""
         out: list[Any] = []

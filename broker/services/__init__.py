@@ -1,8 +1,10 @@
-"""The broker's own services, each behind the framework's Service interface (broker/framework/service.py).
+"""The broker's own services: topics and links behind the framework's Service interface, and kv.
 
-kv: echo and key-value tables (sessions of the Session class you give a Server); topics: publish/
-subscribe; links: linked services. `broker.services.ECHO`, `.PUT`...: the key-value service's
-function codes, as they have always been reachable.
+topics/ (publish/subscribe) and links/ (linked services) are Services (broker/framework/service.py)
+that every broker.Server has (broker/api.py BUILTIN), on reserved codes (broker/protocol/codes.py).
+kv.py (echo and key-value tables) is a Session class instead, on application codes 1-31, so that
+a server opts into it (`Server(address, ServicesSession)`) and a Policy can guard it like any
+application's codes. `broker.services.ECHO`, `.PUT`...: its function codes.
 """
 from broker.services.kv import (
     COUNT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from broker._errors import BadHandle, BrokerError, Overflow
 from broker.protocol.codes import (LINK_CALL, LINK_CODES, LINK_OFFER, LINK_OPEN, LINK_PAIR,  # noqa: F401
@@ -242,7 +242,7 @@ class LinkBroker(Service):
                 if offer.take is not None:
                     self._hand(offer)
         pair.end()
-        if not pair.msg.completed and not pair.msg._conn.ended:  # its message slot is freed
+        if not pair.msg.completed and not pair.msg.connection.ended:  # its message slot is freed
             pair.msg.complete(Status.CANCELLED, "the pair was given up")
 
     def _end_pairs(self, link: _Link) -> None:
@@ -272,7 +272,7 @@ class LinkBroker(Service):
         assert take is not None
         while offer.queue:
             cid, caller, code, blob, what = offer.queue[0]
-            if caller is not None and (caller.completed or caller._conn.ended):  # its caller went away meanwhile
+            if caller is not None and (caller.completed or caller.connection.ended):  # its caller went away meanwhile
                 offer.queue.popleft()
                 pair = offer.pairing.pop(cid, None)
                 if pair is not None:
@@ -331,7 +331,7 @@ class LinkBroker(Service):
                 text: bytes) -> None:
         """The provider's answer to a pair it was handed: it attached (status 0) or could not. The
         provider's LINK_REPLY completes with 1 if it is to keep the pair, 0 if the pair is void."""
-        live = (caller is not None and not caller.completed and not caller._conn.ended and not pair.link.gone
+        live = (caller is not None and not caller.completed and not caller.connection.ended and not pair.link.gone
                 and pair.segment is not None)
         if status < 0 or not live:
             msg.complete(0)
@@ -347,7 +347,7 @@ class LinkBroker(Service):
         msg.complete(1)
         caller.write(0, pair.name.encode())
         if pair.segment is not None and pair.segment.fd >= 0:
-            caller._conn.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
+            caller.connection.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
         caller.complete(0)
 
     def _offer_closed(self, offer: _Offer) -> None:
@@ -366,6 +366,22 @@ class LinkBroker(Service):
                 m.complete(Status.DISCONNECTED, f"the provider of {offer.name!r} is gone")
         if take is not None and not take.completed:
             take.complete(Status.CANCELLED, "the offer was closed")
+
+    @staticmethod
+    def metrics(stats: Any, fam: Callable[[str, str, str], Any]) -> None:
+        """Its figures for the Prometheus endpoint (framework/metrics.py)."""
+        for v in stats or []:
+            lab = {"service": v.get("service")}
+            fam("broker_service_served_total", "counter", "Calls a linked service's provider answered.").add(
+                v.get("served"), **lab)
+            fam("broker_service_running", "gauge", "Calls the provider is running.").add(v.get("running"), **lab)
+            fam("broker_service_queued", "gauge", "Calls waiting for the provider.").add(v.get("queued"), **lab)
+            fam("broker_service_callers", "gauge", "Sessions with a link to the service.").add(
+                len(v.get("callers", [])), **lab)
+            fam("broker_service_pairs", "gauge", "Private pairs of rings between a caller and the provider now "
+                "(their calls bypass the broker).").add(v.get("direct", 0), **lab)
+            fam("broker_service_pairs_made_total", "counter", "Private pairs of rings made for the service.").add(
+                v.get("pairs", 0), **lab)
 
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -82,7 +82,7 @@ class _ProvidedPair:
         self.max_frame, self.max_record = max_frame, self.tx.max_record
         self.since = time.monotonic()
         tx, rx = self.tx, self.rx
-        tx_addr, rx_addr = tx._addr, rx._addr
+        tx_addr, rx_addr = tx.address, rx.address
 
         def send(frame: bytes) -> None:
             if _fsend(tx_addr, frame):  # no room (the caller gave up on a call and sent more), or the end
@@ -137,7 +137,7 @@ class _ProvidedPair:
 
     def gone(self) -> bool:
         """The caller closed its side, or died, or never came."""
-        h = self.rx._h
+        h = self.rx.handle
         pid = int(h.hdr.producer_pid)
         if pid == 0:  # not attached yet: the broker tells us (TAKE_UNPAIR) if it never will
             return False
@@ -221,8 +221,8 @@ class Offer(SubSession):
         """Attach to a pair the broker made: the pair (or None) and the LINK_REPLY's arguments."""
         cid = self._pair_cid
         try:
-            spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
-            pair = self.session._passed_segment(name, lambda fd: _ProvidedPair(name, spin, self.session._max_frame, fd))
+            spin = self.session.spin_ns / 1000 if self.session.spin_ns else 50.0
+            pair = self.session.passed_segment(name, lambda fd: _ProvidedPair(name, spin, self.session.max_frame, fd))
         except (BrokerError, OSError, ValueError) as e:
             return None, (cid, int(Status.GENERAL), b"", f"the provider could not attach the rings: {e}".encode())
         return pair, (cid, 0, b"", b"")
@@ -423,7 +423,7 @@ class Offer(SubSession):
             return 0
 
     def _spin(self) -> float:
-        return self.session._spin_ns / 1000 if self.session._spin_ns else 0.0
+        return self.session.spin_ns / 1000 if self.session.spin_ns else 0.0
 
     async def aserve_forever(self) -> None:
         """serve_forever for asyncio: the handler may be a coroutine function; until the offer ends
@@ -542,7 +542,7 @@ class Link(SubSession):
         self._rid = 0
         # ask for a pair (again) at the next chance: on shared memory, and not on a sharable session (a
         # pair is one ring each way, for one thread's calls at a time)
-        self._ask = session._rings is not None and not session.sharable
+        self._ask = session.carrier is not None and not session.sharable
         self._stale = False  # the provider may have changed since the last answer: ask after the next call
         self._ask_pair()
 
@@ -561,10 +561,10 @@ class Link(SubSession):
         self._pairing = None
         try:
             fut.result(0)
-            spin = self.session._spin_ns / 1000 if self.session._spin_ns else 50.0
+            spin = self.session.spin_ns / 1000 if self.session.spin_ns else 50.0
             name = buf.value.decode()
-            pair = self.session._passed_segment(name, lambda fd: _CallerPair(name, spin, self.session._max_frame, fd))
-            h = pair.rx._h
+            pair = self.session.passed_segment(name, lambda fd: _CallerPair(name, spin, self.session.max_frame, fd))
+            h = pair.rx.handle
             pid = int(h.hdr.producer_pid)
             if pid <= 0 or not _proc.alive(pid, int(h.hdr.producer_start)):  # its provider let go meanwhile
                 pair.close()
@@ -608,7 +608,7 @@ class Link(SubSession):
             if e.status in (Status.NOT_FOUND, Status.DISCONNECTED):  # the next provider may share our session
                 self._stale = True
             raise
-        if (self._stale and self._pairing is None and self._pair is None and self.session._rings is not None
+        if (self._stale and self._pairing is None and self._pair is None and self.session.carrier is not None
                 and not self.session.sharable):
             self._stale, self._ask = False, True
         if self._ask:

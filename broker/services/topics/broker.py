@@ -811,6 +811,33 @@ class TopicBroker(Service):
 
     # -- statistics ----------------------------------------------------------------------
 
+    @staticmethod
+    def metrics(stats: Any, fam: Callable[[str, str, str], Any]) -> None:
+        """Its figures for the Prometheus endpoint (framework/metrics.py)."""
+        for t in stats or []:
+            name = t.get("topic")
+            fam("broker_topic_published_total", "counter",
+                "Messages published (a ring publisher's: those the server relayed).").add(t.get("published"), topic=name)
+            fam("broker_topic_dropped_total", "counter", "Messages the drop policy dropped.").add(t.get("dropped"),
+                                                                                                   topic=name)
+            fam("broker_topic_timed_out_total", "counter", "Publishes that waited for room in vain.").add(
+                t.get("timed_out"), topic=name)
+            fam("broker_topic_disconnected_total", "counter", "Subscribers the disconnect policy closed.").add(
+                t.get("disconnected"), topic=name)
+            fam("broker_topic_publishers", "gauge", "Publishers on the topic.").add(len(t.get("publishers", [])),
+                                                                                     topic=name)
+            fam("broker_topic_subscribers", "gauge", "Subscribers on the topic.").add(len(t.get("subscribers", [])),
+                                                                                       topic=name)
+            for q in t.get("subscribers", []):
+                lab = {"topic": name, "subscriber": q.get("id"), "policy": q.get("policy"),
+                       "direct": str(bool(q.get("direct"))).lower()}
+                fam("broker_subscriber_lost_total", "counter", "Messages lost to a subscriber (drop policy).").add(
+                    q.get("lost"), **lab)
+                fam("broker_subscriber_delivered_total", "counter", "Messages relayed to a subscriber.").add(
+                    q.get("delivered"), **lab)
+                fam("broker_subscriber_queued", "gauge", "Messages waiting in a subscriber's queue.").add(
+                    q.get("queued"), **lab)
+
     def stats(self) -> list[dict[str, Any]]:
         """Each topic: its publishers and subscribers (with their sessions' connection ids) and counters."""
         with self._lock:

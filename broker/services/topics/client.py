@@ -147,7 +147,7 @@ class Publisher(SubSession):
     def _ring_closed(self, e: Closed) -> NoReturn:
         """A send on the ring failed as closed: the server is gone (its session's socket hung up:
         Ring.set_alive_fd), or another thread closed this publisher."""
-        if self.session._server_gone():
+        if self.session.server_gone():
             raise ServerGone(f"the server of {self.topic!r} is gone: nothing published since") from None
         raise e
 
@@ -232,10 +232,10 @@ class Publisher(SubSession):
         if rc == _RING_FULL:  # wait for room (up to the deadline: FullTimeout), then on in C
             wait = self.block_timeout if timeout is None else timeout
             deadline = time.monotonic() + wait
-            h = ring._need("producer")
+            h = ring.need("producer")
             while rc == _RING_FULL:
                 try:
-                    ring._wait_room(h, _HEAD_SIZE + len(items[went]), wait, deadline)
+                    ring.wait_room(h, _HEAD_SIZE + len(items[went]), wait, deadline)
                 except Full:
                     self._cut_short(base, went)
                 more, rc = _tsend_many(self._addr, items, base + 1, went)
@@ -399,6 +399,11 @@ class Subscriber(SubSession):
         self._last: dict[int, int] = {}  # during a handover: the last relayed sequence number
         self._direct_only: set[int] = set()  # handed over: their relayed copies (in flight) are dropped
 
+    @property
+    def in_place(self) -> bool:
+        """Does it read some publisher's ring in place now (a direct subscriber of its own session)?"""
+        return bool(self._rings)
+
     def _refast(self) -> None:
         """receive()'s shortest way is open while exactly one ring is read in place and it is not ending."""
         self._fast = None
@@ -432,7 +437,7 @@ class Subscriber(SubSession):
                 raise Disconnected(self._gone) from None
             if e.status == Status.OVERFLOW:  # one message is bigger than the buffer: a bigger one
                 need = int((e.text or "").split("needs ")[-1].split()[0]) if "needs " in (e.text or "") else 0
-                limit = self.session._max_frame
+                limit = self.session.max_frame
                 if self._size >= limit:
                     raise ServerGone(f"a message on {self.topic!r} is bigger than a frame may be ({limit})") from None
                 self._size = min(max(self._size * 2, need), limit)
@@ -495,7 +500,7 @@ class Subscriber(SubSession):
         elif what == RING_ADD:  # a publisher that came after this subscriber: its ring, read in place
             try:
                 name = data.decode()
-                ring = self.session._passed_segment(name, lambda fd: Broadcast.open(name, fd=fd))
+                ring = self.session.passed_segment(name, lambda fd: Broadcast.open(name, fd=fd))
             except (BrokerError, OSError, ValueError, UnicodeDecodeError):  # gone already, no slot...: relayed
                 self._tell_direct(pub, 0)
                 return
@@ -714,7 +719,7 @@ class Subscriber(SubSession):
             for pub, ring in self._rings.items():  # the common case, in C: the plain messages already there
                 asm = self._assemblers.get(pub)
                 if asm is not None and asm.complete:
-                    got, seq, _ = _trecv_many(ring._addr, max(1, min(max_messages, 4096)), asm.seq)
+                    got, seq, _ = _trecv_many(ring.address, max(1, min(max_messages, 4096)), asm.seq)
                     if got:
                         asm.seq = seq
                         self._since += len(got)
@@ -794,13 +799,13 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
     if name.value:  # the server made this publisher a ring of its own
         try:
             ring_name = name.value.decode()
-            ring = session._passed_segment(ring_name, lambda fd: Broadcast.attach_producer(ring_name, fd=fd))
+            ring = session.passed_segment(ring_name, lambda fd: Broadcast.attach_producer(ring_name, fd=fd))
             # a relaying server's doorbell: its session's, a copy that lives and dies with the ring (the
             # session may end first, and its descriptor's number be reused)
-            fd = os.dup(session._rings.doorbell)  # type: ignore[union-attr]
-            ring._res.fds.append(fd)
+            fd = os.dup(session.carrier.doorbell)  # type: ignore[union-attr]
+            ring.keep_fd(fd)
             ring.set_notify_fd(fd)
-            session._watch_ring(ring)  # its server's death interrupts it: the next publish says so
+            session.watch_ring(ring)  # its server's death interrupts it: the next publish says so
         except BaseException:
             if ring is not None:
                 ring.close()
@@ -828,7 +833,7 @@ def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024,
         if not isinstance(rings, dict):
             raise ValueError("not an object")
         for pub, name in rings.items():  # the rings of the publishers there now, read in place from here on
-            sub._rings[int(pub)] = session._passed_segment(str(name), lambda fd: Broadcast.open(str(name), fd=fd))
+            sub._rings[int(pub)] = session.passed_segment(str(name), lambda fd: Broadcast.open(str(name), fd=fd))
         sub._refast()
     except (ValueError, TypeError, BrokerError, OSError) as e:
         sub.close()

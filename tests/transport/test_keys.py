@@ -33,7 +33,7 @@ from broker.protocol.frames import (
 )
 from broker.services.kv import ECHO, EchoClient, ServicesSession
 
-from .helpers import wait_for
+from tests.helpers import wait_for
 
 
 def _key_file(tmp_path, *names: str, file: str = "keys") -> tuple[str, list[broker.Key]]:
@@ -210,6 +210,7 @@ def test_nothing_before_the_challenge_is_answered_and_a_request_ends_the_connect
     assert not keyed.sessions()
 
 
+@pytest.mark.stress  # a 2 s deadline
 def test_a_client_that_never_answers_the_challenge_is_cut_at_the_handshake_deadline(keyed):
     raw = Raw(keyed.tcp_address)
     try:

@@ -11,7 +11,7 @@ import broker
 from broker import connect
 from broker.core import names as _names
 
-from .served import serve
+from tests.served import serve
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from broker import Ring
 from broker.core import names as _names
 from broker.core import shm as _shm
 
-from .helpers import Child
+from tests.helpers import Child
 
 
 def test_segment_is_private_to_its_user_and_sized_as_declared():
@@ -128,7 +128,7 @@ def test_full_dev_shm_is_an_error_at_creation_not_a_sigbus_later():
     )
     script = f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {sys.executable} -c '{code}'"
     p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                       capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+                       capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     if p.returncode != 0 and "Operation not permitted" in p.stderr:
         pytest.skip(f"this sandbox does not allow mount namespaces: {p.stderr.strip()}")
     assert p.returncode == 0, p.stdout + p.stderr

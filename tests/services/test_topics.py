@@ -23,7 +23,7 @@ import broker
 from broker import connect
 from broker.protocol.codes import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER
 
-from .helpers import Child, wait_for
+from tests.helpers import Child, wait_for
 
 
 def _topic(srv: broker.Server, name: str) -> dict:
@@ -577,7 +577,7 @@ def test_a_ring_publishers_batch_that_finds_no_room_says_how_many_went(server):
 def test_a_subscriber_of_another_login_session_never_maps_a_ring(tmp_path):
     """Under policy same-user a process of another login session gets shared memory with the server,
     but a publisher's ring belongs to the publisher's session: that subscriber gets it relayed."""
-    from .test_identity import new_login_session, require_audit_sessions
+    from tests.transport.test_identity import new_login_session, require_audit_sessions
 
     require_audit_sessions()
     path = str(tmp_path / "s.sock")
@@ -1009,6 +1009,7 @@ def test_a_subscriber_that_comes_while_a_closed_publishers_rest_is_relayed_gets_
             x.close()
 
 
+@pytest.mark.stress  # churn: a second
 def test_a_dropping_prefix_subscriber_stays_bounded_and_exact_under_publisher_churn(server):
     with connect(server.address) as a, connect(server.address, socket_only=True) as b:
         sub = b.subscriber("churn.*", policy="drop", capacity=3)

@@ -91,6 +91,7 @@ def test_requests_encode_to_the_reference_bytes_and_decode_back(r):
     assert all(type(a.kind) is ArgKind for a in got.args)  # the enum, as the reference gives it
 
 
+@pytest.mark.stress  # property-based, thousands of cases
 @settings(max_examples=400, deadline=None)
 @given(completes)
 def test_completions_encode_to_the_reference_bytes_and_decode_back(c):
@@ -102,6 +103,7 @@ def test_completions_encode_to_the_reference_bytes_and_decode_back(c):
     assert type(got) is Complete and all(type(w) is Write for w in got.writes)
 
 
+@pytest.mark.stress  # property-based, thousands of cases
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(requests, completes), min_size=1, max_size=6), st.data())
 def test_a_stream_cut_anywhere_gives_the_reference_events(events, data):
@@ -120,6 +122,7 @@ def outcome(reader: FrameReader, data: bytes) -> object:
         return f"ProtocolError: {e}"
 
 
+@pytest.mark.stress  # property-based, thousands of cases
 @settings(max_examples=600, deadline=None)
 @given(st.one_of(requests, completes), st.data())
 def test_mutated_frames_give_the_reference_events_or_the_same_error(ev, data):

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
-TESTS = ["tests/test_codec.py", "tests/test_protocol.py", "tests/test_shm_sessions.py", "tests/test_framework.py",
-         "tests/test_message.py"]
+ROOT = Path(__file__).resolve().parents[2]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-Werror"]
+TESTS = ["tests/protocol/test_codec.py", "tests/protocol/test_protocol.py", "tests/transport/test_shm_sessions.py", "tests/framework/test_framework.py",
+         "tests/framework/test_message.py"]
+
+pytestmark = pytest.mark.stress  # a build with ASan and UBSan, then a suite under them: 45 s
 
 BUILD = r"""
 import os, sys

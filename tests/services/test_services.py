@@ -15,12 +15,12 @@ import broker
 from broker import Buffer, EchoClient, KeyValueClient, KeyValueLimits, KeyValueStore, ServicesSession, connect
 from broker import services as svc
 
-from .helpers import Child, in_child, wait_for
+from tests.helpers import Child, in_child, wait_for
 
 LIMITS = KeyValueLimits(max_key=32, max_value=1000, max_entries=5, max_table_bytes=2000, max_tables=3)
 
 
-@pytest.fixture(params=["unix", "tcp"])
+@pytest.fixture(params=["shm", "tcp"])
 def server(request, tmp_path):
     events: list[broker.SessionEvent] = []
     store = KeyValueStore(LIMITS)
@@ -29,7 +29,7 @@ def server(request, tmp_path):
     srv = broker.Server(path, ServicesSession.factory(store), tcp="tcp://127.0.0.1:0", on_event=events.append,
                         grants=["key:test table:*"])
     srv.start()
-    srv.address = path if request.param == "unix" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
+    srv.address = path if request.param == "shm" else f"tcp://127.0.0.1:{srv.bound[1][1]}"
     srv.store = store
     srv.recorded = events
     yield srv

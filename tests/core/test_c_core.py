@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 SOURCES = [CSRC / "tests" / "ring_test.c", CSRC / "brk_ring.c"]
 COMMON = ["-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}", "-pthread"]
@@ -120,9 +120,11 @@ def _run_mode(flavour: str, binary: Path, mode: str) -> None:
     assert int(m.group(1)) > 0, report
 
 
-CASES = [pytest.param("plain", m, id=f"plain-{m}") for m in ("unit", "corrupt", "procs", "wakeup")]
-CASES += [pytest.param("asan", m, id=f"asan-{m}") for m in ("unit", "corrupt", "procs", "wakeup")]
-CASES += [pytest.param("tsan", "threads", id="tsan-threads")]
+CASES = [pytest.param("plain", m, id=f"plain-{m}", marks=[pytest.mark.stress] if m == "procs" else [])
+         for m in ("unit", "corrupt", "procs", "wakeup")]  # procs: 7 s
+# the sanitizer builds take seconds each: stress (make test runs them, make test-fast leaves them out)
+CASES += [pytest.param("asan", m, id=f"asan-{m}", marks=pytest.mark.stress) for m in ("unit", "corrupt", "procs", "wakeup")]
+CASES += [pytest.param("tsan", "threads", id="tsan-threads", marks=pytest.mark.stress)]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT * 2 + 120)  # two runs at most (the TSan retry), plus the build

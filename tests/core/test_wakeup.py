@@ -8,7 +8,7 @@ import pytest
 
 from broker import Ring
 
-from .helpers import Child
+from tests.helpers import Child
 
 ROUNDS = 3000
 

@@ -17,7 +17,7 @@ import pytest
 import broker
 from broker.core import names as _names
 
-from .helpers import Child
+from tests.helpers import Child
 
 SHM = "/dev/shm"
 

@@ -17,7 +17,7 @@ from broker import Buffer, connect
 from broker.protocol.codes import LINK_CALL, LINK_OFFER, LINK_REPLY, LINK_TAKE
 from broker.services.links.wire import pack_call, pack_writes, unpack_call
 
-from .helpers import Child, in_child, wait_for
+from tests.helpers import Child, in_child, wait_for
 
 UPPER, FAIL, SLOW, ADD, PAUSE = 1, 2, 3, 4, 5
 
@@ -415,6 +415,7 @@ def test_a_servers_policies_cover_the_broker_own_services(tmp_path):
         assert e.value.status == broker.Status.NOT_FOUND
 
 
+@pytest.mark.stress  # 1.6 s
 def test_a_link_on_a_sharable_session_is_relayed_and_an_idle_one_keeps_its_pair(server):
     """A pair is one ring each way, for one thread at a time: a sharable session's link is relayed.
     An unsharable one that waits (the provider looks at its pairs meanwhile) still gets its pair."""
@@ -441,6 +442,7 @@ def test_a_pair_the_caller_never_used_is_let_go_when_its_link_closes(server):
             assert server.stats()["services"][0]["direct"] == 0
 
 
+@pytest.mark.stress  # 4 s
 def test_relayed_calls_are_served_while_a_pair_keeps_the_provider_busy(server):
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()

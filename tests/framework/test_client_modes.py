@@ -24,7 +24,7 @@ import pytest
 import broker
 from broker import Session, connect
 
-from .helpers import Child
+from tests.helpers import Child
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,9 +58,10 @@ def _new_server(tmp_path, name: str = "modes.sock", **kw) -> broker.Server:
 
 @contextlib.contextmanager
 def running(tmp_path, transport: str, **kw):
-    """transport: "unix" (the session rule gives it shared memory), "unix-socket" (policy off: the
-    socket carries it) or "tcp"."""
-    if transport == "unix-socket":
+    """transport (the carrier; the suite's one vocabulary, tests/conftest.py): "shm" (a Unix socket, and
+    the session rule gives it shared memory), "socket" (a Unix socket, policy off: it carries the
+    session) or "tcp"."""
+    if transport == "socket":
         kw.setdefault("shm_policy", "off")
     srv = _new_server(tmp_path, **kw)
     srv.start()
@@ -77,7 +78,7 @@ def running(tmp_path, transport: str, **kw):
         srv.stop()
 
 
-@pytest.fixture(params=["unix", "unix-socket", "tcp"])
+@pytest.fixture(params=["shm", "socket", "tcp"])
 def server(request, tmp_path):
     with running(tmp_path, request.param) as srv:
         srv.transport = request.param
@@ -154,7 +155,7 @@ def test_inline_futures_any_reaping_order_and_no_reader_thread(server, order):
 
 def test_the_carrier_is_the_one_the_parameter_names(server):
     with connect(server.address) as s:
-        assert s.transport == ("shared memory" if server.transport == "unix" else "socket")
+        assert s.transport == ("shared memory" if server.transport == "shm" else "socket")
         assert s.send_receive(ECHO_LEN, b"abc", timeout=T) == 3
 
 
@@ -305,6 +306,7 @@ def test_concurrent_futures_wait_on_pending_send_futures(server, how):
     in_child(lambda: _wait_flavours(server.address, how, arrived=False, rounds=3))
 
 
+@pytest.mark.stress  # 0.4-0.9 s each, six times
 @pytest.mark.parametrize("how", ["wait", "as_completed"])
 def test_concurrent_futures_wait_when_completions_already_arrived(server, how):
     # repeated: the reader thread starts inside wait(), which holds every future's lock
@@ -465,7 +467,7 @@ def test_a_cancelled_future_does_not_break_the_session(server, mode, thread_erro
 DEFAULT = object()
 
 
-@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
 @pytest.mark.parametrize("client_spin,server_spin", [(DEFAULT, DEFAULT), (0, 0), (0, DEFAULT), (DEFAULT, 0)],
                          ids=["default-default", "0-0", "client0", "server0"])
 def test_spin_settings_give_the_same_results(tmp_path, transport, client_spin, server_spin):
@@ -495,7 +497,7 @@ def test_negative_spin_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match="spin_us"):
         broker.Server(str(tmp_path / "neg.sock"), Svc, spin_us=bad)
     assert not os.path.exists(tmp_path / "neg.sock")
-    with running(tmp_path, "unix") as srv:
+    with running(tmp_path, "shm") as srv:
         fds = len(os.listdir("/proc/self/fd"))
         with pytest.raises(ValueError, match="spin_us"):
             connect(srv.address, spin_us=bad)
@@ -523,7 +525,7 @@ def test_timeout_shorter_than_the_spin(server, timeout):
 # -- 6. the server goes away while the owner waits inline -------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
 @pytest.mark.parametrize("wait_in", ["result", "exception", "send_receive"])
 def test_server_gone_while_waiting_inline(tmp_path, transport, wait_in):
     path = str(tmp_path / "gone.sock")
@@ -539,7 +541,7 @@ def test_server_gone_while_waiting_inline(tmp_path, transport, wait_in):
         with Child(serve) as kid:
             assert select.select([r], [], [], 10)[0], "the server process did not start"
             port = struct.unpack("<H", os.read(r, 2))[0]
-            s = connect(path if transport == "unix" else f"tcp://127.0.0.1:{port}")
+            s = connect(path if transport == "shm" else f"tcp://127.0.0.1:{port}")
             assert s.send_receive(ECHO_LEN, b"up", timeout=T) == 2
             f = s.send(HOLD)
 

@@ -9,7 +9,7 @@ import pytest
 import broker
 from broker import Broadcast
 
-from .helpers import Child
+from tests.helpers import Child
 
 
 def test_every_consumer_sees_every_record():
@@ -219,7 +219,7 @@ def test_lossy_batch_longer_than_a_lap_is_not_corruption():
 
 
 def test_a_joiner_that_died_before_writing_its_pid_is_evicted():
-    from .test_corruption import SEG_HDR, scribble
+    from tests.core.test_corruption import SEG_HDR, scribble
     from broker.core.ring import ffi
 
     with Broadcast.create(capacity=1 << 10) as tx:
@@ -232,7 +232,7 @@ def test_a_joiner_that_died_before_writing_its_pid_is_evicted():
 
 
 def test_lossy_scribbled_reserve_is_corruption_not_an_endless_loop():
-    from .test_corruption import ring_off, scribble, u64
+    from tests.core.test_corruption import ring_off, scribble, u64
 
     with Broadcast.create(capacity=1 << 10, lossy=True) as tx, Broadcast.open(tx.name) as rx:
         tx.send(b"x" * 10)

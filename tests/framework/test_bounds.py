@@ -21,8 +21,8 @@ import broker
 from broker import Buffer, connect
 from broker.protocol.frames import HEADER, MAGIC, Arg, ArgKind, Hello, encode, request_frame
 
-from .helpers import Child, raw_hello, wait_for
-from .served import serve
+from tests.helpers import Child, raw_hello, wait_for
+from tests.served import serve
 
 BIG, ECHO = 1, 2
 MiB = 1 << 20
@@ -68,6 +68,7 @@ def _echo_works(address: str, times: int = 20) -> None:
 # ---- replies nobody reads ---------------------------------------------------------------------
 
 
+@pytest.mark.stress  # 3 s each: a stall deadline
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_a_client_that_never_reads_its_replies_holds_a_bounded_share_and_is_disconnected(where, transport):
     """2048 replies of 1 MiB asked for and never read (2 GiB, as in the issue): the server holds
@@ -98,6 +99,7 @@ def test_a_client_that_never_reads_its_replies_holds_a_bounded_share_and_is_disc
         _echo_works(srv.unix)
 
 
+@pytest.mark.stress  # 3 s each: a stall deadline
 def test_a_shared_memory_client_that_never_reads_is_bounded_too(where):
     """The same over a session's rings: ring 1 full, the rest waits at the server up to the bound."""
     with serve(where, tcp=False, max_queued=2 * MiB, stall_timeout=3.0, shm_capacity=64 << 10) as srv:
@@ -167,6 +169,7 @@ def test_one_users_connections_are_bounded_together_and_another_user_goes_on(whe
 # ---- handshakes -----------------------------------------------------------------------------------
 
 
+@pytest.mark.stress  # a deadline of a second, four times
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("sends", ["nothing", "half a HELLO"])
 def test_a_connection_without_a_hello_is_closed_at_the_deadline(where, transport, sends):

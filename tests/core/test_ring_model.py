@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -266,7 +267,7 @@ class BroadcastMachine(RuleBasedStateMachine):
         self.heads[who] = end
 
 
-TestSpscModel = SpscMachine.TestCase
+TestSpscModel = pytest.mark.stress(SpscMachine.TestCase)  # 150 random runs of 60 steps: seconds
 TestSpscModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
-TestBroadcastModel = BroadcastMachine.TestCase
+TestBroadcastModel = pytest.mark.stress(BroadcastMachine.TestCase)
 TestBroadcastModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)

@@ -22,7 +22,7 @@ import pytest
 import broker
 from broker import connect
 
-from .helpers import Child
+from tests.helpers import Child
 
 
 class Echo(broker.Session):

@@ -12,7 +12,7 @@ import broker
 from broker import Broadcast, Ring
 from broker.core.ring import ffi
 
-from .helpers import Child
+from tests.helpers import Child
 
 SEG_HDR = ffi.sizeof("struct brk_seg_hdr")
 
@@ -139,6 +139,7 @@ def test_lossy_scribbled_oldest_is_corruption():
             rx.recv(timeout=0)
 
 
+@pytest.mark.stress  # random scribbles: 2 s
 def test_random_scribbles_never_crash_or_hang_the_reader():
     """Thousands of rounds of random bytes over the control block and the data."""
     rnd = random.Random(7)

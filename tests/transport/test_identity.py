@@ -20,7 +20,7 @@ import pytest
 from broker.transport import identity as _identity
 from broker.transport.identity import AUDIT_SID_UNSET, Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 
-from .helpers import Child
+from tests.helpers import Child
 
 pytestmark = pytest.mark.timeout(120)
 

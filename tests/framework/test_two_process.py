@@ -12,7 +12,7 @@ import broker
 from broker import Broadcast, Ring
 from broker.core import shm as _shm
 
-from .helpers import Child, check_payload, checksum_payload
+from tests.helpers import Child, check_payload, checksum_payload
 
 N = 1_000_000
 
@@ -22,6 +22,7 @@ def _payloads(seed: int, n: int, lo: int = 12, hi: int = 600) -> list[int]:
     return [rnd.randint(lo, hi) for _ in range(n)]
 
 
+@pytest.mark.stress  # a million records
 def test_a_million_random_records_arrive_intact_and_in_order():
     sizes = _payloads(1, N)
     # a pool of prebuilt records keeps the producer fast; the sequence number makes each unique

@@ -21,7 +21,7 @@ import broker
 from broker import Buffer, connect
 from broker.core import names as _names
 
-from .helpers import Child, wait_for
+from tests.helpers import Child, wait_for
 
 ECHO, HOLD = 1, 2
 
@@ -245,7 +245,7 @@ def _cell(path: str, prepare, want: str) -> None:
 
 
 def test_a_client_in_its_own_ipc_and_mount_namespace_gets_the_socket(tmp_path):
-    from .test_identity import CLONE_NEWIPC, CLONE_NEWNS, private_shm_namespace, require_unshare
+    from tests.transport.test_identity import CLONE_NEWIPC, CLONE_NEWNS, private_shm_namespace, require_unshare
 
     require_unshare(CLONE_NEWNS | CLONE_NEWIPC)
     path = str(tmp_path / "s.sock")
@@ -258,7 +258,7 @@ def test_a_client_in_its_own_ipc_and_mount_namespace_gets_the_socket(tmp_path):
 
 
 def test_another_login_session_gets_the_socket_unless_the_policy_is_same_user(tmp_path):
-    from .test_identity import new_login_session, require_audit_sessions
+    from tests.transport.test_identity import new_login_session, require_audit_sessions
 
     require_audit_sessions()
 
@@ -474,6 +474,7 @@ def test_simple_calls_on_shared_memory_never_take_the_long_way(tmp_path, monkeyp
             s.send_receive(4, bytearray(16))
 
 
+@pytest.mark.stress  # a close at every moment: 3 s
 def test_a_close_from_another_thread_at_any_moment_ends_calls_with_server_gone(tmp_path):
     """Whenever the close lands (before a call, while C sends, while it waits), the call raises
     ServerGone, never a Timeout or a ProtocolError (two races found by review)."""

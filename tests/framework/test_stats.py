@@ -17,7 +17,7 @@ import pytest
 import broker
 from broker import Buffer, connect
 
-from .helpers import Child
+from tests.helpers import Child
 
 
 class Echo(broker.Session):
@@ -41,6 +41,7 @@ def _holder(path: str, ready_w: int, go_r: int, requests: int) -> None:
         os.read(go_r, 1)
 
 
+@pytest.mark.stress  # a second
 def test_stat_shows_every_session_with_its_traffic_and_rule(tmp_path):
     path = str(tmp_path / "st.sock")
     ready_r, ready_w = os.pipe()

@@ -17,7 +17,7 @@ import pytest
 import broker
 from broker import Buffer, Policy, RefObject, Session, SubSession, connect
 
-from .helpers import Child, in_child, raw_hello, wait_for
+from tests.helpers import Child, in_child, raw_hello, wait_for
 
 ECHO_LEN, REVERSE, RAISE, OPEN_SHARED, SUB_ADD, PANIC, LATER, OVERFLOW, SECRET, GUARDED, HOLD, TWICE = range(1, 13)
 
@@ -76,9 +76,9 @@ POLICIES = (Policy(range(SECRET, SECRET + 1), uids=frozenset({4242})),
             Policy(range(GUARDED, GUARDED + 1), uids=frozenset({4242}), panic=True))
 
 
-@pytest.fixture(params=["unix", "tcp", "shm"])
+@pytest.fixture(params=["socket", "tcp", "shm"])
 def server(request, tmp_path):
-    """unix: a Unix socket carries the session (policy off); tcp: TCP; shm: the
+    """socket: a Unix socket carries the session (policy off); tcp: TCP; shm: the
     session's rings (same user, same session: the rule allows it)."""
     events: list[broker.SessionEvent] = []
     srv = broker.Server(str(tmp_path / "srv.sock"), Service, tcp="tcp://127.0.0.1:0", policies=POLICIES,
@@ -93,7 +93,7 @@ def server(request, tmp_path):
     Counter.destroyed_names = []
     yield srv
     carriers = {e.reason.split(";")[0] for e in events if e.kind == "connected"}
-    want = {"unix": "unix socket", "tcp": "tcp socket", "shm": "unix shared memory"}[request.param]
+    want = {"socket": "unix socket", "tcp": "tcp socket", "shm": "unix shared memory"}[request.param]
     assert carriers <= {want, "unix socket"}, carriers  # a test's own raw or socket-only client may add "unix socket"
     assert not carriers or want in carriers or srv.only_raw_clients, carriers
     for m in Service.held:
@@ -250,7 +250,7 @@ def test_server_not_found_and_server_identity(server, tmp_path):
             connect(str(tmp_path / "nobody.sock"))
         with pytest.raises(broker.ServerNotFound):
             connect("tcp://127.0.0.1:1")
-        if server.transport in ("unix", "shm"):
+        if server.transport in ("socket", "shm"):
             with pytest.raises(broker.PermissionDenied, match="runs as uid"):
                 connect(server.address, server_uid=os.geteuid() + 1)
             with connect(server.address, server_uid=os.geteuid()) as s:
@@ -288,7 +288,7 @@ def test_client_death_with_outstanding_requests_and_subsessions(server):
 
 
 def raw_socket(server) -> socket.socket:
-    if server.transport in ("unix", "shm"):
+    if server.transport in ("socket", "shm"):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(server.address)
     else:
@@ -353,6 +353,7 @@ def test_a_request_before_hello_is_a_protocol_error(server):
     wait_for(lambda: any("before HELLO" in ev.reason for ev in server.recorded))
 
 
+@pytest.mark.stress  # hundreds of sessions
 def test_many_sessions_from_a_few_processes(server):
     per, procs = 125, 4
     fds_before = len(os.listdir("/proc/self/fd"))

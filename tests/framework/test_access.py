@@ -16,7 +16,7 @@ import broker
 from broker import GrantError, parse_grant
 from broker.services.kv import EchoClient, KeyValueClient, ServicesSession
 
-from .helpers import Child
+from tests.helpers import Child
 
 
 # ---- grants ---------------------------------------------------------------------------------

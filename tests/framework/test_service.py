@@ -1,0 +1,82 @@
+"""The Service interface (broker/framework/service.py): a server made with a service of its own
+dispatches that service's codes to it, shows its statistics and metrics, and calls its hooks."""
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+import broker
+from broker.api import BUILTIN
+from broker.framework.service import Service
+from broker.protocol.codes import RESERVED, TOPIC_LIST
+
+COUNT = -40  # a code of the free block (broker/protocol/codes.py)
+
+
+class Counter(Service):
+    """The smallest built-in service: COUNT adds arg 0 to a total and completes with it."""
+
+    codes = frozenset({COUNT})
+    stats_key = "counter"
+
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        self.total = 0
+        self.closed = False
+
+    def handle(self, conn, msg) -> None:
+        self.total += msg.integer(0)
+        msg.complete(self.total)
+
+    def stats(self):
+        return {"total": self.total}
+
+    @staticmethod
+    def metrics(stats, fam) -> None:
+        fam("broker_counter_total", "counter", "The sum of what COUNT was given.").add(stats["total"])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_service_of_its_own_is_dispatched_to_shown_and_closed(tmp_path):
+    assert COUNT not in RESERVED
+    srv = broker.Server(str(tmp_path / "svc.sock"), services=BUILTIN + (Counter,), metrics=0)
+    with srv:
+        with broker.connect(str(tmp_path / "svc.sock")) as s:
+            assert s.send_receive(COUNT, 5) == 5 and s.send_receive(COUNT, 7) == 12
+            assert s.topics() == []  # the built-in ones are still there
+            with pytest.raises(broker.ServiceError):
+                s.send_receive(-41)  # nobody's code: the session's service() says NOT_SUPPORTED
+        counter = srv.service("counter")
+        assert srv.stats()["counter"] == {"total": 12} and "topics" in srv.stats()
+        host, port = srv.metrics.address
+        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+        assert "broker_counter_total 12" in text and "broker_sessions" in text
+    assert counter.closed
+
+
+def test_a_server_without_services_has_only_the_framework(tmp_path):
+    from broker.framework.server import Server
+
+    with Server(str(tmp_path / "bare.sock")) as srv, broker.connect(str(tmp_path / "bare.sock")) as s:
+        with pytest.raises(broker.ServiceError):
+            s.send_receive(TOPIC_LIST, broker.Buffer(64))
+        assert "topics" not in srv.stats()
+        with pytest.raises(KeyError, match="no service 'topics'"):
+            srv.service("topics")
+
+
+def test_two_services_cannot_claim_one_code_and_a_service_code_is_below_zero(tmp_path):
+    class Thief(Counter):
+        codes = frozenset({TOPIC_LIST})
+
+    with pytest.raises(ValueError, match="claimed by TopicBroker and Thief"):
+        broker.Server(str(tmp_path / "x.sock"), services=BUILTIN + (Thief,))
+
+    class Positive(Counter):
+        codes = frozenset({7})
+
+    with pytest.raises(ValueError, match="below zero"):
+        broker.Server(str(tmp_path / "y.sock"), services=(Positive,))
