@@ -154,7 +154,7 @@ def test_serve_on_tcp_without_keys_says_how_to_make_them(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "no keys file at" in p.stderr and "broker keygen" in p.stderr and "--insecure-tcp" in p.stderr
     p = run("serve", "--address", str(tmp_path / "s.sock"), "--grant", "key:x queue:y")
-    assert p.returncode == 2 and "WHAT is topic:NAME" in p.stderr
+    assert p.returncode == 2 and "WHAT is service:NAME, table:NAME, topic:NAME or *" in p.stderr
 
 
 @pytest.mark.stress  # subprocesses: a second each

@@ -35,9 +35,19 @@ from typing import Any, Iterable
 
 from broker._errors import PermissionDenied
 
-ACTIONS = {"topic": frozenset({"publish", "subscribe"}), "table": frozenset({"read", "write"}),
-           "service": frozenset({"offer", "call"})}
-KINDS = tuple(ACTIONS)
+# What a grant may name, and the actions of each: every service that checks grants registers its own
+# kind when it is imported (register_kind): topics "topic", links "service", the key-value tables "table".
+ACTIONS: dict[str, frozenset[str]] = {}
+
+
+def register_kind(kind: str, actions: Iterable[str]) -> None:
+    """A kind of name grants may cover (WHAT = kind:NAME) and its actions; a service's, once."""
+    actions = frozenset(actions)
+    if not kind.isidentifier() or not actions or "all" in actions:
+        raise ValueError(f"a grant kind is a word with actions other than 'all': {kind!r} {sorted(actions)}")
+    if ACTIONS.get(kind, actions) != actions:
+        raise ValueError(f"grant kind {kind!r} is registered already, with {sorted(ACTIONS[kind])}")
+    ACTIONS[kind] = actions
 
 
 class GrantError(ValueError):
@@ -55,7 +65,7 @@ class Grant:
 
     def __str__(self) -> str:
         what = "*" if self.kind == "*" and self.pattern == "*" else f"{self.kind}:{self.pattern}"
-        every = set().union(*(ACTIONS[k] for k in (KINDS if self.kind == "*" else (self.kind,))))
+        every = set().union(*(ACTIONS[k] for k in (ACTIONS if self.kind == "*" else (self.kind,))))
         return f"{self.who} {what} {'all' if self.actions >= every else ','.join(sorted(self.actions))}"
 
     def covers(self, peer: Any) -> bool:
@@ -126,10 +136,10 @@ def parse_grant(line: str) -> Grant:
     else:
         kind, sep, pattern = parts[1].partition(":")
         if not sep or kind not in ACTIONS or not pattern:
-            raise GrantError(f"grant {line!r}: WHAT is topic:NAME, table:NAME, service:NAME or *")
+            raise GrantError(f"grant {line!r}: WHAT is {', '.join(f'{k}:NAME' for k in sorted(ACTIONS))} or *")
         if "*" in pattern[:-1]:
             raise GrantError(f"grant {line!r}: '*' only at the end of a name (a prefix)")
-    every = frozenset().union(*(ACTIONS[k] for k in (KINDS if kind == "*" else (kind,))))
+    every = frozenset().union(*(ACTIONS[k] for k in (ACTIONS if kind == "*" else (kind,))))
     words = frozenset(parts[2].split(",")) if len(parts) == 3 else frozenset({"all"})
     if "all" in words:
         words = (words - {"all"}) | every

@@ -43,8 +43,8 @@ def test_grants_parse_into_their_plain_form(line, text):
     ("alice topic:x", "who 'alice'"),
     ("uid:x topic:x", "uid is a number"),
     ("user:no-such-user-here topic:x", "no such user"),
-    ("key:alice queue:x", "WHAT is topic:NAME"),
-    ("key:alice topic:", "WHAT is topic:NAME"),
+    ("key:alice queue:x", "WHAT is service:NAME, table:NAME, topic:NAME or \\*"),
+    ("key:alice topic:", "WHAT is service:NAME, table:NAME, topic:NAME or \\*"),
     ("key:alice topic:a*b", "only at the end"),
     ("key:alice topic:x read", "actions for topic are publish, subscribe or all"),
     ("key:alice table:x publish", "actions for table are read, write or all"),
@@ -206,3 +206,22 @@ def test_a_prefix_subscriber_gets_only_the_topics_it_is_granted(tcp_server):
             with s.subscriber("prices.eu.paris") as exact:  # a granted name, subscribed by itself
                 eu.publish(b"later")
                 assert exact.receive(timeout=10) == b"later"
+
+
+def test_a_service_registers_the_kind_its_grants_name(monkeypatch):
+    """The framework knows no service's kind: topics, links and the tables register theirs, and a
+    new service would register its own (here on a copy of the registry, which the test restores)."""
+    from broker.framework import access
+
+    assert set(access.ACTIONS) == {"topic", "service", "table"}
+    monkeypatch.setattr(access, "ACTIONS", dict(access.ACTIONS))
+    with pytest.raises(GrantError, match="WHAT is"):
+        parse_grant("key:alice queue:jobs take")
+    access.register_kind("queue", ("take", "put"))
+    assert str(parse_grant("key:alice queue:jobs take")) == "key:alice queue:jobs take"
+    assert str(parse_grant("key:alice queue:jobs")) == "key:alice queue:jobs all"
+    access.register_kind("queue", ("put", "take"))  # the same again: nothing changes
+    with pytest.raises(ValueError, match="registered already"):
+        access.register_kind("queue", ("take",))
+    with pytest.raises(ValueError, match="other than 'all'"):
+        access.register_kind("other", ("all",))

@@ -10,11 +10,14 @@ from broker._errors import BadHandle, BrokerError, Overflow
 from broker.protocol.codes import (LINK_CALL, LINK_CODES, LINK_OFFER, LINK_OPEN, LINK_PAIR,  # noqa: F401
                                    LINK_REPLY, LINK_TAKE, LINK_UNPAIR)
 from broker.protocol.frames import ArgKind, Status
+from broker.framework.access import register_kind
 from broker.framework.service import Service
 from broker.framework.session import Message, RefObject, refuse
 
 from broker.services.links.wire import (LinkError, MAX_ERROR, MAX_SERVICE_NAME, MAX_PAIRS, PAIR_CAPACITY, TAKE_CALL, TAKE_HEAD, TAKE_PAIR,
                                          TAKE_UNPAIR)
+
+register_kind("service", ("offer", "call"))  # what grants say of linked services (framework/access.py)
 
 # ---- the server's half ---------------------------------------------------------------------
 

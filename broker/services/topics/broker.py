@@ -17,6 +17,7 @@ from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC
                                    TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
 from broker.protocol.frames import ArgKind, Status
 from broker.core.ring import Broadcast
+from broker.framework.access import register_kind
 from broker.framework.service import Service
 from broker.services.topics.wire import (POLICIES, MAX_TOPIC_NAME, MAX_OPTIONS, MAX_CAPACITY, MAX_HISTORY, MAX_META,
                                         DEFAULT_QUEUE_CAPACITY, DEFAULT_BLOCK_TIMEOUT, DEFAULT_RING_CAPACITY, MAX_RING_CAPACITY, RING_CONSUMERS, RELAY_BATCH,
@@ -24,6 +25,7 @@ from broker.services.topics.wire import (POLICIES, MAX_TOPIC_NAME, MAX_OPTIONS, 
 from broker.framework.session import Message, RefObject, refuse
 
 log = logging.getLogger("broker.topics")
+register_kind("topic", ("publish", "subscribe"))  # what grants say of topics (framework/access.py)
 
 
 def _drop_oldest(sub: "ServerSubscriber") -> bool:

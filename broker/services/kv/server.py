@@ -1,113 +1,21 @@
-"""Two services that ship with the broker: echo, and a key-value store of named tables shared between sessions.
-
-They serve the tests, the README, `broker serve` / `broker ping` and the
-benchmarks, and show the framework's model end to end: function codes, typed
-arguments, sub-sessions on reference-counted objects in a named container,
-and untrusted input answered with a status, never a crash.
-
-Function codes (echo in 1-15, key-value in 16-31, so a Policy can guard each
-range; "h" marks a call that carries a table handle):
-
-    LENGTH          arg 0 bytes                      -> len(arg 0)
-    ECHO            arg 0 bytes, arg 1 writable      -> arg 0 written into arg 1; len(arg 0)
-    OPEN_TABLE      arg 0 name (UTF-8, 1-64 bytes)   -> a sub-session handle on the table of that
-                                                        name, created empty if nobody has it open
-    PUT         h   arg 0 key, arg 1 value           -> 1 (a new key) or 0 (a value replaced)
-    GET         h   arg 0 key, arg 1 writable        -> the value's length; the value is in arg 1
-    DELETE      h   arg 0 key                        -> 1 (deleted) or 0 (there was no such key)
-    COUNT       h   -                                -> the number of entries
-    KEYS        h   arg 0 writable, arg 1 "after"    -> how many keys arg 0 holds: the next keys
-                    (bytes, optional)                   in byte order after "after", each a u16
-                                                        little-endian length then its bytes
-    closing a table handle is the framework's CLOSE_SUBSESSION (SubSession.close())
-
-A table lives while some sub-session has it open: it dies (its entries with it)
-when the last one closes, or when the session holding it ends, cleanly or by
-its process's death. Keys are 1 to `max_key` bytes, values 0 to `max_value`;
-a table holds at most `max_entries` entries and `max_table_bytes` of keys and
-values; a store at most `max_tables` tables (`KeyValueLimits`).
-
-Errors (negative statuses; the client wrappers raise the typed exception):
-ARGUMENT (an argument of the wrong kind, an empty or too long key or name, a
-value too big: `InvalidArgument`), NOT_FOUND (GET of an absent key:
-`NotFound`, also a KeyError), NO_MEMORY (a full table or store:
-`LimitReached`), OVERFLOW (the writable argument is too small:
-`BufferTooSmall`), BAD_HANDLE (no table of this session: `broker.BadHandle`).
-Each ends only its own request.
-"""
+"""Echo and key-value tables at the server: the store, its tables, and the Session classes that serve them."""
 from __future__ import annotations
 
 import bisect
-import struct
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from broker.framework.access import Access
-from broker.framework.client import Buffer, ClientSession, SubSession
-from broker._errors import BadHandle, ServiceError
+from broker.framework.access import Access, register_kind
+from broker._errors import BadHandle
 from broker.protocol.frames import ArgKind, Status
 from broker.framework.session import Container, Message, Peer, RefObject, Session
 
-# ---- function codes -------------------------------------------------------------------
+from broker.services.kv.wire import (COUNT, DELETE, ECHO, GET, KEY_LEN, KEYS, KV_CODES, LENGTH, MAX_TABLE_NAME, OPEN_TABLE,
+                                     PUT, VALUE_CEILING)
 
-LENGTH = 1
-ECHO = 2
-ECHO_CODES = range(1, 16)
-
-OPEN_TABLE = 16
-PUT = 17
-GET = 18
-DELETE = 19
-COUNT = 20
-KEYS = 21
-KV_CODES = range(16, 32)
-
-MAX_TABLE_NAME = 64  # bytes of a table name (UTF-8)
-VALUE_CEILING = 16 << 20  # no store holds a larger value: a client's default GET buffer
-_KEY_LEN = struct.Struct("<H")  # KEYS: the length before each key
-
-# ---- errors the client wrappers raise -------------------------------------------------
-
-
-class InvalidArgument(ServiceError, ValueError):
-    """ARGUMENT: an argument of the wrong kind, an empty or too long key or name, a value too big."""
-
-
-class NotFound(ServiceError, KeyError):
-    """NOT_FOUND: GET of a key the table does not hold."""
-
-    def __str__(self) -> str:  # KeyError's would quote the message
-        return ServiceError.__str__(self)
-
-
-class LimitReached(ServiceError):
-    """NO_MEMORY: the table has its maximum of entries or bytes, or the store its maximum of tables."""
-
-
-class BufferTooSmall(ServiceError, OverflowError):
-    """OVERFLOW: the writable argument cannot hold the answer."""
-
-
-_TYPED: dict[int, type[ServiceError]] = {
-    Status.ARGUMENT: InvalidArgument,
-    Status.NOT_FOUND: NotFound,
-    Status.NO_MEMORY: LimitReached,
-    Status.OVERFLOW: BufferTooSmall,
-}
-
-
-def _call(session: ClientSession, code: int, *args: Any, handle: int = 0, timeout: float | None = None) -> int:
-    """send_receive, with the services' statuses raised as their typed errors."""
-    try:
-        return session.send_receive(code, *args, timeout=timeout, handle=handle)
-    except ServiceError as e:
-        typed = _TYPED.get(e.status)
-        if typed is None or type(e) is not ServiceError:
-            raise
-        raise typed(e.status, e.text) from None
-
+register_kind("table", ("read", "write"))  # what grants say of the tables (framework/access.py)
 
 # ---- server side: limits, tables, the store ------------------------------------------------
 
@@ -389,13 +297,13 @@ class KeyValueSession(Session):
         out: list[bytes] = []
         used = 0
         for key in keys:
-            size = _KEY_LEN.size + len(key)
+            size = KEY_LEN.size + len(key)
             if used + size > room:
                 break
-            out += (_KEY_LEN.pack(len(key)), key)
+            out += (KEY_LEN.pack(len(key)), key)
             used += size
         if keys and not out:
-            raise _Reject(Status.OVERFLOW, f"the next key needs {_KEY_LEN.size + len(keys[0])} bytes: "
+            raise _Reject(Status.OVERFLOW, f"the next key needs {KEY_LEN.size + len(keys[0])} bytes: "
                                            f"argument 0 holds {room}")
         m.write(0, b"".join(out))
         return len(out) // 2
@@ -403,97 +311,3 @@ class KeyValueSession(Session):
 
 class ServicesSession(KeyValueSession, EchoSession):
     """Both services in one session: what `broker serve` runs."""
-
-
-# ---- client side -----------------------------------------------------------------------------
-
-
-def _b(data: bytes | str) -> bytes:
-    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
-
-
-class EchoClient:
-    """The echo service through a session: `EchoClient(broker.connect(address)).echo(b"hi")`."""
-
-    def __init__(self, session: ClientSession) -> None:
-        self.session = session
-
-    def echo(self, data: bytes, timeout: float | None = None) -> bytes:
-        """What the server sent back of `data`."""
-        out = Buffer(len(data))
-        _call(self.session, ECHO, data, out, timeout=timeout)
-        return out.value
-
-    def length(self, data: bytes, timeout: float | None = None) -> int:
-        """len(data), as the server counted it."""
-        return _call(self.session, LENGTH, data, timeout=timeout)
-
-
-class Table(SubSession):
-    """A table opened through KeyValueClient.open(): a sub-session; close() (or `with`) lets it go."""
-
-    def __init__(self, session: ClientSession, handle: int, name: str) -> None:
-        super().__init__(session, handle)
-        self.name = name
-
-    def __enter__(self) -> "Table":
-        return self
-
-    def __repr__(self) -> str:
-        return f"Table({self.name!r}, handle={self.handle:#x})"
-
-    def _call(self, code: int, *args: Any, timeout: float | None = None) -> int:
-        if not self.handle:
-            raise BadHandle(f"table {self.name!r} is closed")
-        return _call(self.session, code, *args, handle=self.handle, timeout=timeout)
-
-    def put(self, key: bytes | str, value: bytes | str, timeout: float | None = None) -> bool:
-        """Store `value` under `key`: True if the key is new, False if its value was replaced."""
-        return bool(self._call(PUT, _b(key), _b(value), timeout=timeout))
-
-    def get(self, key: bytes | str, max_length: int = VALUE_CEILING, timeout: float | None = None) -> bytes:
-        """The value of `key`; NotFound (a KeyError) if there is none, BufferTooSmall past max_length."""
-        out = Buffer(max_length)
-        self._call(GET, _b(key), out, timeout=timeout)
-        return out.value
-
-    def delete(self, key: bytes | str, timeout: float | None = None) -> bool:
-        """Remove `key`: True if it was there."""
-        return bool(self._call(DELETE, _b(key), timeout=timeout))
-
-    def count(self, timeout: float | None = None) -> int:
-        """The number of entries."""
-        return self._call(COUNT, timeout=timeout)
-
-    def __len__(self) -> int:
-        return self.count()
-
-    def keys(self, page: int = 64 * 1024, timeout: float | None = None) -> list[bytes]:
-        """Every key in byte order, fetched `page` bytes at a time."""
-        keys: list[bytes] = []
-        after: bytes | None = None
-        while True:
-            out = Buffer(page)
-            n = self._call(KEYS, out, after, timeout=timeout)
-            if not n:
-                return keys
-            data, at = out.value, 0
-            for _ in range(n):
-                (size,) = _KEY_LEN.unpack_from(data, at)
-                keys.append(data[at + 2 : at + 2 + size])
-                at += 2 + size
-            after = keys[-1]
-
-
-class KeyValueClient:
-    """The key-value service through a session: `KeyValueClient(session).open("orders")` is a Table."""
-
-    def __init__(self, session: ClientSession) -> None:
-        self.session = session
-
-    def open(self, name: str, timeout: float | None = None) -> Table:
-        """Open the table `name` (created empty if no session has it open); close it when done."""
-        handle = _call(self.session, OPEN_TABLE, _b(name), timeout=timeout)
-        if handle <= 0:
-            raise BadHandle(f"OPEN_TABLE completed with {handle}, not a sub-session handle")
-        return Table(self.session, handle, name)
