@@ -23,13 +23,10 @@ from broker.transport import keys as _keys
 from broker.transport.carrier import MANY_ODD as _MANY_ODD
 from broker.transport.carrier import MANY_UNUSUAL as _MANY_UNUSUAL
 from broker.transport.carrier import TIMEOUT as _RING_TIMEOUT
-from broker.transport.carrier import ClientRings
+from broker.transport.carrier import CarrierGone, ClientRings, SocketCarrier
 from broker._errors import (
     BadHandle,
     BrokerError,
-    Closed,
-    Empty,
-    PeerGone,
     SegmentError,
     Panicked,
     PermissionDenied,
@@ -64,10 +61,7 @@ from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
 _RECV = 256 * 1024
 _MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
-_DONTWAIT = socket.MSG_DONTWAIT
 CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
-_ns = time.perf_counter_ns
-_yield = os.sched_yield
 
 
 class Buffer:
@@ -307,12 +301,11 @@ class ClientSession:
         self._reading = 0  # the owner thread is reading the socket inline (nested: a count)
         self._handover = False  # start the reader thread once it stops
         self._broken: BaseException | None = None
-        self._inbuf = bytearray(_RECV)
         self._spin_ns = int(spin_us * 1000)
-        self._poll = select.poll()  # waits with a timeout; the socket stays blocking
-        self._poll.register(sock, select.POLLIN)
-        self._rings = rings  # the session's carrier when the session rule allowed shared memory
-        self.transport = "shared memory" if rings is not None else "socket"
+        self._rings = rings  # the rings, when the session rule allowed shared memory: C's short ways use them
+        # what carries the session's frames: the rings, or the socket (transport/carrier.py)
+        self._carrier: Any = rings if rings is not None else SocketCarrier(sock, address, self._spin_ns)
+        self.transport = self._carrier.kind
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
         self._max_frame = welcome.max_frame  # the server's limit on a frame's body
         self._fd_lock = threading.Lock()  # reading the descriptors the server passes on the socket (_receive_fd)
@@ -488,11 +481,12 @@ class ClientSession:
                 self._received_events(data, None)
             while self._proto.reader.pending and self._broken is None:  # a frame split over records: read on
                 try:
-                    data = self._rings.recv_all(None)  # type: ignore[union-attr]
-                except BrokerError as e:
-                    self._ring_failed(e)
+                    data = self._carrier.take(None)
+                except CarrierGone as e:
+                    self._fail(ServerGone(str(e)))
                     break
-                self._received_events(data, None)
+                if data is not None:
+                    self._received_events(data, None)
         finally:
             with self._lock:
                 for i, inline in waiting.items():
@@ -774,12 +768,11 @@ class ClientSession:
     def _read_last_words(self) -> None:
         """The connection broke as this thread wrote to it: what the server sent before it went."""
         try:
-            n = self._sock.recv_into(self._inbuf, 0, _DONTWAIT)
-        except OSError:
+            data = self._carrier.take_nowait()
+        except CarrierGone:
             return
-        if n:
-            with memoryview(self._inbuf) as view:
-                self._dispatch(view[:n])
+        if data is not None:
+            self._dispatch(data)
 
     def _call_rings(self, code: int, args: tuple[Any, ...], handle: int) -> int | None:
         """send_receive's short way on a shared-memory session with no reader
@@ -828,9 +821,9 @@ class ClientSession:
                 return None
             if type(r) is bytes:  # a reply, but not the simple one: as the long way takes it
                 self._received_events(r, None)
-                self._read_rings(inline, None)
+                self._read_inline(inline, None)
             elif r[0] == _RING_TIMEOUT and len(r) == 1:  # sent, no reply yet: wait as the long way waits
-                self._read_rings(inline, None)
+                self._read_inline(inline, None)
             else:
                 error = rings.call_error(r)
                 if len(r) == 2:  # not sent: the ring is unusable
@@ -844,10 +837,7 @@ class ClientSession:
 
     def _write(self, frame: bytes) -> None:
         """A frame to the server, on the session's carrier (with the lock held)."""
-        if self._rings is not None:
-            self._rings.send(frame)
-        else:
-            self._sock.sendall(frame)
+        self._carrier.send(frame)
 
     def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
         try:
@@ -885,25 +875,16 @@ class ClientSession:
 
     def _read_arrived(self) -> None:
         """Inline mode: dispatch what has already arrived, without waiting."""
-        if self._rings is not None:
-            while self._broken is None:
-                try:
-                    self._dispatch(self._rings.recv(0))
-                except Empty:
-                    return
-                except BrokerError as e:
-                    self._ring_failed(e)
-                    return
-            return
-        while True:
+        take = self._carrier.take_nowait
+        while self._broken is None:
             try:
-                n = self._sock.recv_into(self._inbuf, 0, _DONTWAIT)
-            except BlockingIOError:
+                data = take()
+            except CarrierGone as e:
+                self._fail(ServerGone(str(e)))
                 return
-            except OSError as e:
-                n = e  # type: ignore[assignment]
-            if not self._received(n):
+            if data is None:
                 return
+            self._dispatch(data)
 
     def _background(self) -> None:
         """From now on a reader thread reads the socket (at once, or when the
@@ -917,82 +898,23 @@ class ClientSession:
                 self._start_reader()
 
     def _read_inline(self, fut: Any, timeout: float | None) -> None:
-        """Unsharable, no reader thread: read the socket here until `fut` is done.
-
-        Spin then sleep: for spin_us, non-blocking reads (a reply that comes
-        within that time costs no sleep and no wake-up); then a blocking read,
-        or, with a timeout, poll() for what is left of it. The socket itself
-        stays blocking, so no call pays for switching its mode."""
+        """Unsharable, no reader thread: read the carrier here until `fut` is done (or the timeout
+        passed: then _wait raises Timeout). The carrier spins, then sleeps (transport/carrier.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._rings is not None:
-            self._read_rings(fut, deadline)
-            return
-        sock, buf = self._sock, self._inbuf
-        while not fut.done():
-            n = -1
-            try:
-                if self._spin_ns:
-                    end = _ns() + (self._spin_ns if timeout is None else min(self._spin_ns, int(timeout * 1e9)))
-                    while True:
-                        try:
-                            n = sock.recv_into(buf, 0, _DONTWAIT)
-                            break
-                        except BlockingIOError:
-                            if _ns() > end:
-                                break
-                            _yield()  # the server may be waiting for this CPU
-                if n < 0:
-                    if deadline is not None:
-                        left = deadline - time.monotonic()
-                        if left <= 0 or not self._poll.poll(left * 1000.0):
-                            return  # _wait raises Timeout
-                        n = sock.recv_into(buf, 0, _DONTWAIT)
-                    else:
-                        n = sock.recv_into(buf)
-            except BlockingIOError:
-                continue  # poll() said readable, yet nothing: look again
-            except OSError as e:
-                n = e  # type: ignore[assignment]
-            if not self._received(n):
-                return
-
-    def _received(self, n: "int | OSError") -> bool:
-        """What one read of the socket gave: `n` bytes into the buffer (dispatched),
-        or the end of the connection (the session fails). False when it ended."""
-        if isinstance(n, OSError):
-            self._fail(ServerGone(f"the connection to {self.address} broke: {n}"))
-            return False
-        if not n:
-            self._fail(ServerGone(f"the server at {self.address} closed the connection"))
-            return False
-        with memoryview(self._inbuf) as view:
-            self._dispatch(view[:n])
-        return True
-
-    def _read_rings(self, fut: Any, deadline: float | None) -> None:
-        """_read_inline on a shared-memory session: the reply ring spins, then sleeps on
-        its futex, and notices a dead server."""
-        recv = self._rings.recv_all  # type: ignore[union-attr]
+        take = self._carrier.take
         while not fut.done() and self._broken is None:
             try:
-                if deadline is None:
-                    data = recv(None)
-                else:
-                    data = recv(max(0.0, deadline - time.monotonic()))
-            except Empty:  # EmptyTimeout too: the deadline passed
+                data = take(deadline)
+            except CarrierGone as e:
+                self._fail(ServerGone(str(e)))
                 return
-            except BrokerError as e:
-                self._ring_failed(e)
+            if data is None:
                 return
             self._dispatch(data)
 
     def _ring_failed(self, e: BrokerError) -> None:
-        if isinstance(e, PeerGone):
-            self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
-        elif isinstance(e, Closed):
-            self._fail(ServerGone(f"the server at {self.address} closed the session"))
-        else:  # Corrupt, or anything else impossible: the session is over
-            self._fail(ServerGone(f"the server's ring is unusable: {e}"))
+        """A C call on the rings failed: what the carrier says it means ends the session."""
+        self._fail(ServerGone(str(self._rings.gone(e))))  # type: ignore[union-attr]
 
     def _start_reader(self) -> None:
         with self._lock:
@@ -1002,26 +924,16 @@ class ClientSession:
                 self._reader.start()
 
     def _read_loop(self) -> None:
-        if self._rings is not None:
-            recv = self._rings.recv
-            while self._broken is None:
-                try:
-                    data = recv(None)
-                except BrokerError as e:
-                    self._ring_failed(e)
-                    return
-                self._dispatch(data)
-            return
-        buf = self._inbuf  # from now on only this thread reads the socket
-        while True:
+        """The reader thread: from now on only it reads the carrier."""
+        take = self._carrier.take
+        while self._broken is None:
             try:
-                n = self._sock.recv_into(buf)
-            except OSError as e:
-                n = e  # type: ignore[assignment]
-            if not self._received(n):
+                data = take(None)
+            except CarrierGone as e:
+                self._fail(ServerGone(str(e)))
                 return
-            if self._broken is not None:
-                return
+            if data is not None:
+                self._dispatch(data)
 
     def _dispatch(self, data: bytes | memoryview) -> None:
         """Match completions to their requests; the outcomes are given after the
@@ -1172,7 +1084,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
                 raise PermissionDenied(f"the server at {address} could not prove it holds key {mine.name!r}: "
                                        f"it is not the server that key is for")
         if proto.offer is not None:
-            rings = _take_offer(sock, proto, fds, spin_us)
+            rings = _take_offer(sock, proto, fds, spin_us, address)
         for fd in fds:  # nothing else is expected; never leak what a server sends
             os.close(fd)
         fds.clear()
@@ -1201,7 +1113,8 @@ def _recv_with_fds(sock: socket.socket, fds: list[int]) -> bytes:
     return data
 
 
-def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], spin_us: float) -> "ClientRings | None":
+def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], spin_us: float,
+                address: str) -> "ClientRings | None":
     """Map the rings the server offered and prove it (their nonce), or decline with the reason."""
     offer = proto.offer
     assert offer is not None
@@ -1211,7 +1124,7 @@ def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], sp
                                              f"segment")
         doorbell, segment = fds
         fds.clear()  # ClientRings owns them now, whatever happens
-        rings = ClientRings(offer.name, doorbell, segment, spin_us)
+        rings = ClientRings(offer.name, doorbell, segment, spin_us, address)
         if rings.capacity != offer.capacity:
             rings.close()
             raise SegmentError(errno.EPROTO, f"the offer says rings of {offer.capacity} bytes, the segment has "

@@ -1,7 +1,11 @@
-"""A session's pair of rings in shared memory: the carrier of its frames when the session rule allows it.
+"""A session's carriers: the socket, or a pair of rings in shared memory when the session rule allows it.
 
-Once
-the session rule allows it (DESIGN.md sections 3 and 4).
+A client session talks to its carrier only (ClientSession._carrier): `send(frame)`, `take(deadline)`
+(what came, waiting until the deadline: None when it passed; CarrierGone when the other end went
+away or the carrier broke), `take_nowait()`, `close()`, and `kind` ("socket" or "shared memory").
+SocketCarrier is the socket's; ClientRings the rings' (DESIGN.md sections 3 and 4), which also
+makes a whole call in one C call (`call`, `call_many`). The server's end of the rings is
+ServerRings.
 
 Ring 0 carries the client's frames to the server, ring 1 the server's to the
 client. Each record is a piece of the same byte stream the socket would carry
@@ -18,13 +22,98 @@ from __future__ import annotations
 
 import hmac
 import os
+import select
+import socket
+import time
 from collections import deque
 
-from broker._errors import Empty, Full
+from broker._errors import BrokerError, Closed, Empty, Full, PeerGone
 from broker.core.ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, open_session_rings, request_taker, session_call,
                     session_call_many, session_rings)
 
 SESSION_RING_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
+RECV_BYTES = 256 * 1024  # a socket carrier's read: at most this much at a time
+_DONTWAIT = socket.MSG_DONTWAIT
+_ns = time.perf_counter_ns
+_yield = os.sched_yield
+
+
+class CarrierGone(BrokerError):
+    """The other end went away, or the carrier broke: the session is over (the text says which)."""
+
+
+class SocketCarrier:
+    """The socket carries the session's frames (the client's end).
+
+    take() spins then sleeps: for spin_ns, non-blocking reads (a reply that comes within that time
+    costs no sleep and no wake-up), yielding the CPU between tries; then a blocking read, or, with a
+    deadline, poll() for what is left of it. The socket itself stays blocking, so no read pays for
+    switching its mode. What take() returns is a view of the carrier's buffer, good until the next take."""
+
+    kind = "socket"
+
+    def __init__(self, sock: socket.socket, address: str, spin_ns: int) -> None:
+        self.sock = sock
+        self.address = address
+        self.spin_ns = spin_ns
+        self._buf = bytearray(RECV_BYTES)  # reused: a fresh bytes per read costs an allocation and faults
+        self._view = memoryview(self._buf)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def send(self, frame: bytes) -> None:
+        self.sock.sendall(frame)
+
+    def _got(self, n: "int | OSError") -> memoryview:
+        if isinstance(n, OSError):
+            raise CarrierGone(f"the connection to {self.address} broke: {n}")
+        if not n:
+            raise CarrierGone(f"the server at {self.address} closed the connection")
+        return self._view[:n]
+
+    def take_nowait(self) -> memoryview | None:
+        try:
+            n = self.sock.recv_into(self._buf, 0, _DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            n = e  # type: ignore[assignment]
+        return self._got(n)
+
+    def take(self, deadline: float | None) -> memoryview | None:
+        sock, buf = self.sock, self._buf
+        while True:
+            n = -1
+            try:
+                if self.spin_ns:
+                    spin = self.spin_ns
+                    if deadline is not None:
+                        spin = min(spin, max(0, int((deadline - time.monotonic()) * 1e9)))
+                    end = _ns() + spin
+                    while True:
+                        try:
+                            n = sock.recv_into(buf, 0, _DONTWAIT)
+                            break
+                        except BlockingIOError:
+                            if _ns() > end:
+                                break
+                            _yield()  # the server may be waiting for this CPU
+                if n < 0:
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._poll.poll(left * 1000.0):
+                            return None
+                        n = sock.recv_into(buf, 0, _DONTWAIT)
+                    else:
+                        n = sock.recv_into(buf)
+            except BlockingIOError:
+                continue  # poll() said readable, yet nothing: look again
+            except OSError as e:
+                n = e  # type: ignore[assignment]
+            return self._got(n)
+
+    def close(self) -> None:
+        """The session closes the socket itself (it is also the death signal of a ring session)."""
 
 
 class ServerRings:
@@ -133,8 +222,11 @@ class ServerRings:
 class ClientRings:
     """The client's side: producer of ring 0, consumer of ring 1."""
 
-    def __init__(self, name: str, doorbell: int, segment: int, spin_us: float) -> None:
+    kind = "shared memory"
+
+    def __init__(self, name: str, doorbell: int, segment: int, spin_us: float, address: str = "") -> None:
         """From the two descriptors the offer brought (ours to close, both, whatever happens here)."""
+        self.address = address  # the server's, for what a failure says
         try:
             self.tx, self.rx, self.nonce = open_session_rings(segment, name, spin_us)
         except BaseException:
@@ -177,6 +269,31 @@ class ClientRings:
             return first  # nothing more (or an error, which the next recv raises)
         more.insert(0, first)
         return b"".join(more)
+
+    def gone(self, e: BaseException) -> CarrierGone:
+        """What a failed read or write of the rings means for the session."""
+        if isinstance(e, PeerGone):
+            return CarrierGone(f"the server at {self.address} is gone: {e}")
+        if isinstance(e, Closed):
+            return CarrierGone(f"the server at {self.address} closed the session")
+        return CarrierGone(f"the server's ring is unusable: {e}")  # Corrupt, or anything impossible
+
+    def take(self, deadline: float | None) -> bytes | None:
+        """What came, and with it whatever else is already there (recv_all); None at the deadline."""
+        try:
+            return self.recv_all(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except Empty:  # EmptyTimeout too: the deadline passed
+            return None
+        except BrokerError as e:
+            raise self.gone(e) from None
+
+    def take_nowait(self) -> bytes | None:
+        try:
+            return self.rx.recv(0)
+        except Empty:
+            return None
+        except BrokerError as e:
+            raise self.gone(e) from None
 
     def close(self) -> None:
         for ring in (self.tx, self.rx):
