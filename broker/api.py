@@ -9,6 +9,7 @@ and a line in BUILTIN (docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 from broker.framework import client as _client
@@ -28,6 +29,12 @@ class Server(_server.Server):
     def __init__(self, address: str, session: Any = _server.Session, *,
                  services: tuple[type[Service], ...] = BUILTIN, **options: Any) -> None:
         super().__init__(address, session, services=services, **options)
+
+
+# what help() and an editor show: the framework's whole signature, with the built-in services as the default
+_signature = inspect.signature(_server.Server.__init__)
+Server.__init__.__signature__ = _signature.replace(  # type: ignore[attr-defined]
+    parameters=[p.replace(default=BUILTIN) if p.name == "services" else p for p in _signature.parameters.values()])
 
 
 class ClientSession(_client.ClientSession):
@@ -67,8 +74,13 @@ class ClientSession(_client.ClientSession):
         return list_topics(self)
 
 
-
 @functools.wraps(_client.connect)
 def connect(address: str, *args: Any, **options: Any) -> ClientSession:
     options.setdefault("session_class", ClientSession)
     return _client.connect(address, *args, **options)  # type: ignore[return-value]
+
+
+_signature = inspect.signature(_client.connect)
+connect.__signature__ = _signature.replace(  # type: ignore[attr-defined]
+    parameters=[p.replace(default=ClientSession) if p.name == "session_class" else p
+                for p in _signature.parameters.values()])

@@ -80,3 +80,13 @@ def test_two_services_cannot_claim_one_code_and_a_service_code_is_below_zero(tmp
 
     with pytest.raises(ValueError, match="below zero"):
         broker.Server(str(tmp_path / "y.sock"), services=(Positive,))
+
+
+def test_the_api_shows_the_frameworks_whole_signature_with_the_builtin_defaults(tmp_path):
+    import inspect
+
+    server = inspect.signature(broker.Server).parameters
+    assert {"tcp", "keys", "grants", "max_queued"} <= set(server) and server["services"].default == BUILTIN
+    assert inspect.signature(broker.connect).parameters["session_class"].default is broker.ClientSession
+    with broker.Server(str(tmp_path / "api.sock")), broker.connect(str(tmp_path / "api.sock")) as s:
+        assert type(s) is broker.ClientSession and s.topics() == []
