@@ -13,7 +13,7 @@ all: test
 deps:
 	@bash .ci/deps.sh
 
-$(STAMP): pyproject.toml setup.py broker/_build.py csrc/brk_ring.h csrc/brk_ring.c csrc/brk_py.c csrc/brk_codec.c csrc/brk_codec.h
+$(STAMP): pyproject.toml setup.py broker/_build.py $(wildcard csrc/*/*.c csrc/*/*.h)
 	@bash .ci/deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -41,4 +41,4 @@ clean-shm:
 	@ls /dev/shm | grep '^brk\.' || true
 
 clean:
-	rm -rf $(VENV) build *.egg-info broker/_brk.c broker/*.so csrc/*.o csrc/tests/bin
+	rm -rf $(VENV) build *.egg-info broker/_brk.c broker/*.so csrc/*/*.o

@@ -8,7 +8,7 @@ pinned to one CPU (one vCPU, `taskset -c 0`); one CPU hog beside them; two hogs.
 busy loops in child processes, started before and killed after each scenario. Prints each
 run's p50 and the median run's p50/p99, per transport. A waiter whose peer last ran on its own
 CPU yields (and, just after waking that peer, sleeps); one whose peer runs elsewhere spins
-(csrc/brk_ring.c, brk_plan): the pinned and loaded rows are what that rule is for, the free row
+(csrc/ring/brk_ring.c, brk_plan): the pinned and loaded rows are what that rule is for, the free row
 what it must not break. bench/RESULTS.md has the figures; see bench/README.md for the method of
 the round trips themselves (broker bench ring).
 """

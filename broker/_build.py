@@ -1,4 +1,4 @@
-"""cffi builder for broker._brk: the ring ABI header is read verbatim as the cdef."""
+"""cffi builder for broker._brk: the ring ABI header is read verbatim as the cdef; the sources by layer."""
 from __future__ import annotations
 
 import os
@@ -13,16 +13,16 @@ _CSRC = os.path.join(_ROOT, "csrc")
 # not fail an install on a warning (DESIGN.md section 6).
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra"] + (["-Werror"] if os.environ.get("BROKER_WERROR") == "1" else [])
 
-ffibuilder = cffi.FFI()
-with open(os.path.join(_CSRC, "brk_ring.h"), encoding="utf-8") as _f:
-    ffibuilder.cdef(_f.read())
-# The one binding detail outside the ring ABI: the fast-call method table (csrc/brk_py.c).
-ffibuilder.cdef("const void *brk_py_method(int i);")
-ffibuilder.cdef("const void *brk_codec_method(int i);")
+# The C sources, by layer: the rings (ring/), the frames in plain C (frame/), and the CPython entry
+# points by concept (py/: the rings' calls, a client's call, the codec, the server's books).
+SOURCES = ["ring/brk_ring.c", "frame/brk_frame.c", "py/ring.c", "py/client.c", "py/codec.c", "py/server.c"]
+HEADERS = ["ring/brk_ring.h", "frame/brk_frame.h", "py/brk_py.h"]
+INCLUDE_DIRS = ["ring", "frame", "py"]
+TABLES = ["brk_ring_method", "brk_client_method", "brk_codec_method", "brk_server_method"]  # csrc/py/brk_py.h
 
 # cffi releases the GIL around every call it generates. Every ring function
 # called through cffi is short and never blocks (the blocking waits go through
-# csrc/brk_py.c, which releases the GIL itself and counts the call in
+# csrc/py/ring.c, which releases the GIL itself and counts the call in
 # r->busy), so cffi's calls keep the GIL: that is what makes close() from
 # another thread safe (it cannot run in the middle of a call) and it saves
 # ~130 ns a call. The generated wrappers use these two macros, and only them,
@@ -36,22 +36,39 @@ _PREAMBLE = """
 #include <stdint.h>
 #include <stdatomic.h>
 #include "brk_ring.h"
-const void *brk_py_method(int i);
-const void *brk_codec_method(int i);
-"""
+""" + "".join(f"const void *{t}(int i);\n" for t in TABLES)
 
-ffibuilder.set_source(
-    "broker._brk",
-    _PREAMBLE,
-    # setuptools wants paths relative to setup.py
-    sources=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.c", "brk_py.c", "brk_codec.c")],
-    include_dirs=[_CSRC],
-    depends=[os.path.relpath(os.path.join(_CSRC, f), os.getcwd()) for f in ("brk_ring.h", "brk_codec.h")],
-    extra_compile_args=CFLAGS,
-    # brk_py.c needs the full C API (METH_FASTCALL); it also makes cffi's own wrappers faster.
-    define_macros=[("_CFFI_NO_LIMITED_API", None)],
-    py_limited_api=False,
-)
+
+def configure(ffi: cffi.FFI, csrc: str = _CSRC, relative: bool = True, extra_compile_args: list[str] | None = None,
+              extra_link_args: list[str] | None = None) -> None:
+    """Declare broker._brk on ffi: the ring ABI header read verbatim as the cdef (csrc/ring/brk_ring.h),
+    the method tables, the sources. relative: paths relative to the working directory (setuptools
+    wants them so); the sanitizer test builds with absolute ones and its own flags."""
+    with open(os.path.join(csrc, "ring", "brk_ring.h"), encoding="utf-8") as f:
+        ffi.cdef(f.read())
+    for t in TABLES:  # the one binding detail outside the ring ABI: the fast-call method tables
+        ffi.cdef(f"const void *{t}(int i);")
+
+    def path(f: str) -> str:
+        full = os.path.join(csrc, f)
+        return os.path.relpath(full, os.getcwd()) if relative else full
+
+    ffi.set_source(
+        "broker._brk",
+        _PREAMBLE,
+        sources=[path(f) for f in SOURCES],
+        include_dirs=[path(d) for d in INCLUDE_DIRS],
+        depends=[path(f) for f in HEADERS],
+        extra_compile_args=CFLAGS + (extra_compile_args or []),
+        extra_link_args=extra_link_args or [],
+        # csrc/py/ needs the full C API (METH_FASTCALL); it also makes cffi's own wrappers faster.
+        define_macros=[("_CFFI_NO_LIMITED_API", None)],
+        py_limited_api=False,
+    )
+
+
+ffibuilder = cffi.FFI()
+configure(ffibuilder)
 
 if __name__ == "__main__":
     ffibuilder.compile(tmpdir=_ROOT, verbose=True)

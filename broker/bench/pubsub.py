@@ -317,7 +317,7 @@ def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
                 for _ in range(count):
                     if gap:
                         # a sleep, not a busy wait: a publisher spinning on its CPU would hold up the
-                        # subscriber the kernel wakes on that CPU (see csrc/brk_ring.c, brk_woke_at)
+                        # subscriber the kernel wakes on that CPU (see csrc/ring/brk_ring.c, brk_woke_at)
                         time.sleep(gap)
                     publish(_STAMP.pack(seq, _now_ns()) + pad)
                     seq += 1

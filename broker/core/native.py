@@ -1,11 +1,11 @@
 """The compiled extension's METH_FASTCALL entry points as Python callables.
 
-broker._brk is one cffi module with two method tables besides cffi's own
-functions: csrc/brk_py.c (the rings' per-message calls, wrapped by ring.py)
-and csrc/brk_codec.c (the per-message frames, used by frames.py). cffi
-cannot return Python objects, so each table's entries become functions
-through the C API's PyCFunction_NewEx, once, here. Nothing else is imported
-from the extension outside ring.py.
+broker._brk is one cffi module with four method tables besides cffi's own
+functions, one per concept (csrc/py/brk_py.h): the rings' per-message calls
+(wrapped by ring.py), a client's whole call, the frames' codec (used by
+frames.py) and the server's books (broker/framework/native.py). cffi cannot
+return Python objects, so each table's entries become functions through the
+C API's PyCFunction_NewEx, once, here.
 """
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ def _table(method: Any) -> dict[str, Any]:
     return out
 
 
-RING = _table(lib.brk_py_method)  # send, recv, recv_wait, recv_many, send_many, wait_data, wait_space, ready
-CODEC = _table(lib.brk_codec_method)  # codec_setup, feed, encode_request, encode_complete
+RING = _table(lib.brk_ring_method)  # csrc/py/ring.c: send, recv, recv_wait, recv_many, send_many, topic_*, wait_*, ready
+CLIENT = _table(lib.brk_client_method)  # csrc/py/client.c: call, call_many, client_setup
+SERVER = _table(lib.brk_server_method)  # csrc/py/server.c: ConnBase, MessageBase, RingBatch, take and put
+CODEC = _table(lib.brk_codec_method)  # csrc/py/codec.c: codec_setup, feed, encode_request, encode_complete
 
-# what the rings' calls return (csrc/brk_ring.h), for the Python that looks at a C call's outcome
+# what the rings' calls return (csrc/ring/brk_ring.h), for the Python that looks at a C call's outcome
 RING_OK, RING_EMPTY, RING_FULL = lib.BRK_OK, lib.BRK_EMPTY, lib.BRK_FULL

@@ -25,7 +25,7 @@ from broker.core import names as _names
 from broker.core import proc as _proc
 from broker.core import shm as _shm
 from broker._brk import ffi, lib
-from broker.core.native import CODEC, RING
+from broker.core.native import CLIENT, RING, SERVER
 from broker._errors import (
     BrokerError,
     Closed,
@@ -276,62 +276,38 @@ def _one_cpu() -> bool:
 
 
 def session_call(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
-    """A client's whole synchronous call in C on its session's two rings (csrc/brk_py.c, call):
-    fn(rid, code, handle, args, buffer_type, wait_ns, max_frame) -> int | bytes | NotImplemented |
+    """A client's whole synchronous call in C on its session's two rings (csrc/py/client.c, call):
+    fn(rid, code, handle, args, wait_ns, max_frame) -> int | bytes | NotImplemented |
     (outcome,) | (outcome, 0). Keep both Rings alive while using it."""
     tx.need("producer")
     rx.need("consumer")
-    return functools.partial(_FAST["call"], tx._addr, rx._addr)
+    return functools.partial(CLIENT["call"], tx._addr, rx._addr)
 
 
 def session_call_many(tx: "Ring", rx: "Ring") -> Callable[..., Any]:
-    """A client's pipelined calls in C on its session's two rings (csrc/brk_py.c, call_many):
-    fn(first_rid, code, handle, argsets, results, sent, done, limit, window, buffer_type, wait_ns,
+    """A client's pipelined calls in C on its session's two rings (csrc/py/client.c, call_many):
+    fn(first_rid, code, handle, argsets, results, sent, done, limit, window, wait_ns,
     max_frame, outstanding, odd) -> (sent, done, outcome). Keep both Rings alive while using it."""
     tx.need("producer")
     rx.need("consumer")
-    return functools.partial(_FAST["call_many"], tx._addr, rx._addr)
+    return functools.partial(CLIENT["call_many"], tx._addr, rx._addr)
 
 
 MANY_UNUSUAL = lib.BRK_MANY_UNUSUAL  # call_many's outcome: the next request is not for C
 MANY_ODD = lib.BRK_MANY_ODD  # call_many's outcome: a reply C did not take, and what followed it, are in `odd`
 
-MessageBase: type = CODEC["message_base"]()  # broker.Message's base: its fields, the common read() / write() in C
-
-
-def message_class(open_state: Any) -> Callable[[type], type]:
-    """Class decorator: the class (broker.Message) whose instances request_taker's C makes, and
-    the protocol's OPEN state its C complete() compares with."""
-    def register(cls: type) -> type:
-        CODEC["message_setup"](cls, open_state)
-        return cls
-    return register
-
-
-def ring_batch(lock: Any, proto: Any, outstanding: dict[int, Any], messages: dict[int, Any]) -> Any:
-    """A shared-memory connection's RingBatch (csrc/brk_codec.c): while it is conn.ring_batch, C
-    complete() encodes completions into it; append(frame) adds one; take() -> (bytes | None,
-    completions, asynchronous) hands them over."""
-    return CODEC["ring_batch"](lock, proto, outstanding, messages)
-
-
-serve_messages: Callable[..., None] = CODEC["serve_messages"]  # the server's turn over C's Messages (brk_codec.c)
-
-
 def request_taker(rx: "Ring") -> Callable[..., Any]:
-    """The server's ring 0 as C takes its requests (csrc/brk_codec.c, take_requests):
-    fn(max_frame, message_type, conn, outstanding, messages, close_code, max_messages, async_budget,
-    reply_budget).
-    Keep rx alive."""
+    """The server's ring 0 as C takes its requests (csrc/py/server.c, take_requests):
+    fn(conn, max_frame, close_code, max_messages, async_budget, reply_budget). Keep rx alive."""
     rx.need("consumer")
-    return functools.partial(CODEC["take_requests"], rx._addr)
+    return functools.partial(SERVER["take_requests"], rx._addr)
 
 
 def completer(tx: "Ring") -> Callable[..., Any]:
-    """The server's ring 1 as C writes completions into it (csrc/brk_codec.c, put_complete):
+    """The server's ring 1 as C writes completions into it (csrc/py/server.c, put_complete):
     fn(rid, status, writes, error_bytes). Keep tx alive."""
     tx.need("producer")
-    return functools.partial(CODEC["put_complete"], tx._addr)
+    return functools.partial(SERVER["put_complete"], tx._addr)
 
 
 def open_session_rings(fd: int, name: str, spin_us: float = 50.0) -> tuple["Ring", "Ring", bytes]:
@@ -626,7 +602,7 @@ class _RingSide:
     def set_alive_fd(self, fd: int) -> None:
         """(Producer) A descriptor that hangs up when the reader's process dies (a session's socket;
         this side owns it now, and closes it with the ring): a tenth of a second after that, every
-        send fails (Closed), even one that found room (csrc/brk_ring.c, brk_alive)."""
+        send fails (Closed), even one that found room (csrc/ring/brk_ring.c, brk_alive)."""
         self._res.fds.append(fd)
         self._live().alive_fd1 = fd + 1
 

@@ -56,6 +56,7 @@ from broker.protocol.frames import (
     Welcome,
 )
 from broker.transport.keys import Key
+from broker.framework.native import declare_buffer
 from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
 
 _RECV = 256 * 1024
@@ -68,6 +69,8 @@ class Buffer:
     """A writable argument the server fills: up to `max_length` bytes (with
     `initial` content sent to the server, if any). After the call, `value`."""
 
+    __slots__ = ("max_length", "value")  # C reads and writes them (declare_buffer, below)
+
     def __init__(self, max_length: int, initial: bytes = b"") -> None:
         if len(initial) > max_length:
             raise ValueError("initial content longer than max_length")
@@ -78,6 +81,7 @@ class Buffer:
         return f"Buffer({self.max_length}, {self.value!r})"
 
 
+declare_buffer(Buffer)
 _READ, _WRITE, _READWRITE, _INT, _HANDLE = ArgKind.READ, ArgKind.WRITE, ArgKind.READWRITE, ArgKind.INT, ArgKind.HANDLE
 
 
@@ -368,7 +372,7 @@ class ClientSession:
         are cancelled); the session's end (ServerGone, Panicked) at once.
 
         On a shared-memory session the whole run is one C call in the common
-        case (csrc/brk_py.c, call_many): requests packed into ring records,
+        case (csrc/py/client.c, call_many): requests packed into ring records,
         replies taken as they come."""
         self._check_thread()
         sets = list(argsets)  # our own: C reads it while other threads run
@@ -428,7 +432,7 @@ class ClientSession:
         while True:
             wait = CALL_WAIT_NS if deadline is None else max(0, min(CALL_WAIT_NS,
                                                                       int((deadline - time.monotonic()) * 1e9)))
-            sent, done, rc = call(first, code, handle, sets, results, sent, done, limit, window, Buffer, wait,
+            sent, done, rc = call(first, code, handle, sets, results, sent, done, limit, window, wait,
                                   self._max_frame, outstanding, odd)
             if rc == 0:  # every one up to limit has its reply
                 break
@@ -801,7 +805,7 @@ class ClientSession:
         reading = True
         try:
             # with the GIL held while it sends: atomic against close() from another thread
-            r = rings.call(rid, code, handle, args, Buffer, CALL_WAIT_NS, self._max_frame)
+            r = rings.call(rid, code, handle, args, CALL_WAIT_NS, self._max_frame)
             if type(r) is int:  # the simple completion: its writes are in the Buffers
                 lock.acquire()
                 try:

@@ -32,11 +32,12 @@ from broker.transport import address as _address
 from broker.transport import keys as _keys
 from broker.core import names as _names
 from broker.transport.carrier import SESSION_RING_CAPACITY as SHM_CAPACITY
-from broker.transport.carrier import ServerRings
+from broker.transport.carrier import CarrierGone, ServerRings, ServerSocket
 from broker._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, PermissionDenied, StateError
 from broker.framework.access import Access
 from broker.transport.identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
-from broker.core.ring import ring_batch, serve_messages, sweep
+from broker.core.ring import sweep
+from broker.framework.native import ConnBase, ring_batch, serve_messages
 from broker.protocol.frames import (
     DEFAULT_MAX_FRAME,
     Auth,
@@ -100,8 +101,12 @@ def _peer(sock: socket.socket, cid: int) -> Peer:
     return Peer(cid, "tcp", address=(host, port))
 
 
-class _Conn:
-    """One accepted connection: its protocol state, its session, its output."""
+class _Conn(ConnBase):  # type: ignore[misc, valid-type]
+    """One accepted connection: its protocol state, its session, its output (its carrier).
+
+    The books C keeps on every message (lock, proto, messages, ring_batch, ring_put, ring_pending,
+    ended, completions, async_outstanding, bytes_out) are ConnBase's members (csrc/py/server.c);
+    the rest are ordinary attributes."""
 
     def __init__(self, server: "Server", sock: socket.socket, peer: Peer) -> None:
         self.server = server
@@ -114,13 +119,16 @@ class _Conn:
         self.slots = 0
         self.async_outstanding = 0
         self.messages: dict[int, Message] = {}
-        self.out = bytearray()
         self.lock = threading.RLock()
         self.ended = False
+        # the output: the socket's, then the rings' once they carry the session (transport/carrier.py)
+        self.carrier: ServerSocket | ServerRings = ServerSocket(sock)
+        self.ring_put: Any = None  # ring 1's completer, for C's complete() (once the rings carry the session)
+        self.ring_pending: Any = None  # ...and what waits for room in ring 1 (C writes only when nothing does)
         self.client_closed = False
         self.panicked: str | None = None
         self.inbuf = bytearray(_RECV)  # reused: a fresh 256 KiB bytes per recv costs an mmap and a fault
-        self.batching = False  # the loop thread is handling a batch of requests: _send only queues
+        self.batching = False  # the loop thread is handling a batch of a socket session's requests: _send queues
         self.ring_batch: Any = None  # the same on rings: a RingBatch, collecting the completions made meanwhile
         self._batch: Any = None  # this connection's RingBatch, once it is on rings
         self.session_key: str | None = None  # the session rule's key, when shared memory was allowed
@@ -246,7 +254,7 @@ class _Conn:
         finally:
             with self.lock:
                 self.batching = False
-                if self.out:
+                if self.carrier.pending_bytes:
                     self._flush()
 
     def _handle(self, events: list[Any]) -> None:
@@ -262,7 +270,7 @@ class _Conn:
                 return
             if i:
                 batch = self.ring_batch
-                n = self.counted + len(batch) if batch is not None else len(self.out)
+                n = self.counted + len(batch) if batch is not None else self.carrier.pending_bytes
                 if i >= TURN_EVENTS or n >= srv.max_queued or \
                         n - self.counted + srv._queued.get(self.key, 0) >= srv.max_queued_per_user:
                     # its share of this turn is taken, or this batch's completions reached a bound (they go
@@ -289,8 +297,7 @@ class _Conn:
     def _account(self) -> None:
         """After what waits to go out changed (lock held, any thread): keep the user's total; at the bound
         stop reading (Server(max_queued=, max_queued_per_user=)); below half of it, read again."""
-        rings = self.rings
-        q = len(self.out) + (rings.pending_bytes if rings is not None else 0)
+        q = self.carrier.pending_bytes
         d = q - self.counted
         if not d:
             return
@@ -371,7 +378,7 @@ class _Conn:
                 return
             self.bytes_out += len(offer)
             if sent < len(offer):
-                self.out += offer[sent:]
+                self.carrier.queue(offer[sent:])
                 self.server._want_write(self)
 
     def on_auth(self, ev: Auth) -> None:
@@ -405,12 +412,16 @@ class _Conn:
                 self._close_with("protocol error: the nonce does not match the segment's")
                 return
             rings.mapped()  # unlinked: both sides have it, nobody else ever will
-            self.on_rings = True
-            self._batch = ring_batch(self.lock, self.proto, self.proto.outstanding, self.messages)
+            with self.lock:
+                self.carrier.last_word()  # the socket carries nothing more now (what waited there: best effort)
+                self.carrier = rings
+                self.ring_put, self.ring_pending = rings.put, rings.pending  # for C's complete()
+                self.on_rings = True
+            self._batch = ring_batch()
             srv = self.server
             if srv._aloop is None and not srv.policies:  # C may take the common requests (see on_ring)
-                self._take = functools.partial(rings.take, self.proto.reader.max_frame, Message, self,
-                                               self.proto.outstanding, self.messages, CLOSE_SUBSESSION, TAKE_MESSAGES)
+                self._take = functools.partial(rings.take, self, self.proto.reader.max_frame, CLOSE_SUBSESSION,
+                                               TAKE_MESSAGES)
             self.server._watch_rings(self)
         else:
             self.rings = None
@@ -423,7 +434,7 @@ class _Conn:
     def _connected_event(self) -> None:
         d = self.decision
         assert d is not None
-        carrier = "shared memory" if self.on_rings else "socket"
+        carrier = self.carrier.kind
         log.info("session %s: %s; session rule: %s", self.peer, carrier, d)
         self.server._event(SessionEvent("connected", self.peer, f"{self.peer.transport} {carrier}; session rule: {d}",
                                         self.session, d))
@@ -560,46 +571,30 @@ class _Conn:
         self.end(reason)
 
     def _send(self, frame: bytes) -> None:
-        if self.on_rings:
-            lock = self.lock
-            lock.acquire()  # not `with`: it costs twice as much, on every message
-            try:
-                if self.ring_batch is not None:  # on_ring is handling a batch: it sends them together
-                    self.ring_batch.append(frame)
-                    return
-                self.bytes_out += len(frame)
-                if self.ended or self.rings is None:
-                    return
-                if not self.rings.write(frame):
-                    self.server._rings_pending(self)
-                    self._account()
-                elif self.counted:
-                    self._account()
-            except (PeerGone, Closed):
-                self.server._call_soon(lambda: self.end("died"))
-            except BrokerError as e:  # Corrupt: the client scribbled on ring 1; only its session ends
-                self.server._call_soon(functools.partial(self.end, f"protocol error: {e}"))
-            finally:
-                lock.release()
-            return
-        with self.lock:
+        """A frame to the client, through the carrier (any thread). What does not go out at once waits,
+        counted against the bounds; while the loop serves a batch, frames go out together after it."""
+        lock = self.lock
+        lock.acquire()  # not `with`: it costs twice as much, on every message
+        try:
+            batch = self.ring_batch
+            if batch is not None:  # on_ring is serving a batch: its completions go into ring 1 together
+                batch.append(frame)
+                return
             self.bytes_out += len(frame)
-            if self.out or self.batching or self.ended:
-                self.out += frame  # sent after what is queued, or with the batch
-                if not self.batching:
-                    self._account()
+            if self.ended:
                 return
-            try:
-                n = self.sock.send(frame)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self.server._call_soon(lambda: self.end("died"))
+            if self.batching:  # _batched is serving a socket batch: sent together, after the last
+                self.carrier.queue(frame)
                 return
-            if n < len(frame):
-                self.out += memoryview(frame)[n:]
+            if not self.carrier.write(frame):
                 self.server._want_write(self)
                 self._account()
+            elif self.counted:
+                self._account()
+        except CarrierGone as e:
+            self.server._call_soon(functools.partial(self.end, str(e)))
+        finally:
+            lock.release()
 
     def pass_fd(self, name: str, fd: int) -> bool:
         """A sealed segment's descriptor to this shared-memory session's client (SCM_RIGHTS), ahead of the
@@ -620,22 +615,23 @@ class _Conn:
             return False
         return True
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """What waits for the carrier, as far as it goes now (any thread); True when nothing is left.
+        The loop calls it when the socket is writable, or to retry ring 1."""
         with self.lock:
+            if self.ended:
+                return True
             try:
-                while self.out and not self.ended:
-                    try:
-                        n = self.sock.send(self.out)
-                    except BlockingIOError:
-                        self.server._want_write(self)
-                        return
-                    except OSError:
-                        self.server._call_soon(lambda: self.end("died"))
-                        return
-                    del self.out[:n]
+                done = self.carrier.flush()
+            except CarrierGone as e:
+                self.server._call_soon(functools.partial(self.end, str(e)))
+                return True
             finally:
-                if self.out or self.counted:
+                if self.carrier.pending_bytes or self.counted:
                     self._account()
+            if not done:
+                self.server._want_write(self)
+            return done
 
     # -- the end ------------------------------------------------------------------
 
@@ -646,24 +642,17 @@ class _Conn:
                 return
             if self.panicked is not None:
                 reason = f"panicked: {self.panicked}"
-            if self.out:  # a last word still queued (a refusal, a close): best effort, never blocking
-                try:
-                    self.sock.send(self.out)
-                except OSError:
-                    pass
-            if self.rings is not None:
-                try:
-                    self.rings.flush()  # a last word in ring 1, as far as it fits
-                except BrokerError:
-                    pass
+            self.carrier.last_word()  # a last word still waiting (a refusal, a close): best effort, never blocking
             self.ended = True
             self._take = None  # it holds this connection: no cycle left behind
+            self.ring_put = self.ring_pending = None
             self.held = None
         srv = self.server
         if self.counted:
             srv._queued_add(self.key, -self.counted)
             self.counted = 0
         srv._forget(self)
+        self.carrier.close()
         if self.rings is not None:
             self.rings.close()  # the client reads what is there, then Closed; gone before the socket closes
         try:
@@ -1311,7 +1300,7 @@ class Server:
         if conn.ended or sel is None:
             return
         want = (selectors.EVENT_READ if conn.reading or conn.on_rings else 0) | (
-            selectors.EVENT_WRITE if conn.out else 0)
+            selectors.EVENT_WRITE if not conn.on_rings and conn.carrier.pending_bytes else 0)
         if want == conn.watching:
             return
         try:
@@ -1455,39 +1444,20 @@ class Server:
             self._sel.register(fd, selectors.EVENT_READ, ("ring", conn))
 
     def _rings_pending(self, conn: _Conn) -> None:
-        """Ring 1 of `conn` was full: retry soon (any thread)."""
+        """Ring 1 of `conn` was full: retry soon (any thread); conn._flush asks again while some waits."""
         if self._aloop is not None:
-            self._aloop.call_soon_threadsafe(self._aloop.call_later, 0.001, self._flush_ring, conn)
+            self._aloop.call_soon_threadsafe(self._aloop.call_later, 0.001, conn._flush)
             return
         with self._soon_lock:
             self._pending_rings.add(conn)
         if threading.current_thread() is not self._thread:
             self._wake()
 
-    def _flush_ring(self, conn: _Conn) -> bool:
-        with conn.lock:
-            if conn.ended or conn.rings is None:
-                return True
-            try:
-                done = conn.rings.flush()
-            except (PeerGone, Closed):
-                self._call_soon(lambda: conn.end("died"))
-                return True
-            except BrokerError as e:  # Corrupt: only this session ends
-                self._call_soon(functools.partial(conn.end, f"protocol error: {e}"))
-                return True
-            conn._account()
-        if not done and self._aloop is not None:
-            self._aloop.call_later(0.001, self._flush_ring, conn)
-        return done
-
     def _flush_rings(self) -> None:
         with self._soon_lock:
             todo, self._pending_rings = self._pending_rings, set()
         for conn in todo:
-            if not self._flush_ring(conn):
-                with self._soon_lock:
-                    self._pending_rings.add(conn)
+            conn._flush()
 
     def _forget(self, conn: _Conn) -> None:
         self._handshake_over(conn)
@@ -1562,11 +1532,16 @@ class Server:
             fn()
 
     def _want_write(self, conn: _Conn) -> None:
+        """Some of conn's output waits (any thread): flush it when there is room again, the socket
+        writable or, for the rings, soon."""
+        if conn.on_rings:
+            self._rings_pending(conn)
+            return
         loop = self._aloop
         if loop is not None:
             def writable() -> None:
                 conn._flush()
-                if not conn.out or conn.ended:
+                if not conn.carrier.pending_bytes or conn.ended:
                     loop.remove_writer(conn.sock)
 
             def arm_async() -> None:
@@ -1589,7 +1564,7 @@ class Server:
         return [
             {"peer": c.peer, "identity": c.peer.identity, "outstanding": len(c.messages), "slots": c.slots,
              "subsessions": len(c.session.objects) if c.session is not None else 0,
-             "transport": "shared memory" if c.on_rings else "socket",
+             "transport": c.carrier.kind,
              "ring_capacity": r.capacity if c.on_rings and r is not None else None,
              "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",

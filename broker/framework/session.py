@@ -8,8 +8,8 @@ from typing import Any, Iterable
 from broker._errors import BadHandle, BrokerError, Overflow, StateError
 from broker.protocol.codes import CLOSE_SUBSESSION, SERVER_STATS  # noqa: F401  (the framework's own codes)
 from broker.protocol.handles import ObjectIndex
-from broker.protocol.frames import Arg, ArgKind, State, Status, complete_frame, text_bytes
-from broker.core.ring import MessageBase, message_class
+from broker.protocol.frames import Arg, ArgKind, ServerConnection, State, Status, complete_frame, text_bytes
+from broker.framework.native import MessageBase, declare
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
@@ -38,14 +38,13 @@ class Peer:
         return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]}{who})"
 
 
-@message_class(_OPEN)  # the server's C (take_requests) makes instances of it, its fields set without __init__
 class Message(MessageBase):  # type: ignore[misc, valid-type]
     """One request: a function code and four arguments (Symbian's RMessage2).
 
     complete() must be called exactly once, from any thread, now or later.
 
     The fields (_conn, request_id, code, handle, asynchronous, _args, _writes,
-    _done) live in the C base class (csrc/brk_codec.c), which also takes the
+    _done) live in the C base class (csrc/py/server.c), which also takes the
     common case of read(), write() and complete(); _read, _write and
     _complete below are those methods in full, and every other case goes to
     them.
@@ -192,11 +191,11 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
             conn.completions += 1
             w = self._writes
             writes = sorted(w.items()) if w else ()
-            rings = conn.rings
-            if conn.on_rings and rings is not None and conn.ring_batch is None and not rings.pending:
+            put = conn.ring_put
+            if put is not None and conn.ring_batch is None and not conn.ring_pending:
                 # straight into ring 1, encoded by C; the long way if it cannot (no room, or it will not take it)
                 proto.completing(rid)
-                n = rings.put(rid, status, writes, None if error is None else text_bytes(error))
+                n = put(rid, status, writes, None if error is None else text_bytes(error))
                 if type(n) is int:
                     conn.bytes_out += n
                 else:
@@ -215,6 +214,11 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         with self._conn.lock:
             self._done = True
         self._conn.panic(reason)
+
+
+# The server's C (take_requests) makes Messages, their fields set without __init__; complete() in C
+# reads the protocol's state and outstanding requests, and falls back on the Python ways above.
+declare(Message, ServerConnection, _OPEN)
 
 
 def refuse(conn: Any, msg: "Message", e: Exception, argument_error: type) -> None:

@@ -269,8 +269,12 @@ class Close:
 Event = (Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close | ShmOffer | ShmAccept | ShmDecline
          | Challenge | Auth | AuthOk)
 
-# The per-message frames in C (csrc/brk_codec.c): it makes these classes' instances itself.
-_CODEC["codec_setup"](Request, Arg, Complete, Write, tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG)
+# The per-message frames in C (csrc/py/codec.c): it makes these classes' instances itself, their fields
+# declared to it here, once (a renamed field fails here, at import).
+_CODEC["codec_setup"](tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG,
+                      (Request.request_id, Request.code, Request.args, Request.handle, Request.asynchronous),
+                      (Arg.kind, Arg.value, Arg.data), (Complete.request_id, Complete.status, Complete.writes,
+                                                        Complete.error), (Write.index, Write.data))
 c_feed, c_encode_request, c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
 
 
@@ -329,7 +333,7 @@ def _frame(ftype: FrameType, body: bytes, request_id: int = 0, flags: int = 0) -
 
 
 def request_frame(request_id: int, code: int, handle: int, asynchronous: bool, args: tuple[Arg, ...] | list[Arg]) -> bytes:
-    """A REQUEST frame with exactly four arguments (the hot path: in C, csrc/brk_codec.c; the
+    """A REQUEST frame with exactly four arguments (the hot path: in C, csrc/py/codec.c; the
     reference below takes whatever C leaves to it, errors included)."""
     frame = c_encode_request(request_id, code, handle, asynchronous, args)
     if frame is not NotImplemented:
@@ -682,7 +686,7 @@ class State(enum.Enum):
 _OPEN = State.OPEN  # a module global: State.OPEN costs an enum attribute lookup, on every message
 
 
-@dataclass
+@dataclass(slots=True)  # slotted: C reads a server's state and outstanding as declared fields (framework/native.py)
 class _Side:
     max_frame: int = DEFAULT_MAX_FRAME
     state: State = State.START
@@ -730,6 +734,8 @@ class _Side:
 
 class ClientConnection(_Side):
     """The client's end: HELLO, then requests; completions matched to them."""
+
+    __slots__ = ("welcome", "offer_due", "offer", "outstanding", "_next_id", "hello_body", "challenge", "server_proof")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(max_frame)
@@ -888,6 +894,8 @@ class ClientConnection(_Side):
 class ServerConnection(_Side):
     """The server's end: waits for HELLO, accepts or refuses, then takes
     requests and completes each exactly once."""
+
+    __slots__ = ("hello_event", "challenged", "auth_event", "offered", "outstanding")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(max_frame)

@@ -4,8 +4,14 @@ A client session talks to its carrier only (ClientSession._carrier): `send(frame
 (what came, waiting until the deadline: None when it passed; CarrierGone when the other end went
 away or the carrier broke), `take_nowait()`, `close()`, and `kind` ("socket" or "shared memory").
 SocketCarrier is the socket's; ClientRings the rings' (DESIGN.md sections 3 and 4), which also
-makes a whole call in one C call (`call`, `call_many`). The server's end of the rings is
-ServerRings.
+makes a whole call in one C call (`call`, `call_many`).
+
+A server's connection writes to its carrier only (_Conn.carrier): `write(frame)` (True: all of
+it went; False: some waits, to go with `flush()` once there is room: the socket writable, or
+ring 1 read), `queue(frame)` (after what waits, sent by the next flush), `flush()` (True when
+nothing waits), `pending_bytes` (what waits: the server bounds it), `last_word()` (what waits, as
+far as it goes now, never blocking or raising), `close()` and `kind`. Both raise CarrierGone with
+the reason the session ends. ServerSocket is the socket's, ServerRings the rings'.
 
 Ring 0 carries the client's frames to the server, ring 1 the server's to the
 client. Each record is a piece of the same byte stream the socket would carry
@@ -39,7 +45,8 @@ _yield = os.sched_yield
 
 
 class CarrierGone(BrokerError):
-    """The other end went away, or the carrier broke: the session is over (the text says which)."""
+    """The other end went away, or the carrier broke: the session is over (the text says which:
+    on the server's side, "died: ..." or "protocol error: ...", the reason it ends with)."""
 
 
 class SocketCarrier:
@@ -116,8 +123,67 @@ class SocketCarrier:
         """The session closes the socket itself (it is also the death signal of a ring session)."""
 
 
+class ServerSocket:
+    """The server's end of a socket session's output. A frame goes out at once if the socket takes
+    it; what it does not take waits in memory (`out`), sent in order by flush() when the socket is
+    writable again. The socket is non-blocking (the server's loop never waits on a client)."""
+
+    kind = "socket"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.out = bytearray()  # what waits to go out
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self.out)
+
+    def write(self, frame: bytes | bytearray | memoryview) -> bool:
+        if self.out:
+            self.out += frame  # after what waits
+            return False
+        try:
+            n = self.sock.send(frame)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            raise CarrierGone(f"died: {e}") from None
+        if n < len(frame):
+            self.out += memoryview(frame)[n:]
+            return False
+        return True
+
+    def queue(self, frame: bytes | bytearray | memoryview) -> None:
+        self.out += frame
+
+    def flush(self) -> bool:
+        out = self.out
+        while out:
+            try:
+                n = self.sock.send(out)
+            except BlockingIOError:
+                return False
+            except OSError as e:
+                raise CarrierGone(f"died: {e}") from None
+            del out[:n]
+        return True
+
+    def last_word(self) -> None:
+        if self.out:
+            try:
+                self.sock.send(self.out)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """The connection closes the socket itself (it carried the handshake, and carries the death signal)."""
+        self.out.clear()
+
+
 class ServerRings:
     """The server's side: consumer of ring 0, producer of ring 1."""
+
+    kind = "shared memory"
 
     def __init__(self, name: str, capacity: int = SESSION_RING_CAPACITY, spin_us: float = 0.0) -> None:
         self.rx, self.tx, self.nonce, self.segment = session_rings(name, capacity, spin_us)  # segment: its fd
@@ -149,11 +215,28 @@ class ServerRings:
         self.segment = -1
 
     def write(self, frame: bytes) -> bool:
-        """Queue a frame for the client; True if it is all in the ring, False
-        if some waits (flush later). PeerGone if the client is gone."""
+        """A frame for the client; True if it is all in the ring, False if some waits (flush later).
+        CarrierGone if the client is gone or broke ring 1."""
+        try:
+            return self._write(frame)
+        except BrokerError as e:
+            raise self.gone(e) from None
+
+    @staticmethod
+    def gone(e: BrokerError) -> CarrierGone:
+        """What a ring's failure means for the session: the client died or closed its side, or it
+        scribbled on ring 1 (Corrupt: a buggy or hostile peer ends only its own session)."""
+        if isinstance(e, (PeerGone, Closed)):
+            return CarrierGone("died")
+        return CarrierGone(f"protocol error: {e}")
+
+    def queue(self, frame: bytes) -> None:
+        self._split(memoryview(frame))
+
+    def _write(self, frame: bytes) -> bool:
         if self.pending:
             self._split(memoryview(frame))
-            return self.flush()
+            return self._flush()
         if len(frame) <= self._chunk:  # the common case: one record
             rc = self._send1(frame)
             if rc == 0:
@@ -180,7 +263,13 @@ class ServerRings:
         self.pending_bytes += len(view)
 
     def flush(self) -> bool:
-        """Move what waits into ring 1 while it fits; True when nothing is left."""
+        """Move what waits into ring 1 while it fits; True when nothing is left. CarrierGone as write."""
+        try:
+            return self._flush()
+        except BrokerError as e:
+            raise self.gone(e) from None
+
+    def _flush(self) -> bool:
         pending, send = self.pending, self.tx.send
         while pending:
             try:
@@ -189,6 +278,12 @@ class ServerRings:
                 return False
             self.pending_bytes -= len(pending.popleft())
         return True
+
+    def last_word(self) -> None:
+        try:
+            self._flush()  # as far as it fits
+        except BrokerError:
+            pass
 
     def read(self) -> list[bytes]:
         """What the client wrote, or [] (nothing now). PeerGone if the client

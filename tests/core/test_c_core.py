@@ -1,9 +1,9 @@
-"""The C test program csrc/tests/ring_test.c, built plain, under ASan+UBSan, and under TSan.
+"""The C test program csrc/ring/tests/ring_test.c, built plain, under ASan+UBSan, and under TSan.
 
 Each build is made once per session into a temporary directory; each mode of
 the program is one test. The program prints one line per check and ends with
 "N passed, M failed". Some checks are regressions of defects found in
-csrc/brk_ring.c; their names say which.
+csrc/ring/brk_ring.c; their names say which.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CSRC = ROOT / "csrc"
+CSRC = ROOT / "csrc" / "ring"
 SOURCES = [CSRC / "tests" / "ring_test.c", CSRC / "brk_ring.c"]
 COMMON = ["-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}", "-pthread"]
 

@@ -1,6 +1,6 @@
 """broker.Message's read() and write(): the C base class's common case against the Python methods in full.
 
-MessageBase (csrc/brk_codec.c) takes a whole readable argument and the whole
+MessageBase (csrc/py/server.c) takes a whole readable argument and the whole
 content of a writable one from bytes, and sends every other case to
 Message._read / Message._write. Each case here runs both ways on fresh
 messages and must give the same result or the same error, and leave the
@@ -8,12 +8,15 @@ message in the same state.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
 
 import broker
 from broker.protocol.frames import NO_ARG, Arg, ArgKind
+from broker.core.native import SERVER
+from broker.framework.native import ConnBase, ring_batch
 from broker.framework.session import Message
 
 
@@ -123,22 +126,23 @@ def test_the_first_complete_of_a_process_may_take_the_python_way():
 # ---- complete() into a batch (RingBatch): C against the Python way ---------------------------------
 
 
-class _BatchConn:
-    """What complete() uses of a shared-memory connection while on_ring serves a batch."""
+class _BatchConn(ConnBase):
+    """What complete() uses of a shared-memory connection while on_ring serves a batch: the books
+    C keeps (ConnBase, as the server's _Conn)."""
 
     def __init__(self, rid: int, asynchronous: bool) -> None:
         from broker.protocol.frames import Request, ServerConnection, State
-        from broker.core.ring import ring_batch
 
         self.lock = threading.RLock()
         self.proto = ServerConnection()
         self.proto.state = State.OPEN
         self.proto.outstanding[rid] = Request(rid, 3, (), 0, asynchronous)
-        self.ended, self.on_rings, self.rings = False, True, None
+        self.ended = False
+        self.ring_put = self.ring_pending = None
         self.messages: dict[int, Message] = {}
         self.completions = self.bytes_out = 0
         self.async_outstanding = 1 if asynchronous else 0
-        self.ring_batch = ring_batch(self.lock, self.proto, self.proto.outstanding, self.messages)
+        self.ring_batch = ring_batch()
 
     def _send(self, frame: bytes) -> None:  # as _Conn._send with a batch being served
         self.ring_batch.append(frame)
@@ -179,18 +183,44 @@ def test_complete_into_a_batch_of_a_gone_client_says_nothing():
     assert m._done and conn.books() == (None, 0, 1, [7], [7])
 
 
-def test_complete_into_a_batch_is_c_for_the_common_case(monkeypatch):
+@contextlib.contextmanager
+def _python_way_raises():
+    """C's fallback for complete() (declared once, at import) made to raise meanwhile: proof that C
+    took a case itself."""
     def python_way(self, *a, **k):
         raise AssertionError("the Python way was taken")
 
+    _declare_complete(python_way)
+    try:
+        yield
+    finally:
+        _declare_complete(Message._complete)
+
+
+def _declare_complete(fn):
+    from broker.protocol.frames import ServerConnection, State
+
+    SERVER["server_setup"](Message, (Message._read, Message._write, fn, Message._send_completion),
+                           ServerConnection.state, ServerConnection.outstanding, State.OPEN)
+
+
+def test_the_python_way_is_what_c_falls_back_on():
+    conn = _BatchConn(7, False)
+    m = Message(conn, 7, 3, (), 0, False)
+    with _python_way_raises(), pytest.raises(AssertionError, match="the Python way was taken"):
+        m.complete(0, "an error text is for Python")  # not C's case: the declared fallback runs
+    m.complete(0, "an error text is for Python")  # restored
+    assert m._done
+
+
+def test_complete_into_a_batch_is_c_for_the_common_case():
     for asynchronous in (False, True):
         conn = _BatchConn(7, asynchronous)
         m = Message(conn, 7, 3, (), 0, asynchronous)
         conn.messages[7] = m
         m._writes = {1: b"out"}
-        monkeypatch.setattr(Message, "_complete", python_way)
-        m.complete(5)
-        monkeypatch.undo()
+        with _python_way_raises():
+            m.complete(5)
         data, completions, outstanding, messages, books = conn.books()
         assert (completions, outstanding, messages, books) == (1, 0, [], [])
         assert data is not None and data[:4] == b"BRK1" and data.endswith(b"out")

@@ -5,7 +5,7 @@
   ValueError (documented: the caller counts it and goes on); a message it gives back has the
   payload its first record announced, its sequence number above the last one's.
 * the same records in a real broadcast ring, read by the subscriber's C fast path (topic_recv,
-  topic_recv_many, csrc/brk_py.c) with the Assembler taking what C leaves: the messages are the
+  topic_recv_many, csrc/py/ring.c) with the Assembler taking what C leaves: the messages are the
   ones the Assembler alone makes from the same records.
 * pubsub._decode (a subscriber decoding a publisher's message: numpy meta): ServerGone, the
   error the subscriber catches and counts, or a value.

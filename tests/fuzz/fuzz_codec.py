@@ -1,4 +1,4 @@
-"""Fuzz target: the C codec (csrc/brk_codec.c) on hostile bytes, against the Python reference.
+"""Fuzz target: the C codec (csrc/py/codec.c and csrc/py/server.c) on hostile bytes, against the Python reference.
 
 * feed (what FrameReader and the server's socket path call first): C takes the common REQUEST
   and COMPLETE frames and stops at anything else. What it took must be exactly what the Python
@@ -29,6 +29,7 @@ with fuzzlib.instrumented(__name__ == "__main__", ["broker.protocol.frames", "br
     from broker import Ring
     from broker._errors import BrokerError, Empty
     from broker.core.ring import request_taker
+    from broker.framework.native import ConnBase
     from broker.framework.session import CLOSE_SUBSESSION, Message
 
 TARGET = "codec"
@@ -36,8 +37,6 @@ Bug = fuzzlib.Bug
 _feed = P.c_feed
 TAKE_COPY = 4096  # BRK_TAKE_COPY: a bigger record is Python's
 MAX_RECORDS = 64
-# take_requests's last argument, when it has it: the bytes of replies the connection may still owe
-REPLY_BUDGET = "reply_budget" in (P._CODEC["take_requests"].__doc__ or "")
 
 
 def _reference(data: bytes | memoryview, max_frame: int) -> tuple[list, str | None, int]:
@@ -196,13 +195,15 @@ def _check_take(param: int, mode: int, cuts: bytes, stream: bytes) -> None:
     for rec in records:
         _pair.tx.send(rec, timeout=0)
     budget, max_messages = param % 8, (param >> 3) % 8 + 1
-    reply_budget = (0, 40, 100, 300, 1000, 5000, 1 << 20, 1 << 62)[mode >> 5] if REPLY_BUDGET else None
-    outstanding: dict[int, object] = {7: None}  # one id already outstanding: a record reusing it is Python's
+    reply_budget = (0, 40, 100, 300, 1000, 5000, 1 << 20, 1 << 62)[mode >> 5]
+    conn = ConnBase()  # the books take_requests keeps: the protocol's outstanding, the messages
+    conn.proto = P.ServerConnection(max_frame)
+    outstanding: dict[int, object] = conn.proto.outstanding
+    outstanding[7] = None  # one id already outstanding: a record reusing it is Python's
     messages: dict[int, object] = {}
-    conn = object()
+    conn.messages = messages
     try:
-        r = _pair.take(max_frame, Message, conn, outstanding, messages, CLOSE_SUBSESSION, max_messages, budget,
-                       *(() if reply_budget is None else (reply_budget,)))
+        r = _pair.take(conn, max_frame, CLOSE_SUBSESSION, max_messages, budget, reply_budget)
         if len(r) != 4:
             raise Bug(f"take_requests on a sound ring: outcome {r!r}")
         msgs, nbytes, left, nasync = r

@@ -1,4 +1,4 @@
-"""Fuzz target: the ring reader on hostile memory (csrc/brk_ring.c through broker/core/ring.py).
+"""Fuzz target: the ring reader on hostile memory (csrc/ring/brk_ring.c through broker/core/ring.py).
 
 A real ring in shared memory (broker.Ring, or a lossless or lossy broadcast.Broadcast), used
 by its producer and consumer while the input scribbles over its segment as a peer with write

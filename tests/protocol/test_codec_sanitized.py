@@ -4,7 +4,7 @@ contract tests in a child interpreter.
 
 CPython itself is not built with the sanitizers, so the child preloads their
 runtimes, and leak checking is off (the interpreter keeps objects until exit
-on purpose). Any out-of-bounds access or undefined behaviour in csrc/*.c on
+on purpose). Any out-of-bounds access or undefined behaviour in csrc/ on
 those paths aborts the child, and the test fails with the sanitizer's report.
 """
 from __future__ import annotations
@@ -30,15 +30,8 @@ sys.path.insert(0, {root!r})
 import cffi
 from broker import _build
 ffi = cffi.FFI()
-with open(os.path.join({root!r}, "csrc", "brk_ring.h")) as f:
-    ffi.cdef(f.read())
-ffi.cdef("const void *brk_py_method(int i);")
-ffi.cdef("const void *brk_codec_method(int i);")
-csrc = os.path.join({root!r}, "csrc")
-ffi.set_source("broker._brk", _build._PREAMBLE,
-               sources=[os.path.join(csrc, f) for f in ("brk_ring.c", "brk_py.c", "brk_codec.c")],
-               include_dirs=[csrc], extra_compile_args=_build.CFLAGS + {flags!r},
-               extra_link_args={flags!r}[:1], define_macros=[("_CFFI_NO_LIMITED_API", None)], py_limited_api=False)
+_build.configure(ffi, os.path.join({root!r}, "csrc"), relative=False, extra_compile_args={flags!r},
+                 extra_link_args={flags!r}[:1])
 print(ffi.compile(tmpdir={out!r}))
 """
 

@@ -74,7 +74,7 @@ class LinkedCall:
 
 class _ProvidedPair:
     """The provider's side of a private pair: it reads the calls of one caller from ring 0 and
-    writes the replies into ring 1 (the caller's C call reads them; csrc/brk_py.c, call)."""
+    writes the replies into ring 1 (the caller's C call reads them; csrc/py/client.c, call)."""
 
     def __init__(self, name: str, spin_us: float, max_frame: int, fd: int | None = None) -> None:
         self.tx, self.rx = open_pair(name, spin_us, caller=False, fd=fd)
@@ -586,7 +586,7 @@ class Link(SubSession):
         pair = self._pair
         if pair is not None and timeout is None:  # the common case first: one C call
             self._rid = rid = self._rid + 1
-            r = pair.call(rid, code, 0, args, Buffer, CALL_WAIT_NS, pair.max_frame)
+            r = pair.call(rid, code, 0, args, CALL_WAIT_NS, pair.max_frame)
             if type(r) is int and r >= 0:
                 self.direct = True
                 return r  # type: ignore[no-any-return]
@@ -623,7 +623,7 @@ class Link(SubSession):
         if not rid:
             self._rid = rid = self._rid + 1
             wait_ns = CALL_WAIT_NS if timeout is None else max(0, min(CALL_WAIT_NS, int(timeout * 1e9)))
-            r = pair.call(rid, code, 0, args, Buffer, wait_ns, pair.max_frame)
+            r = pair.call(rid, code, 0, args, wait_ns, pair.max_frame)
         if type(r) is int:
             return r if r >= 0 else result_of(Complete(rid, r))
         if r is NotImplemented:  # an argument C does not take (a bytearray), or a big frame: Python writes it

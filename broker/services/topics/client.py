@@ -43,7 +43,7 @@ _HEAD_SIZE = RECORD_HEAD.size
 _UNPACK = functools.partial(RECORD_HEAD.unpack_from, offset=0)
 _WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, then looks at its FETCH
 _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this many messages
-_tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/brk_py.c: plain messages
+_tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/py/ring.c: plain messages
 _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
 
 _ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape

@@ -1,8 +1,8 @@
-/* ring_test.c: a standalone test program for the ring core (csrc/brk_ring.c).
+/* ring_test.c: a standalone test program for the ring core (csrc/ring/brk_ring.c).
  *
  * Build (tests/test_c_core.py does this for plain, ASan+UBSan and TSan):
  *   gcc -std=c11 -Wall -Wextra -Werror -Icsrc -O2 -pthread \
- *       csrc/tests/ring_test.c csrc/brk_ring.c -o ring_test
+ *       csrc/ring/tests/ring_test.c csrc/ring/brk_ring.c -o ring_test
  * Run:  ./ring_test MODE     (MODE: unit, corrupt, procs, wakeup, threads)
  *
  * Prints one line per check ("ok    name ..." or "FAIL  name: why") and a

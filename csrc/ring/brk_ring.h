@@ -40,7 +40,7 @@
 #define BRK_MAX_CAPACITY   1099511627776
 #define BRK_MAX_CONSUMERS  1024
 #define BRK_WAIT_ANY_MAX   64
-#define BRK_PY_BATCH_MAX   4096  /* records one recv_many call returns at most (brk_py.c) */
+#define BRK_PY_BATCH_MAX   4096  /* records one recv_many call returns at most (csrc/py/ring.c) */
 
 /* A slot's state word: the low 8 bits are the state, the rest a generation
  * that every join increments, so an evicted consumer never mistakes a new
@@ -70,7 +70,7 @@
 #define BRK_BADSEG         11
 #define BRK_CLOSED         12
 #define BRK_INTERRUPTED    13
-/* the session calls' own outcomes (brk_py.c call_many) */
+/* the session calls' own outcomes (csrc/py/client.c call_many) */
 #define BRK_MANY_UNUSUAL   100 /* argsets[sent] is not for C (another kind, too big): Python sends it */
 #define BRK_MANY_ODD       101 /* a record's rest that C did not take is the last item of `odd` */
 

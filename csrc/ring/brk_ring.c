@@ -1658,7 +1658,7 @@ static int brk_any_ready(brk_ring *const *rings, uint32_t n, _Atomic uint32_t *b
  * Kernels before 5.16 (ENOSYS) sleep on the first word only, for 1 ms at a time, and look at
  * all of them between: a wake-up on another ring or the bell then waits up to 1 ms, never more.
  *
- * tests: csrc/tests/ring_test.c, the wakeup mode (a record or a bell put in the window just
+ * tests: csrc/ring/tests/ring_test.c, the wakeup mode (a record or a bell put in the window just
  * before futex_waitv; a ping-pong between processes, with and without CPU hogs, in which any
  * lost wake-up sleeps to its timeout) and the threads mode under TSan (the same ping-pong).
  */

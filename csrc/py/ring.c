@@ -1,0 +1,519 @@
+/* ring.c: the rings' per-message calls and topic records as CPython fast calls; everything else goes through cffi. */
+
+/*
+ * Why this file exists: a cffi call costs about 320 ns on this project's
+ * 2-core machines (argument tuple, per-argument conversion, and a GIL release
+ * and re-acquire around every call), against about 60 ns for a METH_FASTCALL
+ * function. At 64-byte messages that is the difference between 1 and 3+
+ * million messages a second, so the three per-message calls live here.
+ * They hold the GIL (they do not block) except around long copies and waits,
+ * which they count in r->busy (see BRK_PY_BLOCKING).
+ * They are compiled into the same extension as the cffi module; broker/core/ring.py
+ * turns the method table into callables once, at import.
+ *
+ * The first argument of each is the address of a brk_ring handle, which only
+ * broker/core/ring.py passes. The result is bytes or an int outcome (brk_ring.h).
+ */
+
+#include "brk_py.h" /* first: it includes Python.h */
+#include <stdatomic.h>
+#include <errno.h>
+
+
+static PyObject *brk_py_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "send(ring, data)");
+    if (!r)
+        return NULL;
+    int rc;
+    if (PyBytes_CheckExact(args[1])) {
+        const char *p = PyBytes_AS_STRING(args[1]);
+        Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
+        if (n >= BRK_PY_NOGIL_BYTES) {
+            BRK_PY_BLOCKING(r, rc = brk_send(r, p, (uint64_t)n));
+        } else {
+            rc = brk_send(r, p, (uint64_t)n);
+        }
+    } else {
+        Py_buffer b;
+        if (PyObject_GetBuffer(args[1], &b, PyBUF_C_CONTIGUOUS) < 0)
+            return NULL;
+        if (b.len >= BRK_PY_NOGIL_BYTES) {
+            BRK_PY_BLOCKING(r, rc = brk_send(r, b.buf, (uint64_t)b.len));
+        } else {
+            rc = brk_send(r, b.buf, (uint64_t)b.len);
+        }
+        PyBuffer_Release(&b);
+    }
+    return PyLong_FromLong(rc);
+}
+
+/* The next record as a new bytes object, or an int outcome. */
+static PyObject *brk_py_take(brk_ring *r)
+{
+    for (int tries = 0; tries < 16; tries++) {
+        int rc = brk_peek(r);
+        if (rc != BRK_OK && rc != BRK_LOST)
+            return PyLong_FromLong(rc);
+        Py_ssize_t n = (Py_ssize_t)r->rlen;
+        PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+        if (!out) {
+            brk_unpeek(r); /* the record stays first in line */
+            return NULL;
+        }
+        if (n >= BRK_PY_NOGIL_BYTES) {
+            BRK_PY_BLOCKING(r, memcpy(PyBytes_AS_STRING(out), r->rptr, (size_t)n));
+        } else {
+            memcpy(PyBytes_AS_STRING(out), r->rptr, (size_t)n);
+        }
+        rc = brk_release(r);
+        if (rc == BRK_OK)
+            return out;
+        Py_DECREF(out);
+        if (rc != BRK_LAPPED)
+            return PyLong_FromLong(rc);
+        /* lossy: overwritten while we copied; the next peek counts it lost */
+    }
+    return PyLong_FromLong(BRK_LAPPED);
+}
+
+/* recv(ring) -> bytes | int */
+static PyObject *brk_py_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 1, "recv(ring)");
+    return r ? brk_py_take(r) : NULL;
+}
+
+/* recv_wait(ring, timeout_ns) -> bytes | int: wait (GIL released) if empty. */
+static PyObject *brk_py_recv_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "recv_wait(ring, timeout_ns)");
+    if (!r)
+        return NULL;
+    long long timeout;
+    if (!brk_py_int64(args[1], &timeout))
+        return NULL;
+    PyObject *out = brk_py_take(r);
+    if (!out || !PyLong_CheckExact(out) || PyLong_AsLong(out) != BRK_EMPTY || timeout <= 0)
+        return out;
+    Py_DECREF(out);
+    int rc = brk_py_await(r, (int64_t)timeout);
+    if (rc)
+        return PyLong_FromLong(rc);
+    return brk_py_take(r);
+}
+
+/* send_many(ring, sequence, start) -> (sent, outcome): copies items
+ * start, start+1, ... (bytes or C-contiguous buffers) in chunks of up to 256,
+ * one publication a chunk, until all are sent or one does not fit (outcome
+ * BRK_FULL, BRK_TOOBIG...: then sent counts those before it). */
+#define BRK_PY_VEC 256
+static PyObject *brk_py_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "send_many(ring, sequence, start)");
+    if (!r)
+        return NULL;
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[1], "send_many takes a list or tuple of buffers");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), sent = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    int rc = 0;
+    const void *bufs[BRK_PY_VEC];
+    uint64_t lens[BRK_PY_VEC];
+    Py_buffer views[BRK_PY_VEC];
+    int viewed[BRK_PY_VEC];
+    for (Py_ssize_t at = start < 0 ? 0 : start; at < n && rc == 0;) {
+        Py_ssize_t k = 0;
+        for (; k < BRK_PY_VEC && at + k < n; k++) {
+            PyObject *o = items[at + k];
+            viewed[k] = 0;
+            if (PyBytes_CheckExact(o)) {
+                bufs[k] = PyBytes_AS_STRING(o);
+                lens[k] = (uint64_t)PyBytes_GET_SIZE(o);
+            } else if (PyObject_GetBuffer(o, &views[k], PyBUF_C_CONTIGUOUS) == 0) {
+                viewed[k] = 1;
+                bufs[k] = views[k].buf;
+                lens[k] = (uint64_t)views[k].len;
+            } else {
+                rc = -1; /* the exception is set; send what came before it */
+                break;
+            }
+        }
+        int src = k ? brk_send_vec(r, bufs, lens, (uint64_t)k) : 0;
+        Py_ssize_t went = k ? (Py_ssize_t)r->count : 0;
+        for (Py_ssize_t i = 0; i < k; i++)
+            if (viewed[i])
+                PyBuffer_Release(&views[i]);
+        sent += went;
+        at += went;
+        if (rc == -1) {
+            if (went == k) { /* everything before the bad item went: raise for it */
+                Py_DECREF(seq);
+                return NULL;
+            }
+            /* A record before the bad item did not fit: report that; the bad
+             * item raises when the caller comes back to it. */
+            PyErr_Clear();
+            rc = src ? src : BRK_FULL;
+        } else if (src || went < k) {
+            rc = src ? src : BRK_FULL;
+        }
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(ni)", sent, rc);
+}
+
+/* Batch buffer of recv_many: records and lengths together stay under glibc's
+ * mmap threshold (128 KiB), so the allocation is reused, not page-faulted. */
+#define BRK_PY_BATCH_BYTES (64 * 1024)
+
+/* recv_many(ring, max) -> list of bytes | int: the records already there (up
+ * to max and 64 KiB), each its own bytes object, in one call. */
+static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "recv_many(ring, max)");
+    if (!r)
+        return NULL;
+    long max = PyLong_AsLong(args[1]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    if (max < 1 || max > BRK_PY_BATCH_MAX) {
+        PyErr_Format(PyExc_ValueError, "max must be from 1 to %d", BRK_PY_BATCH_MAX);
+        return NULL;
+    }
+    unsigned char *buf = PyMem_Malloc(BRK_PY_BATCH_BYTES + (size_t)max * sizeof(uint64_t));
+    if (!buf)
+        return PyErr_NoMemory();
+    uint64_t *lens = (uint64_t *)(buf + BRK_PY_BATCH_BYTES);
+    int rc = brk_recv_many(r, buf, BRK_PY_BATCH_BYTES, lens, (uint64_t)max);
+    if (rc != BRK_OK && rc != BRK_LOST) {
+        PyMem_Free(buf);
+        return PyLong_FromLong(rc);
+    }
+    Py_ssize_t n = (Py_ssize_t)r->count;
+    PyObject *list = PyList_New(n);
+    uint64_t off = 0;
+    for (Py_ssize_t i = 0; list && i < n; i++) {
+        PyObject *item = PyBytes_FromStringAndSize((const char *)buf + off, (Py_ssize_t)lens[i]);
+        if (!item) {
+            Py_CLEAR(list); /* out of memory: these records are gone, as with any consumed data */
+            break;
+        }
+        PyList_SET_ITEM(list, i, item);
+        off += lens[i];
+    }
+    PyMem_Free(buf);
+    return list;
+}
+
+/* ---- topics: a publisher's ring (broker/services/topics/broker.py RECORD_HEAD) ----
+ * A record is a 20-byte header, then the message's meta and payload: sequence
+ * number u64, meta length u32, payload bytes still to come in later fragments
+ * u32, fragment index u32 (all little-endian). These calls handle the common
+ * message only, bytes with no meta in one record; anything else is Python's
+ * (broker/services/topics/client.py), which also says what is wrong with a bad record. */
+#define BRK_TOPIC_HEAD 20
+
+/* Write one plain message: the header and data, straight into a claimed record. */
+static int brk_topic_put(brk_ring *r, uint64_t seq, const char *p, Py_ssize_t n)
+{
+    int rc = brk_claim(r, BRK_TOPIC_HEAD + (uint64_t)n);
+    if (rc)
+        return rc;
+    unsigned char *w = r->wptr;
+    brk_frame_st(w, seq, 8);
+    memset(w + 8, 0, 12); /* no meta, nothing more to come, fragment 0 */
+    memcpy(w + BRK_TOPIC_HEAD, p, (size_t)n);
+    return brk_commit(r, BRK_TOPIC_HEAD + (uint64_t)n);
+}
+
+/* topic_send(ring, seq, data: bytes) -> int: one plain message in one record (BRK_TOOBIG if it
+ * needs more; BRK_FULL: nothing written, Python waits for room). */
+static PyObject *brk_py_topic_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_send(ring, seq, data)");
+    if (!r)
+        return NULL;
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[1]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "topic_send takes bytes");
+        return NULL;
+    }
+    return PyLong_FromLong(brk_topic_put(r, seq, PyBytes_AS_STRING(args[2]), PyBytes_GET_SIZE(args[2])));
+}
+
+/* topic_send_many(ring, items: list, first_seq, start) -> (sent, outcome): items[start:] (bytes)
+ * as plain messages numbered first_seq + their index, each one record, until all went or one
+ * did not (outcome BRK_FULL, BRK_TOOBIG...; -1: an item is not bytes). */
+static PyObject *brk_py_topic_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 4, "topic_send_many(ring, items, first_seq, start)");
+    if (!r)
+        return NULL;
+    if (!PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "topic_send_many takes a list");
+        return NULL;
+    }
+    unsigned long long first = PyLong_AsUnsignedLongLong(args[2]);
+    if (first == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t start = PyLong_AsSsize_t(args[3]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(args[1]), i = start < 0 ? 0 : start;
+    int rc = 0;
+    for (; i < n; i++) {
+        PyObject *o = PyList_GET_ITEM(args[1], i);
+        if (!PyBytes_CheckExact(o)) {
+            rc = -1;
+            break;
+        }
+        if ((rc = brk_topic_put(r, first + (uint64_t)i, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o))))
+            break;
+    }
+    return Py_BuildValue("(ni)", i - (start < 0 ? 0 : start), rc);
+}
+
+/* The next record, if it is a plain message numbered after *last: its payload as new bytes
+ * (*last moved on), released; else NULL with *rc: the ring's outcome, or BRK_NOTREADY for a
+ * record Python must read (it stays first in line). NULL with an exception: out of memory. */
+static PyObject *brk_topic_take(brk_ring *r, uint64_t *last, int *rc)
+{
+    *rc = brk_peek(r);
+    if (*rc != BRK_OK)
+        return NULL; /* BRK_EMPTY, or anything else: lossless rings never give BRK_LOST */
+    unsigned char head[BRK_TOPIC_HEAD];
+    uint64_t n = r->rlen;
+    if (n < BRK_TOPIC_HEAD) {
+        brk_unpeek(r);
+        *rc = BRK_NOTREADY;
+        return NULL;
+    }
+    memcpy(head, r->rptr, BRK_TOPIC_HEAD); /* one copy: the publisher may change the ring meanwhile */
+    uint64_t seq = brk_frame_ld(head, 8);
+    if (brk_frame_ld(head + 8, 4) || brk_frame_ld(head + 12, 4) || brk_frame_ld(head + 16, 4) || seq <= *last) {
+        brk_unpeek(r);
+        *rc = BRK_NOTREADY;
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize((const char *)r->rptr + BRK_TOPIC_HEAD, (Py_ssize_t)(n - BRK_TOPIC_HEAD));
+    if (!out) {
+        brk_unpeek(r);
+        return NULL;
+    }
+    *rc = brk_release(r);
+    if (*rc) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    *last = seq;
+    return out;
+}
+
+/* topic_recv(ring, last_seq) -> (seq, bytes) | int: the next plain message numbered after
+ * last_seq, or an outcome (BRK_EMPTY; BRK_NOTREADY: the next record is Python's to read). */
+static PyObject *brk_py_topic_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "topic_recv(ring, last_seq)");
+    if (!r)
+        return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t seq = last;
+    int rc;
+    PyObject *out = brk_topic_take(r, &seq, &rc);
+    if (!out)
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(rc);
+    PyObject *t = PyTuple_New(2);
+    PyObject *num = t ? PyLong_FromUnsignedLongLong(seq) : NULL;
+    if (!num) {
+        Py_XDECREF(t);
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, num);
+    PyTuple_SET_ITEM(t, 1, out);
+    return t;
+}
+
+/* topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome): up to max plain messages
+ * already there, in one call; outcome says why it stopped (BRK_OK: max reached). */
+static PyObject *brk_py_topic_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_recv_many(ring, max, last_seq)");
+    if (!r)
+        return NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[2]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (max < 1 || max > BRK_PY_BATCH_MAX) {
+        PyErr_Format(PyExc_ValueError, "max must be from 1 to %d", BRK_PY_BATCH_MAX);
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    uint64_t seq = last;
+    int rc = BRK_OK;
+    for (Py_ssize_t i = 0; i < max; i++) {
+        PyObject *out = brk_topic_take(r, &seq, &rc);
+        if (!out) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            break;
+        }
+        int bad = PyList_Append(list, out);
+        Py_DECREF(out);
+        if (bad) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        rc = BRK_OK;
+    }
+    return Py_BuildValue("(NKi)", list, (unsigned long long)seq, rc);
+}
+
+/* wait_data(ring, timeout_ns) -> int: brk_wait_data without the GIL. */
+static PyObject *brk_py_wait_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "wait_data(ring, timeout_ns)");
+    if (!r)
+        return NULL;
+    long long timeout;
+    if (!brk_py_int64(args[1], &timeout))
+        return NULL;
+    int rc;
+    BRK_PY_BLOCKING(r, rc = brk_wait_data(r, (int64_t)timeout));
+    return PyLong_FromLong(rc);
+}
+
+/* wait_any(rings, bell, seen, spin_ns, timeout_ns) -> int | None: brk_wait_any without the GIL
+ * over a tuple of ring addresses (every one counted busy meanwhile), bell a uint32_t's address or
+ * 0: the ready ring's index, len(rings) for the bell, None at the timeout; OSError otherwise. */
+static PyObject *brk_py_wait_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5 || !PyTuple_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wait_any(rings: tuple, bell, seen, spin_ns, timeout_ns)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+    if (n > BRK_WAIT_ANY_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many rings for wait_any");
+        return NULL;
+    }
+    brk_ring *rings[BRK_WAIT_ANY_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!(rings[i] = brk_py_ring(PyTuple_GET_ITEM(args[0], i))))
+            return NULL;
+    }
+    void *bell = PyLong_AsVoidPtr(args[1]);
+    long long seen, spin, timeout;
+    if ((!bell && PyErr_Occurred()) || !brk_py_int64(args[2], &seen) || !brk_py_int64(args[3], &spin) ||
+        !brk_py_int64(args[4], &timeout))
+        return NULL;
+    uint32_t which = 0;
+    int rc;
+    for (Py_ssize_t i = 0; i < n; i++)
+        rings[i]->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    rc = brk_wait_any(rings, (uint32_t)n, bell, (uint32_t)seen, (int64_t)spin, (int64_t)timeout, &which);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        rings[i]->busy--;
+    if (rc == 0)
+        return PyLong_FromUnsignedLong(which);
+    if (rc == BRK_TIMEOUT)
+        Py_RETURN_NONE;
+    errno = rc < 0 ? -rc : EINVAL;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* wait_space(ring, len, timeout_ns) -> int: brk_wait_space without the GIL. */
+static PyObject *brk_py_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "wait_space(ring, len, timeout_ns)");
+    if (!r)
+        return NULL;
+    unsigned long long len = PyLong_AsUnsignedLongLong(args[1]);
+    if (len == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    long long timeout;
+    if (!brk_py_int64(args[2], &timeout))
+        return NULL;
+    int rc;
+    BRK_PY_BLOCKING(r, rc = brk_wait_space(r, (uint64_t)len, (int64_t)timeout));
+    return PyLong_FromLong(rc);
+}
+
+/* ready(ring) -> bool: a record (or the producer's end) to look at right now;
+ * one look, never a wait or a system call (a server spinning over its
+ * sessions calls it for each, so it must cost next to nothing). */
+static PyObject *brk_py_ready(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 1, "ready(ring)");
+    if (!r)
+        return NULL;
+    int rc = brk_spin_data(r, 0);
+    if (rc < 0)
+        return PyLong_FromLong(rc);
+    return PyBool_FromLong(rc != BRK_TIMEOUT);
+}
+
+static PyMethodDef brk_ring_methods[] = {
+    {"ready", (PyCFunction)(void (*)(void))brk_py_ready, METH_FASTCALL, "ready(ring) -> bool | outcome"},
+    {"send", (PyCFunction)(void (*)(void))brk_py_send, METH_FASTCALL, "send(ring, data) -> outcome"},
+    {"recv", (PyCFunction)(void (*)(void))brk_py_recv, METH_FASTCALL, "recv(ring) -> bytes | outcome"},
+    {"recv_wait", (PyCFunction)(void (*)(void))brk_py_recv_wait, METH_FASTCALL,
+     "recv_wait(ring, timeout_ns) -> bytes | outcome"},
+    {"wait_data", (PyCFunction)(void (*)(void))brk_py_wait_data, METH_FASTCALL, "wait_data(ring, timeout_ns) -> outcome"},
+    {"send_many", (PyCFunction)(void (*)(void))brk_py_send_many, METH_FASTCALL,
+     "send_many(ring, sequence, start) -> (sent, outcome)"},
+    {"recv_many", (PyCFunction)(void (*)(void))brk_py_recv_many, METH_FASTCALL,
+     "recv_many(ring, max) -> list[bytes] | outcome"},
+    {"topic_send", (PyCFunction)(void (*)(void))brk_py_topic_send, METH_FASTCALL,
+     "topic_send(ring, seq, data) -> outcome"},
+    {"topic_send_many", (PyCFunction)(void (*)(void))brk_py_topic_send_many, METH_FASTCALL,
+     "topic_send_many(ring, items, first_seq, start) -> (sent, outcome)"},
+    {"topic_recv", (PyCFunction)(void (*)(void))brk_py_topic_recv, METH_FASTCALL,
+     "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
+    {"topic_recv_many", (PyCFunction)(void (*)(void))brk_py_topic_recv_many, METH_FASTCALL,
+     "topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome)"},
+    {"wait_any", (PyCFunction)(void (*)(void))brk_py_wait_any, METH_FASTCALL,
+     "wait_any(rings, bell, seen, spin_ns, timeout_ns) -> index | None"},
+    {"wait_space", (PyCFunction)(void (*)(void))brk_py_wait_space, METH_FASTCALL,
+     "wait_space(ring, len, timeout_ns) -> outcome"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (broker/core/native.py). */
+const void *brk_ring_method(int i)
+{
+    if (i < 0 || i >= (int)(sizeof brk_ring_methods / sizeof brk_ring_methods[0]) - 1)
+        return NULL;
+    return &brk_ring_methods[i];
+}
