@@ -50,8 +50,6 @@ const void *brk_server_method(int i);
         (r)->busy--;             \
     } while (0)
 
-const void *brk_py_method(int i);
-
 /* Every entry point starts here: the argument count, then args[0] as the ring. */
 static inline brk_ring *brk_py_begin(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage)
 {
