@@ -215,13 +215,13 @@ static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssiz
     return list;
 }
 
-/* ---- topics: a publisher's ring (broker/services/topics/broker.py RECORD_HEAD) ----
- * A record is a 20-byte header, then the message's meta and payload: sequence
- * number u64, meta length u32, payload bytes still to come in later fragments
- * u32, fragment index u32 (all little-endian). These calls handle the common
- * message only, bytes with no meta in one record; anything else is Python's
- * (broker/services/topics/client.py), which also says what is wrong with a bad record. */
-#define BRK_TOPIC_HEAD 20
+/* ---- topics: a publisher's ring (broker/services/topics/wire.py RECORD_HEAD) ----
+ * A record is a BRK_TOPIC_HEAD-byte header, then the message's meta and payload:
+ * sequence number u64, meta length u32, payload bytes still to come in later
+ * fragments u32, fragment index u32 (all little-endian). topic_publish writes
+ * any message, fragments included; the readers take whole messages (one record)
+ * only, and leave anything else to Python (broker/services/topics/client.py),
+ * which also says what is wrong with a bad record. */
 
 /* Write one plain message: the header and data, straight into a claimed record. */
 static int brk_topic_put(brk_ring *r, uint64_t seq, const char *p, Py_ssize_t n)
@@ -234,6 +234,93 @@ static int brk_topic_put(brk_ring *r, uint64_t seq, const char *p, Py_ssize_t n)
     memset(w + 8, 0, 12); /* no meta, nothing more to come, fragment 0 */
     memcpy(w + BRK_TOPIC_HEAD, p, (size_t)n);
     return brk_commit(r, BRK_TOPIC_HEAD + (uint64_t)n);
+}
+
+/* A fragment's record of message seq: header (meta length, payload bytes still to come after this
+ * record, fragment number), then meta (the first only), then its part of the payload, copied from p
+ * (without the GIL for a big one: counted in r->busy). The ring's outcome. */
+static int brk_topic_fragment(brk_ring *r, uint64_t seq, const char *meta, uint64_t mlen, const char *p, uint64_t n,
+                              uint64_t more, uint32_t k)
+{
+    uint64_t len = BRK_TOPIC_HEAD + mlen + n;
+    int rc = brk_claim(r, len);
+    if (rc)
+        return rc;
+    unsigned char *w = r->wptr;
+    brk_frame_st(w, seq, 8);
+    brk_frame_st(w + 8, mlen, 4);
+    brk_frame_st(w + 12, more, 4);
+    brk_frame_st(w + 16, k, 4);
+    if (mlen)
+        memcpy(w + BRK_TOPIC_HEAD, meta, (size_t)mlen);
+    unsigned char *dst = w + BRK_TOPIC_HEAD + mlen;
+    if (n >= BRK_PY_NOGIL_BYTES)
+        BRK_PY_BLOCKING(r, memcpy(dst, p, (size_t)n));
+    else if (n)
+        memcpy(dst, p, (size_t)n);
+    return brk_commit(r, len);
+}
+
+/*
+ * topic_publish(ring, seq, data, meta, k) -> 0 | (outcome, k, need): message seq (data: any
+ * C-contiguous buffer, meta: bytes) written from the caller's buffer straight into the ring's
+ * records, from fragment k on (0: all of it): one record if it fits, else fragments (the first
+ * holds the meta; RECORD_HEAD's `more` counts the payload bytes after each). One copy, no
+ * Python object per fragment. It stops at the first fragment the ring will not take now: the
+ * outcome (BRK_FULL: wait for `need` bytes of room, then call again with k; anything else is an
+ * error), k the fragment it stopped at (0: nothing of the message was written).
+ */
+static PyObject *brk_py_topic_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 5, "topic_publish(ring, seq, data, meta, k)");
+    if (!r)
+        return NULL;
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[1]);
+    long long k0;
+    if ((seq == (unsigned long long)-1 && PyErr_Occurred()) || !brk_py_int64(args[4], &k0))
+        return NULL;
+    if (!PyBytes_CheckExact(args[3]) || k0 < 0 || k0 > UINT32_MAX) {
+        PyErr_SetString(PyExc_TypeError, "topic_publish: meta is bytes, k a fragment number");
+        return NULL;
+    }
+    const char *meta = PyBytes_AS_STRING(args[3]);
+    uint64_t mlen = (uint64_t)PyBytes_GET_SIZE(args[3]);
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[2], &v, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    uint64_t total = (uint64_t)v.len, max = r->max_record;
+    PyObject *out = NULL;
+    if (max <= BRK_TOPIC_HEAD + mlen) { /* no room for a fragment's payload: it would never end */
+        out = Py_BuildValue("(iIK)", BRK_TOOBIG, (unsigned)k0, (unsigned long long)(BRK_TOPIC_HEAD + mlen));
+        goto done;
+    }
+    uint64_t first = max - BRK_TOPIC_HEAD - mlen, room = max - BRK_TOPIC_HEAD;
+    uint32_t k = (uint32_t)k0;
+    for (;;) {
+        uint64_t at = k == 0 ? 0 : first + (uint64_t)(k - 1) * room; /* where fragment k starts */
+        if (k && at >= total)
+            break; /* (k past the last: nothing left) */
+        uint64_t n = k == 0 ? (total < first ? total : first) : (total - at < room ? total - at : room);
+        uint64_t more = total - at - n;
+        if (more > UINT32_MAX && k == 0) { /* RECORD_HEAD counts what is left in 32 bits */
+            out = Py_BuildValue("(iIK)", BRK_TOOBIG, 0u, (unsigned long long)total);
+            goto done;
+        }
+        int rc = brk_topic_fragment(r, seq, k ? NULL : meta, k ? 0 : mlen, (const char *)v.buf + at, n,
+                                    more > UINT32_MAX ? UINT32_MAX : more, k);
+        if (rc) {
+            out = Py_BuildValue("(iIK)", rc, (unsigned)k, (unsigned long long)(BRK_TOPIC_HEAD + (k ? 0 : mlen) + n));
+            goto done;
+        }
+        if (!more)
+            break;
+        k++;
+    }
+    out = PyLong_FromLong(0);
+done:
+    PyBuffer_Release(&v);
+    return out;
 }
 
 /* topic_send(ring, seq, data: bytes) -> int: one plain message in one record (BRK_TOOBIG if it
@@ -287,44 +374,67 @@ static PyObject *brk_py_topic_send_many(PyObject *self, PyObject *const *args, P
     return Py_BuildValue("(ni)", i - (start < 0 ? 0 : start), rc);
 }
 
-/* The next record, if it is a plain message numbered after *last: its payload as new bytes
- * (*last moved on), released; else NULL with *rc: the ring's outcome, or BRK_NOTREADY for a
- * record Python must read (it stays first in line). NULL with an exception: out of memory. */
-static PyObject *brk_topic_take(brk_ring *r, uint64_t *last, int *rc)
+/* The head of the next record, if it is a whole message (one record, fragment 0, nothing to come)
+ * numbered after last, with at most max_meta bytes of meta: 1 (*seq, *mlen set; the record stays
+ * peeked), 0 (it is not: unpeeked, *rc BRK_NOTREADY, Python reads it) or 0 with *rc the ring's outcome. */
+static int brk_topic_whole(brk_ring *r, uint64_t last, uint64_t max_meta, uint64_t *seq, uint64_t *mlen, int *rc)
 {
     *rc = brk_peek(r);
     if (*rc != BRK_OK)
-        return NULL; /* BRK_EMPTY, or anything else: lossless rings never give BRK_LOST */
+        return 0; /* BRK_EMPTY, or anything else: lossless rings never give BRK_LOST */
     unsigned char head[BRK_TOPIC_HEAD];
     uint64_t n = r->rlen;
-    if (n < BRK_TOPIC_HEAD) {
-        brk_unpeek(r);
-        *rc = BRK_NOTREADY;
-        return NULL;
+    if (n >= BRK_TOPIC_HEAD) {
+        memcpy(head, r->rptr, BRK_TOPIC_HEAD); /* one copy: the publisher may change the ring meanwhile */
+        *seq = brk_frame_ld(head, 8);
+        *mlen = brk_frame_ld(head + 8, 4);
+        if (!brk_frame_ld(head + 12, 4) && !brk_frame_ld(head + 16, 4) && *seq > last && *mlen <= max_meta &&
+            *mlen <= n - BRK_TOPIC_HEAD)
+            return 1;
     }
-    memcpy(head, r->rptr, BRK_TOPIC_HEAD); /* one copy: the publisher may change the ring meanwhile */
-    uint64_t seq = brk_frame_ld(head, 8);
-    if (brk_frame_ld(head + 8, 4) || brk_frame_ld(head + 12, 4) || brk_frame_ld(head + 16, 4) || seq <= *last) {
-        brk_unpeek(r);
-        *rc = BRK_NOTREADY;
+    brk_unpeek(r);
+    *rc = BRK_NOTREADY;
+    return 0;
+}
+
+/* The next record, if it is a plain message numbered after *last: its payload as new bytes
+ * (*last moved on), released; else NULL with *rc: the ring's outcome, or BRK_NOTREADY for a
+ * record Python must read (it stays first in line). NULL with an exception: out of memory.
+ * With meta (not NULL), a whole message with up to BRK_TOPIC_META bytes of meta is taken too: *meta
+ * its meta (new bytes), or NULL for none. */
+static PyObject *brk_topic_take(brk_ring *r, uint64_t *last, int *rc, PyObject **meta)
+{
+    uint64_t seq, mlen;
+    if (!brk_topic_whole(r, *last, meta ? BRK_TOPIC_META : 0, &seq, &mlen, rc))
         return NULL;
-    }
-    PyObject *out = PyBytes_FromStringAndSize((const char *)r->rptr + BRK_TOPIC_HEAD, (Py_ssize_t)(n - BRK_TOPIC_HEAD));
+    const char *at = (const char *)r->rptr + BRK_TOPIC_HEAD;
+    uint64_t n = r->rlen - BRK_TOPIC_HEAD - mlen;
+    PyObject *m = mlen ? PyBytes_FromStringAndSize(at, (Py_ssize_t)mlen) : NULL;
+    PyObject *out = mlen && !m ? NULL : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (!out) {
+        Py_XDECREF(m);
         brk_unpeek(r);
         return NULL;
     }
+    if (n >= BRK_PY_NOGIL_BYTES)
+        BRK_PY_BLOCKING(r, memcpy(PyBytes_AS_STRING(out), at + mlen, (size_t)n));
+    else
+        memcpy(PyBytes_AS_STRING(out), at + mlen, (size_t)n);
     *rc = brk_release(r);
     if (*rc) {
+        Py_XDECREF(m);
         Py_DECREF(out);
         return NULL;
     }
     *last = seq;
+    if (meta)
+        *meta = m;
     return out;
 }
 
-/* topic_recv(ring, last_seq) -> (seq, bytes) | int: the next plain message numbered after
- * last_seq, or an outcome (BRK_EMPTY; BRK_NOTREADY: the next record is Python's to read). */
+/* topic_recv(ring, last_seq) -> (seq, bytes) | (seq, bytes, meta) | int: the next whole message
+ * numbered after last_seq (with its meta when it has one: a numpy array's), or an outcome
+ * (BRK_EMPTY; BRK_NOTREADY: the next record is Python's to read: a fragment, or anything odd). */
 static PyObject *brk_py_topic_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -336,19 +446,73 @@ static PyObject *brk_py_topic_recv(PyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     uint64_t seq = last;
     int rc;
-    PyObject *out = brk_topic_take(r, &seq, &rc);
+    PyObject *meta = NULL;
+    PyObject *out = brk_topic_take(r, &seq, &rc, &meta);
     if (!out)
         return PyErr_Occurred() ? NULL : PyLong_FromLong(rc);
-    PyObject *t = PyTuple_New(2);
+    PyObject *t = PyTuple_New(meta ? 3 : 2);
     PyObject *num = t ? PyLong_FromUnsignedLongLong(seq) : NULL;
     if (!num) {
         Py_XDECREF(t);
         Py_DECREF(out);
+        Py_XDECREF(meta);
         return NULL;
     }
     PyTuple_SET_ITEM(t, 0, num);
     PyTuple_SET_ITEM(t, 1, out);
+    if (meta)
+        PyTuple_SET_ITEM(t, 2, meta);
     return t;
+}
+
+/*
+ * topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | int: the next
+ * whole message numbered after last_seq, its payload copied straight from the ring into `out` (any
+ * writable C-contiguous buffer) and released; meta b"" for none. A message bigger than `out` stays
+ * in the ring: (BRK_TOOBIG, its size). An outcome as topic_recv's otherwise.
+ */
+static PyObject *brk_py_topic_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_recv_into(ring, last_seq, out)");
+    if (!r)
+        return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[2], &v, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+        return NULL;
+    uint64_t seq, mlen;
+    int rc;
+    PyObject *out = NULL;
+    if (!brk_topic_whole(r, last, BRK_TOPIC_META, &seq, &mlen, &rc)) {
+        out = PyLong_FromLong(rc);
+        goto done;
+    }
+    const char *at = (const char *)r->rptr + BRK_TOPIC_HEAD;
+    uint64_t n = r->rlen - BRK_TOPIC_HEAD - mlen;
+    if (n > (uint64_t)v.len) {
+        brk_unpeek(r);
+        out = Py_BuildValue("(iK)", BRK_TOOBIG, (unsigned long long)n);
+        goto done;
+    }
+    PyObject *meta = PyBytes_FromStringAndSize(at, (Py_ssize_t)mlen);
+    if (!meta) {
+        brk_unpeek(r);
+        goto done;
+    }
+    if (n >= BRK_PY_NOGIL_BYTES)
+        BRK_PY_BLOCKING(r, memcpy(v.buf, at + mlen, (size_t)n));
+    else
+        memcpy(v.buf, at + mlen, (size_t)n);
+    rc = brk_release(r);
+    out = rc ? PyLong_FromLong(rc) : Py_BuildValue("(KKN)", (unsigned long long)seq, (unsigned long long)n, meta);
+    if (rc)
+        Py_DECREF(meta);
+done:
+    PyBuffer_Release(&v);
+    return out;
 }
 
 /* topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome): up to max plain messages
@@ -375,7 +539,7 @@ static PyObject *brk_py_topic_recv_many(PyObject *self, PyObject *const *args, P
     uint64_t seq = last;
     int rc = BRK_OK;
     for (Py_ssize_t i = 0; i < max; i++) {
-        PyObject *out = brk_topic_take(r, &seq, &rc);
+        PyObject *out = brk_topic_take(r, &seq, &rc, NULL);
         if (!out) {
             if (PyErr_Occurred()) {
                 Py_DECREF(list);
@@ -497,10 +661,14 @@ static PyMethodDef brk_ring_methods[] = {
      "recv_many(ring, max) -> list[bytes] | outcome"},
     {"topic_send", (PyCFunction)(void (*)(void))brk_py_topic_send, METH_FASTCALL,
      "topic_send(ring, seq, data) -> outcome"},
+    {"topic_publish", (PyCFunction)(void (*)(void))brk_py_topic_publish, METH_FASTCALL,
+     "topic_publish(ring, seq, data, meta, k) -> 0 | (outcome, k, need)"},
     {"topic_send_many", (PyCFunction)(void (*)(void))brk_py_topic_send_many, METH_FASTCALL,
      "topic_send_many(ring, items, first_seq, start) -> (sent, outcome)"},
     {"topic_recv", (PyCFunction)(void (*)(void))brk_py_topic_recv, METH_FASTCALL,
      "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
+    {"topic_recv_into", (PyCFunction)(void (*)(void))brk_py_topic_recv_into, METH_FASTCALL,
+     "topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | outcome"},
     {"topic_recv_many", (PyCFunction)(void (*)(void))brk_py_topic_recv_many, METH_FASTCALL,
      "topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome)"},
     {"wait_any", (PyCFunction)(void (*)(void))brk_py_wait_any, METH_FASTCALL,

@@ -128,7 +128,7 @@ def _check_topic_recv(data: bytes) -> None:
                 if type(r) is tuple:
                     if r[0] <= asm.seq:
                         raise Bug(f"topic_recv gave sequence {r[0]} after {asm.seq}")
-                    got.append((r[0], b"", r[1]))
+                    got.append((r[0], r[2] if len(r) == 3 else b"", r[1]))  # (a whole message with meta: 3)
                     asm.seq = r[0]
                     continue
         try:
@@ -153,8 +153,8 @@ def _check_decode(data: bytes) -> None:
         return
     n = int.from_bytes(data[1:3], "little") % 1024
     meta, payload = data[3:3 + n], data[3 + n:]
-    if data[0] & 1:
-        meta = b"nd1" + meta  # most of them claim to be arrays
+    if data[0] & 3:  # most of them claim to be arrays: a dtype string (nd1) or a JSON descr (nd2)
+        meta = (b"nd2" if data[0] & 3 == 2 else b"nd1") + meta
     try:
         value = S._decode(payload, meta)
     except ServerGone:

@@ -31,6 +31,7 @@ from broker._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeo
                       ServerGone, ServiceError, StateError, TooBig)
 from broker.protocol.frames import Status
 from broker.core.native import RING_FULL as _RING_FULL
+from broker.core.native import lib as _lib
 from broker.core.native import RING as _RING_CALLS
 from broker.core.ring import Broadcast
 from broker.services.topics.wire import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
@@ -46,9 +47,40 @@ _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this
 _tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/py/ring.c: plain messages
 _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
 
-_ARRAY = b"nd1"  # the meta of a numpy array: this, then u8 len + dtype string, u8 ndim, ndim x u64 shape
+_tpublish = _RING_CALLS["topic_publish"]  # any payload kind, straight from the caller's buffer into the ring
+_trecv_into = _RING_CALLS["topic_recv_into"]
+_RING_TOOBIG, _RING_NOTREADY = _lib.BRK_TOOBIG, _lib.BRK_NOTREADY
+
+# The meta of a numpy array: a marker, u8 (nd1) or u16 (nd2) length + the dtype, u8 ndim, ndim x u64 shape.
+# nd1: the dtype as dtype.str ("<f8"), for every dtype that string describes; nd2: its descr as JSON
+# (numpy.lib.format's), for those it does not: structured dtypes, which dtype.str turns into "|V12".
+_ARRAY = b"nd1"
+_ARRAY_DESCR = b"nd2"
 _MAX_DIMS = 32
 _DTYPE_STR = re.compile(rb"[<>|=]?[A-Za-z][0-9]{0,12}(\[[A-Za-z0-9]{1,8}\])?")
+_CACHE = 256  # dtypes and metas remembered each way (a publisher's, a subscriber's): most programs use a few
+
+
+def _dtype_bytes(dt: np.dtype) -> bytes:
+    """The dtype part of an array's meta (marker and length included)."""
+    s = dt.str.encode()
+    if np.dtype(dt.str) == dt and len(s) <= 255:
+        return _ARRAY + bytes([len(s)]) + s
+    if dt.hasobject:
+        raise TypeError("an array of Python objects cannot be published: its bytes are pointers")
+    d = json.dumps(np.lib.format.dtype_to_descr(dt), separators=(",", ":")).encode()
+    if len(d) > MAX_META - 512:
+        raise TypeError(f"dtype {dt} is too long to describe in a message's meta ({len(d)} bytes)")
+    return _ARRAY_DESCR + struct.pack("<H", len(d)) + d
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _array_meta(dt: np.dtype, shape: tuple[int, ...]) -> bytes:
+    if dt.hasobject:
+        raise TypeError("an array of Python objects cannot be published: its bytes are pointers")
+    if len(shape) > _MAX_DIMS:
+        raise TypeError(f"an array of {len(shape)} dimensions cannot be published (at most {_MAX_DIMS})")
+    return _dtype_bytes(dt) + bytes([len(shape)]) + struct.pack(f"<{len(shape)}Q", *shape)
 
 
 class Received(NamedTuple):
@@ -62,30 +94,80 @@ class Received(NamedTuple):
     topic: str = ""
 
 
-def _encode(data: Any) -> tuple[bytes, bytes]:
-    """(payload, meta) of what publish() takes: bytes-like, or a numpy array."""
-    if isinstance(data, np.ndarray):
-        if data.dtype.hasobject:
-            raise TypeError("an array of Python objects cannot be published: its bytes are pointers")
-        dt = data.dtype.str.encode()
-        if len(dt) > 255 or data.ndim > _MAX_DIMS:
-            raise TypeError(f"dtype {data.dtype} with {data.ndim} dimensions cannot be published")
-        meta = _ARRAY + bytes([len(dt)]) + dt + bytes([data.ndim]) + struct.pack(f"<{data.ndim}Q", *data.shape)
-        return np.ascontiguousarray(data).tobytes(), meta
-    if isinstance(data, bytes):
+def _payload(data: Any) -> tuple[Any, bytes]:
+    """(buffer, meta) of what publish() takes: the caller's own buffer (C-contiguous: a numpy array
+    that is not is made so), and the meta (b"" for bytes-like; an array's dtype and shape)."""
+    t = type(data)
+    if t is bytes or t is bytearray:
         return data, b""
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data), b""
-    raise TypeError(f"publish() takes bytes, a bytes-like object or a numpy array, not {type(data).__name__}")
+    if isinstance(data, np.ndarray):
+        meta = _array_meta(data.dtype, data.shape)
+        return (data if data.flags.c_contiguous else np.ascontiguousarray(data)), meta
+    if isinstance(data, (bytes, bytearray)):
+        return data, b""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"publish() takes bytes, a bytes-like object or a numpy array, not {t.__name__}") from None
+    return (view if view.c_contiguous else view.tobytes()), b""
 
 
-def _decode(data: bytes, meta: bytes) -> Any:
+def _encode(data: Any) -> tuple[bytes, bytes]:
+    """(payload as bytes, meta) of what publish() takes, for the calls that carry it in a frame."""
+    buf, meta = _payload(data)
+    return (buf if type(buf) is bytes else _flat(buf).tobytes()), meta
+
+
+def _flat(x: Any) -> memoryview:
+    """x's bytes as a flat memoryview, without a copy when x is C-contiguous (arrays of any shape,
+    zero-size and 0-d ones too, which memoryview.cast refuses)."""
+    if isinstance(x, np.ndarray):
+        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+    v = memoryview(x)
+    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous
+                                                                else np.frombuffer(v.tobytes(), np.uint8))
+
+
+def _decode(data: Any, meta: bytes) -> Any:
+    """The value of a message: its payload (bytes, or any buffer), or for an array's meta a numpy
+    array over it (read-only when the payload is). ServerGone for a meta that is not sound."""
     if not meta:
         return data
-    if not meta.startswith(_ARRAY) or len(meta) < 5:
+    dtype, shape, nbytes = _meta_array(meta)
+    if nbytes != memoryview(data).nbytes:
+        raise ServerGone("an array message whose shape and dtype do not match its bytes")
+    try:
+        return np.frombuffer(data, dtype).reshape(shape)
+    except ValueError as e:  # numpy's own limits (a zero-size array with a dimension too big, say)
+        raise ServerGone(f"an array message numpy cannot make: {e}") from None
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _meta_array(meta: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, bytes) of an array's meta; ServerGone if it is not sound (and not remembered)."""
+    if meta.startswith(_ARRAY) and len(meta) >= 5:
+        n = meta[3]
+        dt, at = meta[4:4 + n], 4 + n
+        # only what dtype.str of an array is ("<f8", "|S5", "<M8[ns]"...): numpy parses anything else
+        # (commas, parentheses) with ast.literal_eval, which raises SyntaxError and more on junk
+        if not _DTYPE_STR.fullmatch(dt):
+            raise ServerGone(f"a message with an unknown dtype {dt!r}")
+        try:
+            dtype = np.dtype(dt.decode())
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise ServerGone(f"a message with an unknown dtype {dt!r}") from None
+    elif meta.startswith(_ARRAY_DESCR) and len(meta) >= 6:
+        (n,) = struct.unpack_from("<H", meta, 3)
+        dt, at = meta[5:5 + n], 5 + n
+        try:  # JSON of the shape a descr has (_sound_descr), then numpy's own reader of a descr
+            descr = json.loads(dt)
+            if not _sound_descr(descr, 0):
+                raise ValueError("not a descr")
+            dtype = np.lib.format.descr_to_dtype(_lists_to_tuples(descr))
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, UnicodeDecodeError):
+            raise ServerGone(f"a message with an unknown dtype {dt[:64]!r}") from None
+    else:
         raise ServerGone(f"a message with an unknown meta ({meta[:8]!r})")
-    n = meta[3]
-    dt, at = meta[4:4 + n], 4 + n
     if at >= len(meta):
         raise ServerGone("a message with a cut array meta")
     ndim = meta[at]
@@ -94,24 +176,40 @@ def _decode(data: bytes, meta: bytes) -> Any:
     if ndim > _MAX_DIMS:
         raise ServerGone(f"an array message of {ndim} dimensions (at most {_MAX_DIMS})")
     shape = struct.unpack_from(f"<{ndim}Q", meta, at + 1)
-    # only what dtype.str of an array is ("<f8", "|S5", "<M8[ns]"...): numpy parses anything else
-    # (commas, parentheses) with ast.literal_eval, which raises SyntaxError and more on junk
-    if not _DTYPE_STR.fullmatch(dt):
-        raise ServerGone(f"a message with an unknown dtype {dt!r}")
-    try:
-        dtype = np.dtype(dt.decode())
-    except (TypeError, ValueError, UnicodeDecodeError):
-        raise ServerGone(f"a message with an unknown dtype {dt!r}") from None
     # the publisher is untrusted: a dtype that frombuffer cannot take (no bytes, a sub-array, Python
     # objects), or a shape whose product is counted exactly (never modulo 2**64), is a bad message
     if dtype.hasobject or dtype.itemsize == 0 or dtype.subdtype is not None:
         raise ServerGone(f"an array message of dtype {dtype} cannot be received")
-    if math.prod(shape) * dtype.itemsize != len(data):
-        raise ServerGone("an array message whose shape and dtype do not match its bytes")
-    try:
-        return np.frombuffer(data, dtype).reshape(shape)
-    except ValueError as e:  # numpy's own limits (a zero-size array with a dimension too big, say)
-        raise ServerGone(f"an array message numpy cannot make: {e}") from None
+    return dtype, shape, math.prod(shape) * dtype.itemsize
+
+
+def _sound_descr(d: Any, depth: int) -> bool:
+    """Is d (from an untrusted publisher's JSON) what dtype_to_descr makes: a format string numpy reads
+    without evaluating anything (_DTYPE_STR), or a list of [name, format(, shape)] fields, at most 8
+    deep? numpy parses any other string with ast.literal_eval."""
+    if isinstance(d, str):
+        return _DTYPE_STR.fullmatch(d.encode()) is not None
+    if not isinstance(d, list) or depth >= 8 or len(d) > 1024:
+        return False
+    for f in d:
+        if not isinstance(f, list) or len(f) not in (2, 3) or not isinstance(f[0], str) or len(f[0]) > 255:
+            return False
+        if not _sound_descr(f[1], depth + 1):
+            return False
+        if len(f) == 3 and not (isinstance(f[2], list) and len(f[2]) <= _MAX_DIMS and
+                                all(type(x) is int and 0 <= x < 1 << 31 for x in f[2])):
+            return False
+    return True
+
+
+def _lists_to_tuples(descr: Any) -> Any:
+    """A descr as JSON brought it: its fields' [name, format(, shape)] lists become the tuples numpy
+    expects (a field's format may itself be a descr: a nested structure)."""
+    if isinstance(descr, list):
+        return [tuple(_lists_to_tuples(x) if isinstance(x, list) and i == 1 else
+                      (tuple(x) if isinstance(x, list) else x) for i, x in enumerate(f))
+                if isinstance(f, list) else f for f in descr]
+    return descr
 
 
 def _options(**opts: Any) -> bytes:
@@ -143,6 +241,37 @@ class Publisher(SubSession):
         payload, meta = _encode(data)
         self._seq += 1
         return split_record(self._seq, meta, payload, self._ring.max_record)  # type: ignore[union-attr]
+
+    def _publish_ring(self, ring: Broadcast, data: Any, timeout: float | None) -> None:
+        """publish() on the ring: C writes the message from the caller's buffer straight into its
+        records (fragments when it is bigger than one), waiting here for room when there is none."""
+        buf, meta = _payload(data)
+        self._seq += 1
+        r = _tpublish(self._addr, self._seq, buf, meta, 0)
+        if not r:
+            return
+        wait = self.block_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        h = None
+        while r:
+            rc, k, need = r
+            try:
+                if rc != _RING_FULL:
+                    if rc == _RING_TOOBIG:
+                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "
+                                     f"{self.topic!r}'s ring (records of {ring.max_record} bytes)")
+                    raise ring._failed(rc, f"publish on {ring.name}")
+                h = h or ring.need("producer")
+                ring.wait_room(h, need, wait, deadline)
+            except BaseException as e:
+                if not k:  # nothing of it was written: its number is the next one's
+                    self._seq -= 1
+                if isinstance(e, Full):
+                    self._ring_full(e)
+                if isinstance(e, Closed):
+                    self._ring_closed(e)
+                raise
+            r = _tpublish(self._addr, self._seq, buf, meta, k)
 
     def _ring_closed(self, e: Closed) -> NoReturn:
         """A send on the ring failed as closed: the server is gone (its session's socket hung up:
@@ -183,19 +312,7 @@ class Publisher(SubSession):
                     self._seq -= 1
                     self._ring_closed(e)
                 return
-            recs = self._records(data)
-            wait = self.block_timeout if timeout is None else timeout
-            try:
-                if len(recs) == 1:
-                    ring.send(recs[0], wait)
-                else:  # fragments: the subscribers put them together (or drop a message cut short)
-                    deadline = time.monotonic() + wait
-                    for rec in recs:
-                        ring.send(rec, max(0.0, deadline - time.monotonic()))
-            except Full as e:
-                self._ring_full(e)
-            except Closed as e:
-                self._ring_closed(e)
+            self._publish_ring(ring, data, timeout)  # any other payload kind: one copy, in C
             return
         payload, meta = _encode(data)
         try:
@@ -629,8 +746,15 @@ class Subscriber(SubSession):
             else:
                 time.sleep(min(wait, 0.0005))  # several rings: a short nap between looks
 
-    def receive(self, timeout: float | None = None) -> Any:
-        """The next message's value (bytes or a numpy array); as receive_message."""
+    def receive(self, timeout: float | None = None, *, out: Any = None) -> Any:
+        """The next message's value (bytes or a numpy array); as receive_message. With `out` (a writable
+        buffer: a bytearray, a numpy array...), the payload is copied into it, once, and the value is
+        a view of `out`: a memoryview of its first bytes, or a numpy array over them for an array message
+        (ValueError if `out` is too small: the message stays next)."""
+        if out is not None:
+            n, meta = self._into(out, timeout)
+            view = _flat(out)[:n]
+            return _decode(view, meta) if meta else view
         if self._held is not None:
             self.release()
         self._since += 1
@@ -644,9 +768,59 @@ class Subscriber(SubSession):
                 r = _trecv(fast[0], asm.seq)
                 if type(r) is tuple:
                     asm.seq = r[0]
-                    return r[1]
+                    if len(r) == 2:
+                        return r[1]
+                    try:  # a whole message with meta: a numpy array over the bytes C made
+                        return _decode(r[1], r[2])
+                    except ServerGone as e:  # a publisher's bad message: skipped and counted
+                        self.corrupt += 1
+                        self.last_error = str(e)
         # anything else (a message in fragments or with meta, several rings, relayed ones): the long way
         return self.receive_message(timeout).value
+
+    def receive_into(self, buf: Any, timeout: float | None = None) -> int:
+        """The next message's payload copied into buf (any writable C-contiguous buffer: a bytearray, a
+        numpy array's own memory...), once; its size in bytes. From a ring this subscriber reads in
+        place, straight from the ring. ValueError if buf is smaller than the message, which then stays
+        next. An array message's bytes come as they are: receive(out=buf) gives them their shape."""
+        return self._into(buf, timeout)[0]
+
+    def receive_array(self, timeout: float | None = None) -> np.ndarray:
+        """The next message as a numpy array: an array message with its dtype and shape, any other as
+        uint8 (read-only, over the bytes received, no copy after them)."""
+        value = self.receive(timeout)
+        return value if isinstance(value, np.ndarray) else np.frombuffer(value, np.uint8)
+
+    def _into(self, buf: Any, timeout: float | None) -> tuple[int, bytes]:
+        """(bytes, meta) of the next message, its payload copied into buf."""
+        if not memoryview(buf).c_contiguous or memoryview(buf).readonly:
+            raise ValueError("a message is received into a writable, C-contiguous buffer")
+        if self._held is not None:
+            self.release()
+        self._since += 1
+        if self._since >= _FETCH_EVERY and self._rings:  # as receive(): relayed messages and news of rings
+            self._since = 0
+            self._take(0)
+        fast = self._fast
+        if fast is not None and not self._items and fast[1]._parts is None:  # straight from the ring, in C
+            r = _trecv_into(fast[0], fast[1].seq, buf)
+            if type(r) is tuple:
+                if len(r) == 3:
+                    fast[1].seq = r[0]
+                    return r[1], r[2]
+                raise ValueError(f"the next message on {self.topic!r} has {r[1]} bytes, more than the "
+                                 f"{memoryview(buf).nbytes} of the buffer given")
+        msg = self.receive_message(timeout)
+        value = msg.value
+        src = _flat(value)
+        meta = _array_meta(value.dtype, value.shape) if isinstance(value, np.ndarray) else b""
+        dst = _flat(buf)
+        if src.nbytes > dst.nbytes:
+            self._items.appendleft(msg)
+            raise ValueError(f"the next message on {self.topic!r} has {src.nbytes} bytes, more than the "
+                             f"{dst.nbytes} of the buffer given")
+        dst[:src.nbytes] = src
+        return src.nbytes, meta
 
     def receive_view(self, timeout: float | None = None) -> Any:
         """The next message without a copy where it can be: a read-only memoryview (or numpy array)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import struct
 
+from broker.core.native import lib
+
 from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
                                    TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
 
@@ -15,7 +17,7 @@ MAX_TOPIC_NAME = 200
 MAX_OPTIONS = 4096
 MAX_CAPACITY = 1 << 20  # messages in one subscriber's queue
 MAX_HISTORY = 1 << 16
-MAX_META = 4096
+MAX_META = lib.BRK_TOPIC_META  # a message's meta at most: a numpy array's dtype and shape
 DEFAULT_QUEUE_CAPACITY = 1024
 DEFAULT_BLOCK_TIMEOUT = 5.0
 
@@ -30,6 +32,7 @@ BATCH_HEAD = struct.Struct("<Q")
 # A publisher ring's record: sequence, meta length, payload bytes still to come in the records after
 # this one, fragment number (0: a message's first record, which holds the meta); then meta, payload.
 RECORD_HEAD = struct.Struct("<QIII")
+assert RECORD_HEAD.size == lib.BRK_TOPIC_HEAD  # csrc/ring/brk_ring.h: C writes and reads these records too
 MAX_MESSAGE = 1 << 34  # the most payload a message may announce
 RING_GONE = b"-ring"  # a control message (sequence 0) to a direct subscriber: that publisher's ring ended
 TOPIC_OF = b"-topic"  # a control message to a prefix subscriber: that publisher's topic name follows

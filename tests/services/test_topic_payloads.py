@@ -1,0 +1,195 @@
+"""Every payload kind through a topic, on every path: what was published is what arrives.
+
+bytes, bytearray, memoryview (any format, contiguous or not), numpy arrays (any dtype, structured
+ones included, any order, any rank) and messages bigger than a ring record (fragments), to a direct
+subscriber (it reads the publisher's ring in place), to a relayed one (another session: the server
+relays the ring over its socket) and from a publisher on a socket (no ring: each publish is a
+call). On a ring, C writes the message from the caller's buffer straight into the ring
+(topic_publish, csrc/py/ring.c); receive_into and receive(out=) copy it straight out again.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+import broker
+from broker import connect
+from broker.services.topics import client as topics_client
+
+STRUCT = np.dtype([("a", "<i4"), ("b", "<f8")])
+NESTED = np.dtype([("id", "<u2"), ("pos", [("x", "<f4"), ("y", "<f4")]), ("tag", "S3"), ("v", "<i2", (2, 3))])
+PADDED = np.dtype({"names": ["a", "b"], "formats": ["<i4", "<f8"], "offsets": [0, 8], "itemsize": 24})
+
+
+def _payloads() -> list[object]:
+    rng = np.random.default_rng(7)
+    base = bytes(range(256)) * 300  # 76.8 KiB: more than a record of the small rings below
+    arr = np.zeros(5, STRUCT)
+    arr["a"], arr["b"] = range(5), np.linspace(0, 1, 5)
+    nested = np.zeros((2, 2), NESTED)
+    nested["id"], nested["tag"] = [[1, 2], [3, 4]], b"ab"
+    nested["pos"]["y"] = 2.5
+    nested["v"] = np.arange(6).reshape(2, 3)
+    return [
+        b"plain bytes", b"", bytearray(b"a bytearray"), memoryview(b"a memoryview"),
+        memoryview(np.arange(6, dtype=np.int32)),  # a memoryview of format "i": its bytes
+        memoryview(b"0123456789")[::2],  # not contiguous: its items, in order
+        base, bytearray(base), memoryview(base)[1000:],  # fragments
+        np.arange(12, dtype=np.float64).reshape(3, 4), np.zeros((2, 0, 5), np.int16), np.array(7, np.uint8),
+        np.arange(10, dtype=">i4")[::2], np.asfortranarray(rng.random((30, 40))), arr, nested,
+        np.zeros(3, PADDED), rng.random(40_000),  # 320 KB: fragments of an array
+        np.array(["x", "yz"], dtype="<U2"), np.arange(4).astype("<M8[ns]"),
+    ]
+
+
+def _as_published(x: object) -> object:
+    """What a subscriber gets for x: bytes for anything bytes-like, the array as it is."""
+    if isinstance(x, np.ndarray):
+        return x
+    return memoryview(x).tobytes()  # type: ignore[arg-type]
+
+
+def _same(sent: object, got: object) -> bool:
+    want = _as_published(sent)
+    if isinstance(want, np.ndarray):
+        return (isinstance(got, np.ndarray) and got.dtype == want.dtype and got.shape == want.shape
+                and got.tobytes() == np.ascontiguousarray(want).tobytes())
+    return type(got) is bytes and got == want
+
+
+PATHS = ["direct", "relayed", "socket publisher"]
+
+
+def _pair(server: broker.Server, path: str, stack: list) -> tuple:
+    """(publisher, subscriber) for one path; the publisher's ring holds records of at most 32 KiB."""
+    a = connect(server.address, socket_only=path == "socket publisher")
+    b = connect(server.address, sharable=True, socket_only=path == "relayed")
+    stack += [b, a]
+    pub = a.publisher("kinds", ring_capacity=1 << 16, block_timeout=30)
+    sub = b.subscriber("kinds", capacity=8)
+    assert (pub.ring is None) == (path == "socket publisher")
+    assert bool(sub._rings) == (path == "direct")
+    return pub, sub
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_payload_kind_arrives_as_it_was_published(server, path):
+    payloads = _payloads()
+    stack: list = []
+    try:
+        pub, sub = _pair(server, path, stack)
+        got: list = []
+        reader = threading.Thread(target=lambda: got.extend(sub.receive(30) for _ in payloads))
+        reader.start()  # the ring holds less than some of them: the reader reads while they are written
+        for x in payloads:
+            pub.publish(x)
+        reader.join(60)
+        assert len(got) == len(payloads)
+        bad = [(i, type(x).__name__) for i, (x, y) in enumerate(zip(payloads, got)) if not _same(x, y)]
+        assert not bad, f"changed on the way: {bad}"
+        assert got[14].dtype == STRUCT  # a structured dtype, not |V12
+        sub.close()
+        pub.close()
+    finally:
+        for s in stack:
+            s.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_receive_into_and_receive_out_copy_into_the_callers_buffer(server, path):
+    stack: list = []
+    try:
+        pub, sub = _pair(server, path, stack)
+        arr = np.arange(20, dtype=np.float32).reshape(4, 5)
+        pub.publish(b"x" * 100)
+        pub.publish(arr)
+        pub.publish(b"y" * 50_000)  # fragments on a ring
+        pub.publish(bytearray(b"last"))
+        small = bytearray(10)
+        with pytest.raises(ValueError, match="100 bytes"):
+            sub.receive_into(small, timeout=10)
+        buf = bytearray(64 << 10)
+        assert sub.receive_into(buf, timeout=10) == 100 and buf[:100] == b"x" * 100  # the one refused above
+        out = np.empty(64, np.float32)
+        got = sub.receive(10, out=out)
+        assert isinstance(got, np.ndarray) and got.shape == (4, 5) and np.array_equal(got, arr)
+        assert np.shares_memory(got, out)  # a view of the buffer given: no copy after the one into it
+        view = sub.receive(10, out=buf)
+        assert isinstance(view, memoryview) and view == b"y" * 50_000
+        assert sub.receive_array(10).tobytes() == b"last"
+        sub.close()
+        pub.close()
+    finally:
+        for s in stack:
+            s.close()
+
+
+def test_a_ring_publish_is_c_from_the_callers_buffer(server, monkeypatch):
+    """publish() of anything but small bytes on a ring goes through topic_publish only: none of the
+    Python encoding (the payload as bytes, the records as bytes) runs."""
+    def boom(*a, **k):
+        raise AssertionError("the Python way was taken")
+
+    monkeypatch.setattr(topics_client, "split_record", boom)
+    monkeypatch.setattr(topics_client, "_encode", boom)
+    with connect(server.address) as a, connect(server.address) as b:
+        pub = a.publisher("c", ring_capacity=1 << 20)  # records of 512 KiB: each goes whole, read after
+        sub = b.subscriber("c")
+        assert pub.ring is not None
+        for x in (bytearray(b"ba"), memoryview(b"mv"), np.arange(3), bytearray(100_000), np.zeros(2, STRUCT)):
+            pub.publish(x)
+            assert _same(x, sub.receive(10))
+        sub.close()
+        pub.close()
+
+
+def test_a_full_ring_times_out_a_publish_that_nobody_gets_and_the_next_one_goes(server):
+    with connect(server.address) as a, connect(server.address, sharable=True) as b:
+        pub = a.publisher("full", ring_capacity=1 << 16, block_timeout=0.2)
+        sub = b.subscriber("full", capacity=4)
+        assert sub._rings  # direct: it does not read yet, and the ring fills
+        first = bytearray(20_000)
+        sent = 0
+        with pytest.raises(broker.FullTimeout):
+            while True:
+                pub.publish(first)
+                sent += 1
+        assert sent >= 1
+        got = [sub.receive(5) for _ in range(sent)]
+        assert got == [bytes(first)] * sent
+        pub.publish(np.arange(3))  # its sequence number follows on: nothing waits for a lost one
+        assert np.array_equal(sub.receive(5), np.arange(3))
+        sub.close()
+        pub.close()
+
+
+def _nd2(descr: str) -> bytes:
+    """An array meta with this JSON descr and no dimensions."""
+    return b"nd2" + struct.pack("<H", len(descr)) + descr.encode() + b"\x00"
+
+
+@pytest.mark.parametrize("meta", [
+    b"nd2" + struct.pack("<H", 5) + b"[[1,2" + b"\x01" + struct.pack("<Q", 1),  # not JSON
+    b"nd2" + struct.pack("<H", 7) + b'"<zz9"' + b"\x00" + b"\x00",  # not a dtype
+    b"nd2" + struct.pack("<H", 8) + b'[["a",5' + b"]" + b"\x00",  # a field without a format
+    b"nd2" + struct.pack("<H", 600) + b"[" * 600 + b"\x00",  # deep
+    b"nd2" + struct.pack("<H", 40) + json.dumps([["a", "|O"]]).encode().ljust(40) + b"\x00",  # objects
+    _nd2(json.dumps([["a", "(1, [2] * 9**9)"]])),  # a format numpy would evaluate
+    _nd2(json.dumps("[('a', '<f8')]")),  # the same, as a whole descr
+    _nd2('[["a","<f8",[2147483648]]]'),  # a field too big
+    _nd2('[["a",' * 20 + '"<f8"' + "]]" * 20),  # too deep
+    b"nd2" + struct.pack("<H", 2000),  # cut
+    b"nd9",  # unknown
+])
+def test_an_array_meta_that_is_not_sound_is_refused_not_trusted(meta):
+    with pytest.raises(broker.ServerGone):
+        topics_client._decode(b"\x00" * 8, meta)
+
+
+def test_a_sound_descr_meta_is_read():
+    got = topics_client._decode(b"\x01\x00\x00\x00" + b"\x00" * 8, _nd2('[["a","<i4"],["b","<f8"]]'))
+    assert got.dtype == STRUCT and got.shape == () and got["a"] == 1
