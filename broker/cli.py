@@ -692,6 +692,11 @@ def main(argv: list[str] | None = None) -> int:
     pubsub = bench_sub.add_parser("pubsub", help="topics against multiprocessing.Queue and pyzmq PUB/SUB")
     pubsub.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     pubsub.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
+    for suite in (ring, rpc, lnk, pubsub):
+        suite.add_argument("--chart", metavar="FILE", help="also draw the figures into FILE (.png or .svg; matplotlib)")
+    chart = bench_sub.add_parser("chart", help="draw the figures of a JSON a bench wrote (matplotlib)")
+    chart.add_argument("json_file", metavar="JSON", help="what `broker bench SUITE --json FILE` wrote")
+    chart.add_argument("--out", metavar="FILE", help="the chart's file (default: JSON's name, .png)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         limits = {k: v for k in ("max_queued", "max_queued_per_user", "stall_timeout", "handshake_timeout")
@@ -717,19 +722,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.suite in (None, "ring"):
             from broker.bench.ring import run
 
-            return run(json_path=getattr(args, "json", None), quick=getattr(args, "quick", False))
+            return run(json_path=getattr(args, "json", None), quick=getattr(args, "quick", False),
+                       chart_path=getattr(args, "chart", None))
         if args.suite == "rpc":
             from broker.bench.rpc import run as run_rpc
 
-            return run_rpc(json_path=args.json, quick=args.quick)
+            return run_rpc(json_path=args.json, quick=args.quick, chart_path=args.chart)
         if args.suite == "link":
             from broker.bench.link import run as run_link
 
-            return run_link(json_path=args.json, quick=args.quick)
+            return run_link(json_path=args.json, quick=args.quick, chart_path=args.chart)
         if args.suite == "pubsub":
             from broker.bench.pubsub import run as run_pubsub
 
-            return run_pubsub(json_path=args.json, quick=args.quick)
+            return run_pubsub(json_path=args.json, quick=args.quick, chart_path=args.chart)
+        if args.suite == "chart":
+            from broker.bench.chart import run as run_chart
+
+            return run_chart(args.json_file, args.out)
         parser.error(f"unknown benchmark {args.suite!r}")
     parser.print_help()
     return 0

@@ -240,5 +240,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
-    return _bench_ring.report(bench, table, json_path, quick, scale)
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,
+        chart_path: str | None = None) -> int:
+    return _bench_ring.report(bench, table, json_path, quick, scale, chart_path, "link")

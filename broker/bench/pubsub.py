@@ -448,7 +448,8 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,
+        chart_path: str | None = None) -> int:
     """`broker bench pubsub`: print the table, optionally write JSON; the exit code."""
-    return _bench_ring.report(bench, table, json_path, quick, scale)
+    return _bench_ring.report(bench, table, json_path, quick, scale, chart_path, "pubsub")
 

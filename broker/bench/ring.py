@@ -802,9 +802,10 @@ def _target_s(t: dict[str, Any] | None) -> str:
 
 
 def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str, Any]], str],
-           json_path: str | None, quick: bool, scale: float | None) -> int:
-    """Run a benchmark, print its table, optionally write its JSON; the exit
-    code (130 when interrupted by Ctrl-C or SIGTERM, after cleaning up)."""
+           json_path: str | None, quick: bool, scale: float | None, chart_path: str | None = None,
+           suite: str = "") -> int:
+    """Run a benchmark, print its table, optionally write its JSON and its chart (broker/bench/chart.py);
+    the exit code (130 when interrupted by Ctrl-C or SIGTERM, after cleaning up)."""
     old = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so the finally blocks still reap and clean up
@@ -818,6 +819,8 @@ def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     print(table_fn(result))
+    if suite:
+        result.setdefault("meta", {})["suite"] = suite
     if json_path:
         parent = os.path.dirname(os.path.abspath(json_path))
         os.makedirs(parent, exist_ok=True)
@@ -825,12 +828,17 @@ def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str
             json.dump(result, f, indent=1)
             f.write("\n")
         print(f"\nwrote {json_path}")
+    if chart_path:
+        from broker.bench.chart import chart, suite_labels
+
+        print(f"wrote {chart(result, chart_path, suite, suite_labels(suite))}")
     return 0
 
 
-def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,
+        chart_path: str | None = None) -> int:
     """`broker bench ring`: print the table, optionally write JSON; the exit code.
 
     scale multiplies every message and sample count (default: the environment
     variable BROKER_BENCH_SCALE, else 1); quick multiplies it by 0.1."""
-    return report(bench, table, json_path, quick, scale)
+    return report(bench, table, json_path, quick, scale, chart_path, "ring")

@@ -527,9 +527,10 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(json_path: str | None = None, quick: bool = False, scale: float | None = None) -> int:
+def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,
+        chart_path: str | None = None) -> int:
     """`broker bench rpc`: print the table, optionally write JSON; the exit code.
 
     scale multiplies every request and sample count (default: the environment
     variable BROKER_BENCH_SCALE, else 1); quick multiplies it by 0.1."""
-    return _bench_ring.report(bench, table, json_path, quick, scale)
+    return _bench_ring.report(bench, table, json_path, quick, scale, chart_path, "rpc")
