@@ -11,7 +11,10 @@ each transport in turn:
 - queue: one multiprocessing.Queue per subscriber, the publisher puts each
   message into each;
 - zmq: a pyzmq PUB socket bound to ipc://, SUB sockets connected to it (no
-  high-water mark: nothing dropped), if pyzmq is installed.
+  high-water mark: nothing dropped), if pyzmq is installed;
+- iceoryx2: its Python binding's publish-subscribe of byte slices in shared
+  memory (loan a sample, copy in, send; receive, copy out, give it back;
+  nothing dropped), if iceoryx2 is installed.
 
 Messages one per call are made in the publisher's loop as a user's program
 makes them (bytes built each time; a bytearray or a numpy array refilled),
@@ -43,9 +46,16 @@ try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
 except ImportError:  # pragma: no cover - the table says it is missing
     zmq = None
+try:  # a benchmark extra too: iceoryx2's Python binding (shared memory, zero-copy by design)
+    import ctypes
 
-TRANSPORTS = ("broker", "relay", "queue", "zmq")
-LABELS = {"broker": "broker", "relay": "broker relay", "queue": "mp.Queue", "zmq": "pyzmq ipc"}
+    import iceoryx2 as iox2
+except ImportError:  # pragma: no cover - the table says it is missing
+    iox2 = None
+
+TRANSPORTS = ("broker", "relay", "queue", "zmq", "iceoryx2")
+LABELS = {"broker": "broker", "relay": "broker relay", "queue": "mp.Queue", "zmq": "pyzmq ipc",
+          "iceoryx2": "iceoryx2"}
 _STAMP = struct.Struct("<QQ")  # a message's sequence number and the publisher's perf_counter_ns
 _SEQ = struct.Struct("<Q")
 _END = b"end"
@@ -205,6 +215,82 @@ class _Zmq:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _Iceoryx2:
+    """iceoryx2's publish-subscribe of byte slices, as its Python binding is meant to be used: the
+    publisher loans a sample of the message's size, copies the message in and sends it; a
+    subscriber receives a sample, copies its payload out to bytes and gives the sample back. Nothing
+    is dropped (no safe overflow: a publisher retries until delivered, as a blocking subscriber
+    wants); an empty receive yields the CPU and looks again (the binding has no blocking receive)."""
+
+    def __init__(self, n: int, size: int) -> None:
+        iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+        self.name = f"broker-bench/pubsub-{os.getpid()}-{time.monotonic_ns()}"
+        self.size = size
+        self.node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        self.service = self._service(self.node)
+        self.pub = (self.service.publisher_builder().initial_max_slice_len(max(size, 64))
+                    .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+                    .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered).create())
+
+    def _service(self, node: Any) -> Any:
+        return (node.service_builder(iox2.ServiceName.new(self.name)).publish_subscribe(iox2.Slice[ctypes.c_uint8])
+                .enable_safe_overflow(False).subscriber_max_buffer_size(1024).history_size(0).max_publishers(1)
+                .max_subscribers(8).open_or_create())
+
+    def subscriber(self, i: int) -> Any:  # in the child (after the fork): its own node
+        node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        return node, self._service(node).subscriber_builder().create()
+
+    def receive(self, end: Any) -> Callable[[], Any]:
+        sub, idle = end[1], os.sched_yield
+
+        def receive() -> bytes:
+            while True:
+                s = sub.receive()
+                if s is not None:
+                    data = bytes(s.payload().as_memory_view())
+                    s.delete()  # the sample goes back to the publisher's pool
+                    return data
+                idle()
+        return receive
+
+    def receive_many(self, end: Any) -> Callable[[], list[Any]]:
+        one, sub = self.receive(end), end[1]
+
+        def receive_many() -> list[bytes]:
+            got = [one()]
+            while len(got) < 4096 and (s := sub.receive()) is not None:
+                got.append(bytes(s.payload().as_memory_view()))
+                s.delete()
+            return got
+        return receive_many
+
+    def publish(self) -> Callable[[Any], Any]:
+        pub = self.pub
+        loan, move, char = pub.loan_slice_uninit, ctypes.memmove, ctypes.c_char
+
+        def publish(data: Any) -> None:
+            if type(data) is bytes:
+                n, src = len(data), data
+            else:  # a bytearray or an array: its own memory, no copy before the one into the sample
+                view = memoryview(data).cast("B")
+                n, src = view.nbytes, (char * view.nbytes).from_buffer(view)
+            sample = loan(n)
+            move(sample.payload_ptr, src, n)
+            sample.assume_init().send()
+        return publish
+
+    def publish_many(self) -> Callable[[list[Any]], Any]:
+        one = self.publish()
+        return lambda items: [one(x) for x in items]
+
+    def close(self) -> None:
+        for x in (self.pub, self.service, self.node):
+            delete = getattr(x, "delete", None)
+            if delete is not None:
+                delete()
+
+
 def _maker(fig: Figure, transport: str) -> Callable[[int], Any]:
     """The publisher's loop body: message k of fig.size bytes, its number and a 0 stamp first, made as
     a user's loop makes it. bytes: a new bytes each time; bytearray and numpy: one buffer, refilled
@@ -232,11 +318,13 @@ def _maker(fig: Figure, transport: str) -> Callable[[int], Any]:
     return make_np
 
 
-def _make(transport: str, n: int, zero_copy: int = 0) -> Any:
+def _make(transport: str, n: int, zero_copy: int = 0, size: int = 64) -> Any:
     if transport in ("broker", "relay"):
         return _Broker(transport == "relay", zero_copy)
     if transport == "queue":
         return _Queue(n)
+    if transport == "iceoryx2":
+        return _Iceoryx2(n, size)
     return _Zmq(n)
 
 
@@ -260,7 +348,7 @@ def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: in
             break
     got, t0, lat = 0, 0, []
     seq_expect = 0
-    if not many and not fig.gap_us and len(m) >= 8 and m[:3] != _END:
+    if not many and not fig.gap_us and len(m) >= 8 and (type(m) is np.ndarray or bytes(m[:3]) != _END):
         # one per call: each message's number checked with one unpack, so that the subscriber's own
         # work costs less than the transport it measures (the same for every transport)
         seq_of = _SEQ.unpack_from
@@ -300,6 +388,8 @@ def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: in
                 if isinstance(end, tuple) and hasattr(end[0], "term"):
                     end[1].close(linger=0)
                     end[0].term()
+                elif isinstance(end, tuple) and hasattr(end[1], "delete"):  # iceoryx2's subscriber (its node
+                    end[1].delete()                                         # goes with the process)
                 return
             seq, stamp = _STAMP.unpack_from(b)
             if seq != seq_expect:
@@ -314,7 +404,7 @@ def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: in
 
 
 def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
-    t = _make(transport, fig.subscribers, fig.size if fig.zero_copy else 0)
+    t = _make(transport, fig.subscribers, fig.size if fig.zero_copy else 0, fig.size)
     ready_r, ready_w = os.pipe()
     pipes = [os.pipe() for _ in range(fig.subscribers)]
     try:
@@ -394,10 +484,11 @@ def _read(fd: int, n: int) -> bytes:
 def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     factor = _scale(quick, scale)
     figs = _figures()
-    transports = [t for t in TRANSPORTS if t != "zmq" or zmq is not None]
+    transports = [t for t in TRANSPORTS if (t != "zmq" or zmq is not None) and (t != "iceoryx2" or iox2 is not None)]
     progress = _Progress(sum(1 if f.zero_copy else len(transports) for f in figs))
     out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": 1,
-                                    "zmq": zmq.__version__ if zmq is not None else None}, "figures": {}}
+                                    "zmq": zmq.__version__ if zmq is not None else None,
+                                    "iceoryx2": _version("iceoryx2") if iox2 is not None else None}, "figures": {}}
     for fig in figs:
         entry: dict[str, Any] = {"title": fig.title, "unit": fig.unit, "results": {}}
         for t in (["broker"] if fig.zero_copy else transports):
@@ -414,6 +505,15 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     out["meta"]["loadavg_end"] = list(os.getloadavg())
     out["meta"]["seconds"] = round(time.monotonic() - progress.t0, 1)
     return out
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -445,6 +545,8 @@ def table(result: dict[str, Any]) -> str:
               "subscriber"]
     if "zmq" not in transports:
         lines.append("pyzmq is not installed: pip install 'broker[bench]' for its column")
+    if "iceoryx2" not in transports:
+        lines.append("iceoryx2 is not installed: pip install 'broker[bench]' for its column")
     return "\n".join(lines)
 
 

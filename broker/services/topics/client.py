@@ -95,14 +95,15 @@ class Received(NamedTuple):
 
 
 def _payload(data: Any) -> tuple[Any, bytes]:
-    """(buffer, meta) of what publish() takes: the caller's own buffer (C-contiguous: a numpy array
-    that is not is made so), and the meta (b"" for bytes-like; an array's dtype and shape)."""
+    """(buffer, meta) of what publish() takes: the caller's own buffer, and the meta (b"" for
+    bytes-like; an array's dtype and shape). A memoryview that is not C-contiguous is made so; an
+    array that is not is left to the caller (_publish_ring, _encode), who finds out at no cost when
+    it is one."""
     t = type(data)
     if t is bytes or t is bytearray:
         return data, b""
-    if isinstance(data, np.ndarray):
-        meta = _array_meta(data.dtype, data.shape)
-        return (data if data.flags.c_contiguous else np.ascontiguousarray(data)), meta
+    if t is np.ndarray or isinstance(data, np.ndarray):
+        return data, _array_meta(data.dtype, data.shape)
     if isinstance(data, (bytes, bytearray)):
         return data, b""
     try:
@@ -134,10 +135,11 @@ def _decode(data: Any, meta: bytes) -> Any:
     if not meta:
         return data
     dtype, shape, nbytes = _meta_array(meta)
-    if nbytes != memoryview(data).nbytes:
+    if nbytes != (len(data) if type(data) is bytes else memoryview(data).nbytes):
         raise ServerGone("an array message whose shape and dtype do not match its bytes")
     try:
-        return np.frombuffer(data, dtype).reshape(shape)
+        a = np.frombuffer(data, dtype)
+        return a if len(shape) == 1 else a.reshape(shape)  # (frombuffer's is 1-d already)
     except ValueError as e:  # numpy's own limits (a zero-size array with a dimension too big, say)
         raise ServerGone(f"an array message numpy cannot make: {e}") from None
 
@@ -247,7 +249,14 @@ class Publisher(SubSession):
         records (fragments when it is bigger than one), waiting here for room when there is none."""
         buf, meta = _payload(data)
         self._seq += 1
-        r = _tpublish(self._addr, self._seq, buf, meta, 0)
+        try:
+            r = _tpublish(self._addr, self._seq, buf, meta, 0)
+        except (BufferError, ValueError):  # an array that is not C-contiguous: in order, then from there
+            if not isinstance(buf, np.ndarray) or buf.flags.c_contiguous:
+                self._seq -= 1
+                raise
+            buf = np.ascontiguousarray(buf)
+            r = _tpublish(self._addr, self._seq, buf, meta, 0)
         if not r:
             return
         wait = self.block_timeout if timeout is None else timeout
