@@ -234,7 +234,6 @@ class Publisher(SubSession):
         self._seq = 0
         self._loan: tuple[Any, ...] | None = None  # what loan() lent: see commit()
         if ring is not None:  # the common message (bytes in one record, no meta): one C call
-            self._send = ring.send
             self._addr = ring._addr
             self._small = ring.max_record - RECORD_HEAD.size
 
@@ -312,15 +311,7 @@ class Publisher(SubSession):
                 self._seq += 1
                 if not _tsend(self._addr, self._seq, data):  # header and data written into the ring in C
                     return
-                try:  # no room (or the ring's end): the long way waits, or says what it is
-                    self._send(_PLAIN(self._seq, 0, 0, 0) + data, self.block_timeout if timeout is None else timeout)
-                except Full as e:
-                    self._seq -= 1
-                    self._ring_full(e)
-                except Closed as e:
-                    self._seq -= 1
-                    self._ring_closed(e)
-                return
+                self._seq -= 1  # no room (or the ring's end): the way that waits, still without a copy in Python
             self._publish_ring(ring, data, timeout)  # any other payload kind: one copy, in C
             return
         payload, meta = _encode(data)
