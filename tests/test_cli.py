@@ -412,31 +412,3 @@ def test_serve_takes_the_bounds_of_what_a_client_may_hold(tmp_path):
     p = run("serve", "--address", address, "--max-queued", "0")
     assert p.returncode == 2 and "--max-queued: 0 is below 1" in p.stderr, p.stderr
 
-
-# ---- broker bench: the charts ----------------------------------------------------------------------
-
-
-def test_a_bench_draws_its_chart_and_chart_redraws_it_from_the_json(tmp_path):
-    """A real (quick) run writes its JSON and its chart; `broker bench chart` draws the same figures
-    again from the JSON alone, each transport named as the table names it."""
-    pytest.importorskip("matplotlib")
-    data, png, svg = tmp_path / "link.json", tmp_path / "link.png", tmp_path / "again.svg"
-    p = run("bench", "link", "--quick", "--json", str(data), "--chart", str(png))
-    assert p.returncode == 0, p.stderr
-    assert f"wrote {png}" in p.stdout
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    p = run("bench", "chart", str(data), "--out", str(svg))
-    assert p.returncode == 0, p.stderr
-    text = svg.read_text()
-    import json
-
-    result = json.loads(data.read_text())
-    assert result["meta"]["suite"] == "link"
-    from broker.bench.link import LABELS
-
-    for key, fig in result["figures"].items():
-        assert fig["title"] in text
-        for transport in fig["results"]:
-            assert LABELS.get(transport, transport).replace("&", "&amp;") in text, transport
-    p = run("bench", "chart", str(tmp_path / "missing.json"))
-    assert p.returncode == 2 and "cannot read" in p.stderr and "missing.json" in p.stderr and "Traceback" not in p.stderr
