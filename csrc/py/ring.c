@@ -515,6 +515,113 @@ done:
     return out;
 }
 
+/*
+ * A message in fragments, put together in C into one destination: frag is a list
+ * [seq, next fragment, payload bytes still to come, dest, bytes in dest so far], dest a bytes
+ * object of the message's whole size that only C writes (topic_frag_start makes it; nobody reads it
+ * before the last fragment is in). Its items are read and set by index: no field by name.
+ */
+enum { F_SEQ, F_NEXT, F_MORE, F_DEST, F_AT, F_N };
+
+/* topic_frag_start(first, total) -> bytes: a new bytes of total bytes (first <= total), first's bytes first. */
+static PyObject *brk_py_topic_frag_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "topic_frag_start(first, total)");
+        return NULL;
+    }
+    Py_ssize_t total = PyLong_AsSsize_t(args[1]);
+    if (total == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (v.len > total)
+        PyErr_SetString(PyExc_ValueError, "topic_frag_start: the first part is bigger than the whole");
+    else if ((out = PyBytes_FromStringAndSize(NULL, total)) != NULL)
+        memcpy(PyBytes_AS_STRING(out), v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    return out;
+}
+
+/*
+ * topic_recv_frags(ring, frag) -> int: the next fragments of frag's message, copied straight from
+ * the ring into its dest while they are there: 0 when the last one is in (dest is the payload),
+ * BRK_EMPTY when the ring has no more now, BRK_NOTREADY when the next record is not the fragment
+ * that follows (it stays: Python reads it and drops the message, as the Assembler does), or the
+ * ring's outcome.
+ */
+static PyObject *brk_py_topic_recv_frags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 2, "topic_recv_frags(ring, frag)");
+    if (!r)
+        return NULL;
+    PyObject *frag = args[1];
+    if (!PyList_CheckExact(frag) || PyList_GET_SIZE(frag) != F_N || !PyBytes_CheckExact(PyList_GET_ITEM(frag, F_DEST))) {
+        PyErr_SetString(PyExc_TypeError, "topic_recv_frags: frag is [seq, next, more, dest: bytes, at]");
+        return NULL;
+    }
+    unsigned long long seq = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(frag, F_SEQ));
+    unsigned long long k = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(frag, F_NEXT));
+    unsigned long long more = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(frag, F_MORE));
+    unsigned long long at = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(frag, F_AT));
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *dest = PyList_GET_ITEM(frag, F_DEST);
+    uint64_t size = (uint64_t)PyBytes_GET_SIZE(dest);
+    if (at > size || more > size - at) {
+        PyErr_SetString(PyExc_ValueError, "topic_recv_frags: frag's counts do not fit its dest");
+        return NULL;
+    }
+    int rc = BRK_OK;
+    while (more) {
+        rc = brk_peek(r);
+        if (rc != BRK_OK)
+            break; /* BRK_EMPTY: the rest later */
+        uint64_t n = r->rlen;
+        unsigned char head[BRK_TOPIC_HEAD];
+        if (n < BRK_TOPIC_HEAD) {
+            brk_unpeek(r);
+            rc = BRK_NOTREADY;
+            break;
+        }
+        memcpy(head, r->rptr, BRK_TOPIC_HEAD); /* one copy: the publisher may change the ring meanwhile */
+        n -= BRK_TOPIC_HEAD;
+        uint64_t left = brk_frame_ld(head + 12, 4);
+        /* the fragment that follows, exactly as the Assembler checks it: this message, no meta, the next
+         * number, and what is still to come after it the rest of what was announced */
+        if (brk_frame_ld(head, 8) != seq || brk_frame_ld(head + 8, 4) || brk_frame_ld(head + 16, 4) != k ||
+            n > more || more - n != left) {
+            brk_unpeek(r);
+            rc = BRK_NOTREADY;
+            break;
+        }
+        char *to = PyBytes_AS_STRING(dest) + at;
+        if (n >= BRK_PY_NOGIL_BYTES)
+            BRK_PY_BLOCKING(r, memcpy(to, (const char *)r->rptr + BRK_TOPIC_HEAD, (size_t)n));
+        else
+            memcpy(to, (const char *)r->rptr + BRK_TOPIC_HEAD, (size_t)n);
+        if ((rc = brk_release(r)) != BRK_OK)
+            break;
+        at += n;
+        more = left;
+        k++;
+    }
+    PyObject *vals[3] = { PyLong_FromUnsignedLongLong(k), PyLong_FromUnsignedLongLong(more), PyLong_FromUnsignedLongLong(at) };
+    Py_ssize_t idx[3] = { F_NEXT, F_MORE, F_AT };
+    for (int i = 0; i < 3; i++) {
+        if (!vals[i] || PyList_SetItem(frag, idx[i], vals[i]) < 0) { /* (SetItem steals, even on failure) */
+            for (int j = i + 1; j < 3; j++)
+                Py_XDECREF(vals[j]);
+            return NULL;
+        }
+    }
+    return PyLong_FromLong(more ? (rc == BRK_OK ? BRK_EMPTY : rc) : 0);
+}
+
 /* topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome): up to max plain messages
  * already there, in one call; outcome says why it stopped (BRK_OK: max reached). */
 static PyObject *brk_py_topic_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -669,6 +776,10 @@ static PyMethodDef brk_ring_methods[] = {
      "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
     {"topic_recv_into", (PyCFunction)(void (*)(void))brk_py_topic_recv_into, METH_FASTCALL,
      "topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | outcome"},
+    {"topic_frag_start", (PyCFunction)(void (*)(void))brk_py_topic_frag_start, METH_FASTCALL,
+     "topic_frag_start(first, total) -> bytes"},
+    {"topic_recv_frags", (PyCFunction)(void (*)(void))brk_py_topic_recv_frags, METH_FASTCALL,
+     "topic_recv_frags(ring, frag) -> 0 | outcome"},
     {"topic_recv_many", (PyCFunction)(void (*)(void))brk_py_topic_recv_many, METH_FASTCALL,
      "topic_recv_many(ring, max, last_seq) -> (list, last_seq, outcome)"},
     {"wait_any", (PyCFunction)(void (*)(void))brk_py_wait_any, METH_FASTCALL,

@@ -193,3 +193,37 @@ def test_an_array_meta_that_is_not_sound_is_refused_not_trusted(meta):
 def test_a_sound_descr_meta_is_read():
     got = topics_client._decode(b"\x01\x00\x00\x00" + b"\x00" * 8, _nd2('[["a","<i4"],["b","<f8"]]'))
     assert got.dtype == STRUCT and got.shape == () and got["a"] == 1
+
+
+def test_fragments_are_put_together_by_c_in_one_destination_and_a_cut_message_is_dropped(server, monkeypatch):
+    """A direct subscriber puts a message in fragments together in C (topic_recv_frags), straight from
+    the ring into one bytes of the message's size; a message whose publisher timed out half-way is
+    dropped when the next one starts, and the next one arrives whole."""
+    calls = []
+    real = topics_client._trecv_frags
+
+    def counted(addr, frag):
+        calls.append(frag[3] is not None)
+        return real(addr, frag)
+
+    monkeypatch.setattr(topics_client, "_trecv_frags", counted)
+    with connect(server.address) as a, connect(server.address, sharable=True) as b:
+        pub = a.publisher("frags", ring_capacity=1 << 16, block_timeout=0.3)  # records of 32 KiB at most
+        sub = b.subscriber("frags", capacity=4)
+        assert sub._rings  # direct
+        first = bytes(range(256)) * 400  # 100 KiB: four fragments, more than the ring holds
+        with pytest.raises(broker.FullTimeout):
+            pub.publish(first)  # nobody reads: it stops half-way
+        whole = np.arange(30_000, dtype=np.float64)  # 240 KB in fragments, read while written
+        got: list = []
+        reader = threading.Thread(target=lambda: got.append(sub.receive(10)))
+        reader.start()
+        pub.block_timeout = 10
+        pub.publish(whole)
+        reader.join(20)
+        assert len(got) == 1 and isinstance(got[0], np.ndarray) and np.array_equal(got[0], whole)
+        assert calls, "the fragments were not put together by C"
+        [asm] = sub._assemblers.values()
+        assert asm.dropped == 1 and asm.complete  # the message cut short, dropped when the next began
+        sub.close()
+        pub.close()

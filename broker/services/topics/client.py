@@ -49,6 +49,14 @@ _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
 
 _tpublish = _RING_CALLS["topic_publish"]  # any payload kind, straight from the caller's buffer into the ring
 _trecv_into = _RING_CALLS["topic_recv_into"]
+_tfrag_start, _trecv_frags = _RING_CALLS["topic_frag_start"], _RING_CALLS["topic_recv_frags"]
+_RING_EMPTY = _lib.BRK_EMPTY
+
+
+def _assembler() -> Assembler:
+    """A direct subscriber's books of one publisher's ring: a message in fragments is put together by C
+    in one destination of its whole size (topic_recv_frags), read once from the ring."""
+    return Assembler(start=_tfrag_start)
 _RING_TOOBIG, _RING_NOTREADY = _lib.BRK_TOOBIG, _lib.BRK_NOTREADY
 
 # The meta of a numpy array: a marker, u8 (nd1) or u16 (nd2) length + the dtype, u8 ndim, ndim x u64 shape.
@@ -526,7 +534,7 @@ class Subscriber(SubSession):
         self._fast = None
         if len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
-                self._fast = (ring._addr, self._assemblers.setdefault(pub, Assembler()))
+                self._fast = (ring._addr, self._assemblers.setdefault(pub, _assembler()))
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
@@ -653,10 +661,20 @@ class Subscriber(SubSession):
             pub, ring = rings[(self._turn + k) % len(rings)]
             if self._handover and self._handover.get(pub) is not None:
                 continue  # one read too early waits for the relayed ones before it
-            asm = self._assemblers.setdefault(pub, Assembler())
+            asm = self._assemblers.setdefault(pub, _assembler())
             while True:
+                msg = None
+                if asm.frag is not None:  # a message in fragments: C copies the rest into its one destination
+                    rc = _trecv_frags(ring._addr, asm.frag)
+                    if rc == 0:
+                        msg = asm.finish()
+                    elif rc == _RING_EMPTY:
+                        break  # the rest later
+                    # else: the next record is not its next fragment (or the ring's end): read below
                 try:
-                    rec = ring.recv(timeout=0)
+                    if msg is None:
+                        rec = ring.recv(timeout=0)
+                        msg = asm.feed(rec)
                 except Empty:
                     if pub in self._leaving:
                         self._close_ring(pub)
@@ -664,8 +682,6 @@ class Subscriber(SubSession):
                 except (PeerGone, Closed, Evicted):  # its publisher died or left, and all it wrote was read
                     self._close_ring(pub)
                     break
-                try:
-                    msg = asm.feed(rec)
                 except ValueError as e:  # a buggy publisher: its bad record is skipped
                     self.corrupt += 1
                     self.last_error = f"publisher {pub}'s ring on {self.topic!r}: {e}"
@@ -764,7 +780,7 @@ class Subscriber(SubSession):
         fast = self._fast
         if fast is not None and not self._items:  # the shortest way: one C call
             asm = fast[1]
-            if asm._parts is None:  # no message half-way
+            if asm.complete:  # no message half-way
                 r = _trecv(fast[0], asm.seq)
                 if type(r) is tuple:
                     asm.seq = r[0]
@@ -802,7 +818,7 @@ class Subscriber(SubSession):
             self._since = 0
             self._take(0)
         fast = self._fast
-        if fast is not None and not self._items and fast[1]._parts is None:  # straight from the ring, in C
+        if fast is not None and not self._items and fast[1].complete:  # straight from the ring, in C
             r = _trecv_into(fast[0], fast[1].seq, buf)
             if type(r) is tuple:
                 if len(r) == 3:
@@ -843,7 +859,7 @@ class Subscriber(SubSession):
                     seq, mlen, more, k = _UNPACK(rec)
                     asm = self._assemblers.get(pub)
                     if asm is None:
-                        asm = self._assemblers[pub] = Assembler()
+                        asm = self._assemblers[pub] = _assembler()
                     if not (more or k) and seq > asm.seq and asm.complete and _HEAD_SIZE + mlen <= len(rec):
                         meta = bytes(rec[_HEAD_SIZE:_HEAD_SIZE + mlen])
                         try:
@@ -871,7 +887,7 @@ class Subscriber(SubSession):
 
     def _push_front(self, pub: int, rec: bytes) -> None:
         """A record taken out of a ring by receive_view that it does not lend: fed as _from_rings would."""
-        asm = self._assemblers.setdefault(pub, Assembler())
+        asm = self._assemblers.setdefault(pub, _assembler())
         try:
             msg = asm.feed(rec)
         except ValueError as e:

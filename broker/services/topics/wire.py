@@ -6,6 +6,7 @@ broker/services/topics/__init__.py.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from broker.core.native import lib
 
@@ -66,11 +67,20 @@ class Assembler:
     ValueError (the caller counts it); a message whose fragments stop short is dropped when the
     next message starts; a reader that joined in the middle of one skips its fragments."""
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+    # A message in fragments up to this size is put together in one destination of its whole size (with
+    # start, below); a bigger one is kept as its parts, as they come: a bad publisher's announcement of
+    # gigabytes makes nobody allocate them at once.
+    ONE_PIECE = 256 << 20
+
+    def __init__(self, max_message: int = MAX_MESSAGE, start: Any = None) -> None:
         self.max_message = max_message  # the most payload a message may have: more is a bad record
         self.seq = 0  # the last message's sequence number
         self.dropped = 0  # messages whose fragments did not all come
         self._parts: list[bytes] | None = None
+        # start(first, total) -> bytes: a message's destination, its first part in, which C fills with the
+        # rest (topic_recv_frags); then _frag is [seq, next fragment, bytes to come, destination, bytes in]
+        self._start = start
+        self.frag: list[Any] | None = None
         self._meta = b""
         self._pseq = 0
         self._more = 0
@@ -79,7 +89,22 @@ class Assembler:
     @property
     def complete(self) -> bool:
         """No message is half-way: a record that starts and ends one may be taken as it is."""
-        return self._parts is None
+        return self._parts is None and self.frag is None
+
+    def finish(self) -> tuple[int, bytes, bytes]:
+        """(sequence, meta, payload) of the message C put together in `frag` (all of it came)."""
+        assert self.frag is not None and not self.frag[2]
+        seq, payload = self.frag[0], self.frag[3]
+        self.frag = None
+        self.seq = seq
+        return seq, self._meta, payload
+
+    def _to_parts(self) -> None:
+        """A message put together in one piece goes on as parts (a record C did not take: Python reads it)."""
+        if self.frag is not None:
+            seq, k, more, dest, at = self.frag
+            self.frag = None
+            self._parts, self._pseq, self._next, self._more = [dest[:at]], seq, k, more
 
     def feed(self, rec: bytes) -> tuple[int, bytes, bytes] | None:
         """(sequence, meta, payload) when rec ends a message, else None."""
@@ -87,6 +112,8 @@ class Assembler:
         if len(rec) < head:
             raise ValueError("a record shorter than its header")
         seq, mlen, more, k = RECORD_HEAD.unpack_from(rec)
+        if self.frag is not None:
+            self._to_parts()
         if k:  # a continuation
             if self._parts is None:
                 return None  # of a message that began before this reader joined
@@ -112,5 +139,9 @@ class Assembler:
         if not more:
             self.seq = seq
             return seq, meta, body
-        self._parts, self._meta, self._pseq, self._more, self._next = [body], meta, seq, more, 1
+        self._meta = meta
+        if self._start is not None and len(body) + more <= self.ONE_PIECE:
+            self.frag = [seq, 1, more, self._start(body, len(body) + more), len(body)]
+            return None
+        self._parts, self._pseq, self._more, self._next = [body], seq, more, 1
         return None
