@@ -227,3 +227,13 @@ def test_fragments_are_put_together_by_c_in_one_destination_and_a_cut_message_is
         assert asm.dropped == 1 and asm.complete  # the message cut short, dropped when the next began
         sub.close()
         pub.close()
+
+
+def test_a_dtype_no_receiver_would_take_is_refused_by_the_publisher(server):
+    titled = np.dtype({"names": ["a"], "formats": ["<i4"], "titles": ["the a"]})
+    with connect(server.address) as a:
+        pub = a.publisher("titled")
+        with pytest.raises(TypeError, match="cannot be published"):
+            pub.publish(np.zeros(2, titled))
+        pub.publish(np.zeros(2, STRUCT))  # the publisher goes on
+        pub.close()

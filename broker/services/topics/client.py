@@ -76,7 +76,11 @@ def _dtype_bytes(dt: np.dtype) -> bytes:
         return _ARRAY + bytes([len(s)]) + s
     if dt.hasobject:
         raise TypeError("an array of Python objects cannot be published: its bytes are pointers")
-    d = json.dumps(np.lib.format.dtype_to_descr(dt), separators=(",", ":")).encode()
+    descr = np.lib.format.dtype_to_descr(dt)
+    d = json.dumps(descr, separators=(",", ":")).encode()
+    if not _sound_descr(json.loads(d), 0):  # what every receiver would refuse is refused here, at once
+        raise TypeError(f"dtype {dt} cannot be published: its description is not one a receiver takes "
+                        f"(field titles, or nesting over 8 deep)")
     if len(d) > MAX_META - 512:
         raise TypeError(f"dtype {dt} is too long to describe in a message's meta ({len(d)} bytes)")
     return _ARRAY_DESCR + struct.pack("<H", len(d)) + d
