@@ -516,6 +516,57 @@ done:
 }
 
 /*
+ * topic_recv_batch(ring, last_seq, max) -> (items, last_seq, outcome): up to max whole messages
+ * already there, each (seq, payload) or (seq, payload, meta) for one with meta, numbered after
+ * last_seq, in one call (the server's relay of a publisher's ring: broker/services/topics/broker.py).
+ * outcome says why it stopped: BRK_OK (max reached), BRK_EMPTY, BRK_NOTREADY (the next record is
+ * not a whole message: Python reads it), or the ring's.
+ */
+static PyObject *brk_py_topic_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_recv_batch(ring, last_seq, max)");
+    if (!r)
+        return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[2]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    if (max < 1 || max > BRK_PY_BATCH_MAX) {
+        PyErr_Format(PyExc_ValueError, "max must be from 1 to %d", BRK_PY_BATCH_MAX);
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    uint64_t seq = last;
+    int rc = BRK_OK;
+    for (Py_ssize_t i = 0; i < max; i++) {
+        PyObject *meta = NULL;
+        PyObject *payload = brk_topic_take(r, &seq, &rc, &meta);
+        if (!payload) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            break;
+        }
+        PyObject *item = meta ? Py_BuildValue("(KNN)", (unsigned long long)seq, payload, meta)
+                              : Py_BuildValue("(KN)", (unsigned long long)seq, payload);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+        rc = BRK_OK;
+    }
+    return Py_BuildValue("(NKi)", list, (unsigned long long)seq, rc);
+}
+
+/*
  * A message in fragments, put together in C into one destination: frag is a list
  * [seq, next fragment, payload bytes still to come, dest, bytes in dest so far], dest a bytes
  * object of the message's whole size that only C writes (topic_frag_start makes it; nobody reads it
@@ -776,6 +827,8 @@ static PyMethodDef brk_ring_methods[] = {
      "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
     {"topic_recv_into", (PyCFunction)(void (*)(void))brk_py_topic_recv_into, METH_FASTCALL,
      "topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | outcome"},
+    {"topic_recv_batch", (PyCFunction)(void (*)(void))brk_py_topic_recv_batch, METH_FASTCALL,
+     "topic_recv_batch(ring, last_seq, max) -> (items, last_seq, outcome)"},
     {"topic_frag_start", (PyCFunction)(void (*)(void))brk_py_topic_frag_start, METH_FASTCALL,
      "topic_frag_start(first, total) -> bytes"},
     {"topic_recv_frags", (PyCFunction)(void (*)(void))brk_py_topic_recv_frags, METH_FASTCALL,

@@ -16,6 +16,8 @@ from broker._errors import BadHandle, BrokerError, Closed, Empty, Overflow, Peer
 from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
                                    TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
 from broker.protocol.frames import ArgKind, Status
+from broker.core.native import RING as _RING_CALLS
+from broker.core.native import lib as _lib
 from broker.core.ring import Broadcast
 from broker.framework.access import register_kind
 from broker.framework.service import Service
@@ -25,6 +27,8 @@ from broker.services.topics.wire import (POLICIES, MAX_TOPIC_NAME, MAX_OPTIONS, 
 from broker.framework.session import Message, RefObject, refuse
 
 log = logging.getLogger("broker.topics")
+_trecv_batch = _RING_CALLS["topic_recv_batch"]  # whole messages of a ring, many in one C call (csrc/py/ring.c)
+_RING_EMPTY, _BATCH_MAX = _lib.BRK_EMPTY, _lib.BRK_PY_BATCH_MAX
 register_kind("topic", ("publish", "subscribe"))  # what grants say of topics (framework/access.py)
 
 
@@ -495,6 +499,13 @@ class TopicBroker(Service):
         msg.complete(len(items) if msg.code == TOPIC_PUBLISH_MANY else 0)
 
     @staticmethod
+    def _space(topic: Topic, pub: int, times: int = 1) -> int | None:
+        """How many more messages every blocking subscriber publisher `pub`'s messages go to can take
+        (within `times` its capacity), or None when there is no such subscriber."""
+        return min((s.capacity * times - len(s.queue) for s in topic.subscribers.values()
+                    if s.policy == "block" and s.gone is None and pub not in s.rings), default=None)
+
+    @staticmethod
     def _room(topic: Topic, n: int, pub: int = 0, times: int = 1) -> bool:
         """Every blocking subscriber publisher `pub`'s messages go to can take n more (within `times`
         its capacity; a subscriber that reads pub's ring in place is not one of them)."""
@@ -506,13 +517,13 @@ class TopicBroker(Service):
         if sub.fetch is not None:
             self._answer(sub)
 
-    def _deliver(self, pub: ServerPublisher, items: list[tuple[bytes, bytes]], seq: int | None = None) -> None:
-        """Into every subscriber's queue (with the lock held), as each one's policy says. seq: a ring
-        record's own sequence number (the publisher numbered it)."""
+    def _deliver(self, pub: ServerPublisher, items: list[tuple[bytes, bytes]], seqs: list[int] | None = None) -> None:
+        """Into every subscriber's queue (with the lock held), as each one's policy says. seqs: ring
+        records' own sequence numbers (the publisher numbered them), one per item."""
         topic = pub.topic
         made = []
-        for data, meta in items:
-            pub.seq = seq if seq is not None else pub.seq + 1
+        for i, (data, meta) in enumerate(items):
+            pub.seq = seqs[i] if seqs is not None else pub.seq + 1
             made.append(_Item(pub.id, pub.seq, meta, data))
         pub.published += len(made)
         answered = False
@@ -765,7 +776,22 @@ class TopicBroker(Service):
         # a catch-up goes over a blocking subscriber's capacity, but at most to twice it: past that the
         # joiner gets the rest of the ring too (messages from just before it came), rather than a
         # stalled subscriber's queue growing by a ring at every subscribe
-        while n < most and self._room(topic, 1, pub.id, 2 if catch_up else 1):
+        asm = pub.assembler
+        while n < most:
+            space = self._space(topic, pub.id, 2 if catch_up else 1)
+            if space is not None and space < 1:
+                break  # a blocking subscriber is full: the ring fills, and its publisher waits
+            if asm.complete:  # whole messages, many in one C call, delivered together (one answer each)
+                want = min(most - n, space if space is not None else most, _BATCH_MAX)
+                got, last, rc = _trecv_batch(ring.address, asm.seq, want)
+                if got:
+                    n += len(got)
+                    asm.seq = last
+                    self._deliver(pub, [(g[1], g[2] if len(g) == 3 else b"") for g in got], [g[0] for g in got])
+                    continue
+                if rc == _RING_EMPTY and not pub.closed:
+                    break
+                # anything else (a fragment, an odd record, the ring's end): one record the long way
             try:
                 rec = ring.recv(timeout=0)
             except Empty:
@@ -782,13 +808,13 @@ class TopicBroker(Service):
                 break
             n += 1
             try:
-                msg = pub.assembler.feed(rec)
+                msg = asm.feed(rec)
             except ValueError:
                 pub.corrupt += 1  # a buggy or hostile publisher harms only its own messages
                 continue
             if msg is not None:
                 seq, meta, payload = msg
-                self._deliver(pub, [(payload, meta)], seq=seq)
+                self._deliver(pub, [(payload, meta)], [seq])
         return n > 0
 
     def arm(self) -> bool:
