@@ -782,7 +782,7 @@ class Server:
         self._backoff = 0.0  # out of descriptors: the listeners are off for this long (0: they are on)
         self._reserve_fd = -1  # kept free, to accept and refuse a client when descriptors run out
         self.counters = {"accept_errors": 0, "refused_busy": 0, "handshake_timeouts": 0, "stalled": 0,
-                         "paused": 0, "auth_failures": 0}  # what stats() shows of the bounds at work
+                         "paused": 0, "auth_failures": 0, "service_errors": 0}  # what stats() shows of the bounds at work
         self._offers: dict[_Conn, float] = {}  # sessions whose offer awaits its answer: their deadline
         self.shm_policy = policy_from(shm_policy)  # "strict", "same-user", "off"; default $BROKER_SHM_POLICY, else strict
         self._facts: Facts | None = None  # this process's kernel facts, read at the first session
@@ -818,6 +818,7 @@ class Server:
         self.services: list[Service] = [cls(self) for cls in services]
         self._dispatch = dispatch_table(self.services)
         self._polls = tuple(s.poll for s in self.services if type(s).poll is not Service.poll)
+        self._poll_errors: set[tuple[str, str]] = set()  # (service, error) already logged by _poll_failed
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -1063,8 +1064,11 @@ class Server:
                     while True:
                         worked = bool(self._rings_polled) and self._poll_rings()
                         for poll in polls:
-                            if poll():
-                                worked = True
+                            try:
+                                if poll():
+                                    worked = True
+                            except Exception as e:  # a service's bug: it is logged, the server goes on
+                                self._poll_failed(poll, e)
                         # the selector at least every gap, however busy the rings are: a new
                         # connection or a client's death is not kept waiting by a flood on a ring
                         if now >= next_select:
@@ -1089,7 +1093,10 @@ class Server:
                         busy = True  # records came as we armed: served, spin again
                         if not spin_ns:  # no spin to read a relayed ring in: read it, and the sockets, now
                             for poll in self._polls:
-                                poll()
+                                try:
+                                    poll()
+                                except Exception as e:
+                                    self._poll_failed(poll, e)
                             ready = sel.select(0)
                     for s in self.services:
                         s.disarm()
@@ -1121,6 +1128,16 @@ class Server:
                     os.sched_yield()  # a long turn: a client on this CPU may be waiting to send the next request
         finally:
             self._shutdown()
+
+    def _poll_failed(self, poll: Any, e: Exception) -> None:
+        """A service's poll() raised: counted (stats()'s service_errors), logged with its traceback the
+        first time for each service and kind of error; the loop and every session go on."""
+        self.counters["service_errors"] += 1
+        key = (getattr(poll, "__self__", poll).__class__.__name__, type(e).__name__)
+        if key not in self._poll_errors:
+            self._poll_errors.add(key)
+            log.error("%s.poll() raised %r: the server goes on (further errors of this kind are only counted)",
+                      key[0], e, exc_info=e)
 
     def _shutdown(self) -> None:
         for conn in list(self._conns):

@@ -90,3 +90,27 @@ def test_the_api_shows_the_frameworks_whole_signature_with_the_builtin_defaults(
     assert inspect.signature(broker.connect).parameters["session_class"].default is broker.ClientSession
     with broker.Server(str(tmp_path / "api.sock")), broker.connect(str(tmp_path / "api.sock")) as s:
         assert type(s) is broker.ClientSession and s.topics() == []
+
+
+class Faulty(Counter):
+    """A service whose poll hook has a bug: it raises every time the loop looks."""
+
+    stats_key = "faulty"
+    polled = 0
+
+    def poll(self) -> bool:
+        Faulty.polled += 1
+        raise ValueError("a bug in a service's poll")
+
+
+def test_a_service_whose_poll_raises_is_logged_and_the_server_serves_on(tmp_path, caplog):
+    path = str(tmp_path / "faulty.sock")
+    with broker.Server(path, services=BUILTIN + (Faulty,), spin_us=200) as srv:
+        with broker.connect(path) as s:
+            for i in range(50):  # each call makes the loop spin, and look at the service, again
+                assert s.send_receive(COUNT, 1) == i + 1
+            assert s.topics() == []
+        errors = srv.stats()["bounds"]["service_errors"]
+        assert Faulty.polled > 0 and errors == Faulty.polled
+    logged = [r for r in caplog.records if "Faulty.poll() raised" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
