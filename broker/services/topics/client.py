@@ -775,7 +775,7 @@ class Subscriber(SubSession):
             n, meta = self._into(out, timeout)
             view = _flat(out)[:n]
             return _decode(view, meta) if meta else view
-        if self._held is not None:
+        if self._held is not None:  # (as _begin, inline: the hot path)
             self.release()
         self._since += 1
         if self._since >= _FETCH_EVERY and self._rings:  # relayed messages are not kept waiting behind a busy ring
@@ -798,6 +798,17 @@ class Subscriber(SubSession):
         # anything else (a message in fragments or with meta, several rings, relayed ones): the long way
         return self.receive_message(timeout).value
 
+    def _begin(self) -> None:
+        """What every receive does first: give back a view lent, and, every _FETCH_EVERY messages of a
+        subscriber that reads rings in place, look at its FETCH (relayed messages and news of rings are
+        not kept waiting behind a busy ring)."""
+        if self._held is not None:
+            self.release()
+        self._since += 1
+        if self._since >= _FETCH_EVERY and self._rings:
+            self._since = 0
+            self._take(0)
+
     def receive_into(self, buf: Any, timeout: float | None = None) -> int:
         """The next message's payload copied into buf (any writable C-contiguous buffer: a bytearray, a
         numpy array's own memory...), once; its size in bytes. From a ring this subscriber reads in
@@ -815,12 +826,7 @@ class Subscriber(SubSession):
         """(bytes, meta) of the next message, its payload copied into buf."""
         if not memoryview(buf).c_contiguous or memoryview(buf).readonly:
             raise ValueError("a message is received into a writable, C-contiguous buffer")
-        if self._held is not None:
-            self.release()
-        self._since += 1
-        if self._since >= _FETCH_EVERY and self._rings:  # as receive(): relayed messages and news of rings
-            self._since = 0
-            self._take(0)
+        self._begin()
         fast = self._fast
         if fast is not None and not self._items and fast[1].complete:  # straight from the ring, in C
             r = _trecv_into(fast[0], fast[1].seq, buf)
@@ -847,12 +853,7 @@ class Subscriber(SubSession):
         over the publisher's ring itself when this subscriber reads the ring in place, valid until
         release() (or the next receive, which releases it). A relayed message, or one in fragments,
         is viewed over the bytes that brought it. As receive() otherwise."""
-        if self._held is not None:
-            self.release()
-        self._since += 1
-        if self._since >= _FETCH_EVERY and self._rings:  # as receive(): relayed messages and news of rings
-            self._since = 0
-            self._take(0)
+        self._begin()
         if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
                 try:
