@@ -37,6 +37,10 @@ def test_bench_pubsub_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatc
                 assert res["value"] > 0, (key, t, res)
     assert {k for k, f in figures.items() if "target" in f} == {"one_64", "batch_64", "zc_1m"}
     assert {e for e in os.listdir("/dev/shm") if _names.is_ours(e)} == shm_before
-    assert set(os.listdir("/dev/shm")) - shm_before - iox_before == set()
+    # nothing of a run stays, iceoryx2's included, except the one segment iceoryx2 keeps per host by design
+    # (its global management segment, shared by every iceoryx2 process: removing it is not ours to do)
+    left = {e for e in set(os.listdir("/dev/shm")) - shm_before - iox_before
+            if not (e.startswith("iox2_") and e.endswith(".global_mgmt"))}
+    assert left == set()
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-pubsub-*"))
     assert {t for t in threading.enumerate() if t.is_alive()} - threads_before == set()
