@@ -566,6 +566,108 @@ static PyObject *brk_py_topic_recv_batch(PyObject *self, PyObject *const *args, 
     return Py_BuildValue("(NKi)", list, (unsigned long long)seq, rc);
 }
 
+/* A relayed batch (the FETCH's reply, broker/services/topics/broker.py _answer): u64 lost, then per
+ * message u32 publisher, u64 sequence, u32 meta length, u32 payload length, the meta, the payload. */
+#define BRK_TOPIC_BATCH_HEAD 8
+#define BRK_TOPIC_MESSAGE_HEAD 20
+
+/* One item of topic_unpack: a Received (type, 4 items: publisher, seq, payload, topic) for a message
+ * with no meta, else the tuple (publisher, seq, meta, payload); NULL with an exception. */
+static PyObject *brk_topic_item(PyTypeObject *received, PyObject *topic, uint32_t pub, uint64_t seq,
+                                const char *meta, uint64_t mlen, const char *data, uint64_t dlen)
+{
+    PyObject *p = PyLong_FromUnsignedLong(pub), *s = PyLong_FromUnsignedLongLong(seq);
+    PyObject *d = PyBytes_FromStringAndSize(data, (Py_ssize_t)dlen);
+    PyObject *m = mlen || !seq ? PyBytes_FromStringAndSize(meta, (Py_ssize_t)mlen) : NULL;
+    PyObject *out = NULL;
+    if (!p || !s || !d || ((mlen || !seq) && !m))
+        goto fail;
+    if (m) { /* a control message, or one with meta: Python reads it */
+        out = PyTuple_Pack(4, p, s, m, d);
+        Py_DECREF(p);
+        Py_DECREF(s);
+        Py_DECREF(m);
+        Py_DECREF(d);
+        return out;
+    }
+    out = received->tp_alloc(received, 4); /* a Received: a tuple of its type, its four items set here */
+    if (!out)
+        goto fail;
+    PyTuple_SET_ITEM(out, 0, p);
+    PyTuple_SET_ITEM(out, 1, s);
+    PyTuple_SET_ITEM(out, 2, d);
+    PyTuple_SET_ITEM(out, 3, Py_NewRef(topic));
+    return out;
+fail:
+    Py_XDECREF(p);
+    Py_XDECREF(s);
+    Py_XDECREF(d);
+    Py_XDECREF(m);
+    return NULL;
+}
+
+/*
+ * topic_unpack(data, n, received, topic) -> (lost, items, plain): the n messages of a relayed batch,
+ * each a `received` (a tuple subclass of four: publisher, seq, payload, topic) when it has no meta
+ * and is not a control message (seq 0), else (publisher, seq, meta, payload); plain is true when all
+ * of them are the first kind. Every length is checked against the batch: ValueError says what is
+ * wrong with it (the client makes it ServerGone).
+ */
+static PyObject *brk_py_topic_unpack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyType_Check(args[2]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[2], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "topic_unpack(data: bytes, n, received: a tuple type, topic)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    uint64_t size = (uint64_t)PyBytes_GET_SIZE(args[0]);
+    if (size < BRK_TOPIC_BATCH_HEAD) {
+        PyErr_SetString(PyExc_ValueError, "a topic batch shorter than its header");
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    uint64_t at = BRK_TOPIC_BATCH_HEAD;
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (size - at < BRK_TOPIC_MESSAGE_HEAD) {
+            PyErr_SetString(PyExc_ValueError, "a topic batch cut short");
+            goto fail;
+        }
+        const unsigned char *h = b + at;
+        uint32_t pub = (uint32_t)brk_frame_ld(h, 4);
+        uint64_t seq = brk_frame_ld(h + 4, 8), mlen = brk_frame_ld(h + 12, 4), dlen = brk_frame_ld(h + 16, 4);
+        at += BRK_TOPIC_MESSAGE_HEAD;
+        if (mlen > BRK_TOPIC_META || mlen + dlen > size - at) {
+            PyErr_SetString(PyExc_ValueError, "a topic batch with a message past its end");
+            goto fail;
+        }
+        PyObject *item = brk_topic_item((PyTypeObject *)args[2], args[3], pub, seq, (const char *)b + at, mlen,
+                                        (const char *)b + at + mlen, dlen);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+        plain &= mlen == 0 && seq != 0;
+        at += mlen + dlen;
+    }
+    if (at != size) {
+        PyErr_SetString(PyExc_ValueError, "a topic batch with bytes after its last message");
+        goto fail;
+    }
+    return Py_BuildValue("(KNO)", (unsigned long long)brk_frame_ld(b, 8), list, plain ? Py_True : Py_False);
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
 /*
  * A message in fragments, put together in C into one destination: frag is a list
  * [seq, next fragment, payload bytes still to come, dest, bytes in dest so far], dest a bytes
@@ -827,6 +929,8 @@ static PyMethodDef brk_ring_methods[] = {
      "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
     {"topic_recv_into", (PyCFunction)(void (*)(void))brk_py_topic_recv_into, METH_FASTCALL,
      "topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | outcome"},
+    {"topic_unpack", (PyCFunction)(void (*)(void))brk_py_topic_unpack, METH_FASTCALL,
+     "topic_unpack(data, n, received, topic) -> (lost, items, plain)"},
     {"topic_recv_batch", (PyCFunction)(void (*)(void))brk_py_topic_recv_batch, METH_FASTCALL,
      "topic_recv_batch(ring, last_seq, max) -> (items, last_seq, outcome)"},
     {"topic_frag_start", (PyCFunction)(void (*)(void))brk_py_topic_frag_start, METH_FASTCALL,

@@ -13,7 +13,9 @@ import json
 import struct
 import threading
 
+import hypothesis.strategies as st
 import numpy as np
+from hypothesis import given, settings
 import pytest
 
 import broker
@@ -237,3 +239,52 @@ def test_a_dtype_no_receiver_would_take_is_refused_by_the_publisher(server):
             pub.publish(np.zeros(2, titled))
         pub.publish(np.zeros(2, STRUCT))  # the publisher goes on
         pub.close()
+
+
+def _unpack_reference(data: bytes, n: int) -> tuple[int, list[tuple[int, int, bytes, bytes]]]:
+    """A relayed batch read the way the wire defines it (services/topics/wire.py), for topic_unpack."""
+    from broker.services.topics.wire import BATCH_HEAD, MAX_META, MESSAGE_HEAD
+
+    if len(data) < BATCH_HEAD.size:
+        raise ValueError("short")
+    (lost,) = BATCH_HEAD.unpack_from(data)
+    at, out = BATCH_HEAD.size, []
+    for _ in range(n):
+        if at + MESSAGE_HEAD.size > len(data):
+            raise ValueError("cut")
+        pub, seq, mlen, dlen = MESSAGE_HEAD.unpack_from(data, at)
+        at += MESSAGE_HEAD.size
+        if mlen > MAX_META or at + mlen + dlen > len(data):
+            raise ValueError("past")
+        out.append((pub, seq, data[at:at + mlen], data[at + mlen:at + mlen + dlen]))
+        at += mlen + dlen
+    if at != len(data):
+        raise ValueError("after")
+    return lost, out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 3), st.binary(max_size=12), st.binary(max_size=40)),
+                max_size=6), st.integers(0, 2**64 - 1), st.integers(-1, 2), st.binary(max_size=30), st.integers(0, 60))
+def test_a_relayed_batch_is_read_by_c_as_the_wire_defines_it(msgs, lost, extra_n, junk, cut):
+    """topic_unpack against the reference, on sound batches, cut ones, ones with junk after them and
+    wrong counts: the same messages (each the kind the client reads), or an error for the same input."""
+    from broker.services.topics.wire import BATCH_HEAD, MESSAGE_HEAD
+
+    data = BATCH_HEAD.pack(lost) + b"".join(MESSAGE_HEAD.pack(p, s, len(m), len(d)) + m + d for p, s, m, d in msgs)
+    for blob in (data, data + junk, data[:max(0, len(data) - cut)]):
+        n = max(0, len(msgs) + extra_n)
+        try:
+            want = _unpack_reference(blob, n)
+        except ValueError:
+            want = None
+        try:
+            got_lost, items, plain = topics_client._tunpack(blob, n, topics_client.Received, "t")
+        except ValueError:
+            assert want is None, (blob, n)
+            continue
+        assert want is not None, (blob, n)
+        got = [(i[0], i[1], b"", i[2]) if type(i) is topics_client.Received else i for i in items]
+        assert (got_lost, got) == want
+        assert plain == all(not m and s for _, s, m, _ in want[1])
+        assert all(i[3] == "t" for i in items if type(i) is topics_client.Received)

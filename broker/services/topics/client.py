@@ -34,7 +34,7 @@ from broker.core.native import RING_FULL as _RING_FULL
 from broker.core.native import lib as _lib
 from broker.core.native import RING as _RING_CALLS
 from broker.core.ring import Broadcast
-from broker.services.topics.wire import (BATCH_HEAD, MAX_META, MESSAGE_HEAD, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
+from broker.services.topics.wire import (MAX_META, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
                       Assembler, split_record,
                       TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
                       TOPIC_SUBSCRIBER)
@@ -51,6 +51,7 @@ _tpublish = _RING_CALLS["topic_publish"]  # any payload kind, straight from the 
 _trecv_into = _RING_CALLS["topic_recv_into"]
 _tfrag_start, _trecv_frags = _RING_CALLS["topic_frag_start"], _RING_CALLS["topic_recv_frags"]
 _RING_EMPTY = _lib.BRK_EMPTY
+_tunpack = _RING_CALLS["topic_unpack"]  # a relayed batch read in C (csrc/py/ring.c)
 
 
 def _assembler() -> Assembler:
@@ -580,23 +581,21 @@ class Subscriber(SubSession):
         return True
 
     def _unpack(self, data: bytes, n: int) -> None:
-        if len(data) < BATCH_HEAD.size:
-            raise ServerGone("a topic batch shorter than its header")
-        (lost,) = BATCH_HEAD.unpack_from(data)
+        """A relayed batch (a FETCH's reply) into _items. C reads it (topic_unpack), every length checked,
+        and makes the common messages' Received itself; the rest is read here."""
+        try:
+            lost, items, plain = _tunpack(data, n, Received, self.topic)
+        except ValueError as e:  # the server sent what it never sends: the session cannot be trusted on
+            raise ServerGone(str(e)) from None
         self.lost += lost
-        at = BATCH_HEAD.size
-        view = memoryview(data)
-        for _ in range(n):
-            if at + MESSAGE_HEAD.size > len(data):
-                raise ServerGone("a topic batch cut short")
-            pub, seq, mlen, dlen = MESSAGE_HEAD.unpack_from(data, at)
-            at += MESSAGE_HEAD.size
-            if mlen > MAX_META or at + mlen + dlen > len(data):
-                raise ServerGone("a topic batch with a message past its end")
-            meta = bytes(view[at:at + mlen])
-            at += mlen
-            payload = data[at:at + dlen]
-            at += dlen
+        if plain and not self._direct_only and not self._handover and not self._topics:
+            self._items.extend(items)  # the common batch: no meta, no control, no handover, one topic
+            return
+        for item in items:
+            if type(item) is Received:
+                pub, seq, payload, meta = item[0], item[1], item[2], b""
+            else:
+                pub, seq, meta, payload = item
             if seq == 0:  # a control message: a publisher's ring to read, or its end
                 self._on_control(pub, meta, payload)
                 continue
@@ -620,8 +619,6 @@ class Subscriber(SubSession):
                     self._handed_over(pub, held.seq if held.seq == seq + 1 else seq + 1)
                 continue
             self._items.append(Received(pub, seq, value, self._topics.get(pub, self.topic)))
-        if at != len(data):
-            raise ServerGone("a topic batch with bytes after its last message")
 
     def _on_control(self, pub: int, what: bytes, data: bytes) -> None:
         if what == TOPIC_OF:  # (a prefix subscriber) the topic of this publisher's messages (one name a
