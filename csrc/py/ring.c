@@ -516,18 +516,25 @@ done:
 }
 
 /*
- * topic_recv_batch(ring, last_seq, max) -> (items, last_seq, outcome): up to max whole messages
- * already there, each (seq, payload) or (seq, payload, meta) for one with meta, numbered after
- * last_seq, in one call (the server's relay of a publisher's ring: broker/services/topics/broker.py).
+ * topic_recv_batch(ring, last_seq, max, item, publisher) -> (items, last_seq, outcome): up to max
+ * whole messages already there, numbered after last_seq, in one call, each an `item` (a tuple
+ * subclass of four: publisher, seq, meta, payload; broker/services/topics/broker.py _Item, what the
+ * server's relay queues for its subscribers).
  * outcome says why it stopped: BRK_OK (max reached), BRK_EMPTY, BRK_NOTREADY (the next record is
  * not a whole message: Python reads it), or the ring's.
  */
 static PyObject *brk_py_topic_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    brk_ring *r = brk_py_begin(args, nargs, 3, "topic_recv_batch(ring, last_seq, max)");
+    brk_ring *r = brk_py_begin(args, nargs, 5, "topic_recv_batch(ring, last_seq, max, item, publisher)");
     if (!r)
         return NULL;
+    if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "topic_recv_batch: item is a tuple type");
+        return NULL;
+    }
+    PyTypeObject *item_type = (PyTypeObject *)args[3];
+    PyObject *publisher = args[4];
     unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
     if (last == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
@@ -553,8 +560,19 @@ static PyObject *brk_py_topic_recv_batch(PyObject *self, PyObject *const *args, 
             }
             break;
         }
-        PyObject *item = meta ? Py_BuildValue("(KNN)", (unsigned long long)seq, payload, meta)
-                              : Py_BuildValue("(KN)", (unsigned long long)seq, payload);
+        PyObject *s = PyLong_FromUnsignedLongLong(seq);
+        PyObject *m = meta ? meta : PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *item = s && m ? item_type->tp_alloc(item_type, 4) : NULL;
+        if (item) { /* the four items, set here (they are stolen) */
+            PyTuple_SET_ITEM(item, 0, Py_NewRef(publisher));
+            PyTuple_SET_ITEM(item, 1, s);
+            PyTuple_SET_ITEM(item, 2, m);
+            PyTuple_SET_ITEM(item, 3, payload);
+        } else {
+            Py_XDECREF(s);
+            Py_XDECREF(m);
+            Py_DECREF(payload);
+        }
         if (!item || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(list);
@@ -603,6 +621,93 @@ fail:
     Py_XDECREF(s);
     Py_XDECREF(d);
     Py_XDECREF(m);
+    return NULL;
+}
+
+/*
+ * topic_pack(queue, most, room, lost) -> (bytes, n, first): the reply to a FETCH, packed as
+ * topic_unpack reads it: lost, then the first n items of queue (an iterable of (publisher, seq,
+ * meta, payload) tuples: broker/services/topics/broker.py _Item), at most `most`, as many as fit in
+ * room bytes after the header. The queue is not changed: the caller drops its first n. first: the
+ * size the first item left out needs (0 when none was left out for room).
+ */
+static PyObject *brk_py_topic_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "topic_pack(queue, most, room, lost)");
+        return NULL;
+    }
+    Py_ssize_t most = PyLong_AsSsize_t(args[1]);
+    long long room = PyLong_AsLongLong(args[2]);
+    unsigned long long lost = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[0]);
+    if (!it)
+        return NULL;
+    /* first pass: how many fit, and the bytes they take */
+    PyObject *items[BRK_PY_BATCH_MAX];
+    Py_ssize_t n = 0;
+    uint64_t total = BRK_TOPIC_BATCH_HEAD, first = 0;
+    PyObject *x;
+    if (most > BRK_PY_BATCH_MAX)
+        most = BRK_PY_BATCH_MAX;
+    while (n < most && (x = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(x) || PyTuple_GET_SIZE(x) != 4 || !PyBytes_Check(PyTuple_GET_ITEM(x, 2)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(x, 3))) {
+            Py_DECREF(x);
+            PyErr_SetString(PyExc_TypeError, "topic_pack: an item is not (publisher, seq, meta: bytes, data: bytes)");
+            goto fail;
+        }
+        uint64_t size = BRK_TOPIC_MESSAGE_HEAD + (uint64_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(x, 2)) +
+                        (uint64_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(x, 3));
+        if (room < 0 || size > (uint64_t)room - (total - BRK_TOPIC_BATCH_HEAD)) {
+            first = size;
+            Py_DECREF(x);
+            break;
+        }
+        items[n++] = x; /* held until packed */
+        total += size;
+    }
+    if (PyErr_Occurred())
+        goto fail;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!out)
+        goto fail;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    brk_frame_st(p, lost, 8);
+    p += BRK_TOPIC_BATCH_HEAD;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pub = PyTuple_GET_ITEM(items[i], 0), *seq = PyTuple_GET_ITEM(items[i], 1);
+        PyObject *meta = PyTuple_GET_ITEM(items[i], 2), *data = PyTuple_GET_ITEM(items[i], 3);
+        unsigned long pv = PyLong_AsUnsignedLong(pub);
+        unsigned long long sv = PyLong_AsUnsignedLongLong(seq);
+        if (PyErr_Occurred() || pv > UINT32_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_OverflowError, "topic_pack: a publisher id over 32 bits");
+            Py_DECREF(out);
+            goto fail;
+        }
+        Py_ssize_t ml = PyBytes_GET_SIZE(meta), dl = PyBytes_GET_SIZE(data);
+        brk_frame_st(p, pv, 4);
+        brk_frame_st(p + 4, sv, 8);
+        brk_frame_st(p + 12, (uint64_t)ml, 4);
+        brk_frame_st(p + 16, (uint64_t)dl, 4);
+        p += BRK_TOPIC_MESSAGE_HEAD;
+        memcpy(p, PyBytes_AS_STRING(meta), (size_t)ml);
+        p += ml;
+        memcpy(p, PyBytes_AS_STRING(data), (size_t)dl);
+        p += dl;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(items[i]);
+    Py_DECREF(it);
+    return Py_BuildValue("(NnK)", out, n, (unsigned long long)first);
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(items[i]);
+    Py_DECREF(it);
     return NULL;
 }
 
@@ -929,10 +1034,12 @@ static PyMethodDef brk_ring_methods[] = {
      "topic_recv(ring, last_seq) -> (seq, bytes) | outcome"},
     {"topic_recv_into", (PyCFunction)(void (*)(void))brk_py_topic_recv_into, METH_FASTCALL,
      "topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | outcome"},
+    {"topic_pack", (PyCFunction)(void (*)(void))brk_py_topic_pack, METH_FASTCALL,
+     "topic_pack(queue, most, room, lost) -> (bytes, n, first)"},
     {"topic_unpack", (PyCFunction)(void (*)(void))brk_py_topic_unpack, METH_FASTCALL,
      "topic_unpack(data, n, received, topic) -> (lost, items, plain)"},
     {"topic_recv_batch", (PyCFunction)(void (*)(void))brk_py_topic_recv_batch, METH_FASTCALL,
-     "topic_recv_batch(ring, last_seq, max) -> (items, last_seq, outcome)"},
+     "topic_recv_batch(ring, last_seq, max, item, publisher) -> (items, last_seq, outcome)"},
     {"topic_frag_start", (PyCFunction)(void (*)(void))brk_py_topic_frag_start, METH_FASTCALL,
      "topic_frag_start(first, total) -> bytes"},
     {"topic_recv_frags", (PyCFunction)(void (*)(void))brk_py_topic_recv_frags, METH_FASTCALL,

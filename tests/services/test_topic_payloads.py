@@ -288,3 +288,29 @@ def test_a_relayed_batch_is_read_by_c_as_the_wire_defines_it(msgs, lost, extra_n
         assert (got_lost, got) == want
         assert plain == all(not m and s for _, s, m, _ in want[1])
         assert all(i[3] == "t" for i in items if type(i) is topics_client.Received)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(max_size=10), st.binary(max_size=50)),
+                max_size=8), st.integers(1, 10), st.integers(-30, 400), st.integers(0, 2**64 - 1))
+def test_a_fetch_reply_packed_by_c_is_what_the_reader_reads(items, most, room, lost):
+    """topic_pack (the server's answer to a FETCH) against the wire: the first items that fit in room,
+    at most `most`, read back by the reference; `first` is the size of the first one left out for room."""
+    from collections import deque
+
+    from broker.services.topics.broker import _Item
+    from broker.services.topics.wire import MESSAGE_HEAD
+
+    queue = deque(_Item(*x) for x in items)
+    data, n, first = topics_client._RING_CALLS["topic_pack"](queue, most, room, lost)
+    assert len(queue) == len(items)  # C leaves the queue as it is: the server drops what went
+    fit, used = 0, 0
+    for p, s, m, d in items[:most]:
+        size = MESSAGE_HEAD.size + len(m) + len(d)
+        if used + size > room:
+            break
+        fit, used = fit + 1, used + size
+    assert n == fit
+    left_out = fit < min(most, len(items))
+    assert first == (MESSAGE_HEAD.size + len(items[fit][2]) + len(items[fit][3]) if left_out else 0)
+    assert _unpack_reference(data, n) == (lost, [tuple(x) for x in items[:n]])

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from broker.core import names as _names
 from broker._errors import BadHandle, BrokerError, Closed, Empty, Overflow, PeerGone
@@ -29,6 +29,7 @@ from broker.framework.session import Message, RefObject, refuse
 log = logging.getLogger("broker.topics")
 _trecv_batch = _RING_CALLS["topic_recv_batch"]  # whole messages of a ring, many in one C call (csrc/py/ring.c)
 _RING_EMPTY, _BATCH_MAX = _lib.BRK_EMPTY, _lib.BRK_PY_BATCH_MAX
+_tpack = _RING_CALLS["topic_pack"]  # a FETCH's reply packed from a subscriber's queue, in C
 register_kind("topic", ("publish", "subscribe"))  # what grants say of topics (framework/access.py)
 
 
@@ -55,8 +56,9 @@ class TopicError(ValueError):
     """A request the topic service refuses (its status is ARGUMENT)."""
 
 
-@dataclass
-class _Item:
+class _Item(NamedTuple):
+    """A message in a subscriber's queue (a tuple: C packs a FETCH's reply from them, topic_pack)."""
+
     publisher: int
     seq: int
     meta: bytes
@@ -520,11 +522,17 @@ class TopicBroker(Service):
     def _deliver(self, pub: ServerPublisher, items: list[tuple[bytes, bytes]], seqs: list[int] | None = None) -> None:
         """Into every subscriber's queue (with the lock held), as each one's policy says. seqs: ring
         records' own sequence numbers (the publisher numbered them), one per item."""
-        topic = pub.topic
         made = []
         for i, (data, meta) in enumerate(items):
             pub.seq = seqs[i] if seqs is not None else pub.seq + 1
             made.append(_Item(pub.id, pub.seq, meta, data))
+        self._deliver_made(pub, made)
+
+    def _deliver_made(self, pub: ServerPublisher, made: list[_Item]) -> None:
+        """_deliver of items already made (their publisher's sequence numbers in them)."""
+        topic = pub.topic
+        if made:
+            pub.seq = made[-1].seq
         pub.published += len(made)
         answered = False
         topic.published += len(made)
@@ -625,27 +633,21 @@ class TopicBroker(Service):
         """The waiting FETCH gets what is queued, as much as fits (with the lock held)."""
         msg = sub.fetch
         assert msg is not None
-        room = msg.max_length(0) - BATCH_HEAD.size
-        parts = [BATCH_HEAD.pack(sub.lost)]
-        n = 0
-        while sub.queue and n < sub.fetch_max:
-            item = sub.queue[0]
-            if item.size > room:
-                if n == 0:  # it never fits this buffer: say how big one must be
-                    sub.fetch = None
-                    msg.complete(Status.OVERFLOW, f"a message needs {item.size + BATCH_HEAD.size} bytes")
-                    return
-                break
-            sub.queue.popleft()
-            parts += [MESSAGE_HEAD.pack(item.publisher, item.seq, len(item.meta), len(item.data)), item.meta,
-                      item.data]
-            room -= item.size
-            n += 1
+        queue = sub.queue
+        # BATCH_HEAD, then a MESSAGE_HEAD, meta and data per message, as many as fit: packed by C
+        data, n, first = _tpack(queue, sub.fetch_max, msg.max_length(0) - BATCH_HEAD.size, sub.lost)
+        if not n and first:  # the first never fits this buffer: say how big one must be
+            sub.fetch = None
+            msg.complete(Status.OVERFLOW, f"a message needs {first + BATCH_HEAD.size} bytes")
+            return
+        pop = queue.popleft
+        for _ in range(n):
+            pop()
         sub.fetch = None
         sub.lost = 0
         sub.delivered += n
         try:
-            msg.write(0, b"".join(parts))
+            msg.write(0, data)
         except Overflow as e:  # (cannot happen: the sizes were counted)
             msg.complete(Status.OVERFLOW, str(e))
             return
@@ -783,11 +785,11 @@ class TopicBroker(Service):
                 break  # a blocking subscriber is full: the ring fills, and its publisher waits
             if asm.complete:  # whole messages, many in one C call, delivered together (one answer each)
                 want = min(most - n, space if space is not None else most, _BATCH_MAX)
-                got, last, rc = _trecv_batch(ring.address, asm.seq, want)
-                if got:
+                got, last, rc = _trecv_batch(ring.address, asm.seq, want, _Item, pub.id)
+                if got:  # each an _Item already, made by C
                     n += len(got)
                     asm.seq = last
-                    self._deliver(pub, [(g[1], g[2] if len(g) == 3 else b"") for g in got], [g[0] for g in got])
+                    self._deliver_made(pub, got)
                     continue
                 if rc == _RING_EMPTY and not pub.closed:
                     break
