@@ -781,7 +781,7 @@ class Subscriber(SubSession):
         fast = self._fast
         if fast is not None and not self._items:  # the shortest way: one C call
             asm = fast[1]
-            if asm.complete:  # no message half-way
+            if asm._parts is None and asm.frag is None:  # no message half-way (Assembler.complete, inline)
                 r = _trecv(fast[0], asm.seq)
                 if type(r) is tuple:
                     asm.seq = r[0]
