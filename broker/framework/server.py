@@ -663,7 +663,11 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         if session is not None:
             for obj in session.objects.clear():
                 if isinstance(obj, RefObject):
-                    obj.close()
+                    try:
+                        obj.close()
+                    except Exception as e:  # a bug in a sub-session's destroyed(): the others close, the server goes on
+                        srv.counters["service_errors"] += 1
+                        log.error("closing %s of %s raised %r", type(obj).__name__, self.peer, e, exc_info=e)
             try:
                 session.closed(reason)
             except Exception as e:

@@ -2,6 +2,7 @@
 dispatches that service's codes to it, shows its statistics and metrics, and calls its hooks."""
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
@@ -114,3 +115,47 @@ def test_a_service_whose_poll_raises_is_logged_and_the_server_serves_on(tmp_path
         assert Faulty.polled > 0 and errors == Faulty.polled
     logged = [r for r in caplog.records if "Faulty.poll() raised" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
+
+
+class _Brittle(broker.RefObject):
+    """A sub-session's object whose destroyed() has a bug."""
+
+    destroyed_ok: list[str] = []
+
+    def __init__(self, fails: bool, name: str) -> None:
+        super().__init__()
+        self.fails, self.label = fails, name
+
+    def destroyed(self) -> None:
+        if self.fails:
+            raise RuntimeError("a bug in destroyed()")
+        _Brittle.destroyed_ok.append(self.label)
+
+
+class _Opens(broker.Session):
+    def service(self, m: broker.Message) -> None:
+        if m.code == 1:  # arg 0: 1 = an object whose destroyed() raises
+            m.complete(self.open_subsession(_Brittle(bool(m.integer(0)), f"obj{m.integer(1)}")))
+        elif m.code == 2:
+            m.complete(7)
+        else:
+            super().service(m)
+
+
+def test_a_sub_session_whose_destroyed_raises_ends_alone(tmp_path, caplog):
+    """A client that goes with sub-sessions open: one whose object's destroyed() raises is counted and
+    logged; the others close, and the server serves the next client."""
+    path = str(tmp_path / "brittle.sock")
+    _Brittle.destroyed_ok.clear()
+    with broker.Server(path, _Opens) as srv:
+        with broker.connect(path) as s:
+            for i, fails in enumerate((0, 1, 0)):
+                assert s.send_receive(1, fails, i) > 0
+        deadline = time.monotonic() + 10
+        while srv.sessions() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with broker.connect(path) as s:  # the server goes on
+            assert s.send_receive(2) == 7
+        assert srv.stats()["bounds"]["service_errors"] == 1
+    assert sorted(_Brittle.destroyed_ok) == ["obj0", "obj2"]
+    assert any("closing _Brittle" in r.getMessage() and r.exc_info for r in caplog.records)
