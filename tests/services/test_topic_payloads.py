@@ -263,7 +263,7 @@ def _unpack_reference(data: bytes, n: int) -> tuple[int, list[tuple[int, int, by
     return lost, out
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 3), st.binary(max_size=12), st.binary(max_size=40)),
                 max_size=6), st.integers(0, 2**64 - 1), st.integers(-1, 2), st.binary(max_size=30), st.integers(0, 60))
 def test_a_relayed_batch_is_read_by_c_as_the_wire_defines_it(msgs, lost, extra_n, junk, cut):
@@ -290,7 +290,7 @@ def test_a_relayed_batch_is_read_by_c_as_the_wire_defines_it(msgs, lost, extra_n
         assert all(i[3] == "t" for i in items if type(i) is topics_client.Received)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(max_size=10), st.binary(max_size=50)),
                 max_size=8), st.integers(1, 10), st.integers(-30, 400), st.integers(0, 2**64 - 1))
 def test_a_fetch_reply_packed_by_c_is_what_the_reader_reads(items, most, room, lost):
