@@ -822,7 +822,7 @@ class Server:
         self.services: list[Service] = [cls(self) for cls in services]
         self._dispatch = dispatch_table(self.services)
         self._polls = tuple(s.poll for s in self.services if type(s).poll is not Service.poll)
-        self._poll_errors: set[tuple[str, str]] = set()  # (service, error) already logged by _poll_failed
+        self._poll_errors: set[tuple[str, str, str]] = set()  # (service, hook, error) logged by _poll_failed
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -1091,7 +1091,7 @@ class Server:
                 if not ready and not busy:
                     # every ring armed (its client rings the doorbell; a publisher's topic ring rings its
                     # session's): sleep
-                    if self._arm_rings() and all(s.arm() for s in self.services):
+                    if self._arm_rings() and self._arm_services():
                         ready = sel.select(timeout=idle)
                     else:
                         busy = True  # records came as we armed: served, spin again
@@ -1103,7 +1103,10 @@ class Server:
                                     self._poll_failed(poll, e)
                             ready = sel.select(0)
                     for s in self.services:
-                        s.disarm()
+                        try:
+                            s.disarm()
+                        except Exception as e:
+                            self._poll_failed(s.disarm, e)
                 busy = busy or bool(ready) or bool(later)
                 for key, mask in ready:
                     kind, obj = key.data
@@ -1133,15 +1136,30 @@ class Server:
         finally:
             self._shutdown()
 
-    def _poll_failed(self, poll: Any, e: Exception) -> None:
-        """A service's poll() raised: counted (stats()'s service_errors), logged with its traceback the
-        first time for each service and kind of error; the loop and every session go on."""
+    def _arm_services(self) -> bool:
+        """Every service armed before the loop sleeps (False: one has work now, do not sleep). A service
+        whose arm() raises is counted and logged (_poll_failed) and the loop may sleep: it is not kept
+        spinning by a bug."""
+        armed = True
+        for s in self.services:
+            try:
+                if not s.arm():
+                    armed = False
+                    break
+            except Exception as e:
+                self._poll_failed(s.arm, e)
+        return armed
+
+    def _poll_failed(self, hook: Any, e: Exception) -> None:
+        """A service's loop hook (poll, arm, disarm) raised: counted (stats()'s service_errors), logged
+        with its traceback the first time for each service, hook and kind of error; the loop and every
+        session go on."""
         self.counters["service_errors"] += 1
-        key = (getattr(poll, "__self__", poll).__class__.__name__, type(e).__name__)
+        key = (getattr(hook, "__self__", hook).__class__.__name__, getattr(hook, "__name__", "?"), type(e).__name__)
         if key not in self._poll_errors:
             self._poll_errors.add(key)
-            log.error("%s.poll() raised %r: the server goes on (further errors of this kind are only counted)",
-                      key[0], e, exc_info=e)
+            log.error("%s.%s() raised %r: the server goes on (further errors of this kind are only counted)",
+                      key[0], key[1], e, exc_info=e)
 
     def _shutdown(self) -> None:
         for conn in list(self._conns):

@@ -117,6 +117,31 @@ def test_a_service_whose_poll_raises_is_logged_and_the_server_serves_on(tmp_path
     assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
 
 
+class FaultyArm(Counter):
+    """A service whose arm and disarm hooks have bugs: they raise every time the loop would sleep."""
+
+    stats_key = "faulty_arm"
+
+    def arm(self) -> bool:
+        raise ValueError("a bug in a service's arm")
+
+    def disarm(self) -> None:
+        raise KeyError("a bug in a service's disarm")
+
+
+def test_a_service_whose_arm_and_disarm_raise_is_logged_and_the_server_sleeps_and_serves(tmp_path, caplog):
+    path = str(tmp_path / "faulty_arm.sock")
+    with broker.Server(path, services=BUILTIN + (FaultyArm,)) as srv:
+        with broker.connect(path) as s:
+            for i in range(20):
+                time.sleep(0.005)  # idle: the loop arms everything and sleeps between calls
+                assert s.send_receive(COUNT, 1) == i + 1
+        errors = srv.stats()["bounds"]["service_errors"]
+        assert errors >= 2
+    logged = {r.getMessage().split("(")[0] for r in caplog.records if "FaultyArm." in r.getMessage()}
+    assert logged == {"FaultyArm.arm", "FaultyArm.disarm"}  # each once
+
+
 class _Brittle(broker.RefObject):
     """A sub-session's object whose destroyed() has a bug."""
 
