@@ -543,7 +543,12 @@ class TopicBroker(Service):
         for sub in list(topic.subscribers.values()):
             if sub.gone is not None or pub.id in sub.rings:
                 continue
-            for item in made:
+            if sub.pattern is None and len(sub.queue) + len(made) <= sub.capacity:
+                sub.queue.extend(made)  # room for all of them: what the loop below does, at once
+                made_for = ()
+            else:
+                made_for = made
+            for item in made_for:
                 if len(sub.queue) >= sub.capacity:
                     if sub.policy == "drop":
                         if _drop_oldest(sub):  # (a queue of control items only: nothing is dropped)
