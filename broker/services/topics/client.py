@@ -58,7 +58,7 @@ def _assembler() -> Assembler:
     """A direct subscriber's books of one publisher's ring: a message in fragments is put together by C
     in one destination of its whole size (topic_recv_frags), read once from the ring."""
     return Assembler(start=_tfrag_start)
-_RING_TOOBIG, _RING_NOTREADY = _lib.BRK_TOOBIG, _lib.BRK_NOTREADY
+_RING_TOOBIG = _lib.BRK_TOOBIG
 
 # The meta of a numpy array: a marker, u8 (nd1) or u16 (nd2) length + the dtype, u8 ndim, ndim x u64 shape.
 # nd1: the dtype as dtype.str ("<f8"), for every dtype that string describes; nd2: its descr as JSON
