@@ -57,6 +57,7 @@ _FAST = RING
 _fsend, _frecv, _frecv_wait = _FAST["send"], _FAST["recv"], _FAST["recv_wait"]
 _frecv_many, _fwait_data, _fwait_space = _FAST["recv_many"], _FAST["wait_data"], _FAST["wait_space"]
 _fsend_many, _fready = _FAST["send_many"], _FAST["ready"]
+_fsend_stream, _frecv_stream = _FAST["send_stream"], _FAST["recv_stream"]
 _BATCH_MAX = lib.BRK_PY_BATCH_MAX
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
@@ -648,6 +649,22 @@ class _RingSide:
                 raise self._failed(rc, f"waiting for room in {self.name}")
             self._check_consumers(h)
 
+    def send_stream(self, parts: tuple[Any, ...], chunk: int, timeout: float | None = None) -> None:
+        """Write the concatenation of `parts` (up to 8 C-contiguous buffers) as consecutive records of up
+        to `chunk` bytes, each copied straight from the parts (a big frame's head and arguments, never
+        joined). Waits for room like send(); a FullTimeout leaves part of the stream written."""
+        h = self.need("producer")
+        deadline = _deadline(timeout)
+        at = 0
+        while True:
+            r = _fsend_stream(self._addr, parts, at, chunk)
+            if r == 0:
+                return
+            rc, at, need = r
+            if rc != _FULL:
+                raise self._failed(rc, f"send on {self.name}")
+            self.wait_room(h, need, timeout, deadline)
+
     def _check_consumers(self, h: Any) -> None:
         """Called while a producer waits for room."""
 
@@ -903,6 +920,16 @@ class _RingSide:
             if r == _LAPPED:
                 continue
             raise _error(r, f"recv_many on {self.name}")
+
+    def recv_stream(self, target: Any, at: int) -> tuple[int, bytes | None]:
+        """The records already here copied straight into `target` (a writable buffer) from byte `at` on,
+        until it is full or no record is here now: (where target's filled part ends, the bytes of the
+        last record past its end or None). Never waits."""
+        self.need("consumer")
+        r = _frecv_stream(self._addr, target, at)
+        if type(r) is int:
+            raise self._failed(r, f"recv on {self.name}")
+        return r  # type: ignore[no-any-return]
 
     def recv_batch(self, out: Any, lens: Any, timeout: float | None = None) -> int:
         """Copy records back to back into the writable buffer `out`, their

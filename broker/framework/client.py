@@ -41,6 +41,7 @@ from broker._errors import (
 from broker.core.shm import MEMFD
 from broker.protocol.frames import parse_passed_fds
 from broker.protocol.frames import (
+    BIG_FRAME,
     NO_ARG,
     Arg,
     ArgKind,
@@ -105,6 +106,8 @@ def to_arg(a: Any) -> Arg:
         return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if isinstance(a, bytearray):
         return Arg(_READWRITE, len(a), bytes(a))
+    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # a big memoryview goes out from its own buffer: no copy here
+        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type]
     return Arg(_READ, 0, bytes(a))
 
 

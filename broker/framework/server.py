@@ -179,7 +179,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             rings.clear_doorbell()
         proto = self.proto
         take = self._take
-        if take is not None and not drain and not proto.reader._buf and proto.state is _OPEN and not proto.offered:
+        if take is not None and not drain and not proto.reader.pending and proto.state is _OPEN and not proto.offered:
             # the common requests, made Messages by C straight from the ring (one batch per turn)
             # asynchronous ones: as many as message slots are free; replies: as many as fit under the bound
             r = take(self.slots - self.async_outstanding, self.server.max_queued - self.counted)
@@ -195,9 +195,15 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                 if not left or self.ended:
                     return
             # something else waits (or an error, which the long way says): the long way takes it
+        reader = proto.reader
         while not self.ended:
+            big = reader.gathering  # a big frame on its way: its records are copied straight into it
             try:
-                records = rings.read()
+                if big is None:
+                    records = rings.read()
+                else:
+                    at, rest = rings.gather(big, reader.gathered)
+                    records = () if at == reader.gathered and rest is None else (big,)  # (): nothing came
             except PeerGone:
                 self.end("died")
                 return
@@ -213,16 +219,26 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                 if self.server._aloop is None or rings.arm():
                     return
                 continue
-            data = records[0] if len(records) == 1 else b"".join(records)
-            self.bytes_in += len(data)
             lock = self.lock
-            lock.acquire()  # not `with`: it costs twice as much, on every batch
-            try:
-                events = self.proto.receive(data)
-            except ProtocolError as e:
-                events = e
-            finally:
-                lock.release()
+            if big is None:
+                data = records[0] if len(records) == 1 else b"".join(records)
+                self.bytes_in += len(data)
+                lock.acquire()  # not `with`: it costs twice as much, on every batch
+                try:
+                    events = self.proto.receive(data)
+                except ProtocolError as e:
+                    events = e
+                finally:
+                    lock.release()
+            else:
+                self.bytes_in += at - reader.gathered + (len(rest) if rest else 0)
+                lock.acquire()
+                try:
+                    events = self.proto.receive_gathered(at, rest)
+                except ProtocolError as e:
+                    events = e
+                finally:
+                    lock.release()
             if type(events) is not list:
                 self._close_with(f"protocol error: {events}")
                 return
@@ -1608,7 +1624,8 @@ class Server:
              "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",
              "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
-             "queued_bytes": c.counted, "paused": c.paused}
+             "queued_bytes": c.counted, "paused": c.paused,
+             "partial_frame_bytes": c.proto.reader.pending}
             for c, r in ((c, c.rings) for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id))
         ]
 

@@ -84,7 +84,7 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
             if a.kind in (ArgKind.INT, ArgKind.HANDLE):
                 out.append(a.value)
             elif a.kind in (ArgKind.READ, ArgKind.READWRITE):
-                out.append(a.data)
+                out.append(a.data if type(a.data) is bytes else bytes(a.data))  # (a big frame's: a view)
             else:
                 out.append(None)
         return out[0], out[1], out[2], out[3]
@@ -116,6 +116,14 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
 
     def _read(self, i: int, offset: int = 0, size: int | None = None) -> bytes:
         """read(): bytes of a readable buffer argument from `offset`."""
+        data = self._readable(i, offset)
+        if offset == 0 and size is None and type(data) is bytes:
+            return data
+        part = data[offset:] if size is None else data[offset : offset + size]
+        return part if type(part) is bytes else bytes(part)
+
+    def _readable(self, i: int, offset: int) -> "bytes | memoryview":
+        """A readable argument's content (bytes, or a view of the big frame it came in), offset checked."""
         if not 0 <= i < 4:
             raise IndexError(f"argument {i}: a message has 4")
         a = self._args[i]
@@ -124,11 +132,27 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
             raise BrokerError(f"argument {i} is {a.kind.name}: nothing to read")
         w = self._writes
         data = bytes(w[i]) if w and i in w else a.data
-        if offset == 0 and size is None:
-            return data
         if not 0 <= offset <= len(data):
             raise Overflow(f"read at offset {offset} of a {len(data)}-byte argument")
-        return data[offset:] if size is None else data[offset : offset + size]
+        return data
+
+    def read_view(self, i: int, offset: int = 0, size: int | None = None) -> memoryview:
+        """A read-only view of a readable argument's bytes from `offset`: no copy. A big argument
+        (a request of 64 KiB or more) is read where it was gathered, straight from the session's
+        ring or socket; the view stays good after complete(), for as long as it is held."""
+        data = self._readable(i, offset)
+        view = memoryview(data).toreadonly() if type(data) is not memoryview else data
+        return view[offset:] if size is None else view[offset : offset + size]
+
+    def read_into(self, i: int, buffer: Any, offset: int = 0) -> int:
+        """Copy a readable argument's bytes from `offset` into `buffer` (any writable buffer: a
+        bytearray, a numpy array, a mmap...): one copy. Returns how many: all that is left of the
+        argument from `offset`, or as many as fit."""
+        data = self._readable(i, offset)
+        with memoryview(buffer) as out, out.cast("B") as dst:
+            n = min(len(data) - offset, dst.nbytes)
+            dst[:n] = memoryview(data)[offset : offset + n]
+        return n
 
     def _write(self, i: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
         """write(): into the client's writable argument at `offset`; its length

@@ -54,7 +54,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from broker._errors import BrokerError
 from broker.core.native import CODEC as _CODEC
@@ -68,6 +68,7 @@ DEFAULT_MAX_FRAME = 64 << 20
 MIN_MAX_FRAME = 4096
 MAX_TEXT = 4096  # reasons and error texts are cut to this many bytes
 MAX_SLOTS = 65535
+BIG_FRAME = 64 << 10  # a frame at least this big travels and is gathered whole, never joined (see FrameReader)
 
 FLAG_ASYNC = 1  # REQUEST: uses one of the session's message slots
 HELLO_SHARABLE = 1
@@ -276,6 +277,7 @@ _CODEC["codec_setup"](tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG,
                       (Arg.kind, Arg.value, Arg.data), (Complete.request_id, Complete.status, Complete.writes,
                                                         Complete.error), (Write.index, Write.data))
 c_feed, c_encode_request, c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
+_frame_buffer = _CODEC["frame_buffer"]  # a bytearray of n bytes, not cleared: a big frame is gathered in it
 
 
 def _no_feed(view: memoryview, at: int, max_frame: int) -> tuple[list[Event], int]:
@@ -344,6 +346,15 @@ def request_frame(request_id: int, code: int, handle: int, asynchronous: bool, a
 def request_frame_py(request_id: int, code: int, handle: int, asynchronous: bool,
                      args: tuple[Arg, ...] | list[Arg]) -> bytes:
     """request_frame in Python: the reference that the C encoder is tested against."""
+    parts = request_parts(request_id, code, handle, asynchronous, args)
+    return parts[0] + b"".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def request_parts(request_id: int, code: int, handle: int, asynchronous: bool,
+                  args: tuple[Arg, ...] | list[Arg]) -> tuple[bytes, ...]:
+    """A REQUEST frame as its parts, never joined: the header and fixed part (bytes), then each
+    payload as the caller gave it (bytes or any buffer). A big request goes out this way: the
+    socket writes the parts with one sendmsg, the ring copies them straight into its records."""
     if len(args) != MAX_ARGS:
         raise ValueError(f"a request has exactly {MAX_ARGS} argument slots")
     fields: list[int] = []
@@ -353,20 +364,21 @@ def request_frame_py(request_id: int, code: int, handle: int, asynchronous: bool
         k = a.kind
         if k == _K_READ or k == _K_READWRITE:
             d = a.data
-            n = len(d)
+            n = len(d) if type(d) is bytes else memoryview(d).nbytes
             if k == _K_READWRITE:
                 if n > a.value:
                     raise ValueError("a READWRITE argument holds more than its max length")
                 fields += (k, n, a.value)
             else:
                 fields += (k, n, 0)
-            payloads.append(d)
+            if n:
+                payloads.append(d)
             size += n
         else:
             fields += (k, 0, a.value)
     head = _REQUEST_FRAME.pack(MAGIC, PROTOCOL_VERSION, _T_REQUEST, FLAG_ASYNC if asynchronous else 0, size, 0,
                                request_id, code, handle, *fields)
-    return head + b"".join(payloads) if payloads else head
+    return (head, *payloads)
 
 
 def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | list[Write] | list[tuple[int, bytes]],
@@ -538,7 +550,7 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
     return ShmDecline(_utf8(b, "SHM_DECLINE reason"))
 
 
-def _decode_request(b: memoryview, flags: int, request_id: int) -> Request:
+def _decode_request(b: memoryview, flags: int, request_id: int, views: bool = False) -> Request:
     if flags & ~FLAG_ASYNC:
         raise ProtocolError(f"REQUEST with unknown flags {flags:#x}")
     at = _REQUEST_ALL.size
@@ -552,12 +564,13 @@ def _decode_request(b: memoryview, flags: int, request_id: int) -> Request:
         if kind == _K_READ or kind == _K_READWRITE:
             if length > size - at:
                 raise ProtocolError(f"argument {i} claims {length} bytes, {size - at} are left")
+            data = b[at : at + length] if views else bytes(b[at : at + length])
             if kind == _K_READ:
-                args.append(Arg(ArgKind.READ, 0, bytes(b[at : at + length])))
+                args.append(Arg(ArgKind.READ, 0, data))  # type: ignore[arg-type]
             else:
                 if not 0 <= length <= value:
                     raise ProtocolError(f"argument {i}: {length} bytes over a max length of {value}")
-                args.append(Arg(ArgKind.READWRITE, value, bytes(b[at : at + length])))
+                args.append(Arg(ArgKind.READWRITE, value, data))  # type: ignore[arg-type]
             at += length
             continue
         k = _ARG_KINDS.get(kind)
@@ -612,25 +625,47 @@ def _decode_complete(b: memoryview, request_id: int) -> Complete:
     return Complete(request_id, status, writes, None)
 
 
+def _decode_one(body: memoryview, ftype: int, flags: int, request_id: int, views: bool = False) -> Event:
+    """One whole frame's event (its header checked). views: a REQUEST's payloads are views of body."""
+    if ftype == _T_REQUEST:
+        return _decode_request(body, flags, request_id, views)
+    if ftype == _T_COMPLETE and not flags:
+        return _decode_complete(body, request_id)
+    return decode_body(ftype, flags, request_id, body)
+
+
 class FrameReader:
     """Cuts a byte stream into events. Checks each header before it buffers
-    the body, so a peer cannot make us hold more than max_frame bytes."""
+    the body, so a peer cannot make us hold more than max_frame bytes.
+
+    A frame of BIG_FRAME bytes or more is gathered in one buffer of its exact size, allocated once
+    its header is checked (`gathering`): the stream's bytes are copied into it as they come (a
+    shared-memory session's ring copies its records straight in: see ServerRings.gather), and a
+    REQUEST's payloads are then read-only views of it, never copied again (Message.read_view)."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, fast: bool = True) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._feed = c_feed if fast else _no_feed  # fast=False: the Python reference decodes everything
+        self.big_frame = BIG_FRAME  # frames from this size on are gathered (the fuzzer makes it small)
+        self.gathering: bytearray | None = None  # the big frame being gathered, if any
+        self.gathered = 0  # how much of it has come
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The events completed by `data` (possibly none). ProtocolError on the first bad frame.
 
         Frames are decoded in place from `data` (or from the buffered rest of
         an earlier feed followed by `data`): only an incomplete tail is kept."""
+        out: list[Event] = []
+        if self.gathering is not None:
+            big, at = self.gathering, self.gathered
+            n = min(len(big) - at, len(data))
+            big[at : at + n] = memoryview(data)[:n] if n < len(data) else data
+            return self.filled(at + n, memoryview(data)[n:] if n < len(data) else None)
         buf = self._buf
         if buf:
             buf += data
             data, self._buf = buf, bytearray()  # never resized again: views of it may outlive this call
-        out: list[Event] = []
         with memoryview(data) as view:
             at, end = 0, len(view)
             unpack, max_frame = HEADER.unpack_from, self.max_frame
@@ -653,23 +688,37 @@ class FrameReader:
                     raise ProtocolError("non-zero reserved header field")
                 stop = at + HEADER_SIZE + length
                 if stop > end:
+                    if HEADER_SIZE + length >= self.big_frame:  # gathered whole, in its own buffer
+                        big = self.gathering = _frame_buffer(HEADER_SIZE + length)
+                        big[: end - at] = view[at:]
+                        self.gathered = end - at
+                        at = end
                     break
-                body = view[at + HEADER_SIZE : stop]
-                if ftype == _T_REQUEST:
-                    out.append(_decode_request(body, flags, request_id))
-                elif ftype == _T_COMPLETE and not flags:
-                    out.append(_decode_complete(body, request_id))
-                else:
-                    out.append(decode_body(ftype, flags, request_id, body))
+                out.append(_decode_one(view[at + HEADER_SIZE : stop], ftype, flags, request_id))
                 at = stop
             if at < end:
                 self._buf = bytearray(view[at:])
         return out
 
+    def filled(self, at: int, rest: bytes | memoryview | None = None) -> list[Event]:
+        """The big frame being gathered has its first `at` bytes now (copied in by the caller, or by
+        feed), and `rest` came after it in the stream (only once it is whole). Its event when it is
+        whole, and those `rest` completes."""
+        big = self.gathering
+        assert big is not None
+        self.gathered = at
+        if at < len(big):
+            return []
+        self.gathering, self.gathered = None, 0
+        magic, version, ftype, flags, length, reserved, request_id = HEADER.unpack_from(big)
+        view = memoryview(big).toreadonly()  # the payloads are views of it: nobody may change them
+        out = [_decode_one(view[HEADER_SIZE:], ftype, flags, request_id, True)]
+        return out + self.feed(rest) if rest else out
+
     @property
     def pending(self) -> int:
         """Bytes received but not yet a whole frame."""
-        return len(self._buf)
+        return len(self._buf) + self.gathered
 
 
 # ---- the two ends ---------------------------------------------------------------
@@ -707,7 +756,7 @@ class _Side:
     def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Events from the other end. ProtocolError closes the connection."""
         reader = self.reader
-        if not reader._buf and self.state is _OPEN:
+        if not reader._buf and reader.gathering is None and self.state is _OPEN:
             # the common case: whole REQUEST or COMPLETE frames, all decoded by C in one call
             events, at = reader._feed(data, 0, reader.max_frame)
             if at == len(data):
@@ -719,8 +768,16 @@ class _Side:
                     self._close(f"protocol error: {e}")
                     raise
                 return events
+        return self._events(self.reader.feed, data)
+
+    def receive_gathered(self, at: int, rest: bytes | None) -> list[Event]:
+        """receive() for a big frame's bytes copied straight into reader.gathering by the caller: its
+        first `at` bytes are in now, and `rest` (if any) is what came after it in the stream."""
+        return self._events(self.reader.filled, at, rest)
+
+    def _events(self, read: Any, *args: Any) -> list[Event]:
         try:
-            events = self.reader.feed(data)
+            events: list[Event] = read(*args)
             for ev in events:
                 self._on(ev)
         except ProtocolError as e:
@@ -763,8 +820,9 @@ class ClientConnection(_Side):
         self.state = State.AUTH
         return encode(Auth(nonce, proof, name))
 
-    def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0, asynchronous: bool = False) -> tuple[int, bytes]:
-        """A new request: (its id, the frame to send)."""
+    def request(self, code: int, args: Iterable[Arg] = (), handle: int = 0,
+                asynchronous: bool = False) -> tuple[int, "bytes | tuple[bytes, ...]"]:
+        """A new request: (its id, the frame to send: bytes, or a big one's parts, see request_parts)."""
         self._check_requests()
         rid = self._next_id
         frame = self.request_for(rid, code, args, handle, asynchronous)
@@ -772,7 +830,7 @@ class ClientConnection(_Side):
         return rid, frame
 
     def request_for(self, rid: int, code: int, args: Iterable[Arg] = (), handle: int = 0,
-                    asynchronous: bool = False) -> bytes:
+                    asynchronous: bool = False) -> "bytes | tuple[bytes, ...]":
         """request() for an id begun with begin_requests: the frame to send (the id is outstanding from now on)."""
         self._check_requests()
         a = list(args)
@@ -780,9 +838,14 @@ class ClientConnection(_Side):
             raise ValueError(f"at most {MAX_ARGS} arguments")
         if len(a) < MAX_ARGS:
             a += _PADDING[len(a)]
-        frame = request_frame(rid, code, handle, asynchronous, a)
-        if len(frame) - HEADER_SIZE > (self.welcome.max_frame if self.welcome else self.max_frame):
-            raise ValueError(f"a request of {len(frame)} bytes is over the server's limit")
+        size = _REQUEST_FRAME.size + len(a[0].data) + len(a[1].data) + len(a[2].data) + len(a[3].data)
+        if size - HEADER_SIZE > (self.welcome.max_frame if self.welcome else self.max_frame):
+            raise ValueError(f"a request of {size} bytes is over the server's limit")
+        frame: bytes | tuple[bytes, ...]
+        if size >= BIG_FRAME:  # written from its parts (the arguments' own buffers), never joined
+            frame = request_parts(rid, code, handle, asynchronous, a)
+        else:
+            frame = request_frame(rid, code, handle, asynchronous, a)
         self.outstanding[rid] = asynchronous
         return frame
 

@@ -38,10 +38,28 @@ from broker.core.ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, 
                     session_call_many, session_rings)
 
 SESSION_RING_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
+# A big frame's records: small enough that the server copies one out while the client writes the next
+# (the two copies overlap, on two cores), big enough that a record's own cost stays small.
+STREAM_CHUNK = 128 << 10
 RECV_BYTES = 256 * 1024  # a socket carrier's read: at most this much at a time
 _DONTWAIT = socket.MSG_DONTWAIT
 _ns = time.perf_counter_ns
 _yield = os.sched_yield
+
+
+def send_parts(sock: socket.socket, parts: "tuple[bytes, ...]") -> None:
+    """sendall() for a big frame's parts: gather writes (sendmsg), the parts never joined."""
+    views: list = [p if type(p) is bytes else memoryview(p).cast("B") for p in parts]
+    while views:
+        n = sock.sendmsg(views)
+        while n:
+            first = views[0]
+            if n >= len(first):
+                n -= len(first)
+                del views[0]
+            else:
+                views[0] = memoryview(first)[n:]
+                n = 0
 
 
 class CarrierGone(BrokerError):
@@ -68,8 +86,12 @@ class SocketCarrier:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
 
-    def send(self, frame: bytes) -> None:
-        self.sock.sendall(frame)
+    def send(self, frame: "bytes | tuple[bytes, ...]") -> None:
+        """A frame, or a big frame's parts (written together, never joined: sendmsg)."""
+        if type(frame) is tuple:
+            send_parts(self.sock, frame)
+        else:
+            self.sock.sendall(frame)
 
     def _got(self, n: "int | OSError") -> memoryview:
         if isinstance(n, OSError):
@@ -285,6 +307,11 @@ class ServerRings:
         except BrokerError:
             pass
 
+    def gather(self, target: bytearray, at: int) -> tuple[int, bytes | None]:
+        """A big frame's records copied straight into target from byte `at` on (see
+        FrameReader.gathering): Ring.recv_stream. PeerGone, Closed and Corrupt as read()."""
+        return self.rx.recv_stream(target, at)
+
     def read(self) -> list[bytes]:
         """What the client wrote, or [] (nothing now). PeerGone if the client
         died, Closed if it closed its side."""
@@ -343,8 +370,12 @@ class ClientRings:
             return self.tx._failed(outcome[0], f"send on {self.tx.name}")
         return self.rx._failed(outcome[0], f"recv on {self.rx.name}")
 
-    def send(self, frame: bytes) -> None:
-        """Write a frame, waiting for room while the server lives (it never stops reading)."""
+    def send(self, frame: "bytes | tuple[bytes, ...]") -> None:
+        """Write a frame, waiting for room while the server lives (it never stops reading). A big
+        frame's parts are copied straight into records of STREAM_CHUNK bytes, never joined."""
+        if type(frame) is tuple:
+            self.tx.send_stream(frame, STREAM_CHUNK)
+            return
         if len(frame) <= self._chunk:  # the common case: one record
             self.tx.send(frame)
             return

@@ -492,6 +492,21 @@ done:
     return out;
 }
 
+/* frame_buffer(n) -> bytearray: n bytes, not cleared (a big frame is gathered in it: every byte is
+ * written before anything reads it; clearing would cost one more pass over it). */
+static PyObject *brk_codec_frame_buffer(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "frame_buffer: a negative size");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, n);
+}
+
 static PyMethodDef brk_codec_methods[] = {
     {"codec_setup", (PyCFunction)(void (*)(void))brk_codec_setup, METH_FASTCALL,
      "codec_setup(kinds, NO_ARG, request_fields, arg_fields, complete_fields, write_fields)"},
@@ -500,6 +515,8 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_request(rid, code, handle, asynchronous, args) -> bytes | NotImplemented"},
     {"encode_complete", (PyCFunction)(void (*)(void))brk_codec_encode_complete, METH_FASTCALL,
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
+    {"frame_buffer", (PyCFunction)(void (*)(void))brk_codec_frame_buffer, METH_O,
+     "frame_buffer(n) -> bytearray: n bytes, not cleared"},
     {NULL, NULL, 0, NULL},
 };
 

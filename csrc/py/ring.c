@@ -215,6 +215,155 @@ static PyObject *brk_py_recv_many(PyObject *self, PyObject *const *args, Py_ssiz
     return list;
 }
 
+/* ---- a byte stream in records: a big frame of the framework ----
+ * A frame bigger than a record travels as consecutive records, each a piece of the session's byte
+ * stream. send_stream writes it straight from its parts (the head and each argument's buffer),
+ * recv_stream copies the records straight into the one buffer the frame is gathered in. */
+
+/* At most this many parts: a REQUEST's head and four payloads. */
+#define BRK_PY_PARTS 8
+
+/* Copy bytes [at, at + n) of the concatenation of parts v[0..np) to dst. */
+static void brk_py_gather(unsigned char *dst, const Py_buffer *v, Py_ssize_t np, uint64_t at, uint64_t n)
+{
+    for (Py_ssize_t i = 0; i < np && n; i++) {
+        uint64_t len = (uint64_t)v[i].len;
+        if (at >= len) {
+            at -= len;
+            continue;
+        }
+        uint64_t k = len - at < n ? len - at : n;
+        memcpy(dst, (const char *)v[i].buf + at, (size_t)k);
+        dst += k;
+        n -= k;
+        at = 0;
+    }
+}
+
+/*
+ * send_stream(ring, parts, at, chunk) -> 0 | (outcome, at, need): the concatenation of parts (a
+ * tuple of C-contiguous buffers) from byte `at` on, in records of up to `chunk` bytes (at most the
+ * ring's max_record), each copied straight from the parts into its claimed record (one copy, the
+ * big ones without the GIL). 0: all of it is in. Otherwise it stopped at byte `at` (everything
+ * before it is in): BRK_FULL (wait for `need` bytes of room, then call again from `at`) or the
+ * ring's outcome.
+ */
+static PyObject *brk_py_send_stream(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 4, "send_stream(ring, parts, at, chunk)");
+    if (!r)
+        return NULL;
+    long long at0, chunk;
+    if (!brk_py_int64(args[2], &at0) || !brk_py_int64(args[3], &chunk))
+        return NULL;
+    if (!PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) > BRK_PY_PARTS || at0 < 0 || chunk < 1) {
+        PyErr_Format(PyExc_ValueError, "send_stream: parts is a tuple of at most %d buffers, at >= 0, chunk >= 1",
+                     BRK_PY_PARTS);
+        return NULL;
+    }
+    Py_ssize_t np = PyTuple_GET_SIZE(args[1]), got = 0;
+    Py_buffer v[BRK_PY_PARTS];
+    uint64_t total = 0;
+    PyObject *out = NULL;
+    for (; got < np; got++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args[1], got), &v[got], PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        total += (uint64_t)v[got].len;
+    }
+    if ((uint64_t)at0 > total) {
+        PyErr_SetString(PyExc_ValueError, "send_stream: at is past the end of the parts");
+        goto done;
+    }
+    uint64_t at = (uint64_t)at0, step = (uint64_t)chunk < r->max_record ? (uint64_t)chunk : r->max_record;
+    while (at < total) {
+        uint64_t n = total - at < step ? total - at : step;
+        int rc = brk_claim(r, n);
+        if (rc) {
+            out = Py_BuildValue("(iKK)", rc, (unsigned long long)at, (unsigned long long)n);
+            goto done;
+        }
+        if (n >= BRK_PY_NOGIL_BYTES)
+            BRK_PY_BLOCKING(r, brk_py_gather(r->wptr, v, np, at, n));
+        else
+            brk_py_gather(r->wptr, v, np, at, n);
+        if ((rc = brk_commit(r, n)) != BRK_OK) {
+            out = Py_BuildValue("(iKK)", rc, (unsigned long long)at, (unsigned long long)n);
+            goto done;
+        }
+        at += n;
+    }
+    out = PyLong_FromLong(0);
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&v[i]);
+    return out;
+}
+
+
+/*
+ * recv_stream(ring, target, at) -> (at, rest) | outcome: the records already in the ring copied
+ * straight into target (a writable buffer) from byte `at` on, until it is full or the ring has no
+ * record now (the big ones without the GIL). `at` is where target's filled part ends now; rest is
+ * None, or the bytes of the last record that did not fit (the stream goes on after target: the
+ * caller reads them as it reads any record). An int: the ring's outcome (an error; nothing more
+ * was taken).
+ */
+static PyObject *brk_py_recv_stream(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    brk_ring *r = brk_py_begin(args, nargs, 3, "recv_stream(ring, target, at)");
+    if (!r)
+        return NULL;
+    long long at0;
+    if (!brk_py_int64(args[2], &at0))
+        return NULL;
+    Py_buffer t;
+    if (PyObject_GetBuffer(args[1], &t, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *out = NULL, *rest = NULL;
+    if (at0 < 0 || at0 > (long long)t.len) {
+        PyErr_SetString(PyExc_ValueError, "recv_stream: at is outside the target");
+        goto done;
+    }
+    uint64_t at = (uint64_t)at0, cap = (uint64_t)t.len;
+    while (at < cap) {
+        int rc = brk_peek(r);
+        if (rc == BRK_EMPTY)
+            break;
+        if (rc != BRK_OK) {
+            out = PyLong_FromLong(rc);
+            goto done;
+        }
+        uint64_t len = r->rlen, n = len < cap - at ? len : cap - at;
+        char *to = (char *)t.buf + at;
+        if (n >= BRK_PY_NOGIL_BYTES)
+            BRK_PY_BLOCKING(r, memcpy(to, r->rptr, (size_t)n));
+        else
+            memcpy(to, r->rptr, (size_t)n);
+        if (n < len) {
+            rest = PyBytes_FromStringAndSize((const char *)r->rptr + n, (Py_ssize_t)(len - n));
+            if (!rest) {
+                brk_unpeek(r); /* the record stays first in line; target's copy is overwritten next time */
+                goto done;
+            }
+        }
+        if ((rc = brk_release(r)) != BRK_OK) {
+            Py_CLEAR(rest);
+            out = PyLong_FromLong(rc);
+            goto done;
+        }
+        at += n;
+        if (rest)
+            break;
+    }
+    out = Py_BuildValue("(KO)", (unsigned long long)at, rest ? rest : Py_None);
+done:
+    Py_XDECREF(rest);
+    PyBuffer_Release(&t);
+    return out;
+}
+
 /* ---- topics: a publisher's ring (broker/services/topics/wire.py RECORD_HEAD) ----
  * A record is a BRK_TOPIC_HEAD-byte header, then the message's meta and payload:
  * sequence number u64, meta length u32, payload bytes still to come in later
@@ -1024,6 +1173,10 @@ static PyMethodDef brk_ring_methods[] = {
      "send_many(ring, sequence, start) -> (sent, outcome)"},
     {"recv_many", (PyCFunction)(void (*)(void))brk_py_recv_many, METH_FASTCALL,
      "recv_many(ring, max) -> list[bytes] | outcome"},
+    {"send_stream", (PyCFunction)(void (*)(void))brk_py_send_stream, METH_FASTCALL,
+     "send_stream(ring, parts, at, chunk) -> 0 | (outcome, at, need)"},
+    {"recv_stream", (PyCFunction)(void (*)(void))brk_py_recv_stream, METH_FASTCALL,
+     "recv_stream(ring, target, at) -> (at, rest) | outcome"},
     {"topic_send", (PyCFunction)(void (*)(void))brk_py_topic_send, METH_FASTCALL,
      "topic_send(ring, seq, data) -> outcome"},
     {"topic_publish", (PyCFunction)(void (*)(void))brk_py_topic_publish, METH_FASTCALL,

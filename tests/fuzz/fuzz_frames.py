@@ -8,7 +8,8 @@ the fast and the reference readers disagreeing, the result depending on how the 
 cut into reads, a connection not CLOSED after a ProtocolError, an event that does not survive
 encode() and decode again.
 
-Input: byte 0 the mode (low 3 bits: what is fed; bit 3: the smallest max_frame), byte 1 how many
+Input: byte 0 the mode (low 3 bits: what is fed; bit 3: the smallest max_frame, and frames of 40 bytes
+or more gathered whole), byte 1 how many
 cut bytes follow (mod 16), the cuts (fuzzlib.chunks), then the stream.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ EVENT_TYPES = (P.Hello, P.Welcome, P.Refuse, P.Request, P.Complete, P.Panic, P.C
                P.ShmAccept, P.ShmDecline, P.Challenge, P.Auth, P.AuthOk)
 STATES = 7  # of each side below
 NONCE, PROOF = bytes(range(32)), bytes(range(32, 64))
+SMALL_BIG = 40  # with the smallest max_frame, frames from 40 bytes on are gathered whole (FrameReader.big_frame)
 
 
 def _reader_outcome(reader: P.FrameReader, pieces: list[bytes]) -> tuple[list, tuple[str, str] | None]:
@@ -53,10 +55,17 @@ def _roundtrip(ev: object, max_frame: int) -> None:
         raise Bug(f"{ev!r} encodes to {frame!r}, which decodes to {again!r}")
 
 
+def _reader(max_frame: int, fast: bool) -> P.FrameReader:
+    r = P.FrameReader(max_frame, fast=fast)
+    if max_frame == P.MIN_MAX_FRAME:
+        r.big_frame = SMALL_BIG  # so that fuzzed streams reach the gathering of big frames
+    return r
+
+
 def _readers(stream: bytes, pieces: list[bytes], max_frame: int) -> None:
-    fast = _reader_outcome(P.FrameReader(max_frame, fast=True), pieces)
-    slow = _reader_outcome(P.FrameReader(max_frame, fast=False), pieces)
-    whole = _reader_outcome(P.FrameReader(max_frame, fast=False), [stream])
+    fast = _reader_outcome(_reader(max_frame, True), pieces)
+    slow = _reader_outcome(_reader(max_frame, False), pieces)
+    whole = _reader_outcome(_reader(max_frame, False), [stream])
     if fast != slow:
         raise Bug(f"fast and reference readers differ: {fast!r} / {slow!r}")
     # a feed that raises drops the events of that same call (the connection ends there): with the
@@ -109,6 +118,8 @@ def _client(state: int, max_frame: int) -> P.ClientConnection:
 
 
 def _connection(conn: P._Side, pieces: list[bytes], max_frame: int) -> None:
+    if max_frame == P.MIN_MAX_FRAME:
+        conn.reader.big_frame = SMALL_BIG
     for piece in pieces:
         before = conn.state
         # as the server reads: a view of its receive buffer, which the next read overwrites

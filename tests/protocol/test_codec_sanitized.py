@@ -1,5 +1,5 @@
 """The extension's C (the codec, the rings' fast calls, the client's call, the server's take and put, the
-topics' publish and receive of every payload kind) built under ASan+UBSan, running the codec's, the
+topics' publish and receive of every payload kind, the big frames' stream calls) built under ASan+UBSan, running the codec's, the
 protocol's, the shared-memory sessions', the framework's and the topic payloads' tests in a child interpreter.
 
 CPython itself is not built with the sanitizers, so the child preloads their
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-Werror"]
 TESTS = ["tests/protocol/test_codec.py", "tests/protocol/test_protocol.py", "tests/transport/test_shm_sessions.py", "tests/framework/test_framework.py",
-         "tests/framework/test_message.py", "tests/services/test_topic_payloads.py"]
+         "tests/framework/test_message.py", "tests/services/test_topic_payloads.py", "tests/framework/test_big_frames.py"]
 
 pytestmark = pytest.mark.stress  # a build with ASan and UBSan, then a suite under them: 45 s
 

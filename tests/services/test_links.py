@@ -19,7 +19,7 @@ from broker.services.links.wire import pack_call, pack_writes, unpack_call
 
 from tests.helpers import Child, in_child, wait_for
 
-UPPER, FAIL, SLOW, ADD, PAUSE = 1, 2, 3, 4, 5
+UPPER, FAIL, SLOW, ADD, PAUSE, BIG = 1, 2, 3, 4, 5, 6
 
 
 def handler(call) -> int | None:
@@ -37,6 +37,12 @@ def handler(call) -> int | None:
     if call.code == PAUSE:
         time.sleep(0.5)
         return 0
+    if call.code == BIG:  # a big argument: in place (a read-only view) and as bytes, the same
+        view = call.read_view(0)
+        data = call.read(0)
+        assert view.readonly and type(data) is bytes and view == data
+        call.write(1, data[-16:])
+        return len(view)
     return None
 
 
@@ -94,6 +100,21 @@ def test_a_linked_service_is_called_through_the_broker(server, socket_only):
             assert svc["served"] >= 206 and svc["pairs"] == 0
         else:
             assert svc["served"] <= 1 and svc["pairs"] == 1
+
+
+@pytest.mark.parametrize("socket_only", [False, True])
+def test_a_big_argument_reaches_a_linked_service_whole_relayed_or_direct(server, socket_only):
+    data = os.urandom((1 << 20) + 5)
+    with _provided(server.address, "big") as prov:
+
+        def caller() -> None:
+            with connect(server.address, socket_only=socket_only) as s, s.link("big") as link:
+                for _ in range(3):  # the first may go relayed, the next direct (in one session, on shm)
+                    out = Buffer(16)
+                    assert link.send_receive(BIG, data, out) == len(data) and out.value == data[-16:]
+
+        in_child(caller)
+        assert prov.status is None  # the provider serves on
 
 
 def test_nobody_offers_it_then_the_provider_dies_then_a_new_one_offers_it(server):

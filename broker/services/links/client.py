@@ -56,7 +56,16 @@ class LinkedCall:
         k = a.kind
         if k != A_READ and k != A_READWRITE:
             raise TypeError(f"argument {i} is not readable")
-        return self.writes.get(i, a.data) if self.writes else a.data  # type: ignore[no-any-return]
+        d = self.writes.get(i, a.data) if self.writes else a.data
+        return d if type(d) is bytes else bytes(d)  # (a big call's argument is a view of its frame)
+
+    def read_view(self, i: int) -> memoryview:
+        """A read-only view of a readable argument: no copy (see broker.Message.read_view)."""
+        a = self._arg(i)
+        if a.kind != A_READ and a.kind != A_READWRITE:
+            raise TypeError(f"argument {i} is not readable")
+        d = self.writes.get(i, a.data) if self.writes else a.data
+        return d if type(d) is memoryview else memoryview(d).toreadonly()
 
     def max_length(self, i: int) -> int:
         a = self._arg(i)
