@@ -1,10 +1,11 @@
 """How long a publisher of 1 MiB bytes waits for room in its ring (the default, 4 MiB), per wait.
 
-    .venv/bin/python bench/pubsub_wait_profile.py
+    .venv/bin/python bench/pubsub_wait_profile.py [keep=sub|pub|both]
 
 One publisher publishes 2000 messages of 1 MiB of bytes, each built in the loop, to a direct subscriber in a
 forked child. Every Ring.wait_room call is timed. It prints the rate, the number of waits, the time spent
-waiting, and the waits' percentiles (bench/RESULTS.md).
+waiting, and the waits' percentiles (bench/RESULTS.md). keep=sub, pub or both: that side calls
+broker.keep_large_buffers() first (glibc then keeps freed large buffers instead of unmapping them).
 """
 import os
 import struct
@@ -12,6 +13,9 @@ import tempfile
 import time
 
 import broker
+import sys
+from broker.core.malloc import keep_large_buffers
+KEEP = dict(a.split("=", 1) for a in sys.argv[1:]).get("keep", "")
 from broker.core import ring as R
 waits = []
 orig = R._RingSide.wait_room
@@ -25,6 +29,8 @@ with broker.Server(path), broker.connect(path) as s:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        if KEEP in ("sub", "both"):
+            keep_large_buffers()
         with broker.connect(path) as c, c.subscriber("t") as sub:
             os.write(w, b"r")
             for k in range(count):
@@ -32,6 +38,8 @@ with broker.Server(path), broker.connect(path) as s:
             os.write(w, b"d")
         os._exit(0)
     os.read(r, 1)
+    if KEEP in ("pub", "both"):
+        keep_large_buffers()
     pad = b"\0" * (size - 16)
     t = time.perf_counter()
     for k in range(count):
