@@ -1,6 +1,6 @@
-"""Where the relay spends its time: py-spy samples the server and a socket subscriber while a ring publisher publishes 64 B.
+"""Where the relay spends its time: py-spy samples the server and a socket subscriber while a ring publisher publishes.
 
-    .venv/bin/python bench/profile_relay.py       # needs py-spy (pip install py-spy)
+    .venv/bin/python bench/profile_relay.py [SIZE]      # needs py-spy (pip install py-spy); SIZE bytes, 64 by default
 
 The server runs as `broker serve` (its own process), the subscriber on a socket session (socket_only), the
 publisher in this process on a shared-memory session (its ring, relayed by the server). py-spy records each
@@ -44,13 +44,15 @@ spies = [subprocess.Popen([os.path.dirname(py) + "/py-spy", "record", "-p", str(
          for name, p in (("server", srv.pid), ("subscriber", sub.pid))]
 with connect(addr) as s:
     pub = s.publisher("t", block_timeout=30)
-    msg = b"x" * 64
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    msg = b"x" * size
+    inner = 1000 if size < 4096 else 10
     t0 = time.monotonic()
     k = 0
     while sub.poll() is None and time.monotonic() - t0 < dur + 2:
-        for _ in range(1000):
+        for _ in range(inner):
             pub.publish(msg)
-        k += 1000
+        k += inner
     pub.close()
 print(sub.stdout.read().strip(), "published", k)
 for sp in spies:

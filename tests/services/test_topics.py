@@ -898,6 +898,34 @@ def test_subscribing_again_and_again_does_not_grow_a_stalled_subscribers_queue_p
         pub.close()
 
 
+def test_a_stalled_subscribers_queue_of_big_messages_is_bounded_in_bytes_too(server):
+    """A blocking relayed subscriber of capacity 4096 that reads nothing: of 1 MiB messages the relay
+    queues about RELAY_QUEUE_BYTES for it, not 4096 (4 GiB); then the ring fills and the publisher
+    waits, as the capacity makes it. Nothing is lost: it gets every message, in order, once it reads."""
+    from broker.services.topics.broker import RELAY_QUEUE_BYTES
+
+    big = 1 << 20
+    with connect(server.address) as a, connect(server.address, socket_only=True) as b:
+        pub = a.publisher("bigstall", block_timeout=0.3)
+        assert pub.ring is not None
+        stalled = b.subscriber("bigstall", capacity=4096)
+        sent = 0
+        while sent < 200:  # until the relay holds it up (else 200 MiB would be queued)
+            try:
+                pub.publish(sent.to_bytes(4, "little") * (big // 4))
+            except broker.FullTimeout:
+                break
+            sent += 1
+        assert sent < 200
+        [q] = [x["queued"] for x in _topic(server, "bigstall")["subscribers"]]
+        assert q * big <= RELAY_QUEUE_BYTES + 64 * big  # at most one relay batch over the bound
+        for i in range(sent):
+            m = stalled.receive(10)
+            assert len(m) == big and m[:4] == i.to_bytes(4, "little")
+        stalled.close()
+        pub.close()
+
+
 @pytest.mark.parametrize("publishers", [1, 2])
 def test_a_direct_subscriber_takes_over_the_rings_of_publishers_that_come_after_it(server, publishers):
     """Publishers of the same session that come after a direct subscriber: their messages come relayed
