@@ -1,6 +1,6 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
 from broker.api import ClientSession, Server, connect
-from broker.framework.client import Buffer, SubSession
+from broker.framework.client import Buffer, SubSession, ViewBuffer
 from broker._errors import (
     BadHandle,
     BrokerError,
@@ -107,6 +107,7 @@ __all__ = [
     "SubSession",
     "Table",
     "VersionRefused",
+    "ViewBuffer",
     "connect",
     "decide",
     "local_facts",

@@ -82,6 +82,14 @@ class Buffer:
         return f"Buffer({self.max_length}, {self.value!r})"
 
 
+class ViewBuffer(Buffer):
+    """A Buffer whose value may be a read-only memoryview instead of bytes: a big reply's write is
+    then not copied out of the frame it was gathered in (BIG_FRAME and more). For readers that take
+    any buffer (a topic subscriber's batches); a plain Buffer's value is always bytes."""
+
+    __slots__ = ()
+
+
 declare_buffer(Buffer)
 _READ, _WRITE, _READWRITE, _INT, _HANDLE = ArgKind.READ, ArgKind.WRITE, ArgKind.READWRITE, ArgKind.INT, ArgKind.HANDLE
 
@@ -261,7 +269,8 @@ def apply_writes(args: tuple[Any, ...], done: Complete) -> None:
     for w in done.writes:
         target = args[w.index] if w.index < len(args) else None
         if isinstance(target, Buffer):
-            target.value = w.data
+            d = w.data  # bytes, or a view of a big reply's frame
+            target.value = d if type(d) is bytes or type(target) is ViewBuffer else bytes(d)
         elif isinstance(target, bytearray):
             target[:] = w.data
 
@@ -312,6 +321,8 @@ class ClientSession:
         self._rings = rings  # the rings, when the session rule allowed shared memory: C's short ways use them
         # what carries the session's frames: the rings, or the socket (transport/carrier.py)
         self._carrier: Any = rings if rings is not None else SocketCarrier(sock, address, self._spin_ns)
+        if rings is None:
+            self._carrier.reader = proto.reader  # a big reply is read from the socket straight into its frame
         self.transport = self._carrier.kind
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
         self._max_frame = welcome.max_frame  # the server's limit on a frame's body

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -69,6 +70,7 @@ MIN_MAX_FRAME = 4096
 MAX_TEXT = 4096  # reasons and error texts are cut to this many bytes
 MAX_SLOTS = 65535
 BIG_FRAME = 64 << 10  # a frame at least this big travels and is gathered whole, never joined (see FrameReader)
+SPARE_MAX = 16 << 20  # a client's reader keeps its last big frame's buffer for the next, up to this size
 
 FLAG_ASYNC = 1  # REQUEST: uses one of the session's message slots
 HELLO_SHARABLE = 1
@@ -593,7 +595,7 @@ def _decode_request(b: memoryview, flags: int, request_id: int, views: bool = Fa
     return Request(request_id, f[0], (args[0], args[1], args[2], args[3]), f[1], bool(flags & FLAG_ASYNC))
 
 
-def _decode_complete(b: memoryview, request_id: int) -> Complete:
+def _decode_complete(b: memoryview, request_id: int, views: bool = False) -> Complete:
     size = len(b)
     if size < _COMPLETE.size:
         raise ProtocolError(f"COMPLETE: {size} bytes, needs {_COMPLETE.size}")
@@ -615,7 +617,7 @@ def _decode_complete(b: memoryview, request_id: int) -> Complete:
             seen |= 1 << index
             if length > size - at:
                 raise ProtocolError(f"COMPLETE write of {length} bytes, {size - at} are left")
-            out.append(Write(index, bytes(b[at : at + length])))
+            out.append(Write(index, b[at : at + length] if views else bytes(b[at : at + length])))  # type: ignore[arg-type]
             at += length
         writes = tuple(out)
     if has_error:
@@ -626,11 +628,12 @@ def _decode_complete(b: memoryview, request_id: int) -> Complete:
 
 
 def _decode_one(body: memoryview, ftype: int, flags: int, request_id: int, views: bool = False) -> Event:
-    """One whole frame's event (its header checked). views: a REQUEST's payloads are views of body."""
+    """One whole frame's event (its header checked). views: a REQUEST's payloads and a COMPLETE's
+    writes are views of body."""
     if ftype == _T_REQUEST:
         return _decode_request(body, flags, request_id, views)
     if ftype == _T_COMPLETE and not flags:
-        return _decode_complete(body, request_id)
+        return _decode_complete(body, request_id, views)
     return decode_body(ftype, flags, request_id, body)
 
 
@@ -641,15 +644,18 @@ class FrameReader:
     A frame of BIG_FRAME bytes or more is gathered in one buffer of its exact size, allocated once
     its header is checked (`gathering`): the stream's bytes are copied into it as they come (a
     shared-memory session's ring copies its records straight in: see ServerRings.gather), and a
-    REQUEST's payloads are then read-only views of it, never copied again (Message.read_view)."""
+    REQUEST's payloads (or a COMPLETE's writes) are then read-only views of it, never copied again
+    (Message.read_view; a ViewBuffer's value)."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, fast: bool = True) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._feed = c_feed if fast else _no_feed  # fast=False: the Python reference decodes everything
         self.big_frame = BIG_FRAME  # frames from this size on are gathered (the fuzzer makes it small)
-        self.gathering: bytearray | None = None  # the big frame being gathered, if any
+        self.gathering: memoryview | None = None  # the big frame being gathered (writable), if any
         self.gathered = 0  # how much of it has come
+        self.keep_spare = False  # keep the last big frame's buffer for the next one (a client's reader)
+        self._spare: bytearray | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The events completed by `data` (possibly none). ProtocolError on the first bad frame.
@@ -689,7 +695,7 @@ class FrameReader:
                 stop = at + HEADER_SIZE + length
                 if stop > end:
                     if HEADER_SIZE + length >= self.big_frame:  # gathered whole, in its own buffer
-                        big = self.gathering = _frame_buffer(HEADER_SIZE + length)
+                        big = self.gathering = self._frame(HEADER_SIZE + length)
                         big[: end - at] = view[at:]
                         self.gathered = end - at
                         at = end
@@ -699,6 +705,28 @@ class FrameReader:
             if at < end:
                 self._buf = bytearray(view[at:])
         return out
+
+    def _frame(self, size: int) -> memoryview:
+        """A writable buffer of `size` bytes to gather a big frame in: the spare one, if this reader
+        keeps one and nothing refers to it any more (no view of its last frame is held), else a new one."""
+        spare = self._spare
+        if spare is not None and len(spare) >= size and sys.getrefcount(spare) == 3:  # (spare, _spare, the call)
+            return memoryview(spare)[:size]
+        base = _frame_buffer(size)
+        if self.keep_spare and size <= SPARE_MAX:
+            self._spare = base
+        return memoryview(base)[:size] if len(base) != size else memoryview(base)
+
+    def room(self) -> memoryview | None:
+        """Where the next bytes of the big frame being gathered go (a reader that can read straight
+        into it does, then says how many: took), or None when none is being gathered."""
+        big = self.gathering
+        return None if big is None else big[self.gathered :]
+
+    def took(self, n: int) -> None:
+        """n more bytes of the big frame are in, read straight into room(); feed (even of nothing)
+        then gives its event once it is whole."""
+        self.gathered += n
 
     def filled(self, at: int, rest: bytes | memoryview | None = None) -> list[Event]:
         """The big frame being gathered has its first `at` bytes now (copied in by the caller, or by
@@ -711,7 +739,7 @@ class FrameReader:
             return []
         self.gathering, self.gathered = None, 0
         magic, version, ftype, flags, length, reserved, request_id = HEADER.unpack_from(big)
-        view = memoryview(big).toreadonly()  # the payloads are views of it: nobody may change them
+        view = big.toreadonly()  # the payloads are views of it: nobody may change them
         out = [_decode_one(view[HEADER_SIZE:], ftype, flags, request_id, True)]
         return out + self.feed(rest) if rest else out
 
@@ -796,6 +824,7 @@ class ClientConnection(_Side):
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         super().__init__(max_frame)
+        self.reader.keep_spare = True  # a client that takes big replies takes them one after another
         self.welcome: Welcome | None = None
         self.offer_due = False  # WELCOME said an SHM_OFFER follows
         self.offer: ShmOffer | None = None

@@ -32,6 +32,7 @@ import select
 import socket
 import time
 from collections import deque
+from typing import Any
 
 from broker._errors import BrokerError, Closed, Empty, Full, PeerGone
 from broker.core.ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, open_session_rings, request_taker, session_call,
@@ -83,6 +84,9 @@ class SocketCarrier:
         self.spin_ns = spin_ns
         self._buf = bytearray(RECV_BYTES)  # reused: a fresh bytes per read costs an allocation and faults
         self._view = memoryview(self._buf)
+        # the session's FrameReader: while it gathers a big frame, reads go straight into that frame
+        # (its room()), and take() gives an empty view (feeding it to the protocol completes the frame)
+        self.reader: Any = None
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
 
@@ -93,24 +97,33 @@ class SocketCarrier:
         else:
             self.sock.sendall(frame)
 
-    def _got(self, n: "int | OSError") -> memoryview:
+    def _got(self, n: "int | OSError", room: memoryview | None = None) -> memoryview:
         if isinstance(n, OSError):
             raise CarrierGone(f"the connection to {self.address} broke: {n}")
         if not n:
             raise CarrierGone(f"the server at {self.address} closed the connection")
+        if room is not None:  # read straight into the big frame being gathered
+            self.reader.took(n)
+            return self._view[:0]
         return self._view[:n]
 
+    def _target(self) -> tuple[Any, memoryview | None]:
+        room = self.reader.room() if self.reader is not None else None
+        return (self._buf, None) if room is None else (room, room)
+
     def take_nowait(self) -> memoryview | None:
+        buf, room = self._target()
         try:
-            n = self.sock.recv_into(self._buf, 0, _DONTWAIT)
+            n = self.sock.recv_into(buf, 0, _DONTWAIT)
         except BlockingIOError:
             return None
         except OSError as e:
             n = e  # type: ignore[assignment]
-        return self._got(n)
+        return self._got(n, room)
 
     def take(self, deadline: float | None) -> memoryview | None:
-        sock, buf = self.sock, self._buf
+        sock = self.sock
+        buf, room = self._target()
         while True:
             n = -1
             try:
@@ -139,7 +152,7 @@ class SocketCarrier:
                 continue  # poll() said readable, yet nothing: look again
             except OSError as e:
                 n = e  # type: ignore[assignment]
-            return self._got(n)
+            return self._got(n, room)
 
     def close(self) -> None:
         """The session closes the socket itself (it is also the death signal of a ring session)."""

@@ -861,7 +861,8 @@ fail:
 }
 
 /*
- * topic_unpack(data, n, received, topic) -> (lost, items, plain): the n messages of a relayed batch,
+ * topic_unpack(data, n, received, topic) -> (lost, items, plain): the n messages of a relayed batch
+ * (data: bytes or any buffer),
  * each a `received` (a tuple subclass of four: publisher, seq, payload, topic) when it has no meta
  * and is not a control message (seq 0), else (publisher, seq, meta, payload); plain is true when all
  * of them are the first kind. Every length is checked against the batch: ValueError says what is
@@ -870,23 +871,26 @@ fail:
 static PyObject *brk_py_topic_unpack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyType_Check(args[2]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[2], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "topic_unpack(data: bytes, n, received: a tuple type, topic)");
+    if (nargs != 4 || !PyType_Check(args[2]) || !PyType_IsSubtype((PyTypeObject *)args[2], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "topic_unpack(data: a buffer, n, received: a tuple type, topic)");
         return NULL;
     }
     Py_ssize_t n = PyLong_AsSsize_t(args[1]);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    uint64_t size = (uint64_t)PyBytes_GET_SIZE(args[0]);
+    Py_buffer v; /* bytes, or a view of the frame the batch was gathered in (read-only: nobody changes it) */
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *b = (const unsigned char *)v.buf;
+    uint64_t size = (uint64_t)v.len;
+    PyObject *list = NULL;
     if (size < BRK_TOPIC_BATCH_HEAD) {
         PyErr_SetString(PyExc_ValueError, "a topic batch shorter than its header");
-        return NULL;
+        goto fail;
     }
-    PyObject *list = PyList_New(0);
+    list = PyList_New(0);
     if (!list)
-        return NULL;
+        goto fail;
     uint64_t at = BRK_TOPIC_BATCH_HEAD;
     int plain = 1;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -916,9 +920,12 @@ static PyObject *brk_py_topic_unpack(PyObject *self, PyObject *const *args, Py_s
         PyErr_SetString(PyExc_ValueError, "a topic batch with bytes after its last message");
         goto fail;
     }
-    return Py_BuildValue("(KNO)", (unsigned long long)brk_frame_ld(b, 8), list, plain ? Py_True : Py_False);
+    PyObject *out = Py_BuildValue("(KNO)", (unsigned long long)brk_frame_ld(b, 8), list, plain ? Py_True : Py_False);
+    PyBuffer_Release(&v);
+    return out;
 fail:
-    Py_DECREF(list);
+    Py_XDECREF(list);
+    PyBuffer_Release(&v);
     return NULL;
 }
 

@@ -17,10 +17,11 @@ import pytest
 
 import broker
 from broker.core.ring import Ring
+from broker.framework.client import ViewBuffer
 from broker.protocol import frames as P
-from broker.transport.carrier import STREAM_CHUNK
+from broker.transport.carrier import RECV_BYTES, STREAM_CHUNK
 
-VIEW, READ, INTO, TWO, KINDS = 1, 2, 3, 4, 5
+VIEW, READ, INTO, TWO, KINDS, REPLY = 1, 2, 3, 4, 5, 6
 SIZES = [P.BIG_FRAME - 200, P.BIG_FRAME, STREAM_CHUNK + 1, (1 << 20) + 3, (3 << 20) + 17]
 
 
@@ -44,6 +45,9 @@ class Reader(broker.Session):
         elif m.code == TWO:  # two big arguments in one request: each arrives whole, in order
             m.write(2, m.read_view(1))
             m.complete(len(m.read_view(0)) * 1000 + (m.read_view(0) == m.read_view(1)))
+        elif m.code == REPLY:  # a big reply: arg 0 its size, arg 2 a seed of its content
+            m.write(1, _payload(m.integer(0), m.integer(2)))
+            m.complete(0)
         elif m.code == KINDS:  # what Message.args says: bytes, whatever the frame's size
             a = m.args
             m.complete(int(type(a[0]) is bytes and a[0] == m.read(0)))
@@ -104,6 +108,32 @@ def test_big_requests_in_flight_together_each_get_their_own_answer(session):
     futs = [session.send(VIEW, d, b) for d, b in zip(datas, bufs)]
     assert [f.result(30) for f in futs] == [len(d) for d in datas]
     assert [b.value for b in bufs] == datas
+
+
+@pytest.mark.parametrize("size", [1000, P.BIG_FRAME, (1 << 20) + 7])
+def test_a_big_reply_is_bytes_in_a_buffer_and_a_view_of_its_frame_in_a_view_buffer(session, size):
+    b = broker.Buffer(size)
+    assert session.send_receive(REPLY, size, b, 1) == 0
+    assert type(b.value) is bytes and b.value == _payload(size, 1)
+    vb = ViewBuffer(size)
+    assert session.send_receive(REPLY, size, vb, 2) == 0 and vb.value == _payload(size, 2)
+    if size > RECV_BYTES and session.transport == "socket":  # more than one read: gathered, read in place
+        assert type(vb.value) is memoryview and vb.value.readonly
+
+
+def test_a_view_of_a_big_reply_that_is_still_held_is_never_overwritten_by_the_next(session):
+    """A client's reader reuses its last big frame's buffer only when nothing refers to it any more."""
+    size = 300_000
+    first = ViewBuffer(size)
+    assert session.send_receive(REPLY, size, first, 1) == 0
+    held = first.value
+    for seed in range(2, 6):  # more big replies while `held` is kept, then after it is let go
+        b = ViewBuffer(size)
+        assert session.send_receive(REPLY, size, b, seed) == 0 and b.value == _payload(size, seed)
+        assert held == _payload(size, 1)
+        if seed == 3:
+            del held, first
+            held = bytes(_payload(size, 1))  # (the same check goes on, on a copy)
 
 
 # ---- the reader: a big frame gathered whole, however the stream is cut ----------------------------

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, NoReturn
 
 import numpy as np
 
-from broker.framework.client import Buffer, ClientSession, SubSession
+from broker.framework.client import Buffer, ClientSession, SubSession, ViewBuffer
 from broker.framework.session import CLOSE_SUBSESSION
 from broker._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
                       ServerGone, ServiceError, StateError, TooBig)
@@ -543,7 +543,7 @@ class Subscriber(SubSession):
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
-            self._buf = Buffer(self._size)
+            self._buf = ViewBuffer(self._size)  # a big batch is read where it was gathered: no copy
             self._fetch = self.session.send(TOPIC_FETCH, self._buf, self._batch, handle=self.handle)
 
     def _take(self, timeout: float | None) -> bool:
