@@ -586,17 +586,20 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                 self._send(self.proto.close(reason))
         self.end(reason)
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frame: "bytes | tuple[bytes, ...]") -> None:
         """A frame to the client, through the carrier (any thread). What does not go out at once waits,
-        counted against the bounds; while the loop serves a batch, frames go out together after it."""
+        counted against the bounds; while the loop serves a batch, frames go out together after it.
+        A big frame may come as its parts (a tuple): a socket sends them as they are, rings take it joined."""
         lock = self.lock
         lock.acquire()  # not `with`: it costs twice as much, on every message
         try:
+            if type(frame) is tuple and self.on_rings:
+                frame = b"".join(frame)
             batch = self.ring_batch
             if batch is not None:  # on_ring is serving a batch: its completions go into ring 1 together
                 batch.append(frame)
                 return
-            self.bytes_out += len(frame)
+            self.bytes_out += len(frame) if type(frame) is not tuple else sum(map(len, frame))
             if self.ended:
                 return
             if self.batching:  # _batched is serving a socket batch: sent together, after the last

@@ -395,22 +395,30 @@ def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | lis
 
 def complete_frame_py(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
     """complete_frame in Python: the reference for the C encoder."""
+    parts = complete_parts(request_id, status, writes, error)
+    return parts[0] + b"".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def complete_parts(request_id: int, status: int, writes: tuple[Write, ...] | list[Write],
+                   error: str | None) -> tuple[bytes, ...]:
+    """A COMPLETE frame as its parts, never joined: the header, then each write's header and data
+    (as given), then the error text. A big completion goes out this way (ServerConnection.complete)."""
     if len(writes) > MAX_ARGS:
         raise ValueError("more writes than arguments")
     err = b"" if error is None else _text(error)
     size = _COMPLETE.size + len(err)
-    parts = []
+    parts: list[bytes] = []
     for w in writes:
         d = w.data
         parts.append(_WRITE.pack(w.index, len(d)))
-        parts.append(d)
+        if len(d):
+            parts.append(d)
         size += _WRITE.size + len(d)
     head = _COMPLETE_FRAME.pack(MAGIC, PROTOCOL_VERSION, _T_COMPLETE, 0, size, 0, request_id, status, len(writes),
                                 error is not None, 0)
-    if not parts:
-        return head + err if err else head
-    parts.append(err)
-    return head + b"".join(parts)
+    if err:
+        parts.append(err)
+    return (head, *parts)
 
 
 def encode(event: Event) -> bytes:
@@ -1075,10 +1083,15 @@ class ServerConnection(_Side):
         return encode(Refuse(status, reason))
 
     def complete(self, request_id: int, status: int = 0, writes: Iterable[Write] | Iterable[tuple[int, bytes]] = (),
-                 error: str | None = None) -> bytes:
+                 error: str | None = None) -> "bytes | tuple[bytes, ...]":
         """The completion of an outstanding request; ProtocolError if it is not outstanding (a
-        second completion). `writes`: Write objects or (index, data) pairs."""
+        second completion). `writes`: Write objects or (index, data) pairs. A big one (writes of
+        BIG_FRAME bytes or more, given as a list) comes as its parts (complete_parts)."""
         self.completing(request_id)
+        if type(writes) is list and writes and sum(len(w[1] if type(w) is tuple else w.data) for w in writes) >= BIG_FRAME:
+            # a big one as its parts (the writes' own bytes): the socket sends them with one sendmsg
+            return complete_parts(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes],
+                                  error)  # type: ignore[return-value]
         frame = c_encode_complete(request_id, status, writes, None if error is None else _text(error))
         if frame is NotImplemented:
             frame = complete_frame(request_id, status, tuple(writes), error)

@@ -32,6 +32,7 @@ import select
 import socket
 import time
 from collections import deque
+from itertools import islice
 from typing import Any
 
 from broker._errors import BrokerError, Closed, Empty, Full, PeerGone
@@ -43,6 +44,8 @@ SESSION_RING_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
 # (the two copies overlap, on two cores), big enough that a record's own cost stays small.
 STREAM_CHUNK = 128 << 10
 RECV_BYTES = 256 * 1024  # a socket carrier's read: at most this much at a time
+_BIG_PIECE = 64 << 10  # a server socket's waiting output: pieces this big are queued as they are, not joined
+_IOV = 64  # pieces in one sendmsg
 _DONTWAIT = socket.MSG_DONTWAIT
 _ns = time.perf_counter_ns
 _yield = os.sched_yield
@@ -161,58 +164,100 @@ class SocketCarrier:
 class ServerSocket:
     """The server's end of a socket session's output. A frame goes out at once if the socket takes
     it; what it does not take waits in memory (`out`), sent in order by flush() when the socket is
-    writable again. The socket is non-blocking (the server's loop never waits on a client)."""
+    writable again. The socket is non-blocking (the server's loop never waits on a client).
+
+    A frame may be a big one's parts (a tuple: ServerConnection.complete): they go out with one
+    sendmsg. What waits is a queue of pieces: small frames joined in a bytearray, each big part
+    kept as it is (never copied), sent by flush() with one sendmsg for many pieces."""
 
     kind = "socket"
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.out = bytearray()  # what waits to go out
+        self.out: deque[Any] = deque()  # what waits to go out: bytearrays of small frames, big parts
+        self.pending_bytes = 0  # their size
 
-    @property
-    def pending_bytes(self) -> int:
-        return len(self.out)
-
-    def write(self, frame: bytes | bytearray | memoryview) -> bool:
+    def write(self, frame: "bytes | bytearray | memoryview | tuple[bytes, ...]") -> bool:
         if self.out:
-            self.out += frame  # after what waits
+            self.queue(frame)  # after what waits
             return False
         try:
-            n = self.sock.send(frame)
+            if type(frame) is tuple:
+                n = self.sock.sendmsg(frame)
+                size = sum(map(len, frame))
+            else:
+                n = self.sock.send(frame)
+                size = len(frame)
         except BlockingIOError:
-            n = 0
+            n, size = 0, -1
         except OSError as e:
             raise CarrierGone(f"died: {e}") from None
-        if n < len(frame):
-            self.out += memoryview(frame)[n:]
-            return False
-        return True
+        if n == size:
+            return True
+        parts = frame if type(frame) is tuple else (frame,)
+        for p in parts:  # what the socket did not take
+            k = len(p)
+            if n >= k:
+                n -= k
+                continue
+            self._piece(memoryview(p)[n:] if n else p)
+            n = 0
+        return False
 
-    def queue(self, frame: bytes | bytearray | memoryview) -> None:
-        self.out += frame
+    def queue(self, frame: "bytes | bytearray | memoryview | tuple[bytes, ...]") -> None:
+        if type(frame) is tuple:
+            for p in frame:
+                self._piece(p)
+        else:
+            self._piece(frame)
+
+    def _piece(self, p: Any) -> None:
+        n = len(p)
+        out = self.out
+        if n < _BIG_PIECE:  # small: joined with the small ones before it
+            if out and type(out[-1]) is bytearray:
+                out[-1] += p
+            else:
+                out.append(bytearray(p))
+        else:  # big: queued as it is (the bytes of a message nobody changes: no copy)
+            out.append(p)
+        self.pending_bytes += n
 
     def flush(self) -> bool:
-        out = self.out
+        out, sock = self.out, self.sock
         while out:
             try:
-                n = self.sock.send(out)
+                n = sock.send(out[0]) if len(out) == 1 else sock.sendmsg(list(islice(out, _IOV)))
             except BlockingIOError:
                 return False
             except OSError as e:
                 raise CarrierGone(f"died: {e}") from None
-            del out[:n]
+            self.pending_bytes -= n
+            while n:
+                first = out[0]
+                k = len(first)
+                if n >= k:
+                    out.popleft()
+                    n -= k
+                elif type(first) is bytearray:
+                    del first[:n]
+                    n = 0
+                else:
+                    out[0] = memoryview(first)[n:]
+                    n = 0
         return True
 
     def last_word(self) -> None:
         if self.out:
             try:
-                self.sock.send(self.out)
+                self.sock.sendmsg(list(islice(self.out, _IOV)))
             except OSError:
                 pass
 
     def close(self) -> None:
         """The connection closes the socket itself (it carried the handshake, and carries the death signal)."""
         self.out.clear()
+        self.pending_bytes = 0
 
 
 class ServerRings:

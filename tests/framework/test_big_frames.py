@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -134,6 +135,29 @@ def test_a_view_of_a_big_reply_that_is_still_held_is_never_overwritten_by_the_ne
         if seed == 3:
             del held, first
             held = bytes(_payload(size, 1))  # (the same check goes on, on a copy)
+
+
+def test_big_and_small_replies_that_wait_for_a_slow_reader_arrive_whole_and_in_order(tmp_path):
+    """A socket client that does not read while eight replies, big and small, are made: what the
+    socket does not take waits in the server (big parts as they are, small frames joined) and goes
+    out in order once the client reads; every reply whole."""
+    srv = broker.Server(str(tmp_path / "slow.sock"), Reader, shm_policy="off")
+    srv.start()
+    try:
+        s = broker.connect(str(tmp_path / "slow.sock"), slots=8, sharable=False)
+        sizes = [600_000, 10, 2_000_000, 100, 70_000, 1, 900_000, 5]
+        bufs = [broker.Buffer(n) for n in sizes]
+        futs = [s.send(REPLY, n, b, seed) for seed, (n, b) in enumerate(zip(sizes, bufs))]
+        wait_until = time.monotonic() + 5  # the server makes them all while nobody reads
+        while time.monotonic() < wait_until and not [x for x in srv.stats()["sessions"] if x["completions"] == 8]:
+            time.sleep(0.01)
+        [stat] = srv.stats()["sessions"]
+        assert stat["completions"] == 8 and stat["queued_bytes"] > 0  # some of it waits in the server
+        assert [f.result(30) for f in futs] == [0] * 8
+        assert [b.value for b in bufs] == [_payload(n, seed) for seed, n in enumerate(sizes)]
+        s.close()
+    finally:
+        srv.stop()
 
 
 # ---- the reader: a big frame gathered whole, however the stream is cut ----------------------------

@@ -83,3 +83,47 @@ def test_the_servers_end_is_carrier_gone_with_the_reason(carried):
             pass
         pytest.fail("the carrier never saw the server go")
     assert s.address in str(e.value) or "ring" in str(e.value), str(e.value)
+
+
+def test_a_server_socket_sends_parts_and_frames_in_order_whatever_the_socket_takes():
+    """ServerSocket with a small send buffer: frames and big frames' parts (tuples), written and
+    queued in any order, arrive as one stream in order; what waits is counted and flushed."""
+    import random
+    import socket
+
+    from broker.transport.carrier import ServerSocket
+
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        a.setblocking(False)
+        out = ServerSocket(a)
+        rnd = random.Random(5)
+        want = bytearray()
+        got = bytearray()
+        for i in range(200):
+            if i % 3 == 0:
+                frame = tuple(rnd.randbytes(rnd.choice([3, 100, 70_000, 200_000])) for _ in range(rnd.randrange(1, 4)))
+                want += b"".join(frame)
+            else:
+                frame = rnd.randbytes(rnd.randrange(1, 500))
+                want += frame
+            (out.write if i % 2 else out.queue)(frame)
+            assert out.pending_bytes == sum(len(p) for p in out.out)
+            if i % 7 == 0:  # the reader takes some now and then; the writer flushes
+                b.setblocking(False)
+                try:
+                    while True:
+                        got += b.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+                out.flush()
+        b.setblocking(True)
+        while len(got) < len(want):
+            out.flush()
+            got += b.recv(1 << 20)
+        assert out.flush() and out.pending_bytes == 0
+        assert bytes(got) == bytes(want)
+    finally:
+        a.close()
+        b.close()
