@@ -186,6 +186,30 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         finally:
             lock.release()
 
+    def _complete_parts(self, status: int, i: int, parts: tuple[bytes, ...]) -> None:
+        """write(i, b"".join(parts)) then complete(status), without joining them on a socket session:
+        the completion goes out as its parts (the services' own big answers: a topic's relayed batch).
+        The parts must not change afterwards."""
+        if self._conn.on_rings:  # a ring record is a copy anyway
+            self.write(i, b"".join(parts))
+            self.complete(status)
+            return
+        a = self._arg(i)
+        if a.kind != _K_WRITE and a.kind != _K_READWRITE:
+            raise BrokerError(f"argument {i} is {a.kind.name}: not writable")
+        size = sum(map(len, parts))
+        if size > a.value:
+            raise Overflow(f"writing {size} bytes into argument {i} of max length {a.max_length}")
+        lock = self._conn.lock
+        lock.acquire()
+        try:
+            if self._done:
+                raise StateError("the message is already complete")
+            self._writes = {i: parts}  # (its whole new content: what any earlier write said is replaced)
+        finally:
+            lock.release()
+        self.complete(status)
+
     @staticmethod
     def _send_completion(conn: Any, rid: int, status: int, writes: Any) -> None:
         """The C complete()'s way out when ring 1 has no room now (the frame waits in memory)."""

@@ -399,6 +399,11 @@ def complete_frame_py(request_id: int, status: int, writes: tuple[Write, ...] | 
     return parts[0] + b"".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def _write_size(w: "Write | tuple[int, bytes]") -> int:
+    d = w[1] if type(w) is tuple else w.data  # type: ignore[union-attr]
+    return sum(map(len, d)) if type(d) is tuple else len(d)
+
+
 def complete_parts(request_id: int, status: int, writes: tuple[Write, ...] | list[Write],
                    error: str | None) -> tuple[bytes, ...]:
     """A COMPLETE frame as its parts, never joined: the header, then each write's header and data
@@ -410,10 +415,16 @@ def complete_parts(request_id: int, status: int, writes: tuple[Write, ...] | lis
     parts: list[bytes] = []
     for w in writes:
         d = w.data
-        parts.append(_WRITE.pack(w.index, len(d)))
-        if len(d):
-            parts.append(d)
-        size += _WRITE.size + len(d)
+        if type(d) is tuple:  # a write given as its own parts (Message._complete_parts)
+            n = sum(map(len, d))
+            parts.append(_WRITE.pack(w.index, n))
+            parts += [p for p in d if len(p)]
+        else:
+            n = len(d)
+            parts.append(_WRITE.pack(w.index, n))
+            if n:
+                parts.append(d)
+        size += _WRITE.size + n
     head = _COMPLETE_FRAME.pack(MAGIC, PROTOCOL_VERSION, _T_COMPLETE, 0, size, 0, request_id, status, len(writes),
                                 error is not None, 0)
     if err:
@@ -1088,7 +1099,7 @@ class ServerConnection(_Side):
         second completion). `writes`: Write objects or (index, data) pairs. A big one (writes of
         BIG_FRAME bytes or more, given as a list) comes as its parts (complete_parts)."""
         self.completing(request_id)
-        if type(writes) is list and writes and sum(len(w[1] if type(w) is tuple else w.data) for w in writes) >= BIG_FRAME:
+        if type(writes) is list and writes and sum(_write_size(w) for w in writes) >= BIG_FRAME:
             # a big one as its parts (the writes' own bytes): the socket sends them with one sendmsg
             return complete_parts(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes],
                                   error)  # type: ignore[return-value]

@@ -773,20 +773,85 @@ fail:
     return NULL;
 }
 
+/* topic_pack's answer as parts: the batch head and each message's head and meta (and the small
+ * payloads) copied into runs of bytes, each payload of `big` bytes or more its own part (the queued
+ * bytes itself). `small`: the bytes the runs take in all. A tuple, or NULL with an exception. */
+static PyObject *brk_topic_pack_parts(PyObject *const *items, Py_ssize_t n, uint64_t small, unsigned long long lost,
+                                      Py_ssize_t big)
+{
+    PyObject *parts = PyList_New(0), *out = NULL;
+    unsigned char *run = parts ? PyMem_Malloc((size_t)small) : NULL;
+    if (!run) {
+        if (parts)
+            PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t at = 0, from = 0; /* the run so far: run[from, at) not yet a part */
+    brk_frame_st(run, lost, 8);
+    at = BRK_TOPIC_BATCH_HEAD;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pub = PyTuple_GET_ITEM(items[i], 0), *seq = PyTuple_GET_ITEM(items[i], 1);
+        PyObject *meta = PyTuple_GET_ITEM(items[i], 2), *data = PyTuple_GET_ITEM(items[i], 3);
+        unsigned long pv = PyLong_AsUnsignedLong(pub);
+        unsigned long long sv = PyLong_AsUnsignedLongLong(seq);
+        if (PyErr_Occurred() || pv > UINT32_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_OverflowError, "topic_pack: a publisher id over 32 bits");
+            goto done;
+        }
+        Py_ssize_t ml = PyBytes_GET_SIZE(meta), dl = PyBytes_GET_SIZE(data);
+        unsigned char *p = run + at;
+        brk_frame_st(p, pv, 4);
+        brk_frame_st(p + 4, sv, 8);
+        brk_frame_st(p + 12, (uint64_t)ml, 4);
+        brk_frame_st(p + 16, (uint64_t)dl, 4);
+        memcpy(p + BRK_TOPIC_MESSAGE_HEAD, PyBytes_AS_STRING(meta), (size_t)ml);
+        at += BRK_TOPIC_MESSAGE_HEAD + (uint64_t)ml;
+        if (dl < big) {
+            memcpy(run + at, PyBytes_AS_STRING(data), (size_t)dl);
+            at += (uint64_t)dl;
+            continue;
+        }
+        PyObject *head = PyBytes_FromStringAndSize((const char *)run + from, (Py_ssize_t)(at - from));
+        if (!head || PyList_Append(parts, head) < 0 || PyList_Append(parts, data) < 0) {
+            Py_XDECREF(head);
+            goto done;
+        }
+        Py_DECREF(head);
+        from = at;
+    }
+    if (at > from) {
+        PyObject *tail = PyBytes_FromStringAndSize((const char *)run + from, (Py_ssize_t)(at - from));
+        if (!tail || PyList_Append(parts, tail) < 0) {
+            Py_XDECREF(tail);
+            goto done;
+        }
+        Py_DECREF(tail);
+    }
+    out = PyList_AsTuple(parts);
+done:
+    PyMem_Free(run);
+    Py_XDECREF(parts);
+    return out;
+}
+
 /*
- * topic_pack(queue, most, room, lost) -> (bytes, n, first): the reply to a FETCH, packed as
+ * topic_pack(queue, most, room, lost[, big]) -> (bytes | parts, n, first): the reply to a FETCH, packed as
  * topic_unpack reads it: lost, then the first n items of queue (an iterable of (publisher, seq,
  * meta, payload) tuples: broker/services/topics/broker.py _Item), at most `most`, as many as fit in
  * room bytes after the header. The queue is not changed: the caller drops its first n. first: the
- * size the first item left out needs (0 when none was left out for room).
+ * size the first item left out needs (0 when none was left out for room). With big > 0 and a
+ * payload of big bytes or more among them, the reply comes as a tuple of parts instead, those
+ * payloads not copied (brk_topic_pack_parts): a socket sends them as they are.
  */
 static PyObject *brk_py_topic_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "topic_pack(queue, most, room, lost)");
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "topic_pack(queue, most, room, lost[, big])");
         return NULL;
     }
+    Py_ssize_t big = nargs == 5 ? PyLong_AsSsize_t(args[4]) : 0;
     Py_ssize_t most = PyLong_AsSsize_t(args[1]);
     long long room = PyLong_AsLongLong(args[2]);
     unsigned long long lost = PyLong_AsUnsignedLongLong(args[3]);
@@ -798,7 +863,7 @@ static PyObject *brk_py_topic_pack(PyObject *self, PyObject *const *args, Py_ssi
     /* first pass: how many fit, and the bytes they take */
     PyObject *items[BRK_PY_BATCH_MAX];
     Py_ssize_t n = 0;
-    uint64_t total = BRK_TOPIC_BATCH_HEAD, first = 0;
+    uint64_t total = BRK_TOPIC_BATCH_HEAD, first = 0, small = BRK_TOPIC_BATCH_HEAD;
     PyObject *x;
     if (most > BRK_PY_BATCH_MAX)
         most = BRK_PY_BATCH_MAX;
@@ -818,9 +883,18 @@ static PyObject *brk_py_topic_pack(PyObject *self, PyObject *const *args, Py_ssi
         }
         items[n++] = x; /* held until packed */
         total += size;
+        Py_ssize_t dl = PyBytes_GET_SIZE(PyTuple_GET_ITEM(x, 3));
+        small += size - (big > 0 && dl >= big ? (uint64_t)dl : 0);
     }
     if (PyErr_Occurred())
         goto fail;
+    if (small != total) { /* a payload of `big` bytes or more: parts, those payloads not copied */
+        PyObject *out = brk_topic_pack_parts(items, n, small, lost, big);
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_DECREF(items[i]);
+        Py_DECREF(it);
+        return out ? Py_BuildValue("(NnK)", out, n, (unsigned long long)first) : NULL;
+    }
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (!out)
         goto fail;
@@ -1195,7 +1269,7 @@ static PyMethodDef brk_ring_methods[] = {
     {"topic_recv_into", (PyCFunction)(void (*)(void))brk_py_topic_recv_into, METH_FASTCALL,
      "topic_recv_into(ring, last_seq, out) -> (seq, nbytes, meta) | (BRK_TOOBIG, nbytes) | outcome"},
     {"topic_pack", (PyCFunction)(void (*)(void))brk_py_topic_pack, METH_FASTCALL,
-     "topic_pack(queue, most, room, lost) -> (bytes, n, first)"},
+     "topic_pack(queue, most, room, lost[, big]) -> (bytes | parts, n, first)"},
     {"topic_unpack", (PyCFunction)(void (*)(void))brk_py_topic_unpack, METH_FASTCALL,
      "topic_unpack(data, n, received, topic) -> (lost, items, plain)"},
     {"topic_recv_batch", (PyCFunction)(void (*)(void))brk_py_topic_recv_batch, METH_FASTCALL,

@@ -314,3 +314,26 @@ def test_a_fetch_reply_packed_by_c_is_what_the_reader_reads(items, most, room, l
     left_out = fit < min(most, len(items))
     assert first == (MESSAGE_HEAD.size + len(items[fit][2]) + len(items[fit][3]) if left_out else 0)
     assert _unpack_reference(data, n) == (lost, [tuple(x) for x in items[:n]])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(max_size=10), st.binary(max_size=50)),
+                max_size=8), st.integers(1, 10), st.integers(-30, 400), st.integers(0, 2**64 - 1), st.integers(1, 40))
+def test_a_fetch_reply_packed_as_parts_is_the_same_bytes_and_leaves_big_payloads_uncopied(items, most, room, lost, big):
+    """topic_pack with `big`: when a payload of `big` bytes or more goes, the answer is a tuple of parts,
+    those payloads the queued bytes themselves, and the parts joined are exactly the packed bytes."""
+    from collections import deque
+
+    from broker.services.topics.broker import _Item
+
+    pack = topics_client._RING_CALLS["topic_pack"]
+    queue = deque(_Item(*x) for x in items)
+    whole, n, first = pack(queue, most, room, lost)
+    parts, n2, first2 = pack(queue, most, room, lost, big)
+    assert (n2, first2) == (n, first)
+    if any(len(x[3]) >= big for x in items[:n]):
+        assert type(parts) is tuple and b"".join(parts) == whole
+        ids = {id(p) for p in parts}
+        assert all(id(queue[i].data) in ids for i in range(n) if len(queue[i].data) >= big)
+    else:
+        assert parts == whole

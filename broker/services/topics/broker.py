@@ -658,7 +658,9 @@ class TopicBroker(Service):
         assert msg is not None
         queue = sub.queue
         # BATCH_HEAD, then a MESSAGE_HEAD, meta and data per message, as many as fit: packed by C
-        data, n, first = _tpack(queue, sub.fetch_max, msg.max_length(0) - BATCH_HEAD.size, sub.lost)
+        # (a socket session's answer with big payloads: as parts, those payloads not copied again)
+        big = RELAY_BIG if not msg.connection.on_rings else 0
+        data, n, first = _tpack(queue, sub.fetch_max, msg.max_length(0) - BATCH_HEAD.size, sub.lost, big)
         if not n and first:  # the first never fits this buffer: say how big one must be
             sub.fetch = None
             msg.complete(Status.OVERFLOW, f"a message needs {first + BATCH_HEAD.size} bytes")
@@ -670,6 +672,9 @@ class TopicBroker(Service):
         sub.lost = 0
         sub.delivered += n
         try:
+            if type(data) is tuple:
+                msg._complete_parts(n, 0, data)
+                return
             msg.write(0, data)
         except Overflow as e:  # (cannot happen: the sizes were counted)
             msg.complete(Status.OVERFLOW, str(e))
