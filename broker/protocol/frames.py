@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import enum
 import struct
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -280,6 +279,7 @@ _CODEC["codec_setup"](tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG,
                                                         Complete.error), (Write.index, Write.data))
 c_feed, c_encode_request, c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
 _frame_buffer = _CODEC["frame_buffer"]  # a bytearray of n bytes, not cleared: a big frame is gathered in it
+_frame_unused = _CODEC["frame_unused"]  # no view of that bytearray is held any more (its exports)
 
 
 def _no_feed(view: memoryview, at: int, max_frame: int) -> tuple[list[Event], int]:
@@ -729,7 +729,7 @@ class FrameReader:
         """A writable buffer of `size` bytes to gather a big frame in: the spare one, if this reader
         keeps one and nothing refers to it any more (no view of its last frame is held), else a new one."""
         spare = self._spare
-        if spare is not None and len(spare) >= size and sys.getrefcount(spare) == 3:  # (spare, _spare, the call)
+        if spare is not None and len(spare) >= size and _frame_unused(spare):  # no view of it is held
             return memoryview(spare)[:size]
         base = _frame_buffer(size)
         if self.keep_spare and size <= SPARE_MAX:

@@ -507,6 +507,18 @@ static PyObject *brk_codec_frame_buffer(PyObject *self, PyObject *arg)
     return PyByteArray_FromStringAndSize(NULL, n);
 }
 
+/* frame_unused(b) -> bool: nothing holds a view of the bytearray b (no buffer export): the exact test
+ * before a reader gathers its next big frame in the one it kept (a count, not a guess from refcounts). */
+static PyObject *brk_codec_frame_unused(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (!PyByteArray_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "frame_unused: a bytearray");
+        return NULL;
+    }
+    return PyBool_FromLong(((PyByteArrayObject *)arg)->ob_exports == 0);
+}
+
 static PyMethodDef brk_codec_methods[] = {
     {"codec_setup", (PyCFunction)(void (*)(void))brk_codec_setup, METH_FASTCALL,
      "codec_setup(kinds, NO_ARG, request_fields, arg_fields, complete_fields, write_fields)"},
@@ -517,6 +529,8 @@ static PyMethodDef brk_codec_methods[] = {
      "encode_complete(rid, status, writes, error) -> bytes | NotImplemented"},
     {"frame_buffer", (PyCFunction)(void (*)(void))brk_codec_frame_buffer, METH_O,
      "frame_buffer(n) -> bytearray: n bytes, not cleared"},
+    {"frame_unused", (PyCFunction)(void (*)(void))brk_codec_frame_unused, METH_O,
+     "frame_unused(b) -> bool: no view of the bytearray b is held"},
     {NULL, NULL, 0, NULL},
 };
 
