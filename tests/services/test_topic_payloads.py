@@ -102,6 +102,37 @@ def test_every_payload_kind_arrives_as_it_was_published(server, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_a_stream_of_arrays_whose_kind_changes_arrives_each_as_it_was_published(server, path):
+    """Publisher and subscriber remember the last array's kind (its meta): a change of dtype, of shape,
+    of byte order, or a structured dtype's fields renamed in place, is never taken for the last kind."""
+    s = np.zeros(2, np.dtype([("a", "<i4"), ("b", "<f8")]))  # its own dtype object: renamed below
+    same = [np.arange(8.0), np.arange(8.0) + 1]
+    stream = [*same, np.arange(6, dtype="<i4").reshape(2, 3), *same, np.arange(8.0).reshape(4, 2),
+              np.arange(8.0).reshape(2, 4), np.arange(8, dtype=">f8"), np.arange(8.0), s, s, "rename", s, s, *same]
+    stack: list = []
+    try:
+        pub, sub = _pair(server, path, stack)
+        sent = []
+        got: list = []
+        reader = threading.Thread(target=lambda: got.extend(sub.receive(30) for _ in range(len(stream) - 1)))
+        reader.start()  # (the subscriber's capacity is 8)
+        for x in stream:
+            if isinstance(x, str):  # the same dtype object, its fields renamed: a new kind all the same
+                s.dtype.names = ("c", "d")
+                continue
+            sent.append((x.dtype.descr, x.shape, x.tobytes()))
+            pub.publish(x)
+        reader.join(60)
+        assert [(g.dtype.descr, g.shape, g.tobytes()) for g in got] == sent
+        assert got[-3].dtype.names == ("c", "d") and got[-5].dtype.names == ("a", "b")
+        sub.close()
+        pub.close()
+    finally:
+        for x in stack:
+            x.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_receive_into_and_receive_out_copy_into_the_callers_buffer(server, path):
     stack: list = []
     try:

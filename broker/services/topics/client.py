@@ -107,6 +107,9 @@ class Received(NamedTuple):
     topic: str = ""
 
 
+_frombuffer = np.frombuffer
+
+
 def _payload(data: Any) -> tuple[Any, bytes]:
     """(buffer, meta) of what publish() takes: the caller's own buffer, and the meta (b"" for
     bytes-like; an array's dtype and shape). A memoryview that is not C-contiguous is made so; an
@@ -249,6 +252,9 @@ class Publisher(SubSession):
         if ring is not None:  # the common message (bytes in one record, no meta): one C call
             self._addr = ring._addr
             self._small = ring.max_record - RECORD_HEAD.size
+        # the last array's kind and meta, as (dtype, shape, meta): a stream of arrays of one kind gets its
+        # meta without _array_meta's cache (a dtype with field names, which can be renamed in place, never)
+        self._array: tuple[Any, tuple[int, ...], bytes] = (None, (), b"")
 
     def _records(self, data: Any) -> list[bytes]:
         """A message as its ring's records (fragments when it is bigger than one)."""
@@ -259,7 +265,13 @@ class Publisher(SubSession):
     def _publish_ring(self, ring: Broadcast, data: Any, timeout: float | None) -> None:
         """publish() on the ring: C writes the message from the caller's buffer straight into its
         records (fragments when it is bigger than one), waiting here for room when there is none."""
-        buf, meta = _payload(data)
+        known = self._array
+        if type(data) is np.ndarray and data.dtype is known[0] and data.shape == known[1]:
+            buf, meta = data, known[2]  # an array of the same kind as the last one
+        else:
+            buf, meta = _payload(data)
+            if type(data) is np.ndarray and data.dtype.names is None:
+                self._array = (data.dtype, data.shape, meta)
         self._seq += 1
         try:
             r = _tpublish(self._addr, self._seq, buf, meta, 0)
@@ -521,6 +533,9 @@ class Subscriber(SubSession):
         self._turn = 0
         self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
         self._fast: tuple[int, Assembler] | None = None  # the one ring read in place, and its books (_refast)
+        # the last array meta read in place, as (meta, dtype, shape, bytes, one-dimensional): a stream of
+        # arrays of one kind is decoded without _meta_array's cache or _decode's checks each time
+        self._array: tuple[bytes, Any, tuple[int, ...], int, bool] = (b"", None, (), -1, True)
         self._topics: dict[int, str] = {}  # a prefix subscriber: each publisher's topic (TOPIC_OF)
         # rings of publishers that came after this subscriber (RING_ADD): joined, while their messages
         # still come relayed too, until the ring gives the one after the last relayed (the handover);
@@ -787,8 +802,16 @@ class Subscriber(SubSession):
                     asm.seq = r[0]
                     if len(r) == 2:
                         return r[1]
-                    try:  # a whole message with meta: a numpy array over the bytes C made
-                        return _decode(r[1], r[2])
+                    data, meta = r[1], r[2]  # a whole message with meta: a numpy array over the bytes C made
+                    known = self._array
+                    if meta == known[0] and len(data) == known[3]:  # the same kind as the last one
+                        a = _frombuffer(data, known[1])
+                        return a if known[4] else a.reshape(known[2])
+                    try:
+                        value = _decode(data, meta)
+                        dtype, shape, nbytes = _meta_array(meta)  # (sound: _decode took it)
+                        self._array = (meta, dtype, shape, nbytes, len(shape) == 1)
+                        return value
                     except ServerGone as e:  # a publisher's bad message: skipped and counted
                         self.corrupt += 1
                         self.last_error = str(e)
