@@ -414,16 +414,12 @@ def complete_parts(request_id: int, status: int, writes: tuple[Write, ...] | lis
     size = _COMPLETE.size + len(err)
     parts: list[bytes] = []
     for w in writes:
-        d = w.data
+        d, n = w.data, _write_size(w)
+        parts.append(_WRITE.pack(w.index, n))
         if type(d) is tuple:  # a write given as its own parts (Message._complete_parts)
-            n = sum(map(len, d))
-            parts.append(_WRITE.pack(w.index, n))
             parts += [p for p in d if len(p)]
-        else:
-            n = len(d)
-            parts.append(_WRITE.pack(w.index, n))
-            if n:
-                parts.append(d)
+        elif n:
+            parts.append(d)
         size += _WRITE.size + n
     head = _COMPLETE_FRAME.pack(MAGIC, PROTOCOL_VERSION, _T_COMPLETE, 0, size, 0, request_id, status, len(writes),
                                 error is not None, 0)
@@ -734,7 +730,7 @@ class FrameReader:
         base = _frame_buffer(size)
         if self.keep_spare and size <= SPARE_MAX:
             self._spare = base
-        return memoryview(base)[:size] if len(base) != size else memoryview(base)
+        return memoryview(base)
 
     def room(self) -> memoryview | None:
         """Where the next bytes of the big frame being gathered go (a reader that can read straight
