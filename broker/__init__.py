@@ -1,7 +1,8 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
-from broker.api import ClientSession, Server, connect
+from broker.api import ClientSession, Server, connect, start_server
 from broker.framework.client import Buffer, SubSession, ViewBuffer
 from broker._errors import (
+    AddressInUse,
     BadHandle,
     BrokerError,
     Closed,
@@ -10,6 +11,7 @@ from broker._errors import (
     Empty,
     EmptyTimeout,
     Evicted,
+    IndexFull,
     Overflow,
     Panicked,
     PermissionDenied,
@@ -96,6 +98,8 @@ __all__ = [
     "SAME_USER",
     "Server",
     "ServerBusy",
+    "AddressInUse",
+    "IndexFull",
     "ServerGone",
     "ServerNotFound",
     "ServiceError",
@@ -109,6 +113,7 @@ __all__ = [
     "VersionRefused",
     "ViewBuffer",
     "connect",
+    "start_server",
     "decide",
     "local_facts",
     "peer_facts",

@@ -1,6 +1,7 @@
 """The exception hierarchy: everything broker raises is a BrokerError."""
 from __future__ import annotations
 
+import errno
 import queue
 
 
@@ -79,7 +80,23 @@ class VersionRefused(BrokerError, ConnectionRefusedError):
 
 
 class ServerBusy(BrokerError):
-    """No free message slot (asynchronous requests), or the server has too many sessions."""
+    """No free message slot (asynchronous requests), the server has too many sessions, or the
+    session has too many sub-sessions open."""
+
+
+class IndexFull(ServerBusy, OverflowError):
+    """Server side: the session's sub-session index is full (the client gets ServerBusy with this text)."""
+
+
+class AddressInUse(BrokerError, OSError):
+    """Another server is live at this address (or is starting there): a server that loses a start-up
+    race gets this, whatever step it lost at."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EADDRINUSE, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class PermissionDenied(BrokerError, PermissionError):

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from broker._errors import ServerNotFound
+from broker.transport import address as _address
 
 from broker.framework import client as _client
 from broker.framework import server as _server
@@ -74,13 +80,71 @@ class ClientSession(_client.ClientSession):
         return list_topics(self)
 
 
+EXIT_IN_USE = 3  # what `broker serve` returns when another server is live at its address (broker/cli.py)
+
+
+def start_server(address: str, start: "bool | Sequence[str] | Callable[[str], Any]" = True,
+                 timeout: float = 10.0) -> None:
+    """Start a server at `address` as connect(start=) does, and return once it was started or another
+    server is live there (a start-up race lost is not an error: the winner serves).
+
+    start: True runs `python -m broker serve --address ADDRESS --detach` (the built-in services,
+    in the background, in a session of its own); a list of strings is a command that starts one and
+    returns; a callable is called with the address."""
+    if callable(start):
+        start(address)
+        return
+    if start is True:
+        cmd = [sys.executable, "-m", "broker", "serve", "--address", address, "--detach",
+               "--detach-timeout", str(timeout)]
+    elif isinstance(start, (list, tuple)) and start and all(isinstance(a, str) for a in start):
+        cmd = list(start)
+    else:
+        raise TypeError(f"start must be True, a command (a list of strings) or a callable, not {start!r}")
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout + 5)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ServerNotFound(f"no server at {address}, and starting one failed: {e}") from None
+    if done.returncode not in (0, EXIT_IN_USE):
+        said = (done.stderr or done.stdout).decode(errors="replace").strip()
+        raise ServerNotFound(f"no server at {address}, and `{' '.join(cmd)}` could not start one "
+                             f"(exit {done.returncode})" + (f": {said[-2000:]}" if said else ""))
+
+
 @functools.wraps(_client.connect)
-def connect(address: str, *args: Any, **options: Any) -> ClientSession:
+def connect(address: str, *args: Any, start: "bool | Sequence[str] | Callable[[str], Any] | None" = None,
+            start_timeout: float = 10.0, **options: Any) -> ClientSession:
     options.setdefault("session_class", ClientSession)
-    return _client.connect(address, *args, **options)  # type: ignore[return-value]
+    if start is None or start is False:
+        return _client.connect(address, *args, **options)  # type: ignore[return-value]
+    if not _address.parse(address).is_unix:
+        raise ValueError(f"start= starts a server on this host: give a name or a Unix socket path, not {address!r}")
+    try:
+        return _client.connect(address, *args, **options)  # type: ignore[return-value]
+    except ServerNotFound:
+        pass
+    deadline = time.monotonic() + start_timeout
+    start_server(address, start, start_timeout)
+    while True:  # the winner of a race may still be binding its address
+        try:
+            return _client.connect(address, *args, **options)  # type: ignore[return-value]
+        except ServerNotFound:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 _signature = inspect.signature(_client.connect)
 connect.__signature__ = _signature.replace(  # type: ignore[attr-defined]
     parameters=[p.replace(default=ClientSession) if p.name == "session_class" else p
-                for p in _signature.parameters.values()])
+                for p in _signature.parameters.values()] + [
+        inspect.Parameter("start", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("start_timeout", inspect.Parameter.KEYWORD_ONLY, default=10.0)])
+connect.__doc__ = (_client.connect.__doc__ or "") + """
+
+    start (on this host: a name or a Unix socket path): when no server answers, start one and connect
+    to it, as a Symbian client starts its server. True runs `broker serve --address ADDRESS --detach`
+    (the built-in services, in the background); a list of strings is a command that starts one and
+    returns; a callable is called with the address. When many clients start one at once, exactly one
+    server wins the address (its lock, broker/transport/address.py) and every client connects to it.
+    start_timeout: seconds to wait for it."""

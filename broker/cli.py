@@ -32,7 +32,7 @@ def _where(bound: Any) -> str:
 def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None,
           limits: dict[str, Any] | None = None, access: dict[str, Any] | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
-    from broker._errors import BrokerError
+    from broker._errors import AddressInUse, BrokerError
     from broker.api import Server
     from broker.services.kv import KeyValueStore, ServicesSession
     from broker.framework.session import SessionEvent
@@ -52,6 +52,11 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
             _say("broker serve", f"metrics on http://{host}:{port}/metrics")
         if signals:  # a signal came before the loop could take it
             server.stop()
+        if os.environ.pop(_DETACHED_ENV, None):  # started by --detach: its launcher waits for EOF on our output
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, 1)
+            os.dup2(quiet, 2)
+            os.close(quiet)
 
     from broker.framework.access import load_grants
     from broker.core.malloc import keep_large_buffers
@@ -83,6 +88,9 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         srv.serve_forever(ready)
+    except AddressInUse as e:
+        _say("broker serve", f"cannot serve at {', '.join(map(str, srv.addresses))}: {e}")
+        return EXIT_IN_USE
     except (BrokerError, OSError) as e:
         _say("broker serve", f"cannot serve at {', '.join(map(str, srv.addresses))}: {e}")
         return 1
@@ -91,6 +99,51 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
             signal.signal(s, handler)
     _say("broker serve", f"stopped by {signal.Signals(signals[0]).name}" if signals else "stopped")
     return 0
+
+
+EXIT_IN_USE = 3  # `broker serve`: another server is live at the address (it lost a start-up race, say)
+_DETACHED_ENV = "BROKER_SERVE_DETACHED"
+
+
+def detach(argv: list[str], timeout: float) -> int:
+    """`broker serve --detach`: start `broker serve` (argv, without --detach) in its own session, in the
+    background, and return once it serves (0, its pid said), or with its exit code and what it said
+    when it could not (EXIT_IN_USE: another server is live there). The server's output goes to
+    /dev/null once it serves."""
+    import subprocess
+
+    env = dict(os.environ, **{_DETACHED_ENV: "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "broker", *argv], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    assert proc.stdout is not None
+    said: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    import selectors
+
+    with selectors.DefaultSelector() as sel, proc.stdout:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:  # EOF: it serves (output moved to /dev/null) or it ended
+            if sel.select(max(0.0, deadline - time.monotonic())):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                said.append(chunk)
+        else:
+            proc.kill()
+            proc.wait()
+            _say("broker serve", f"the detached server did not start within {timeout:g} s; it was killed")
+            sys.stderr.write(b"".join(said).decode(errors="replace"))
+            return 1
+    text = b"".join(said).decode(errors="replace")
+    try:
+        rc = proc.wait(0.5)  # it ended: say what it said, return what it returned
+    except subprocess.TimeoutExpired:  # it serves, now in its own session: init reaps it one day
+        proc.returncode = 0  # not ours to wait for any more (no ResourceWarning)
+        sys.stdout.write(text)
+        print(f"pid {proc.pid}", flush=True)
+        return 0
+    sys.stderr.write(text)
+    return rc
 
 
 def keygen(path: str | None, name: str | None) -> int:
@@ -630,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
                           "'key:alice topic:prices.* subscribe' (repeat it; see broker/framework/access.py)")
     srv.add_argument("--grants", metavar="FILE", action="append", default=None,
                      help="grants from a file, a line each (not writable by others)")
+    srv.add_argument("--detach", action="store_true",
+                     help="serve in the background, in a session of its own; return once it serves (its pid said), "
+                          f"or with its error (exit {EXIT_IN_USE}: another server is live at the address)")
+    srv.add_argument("--detach-timeout", metavar="S", type=_bounded(float, 0.001), default=10.0,
+                     help="seconds --detach waits for the server to serve (default: %(default)s)")
     kg = sub.add_parser("keygen", help="add a fresh key for TCP clients to a keys file (made 0600)")
     kg.add_argument("--file", metavar="FILE", default=None,
                     help="the keys file (default: $BROKER_KEYS, else ~/.config/broker/keys)")
@@ -698,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     chart.add_argument("json_file", metavar="JSON", help="what `broker bench SUITE --json FILE` wrote")
     chart.add_argument("--out", metavar="FILE", help="the chart's file (default: JSON's name, .png)")
     args = parser.parse_args(argv)
+    if args.command == "serve" and args.detach:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        return detach([a for a in argv if a != "--detach"], args.detach_timeout)
     if args.command == "serve":
         limits = {k: v for k in ("max_queued", "max_queued_per_user", "stall_timeout", "handshake_timeout")
                   if (v := getattr(args, k)) is not None}

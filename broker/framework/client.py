@@ -5,6 +5,7 @@ import array
 import asyncio
 import errno
 import json
+import logging
 import os
 import secrets
 import select
@@ -57,8 +58,11 @@ from broker.protocol.frames import (
     Welcome,
 )
 from broker.transport.keys import Key
+from broker.framework.watch import WATCHER
 from broker.framework.native import declare_buffer
 from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
+
+log = logging.getLogger("broker.client")
 
 _RECV = 256 * 1024
 _MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
@@ -324,12 +328,18 @@ class ClientSession:
         if rings is None:
             self._carrier.reader = proto.reader  # a big reply is read from the socket straight into its frame
         self.transport = self._carrier.kind
+        self.server_pid: int | None = None  # the server's process, as the kernel says (Unix sockets)
+        if sock.family == socket.AF_UNIX:
+            self.server_pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0] or None
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
         self._max_frame = welcome.max_frame  # the server's limit on a frame's body
         self._fd_lock = threading.Lock()  # reading the descriptors the server passes on the socket (_receive_fd)
         self._fd_buf = bytearray()
         self._fd_queue: list[int] = []  # received, their message not complete yet
         self._passed: dict[str, int] = {}  # received and named, not taken yet
+        self._on_close: list[Callable[[BaseException], Any]] = []  # on_close(): told once, when the session ends
+        self._ended = threading.Event()
+        self._watched = False  # its socket is watched for the server's hang-up (framework/watch.py)
         if sharable:
             self._start_reader()
 
@@ -745,7 +755,57 @@ class ClientSession:
 
     @property
     def closed(self) -> bool:
-        return self._proto.state == State.CLOSED
+        """Is the session over: closed here, ended by the server, or its server gone (hung up: seen at
+        once, even by a session that waits for nothing)?"""
+        if self._broken is not None or self._proto.state == State.CLOSED:
+            return True
+        if self.server_gone():
+            self._hangup()
+            return True
+        return False
+
+    @property
+    def close_error(self) -> BaseException | None:
+        """Why the session is over (what its calls raise now: ServerGone, Panicked...); None while it lives."""
+        if self._broken is None and self.server_gone():
+            self._hangup()
+        return self._broken
+
+    def on_close(self, callback: Callable[[BaseException], Any]) -> None:
+        """Call callback(error) once when the session ends, whatever ends it (close(), the server's close,
+        a panic, the server's death: error says which, as close_error). An idle session is told within
+        a moment of its server's death: a thread of this process watches the sockets of the sessions
+        that asked (one thread for all of them, gone with the last). It runs in that thread, or in
+        the one that ended the session; at once, here, if the session is over already."""
+        with self._lock:
+            if self._broken is None:
+                self._on_close.append(callback)
+                self._watch()
+                return
+            error = self._broken
+        callback(error)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the session is over (see on_close); False if it still lives after `timeout` s."""
+        with self._lock:
+            if self._broken is None:
+                self._watch()
+        return self._ended.wait(timeout) or self.closed
+
+    def _watch(self) -> None:
+        if not self._watched:
+            self._watched = True
+            WATCHER.watch(self, self._sock.fileno())
+
+    def _hangup(self) -> None:
+        """The server hung up (the watcher, or closed, saw it): if nobody reads the session, read the
+        server's last words here (a PANIC or a CLOSE says why), then end it. A reader sees it itself."""
+        with self._lock:
+            if self._broken is not None or self._reading or self._reader is not None:
+                return
+            self._read_arrived()
+            if self._broken is None:
+                self._fail(ServerGone(f"the server at {self.address} is gone (it hung up)"))
 
     # -- machinery ------------------------------------------------------------------
 
@@ -995,10 +1055,15 @@ class ClientSession:
     def _fail(self, err: BaseException) -> None:
         """The session is over: every pending request gets the error (outside the lock)."""
         with self._lock:
+            tell: list[Callable[[BaseException], Any]] = []
             if self._broken is None:
                 self._broken = err
+                tell, self._on_close = self._on_close, []
             pending, self._pending = self._pending, {}
             self._async = 0
+            if self._watched:
+                self._watched = False
+                WATCHER.forget(self._sock.fileno())  # before the close: its number may be reused at once
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -1009,6 +1074,12 @@ class ClientSession:
             broken = self._broken
         for fut, _, _ in pending.values():
             _settle(fut, broken)
+        self._ended.set()
+        for callback in tell:
+            try:
+                callback(broken)
+            except Exception as e:  # noqa: BLE001 - a callback's bug is its own; the others are told
+                log.warning("a session's on_close callback raised %r", e)
 
 
 def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4, sharable: bool = False,

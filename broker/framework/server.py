@@ -33,7 +33,8 @@ from broker.transport import keys as _keys
 from broker.core import names as _names
 from broker.transport.carrier import SESSION_RING_CAPACITY as SHM_CAPACITY
 from broker.transport.carrier import CarrierGone, ServerRings, ServerSocket
-from broker._errors import BadHandle, BrokerError, Closed, Overflow, PeerGone, PermissionDenied, StateError
+from broker._errors import (AddressInUse, BadHandle, BrokerError, Closed, Overflow, PeerGone, PermissionDenied,
+                            ServerBusy, StateError)
 from broker.framework.access import Access
 from broker.transport.identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from broker.core.ring import sweep
@@ -56,7 +57,7 @@ from broker.protocol.frames import (
     passed_fd_message,
 )
 from broker.framework.service import Service, dispatch_table
-from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
+from broker.framework.session import SERVING, CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")
 _OPEN = State.OPEN
@@ -459,10 +460,14 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         """Messages C made (take_requests): code >= 0, no policy to check; already in the books (their
         slots too, if asynchronous). What on_request does for each from session.service on, in C
         (serve_messages); the completions of several go into ring 1 together, as one record."""
-        if len(msgs) == 1:  # its completion goes straight into ring 1
-            serve_messages(self, msgs, self.session.service, self.failed, self._returned)
-        else:
-            self._in_one_record(serve_messages, self, msgs, self.session.service, self.failed, self._returned)
+        token = SERVING.set(self.session)
+        try:
+            if len(msgs) == 1:  # its completion goes straight into ring 1
+                serve_messages(self, msgs, self.session.service, self.failed, self._returned)
+            else:
+                self._in_one_record(serve_messages, self, msgs, self.session.service, self.failed, self._returned)
+        finally:
+            SERVING.reset(token)
 
     def _returned(self, msg: Message, result: Any) -> None:
         """What a service returned, when not None: an awaitable needs serve_async()."""
@@ -521,19 +526,21 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             if service is not None:  # the broker's own services, for every session (framework/service.py)
                 service.handle(self, msg)
                 return
+        token = SERVING.set(session)  # an async service's task copies it with the context
         try:
             result = session.service(msg)
+            if result is not None and inspect.isawaitable(result):
+                loop = srv._aloop
+                if loop is None:
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
+                    return
+                loop.create_task(self._await_service(result, msg))
         except Exception as e:
             self.failed(msg, e)
-            return
-        if result is not None and inspect.isawaitable(result):
-            loop = srv._aloop
-            if loop is None:
-                if inspect.iscoroutine(result):
-                    result.close()
-                msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
-                return
-            loop.create_task(self._await_service(result, msg))
+        finally:
+            SERVING.reset(token)
 
     def _stats(self, msg: Message) -> None:
         """SERVER_STATS: the server's statistics as JSON into argument 0, for a peer of the server's own user."""
@@ -563,6 +570,8 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             status = Status.OVERFLOW
         elif isinstance(e, PermissionDenied):  # a grant it lacks (broker/framework/access.py)
             status = Status.PERMISSION_DENIED
+        elif isinstance(e, ServerBusy):  # a limit of the server's: the sub-session index full (IndexFull)
+            status = Status.SERVER_BUSY
         else:
             status = Status.DIED
             log.warning("service of function %d for %s raised %r", msg.code, self.peer, e)
@@ -687,6 +696,12 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                     except Exception as e:  # a bug in a sub-session's destroyed(): the others close, the server goes on
                         srv.counters["service_errors"] += 1
                         log.error("closing %s of %s raised %r", type(obj).__name__, self.peer, e, exc_info=e)
+            for obj in session._release_unopened():  # added to a container and never opened: gone with it
+                try:
+                    obj.destroyed()
+                except Exception as e:
+                    srv.counters["service_errors"] += 1
+                    log.error("destroying %s of %s raised %r", type(obj).__name__, self.peer, e, exc_info=e)
             try:
                 session.closed(reason)
             except Exception as e:
@@ -724,7 +739,7 @@ def _clear_stale_socket(path: str) -> None:
         return
     finally:
         probe.close()
-    raise BrokerError(f"another server is live at {path}")
+    raise AddressInUse(f"another server is live at {path}")
 
 
 class Server:
@@ -831,6 +846,7 @@ class Server:
         self._sel: selectors.BaseSelector | None = None
         self._listeners: list[socket.socket] = []
         self._bound_paths: dict[str, tuple[int, int]] = {}  # the sockets we made: (device, inode)
+        self._locks: list[_address.AddressLock] = []  # held while serving: the Unix addresses are ours
         self._conns: set[_Conn] = set()
         self._conns_open: set[_Conn] = set()
         self._soon: list[Callable[[], None]] = []
@@ -915,18 +931,26 @@ class Server:
         for addr in self.addresses:
             if addr.is_unix:
                 path = str(addr.target)
+                self._locks.append(_address.AddressLock(path))  # AddressInUse: another server has it
                 _clear_stale_socket(path)
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.bind(path)
+                self._listeners.append(s)  # closed with the others if anything below fails
+                try:
+                    s.bind(path)
+                except OSError as e:
+                    raise _address.bind_error(e, path) from e
                 st = os.lstat(path)
                 self._bound_paths[path] = (st.st_dev, st.st_ino)
             else:
                 s = socket.socket(addr.family, socket.SOCK_STREAM)
+                self._listeners.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(addr.target)
+                try:
+                    s.bind(addr.target)
+                except OSError as e:
+                    raise _address.bind_error(e, str(addr)) from e
             s.listen(512)
             s.setblocking(False)
-            self._listeners.append(s)
             self.bound.append(s.getsockname())
             if not addr.is_unix and self.insecure_tcp:
                 host, port = self.bound[-1][:2]
@@ -1053,6 +1077,9 @@ class Server:
                     except FileNotFoundError:
                         pass
         self._listeners = []
+        for lock in self._locks:
+            lock.release()  # after the socket is gone: a starter that takes it finds the path free
+        self._locks = []
 
     def _loop(self) -> None:
         sel = self._sel

@@ -1,6 +1,7 @@
 """The server side of the model: peers, messages, sessions, policies, events, reference-counted objects."""
 from __future__ import annotations
 
+import contextvars
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -13,6 +14,10 @@ from broker.framework.native import MessageBase, declare
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
+
+# The session whose request the server is serving (set by the server around session.service; an async
+# service's task inherits it): what a Container.add is charged to until its object is opened.
+SERVING: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("broker_serving", default=None)
 
 
 
@@ -289,6 +294,24 @@ class Session:
         self.peer = peer
         self.objects = ObjectIndex()
 
+    @property
+    def _unopened(self) -> dict[int, RefObject]:
+        """The objects this session added to containers and nobody opened yet (see Container.add)."""
+        try:
+            return self.__dict__["_unopened_objects"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self.__dict__.setdefault("_unopened_objects", {})  # type: ignore[no-any-return]
+
+    def _release_unopened(self) -> list[RefObject]:
+        """At the session's end: the objects it added and nobody opened leave their containers."""
+        left = self.__dict__.pop("_unopened_objects", None)
+        gone = []
+        for obj in (left or {}).values():
+            obj._added_by = None
+            if obj.container is not None and obj.container._drop_unopened(obj):
+                gone.append(obj)
+        return gone
+
     def service(self, message: Message) -> None:
         message.complete(Status.NOT_SUPPORTED, f"function {message.code} is not supported")
 
@@ -382,13 +405,19 @@ class RefObject:
         self.container: "Container | None" = None
         self.name: str | None = None
         self._lock = threading.Lock()
+        self._added_by: "Session | None" = None  # added to a container while serving it, not opened yet
 
     def open(self) -> None:
         with self._lock:
             self.refs += 1
+            adder, self._added_by = self._added_by, None
+        if adder is not None:
+            adder._unopened.pop(id(self), None)
 
     def close(self) -> None:
         with self._lock:
+            if self.refs <= 0:
+                raise StateError(f"{type(self).__name__} {self.name or ''} closed more often than it was opened")
             self.refs -= 1
             last = self.refs == 0
         if last:
@@ -409,12 +438,26 @@ class Container:
         self._lock = threading.Lock()
 
     def add(self, name: str, obj: RefObject) -> RefObject:
+        """Add obj under name. Added while serving a session's request and not opened (no sub-session
+        holds it) by the time that session ends, it is removed then, and destroyed()."""
         with self._lock:
             if name in self._objects:
                 raise StateError(f"{self.name} already has an object named {name!r}")
             obj.container, obj.name = self, name
             self._objects[name] = obj
+        session = SERVING.get()
+        if session is not None and obj.refs == 0:
+            obj._added_by = session
+            session._unopened[id(obj)] = obj
         return obj
+
+    def _drop_unopened(self, obj: RefObject) -> bool:
+        """Remove obj if it was never opened (its adder's session ended): True if it was removed."""
+        with self._lock:
+            if obj.refs != 0 or self._objects.get(obj.name or "") is not obj:
+                return False
+            del self._objects[obj.name or ""]
+        return True
 
     def find(self, name: str) -> RefObject:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterator
 
-from broker._errors import BadHandle
+from broker._errors import BadHandle, IndexFull
 
 INDEX_BITS = 16
 MAX_INDEX = (1 << INDEX_BITS) - 1  # indexes are 1..MAX_INDEX; 0 means "no handle"
@@ -31,7 +31,8 @@ class ObjectIndex:
         self._live = 0
 
     def add(self, obj: Any) -> int:
-        """Store obj and return its new handle; OverflowError when the session already has `limit` objects open."""
+        """Store obj and return its new handle; IndexFull (a ServerBusy, an OverflowError) when the session already has `limit`
+        objects open."""
         if obj is None:
             raise ValueError("None cannot be stored")
         if self._free:
@@ -41,7 +42,7 @@ class ObjectIndex:
             self._objects.append(None)
             self._generations.append(0)
         else:
-            raise OverflowError(f"a session can have at most {self.limit} sub-sessions open")
+            raise IndexFull(f"a session can have at most {self.limit} sub-sessions open")
         gen = self._generations[i] % MAX_GENERATION + 1
         self._generations[i] = gen
         self._objects[i] = obj

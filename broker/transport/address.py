@@ -1,11 +1,15 @@
 """Server addresses: a Unix socket path, a bare name in the user's runtime directory, or tcp://host:port."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import socket
 import stat
 from dataclasses import dataclass
+
+from broker._errors import AddressInUse, BrokerError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -59,3 +63,58 @@ def parse(address: str) -> Address:
     if not _NAME.match(address):
         raise ValueError(f"bad server name {address!r}: letters, digits, '_', '-', '.'")
     return Address(socket.AF_UNIX, os.path.join(runtime_dir(), f"{address}.sock"), address)
+
+
+class AddressLock:
+    """The lock a live server holds on its Unix address for as long as it serves: PATH.lock, flock'ed.
+
+    Whoever holds it owns the address: a socket left at the path is stale (its server died, and the
+    kernel let the lock go with it), and every other server that tries to start there gets
+    AddressInUse at once, whatever step it was at. Without it, a starter could see a rival's socket
+    bound but not yet listening, take it for stale and remove it: two servers, one unreachable.
+    The lock file is removed by its holder while it still holds it; a taker checks after locking
+    that the file it locked is still the one at the path (else it locked a removed file: again)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = f"{path}.lock"
+        self.fd = -1
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid():
+                    raise BrokerError(f"{self.path} belongs to uid {st.st_uid}, not to us: another user's server "
+                                      f"has this address")
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AddressInUse(f"another server is live at {path} (it holds {self.path})") from None
+                try:
+                    now = os.lstat(self.path)
+                except FileNotFoundError:
+                    now = None
+            except BaseException:
+                os.close(fd)
+                raise
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                self.fd = fd
+                return
+            os.close(fd)  # its holder removed it as we locked it: take the new one
+        raise AddressInUse(f"could not take {self.path}: it keeps being replaced")
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.unlink(self.path)  # while still held: a taker that locks the removed file tries again
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+def bind_error(e: OSError, where: str) -> Exception:
+    """What a failed bind means: another server at the address (AddressInUse), or the OSError as it is."""
+    if e.errno == errno.EADDRINUSE:
+        return AddressInUse(f"another server is live at {where}")
+    return e
