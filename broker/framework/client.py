@@ -153,7 +153,8 @@ class _Inline:
 
 _COND_LOCK = threading.Lock()  # makes a _Reply's Condition once
 _PENDING, _FINISHED = _futures_base.PENDING, _futures_base.FINISHED
-_DONE_STATES = (_futures_base.CANCELLED, _futures_base.CANCELLED_AND_NOTIFIED, _FINISHED)
+_CANCELLED_STATES = (_futures_base.CANCELLED, _futures_base.CANCELLED_AND_NOTIFIED)
+_DONE_STATES = (*_CANCELLED_STATES, _FINISHED)
 
 
 class _StartsReader(list):  # type: ignore[type-arg]
@@ -165,6 +166,20 @@ class _StartsReader(list):  # type: ignore[type-arg]
     def append(self, waiter: Any) -> None:
         self._session._background()
         super().append(waiter)
+
+
+class _Sent(Future):  # type: ignore[type-arg]
+    """A request's future when a reader thread completes it: cancel() tells the server (CANCEL)."""
+
+    _session: "ClientSession | None" = None
+    _rid = 0
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        if self._session is not None and self._rid:
+            self._session._cancel_request(self._rid, self)
+        return True
 
 
 class _Reply(Future):  # type: ignore[type-arg]
@@ -254,6 +269,17 @@ class _Reply(Future):  # type: ignore[type-arg]
         if not self.done():
             self._session._background()
         super().add_done_callback(fn)
+
+    _rid = 0
+
+    def cancel(self) -> bool:
+        """Cancel the request: the server is told (CANCEL), its service hears of it, and the session's
+        slot is free at once. False if its answer came already."""
+        if not super().cancel():
+            return False
+        if self._rid:
+            self._session._cancel_request(self._rid, self)
+        return True
 
 
 def _settle(fut: Any, outcome: Any) -> None:
@@ -375,9 +401,30 @@ class ClientSession:
                 self._read_arrived()  # completions may be waiting in the socket: they free slots
             finally:
                 self._end_inline()
-        fut: Future[int] = _Reply(self) if self._reader is None else Future()
-        self._submit(code, args, handle, True, fut)
-        return fut
+        fut: Any = _Reply(self) if self._reader is None else _Sent()
+        fut._session = self
+        fut._rid = self._submit(code, args, handle, True, fut)
+        if fut._state in _CANCELLED_STATES:  # by another thread, before it had its id (not cancelled(): it
+            # would make a _Reply's Condition)
+            self._cancel_request(fut._rid, fut)
+        return fut  # type: ignore[no-any-return]
+
+    def _cancel_request(self, rid: int, fut: Any) -> None:
+        """fut was cancelled: tell the server, and free its slot now. The server completes a cancelled
+        request (CANCELLED) before it reads the next one, so the slot is free there too when a later
+        request comes; that completion is dropped here."""
+        with self._lock:
+            entry = self._pending.get(rid)
+            if entry is None or entry[0] is not fut:
+                return  # its answer came meanwhile
+            if entry[2]:
+                self._async -= 1
+                self._pending[rid] = (fut, entry[1], False)
+            if self._proto.state == State.OPEN:
+                try:
+                    self._write(self._proto.cancel(rid))
+                except (OSError, BrokerError):
+                    pass
 
     def call_many(self, code: int, argsets: Iterable[Sequence[Any]], *, handle: int = 0,
                   timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
@@ -615,9 +662,10 @@ class ClientSession:
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
         """send_receive for asyncio (does not block the event loop)."""
         self._background()
-        fut: Future[int] = Future()
-        self._submit(code, args, handle, False, fut)
-        return await asyncio.wrap_future(fut)
+        fut = _Sent()
+        fut._session = self
+        fut._rid = self._submit(code, args, handle, False, fut)
+        return await asyncio.wrap_future(fut)  # type: ignore[no-any-return]  # a cancelled await cancels it
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
         """send for asyncio: uses a message slot."""

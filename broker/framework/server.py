@@ -42,6 +42,7 @@ from broker.framework.native import ConnBase, ring_batch, serve_messages
 from broker.protocol.frames import (
     DEFAULT_MAX_FRAME,
     Auth,
+    Cancel,
     Close,
     Hello,
     ProtocolError,
@@ -117,6 +118,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         self.session: Any = None
         self.decision: Decision | None = None  # the session rule's verdict, made at HELLO
         self.requests = self.completions = self.bytes_in = self.bytes_out = 0  # statistics
+        self.cancels = 0  # requests the client cancelled while they were outstanding
         self.slots = 0
         self.async_outstanding = 0
         self.messages: dict[int, Message] = {}
@@ -347,6 +349,29 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         elif isinstance(ev, Close):
             self.client_closed = True
             self.end("closed")
+        elif isinstance(ev, Cancel):
+            self.on_cancel(ev.request_id)
+
+    def on_cancel(self, rid: int) -> None:
+        """The client cancelled a request (Future.cancel(), a call that timed out): the service hears of it
+        (Message.on_cancel, an async service's task cancelled), and the request completes with
+        CANCELLED now, whatever the service does later: its slot is free for the client's next one.
+        A request already complete (the CANCEL crossed its answer) or unknown is no error."""
+        msg = self.messages.get(rid)
+        if msg is None or msg._done:
+            return
+        self.cancels += 1
+        for callback in msg._cancelled():
+            try:
+                callback(msg)
+            except Exception as e:  # a bug in the service's callback: the request is cancelled all the same
+                self.server.counters["service_errors"] += 1
+                log.error("an on_cancel callback of %s raised %r", self.peer, e, exc_info=e)
+        if not msg._done:
+            try:
+                msg.complete(Status.CANCELLED, "cancelled by the client")
+            except StateError:  # completed by another thread just now
+                pass
 
     def on_hello(self, hello: Hello) -> None:
         srv = self.server
@@ -536,7 +561,8 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                         result.close()
                     msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
                     return
-                loop.create_task(self._await_service(result, msg))
+                task = loop.create_task(self._await_service(result, msg))
+                msg.on_cancel(lambda _m, task=task: task.cancel())  # a CANCEL cancels the coroutine
         except Exception as e:
             self.failed(msg, e)
         finally:
@@ -559,6 +585,9 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
     async def _await_service(self, awaitable: Any, msg: Message) -> None:
         try:
             await awaitable
+        except asyncio.CancelledError:  # the client cancelled it (on_cancel), or the server stops
+            if not msg.completed:
+                msg.complete(Status.CANCELLED, "cancelled")
         except Exception as e:
             self.failed(msg, e)
 
@@ -1653,7 +1682,7 @@ class Server:
              "ring_capacity": r.capacity if c.on_rings and r is not None else None,
              "shm_allowed": bool(c.decision and c.decision.shm),
              "rule": str(c.decision) if c.decision else "",
-             "requests": c.requests, "completions": c.completions, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
+             "requests": c.requests, "completions": c.completions, "cancels": c.cancels, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
              "queued_bytes": c.counted, "paused": c.paused,
              "partial_frame_bytes": c.proto.reader.pending}
             for c, r in ((c, c.rings) for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from broker._errors import BadHandle, BrokerError, Overflow, StateError
 from broker.protocol.codes import CLOSE_SUBSESSION, SERVER_STATS  # noqa: F401  (the framework's own codes)
@@ -175,6 +175,8 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         lock.acquire()  # not `with`: it costs twice as much, on every message
         try:
             if self._done:
+                if self._cancel is True:
+                    return  # the client cancelled it, and the framework completed it: nobody reads this
                 raise StateError("the message is already complete")
             writes = self._writes
             if writes is None:
@@ -232,6 +234,8 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         lock.acquire()  # not `with`: it costs twice as much, on every message
         try:
             if self._done:
+                if self._cancel is True:
+                    return  # the client cancelled it, and the framework completed it (CANCELLED)
                 raise StateError(f"request {self.request_id} is already complete")
             self._done = True
             proto = conn.proto
@@ -261,6 +265,36 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
     @property
     def completed(self) -> bool:
         return self._done
+
+    @property
+    def cancelled(self) -> bool:
+        """Did the client cancel this request (Future.cancel(), a call's timeout)? Then the framework has
+        completed it with CANCELLED (after the on_cancel callbacks), and whatever the service still
+        writes or completes is dropped."""
+        return self._cancel is True
+
+    def on_cancel(self, callback: Callable[["Message"], Any]) -> None:
+        """Call callback(message) in the server's loop if the client cancels this request: the service's
+        chance to stop its work, or to complete the message itself (with CANCELLED, or whatever it has
+        so far). If it does not, the framework completes it with CANCELLED right after. At once, here,
+        if the request is cancelled already. An async service's task is cancelled (CancelledError)."""
+        lock = self._conn.lock
+        with lock:
+            c = self._cancel
+            if c is not True:
+                if c is None:
+                    self._cancel = [callback]
+                else:
+                    c.append(callback)
+                return
+        callback(self)
+
+    def _cancelled(self) -> list[Callable[["Message"], Any]]:
+        """The client cancelled it (the server's loop): mark it so; the callbacks to call."""
+        with self._conn.lock:
+            c = self._cancel
+            self._cancel = True
+        return c if type(c) is list else []
 
     def panic(self, reason: str) -> None:
         """End the client's session: its pending and next calls raise Panicked(reason)."""

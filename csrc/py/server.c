@@ -221,6 +221,7 @@ static int brk_conn_release(brk_conn *c)
 typedef struct {
     PyObject_HEAD
     PyObject *conn, *request_id, *code, *handle, *asynchronous, *args, *writes, *done;
+    PyObject *cancel; /* NULL (None): not cancelled; a list: its on-cancel callbacks; True: cancelled */
 } brk_msg;
 
 static PyTypeObject *brk_t_msgbase;
@@ -236,6 +237,7 @@ static int brk_msg_traverse(brk_msg *m, visitproc visit, void *arg)
     Py_VISIT(m->args);
     Py_VISIT(m->writes);
     Py_VISIT(m->done);
+    Py_VISIT(m->cancel);
     return 0;
 }
 
@@ -249,6 +251,7 @@ static int brk_msg_clear(brk_msg *m)
     Py_CLEAR(m->args);
     Py_CLEAR(m->writes);
     Py_CLEAR(m->done);
+    Py_CLEAR(m->cancel);
     return 0;
 }
 
@@ -753,6 +756,7 @@ static PyMemberDef brk_msg_members[] = {
     {"_args", T_OBJECT_EX, offsetof(brk_msg, args), 0, NULL},
     {"_writes", T_OBJECT_EX, offsetof(brk_msg, writes), 0, NULL},
     {"_done", T_OBJECT_EX, offsetof(brk_msg, done), 0, NULL},
+    {"_cancel", T_OBJECT, offsetof(brk_msg, cancel), 0, NULL}, /* Message.cancelled, on_cancel */
     {NULL, 0, 0, 0, NULL},
 };
 
