@@ -43,6 +43,11 @@ class SegmentError(BrokerError, OSError):
     """A segment could not be created, opened, checked or mapped."""
 
 
+class OtherSession(SegmentError, PermissionError):
+    """A named ring of another login session: shared memory never crosses login sessions (the
+    session rule, DESIGN.md section 3), so a ring's name lives in its creator's session only."""
+
+
 class PeerGone(BrokerError, ConnectionError):
     """The process at the other end died."""
 

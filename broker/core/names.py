@@ -47,9 +47,62 @@ def segment_name(purpose: str, server_id: str | None = None, session_key: str | 
     return f"/{PREFIX}.{sid}.{key}.{_part(purpose, 'purpose')}.{secrets.token_hex(8)}"
 
 
-def user_name(name: str) -> str:
-    """The segment name for a ring a user names: per effective uid, so two users' rings of the same name never meet."""
-    return f"/{PREFIX}.u{os.geteuid()}.{_part(name, 'ring name')}"
+LOCAL, GLOBAL = "Local\\", "Global\\"  # the two namespaces of the names users choose (DESIGN.md, section 3)
+
+
+def session_key(sessionid: int | None) -> str:
+    """The login session's part of a name: "s" and the audit session id; "sx" where it is unset or the
+    kernel has none (unset matches only unset, as in the session rule)."""
+    return "sx" if sessionid is None or sessionid == AUDIT_SID_UNSET else f"s{sessionid}"
+
+
+AUDIT_SID_UNSET = 0xFFFFFFFF
+
+
+def ring_part(name: str) -> str:
+    """A ring's name as the user gave it, checked: `Local\\name` is `name` (a ring is shared memory, so it
+    lives in its creator's login session); a `Global\\` ring cannot be."""
+    if not isinstance(name, str):
+        raise TypeError(f"a ring's name is a str, not {type(name).__name__}")
+    if name.startswith(GLOBAL):
+        raise ValueError(f"{name!r}: a ring is shared memory, which never leaves its creator's login session: "
+                         f"a Global\\ name is for the broker's topics and services, which cross sessions")
+    if name.startswith(LOCAL):
+        name = name[len(LOCAL):]
+    return _part(name, "ring name")
+
+
+def user_name(name: str, sessionid: int | None = None) -> str:
+    """The segment name for a ring a user names: per effective uid and per login session (this
+    process's, or `sessionid`'s), so neither another user nor another login session of the same user
+    ever meets it."""
+    from broker.core import proc as _proc
+
+    sid = _proc.login_session() if sessionid is None else sessionid
+    return f"/{PREFIX}.u{os.geteuid()}.{session_key(sid)}.{ring_part(name)}"
+
+
+def user_ring_elsewhere(name: str) -> list[tuple[str, str]]:
+    """This user's rings of this name in other login sessions: (segment name, session key)."""
+    part = ring_part(name)
+    head = f"{PREFIX}.u{os.geteuid()}."
+    found = []
+    try:
+        entries = os.listdir("/dev/shm")
+    except FileNotFoundError:
+        return []
+    for e in entries:
+        if e.startswith(head) and e.endswith(f".{part}"):
+            key = e[len(head):-len(part) - 1]
+            if re.fullmatch(r"s(x|[0-9]{1,10})", key):
+                found.append(("/" + e, key))
+    return sorted(found)
+
+
+def user_ring_session(segment: str) -> str | None:
+    """The session key of a user ring's segment name (None: not a user ring's name)."""
+    m = re.fullmatch(rf"/{re.escape(PREFIX)}\.u[0-9]+\.(s(?:x|[0-9]{{1,10}}))\.[A-Za-z0-9_-]{{1,48}}", segment)
+    return m.group(1) if m else None
 
 
 def resolve(name: str) -> str:

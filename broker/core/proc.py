@@ -48,3 +48,13 @@ def alive(pid: int, start: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+def login_session(pid: int | str = "self") -> int | None:
+    """The kernel's audit login session id of a process (/proc/PID/sessionid: 4294967295 when no login
+    claimed it), or None where the kernel has none, or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/sessionid", "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

@@ -35,6 +35,7 @@ from broker._errors import (
     Evicted,
     Full,
     FullTimeout,
+    OtherSession,
     PeerGone,
     SegmentError,
     StateError,
@@ -227,7 +228,46 @@ def _open_passed(fd: int, name: str) -> _shm.Mapping:
 
 def _attach_segment(name: str, fd: int | None, timeout: float) -> _shm.Mapping:
     """By the descriptor passed (a sealed segment), or else by its name."""
-    return _open_passed(fd, name) if fd is not None else _open_segment(_names.resolve(name), timeout)
+    return _open_passed(fd, name) if fd is not None else _open_named(name, timeout)
+
+
+def _session_text(key: str) -> str:
+    return "unset" if key == "sx" else key[1:]
+
+
+def _open_named(name: str, timeout: float) -> _shm.Mapping:
+    """A segment by the name given to open(): a user's ring only from its own login session. Its name
+    carries its creator's session; while the creator lives, the kernel's word on its session must agree
+    (a name could be made up). A server's segments (full names it hands out) are the session rule's."""
+    seg = _names.resolve(name)
+    theirs = _names.user_ring_session(seg)
+    if theirs is None:
+        return _open_segment(seg, timeout)
+    mine = _names.session_key(_proc.login_session())
+
+    def refuse(where: str) -> OtherSession:
+        return OtherSession(errno.EACCES, f"ring {name!r} lives in login session {where}, and this process is in "
+                                          f"login session {_session_text(mine)}: shared memory is never shared "
+                                          f"across login sessions (use the broker's topics, which cross them)")
+
+    if theirs != mine:
+        raise refuse(_session_text(theirs))
+    try:
+        mapping = _open_segment(seg, timeout)
+    except SegmentError as e:
+        if e.errno == errno.ENOENT and not name.startswith("/"):
+            elsewhere = _names.user_ring_elsewhere(name)
+            if elsewhere:
+                raise refuse(" and ".join(_session_text(k) for _, k in elsewhere)) from None
+        raise
+    rc, hdr = _seg_header(mapping)
+    pid, start = int(hdr.creator_pid), int(hdr.creator_start)
+    if rc == 0 and _proc.alive(pid, start):
+        creator = _proc.login_session(pid)
+        if creator is not None and _names.session_key(creator) != mine:
+            mapping.close()
+            raise refuse(f"{_session_text(_names.session_key(creator))} (its creator, pid {pid}, is there)")
+    return mapping
 
 
 def _seg_header(mapping: _shm.Mapping) -> tuple[int, Any]:
@@ -1086,7 +1126,7 @@ class Ring(_RingSide):
     def open(cls, name: str, *, role: str = "consumer", spin_us: float = 50.0, timeout: float = 1.0) -> "Ring":
         """Attach to the other side of an existing ring."""
         side = _role(role)
-        mapping = _open_segment(_names.resolve(name), timeout)
+        mapping = _open_named(name, timeout)
         return cls(mapping, 0, side, spin_us)
 
     def _check_consumers(self, h: Any) -> None:

@@ -621,7 +621,15 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
     def _close_with(self, reason: str) -> None:
         with self.lock:
             if not self.ended and self.proto.state == State.OPEN:
-                self._send(self.proto.close(reason))
+                frame = self.proto.close(reason)
+                self._send(frame)
+                if self.rings is not None and not self.on_rings:
+                    # rings offered, the client's answer not read yet: a client that took them reads
+                    # only them from now on, so the reason goes there too (each side reads one copy)
+                    try:
+                        self.rings.write(frame)
+                    except CarrierGone:
+                        pass
         self.end(reason)
 
     def _send(self, frame: "bytes | tuple[bytes, ...]") -> None:

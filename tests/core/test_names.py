@@ -7,6 +7,7 @@ import re
 import pytest
 
 from broker.core import names as _names
+from broker.core import proc as _proc
 
 P = re.escape(_names.PREFIX)
 
@@ -28,7 +29,7 @@ def test_bad_parts_are_refused(bad):
 
 
 def test_user_names_are_per_user_and_resolve():
-    assert _names.user_name("orders") == f"/{_names.PREFIX}.u{os.geteuid()}.orders"
+    assert _names.user_name("orders") == f"/{_names.PREFIX}.u{os.geteuid()}.{_names.session_key(_proc.login_session())}.orders"
     assert _names.resolve("orders") == _names.user_name("orders")
     full = _names.segment_name("ring")
     assert _names.resolve(full) == full

@@ -12,6 +12,7 @@ import pytest
 import broker
 from broker import Ring
 from broker.core import names as _names
+from broker.core import proc as _proc
 
 
 @pytest.fixture
@@ -230,7 +231,7 @@ def test_second_producer_or_consumer_is_refused(pair):
 
 def test_named_ring_and_open_by_short_name():
     with Ring.create("unit-test-ring", capacity=1 << 10) as tx, Ring.open("unit-test-ring") as rx:
-        assert tx.name == f"/{_names.PREFIX}.u{os.geteuid()}.unit-test-ring"
+        assert tx.name == f"/{_names.PREFIX}.u{os.geteuid()}.{_names.session_key(_proc.login_session())}.unit-test-ring"
         tx.send(b"by name")
         assert rx.recv() == b"by name"
     with pytest.raises(broker.SegmentError):

@@ -15,6 +15,7 @@ import pytest
 import broker
 from broker import Ring
 from broker.core import names as _names
+from broker.core import proc as _proc
 from broker.core import shm as _shm
 
 from tests.helpers import Child
@@ -61,7 +62,7 @@ def test_a_segment_of_another_user_is_refused(other_user):
 
     with Child(as_other_user) as kid:
         name = os.read(r1, 64).decode().strip()
-        assert name == f"/{_names.PREFIX}.u{uid}.other-user-ring"
+        assert name == f"/{_names.PREFIX}.u{uid}.{_names.session_key(_proc.login_session())}.other-user-ring"
         with pytest.raises(broker.SegmentError, match=f"belongs to uid {uid}") as e:
             Ring.open(name)
         assert isinstance(e.value, OSError) and e.value.errno == errno.EPERM
