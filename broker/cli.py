@@ -292,7 +292,7 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
             return "-"
         return f"{max(0.0, (now - old[0][field]) / interval):.0f}"
     if topics:
-        rows = [("topic", "published", "/s", "dropped", "timed out", "disconn.",
+        rows = [("topic", "namespace", "published", "/s", "dropped", "timed out", "disconn.",
                  "publishers (conn, ring/calls, relayed)", "subscribers (conn policy queued lost, direct/pattern)")]
         for t in topics:
             pubs = ", ".join(f"{p.get('connection_id')} {'ring' if p.get('ring') else 'calls'}"
@@ -301,7 +301,7 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
                              f"{' direct' if q.get('direct') else ''}"
                              f"{' ' + str(q.get('pattern')) if q.get('pattern') else ''}"
                              for q in t.get("subscribers", []))
-            rows.append((str(t.get("topic")), str(t.get("published")),
+            rows.append((str(t.get("topic")), _namespace(t), str(t.get("published")),
                          rate("topics", "topic", t.get("topic"), "published", t.get("published")),
                          str(t.get("dropped")), str(t.get("timed_out")), str(t.get("disconnected")), pubs or "-",
                          subs or "-"))
@@ -310,10 +310,10 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     services = data.get("services") or []
     if services:
-        rows = [("service", "provider", "relayed: served", "/s", "queued", "running", "private pairs (now / made)",
-                 "callers (conn)")]
+        rows = [("service", "namespace", "provider", "relayed: served", "/s", "queued", "running",
+                 "private pairs (now / made)", "callers (conn)")]
         for v in services:
-            rows.append((str(v.get("service")), str(v.get("provider")), str(v.get("served")),
+            rows.append((str(v.get("service")), _namespace(v), str(v.get("provider")), str(v.get("served")),
                          rate("services", "service", v.get("service"), "served", v.get("served")),
                          str(v.get("queued")),
                          str(v.get("running")), f"{v.get('direct', 0)} / {v.get('pairs', 0)}",
@@ -322,6 +322,13 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return 0
+
+
+def _namespace(entry: dict[str, Any]) -> str:
+    """A name's namespace as `broker stat` shows it: Global, or Local and whose (framework/namespace.py)."""
+    if entry.get("namespace") == "Global":
+        return "Global"
+    return f"Local ({entry.get('owner')})"
 
 
 # ---- broker pub / broker sub ---------------------------------------------------------------

@@ -79,25 +79,26 @@ def test_a_grants_file_is_read_a_line_each_and_must_not_be_writable_by_others(tm
 
 
 def _try(s: broker.ClientSession, what: str) -> str:
-    """One use of a service by a client: "ok", or the class of what it raised."""
+    """One use of a service by a client: "ok", or the class of what it raised. Another user's names
+    meet the owner's in the Global namespace only (grants name them without it)."""
     try:
         if what == "table read":
-            with KeyValueClient(s).open("ro") as t:
+            with KeyValueClient(s).open("Global\\ro") as t:
                 assert t.get("k") == b"v"
         elif what == "table write":
-            with KeyValueClient(s).open("ro") as t:
+            with KeyValueClient(s).open("Global\\ro") as t:
                 t.put("k", "changed")
         elif what == "topic publish":
-            with s.publisher("prices") as p:
+            with s.publisher("Global\\prices") as p:
                 p.publish(b"x")
         elif what == "topic subscribe":
-            with s.subscriber("prices"):
+            with s.subscriber("Global\\prices"):
                 pass
         elif what == "service offer":
-            with s.offer("svc2", lambda call: 0):
+            with s.offer("Global\\svc2", lambda call: 0):
                 pass
         elif what == "service call":
-            with s.link("svc") as link:
+            with s.link("Global\\svc") as link:
                 assert link.send_receive(1) == 42
         elif what == "echo":
             assert EchoClient(s).echo(b"e") == b"e"
@@ -130,11 +131,11 @@ def test_another_user_reaches_only_what_is_granted(other_user, grants, allowed):
             ready = threading.Event()
 
             def provide() -> None:
-                with broker.connect(path) as mine, mine.offer("svc", lambda call: 42) as offer:
+                with broker.connect(path) as mine, mine.offer("Global\\svc", lambda call: 42) as offer:
                     ready.set()
                     offer.serve_forever(stop, 0.05)
 
-            with broker.connect(path) as owner, KeyValueClient(owner).open("ro") as table:
+            with broker.connect(path) as owner, KeyValueClient(owner).open("Global\\ro") as table:
                 table.put("k", "v")  # the server's own user may do everything
                 serving = threading.Thread(target=provide)
                 serving.start()
@@ -189,21 +190,25 @@ def test_a_tcp_identity_reaches_nothing_ungranted(tcp_server):
 
 
 def test_a_prefix_subscriber_gets_only_the_topics_it_is_granted(tcp_server):
+    """A TCP peer meets the owner's topics in the Global namespace; grants name them without it."""
+    G = "Global\\"
     with broker.connect(tcp_server.unix) as owner, broker.connect(tcp_server.tcp) as s:
-        with owner.publisher("prices.us.nyc") as us, s.subscriber("prices.*", capacity=64) as q, \
-                owner.publisher("prices.eu.paris") as eu, owner.publisher("prices.eu.rome") as rome:
+        with owner.publisher(G + "prices.us.nyc") as us, s.subscriber(G + "prices.*", capacity=64) as q, \
+                owner.publisher(G + "prices.eu.paris") as eu, owner.publisher(G + "prices.eu.rome") as rome, \
+                owner.publisher("prices.eu.local") as local:
             for i in range(5):  # topics there before the subscriber (nyc) and made after it (paris, rome)
                 us.publish(b"us%d" % i)
                 eu.publish(b"eu%d" % i)
                 rome.publish(b"rome%d" % i)
+                local.publish(b"local%d" % i)  # the owner's Local topic: never the TCP peer's
             got = [q.receive_message(timeout=10) for _ in range(10)]
-            assert {m.topic for m in got} == {"prices.eu.paris", "prices.eu.rome"}
+            assert {m.topic for m in got} == {G + "prices.eu.paris", G + "prices.eu.rome"}
             with pytest.raises(broker.Empty):
                 q.receive(timeout=0.3)  # nothing of prices.us.nyc
-            assert sorted(t["topic"] for t in s.topics()) == ["prices.eu.paris", "prices.eu.rome"]
-            assert sorted(t["topic"] for t in owner.topics()) == ["prices.eu.paris", "prices.eu.rome",
-                                                                  "prices.us.nyc"]
-            with s.subscriber("prices.eu.paris") as exact:  # a granted name, subscribed by itself
+            assert sorted(t["topic"] for t in s.topics()) == [G + "prices.eu.paris", G + "prices.eu.rome"]
+            assert sorted(t["topic"] for t in owner.topics()) == [G + "prices.eu.paris", G + "prices.eu.rome",
+                                                                  G + "prices.us.nyc", "prices.eu.local"]
+            with s.subscriber(G + "prices.eu.paris") as exact:  # a granted name, subscribed by itself
                 eu.publish(b"later")
                 assert exact.receive(timeout=10) == b"later"
 

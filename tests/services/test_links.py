@@ -382,14 +382,14 @@ def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other
     try:
         with broker.Server(path, grants=[f"uid:{uid} service:x call"]) as srv:  # another user: granted
             os.chmod(path, 0o666)
-            prov = _provider(path, "x", ready_w)
+            prov = _provider(path, "Global\\x", ready_w)  # another user: a Global name
             try:
                 assert os.read(ready_r, 1) == b"p"
 
                 def stranger() -> None:
                     os.setgid(gid)
                     os.setuid(uid)
-                    with connect(path) as s, s.link("x") as link:
+                    with connect(path) as s, s.link("Global\\x") as link:
                         paths = []
                         for i in range(100):
                             assert link.send_receive(ADD, i, 1) == i + 1
@@ -398,7 +398,7 @@ def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other
                         os.write(w, repr((s.transport, any(paths), maps)).encode())
 
                 kid = Child(stranger)
-                with connect(path) as s, s.link("x") as link:
+                with connect(path) as s, s.link("Global\\x") as link:
                     _until_direct(link)
                     assert kid.join(60) == 0
                     transport, any_direct, maps = eval(os.read(w and r, 4096).decode())

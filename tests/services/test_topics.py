@@ -308,7 +308,7 @@ def test_a_subscriber_in_another_session_gets_every_message_over_its_socket(serv
             def stranger() -> None:
                 os.setgid(gid)
                 os.setuid(uid)
-                with connect(path) as s, s.subscriber("x", capacity=256) as sub:
+                with connect(path) as s, s.subscriber("Global\\x", capacity=256) as sub:  # another user: a Global name
                     os.write(ready_w, b"r")
                     got = [sub.receive_message(30) for _ in range(n)]
                     with open("/proc/self/maps") as f:
@@ -319,7 +319,7 @@ def test_a_subscriber_in_another_session_gets_every_message_over_its_socket(serv
             kid = Child(stranger)
             try:
                 assert os.read(ready_r, 1) == b"r"
-                with connect(path) as s, s.publisher("x", block_timeout=30) as pub:
+                with connect(path) as s, s.publisher("Global\\x", block_timeout=30) as pub:
                     assert s.transport == "shared memory"
                     for i in range(0, n, 50):
                         pub.publish_many([b"%d" % j for j in range(i, i + 50)])
@@ -341,8 +341,8 @@ def test_tcp_subscribers_and_asyncio(server, tmp_path):
         address = f"tcp://127.0.0.1:{srv.bound[1][1]}"
         with connect(address) as t, connect(str(tmp_path / "tcp.sock")) as u:
             assert t.transport == "socket"
-            sub = t.subscriber("net")
-            pub = u.publisher("net")
+            sub = t.subscriber("Global\\net")  # a TCP peer has a Local namespace of its own
+            pub = u.publisher("Global\\net")
 
             async def main() -> list:
                 out = []
@@ -591,7 +591,7 @@ def test_a_subscriber_of_another_login_session_never_maps_a_ring(tmp_path):
                 _report(w, {"skip": True})
                 return
             os.read(sub_r, 1)  # the publisher is there now
-            with connect(path) as s, s.subscriber("k") as sub:
+            with connect(path) as s, s.subscriber("Global\\k") as sub:  # another login session: a Global name
                 _report(w, {"transport": s.transport, "rings": len(sub._rings)})
                 os.read(go_r, 1)
                 got = [sub.receive(30) for _ in range(100)]
@@ -600,7 +600,7 @@ def test_a_subscriber_of_another_login_session_never_maps_a_ring(tmp_path):
                 _report(w, {"ok": got == [b"%d" % i for i in range(100)], "mapped": mapped})
 
         kid = Child(other_session)
-        pub = a.publisher("k")
+        pub = a.publisher("Global\\k")
         try:
             assert pub.ring is not None
             os.write(sub_w, b"s")

@@ -11,6 +11,7 @@ from broker.framework.access import Access, register_kind
 from broker._errors import BadHandle
 from broker.protocol.frames import ArgKind, Status
 from broker.framework.session import Container, Message, Peer, RefObject, Session
+from broker.framework.namespace import GLOBAL, LOCAL, Name, qualify
 
 from broker.services.kv.wire import (COUNT, DELETE, ECHO, GET, KEY_LEN, KEYS, KV_CODES, LENGTH, MAX_TABLE_NAME, OPEN_TABLE,
                                      PUT, VALUE_CEILING)
@@ -59,10 +60,15 @@ class SharedTable(RefObject):
     def __init__(self, store: "KeyValueStore") -> None:
         super().__init__()
         self.store = store
+        self.qname: Name | None = None  # its name in its namespace (framework/namespace.py)
         self.bytes = 0  # keys and values held
         self._entries: dict[bytes, bytes] = {}
         self._sorted: list[bytes] | None = None  # the keys in order, until the next change
         self._lock = threading.Lock()
+
+    @property
+    def shown(self) -> str:
+        return self.qname.shown if self.qname is not None else self.name or ""
 
     def close(self) -> None:
         # under the store's lock: a concurrent OPEN_TABLE never finds a table its last holder is destroying
@@ -83,11 +89,11 @@ class SharedTable(RefObject):
         with self._lock:
             old = self._entries.get(key)
             if old is None and len(self._entries) >= limits.max_entries:
-                raise _Reject(Status.NO_MEMORY, f"table {self.name!r} is full: it has its maximum of "
+                raise _Reject(Status.NO_MEMORY, f"table {self.shown!r} is full: it has its maximum of "
                                                 f"{limits.max_entries} entries")
             size = self.bytes + len(value) + (len(key) if old is None else -len(old))
             if size > limits.max_table_bytes:
-                raise _Reject(Status.NO_MEMORY, f"table {self.name!r} is full: {size} bytes would exceed "
+                raise _Reject(Status.NO_MEMORY, f"table {self.shown!r} is full: {size} bytes would exceed "
                                                 f"its maximum of {limits.max_table_bytes}")
             self._entries[key] = value
             self.bytes = size
@@ -143,29 +149,42 @@ class KeyValueStore:
             return store
 
     def open(self, session: Session, name: str) -> int:
-        """Open the table `name` (created if nobody has it open) as a sub-session of `session`: its handle."""
+        """Open the table `name` (created if nobody has it open) as a sub-session of `session`: its handle.
+        `name` is in a namespace (framework/namespace.py): `Global\\x` is everyone's, `x` the session's
+        login session's own."""
         if len(session.objects) >= session.objects.limit:  # checked first: a refused open must not count a reference
             raise _Reject(Status.NO_MEMORY, f"a session can have at most {session.objects.limit} sub-sessions open")
+        try:
+            n = qualify(name, session.peer)
+        except ValueError as e:
+            raise _Reject(Status.ARGUMENT, str(e)) from None
         with self._lock:
             try:
-                table = self.tables.find(name)
+                table = self.tables.find(n.key)
             except BadHandle:
                 if len(self.tables) >= self.limits.max_tables:
                     raise _Reject(Status.NO_MEMORY, f"the store has its maximum of {self.limits.max_tables} "
                                                     "tables open") from None
-                table = self.tables.add(name, SharedTable(self))
+                table = SharedTable(self)
+                table.qname = n
+                self.tables.add(n.key, table)
             assert isinstance(table, SharedTable)
             return session.open_subsession(table)
 
     def table(self, name: str) -> SharedTable:
-        """The open table `name`; BadHandle (a LookupError) if no session has it open."""
-        table = self.tables.find(name)
-        assert isinstance(table, SharedTable)
-        return table
+        """The open table `name` as its sessions name it (`x`, `Global\\x`); BadHandle (a LookupError) if no
+        session has it open, or if several login sessions have a Local table of that name."""
+        found = [t for t in self._tables() if t.qname is not None and t.qname.shown == name]
+        if len(found) != 1:
+            raise BadHandle(f"{self.tables.name} has {'no' if not found else len(found)} open tables named {name!r}")
+        return found[0]
+
+    def _tables(self) -> list[SharedTable]:
+        return [self.tables.find(k) for k in self.tables.names()]  # type: ignore[misc]
 
     def names(self) -> list[str]:
-        """The names of the open tables."""
-        return self.tables.names()
+        """The names of the open tables, as their sessions name them (`x` for a Local one, `Global\\x`)."""
+        return sorted(t.qname.shown if t.qname is not None else (t.name or "") for t in self._tables())
 
 
 # ---- server side: the sessions --------------------------------------------------------------
@@ -246,7 +265,7 @@ class KeyValueSession(Session):
             raise _Reject(Status.BAD_HANDLE, str(e)) from None
         if not isinstance(obj, SharedTable) or obj.store is not self.store:
             raise _Reject(Status.BAD_HANDLE, f"handle {m.handle:#010x} is not a table of this session")
-        self._may(obj.name or "", action)
+        self._may(obj.qname.name if obj.qname is not None else obj.name or "", action)
         return obj
 
     def _may(self, name: str, *actions: str) -> None:
@@ -265,7 +284,8 @@ class KeyValueSession(Session):
                 raise _Reject(Status.ARGUMENT, f"the table name {_show(raw)} is not UTF-8") from None
             if not name.isprintable():
                 raise _Reject(Status.ARGUMENT, f"the table name {name!r} has unprintable characters")
-            self._may(name, "read", "write")
+            self._may(name[len(GLOBAL):] if name.startswith(GLOBAL) else name[len(LOCAL):] if name.startswith(LOCAL)
+                      else name, "read", "write")  # grants name tables without their namespace
             return self.store.open(self, name)
         if code == COUNT:
             return len(self._table(m, "read"))
@@ -285,7 +305,7 @@ class KeyValueSession(Session):
         room = _room(m, 1, "value")
         value = table.get(key)
         if value is None:
-            raise _Reject(Status.NOT_FOUND, f"table {table.name!r} has no key {_show(key)}")
+            raise _Reject(Status.NOT_FOUND, f"table {table.shown!r} has no key {_show(key)}")
         if len(value) > room:
             raise _Reject(Status.OVERFLOW, f"the value of {_show(key)} has {len(value)} bytes: argument 1 "
                                            f"holds {room}")

@@ -12,6 +12,7 @@ from broker.protocol.codes import (LINK_CALL, LINK_CODES, LINK_OFFER, LINK_OPEN,
 from broker.protocol.frames import ArgKind, Status
 from broker.framework.access import register_kind
 from broker.framework.service import Service
+from broker.framework.namespace import Name, qualify
 from broker.framework.session import Message, RefObject, refuse
 
 from broker.services.links.wire import (LinkError, MAX_ERROR, MAX_SERVICE_NAME, MAX_PAIRS, PAIR_CAPACITY, TAKE_CALL, TAKE_HEAD, TAKE_PAIR,
@@ -23,9 +24,11 @@ register_kind("service", ("offer", "call"))  # what grants say of linked service
 
 
 class _Offer(RefObject):
-    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
+    def __init__(self, broker: "LinkBroker", n: Name, conn: Any) -> None:
         super().__init__()
-        self.broker, self.name, self.conn = broker, name, conn
+        self.broker, self.name, self.conn = broker, n.key, conn  # name: unique server-wide (namespace.py)
+        self.qname = n
+        self.shown = n.shown  # as its session names it
         # waiting: id, the caller's message (None for TAKE_UNPAIR), its code, the packed arguments, TAKE_*
         self.queue: deque[tuple[int, Message | None, int, bytes, int]] = deque()
         self.running: dict[int, Message] = {}  # taken, not yet replied to
@@ -40,9 +43,11 @@ class _Offer(RefObject):
 
 
 class _Link(RefObject):
-    def __init__(self, broker: "LinkBroker", name: str, conn: Any) -> None:
+    def __init__(self, broker: "LinkBroker", n: Name, conn: Any) -> None:
         super().__init__()
-        self.broker, self.name, self.conn = broker, name, conn
+        self.broker, self.name, self.conn = broker, n.key, conn  # name: unique server-wide (namespace.py)
+        self.qname = n
+        self.shown = n.shown  # as its session names it
         self.calls = 0
         self.pairs: list[_Pair] = []
         self.gone = False
@@ -114,14 +119,17 @@ class LinkBroker(Service):
             raise LinkError(f"argument {i} is bytes")
         return msg.read(i)
 
-    def _name(self, msg: Message) -> str:
+    def _name(self, msg: Message, conn: Any) -> Name:
+        """The service's name, in its namespace (framework/namespace.py: unqualified is Local)."""
         raw = self._bytes(msg, 0)
         if not 1 <= len(raw) <= MAX_SERVICE_NAME:
             raise LinkError(f"a service name is 1 to {MAX_SERVICE_NAME} bytes, not {len(raw)}")
         try:
-            return raw.decode()
+            return qualify(raw.decode(), conn.peer)
         except UnicodeDecodeError:
             raise LinkError("a service name is UTF-8") from None
+        except ValueError as e:
+            raise LinkError(str(e)) from None
 
     @staticmethod
     def _own(conn: Any, msg: Message, kind: type) -> Any:
@@ -131,22 +139,22 @@ class LinkBroker(Service):
         return obj
 
     def _offer(self, conn: Any, msg: Message) -> None:
-        name = self._name(msg)
-        self.server.access.check(conn.peer, "service", name, "offer")  # (broker/framework/access.py)
+        n = self._name(msg, conn)
+        self.server.access.check(conn.peer, "service", n.name, "offer")  # (broker/framework/access.py)
         with self._lock:
-            if name in self.offers:
-                msg.complete(Status.ARGUMENT, f"{name!r} is offered already (connection "
-                                              f"{self.offers[name].conn.peer.connection_id})")
+            if n.key in self.offers:
+                msg.complete(Status.ARGUMENT, f"{n.shown!r} is offered already (connection "
+                                              f"{self.offers[n.key].conn.peer.connection_id})")
                 return
-            offer = _Offer(self, name, conn)
+            offer = _Offer(self, n, conn)
             handle = conn.session.open_subsession(offer)
-            self.offers[name] = offer
+            self.offers[n.key] = offer
         msg.complete(handle)
 
     def _open(self, conn: Any, msg: Message) -> None:
-        name = self._name(msg)
-        self.server.access.check(conn.peer, "service", name, "call")
-        link = _Link(self, name, conn)
+        n = self._name(msg, conn)
+        self.server.access.check(conn.peer, "service", n.name, "call")
+        link = _Link(self, n, conn)
         handle = conn.session.open_subsession(link)
         with self._lock:
             self.links.append(link)
@@ -162,7 +170,7 @@ class LinkBroker(Service):
         with self._lock:
             offer = self.offers.get(link.name)
             if offer is None:
-                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
+                msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
                 return
             link.calls += 1
             offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
@@ -182,7 +190,7 @@ class LinkBroker(Service):
         with self._lock:
             offer = self.offers.get(link.name)
             if offer is None:
-                msg.complete(Status.NOT_FOUND, f"nobody offers {link.name!r}")
+                msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
                 return
             why = self._no_pair(conn, offer)
             if why:
@@ -192,7 +200,7 @@ class LinkBroker(Service):
             try:
                 segment = make_pair_segment(name, PAIR_CAPACITY)  # a sealed memfd: its name says so
             except (OSError, ValueError, BrokerError) as e:  # short of memory, say: the calls go relayed
-                msg.complete(Status.NO_MEMORY, f"no private rings for {link.name!r}: {e}")
+                msg.complete(Status.NO_MEMORY, f"no private rings for {link.shown!r}: {e}")
                 return
             name = segment.name
             if len(name) > msg.max_length(0):
@@ -320,7 +328,7 @@ class LinkBroker(Service):
             return
         if writes:
             if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
-                caller.complete(Status.ARGUMENT, f"the provider of {offer.name!r} wrote into arguments that "
+                caller.complete(Status.ARGUMENT, f"the provider of {offer.shown!r} wrote into arguments that "
                                                  "are not writable")
                 return
             try:
@@ -340,7 +348,7 @@ class LinkBroker(Service):
             msg.complete(0)
             if live and caller is not None:
                 caller.complete(status, text.decode(errors="replace") or
-                                f"the provider of {offer.name!r} could not attach the rings")
+                                f"the provider of {offer.shown!r} could not attach the rings")
             self._end_pair(pair)
             return
         with self._lock:
@@ -366,7 +374,7 @@ class LinkBroker(Service):
             self._end_pair(pair)
         for m in gone:
             if not m.completed:
-                m.complete(Status.DISCONNECTED, f"the provider of {offer.name!r} is gone")
+                m.complete(Status.DISCONNECTED, f"the provider of {offer.shown!r} is gone")
         if take is not None and not take.completed:
             take.complete(Status.CANCELLED, "the offer was closed")
 
@@ -388,7 +396,8 @@ class LinkBroker(Service):
 
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"service": name, "provider": o.conn.peer.connection_id, "queued": len(o.queue),
+            return [{"service": o.shown, "namespace": o.qname.namespace, "owner": o.qname.owner,
+                     "provider": o.conn.peer.connection_id, "queued": len(o.queue),
                      "running": len(o.running), "served": o.served, "direct": len(o.pairs),
                      "pairs": o.paired,
                      "callers": sorted({link.conn.peer.connection_id for link in self.links if link.name == name})}

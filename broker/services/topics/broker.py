@@ -25,8 +25,26 @@ from broker.services.topics.wire import (POLICIES, MAX_TOPIC_NAME, MAX_OPTIONS, 
                                         DEFAULT_QUEUE_CAPACITY, DEFAULT_BLOCK_TIMEOUT, DEFAULT_RING_CAPACITY, MAX_RING_CAPACITY, RING_CONSUMERS, RELAY_BATCH,
                                         BATCH_HEAD, RECORD_HEAD, MAX_MESSAGE, RING_GONE, TOPIC_OF, RING_ADD, MESSAGE_HEAD, TABLE_ENTRY, Assembler, split_record)
 from broker.framework.session import Message, RefObject, refuse
+from broker.framework.namespace import GLOBAL, Name, qualify
+from broker.framework.namespace import owner_of as _owner_of
 
 log = logging.getLogger("broker.topics")
+
+
+def _bare_name(shown: str) -> str:
+    """A topic's name without its namespace (what grants match)."""
+    return shown[len(GLOBAL):] if shown.startswith(GLOBAL) else shown
+
+
+def _bare(topic: "Topic") -> str:
+    return _bare_name(topic.name)
+
+
+def _qualify(name: str, peer: Any) -> Name:
+    try:
+        return qualify(name, peer)
+    except ValueError as e:
+        raise TopicError(str(e)) from None
 _trecv_batch = _RING_CALLS["topic_recv_batch"]  # whole messages of a ring, many in one C call (csrc/py/ring.c)
 _RING_EMPTY, _BATCH_MAX = _lib.BRK_EMPTY, _lib.BRK_PY_BATCH_MAX
 _tpack = _RING_CALLS["topic_pack"]  # a FETCH's reply packed from a subscriber's queue, in C
@@ -195,6 +213,7 @@ class ServerSubscriber(RefObject):
         self.rings: set[int] = set()  # those publishers' ids: the server relays it only the others
         self.handover: set[int] = set()  # ring publishers it was told of (RING_ADD), still relayed to it
         self.pattern: str | None = None  # a prefix subscriber's name ("prices.*"), else None
+        self.pattern_key = ""  # ...and the prefix of the topics' keys it matches (framework/namespace.py)
         self.attached: list[Topic] = [topic] if topic is not None else []  # the topics it is subscribed to
         self.announced: set[int] = set()  # a prefix subscriber: publishers whose topic it was told
 
@@ -204,7 +223,10 @@ class ServerSubscriber(RefObject):
 
 @dataclass
 class Topic:
-    name: str
+    name: str  # as its sessions name it: `x` (Local), `Global\\x` (framework/namespace.py)
+    key: str = ""  # unique server-wide (Name.key): the topics' dict is keyed by it
+    namespace: str = "Local"
+    owner: str | None = None  # a Local topic's login session
     publishers: dict[int, ServerPublisher] = field(default_factory=dict)
     subscribers: dict[int, ServerSubscriber] = field(default_factory=dict)
     history: deque[_Item] = field(default_factory=deque)
@@ -270,14 +292,14 @@ class TopicBroker(Service):
             raise BadHandle(f"handle {msg.handle} is not a {kind.__name__.lower()}")
         return obj
 
-    def _topic(self, name: str) -> Topic:
-        topic = self.topics.get(name)
+    def _topic(self, n: Name) -> Topic:
+        topic = self.topics.get(n.key)
         if topic is None:
-            topic = self.topics[name] = Topic(name)
+            topic = self.topics[n.key] = Topic(n.shown, n.key, n.namespace, n.owner)
             allows = self.server.access.allows
             for sub in self.patterns.values():  # the prefix subscribers it matches are subscribed to it
-                if (sub.gone is None and name.startswith(sub.pattern[:-1])  # type: ignore[index]
-                        and allows(sub.conn.peer, "topic", name, "subscribe")):  # (and a grant lets read)
+                if (sub.gone is None and n.key.startswith(sub.pattern_key)
+                        and allows(sub.conn.peer, "topic", n.name, "subscribe")):  # (and a grant lets read)
                     self._attach(sub, topic)
         return topic
 
@@ -290,13 +312,14 @@ class TopicBroker(Service):
         name = _text(self._read(msg, 0), "topic name", MAX_TOPIC_NAME)
         if name.endswith("*"):
             raise TopicError(f"a topic name that ends in '*' is a subscriber's prefix, not a topic: {name!r}")
-        self.server.access.check(conn.peer, "topic", name, "publish")
+        n = _qualify(name, conn.peer)
+        self.server.access.check(conn.peer, "topic", n.name, "publish")
         opts = _options(self._read(msg, 1), PUBLISHER_OPTIONS)
         ring = opts.get("ring", False) and conn.on_rings and not self.server.is_async
         if ring and msg.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
             raise TopicError("a ring publisher takes a writable argument 2 for its ring's name")
         with self._lock:
-            topic = self._topic(name)
+            topic = self._topic(n)
             pub = ServerPublisher(self, topic, next(self._ids), conn, opts.get("history", 0),
                             opts.get("block_timeout", DEFAULT_BLOCK_TIMEOUT))
             if ring:
@@ -388,20 +411,21 @@ class TopicBroker(Service):
         name = _text(self._read(msg, 0), "topic name", MAX_TOPIC_NAME)
         opts = _options(self._read(msg, 1), SUBSCRIBER_OPTIONS)
         access = self.server.access
+        n = _qualify(name, conn.peer)
         if name.endswith("*"):
-            if not access.allows_some(conn.peer, "topic", name[:-1], "subscribe"):
-                access.check(conn.peer, "topic", name, "subscribe")  # (raises: no grant reaches under it)
-            self._open_prefix(conn, msg, name, opts)
+            if not access.allows_some(conn.peer, "topic", n.name[:-1], "subscribe"):
+                access.check(conn.peer, "topic", n.name, "subscribe")  # (raises: no grant reaches under it)
+            self._open_prefix(conn, msg, n, opts)
             return
-        access.check(conn.peer, "topic", name, "subscribe")
+        access.check(conn.peer, "topic", n.name, "subscribe")
         with self._lock:
-            topic = self._topic(name)
+            topic = self._topic(n)
             for pub in [p for p in self.relays if p.topic is topic]:
                 # what its ring holds was published before this subscriber came: to the others (and the
                 # history) first, so that this one starts after it (a blocking subscriber may go over its
                 # capacity for it, up to twice its capacity: see _relay_from)
                 self._relay_from(pub, catch_up=True)
-            topic = self._topic(name)  # (the catch-up may have ended a relay and forgotten the topic)
+            topic = self._topic(n)  # (the catch-up may have ended a relay and forgotten the topic)
             sub = ServerSubscriber(self, topic, next(self._ids), conn, opts.get("capacity", DEFAULT_QUEUE_CAPACITY),
                              opts.get("policy", "block"))
             want = opts.get("history", 0)
@@ -433,18 +457,20 @@ class TopicBroker(Service):
             self._update_relay(topic)
         msg.complete(handle)
 
-    def _open_prefix(self, conn: Any, msg: Message, name: str, opts: dict[str, Any]) -> None:
-        """A subscriber to every topic whose name starts with name[:-1], now and later: relayed."""
+    def _open_prefix(self, conn: Any, msg: Message, n: Name, opts: dict[str, Any]) -> None:
+        """A subscriber to every topic of n's namespace whose name starts with n's name (less its '*'),
+        now and later: relayed."""
         with self._lock:
             sub = ServerSubscriber(self, None, next(self._ids), conn, opts.get("capacity", DEFAULT_QUEUE_CAPACITY),
                              opts.get("policy", "block"))
-            sub.pattern = name
-            prefix, want = name[:-1], opts.get("history", 0)
-            for pub in [p for p in self.relays if p.topic.name.startswith(prefix)]:
+            sub.pattern = n.shown
+            sub.pattern_key = prefix = n.key[:-1]
+            want = opts.get("history", 0)
+            for pub in [p for p in self.relays if p.topic.key.startswith(prefix)]:
                 self._relay_from(pub, catch_up=True)  # as a subscriber of that topic starts after it
             allows, peer = self.server.access.allows, conn.peer
             for topic in [t for t in self.topics.values()  # (those still there, and a grant lets it read)
-                          if t.name.startswith(prefix) and allows(peer, "topic", t.name, "subscribe")]:
+                          if t.key.startswith(prefix) and allows(peer, "topic", _bare(t), "subscribe")]:
                 if want:
                     for item in list(topic.history)[-want:]:
                         self._enqueue_for(sub, topic, item)
@@ -735,8 +761,8 @@ class TopicBroker(Service):
             return
         if any(p.topic is topic for p in self.relays):  # a closed publisher's rest is still relayed to them:
             return  # forgotten when that ends (_end_relay)
-        if self.topics.get(topic.name) is topic:
-            del self.topics[topic.name]
+        if self.topics.get(topic.key) is topic:
+            del self.topics[topic.key]
         for sub in topic.subscribers.values():
             sub.attached = [t for t in sub.attached if t is not topic]
         topic.subscribers.clear()
@@ -899,7 +925,8 @@ class TopicBroker(Service):
     def stats(self) -> list[dict[str, Any]]:
         """Each topic: its publishers and subscribers (with their sessions' connection ids) and counters."""
         with self._lock:
-            return [{"topic": t.name, "published": t.published, "dropped": t.dropped,
+            return [{"topic": t.name, "namespace": t.namespace, "owner": t.owner,
+                     "published": t.published, "dropped": t.dropped,
                      "draining": sum(1 for p in self.relays if p.closed and p.topic is t),
                      "disconnected": t.disconnected, "timed_out": t.timed_out, "history": len(t.history),
                      "publishers": [{"id": p.id, "connection_id": p.conn.peer.connection_id,
@@ -910,14 +937,17 @@ class TopicBroker(Service):
                                       "capacity": s.capacity, "queued": len(s.queue), "delivered": s.delivered,
                                       "lost": s.lost_total, "direct": s.direct, "pattern": s.pattern}
                                      for s in t.subscribers.values()]}
-                    for t in sorted(self.topics.values(), key=lambda t: t.name)]
+                    for t in sorted(self.topics.values(), key=lambda t: (t.namespace, t.owner or "", t.name))]
 
     def _list(self, conn: Any, msg: Message) -> None:
-        """TOPIC_LIST: the topics this peer may publish to or subscribe to (all of them, for the server's user)."""
+        """TOPIC_LIST: the topics this peer sees (the Global ones and its own login session's Local ones)
+        and may publish to or subscribe to (every one of those, for the server's user)."""
         topics, access, peer = self.stats(), self.server.access, conn.peer
+        mine = _owner_of(peer)
+        topics = [t for t in topics if t["owner"] in (None, mine)]
         if not access.owner(peer):
-            topics = [t for t in topics if access.allows(peer, "topic", t["topic"], "subscribe")
-                      or access.allows(peer, "topic", t["topic"], "publish")]
+            topics = [t for t in topics if access.allows(peer, "topic", _bare_name(t["topic"]), "subscribe")
+                      or access.allows(peer, "topic", _bare_name(t["topic"]), "publish")]
         data = json.dumps(topics, sort_keys=True).encode()
         try:
             msg.write(0, data)
