@@ -229,7 +229,8 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
 # ---- broker stat ------------------------------------------------------------------------
 
 
-def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key: Any = None) -> int:
+def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key: Any = None,
+         by_session: bool = False) -> int:
     """The live sessions of the server at `address`; with interval, a second look that long after gives
     the rates (topics published and relayed a second, services' calls a second)."""
     import json
@@ -262,7 +263,15 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
           + (f"; {len(data['grants'])} grant{'s' if len(data['grants']) != 1 else ''}" if data.get("grants") else ""))
     head = ("conn", "peer", "carrier", "requests", "bytes in", "bytes out", "outst.", "subs", "session rule")
     rows = [head]
-    for r in data["sessions"]:
+    sessions = data["sessions"]
+    if by_session:  # grouped by login session, each under a line that says what the kernel knows of it
+        logins = {x.get("login_session"): x for x in data.get("login_sessions") or []}
+        sessions = sorted(sessions, key=lambda r: (str(r.get("login_session")), r.get("connection_id") or 0))
+    last = object()
+    for r in sessions:
+        if by_session and r.get("login_session") != last:
+            last = r.get("login_session")
+            rows.append((_login_line(logins.get(last), last),))
         if r.get("connection") == "unix":
             peer = f"pid {r.get('pid')} uid {r.get('uid')}"
         else:
@@ -276,9 +285,9 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
         rows.append((f"{r.get('connection_id')}{mark}", peer, carrier,
                      str(r.get("requests")), str(r.get("bytes_in")), str(r.get("bytes_out")),
                      str(r.get("outstanding")), str(r.get("subsessions")), str(r.get("rule"))))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+    widths = [max(len(row[i]) for row in rows if len(row) > 1) for i in range(len(head) - 1)]
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        print(row[0] if len(row) == 1 else "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     n = len(data["sessions"])
     print(f"{n} session{'s' if n != 1 else ''} (* this one)")
     topics = data.get("topics") or []
@@ -322,6 +331,21 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return 0
+
+
+def _login_line(login: dict[str, Any] | None, key: Any) -> str:
+    """A login session's heading in `broker stat --by-session`."""
+    if not login:
+        return f"login session {key}:"
+    said = [f"user {login.get('user') or login.get('uid')}" if login.get("transport") == "unix"
+            else f"TCP {login.get('identity') or '(no key)'}"]
+    if login.get("transport") == "unix":
+        said.append(f"session {login.get('session_id') if login.get('session_id') is not None else 'unset'}")
+    for k in ("tty", "seat", "display", "remote_host"):
+        if login.get(k):
+            said.append(f"{k.replace('_', ' ')} {login[k]}")
+    n = len(login.get("connections") or [])
+    return f"login session ({', '.join(said)}): {n} connection{'s' if n != 1 else ''}"
 
 
 def _namespace(entry: dict[str, Any]) -> str:
@@ -704,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
                     help="a server name, a Unix socket path or tcp://host:port (default: %(default)s)")
     st.add_argument("--json", action="store_true", help="everything, as JSON")
+    st.add_argument("--by-session", action="store_true",
+                    help="group the connections by login session (user, audit session, tty, seat)")
     st.add_argument("--timeout", type=_bounded(float, 0.001), default=5.0, help="seconds (default: %(default)s)")
     st.add_argument("--interval", type=_bounded(float, 0.0), default=0.5,
                     help="seconds between the two looks that give the rates (0: one look, no rates; "
@@ -776,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo()
     if args.command == "stat":
-        return stat(args.address, args.json, args.timeout, args.interval, _key(args))
+        return stat(args.address, args.json, args.timeout, args.interval, _key(args), args.by_session)
     if args.command == "clean":
         return clean(args.dry_run)
     if args.command == "pub":

@@ -58,6 +58,8 @@ from broker.protocol.frames import (
     passed_fd_message,
 )
 from broker.framework.service import Service, dispatch_table
+from broker.framework.logins import Logins
+from broker.framework.namespace import owner_of
 from broker.framework.session import SERVING, CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
 
 log = logging.getLogger("broker.server")
@@ -119,6 +121,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         self.decision: Decision | None = None  # the session rule's verdict, made at HELLO
         self.requests = self.completions = self.bytes_in = self.bytes_out = 0  # statistics
         self.cancels = 0  # requests the client cancelled while they were outstanding
+        self.logged_in = False  # counted in its login session's connections (server._logins)
         self.slots = 0
         self.async_outstanding = 0
         self.messages: dict[int, Message] = {}
@@ -480,6 +483,11 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         log.info("session %s: %s; session rule: %s", self.peer, carrier, d)
         self.server._event(SessionEvent("connected", self.peer, f"{self.peer.transport} {carrier}; session rule: {d}",
                                         self.session, d))
+        self.logged_in = True
+        login = self.server._logins.connected(self.peer)
+        if login is not None:  # the first connection from its login session
+            self.server._event(SessionEvent("logon", self.peer, f"login session {login['login_session']}",
+                                            self.session, d, login))
 
     def _serve(self, msgs: list[Message]) -> None:
         """Messages C made (take_requests): code >= 0, no policy to check; already in the books (their
@@ -745,6 +753,12 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                 log.warning("%s.closed() raised %r", type(session).__name__, e)
         if not quiet:
             srv._event(SessionEvent("disconnected", self.peer, reason, session))
+        if self.logged_in:
+            self.logged_in = False
+            login = srv._logins.disconnected(self.peer)
+            if login is not None:  # its login session's last connection
+                srv._event(SessionEvent("logoff", self.peer, f"login session {login['login_session']}", session,
+                                        None, login))
 
 
 def _clear_stale_socket(path: str) -> None:
@@ -886,6 +900,7 @@ class Server:
         self._locks: list[_address.AddressLock] = []  # held while serving: the Unix addresses are ours
         self._conns: set[_Conn] = set()
         self._conns_open: set[_Conn] = set()
+        self._logins = Logins()  # the login sessions with connections now: logon, logoff, their facts
         self._soon: list[Callable[[], None]] = []
         self._soon_lock = threading.Lock()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap: (when, order, fn)
@@ -1692,9 +1707,15 @@ class Server:
              "rule": str(c.decision) if c.decision else "",
              "requests": c.requests, "completions": c.completions, "cancels": c.cancels, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
              "queued_bytes": c.counted, "paused": c.paused,
-             "partial_frame_bytes": c.proto.reader.pending}
+             "partial_frame_bytes": c.proto.reader.pending, "login_session": owner_of(c.peer)}
             for c, r in ((c, c.rings) for c in sorted(self._conns_open, key=lambda c: c.peer.connection_id))
         ]
+
+    def login_sessions(self) -> list[dict[str, Any]]:
+        """The login sessions with connections now, as the kernel describes them: login_session (the key,
+        its Local namespace), user, uid, session_id, tty, seat (and logind's display, remote_host...),
+        connections (their ids). A TCP peer's is its identity's."""
+        return self._logins.list()
 
     def stats(self) -> dict[str, Any]:
         """sessions() and the server's own facts, as JSON-able data (what `broker stat` shows)."""
@@ -1713,5 +1734,6 @@ class Server:
                 "tcp": None if len(self.addresses) < 2 else ("insecure" if self.insecure_tcp else "keys"),
                 "keys": sorted(self.keys) if self.keys is not None else [],
                 "grants": [str(g) for g in self.access.grants],
-                "shm_policy": self.shm_policy, "sessions": rows, "bounds": bounds,
+                "shm_policy": self.shm_policy, "sessions": rows, "login_sessions": self.login_sessions(),
+                "bounds": bounds,
                 **{s.stats_key: s.stats() for s in self.services}}

@@ -419,13 +419,15 @@ def find_policy(policies: Iterable[Policy], code: int) -> Policy | None:
 
 @dataclass(frozen=True)
 class SessionEvent:
-    """A session connected, was refused, or disconnected (closed, died, panicked, protocol error, server stopped)."""
+    """A session connected, was refused, or disconnected (closed, died, panicked, protocol error, server
+    stopped); or a login session's first connection came (logon) or its last went (logoff)."""
 
-    kind: str  # "connected" | "refused" | "disconnected"
+    kind: str  # "connected" | "refused" | "disconnected" | "logon" | "logoff"
     peer: Peer
     reason: str = ""
     session: Any = field(default=None, compare=False)
     decision: Any = field(default=None, compare=False)  # connected: the session rule's _identity.Decision
+    login: Any = field(default=None, compare=False)  # logon / logoff: the login session's facts (framework/logins.py)
 
 
 # ---- reference-counted objects and named containers ------------------------------

@@ -588,8 +588,8 @@ def test_session_events_iterator(tmp_path):
     it = srv.events(timeout=10)
     with srv:
         in_child(lambda: connect(path).close())
-        first, second = next(it), next(it)
-    assert (first.kind, second.kind) == ("connected", "disconnected")
+        first, logon, second, logoff = next(it), next(it), next(it), next(it)
+    assert (first.kind, logon.kind, second.kind, logoff.kind) == ("connected", "logon", "disconnected", "logoff")
     assert first.peer.pid is not None and first.peer.uid == os.geteuid() and second.reason == "closed"
 
 
