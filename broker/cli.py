@@ -29,8 +29,34 @@ def _where(bound: Any) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
+def _octal(text: str) -> int:
+    """--mode's value: an octal file mode, 0 to 777."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode (e.g. 660)") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r}: a mode is 0 to 777")
+    return mode
+
+
+def _activated_socket() -> Any:
+    """The listening socket systemd passed (socket activation: LISTEN_PID is us, LISTEN_FDS >= 1), or None."""
+    import socket
+
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS") or 0) < 1:
+        return None
+    for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(k, None)  # not for our children
+    sock = socket.socket(fileno=3)  # SD_LISTEN_FDS_START
+    if sock.family != socket.AF_UNIX:
+        raise ValueError("the socket systemd passed is not a Unix socket (ListenStream=/run/broker/NAME.sock)")
+    return sock
+
+
 def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None,
-          limits: dict[str, Any] | None = None, access: dict[str, Any] | None = None) -> int:
+          limits: dict[str, Any] | None = None, access: dict[str, Any] | None = None,
+          where: dict[str, Any] | None = None) -> int:
     """Run a server with the built-in services in the foreground until SIGINT or SIGTERM."""
     from broker._errors import AddressInUse, BrokerError
     from broker.api import Server
@@ -67,8 +93,14 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
         grants = list(access.pop("grant", None) or [])
         for path in access.pop("grants", None) or []:
             grants += load_grants(path)
+        where = dict(where or {})
+        activated = _activated_socket()
+        if activated is not None:
+            where["listen_socket"] = activated
+            where.pop("system", None)  # systemd chose where it listens
+            address = activated.getsockname() or address
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
-                     shm_policy=shm_policy, metrics=metrics, grants=grants, **access, **(limits or {}))
+                     shm_policy=shm_policy, metrics=metrics, grants=grants, **access, **(limits or {}), **where)
     except (ValueError, PermissionError) as e:
         _say("broker serve", str(e))
         return 2
@@ -714,6 +746,12 @@ def main(argv: list[str] | None = None) -> int:
                           "'key:alice topic:prices.* subscribe' (repeat it; see broker/framework/access.py)")
     srv.add_argument("--grants", metavar="FILE", action="append", default=None,
                      help="grants from a file, a line each (not writable by others)")
+    srv.add_argument("--system", action="store_true",
+                     help="listen at /run/broker/NAME.sock ($BROKER_SYSTEM_DIR), where every local user's "
+                          "connect('NAME') finds it (socket 0666 unless --mode/--group; grants decide the rest)")
+    srv.add_argument("--mode", metavar="OCTAL", type=_octal, default=None,
+                     help="the Unix socket's mode, e.g. 660 (default: 666 with --system, else the umask's)")
+    srv.add_argument("--group", default=None, help="the Unix socket's group (a name or a gid), e.g. with --mode 660")
     srv.add_argument("--detach", action="store_true",
                      help="serve in the background, in a session of its own; return once it serves (its pid said), "
                           f"or with its error (exit {EXIT_IN_USE}: another server is live at the address)")
@@ -796,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = {k: v for k in ("max_queued", "max_queued_per_user", "stall_timeout", "handshake_timeout")
                   if (v := getattr(args, k)) is not None}
         access = {"keys": args.keys, "insecure_tcp": args.insecure_tcp, "grant": args.grant, "grants": args.grants}
-        return serve(args.address, args.tcp, args.shm_policy, args.metrics, limits, access)
+        where = {k: v for k in ("system", "mode", "group") if (v := getattr(args, k)) not in (None, False)}
+        return serve(args.address, args.tcp, args.shm_policy, args.metrics, limits, access, where)
     if args.command == "keygen":
         return keygen(args.file, args.name)
     if args.command == "demo":

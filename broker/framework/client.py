@@ -354,7 +354,9 @@ class ClientSession:
         if rings is None:
             self._carrier.reader = proto.reader  # a big reply is read from the socket straight into its frame
         self.transport = self._carrier.kind
-        self.server_pid: int | None = None  # the server's process, as the kernel says (Unix sockets)
+        # the server's process, as the kernel says (Unix sockets): the one that called listen(), so under
+        # socket activation the one that made the socket (systemd)
+        self.server_pid: int | None = None
         if sock.family == socket.AF_UNIX:
             self.server_pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0] or None
         self.ring_capacity = rings.capacity if rings is not None else None  # of each ring, as the server granted
@@ -1163,7 +1165,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
         raise ValueError("ring_capacity must be from 1 to 2**31 bytes (or None: the server's default)")
     if busy_poll:
         spin_us = _BUSY_POLL_US
-    addr = _address.parse(address)
+    addr = _address.parse_client(address)  # a bare name: this user's server, else the system-wide one
     mine = None if addr.is_unix else _keys.client_key(key)  # KeyFileError before anything is sent
     fds: list[int] = []  # descriptors the server passed (the doorbell of an offer)
     rings: ClientRings | None = None

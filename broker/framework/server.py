@@ -761,6 +761,20 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                                         None, login))
 
 
+def _group_id(group: "str | int") -> int:
+    """A group's id, from its name or its number."""
+    if isinstance(group, int):
+        return group
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise ValueError(f"no group named {group!r}") from None
+
+
 def _clear_stale_socket(path: str) -> None:
     """Before binding `path`: remove a stale socket there (its server gone), and nothing else.
 
@@ -816,8 +830,22 @@ class Server:
                  max_queued: int = 8 << 20, max_queued_per_user: int = 64 << 20, stall_timeout: float = 30.0,
                  handshake_timeout: float = 10.0, max_handshakes: int = 256,
                  max_handshakes_per_user: int = 32, keys: Any = None, insecure_tcp: bool = False,
-                 grants: Any = (), services: tuple[type[Service], ...] = ()) -> None:
-        self.addresses = [_address.parse(address)] + ([_address.parse(tcp)] if tcp else [])
+                 grants: Any = (), services: tuple[type[Service], ...] = (), system: bool = False,
+                 mode: int | None = None, group: "str | int | None" = None,
+                 listen_socket: socket.socket | None = None) -> None:
+        if system and not isinstance(address, str) or system and "/" in address:
+            raise ValueError(f"system=True takes a server name (it listens at {_address.system_dir()}/NAME.sock), "
+                             f"not {address!r}")
+        self.addresses = [_address.parse_system(address) if system else _address.parse(address)] + (
+            [_address.parse(tcp)] if tcp else [])
+        if not self.addresses[0].is_unix and (system or mode is not None or group is not None or listen_socket):
+            raise ValueError("system, mode, group and listen_socket are for a Unix socket address")
+        # who may reach the Unix socket: a system-wide server's is every local user's (0666) unless mode
+        # and group say otherwise; the policies and grants then decide what each may do
+        self.system = system
+        self.mode = mode if mode is not None else (0o666 if system else None)
+        self.group = _group_id(group) if group is not None else None
+        self._activated = listen_socket  # socket activation: systemd bound it (the address is only its name)
         # TCP is authenticated (broker/transport/keys.py): a client proves it holds one of `keys` (a keys file,
         # default $BROKER_KEYS or ~/.config/broker/keys, or Keys), and the server proves it holds it
         # too; plain TCP only with insecure_tcp, with a warning. None: no TCP, or plain TCP.
@@ -981,8 +1009,16 @@ class Server:
 
     def _listen(self) -> None:
         for addr in self.addresses:
+            if addr.is_unix and self._activated is not None:  # systemd's socket: bound, listening, its own
+                s = self._activated
+                self._listeners.append(s)
+                s.setblocking(False)
+                self.bound.append(s.getsockname())
+                continue
             if addr.is_unix:
                 path = str(addr.target)
+                if self.system:
+                    _address.make_system_dir()
                 self._locks.append(_address.AddressLock(path))  # AddressInUse: another server has it
                 _clear_stale_socket(path)
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -991,6 +1027,10 @@ class Server:
                     s.bind(path)
                 except OSError as e:
                     raise _address.bind_error(e, path) from e
+                if self.group is not None:
+                    os.chown(path, -1, self.group)
+                if self.mode is not None:
+                    os.chmod(path, self.mode)
                 st = os.lstat(path)
                 self._bound_paths[path] = (st.st_dev, st.st_ino)
             else:

@@ -46,6 +46,50 @@ def runtime_dir() -> str:
     return path
 
 
+SYSTEM_DIR_ENV = "BROKER_SYSTEM_DIR"
+
+
+def system_dir() -> str:
+    """Where system-wide servers listen, for every local user: /run/broker ($BROKER_SYSTEM_DIR)."""
+    return os.environ.get(SYSTEM_DIR_ENV) or "/run/broker"
+
+
+def system_path(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"bad server name {name!r}: letters, digits, '_', '-', '.'")
+    return os.path.join(system_dir(), f"{name}.sock")
+
+
+def make_system_dir() -> str:
+    """The system directory, made if missing (0755: every user may reach the sockets in it, and only
+    its owner may add or remove one); refused if others may write to it."""
+    path = system_dir()
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) & 0o022:
+        raise PermissionError(f"{path} must be a directory that only its owner may write to")
+    return path
+
+
+def parse_system(name: str) -> Address:
+    """A server name in the system directory (Server(system=True), broker serve --system)."""
+    return Address(socket.AF_UNIX, system_path(name), name)
+
+
+def parse_client(address: str) -> Address:
+    """The address a client connects to: as parse(), except that a bare name with no server in this
+    user's runtime directory is looked for in the system directory (a system-wide server's)."""
+    addr = parse(address)
+    if addr.is_unix and "/" not in address and not os.path.exists(str(addr.target)):
+        system = system_path(address)
+        if os.path.exists(system):
+            return Address(socket.AF_UNIX, system, address)
+    return addr
+
+
 def parse(address: str) -> Address:
     """Address from text: 'tcp://host:port', a path (contains '/'), or a bare name."""
     if not isinstance(address, str) or not address:
