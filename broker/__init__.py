@@ -34,6 +34,7 @@ from broker.transport.keys import Key, KeyFileError, load_keys, new_key
 from broker.transport.identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 from broker.core.malloc import keep_large_buffers
 from broker.protocol.frames import ArgKind, ProtocolError, Status
+from broker.protocol.frames import Notify as Notification
 from broker.core.ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
 from broker.framework.server import Refused
 from broker.services.topics.client import Publisher, Received, Subscriber
@@ -116,6 +117,7 @@ __all__ = [
     "ViewBuffer",
     "connect",
     "start_server",
+    "Notification",
     "decide",
     "local_facts",
     "peer_facts",

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
 from collections import deque
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from broker.transport import address as _address
 from broker.transport import keys as _keys
@@ -50,6 +50,7 @@ from broker.protocol.frames import (
     ClientConnection,
     Complete,
     Hello,
+    Notify,
     Panic,
     ProtocolError,
     Refuse,
@@ -65,6 +66,7 @@ from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
 log = logging.getLogger("broker.client")
 
 _RECV = 256 * 1024
+NOTIFY_QUEUE = 1024  # notifications kept for notifications() (the oldest go first)
 _MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
@@ -366,6 +368,10 @@ class ClientSession:
         self._fd_queue: list[int] = []  # received, their message not complete yet
         self._passed: dict[str, int] = {}  # received and named, not taken yet
         self._on_close: list[Callable[[BaseException], Any]] = []  # on_close(): told once, when the session ends
+        self._on_notify: list[Callable[[Notify], Any]] = []
+        self._notes: deque[Notify] = deque()
+        self._note_cond = threading.Condition(threading.Lock())
+        self.notifications_lost = 0
         self._ended = threading.Event()
         self._watched = False  # its socket is watched for the server's hang-up (framework/watch.py)
         if sharable:
@@ -1072,6 +1078,7 @@ class ClientSession:
         """_dispatch, for `data` or (not None) the events the protocol already made of it."""
         settled: list[tuple[Any, Any]] = []
         failure: BaseException | None = None
+        notes: list[Notify] = []
         with self._lock:
             if events is None:
                 try:
@@ -1091,6 +1098,8 @@ class ClientSession:
                         settled.append((fut, result_of(ev)))
                     except BrokerError as e:
                         settled.append((fut, e))
+                elif isinstance(ev, Notify):
+                    notes.append(ev)
                 elif isinstance(ev, Panic):
                     failure = Panicked(ev.reason)
                     break
@@ -1099,8 +1108,49 @@ class ClientSession:
                     break
         for fut, outcome in settled:
             _settle(fut, outcome)
+        if notes:
+            self._notified(notes)
         if failure is not None:
             self._fail(failure)
+
+    def _notified(self, notes: list[Notify]) -> None:
+        """What the server said first: to the on_notify callbacks, and to notifications()' queue (bounded:
+        the oldest go first, counted in notifications_lost)."""
+        with self._note_cond:
+            for note in notes:
+                if len(self._notes) >= NOTIFY_QUEUE:
+                    self._notes.popleft()
+                    self.notifications_lost += 1
+                self._notes.append(note)
+            self._note_cond.notify_all()
+            callbacks = list(self._on_notify)
+        for note in notes:
+            for callback in callbacks:
+                try:
+                    callback(note)
+                except Exception as e:  # noqa: BLE001 - a callback's bug is its own
+                    log.warning("an on_notify callback raised %r", e)
+
+    def on_notify(self, callback: Callable[[Notify], Any]) -> None:
+        """Call callback(notification) for each notification the server sends (Session.notify on its
+        side): notification.code and .data. It runs in the session's reader thread, which this starts:
+        an idle session hears its server too."""
+        with self._note_cond:
+            self._on_notify.append(callback)
+        self._background()
+
+    def notifications(self, timeout: float | None = None) -> Iterator[Notify]:
+        """The notifications the server sends, as they come (the NOTIFY_QUEUE last ones are kept); the
+        iteration ends when the session does, or when none came for `timeout` seconds."""
+        self._background()
+        while True:
+            with self._note_cond:
+                if not self._notes:
+                    self._note_cond.wait_for(lambda: self._notes or self._broken is not None, timeout)
+                if not self._notes:
+                    return
+                note = self._notes.popleft()
+            yield note
 
     def _fail(self, err: BaseException) -> None:
         """The session is over: every pending request gets the error (outside the lock)."""
@@ -1125,6 +1175,8 @@ class ClientSession:
         for fut, _, _ in pending.values():
             _settle(fut, broken)
         self._ended.set()
+        with self._note_cond:
+            self._note_cond.notify_all()  # notifications() ends
         for callback in tell:
             try:
                 callback(broken)

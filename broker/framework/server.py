@@ -122,6 +122,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         self.requests = self.completions = self.bytes_in = self.bytes_out = 0  # statistics
         self.cancels = 0  # requests the client cancelled while they were outstanding
         self.logged_in = False  # counted in its login session's connections (server._logins)
+        self._early: list[bytes] = []  # notifications made while the client's answer to the rings was due
         self.slots = 0
         self.async_outstanding = 0
         self.messages: dict[int, Message] = {}
@@ -355,6 +356,24 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         elif isinstance(ev, Cancel):
             self.on_cancel(ev.request_id)
 
+    def notify(self, code: int, data: bytes = b"") -> None:
+        """Send the client a notification it did not ask for (any thread): Session.notify."""
+        data = bytes(data)
+        if len(data) > self.server.max_frame - 4:
+            raise ValueError(f"a notification of {len(data)} bytes is more than the server's max frame")
+        with self.lock:
+            if self.ended or self.proto.state != State.OPEN:
+                raise StateError(f"the session of {self.peer} is over")
+            frame = self.proto.notify(code, data)
+            if self.rings is not None and not self.on_rings:
+                # rings offered, the answer not read yet: the client will read the rings or the socket,
+                # which is not known yet; it goes where the answer says (on_shm_answer)
+                if len(self._early) >= 1024:
+                    raise ServerBusy(f"{self.peer} has not taken its rings yet: 1024 notifications wait already")
+                self._early.append(frame)
+                return
+            self._send(frame)
+
     def on_cancel(self, rid: int) -> None:
         """The client cancelled a request (Future.cancel(), a call that timed out): the service hears of it
         (Message.on_cancel, an async service's task cancelled), and the request completes with
@@ -395,6 +414,10 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             self.end("refused", quiet=True)
             return
         self.session = session
+        try:
+            session._connection = self  # Session.notify speaks through it
+        except AttributeError:  # a session object of the application's that takes no attributes
+            pass
         self.slots = min(hello.slots, srv.max_slots)
         self.decision = d = srv._decide(self.peer, hello.socket_only)
         srv._conns_open.add(self)
@@ -462,6 +485,9 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                 self.carrier = rings
                 self.ring_put, self.ring_pending = rings.put, rings.pending  # for C's complete()
                 self.on_rings = True
+                early, self._early = self._early, []
+                for frame in early:  # notifications made while the answer was due: on the rings
+                    self._send(frame)
             self._batch = ring_batch()
             srv = self.server
             if srv._aloop is None and not srv.policies:  # C may take the common requests (see on_ring)
@@ -472,6 +498,10 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             self.rings = None
             rings.close()
             self.decision = Decision(False, f"the client could not map the segment: {ev.reason}", d.policy)
+            with self.lock:
+                early, self._early = self._early, []
+                for frame in early:  # on the socket, which carries the session
+                    self._send(frame)
         self._connected_event()
         if self.on_rings:
             self.on_ring()  # requests may already wait in ring 0

@@ -368,6 +368,15 @@ class Session:
     def closed(self, reason: str) -> None:
         """Called once when the session ends, after its sub-sessions are closed."""
 
+    def notify(self, code: int, data: bytes = b"") -> None:
+        """Speak first (the guidelines' WTSSendMessage): send this session's client a notification, a code
+        and data, which its on_notify callbacks and notifications() get. From any thread; StateError
+        once the session is over."""
+        conn = self.__dict__.get("_connection")
+        if conn is None:
+            raise StateError("this session has no connection yet")
+        conn.notify(code, data)
+
 
 # ---- security policies ------------------------------------------------------------
 

@@ -37,6 +37,7 @@ Bodies:
                 wants a key (broker/transport/keys.py has the exchange and the proofs)
     AUTH        client nonce (32 bytes), client proof (32 bytes), key name (UTF-8, the rest, 1-64)
     AUTH_OK     the server's proof (32 bytes); right before its WELCOME
+    NOTIFY      code i32, data (the rest): the server speaks first (Session.notify); an open session only
 
 An argument descriptor is 16 bytes: kind u8, 0 u8 x3, length u32, value i64.
 INT and HANDLE carry their value; READ carries `length` bytes of payload;
@@ -111,6 +112,7 @@ class FrameType(enum.IntEnum):
     CHALLENGE = 12  # server: prove you hold a key (its nonce)
     AUTH = 13  # client: the key's name, a nonce, the proof
     AUTH_OK = 14  # server: its own proof, before WELCOME
+    NOTIFY = 15  # server: a notification the client did not ask for (a code and data)
 
 
 class ArgKind(enum.IntEnum):
@@ -268,8 +270,16 @@ class Close:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Notify:
+    """The server speaks first: a code and data for the client's on_notify / notifications()."""
+
+    code: int
+    data: bytes = b""
+
+
 Event = (Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close | ShmOffer | ShmAccept | ShmDecline
-         | Challenge | Auth | AuthOk)
+         | Challenge | Auth | AuthOk | Notify)
 
 # The per-message frames in C (csrc/py/codec.c): it makes these classes' instances itself, their fields
 # declared to it here, once (a renamed field fails here, at import).
@@ -451,6 +461,10 @@ def encode(event: Event) -> bytes:
         return _frame(FrameType.CANCEL, b"", event.request_id)
     if isinstance(event, Close):
         return _frame(FrameType.CLOSE, _text(event.reason))
+    if isinstance(event, Notify):
+        if not -0x80000000 <= event.code <= 0x7FFFFFFF:
+            raise ValueError(f"a notification's code is a 32-bit signed integer, not {event.code}")
+        return _frame(FrameType.NOTIFY, _STATUS.pack(event.code) + bytes(event.data))
     if isinstance(event, ShmOffer):
         name = event.name.encode()
         if not 0 < len(name) <= MAX_SHM_NAME or not 0 < event.capacity < 2**32:
@@ -538,6 +552,9 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
         return Cancel(request_id)
     if t == FrameType.CLOSE:
         return Close(_utf8(b, "CLOSE reason"))
+    if t == FrameType.NOTIFY:
+        _need(b, _STATUS.size, "NOTIFY")
+        return Notify(_STATUS.unpack_from(b)[0], bytes(b[_STATUS.size:]))
     if t == FrameType.SHM_OFFER:
         _need(b, _STATUS_U32.size, "SHM_OFFER")
         capacity = _STATUS_U32.unpack_from(b)[0]
@@ -995,6 +1012,8 @@ class ClientConnection(_Side):
         if isinstance(ev, Close):
             self._close(ev.reason or "closed by the server")
             return
+        if isinstance(ev, Notify):
+            return
         raise ProtocolError(f"a server does not send {type(ev).__name__}")
 
 
@@ -1120,3 +1139,8 @@ class ServerConnection(_Side):
         self._close(reason or "closed by the server")
         self.outstanding.clear()
         return encode(Close(reason))
+
+    def notify(self, code: int, data: bytes = b"") -> bytes:
+        """A NOTIFY frame: the server speaks first (an open session only)."""
+        self._check_open("a notification")
+        return encode(Notify(code, data))
