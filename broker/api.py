@@ -8,14 +8,19 @@ and a line in BUILTIN (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Sequence
 
-from broker._errors import ServerNotFound
+from broker._errors import ServerNotFound, ServiceError
+from broker.framework.session import Peer
+from broker.transport.identity import local_facts
 from broker.transport import address as _address
 
 from broker.framework import client as _client
@@ -29,12 +34,157 @@ from broker.services.topics.client import list_topics, open_publisher, open_subs
 BUILTIN: tuple[type[Service], ...] = (TopicBroker, LinkBroker)
 
 
+class _HostConn:
+    """The process that embeds the server, as the built-in services see a connection: its own peer
+    (connection id 0, this process's kernel facts: its names are its own login session's), no
+    session, no socket, no rings."""
+
+    session = None
+    session_key = None
+    on_rings = False
+    ended = False
+
+    def __init__(self) -> None:
+        self.peer = Peer(0, "unix", os.getpid(), os.geteuid(), os.getegid(), facts=local_facts())
+
+    def pass_fd(self, name: str, fd: int) -> bool:
+        return False
+
+
+class HostPublisher:
+    """A publisher of the host process (Server.publisher): publish() puts the message straight into the
+    subscribers' queues, with no socket and no copy into a ring."""
+
+    def __init__(self, server: "Server", topic: str, history: int, block_timeout: float) -> None:
+        self._server, self.topic = server, topic
+        self._topics = server.service("topics")
+        self._pub = self._topics.host_publisher(server._host(), topic, history, block_timeout)
+
+    def publish(self, data: Any, *, timeout: float | None = None) -> None:
+        """As a client's publish(): bytes, any bytes-like object or a numpy array. Where a blocking
+        subscriber is full it waits up to `timeout` (block_timeout) for room, then FullTimeout; from the
+        server's own loop (a service), which makes that room, Full at once."""
+        self._topics.host_publish(self._pub, [data], timeout, self._server._may_wait())
+
+    def publish_many(self, messages: Any, *, timeout: float | None = None) -> int:
+        items = list(messages)
+        self._topics.host_publish(self._pub, items, timeout, self._server._may_wait())
+        return len(items)
+
+    def close(self) -> None:
+        self._topics.host_close(self._pub)
+
+    def __enter__(self) -> "HostPublisher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HostOffer:
+    """A linked service of the host process (Server.offer): its handler runs for each call at once."""
+
+    def __init__(self, server: "Server", name: str, handler: Callable[[Any], Any]) -> None:
+        self._links, self.name = server.service("services"), name
+        self._offer = self._links.host_offer(server._host(), name, handler)
+
+    def close(self) -> None:
+        self._links.host_close(self._offer)
+
+    def __enter__(self) -> "HostOffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HostLink:
+    """The host process's link to a linked service (Server.link): send_receive() as a session's."""
+
+    def __init__(self, server: "Server", name: str) -> None:
+        self._server, self._links, self.name = server, server.service("services"), name
+
+    def send_receive(self, code: int, *args: Any, timeout: float | None = 10.0) -> int:
+        """Call it: the status (the provider's writes applied to Buffer and bytearray arguments), or the
+        typed error (ServiceError with the status and text; DISCONNECTED if its provider went, NOT_FOUND
+        if nobody offers it, TIMED_OUT after `timeout`)."""
+        status, text, writes = self._links.host_call(self._server._host(), self.name, code, args, _client.Buffer,
+                                                     timeout, self._server._may_wait())
+        for i, data in writes.items():
+            target = args[i] if i < len(args) else None
+            if isinstance(target, _client.Buffer):
+                target.value = data
+            elif isinstance(target, bytearray):
+                target[:] = data
+        if status < 0:
+            raise ServiceError(status, text)
+        return status
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "HostLink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Server(_server.Server):
     __doc__ = _server.Server.__doc__
 
     def __init__(self, address: str, session: Any = _server.Session, *,
                  services: tuple[type[Service], ...] = BUILTIN, **options: Any) -> None:
         super().__init__(address, session, services=services, **options)
+        self._host_conn: _HostConn | None = None
+        self._host_pubs: dict[str, HostPublisher] = {}
+
+    # -- the host process itself (an embedder): topics and linked services without being a client ----
+
+    def _host(self) -> _HostConn:
+        if self._host_conn is None:
+            self._host_conn = _HostConn()
+        return self._host_conn
+
+    def _may_wait(self) -> bool:
+        """May this thread wait for the server's loop? Not the loop's own thread (threaded or asyncio)."""
+        if self._thread is not None and threading.current_thread() is self._thread:
+            return False
+        if self._aloop is not None:
+            try:
+                return asyncio.get_running_loop() is not self._aloop
+            except RuntimeError:
+                return True
+        return True
+
+    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> HostPublisher:
+        """A publisher of this process on `topic` (its namespace: `Global\\x`, or this process's own login
+        session's): its messages go into the subscribers' queues at once, with no socket to itself."""
+        return HostPublisher(self, topic, history, block_timeout)
+
+    def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
+        """publisher(topic).publish(data), its publisher kept for the next publish on the topic (stop()
+        closes them)."""
+        pub = self._host_pubs.get(topic)
+        if pub is None:
+            pub = self._host_pubs[topic] = self.publisher(topic)
+        pub.publish(data, timeout=timeout)
+
+    def offer(self, name: str, handler: Callable[[Any], Any]) -> HostOffer:
+        """Offer a linked service from this process: handler(call) -> status runs for each call at once
+        (a client's call: in the server's loop, so keep it short), call being what a client's offer's
+        handler gets (read, write, integer...)."""
+        return HostOffer(self, name, handler)
+
+    def link(self, name: str) -> HostLink:
+        """A link of this process to the service offered as `name`, by a client or by this process."""
+        return HostLink(self, name)
+
+    def _shutdown(self) -> None:
+        for pub in self._host_pubs.values():
+            pub.close()
+        self._host_pubs.clear()
+        super()._shutdown()
 
 
 # what help() and an editor show: the framework's whole signature, with the built-in services as the default

@@ -56,6 +56,7 @@ def test_an_idle_client_hears_its_server(chatty):
         assert [next(it).code for _ in range(3)] == [1, 2, 9]  # the iterator sees them too
         threading.Thread(target=lambda: server_side.notify(3, b"from another thread")).start()
         assert next(it) == broker.Notification(3, b"from another thread")
+    wait_for(lambda: not chatty.sessions())  # the server has seen the close
     with pytest.raises(broker.StateError):
         server_side.notify(4)  # the session is over
 

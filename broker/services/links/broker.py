@@ -1,22 +1,24 @@
 """Linked services at the server: LinkBroker (the design: broker/services/links/__init__.py)."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
 from collections import deque
 from typing import Any, Callable
 
-from broker._errors import BadHandle, BrokerError, Overflow
+from broker._errors import BadHandle, BrokerError, Overflow, StateError
 from broker.protocol.codes import (LINK_CALL, LINK_CODES, LINK_OFFER, LINK_OPEN, LINK_PAIR,  # noqa: F401
                                    LINK_REPLY, LINK_TAKE, LINK_UNPAIR)
-from broker.protocol.frames import ArgKind, Status
+from broker.protocol.frames import NO_ARG, Arg, ArgKind, Status
 from broker.framework.access import register_kind
 from broker.framework.service import Service
 from broker.framework.namespace import Name, qualify
 from broker.framework.session import Message, RefObject, refuse
 
 from broker.services.links.wire import (LinkError, MAX_ERROR, MAX_SERVICE_NAME, MAX_PAIRS, PAIR_CAPACITY, TAKE_CALL, TAKE_HEAD, TAKE_PAIR,
-                                         TAKE_UNPAIR)
+                                         TAKE_UNPAIR, pack_call, pack_writes, unpack_call, unpack_writes)
+from broker.services.links.client import LinkedCall
 
 register_kind("service", ("offer", "call"))  # what grants say of linked services (framework/access.py)
 
@@ -29,6 +31,7 @@ class _Offer(RefObject):
         self.broker, self.name, self.conn = broker, n.key, conn  # name: unique server-wide (namespace.py)
         self.qname = n
         self.shown = n.shown  # as its session names it
+        self.handler: Callable[[Any], Any] | None = None  # a host process's service (host_offer): run at once
         # waiting: id, the caller's message (None for TAKE_UNPAIR), its code, the packed arguments, TAKE_*
         self.queue: deque[tuple[int, Message | None, int, bytes, int]] = deque()
         self.running: dict[int, Message] = {}  # taken, not yet replied to
@@ -40,6 +43,39 @@ class _Offer(RefObject):
 
     def destroyed(self) -> None:
         self.broker._offer_closed(self)
+
+
+class _HostCaller:
+    """The host process's call as the broker's books hold a caller's Message: completed, connection,
+    kind, max_length, write, complete (the provider's answer lands here)."""
+
+    def __init__(self, conn: Any, room: int) -> None:
+        self.connection, self.room = conn, room
+        self.done = threading.Event()
+        self.status, self.text, self.written = 0, "", b""
+        self._lock = threading.Lock()
+
+    @property
+    def completed(self) -> bool:
+        return self.done.is_set()
+
+    def kind(self, i: int) -> ArgKind:
+        return ArgKind.WRITE if i == 2 and self.room else ArgKind.NONE
+
+    def max_length(self, i: int) -> int:
+        return self.room if i == 2 else 0
+
+    def write(self, i: int, data: bytes) -> None:
+        if i != 2 or len(data) > self.room:
+            raise Overflow(f"{len(data)} bytes into argument {i} of at most {self.room if i == 2 else 0}")
+        self.written = bytes(data)
+
+    def complete(self, status: int = 0, error: str | None = None) -> None:
+        with self._lock:
+            if self.done.is_set():
+                return
+            self.status, self.text = int(status), error or ""
+            self.done.set()
 
 
 class _Link(RefObject):
@@ -173,9 +209,100 @@ class LinkBroker(Service):
                 msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
                 return
             link.calls += 1
-            offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
-            if offer.take is not None:
-                self._hand(offer)
+            if offer.handler is None:
+                offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
+                if offer.take is not None:
+                    self._hand(offer)
+                return
+        self._run_host(offer, msg, code, blob)  # the host process's own service: run here, now
+
+    # -- the host process's own services and calls (Server.offer / link, broker/api.py) ----------------
+
+    def host_offer(self, conn: Any, name: str, handler: Callable[[LinkedCall], Any]) -> _Offer:
+        """Offer `name` (in its namespace) from the process that embeds the server: each call runs
+        handler(call) at once, in the thread that made it (the server's loop, for a client's call), with
+        no socket and no queue. Close it with host_close."""
+        try:
+            n = qualify(name, conn.peer)
+        except ValueError as e:
+            raise LinkError(str(e)) from None
+        with self._lock:
+            if n.key in self.offers:
+                raise LinkError(f"{n.shown!r} is offered already (connection {self.offers[n.key].conn.peer.connection_id})")
+            offer = _Offer(self, n, conn)
+            offer.handler = handler
+            offer.open()
+            self.offers[n.key] = offer
+        return offer
+
+    def host_close(self, offer: _Offer) -> None:
+        if offer.refs:
+            offer.close()
+
+    def _run_host(self, offer: _Offer, caller: Any, code: int, blob: bytes) -> None:
+        """A call to a host offer: the handler, then the caller's completion (its writes packed)."""
+        try:
+            args = [Arg(kind, value, data) for kind, value, data in unpack_call(blob)]
+        except ValueError as e:
+            caller.complete(Status.ARGUMENT, f"a call {offer.shown!r} cannot read: {e}")
+            return
+        call = LinkedCall(code, args + [NO_ARG] * (4 - len(args)))
+        try:
+            result = offer.handler(call)  # type: ignore[misc]
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError("a host process's linked service runs synchronously: give a plain function")
+            status = 0 if result is None else int(result)
+            if not 0 <= status <= 0x7FFFFFFF:
+                raise ValueError(f"a handler returns a status from 0 to 2**31-1 (or raises), not {status}")
+        except Exception as e:  # the caller is told; the server goes on
+            caller.complete(Status.DIED, f"{type(e).__name__}: {e}")
+            return
+        offer.served += 1
+        if call.writes:
+            packed = pack_writes(call.writes)
+            if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
+                caller.complete(Status.ARGUMENT, f"the provider of {offer.shown!r} wrote into arguments that "
+                                                 "are not writable")
+                return
+            try:
+                caller.write(2, packed)
+            except Overflow:
+                caller.complete(Status.OVERFLOW, f"the provider's writes take {len(packed)} bytes")
+                return
+        caller.complete(status)
+
+    def host_call(self, conn: Any, name: str, code: int, args: tuple[Any, ...], buffer_type: type,
+                  timeout: float | None, may_wait: bool) -> tuple[int, str, dict[int, bytes]]:
+        """A call from the host process to the service offered as `name`: (status, error text, writes).
+        A host offer runs at once; a client's is queued for it as its callers' are, and waited for
+        (not from the server's loop, which hands it over)."""
+        try:
+            n = qualify(name, conn.peer)
+        except ValueError as e:
+            raise LinkError(str(e)) from None
+        blob, room = pack_call(args, buffer_type)
+        caller = _HostCaller(conn, room)
+        with self._lock:
+            offer = self.offers.get(n.key)
+            if offer is None:
+                return int(Status.NOT_FOUND), f"nobody offers {n.shown!r}", {}
+            if offer.handler is None:
+                if not may_wait:
+                    raise StateError(f"{n.shown!r} is a client's service: the server's own loop cannot wait for it")
+                offer.queue.append((next(self._ids), caller, code, blob, TAKE_CALL))
+                if offer.take is not None:
+                    self._hand(offer)
+        if offer.handler is not None:
+            self._run_host(offer, caller, code, blob)
+        if not caller.done.wait(timeout):
+            caller.complete(Status.TIMED_OUT, f"no answer from {n.shown!r} within {timeout} s")  # (skipped if queued)
+        try:
+            writes = unpack_writes(caller.written) if caller.written else {}
+        except ValueError as e:
+            return int(Status.GENERAL), f"the provider of {n.shown!r} sent unreadable writes: {e}", {}
+        return caller.status, caller.text, writes
 
     def _pair(self, conn: Any, msg: Message) -> None:
         """LINK_PAIR: a private pair of rings between this link and the provider, if both are in

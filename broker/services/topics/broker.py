@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from broker.core import names as _names
-from broker._errors import BadHandle, BrokerError, Closed, Empty, Overflow, PeerGone
+from broker._errors import BadHandle, BrokerError, Closed, Empty, Full, FullTimeout, Overflow, PeerGone, StateError
 from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
                                    TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
 from broker.protocol.frames import ArgKind, Status
@@ -26,6 +26,7 @@ from broker.services.topics.wire import (POLICIES, MAX_TOPIC_NAME, MAX_OPTIONS, 
                                         BATCH_HEAD, RECORD_HEAD, MAX_MESSAGE, RING_GONE, TOPIC_OF, RING_ADD, MESSAGE_HEAD, TABLE_ENTRY, Assembler, split_record)
 from broker.framework.session import Message, RefObject, refuse
 from broker.framework.namespace import GLOBAL, Name, qualify
+from broker.services.topics.client import _encode
 from broker.framework.namespace import owner_of as _owner_of
 
 log = logging.getLogger("broker.topics")
@@ -356,6 +357,55 @@ class TopicBroker(Service):
                         self._pass_ring(sub.conn, pub)
                         self._control(sub, _Item(pub.id, 0, RING_ADD, pub.ring_name.encode()))
         msg.complete(handle)
+
+    # -- the host process's own publishers (Server.publisher / publish, broker/api.py) --------------
+
+    def host_publisher(self, conn: Any, name: str, history: int = 0,
+                       block_timeout: float = DEFAULT_BLOCK_TIMEOUT) -> ServerPublisher:
+        """A publisher of the process that embeds the server, on `name` in its namespace (conn: the host's
+        connection-like object): no session, no socket, its messages go into the subscribers' queues
+        at once. Close it with host_close."""
+        if name.endswith("*"):
+            raise TopicError(f"a topic name that ends in '*' is a subscriber's prefix, not a topic: {name!r}")
+        n = _qualify(name, conn.peer)
+        with self._lock:
+            topic = self._topic(n)
+            pub = ServerPublisher(self, topic, next(self._ids), conn, history, block_timeout)
+            pub.open()
+            topic.publishers[pub.id] = pub
+            self._set_history(topic)
+        return pub
+
+    def host_publish(self, pub: ServerPublisher, messages: list[Any], timeout: float | None,
+                     may_wait: bool) -> None:
+        """Deliver a host publisher's messages (what a client's publish() takes: bytes-like, numpy): at
+        once when every blocking subscriber has room, else (may_wait: not from the server's loop, which
+        makes the room) once they have, within `timeout` (its block_timeout if None); Full /
+        FullTimeout when not."""
+        if pub.closed:
+            raise StateError("the publisher is closed")
+        items = [_encode(m) for m in messages]  # (payload, meta), as a client's publish makes them
+        wait = pub.block_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                if self._room(pub.topic, len(items), pub.id):
+                    self._deliver(pub, items)
+                    return
+                if not may_wait or time.monotonic() >= deadline:
+                    pub.topic.timed_out += len(items)
+                    slow = [s.id for s in pub.topic.subscribers.values()
+                            if s.policy == "block" and len(s.queue) + len(items) > s.capacity]
+                    what = f"no room for {len(items)} message(s): subscriber(s) {', '.join(map(str, slow))} " \
+                           f"did not keep up"
+                    if may_wait and wait > 0:
+                        raise FullTimeout(f"{what} within {wait:g} s")
+                    raise Full(what + (" (the server's own loop cannot wait for them)" if not may_wait else ""))
+            time.sleep(0.0005)  # the loop makes the room, as its subscribers fetch
+
+    def host_close(self, pub: ServerPublisher) -> None:
+        if not pub.closed:
+            pub.close()
 
     def _direct(self, conn: Any, msg: Message) -> None:
         """TOPIC_DIRECT: the subscriber reads publisher arg 0's ring in place from sequence arg 1 on."""
