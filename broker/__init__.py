@@ -30,6 +30,7 @@ from broker._errors import (
     TooBig,
 )
 from broker.framework.access import Access, Grant, GrantError, load_grants, parse_grant
+from broker.framework.namespace import Name, qualify
 from broker.transport.keys import Key, KeyFileError, load_keys, new_key
 from broker.transport.identity import Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 from broker.core.malloc import keep_large_buffers
@@ -118,6 +119,8 @@ __all__ = [
     "connect",
     "start_server",
     "Notification",
+    "Name",
+    "qualify",
     "decide",
     "local_facts",
     "peer_facts",
