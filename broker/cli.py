@@ -547,14 +547,14 @@ def demo() -> int:
             print(f" TCP clients prove the key {key.name!r}, and it may only: {'; '.join(map(str, srv.access.grants))})")
 
             def writer(hold: Any) -> None:
-                with connect(path) as s, KeyValueClient(s).open("orders") as t:
+                with connect(path) as s, KeyValueClient(s).open(ORDERS) as t:
                     for i in range(1000):
                         t.put(f"order-{i}", f"pending {i}")
                     print(f"  process {os.getpid()} put {t.count()} entries into the shared table 'orders'")
                     hold()  # the table lives while a session holds it
 
             def reader(hold: Any) -> None:
-                with connect(tcp, key=keys) as s, KeyValueClient(s).open("orders") as t:
+                with connect(tcp, key=keys) as s, KeyValueClient(s).open(ORDERS) as t:
                     value = t.get("order-999")
                     print(f"  process {os.getpid()} over TCP sees {t.count()} entries; order-999 = {value!r}")
                     hold()
@@ -585,6 +585,10 @@ def demo() -> int:
     return 0
 
 
+# the demo's names: Global, since its TCP client (a namespace of its own) shares them with local ones
+ORDERS, UPPER, PRICES = "Global\\orders", "Global\\upper", "Global\\prices"
+
+
 def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -> None:
     """The demo's second half: the broker's own services. A linked service offered by one process and
     called from others (a shared-memory session and TCP), then a topic: a publisher writing its own
@@ -603,7 +607,7 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
             def upper(call: Any) -> int:
                 call.write(1, call.read(0).upper())
                 return len(call.read(0))
-            with connect(path) as s, s.offer("upper", upper) as offer:
+            with connect(path) as s, s.offer(UPPER, upper) as offer:
                 ready.set()
                 offer.serve_forever(stop, poll=0.05)
 
@@ -617,7 +621,7 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
 
     def caller(address: str) -> Callable[[Any], None]:
         def call(hold: Any) -> None:
-            with connect(address, key=keys) as s, s.link("upper") as link:
+            with connect(address, key=keys) as s, s.link(UPPER) as link:
                 out, times = Buffer(16), []
                 for i in range(2000):
                     t0 = time.perf_counter_ns()
@@ -632,7 +636,7 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
         return call
 
     def publisher(hold: Any) -> None:
-        with connect(path) as s, s.publisher("prices", block_timeout=30) as pub:
+        with connect(path) as s, s.publisher(PRICES, block_timeout=30) as pub:
             hold()  # the subscribers are there
             payload = b"p" * 64
             t0 = time.perf_counter()
@@ -645,7 +649,7 @@ def _demo_services(path: str, tcp: str, keys: str, holding: Any, release: Any) -
 
     def subscriber(address: str) -> Callable[[Any], None]:
         def sub(hold: Any) -> None:
-            with connect(address, key=keys) as s, s.subscriber("prices", capacity=4096) as q:
+            with connect(address, key=keys) as s, s.subscriber(PRICES, capacity=4096) as q:
                 how = "reads the publisher's ring in place" if q.in_place else "gets it relayed by the broker"
                 hold()  # subscribed: the publisher may go
                 t0, got = 0.0, 0

@@ -282,16 +282,17 @@ def test_pub_generates_a_load_and_sub_counts_it_with_its_losses(tmp_path):
     address = str(tmp_path / "b.sock")
     with broker.Server(address, tcp="tcp://127.0.0.1:0", grants=["key:test topic:load subscribe"]) as srv:
         tcp = f"tcp://127.0.0.1:{srv.bound[1][1]}"
-        counting = _sub_proc(address, "load", "--count", "2000", "--quiet")
-        dropping = _sub_proc(tcp, "load", "--quiet", "--policy", "drop", "--capacity", "10")
+        load = "Global\\load"  # a TCP subscriber and local ones: the Global namespace
+        counting = _sub_proc(address, load, "--count", "2000", "--quiet")
+        dropping = _sub_proc(tcp, load, "--quiet", "--policy", "drop", "--capacity", "10")
         try:
             st = run("stat", address)
             assert st.returncode == 0 and "load" in st.stdout and "drop" in st.stdout, st.stdout
-            p = run("pub", "load", "--address", address, "--count", "2000", "--size", "100")
-            assert p.returncode == 0 and "2000 messages of 100 B to 'load'" in p.stderr, p.stderr
+            p = run("pub", load, "--address", address, "--count", "2000", "--size", "100")
+            assert p.returncode == 0 and "2000 messages of 100 B to 'Global\\\\load'" in p.stderr, p.stderr
             out, err = counting.communicate(timeout=30)
             assert counting.returncode == 0 and out == b""
-            assert "2000 messages (200000 bytes) from 'load'" in err.decode() and "lost 0" in err.decode()
+            assert "2000 messages (200000 bytes) from 'Global\\\\load'" in err.decode() and "lost 0" in err.decode()
 
             def accounted() -> bool:  # at the server: every message sent to the dropping one, or dropped
                 return any(q["policy"] == "drop" and q["delivered"] + q["lost"] == 2000 and q["queued"] == 0
