@@ -51,7 +51,20 @@ class _HostConn:
         return False
 
 
-class HostPublisher:
+class _Closing:
+    """close() at the end of a with block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HostPublisher(_Closing):
     """A publisher of the host process (Server.publisher): publish() puts the message straight into the
     subscribers' queues, with no socket and no copy into a ring."""
 
@@ -74,14 +87,8 @@ class HostPublisher:
     def close(self) -> None:
         self._topics.host_close(self._pub)
 
-    def __enter__(self) -> "HostPublisher":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class HostOffer:
+class HostOffer(_Closing):
     """A linked service of the host process (Server.offer): its handler runs for each call at once."""
 
     def __init__(self, server: "Server", name: str, handler: Callable[[Any], Any]) -> None:
@@ -91,14 +98,8 @@ class HostOffer:
     def close(self) -> None:
         self._links.host_close(self._offer)
 
-    def __enter__(self) -> "HostOffer":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class HostLink:
+class HostLink(_Closing):
     """The host process's link to a linked service (Server.link): send_receive() as a session's."""
 
     def __init__(self, server: "Server", name: str) -> None:
@@ -121,13 +122,7 @@ class HostLink:
         return status
 
     def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "HostLink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Nothing to give back: the host holds no sub-session."""
 
 
 class Server(_server.Server):

@@ -260,16 +260,20 @@ class LinkBroker(Service):
             caller.complete(Status.DIED, f"{type(e).__name__}: {e}")
             return
         offer.served += 1
-        if call.writes:
-            packed = pack_writes(call.writes)
+        self._answer(offer, caller, status, pack_writes(call.writes) if call.writes else b"")
+
+    @staticmethod
+    def _answer(offer: _Offer, caller: Any, status: int, writes: bytes) -> None:
+        """A provider's answer to its caller: its packed writes into the caller's argument 2, then the status."""
+        if writes:
             if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
                 caller.complete(Status.ARGUMENT, f"the provider of {offer.shown!r} wrote into arguments that "
                                                  "are not writable")
                 return
             try:
-                caller.write(2, packed)
+                caller.write(2, writes)
             except Overflow:
-                caller.complete(Status.OVERFLOW, f"the provider's writes take {len(packed)} bytes")
+                caller.complete(Status.OVERFLOW, f"the provider's writes take {len(writes)} bytes")
                 return
         caller.complete(status)
 
@@ -453,17 +457,7 @@ class LinkBroker(Service):
         if status < 0:
             caller.complete(status, text.decode(errors="replace") or None)
             return
-        if writes:
-            if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
-                caller.complete(Status.ARGUMENT, f"the provider of {offer.shown!r} wrote into arguments that "
-                                                 "are not writable")
-                return
-            try:
-                caller.write(2, writes)
-            except Overflow:
-                caller.complete(Status.OVERFLOW, f"the provider's writes take {len(writes)} bytes")
-                return
-        caller.complete(status)
+        self._answer(offer, caller, status, writes)
 
     def _paired(self, offer: _Offer, pair: _Pair, caller: Message | None, msg: Message, status: int,
                 text: bytes) -> None:
