@@ -384,7 +384,8 @@ def _namespace(entry: dict[str, Any]) -> str:
     """A name's namespace as `broker stat` shows it: Global, or Local and whose (framework/namespace.py)."""
     if entry.get("namespace") == "Global":
         return "Global"
-    return f"Local ({entry.get('owner')})"
+    owner = str(entry.get("owner")).replace(", ", ",").replace(" ", "=")  # one word: columns split on spaces
+    return f"Local({owner})"
 
 
 # ---- broker pub / broker sub ---------------------------------------------------------------
