@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import time
 import weakref
@@ -75,6 +76,7 @@ _TIMEOUT = lib.BRK_TIMEOUT
 _EVICTED = lib.BRK_EVICTED
 _BUSY = lib.BRK_BUSY
 _LOST = lib.BRK_LOST
+log = logging.getLogger("broker.ring")
 _NOTREADY = lib.BRK_NOTREADY
 _BADSEG = lib.BRK_BADSEG
 _CLOSED = lib.BRK_CLOSED
@@ -201,11 +203,44 @@ def _make_segment(specs: Sequence[tuple[int, int, int, int]], name: str, sealed:
     return mapping
 
 
+def _make_named(specs: Sequence[tuple[int, int, int, int]], name: str) -> _shm.Mapping:
+    """_make_segment of a name a user chose: a segment left there by a creator that died (killed, say)
+    is taken over at once; a live one's is an error that says whose it is."""
+    try:
+        return _make_segment(specs, name)
+    except SegmentError as e:
+        if e.errno != errno.EEXIST:
+            raise
+    try:
+        old = _shm.open_existing(name)
+    except SegmentError:  # gone meanwhile, or not ours to judge: try once more, and say what that says
+        return _make_segment(specs, name)
+    try:
+        rc, hdr = _seg_header(old)
+    finally:
+        old.close()
+    pid, start = (int(hdr.creator_pid), int(hdr.creator_start)) if rc == 0 else (0, 0)
+    if rc == 0 and _proc.alive(pid, start):
+        raise SegmentError(errno.EEXIST, f"{name} already exists: its creator (pid {pid}) is alive")
+    if rc == _NOTREADY:
+        raise SegmentError(errno.EEXIST, f"{name} already exists, and its creator is still making it")
+    log.info("%s: taking over a ring its creator (pid %d) left when it died", name, pid)
+    _shm.unlink(name)
+    return _make_segment(specs, name)
+
+
 def _open_segment(name: str, timeout: float) -> _shm.Mapping:
-    """Map an existing segment, waiting up to `timeout` for its creator to finish formatting it."""
+    """Map an existing segment, waiting up to `timeout` for it to appear and for its creator to finish
+    formatting it."""
     deadline = time.monotonic() + timeout
     while True:
-        mapping = _shm.open_existing(name)
+        try:
+            mapping = _shm.open_existing(name)
+        except SegmentError as e:
+            if e.errno != errno.ENOENT or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.002)  # not there yet: its creator may be about to make it
+            continue
         rc, _hdr = _seg_header(mapping)
         if rc == 0:
             return mapping
@@ -252,14 +287,11 @@ def _open_named(name: str, timeout: float) -> _shm.Mapping:
 
     if theirs != mine:
         raise refuse(_session_text(theirs))
-    try:
-        mapping = _open_segment(seg, timeout)
-    except SegmentError as e:
-        if e.errno == errno.ENOENT and not name.startswith("/"):
-            elsewhere = _names.user_ring_elsewhere(name)
-            if elsewhere:
-                raise refuse(" and ".join(_session_text(k) for _, k in elsewhere)) from None
-        raise
+    if not name.startswith("/") and not os.path.exists(_shm.SHM_DIR + seg):
+        elsewhere = _names.user_ring_elsewhere(name)  # not here, but in another login session: say so now
+        if elsewhere:
+            raise refuse(" and ".join(_session_text(k) for _, k in elsewhere))
+    mapping = _open_segment(seg, timeout)
     rc, hdr = _seg_header(mapping)
     pid, start = int(hdr.creator_pid), int(hdr.creator_start)
     if rc == 0 and _proc.alive(pid, start):
@@ -1119,7 +1151,7 @@ class Ring(_RingSide):
         this user; without one the name is generated (see .name)."""
         side = _role(role)  # check every argument before creating anything
         seg = _names.user_name(name) if name else _names.segment_name("ring")
-        mapping = _make_segment([(lib.BRK_KIND_SPSC, 0, capacity, 0)], seg)
+        mapping = _make_named([(lib.BRK_KIND_SPSC, 0, capacity, 0)], seg)
         return cls(mapping, 0, side, spin_us)
 
     @classmethod
@@ -1156,7 +1188,7 @@ class Broadcast(_RingSide):
         """A new broadcast ring with this process as its producer."""
         seg = _names.user_name(name) if name else _names.segment_name("bcast")
         flags = lib.BRK_FLAG_LOSSY if lossy else 0
-        mapping = _make_segment([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], seg)
+        mapping = _make_named([(lib.BRK_KIND_BCAST, flags, capacity, max_consumers)], seg)
         return cls(mapping, 0, lib.BRK_ROLE_PRODUCER, spin_us)
 
     @staticmethod
