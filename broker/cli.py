@@ -757,6 +757,16 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--mode", metavar="OCTAL", type=_octal, default=None,
                      help="the Unix socket's mode, e.g. 660 (default: 666 with --system, else the umask's)")
     srv.add_argument("--group", default=None, help="the Unix socket's group (a name or a gid), e.g. with --mode 660")
+    srv.add_argument("--metrics-host", metavar="HOST", default="127.0.0.1",
+                     help="the interface --metrics listens on (default: %(default)s)")
+    srv.add_argument("--spin-us", metavar="US", type=_bounded(float, 0), default=None,
+                     help="microseconds the loop polls for more after serving, before it sleeps (default 50)")
+    srv.add_argument("--busy-poll", action="store_true",
+                     help="poll without ever sleeping: the lowest latency, one core always busy")
+    srv.add_argument("--log-level", metavar="LEVEL", default="WARNING",
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                     help="what the broker's log says on stderr: DEBUG, INFO, WARNING (default), ERROR, CRITICAL; "
+                          "a service's exception comes with its traceback")
     srv.add_argument("--detach", action="store_true",
                      help="serve in the background, in a session of its own; return once it serves (its pid said), "
                           f"or with its error (exit {EXIT_IN_USE}: another server is live at the address)")
@@ -768,8 +778,10 @@ def main(argv: list[str] | None = None) -> int:
     kg.add_argument("--name", default=None, help="the key's name, the client's identity (default: user@host)")
     sub.add_parser("demo", help="a broker, clients in other processes over Unix and TCP, the session rule, the round trip")
     st = sub.add_parser("stat", help="the live sessions of a server: peers, transport and why, traffic")
-    st.add_argument("address", metavar="ADDRESS", nargs="?", default="broker",
-                    help="a server name, a Unix socket path or tcp://host:port (default: %(default)s)")
+    st.add_argument("address", metavar="ADDRESS", nargs="?", default=None,
+                    help="a server name, a Unix socket path or tcp://host:port (default: broker)")
+    st.add_argument("--address", dest="address_opt", metavar="ADDRESS", default=None,
+                    help="the same, as the other commands take it")
     st.add_argument("--json", action="store_true", help="everything, as JSON")
     st.add_argument("--by-session", action="store_true",
                     help="group the connections by login session (user, audit session, tty, seat)")
@@ -801,7 +813,10 @@ def main(argv: list[str] | None = None) -> int:
     cln = sub.add_parser("clean", help="remove this user's broker segments in /dev/shm whose creator is dead")
     cln.add_argument("--dry-run", "-n", action="store_true", help="only list what would be removed")
     png = sub.add_parser("ping", help="measure round trips to a broker's echo service")
-    png.add_argument("address", metavar="ADDRESS", help="a server name, a Unix socket path or tcp://host:port")
+    png.add_argument("address", metavar="ADDRESS", nargs="?", default=None,
+                     help="a server name, a Unix socket path or tcp://host:port (default: broker)")
+    png.add_argument("--address", dest="address_opt", metavar="ADDRESS", default=None,
+                     help="the same, as the other commands take it")
     png.add_argument("--count", "-c", type=_bounded(int, 1), default=10, help="round trips (default: %(default)s)")
     png.add_argument("--size", "-s", type=_bounded(int, 0, MAX_PING_SIZE), default=64,
                      help="payload bytes (default: %(default)s)")
@@ -839,12 +854,23 @@ def main(argv: list[str] | None = None) -> int:
         limits = {k: v for k in ("max_queued", "max_queued_per_user", "stall_timeout", "handshake_timeout")
                   if (v := getattr(args, k)) is not None}
         access = {"keys": args.keys, "insecure_tcp": args.insecure_tcp, "grant": args.grant, "grants": args.grants}
-        where = {k: v for k in ("system", "mode", "group") if (v := getattr(args, k)) not in (None, False)}
+        where = {k: v for k in ("system", "mode", "group", "spin_us", "busy_poll")
+                 if (v := getattr(args, k)) not in (None, False)}
+        if args.metrics is not None:
+            where["metrics_host"] = args.metrics_host
+        import logging
+
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                            stream=sys.stderr)
         return serve(args.address, args.tcp, args.shm_policy, args.metrics, limits, access, where)
     if args.command == "keygen":
         return keygen(args.file, args.name)
     if args.command == "demo":
         return demo()
+    if args.command in ("stat", "ping"):  # the address as a positional or as --address, as every command takes it
+        if args.address is not None and args.address_opt is not None and args.address != args.address_opt:
+            parser.error(f"two addresses: {args.address!r} and --address {args.address_opt!r}")
+        args.address = args.address_opt or args.address or "broker"
     if args.command == "stat":
         return stat(args.address, args.json, args.timeout, args.interval, _key(args), args.by_session)
     if args.command == "clean":

@@ -413,3 +413,46 @@ def test_serve_takes_the_bounds_of_what_a_client_may_hold(tmp_path):
     p = run("serve", "--address", address, "--max-queued", "0")
     assert p.returncode == 2 and "--max-queued: 0 is below 1" in p.stderr, p.stderr
 
+
+
+@pytest.mark.stress  # seconds: whole commands
+def test_serve_takes_its_log_level_spin_busy_poll_and_metrics_host(tmp_path):
+    path = str(tmp_path / "o.sock")
+    srv = Serving("--address", path, "--log-level", "INFO", "--spin-us", "0", "--busy-poll", "--metrics", "0",
+                  "--metrics-host", "127.0.0.1")
+    try:
+        p = run("ping", "--address", path, "--count", "3", "--interval", "0")  # --address, as serve takes it
+        assert p.returncode == 0, p.stderr
+        both = run("stat", path, "--address", str(tmp_path / "other.sock"))
+        assert both.returncode == 2 and "two addresses" in both.stderr
+    finally:
+        code, err = srv.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert re.search(r"broker\.server INFO: session connection \d+ .*: socket|shared memory", err), err
+    assert "metrics on http://127.0.0.1:" in err
+
+
+def test_a_services_exception_is_logged_with_its_traceback(tmp_path, caplog):
+    class Raising(broker.Session):
+        def service(self, m: broker.Message) -> None:
+            raise KeyError("deep inside")
+
+    path = str(tmp_path / "r.sock")
+    with caplog.at_level("WARNING", logger="broker.server"), broker.Server(path, Raising), \
+            broker.connect(path) as s:
+        with pytest.raises(broker.ServiceError, match="KeyError"):
+            s.send_receive(1)
+    [rec] = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert rec.exc_info is not None and rec.exc_info[0] is KeyError
+
+
+def test_zmq_style_addresses(tmp_path):
+    ipc = f"ipc://{tmp_path / 'z.sock'}"
+    with broker.Server(ipc, broker.ServicesSession, tcp="tcp://*:0", insecure_tcp=True) as srv:
+        host, port = srv.bound[1][:2]
+        assert host == "0.0.0.0"  # every interface, as pyzmq's tcp://*
+        with broker.connect(ipc) as a, broker.connect(f"tcp://*:{port}", key=False) as b:  # ...reached here
+            assert broker.EchoClient(a).echo(b"i") == b"i" and b.transport == "socket"
+    with pytest.raises(ValueError, match="does not resolve"):
+        broker.Server(str(tmp_path / "n.sock"), tcp="tcp://no-such-host.invalid:0", insecure_tcp=True).start()
+    assert not os.path.exists(tmp_path / "n.sock") and not os.path.exists(tmp_path / "n.sock.lock")

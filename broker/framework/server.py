@@ -641,7 +641,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             status = Status.SERVER_BUSY
         else:
             status = Status.DIED
-            log.warning("service of function %d for %s raised %r", msg.code, self.peer, e)
+            log.warning("service of function %d for %s raised %r", msg.code, self.peer, e, exc_info=e)
         if not msg.completed:
             text = str(e) if status != Status.DIED else f"{type(e).__name__}: {e}"
             msg.complete(status, text)

@@ -83,6 +83,9 @@ def parse_client(address: str) -> Address:
     """The address a client connects to: as parse(), except that a bare name with no server in this
     user's runtime directory is looked for in the system directory (a system-wide server's)."""
     addr = parse(address)
+    if not addr.is_unix and addr.target[0] in ("0.0.0.0", "::"):  # "every interface": this host, to a client
+        addr = Address(addr.family, ("127.0.0.1" if addr.family == socket.AF_INET else "::1", addr.target[1]),
+                       address)
     if addr.is_unix and "/" not in address and not os.path.exists(str(addr.target)):
         system = system_path(address)
         if os.path.exists(system):
@@ -94,12 +97,19 @@ def parse(address: str) -> Address:
     """Address from text: 'tcp://host:port', a path (contains '/'), or a bare name."""
     if not isinstance(address, str) or not address:
         raise ValueError(f"bad address {address!r}")
+    if address.startswith("ipc://"):  # as pyzmq writes a Unix socket's path
+        path = address[6:]
+        if not path:
+            raise ValueError(f"bad address {address!r}: ipc://PATH")
+        return Address(socket.AF_UNIX, path, address)
     if address.startswith("tcp://"):
         rest = address[6:]
         host, sep, port = rest.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"bad TCP address {address!r}: use tcp://host:port")
         host = host.strip("[]") or "127.0.0.1"
+        if host == "*":  # as pyzmq writes every interface (a client reaches this host's)
+            host = "0.0.0.0"
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return Address(family, (host, int(port)), address)
     if "/" in address:
@@ -158,7 +168,10 @@ class AddressLock:
 
 
 def bind_error(e: OSError, where: str) -> Exception:
-    """What a failed bind means: another server at the address (AddressInUse), or the OSError as it is."""
+    """What a failed bind means: another server at the address (AddressInUse), a host name that does
+    not resolve (ValueError, saying which), or the OSError as it is."""
     if e.errno == errno.EADDRINUSE:
         return AddressInUse(f"another server is live at {where}")
+    if isinstance(e, socket.gaierror):
+        return ValueError(f"cannot listen at {where}: the host does not resolve ({e.strerror})")
     return e
