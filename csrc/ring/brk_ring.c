@@ -29,6 +29,22 @@
 
 #include "brk_ring.h"
 
+/* futex_waitv came with Linux 5.16. Kernel headers older than that lack its number, its struct and
+ * FUTEX_32: they are defined here as the kernel's ABI has them, so that such a build image compiles,
+ * and a kernel older than 5.16 answers ENOSYS, which brk_wait_any falls back from at run time. */
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449 /* the same on every architecture (the generic syscall table) */
+#endif
+#ifndef FUTEX_32
+#define FUTEX_32 2
+struct futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t __reserved;
+};
+#endif
+
 /* ---- layout checks ----------------------------------------------------- */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free to work across processes");

@@ -132,3 +132,20 @@ CASES += [pytest.param("tsan", "threads", id="tsan-threads", marks=pytest.mark.s
 def test_ring_test(flavour: str, mode: str, request: pytest.FixtureRequest) -> None:
     binary = request.getfixturevalue(f"ring_test_{flavour}")
     _run_mode(flavour, binary, mode)
+
+
+def test_the_ring_compiles_with_kernel_headers_older_than_futex_waitv(tmp_path: Path) -> None:
+    """Headers before Linux 5.16 lack futex_waitv's struct and FUTEX_32: brk_ring.c defines them (and
+    falls back at run time on ENOSYS), so such a build image still compiles it, warnings as errors."""
+    header = Path("/usr/include/linux/futex.h")
+    if shutil.which("gcc") is None or not header.exists():
+        pytest.skip("needs gcc and the kernel headers")
+    text = header.read_text()
+    start = text.index("#define FUTEX_32")
+    end = text.index("};", text.index("struct futex_waitv {")) + 2
+    (tmp_path / "linux").mkdir()
+    (tmp_path / "linux" / "futex.h").write_text(text[:start] + text[end:])  # as a 5.15 header has it
+    cmd = ["gcc", "-fsyntax-only", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{tmp_path}", f"-I{CSRC}",
+           str(CSRC / "brk_ring.c")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
