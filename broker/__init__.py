@@ -1,6 +1,6 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
 from broker.api import ClientSession, Server, connect, start_server
-from broker.framework.client import Buffer, SubSession, ViewBuffer
+from broker.framework.client import Buffer, Functions, SubSession, ViewBuffer, functions
 from broker._errors import (
     AddressInUse,
     BadHandle,
@@ -55,7 +55,7 @@ from broker.services.kv import (
     SharedTable,
     Table,
 )
-from broker.framework.session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent
+from broker.framework.session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent, function
 from broker._version import __version__
 
 __all__ = [
@@ -119,6 +119,9 @@ __all__ = [
     "connect",
     "start_server",
     "Notification",
+    "Functions",
+    "functions",
+    "function",
     "Name",
     "qualify",
     "decide",

@@ -66,6 +66,7 @@ from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
 log = logging.getLogger("broker.client")
 
 _RECV = 256 * 1024
+REPLY_RESERVE = 64  # a COMPLETE's header and its write's, within the server's max frame
 NOTIFY_QUEUE = 1024  # notifications kept for notifications() (the oldest go first)
 _MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
@@ -104,12 +105,15 @@ def to_arg(a: Any) -> Arg:
     t = type(a)  # the common cases first, by exact type: this runs for every argument of every call
     if t is bytes:
         return Arg(_READ, 0, a)
+    if t is str:  # its UTF-8 bytes (Message.text(i) reads it back)
+        return Arg(_READ, 0, a.encode())
     if t is Buffer:
         return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if a is None:
         return NO_ARG
     if isinstance(a, bool) or not isinstance(a, (int, bytes, bytearray, memoryview, Buffer, SubSession)):
-        raise TypeError(f"an argument is an int, bytes, a bytearray, a broker.Buffer or a SubSession, not {type(a).__name__}")
+        raise TypeError(f"an argument is an int, bytes, a str, a bytearray, a broker.Buffer or a SubSession, not "
+                        f"{type(a).__name__}")
     if isinstance(a, SubSession):
         return Arg(_HANDLE, a.handle)
     if isinstance(a, int):
@@ -399,6 +403,16 @@ class ClientSession:
         fut: Future[int] = Future()
         rid = self._submit(code, args, handle, False, fut)
         return self._wait(fut, rid, timeout)
+
+    def call(self, code: int, *args: Any, handle: int = 0, timeout: float | None = None) -> bytes:
+        """send_receive that gives the reply as bytes, whatever its length: a writable argument after
+        `args` (so at most three of them) that the service fills (message.write(len(args), data)),
+        as big as a frame may be. A negative status raises, as send_receive's does."""
+        if len(args) > 3:
+            raise TypeError("call() takes at most three arguments: the fourth carries the reply")
+        out = Buffer(self._max_frame - REPLY_RESERVE)
+        self.send_receive(code, *args, out, handle=handle, timeout=timeout)
+        return out.value
 
     def send(self, code: int, *args: Any, handle: int = 0) -> "Future[int]":
         """Call asynchronously: a future of the status. Uses one of the
@@ -1368,3 +1382,42 @@ class SubSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Function:
+    """One named function of a session class, for a client: calling it is send_receive(code, ...);
+    .call(...) gives the reply as bytes (ClientSession.call)."""
+
+    __slots__ = ("_session", "code", "name")
+
+    def __init__(self, session: "ClientSession", name: str, code: int) -> None:
+        self._session, self.name, self.code = session, name, code
+
+    def __call__(self, *args: Any, timeout: float | None = None) -> int:
+        return self._session.send_receive(self.code, *args, timeout=timeout)
+
+    def call(self, *args: Any, timeout: float | None = None) -> bytes:
+        return self._session.call(self.code, *args, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<function {self.name} (code {self.code})>"
+
+
+class Functions:
+    """A session's functions by name (broker.functions): spec is a Session class whose methods
+    @broker.function(code) marks, or a {name: code} mapping."""
+
+    def __init__(self, session: "ClientSession", spec: Any) -> None:
+        table = getattr(spec, "functions", None) if isinstance(spec, type) else spec
+        if not isinstance(table, dict) or not table:
+            raise TypeError("functions() takes a Session class with @broker.function methods, or {name: code}")
+        for name, code in table.items():
+            if not isinstance(name, str) or not name.isidentifier() or type(code) is not int:
+                raise TypeError(f"a function is a name and an int code, not {name!r}: {code!r}")
+            setattr(self, name, _Function(session, name, code))
+
+
+def functions(session: "ClientSession", spec: Any) -> Functions:
+    """Call a server's functions by name: functions(session, Calc).add(2, 3) is
+    session.send_receive(Calc's code for add, 2, 3); .add.call(...) gives the reply as bytes."""
+    return Functions(session, spec)

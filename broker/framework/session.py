@@ -262,6 +262,13 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         finally:
             lock.release()
 
+    def text(self, i: int) -> str:
+        """A readable argument as text (a client's str argument travels as its UTF-8 bytes)."""
+        try:
+            return self.read(i).decode()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"argument {i} is not UTF-8: {e}") from None
+
     @property
     def completed(self) -> bool:
         return self._done
@@ -319,9 +326,37 @@ def refuse(conn: Any, msg: "Message", e: Exception, argument_error: type) -> Non
         conn.failed(msg, e)
 
 
+def function(code: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a Session method as the function `code`: the default service() calls it with the message,
+    and a client calls it by name (broker.functions(session, TheClass).name(...))."""
+    if type(code) is not int or not 0 <= code <= 0x7FFFFFFF:
+        raise ValueError(f"a function's code is an int from 0 to 2**31-1 (below 0 is the broker's), not {code!r}")
+
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        method.__broker_code__ = code  # type: ignore[attr-defined]
+        return method
+    return mark
+
+
 class Session:
-    """Subclass this and implement service(message); the server makes one per
-    accepted connection. `objects` holds the session's sub-sessions."""
+    """Subclass this and implement service(message), or mark methods with @broker.function(code); the
+    server makes one per accepted connection. `objects` holds the session's sub-sessions."""
+
+    functions: dict[str, int] = {}  # name -> code of the @function methods (made per subclass)
+    _by_code: dict[int, str] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        table = dict(getattr(cls, "functions", {}))
+        for name, value in vars(cls).items():
+            code = getattr(value, "__broker_code__", None)
+            if code is not None:
+                if code in table.values() and table.get(name) != code:
+                    other = next(n for n, c in table.items() if c == code)
+                    raise ValueError(f"{cls.__name__}: {name} and {other} are both function {code}")
+                table[name] = code
+        cls.functions = table
+        cls._by_code = {c: n for n, c in table.items()}
 
     def __init__(self, server: Any, peer: Peer) -> None:
         self.server = server
@@ -346,7 +381,10 @@ class Session:
                 gone.append(obj)
         return gone
 
-    def service(self, message: Message) -> None:
+    def service(self, message: Message) -> Any:
+        name = self._by_code.get(message.code)
+        if name is not None:
+            return getattr(self, name)(message)
         message.complete(Status.NOT_SUPPORTED, f"function {message.code} is not supported")
 
     def subsession(self, message: Message) -> Any:
