@@ -98,3 +98,15 @@ def server(tmp_path):
     srv.address = path
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder in /tmp every user may enter and write (0777): for a server another user connects to."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="brk-shared-", dir="/tmp")
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

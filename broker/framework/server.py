@@ -364,6 +364,9 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         with self.lock:
             if self.ended or self.proto.state != State.OPEN:
                 raise StateError(f"the session of {self.peer} is over")
+            if self.paused:  # its output is at its bound (Server(max_queued=)): the client does not read it
+                raise ServerBusy(f"{self.peer} is not reading: {self.carrier.pending_bytes} bytes wait for it "
+                                 f"already")
             frame = self.proto.notify(code, data)
             if self.rings is not None and not self.on_rings:
                 # rings offered, the answer not read yet: the client will read the rings or the socket,

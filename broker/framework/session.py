@@ -409,7 +409,8 @@ class Session:
     def notify(self, code: int, data: bytes = b"") -> None:
         """Speak first (the guidelines' WTSSendMessage): send this session's client a notification, a code
         and data, which its on_notify callbacks and notifications() get. From any thread; StateError
-        once the session is over."""
+        once the session is over; ServerBusy while its output is at its bound (a client that does not
+        read: what waits for it stays bounded, and it is disconnected after stall_timeout)."""
         conn = self.__dict__.get("_connection")
         if conn is None:
             raise StateError("this session has no connection yet")

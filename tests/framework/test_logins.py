@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -19,14 +17,6 @@ from broker import connect
 from tests.helpers import Child, wait_for
 from tests.served import ROOT
 from tests.transport.test_identity import new_login_session, require_audit_sessions
-
-
-@pytest.fixture
-def shared_dir():
-    d = tempfile.mkdtemp(prefix="brk-logins-", dir="/tmp")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _kinds(events: list[broker.SessionEvent]) -> list[str]:

@@ -90,3 +90,32 @@ def test_a_client_may_not_send_a_notification(tmp_path):
         sock.sendall(_frame(FrameType.NOTIFY, b"\0\0\0\0"))
         wait_for(lambda: any(e.kind == "disconnected" and "does not send Notify" in e.reason for e in events))
         sock.close()
+
+
+def test_a_client_that_never_reads_cannot_make_notifications_pile_up(tmp_path):
+    """Notifications are output no request paces: at the connection's bound, notify() says ServerBusy,
+    and the stall timeout disconnects the client; the server serves on."""
+    Chatty.live = []
+    path = str(tmp_path / "n")
+    events: list[broker.SessionEvent] = []
+    with broker.Server(path, Chatty, max_queued=256 << 10, stall_timeout=1.0, on_event=events.append):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(path)
+        raw_hello(sock, ClientConnection(), Hello((1, 0, 0), socket_only=True))  # then it never reads
+        wait_for(lambda: len(Chatty.live) == 1)
+        (server_side,) = Chatty.live
+        sent, busy = 0, None
+        for _ in range(10_000):  # 640 MiB if nothing stopped it
+            try:
+                server_side.notify(1, b"x" * (64 << 10))
+                sent += 1
+            except broker.ServerBusy as e:
+                busy = e
+                break
+        assert busy is not None and "is not reading" in str(busy), sent
+        assert sent < 64  # about its bound's worth (plus what the kernel's buffers took)
+        wait_for(lambda: any(e.kind == "disconnected" and "stall" in e.reason for e in events))
+        with connect(path) as s:  # the server serves on
+            assert s.send_receive(PING) == PING
+        sock.close()

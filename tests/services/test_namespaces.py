@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -32,14 +30,6 @@ def _read(r: int) -> object:
         assert chunk, "the child said nothing"
         data += chunk
     return json.loads(data)
-
-
-@pytest.fixture
-def shared_dir():
-    d = tempfile.mkdtemp(prefix="brk-ns-", dir="/tmp")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _as(uid: int, gid: int):
