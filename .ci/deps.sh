@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the build and the tests need: a C compiler with the
+# Debian packages the build and the tests need: gcc and clang, with gcc's
 # sanitizer runtimes (ASan, UBSan, TSan), Python's headers and venv.
 set -euo pipefail
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+# clang: the tests build the extension with it too (warnings as errors), as a user on another compiler would
+command -v clang >/dev/null || need+=(clang)
 # the sanitizer runtimes ship with gcc's libgcc-N-dev; check they link
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT

@@ -128,7 +128,6 @@ static inline void brk_cpu_relax(void)
 
 static inline int brk_is_lossy(const brk_ring *r) { return r->kind == BRK_KIND_BCAST && (r->flags & BRK_FLAG_LOSSY); }
 
-static inline int brk_is_lossless_bcast(const brk_ring *r) { return r->kind == BRK_KIND_BCAST && !(r->flags & BRK_FLAG_LOSSY); }
 
 /* ---- futex and eventfd ------------------------------------------------- */
 
