@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all demo test test-fast bench build clean clean-shm deps
+.PHONY: all demo test test-fast bench build clean clean-shm deps wheel
 
 all: test
 
@@ -16,7 +16,7 @@ deps:
 $(STAMP): pyproject.toml setup.py broker/_build.py $(wildcard csrc/*/*.c csrc/*/*.h)
 	@bash .ci/deps.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77"
 	BROKER_WERROR=1 $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@touch $(STAMP)
 
@@ -36,6 +36,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not stress'
+
+# A manylinux wheel, the standard way: pip builds it, auditwheel checks that it links only what the
+# manylinux policy allows (libc) and tags it so. With Docker, cibuildwheel does the same for every
+# CPython ([tool.cibuildwheel] in pyproject.toml).
+DIST     ?= dist
+WHEEL_PY ?= $(BIN)/python
+wheel:
+	rm -rf $(DIST)/.raw && mkdir -p $(DIST)/.raw
+	$(WHEEL_PY) -m pip wheel --no-deps -q -w $(DIST)/.raw .
+	PATH="$(dir $(WHEEL_PY)):$$PATH" $(WHEEL_PY) -m auditwheel repair -w $(DIST) $(DIST)/.raw/*.whl
+	rm -rf $(DIST)/.raw
 
 clean-shm:
 	@ls /dev/shm | grep '^brk\.' || true
