@@ -1,5 +1,6 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
 from broker.api import ClientSession, Server, connect, start_server
+from broker.federation import Federation
 from broker.framework.client import Buffer, Functions, SubSession, ViewBuffer, functions
 from broker._errors import (
     AddressInUse,
@@ -59,6 +60,7 @@ from broker.framework.session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Cont
 from broker._version import __version__
 
 __all__ = [
+    "Federation",
     "Access",
     "Grant",
     "GrantError",

@@ -26,6 +26,7 @@ from broker.transport import address as _address
 from broker.framework import client as _client
 from broker.framework import server as _server
 from broker.framework.service import Service
+from broker.federation import Federation, FederationLink
 from broker.services.links.broker import LinkBroker
 from broker.services.links.client import open_link, open_offer
 from broker.services.topics.broker import TopicBroker
@@ -129,10 +130,51 @@ class Server(_server.Server):
     __doc__ = _server.Server.__doc__
 
     def __init__(self, address: str, session: Any = _server.Session, *,
-                 services: tuple[type[Service], ...] = BUILTIN, **options: Any) -> None:
+                 services: tuple[type[Service], ...] = BUILTIN, federation: "Federation | str | None" = None,
+                 **options: Any) -> None:
+        if isinstance(federation, str):
+            federation = Federation(federation)
+        if federation is not None and not isinstance(federation, Federation):
+            raise TypeError(f"federation is a broker.Federation or a nats:// URL, not {federation!r}")
         super().__init__(address, session, services=services, **options)
         self._host_conn: _HostConn | None = None
         self._host_pubs: dict[str, HostPublisher] = {}
+        self.federation_config = federation
+        self.federation: FederationLink | None = None
+
+    # -- the federation (broker/federation): Global\ names across hosts, over NATS ------------------
+
+    def _join(self) -> None:
+        if self.federation_config is not None and self.federation is None:
+            link = FederationLink(self, self._host(), self.federation_config)
+            link.start()
+            self.federation = link
+
+    def _leave(self) -> None:
+        link, self.federation = self.federation, None
+        if link is not None:
+            link.close()
+
+    def _setup(self) -> None:
+        super()._setup()
+        try:
+            self._join()
+        except BaseException:
+            self._shutdown()
+            raise
+
+    async def serve_async(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._join)
+        try:
+            await super().serve_async()
+        finally:
+            self._leave()
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        if self.federation is not None:
+            out["federation"] = self.federation.snapshot()
+        return out
 
     # -- the host process itself (an embedder): topics and linked services without being a client ----
 
@@ -176,6 +218,7 @@ class Server(_server.Server):
         return HostLink(self, name)
 
     def _shutdown(self) -> None:
+        self._leave()
         for pub in self._host_pubs.values():
             pub.close()
         self._host_pubs.clear()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from broker.core import names as _names
-from broker._errors import BadHandle, BrokerError, Closed, Empty, Full, FullTimeout, Overflow, PeerGone, StateError
+from broker._errors import BadHandle, BrokerError, Closed, Disconnected, Empty, Full, FullTimeout, Overflow, PeerGone, StateError
 from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
                                    TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
 from broker.protocol.frames import ArgKind, Status
@@ -217,6 +217,8 @@ class ServerSubscriber(RefObject):
         self.pattern_key = ""  # ...and the prefix of the topics' keys it matches (framework/namespace.py)
         self.attached: list[Topic] = [topic] if topic is not None else []  # the topics it is subscribed to
         self.announced: set[int] = set()  # a prefix subscriber: publishers whose topic it was told
+        self.wake: Callable[[], None] | None = None  # a host subscriber's: called (lock held) when items come
+        self.topic_of: dict[int, str] = {}  # a host prefix subscriber: publisher id -> its topic's name
 
     def destroyed(self) -> None:
         self.broker._subscriber_closed(self)
@@ -377,14 +379,15 @@ class TopicBroker(Service):
         return pub
 
     def host_publish(self, pub: ServerPublisher, messages: list[Any], timeout: float | None,
-                     may_wait: bool) -> None:
+                     may_wait: bool, raw: bool = False) -> None:
         """Deliver a host publisher's messages (what a client's publish() takes: bytes-like, numpy): at
         once when every blocking subscriber has room, else (may_wait: not from the server's loop, which
         makes the room) once they have, within `timeout` (its block_timeout if None); Full /
         FullTimeout when not."""
         if pub.closed:
             raise StateError("the publisher is closed")
-        items = [_encode(m) for m in messages]  # (payload, meta), as a client's publish makes them
+        # (payload, meta), as a client's publish makes them; raw: made already (the federation's)
+        items = list(messages) if raw else [_encode(m) for m in messages]
         wait = pub.block_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
@@ -406,6 +409,69 @@ class TopicBroker(Service):
     def host_close(self, pub: ServerPublisher) -> None:
         if not pub.closed:
             pub.close()
+
+    # -- the host process's own subscribers (the federation's tap, broker/federation) ----------------
+
+    def host_subscriber(self, conn: Any, name: str, wake: Callable[[], None], *,
+                        capacity: int = DEFAULT_QUEUE_CAPACITY, policy: str = "block") -> ServerSubscriber:
+        """A subscriber of the process that embeds the server on `name` (a topic, or a prefix `x*`, in
+        conn's namespace or `Global\\`): relayed, never direct. wake() is called on the server's loop,
+        with the lock held, when its queue gets items: it must only signal the thread that then calls
+        host_take(). Close it with host_unsubscribe()."""
+        if policy not in POLICIES:
+            raise TopicError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise TopicError(f"capacity must be 1 to {MAX_CAPACITY}, not {capacity}")
+        n = _qualify(name, conn.peer)
+        with self._lock:
+            if name.endswith("*"):
+                sub = ServerSubscriber(self, None, next(self._ids), conn, capacity, policy)
+                sub.pattern, sub.pattern_key = n.shown, n.key[:-1]
+                for pub in [p for p in self.relays if p.topic.key.startswith(sub.pattern_key)]:
+                    self._relay_from(pub, catch_up=True)
+                for topic in [t for t in self.topics.values() if t.key.startswith(sub.pattern_key)]:
+                    self._attach(sub, topic)
+                self.patterns[sub.id] = sub
+            else:
+                topic = self._topic(n)
+                for pub in [p for p in self.relays if p.topic is topic]:
+                    self._relay_from(pub, catch_up=True)
+                topic = self._topic(n)
+                sub = ServerSubscriber(self, topic, next(self._ids), conn, capacity, policy)
+                topic.subscribers[sub.id] = sub
+            sub.wake = wake
+            sub.open()
+            for topic in sub.attached:
+                self._update_relay(topic)
+        return sub
+
+    def host_take(self, sub: ServerSubscriber, most: int) -> tuple[list[tuple[str, int, int, bytes, bytes]], int]:
+        """Up to `most` of a host subscriber's messages, as (topic name, publisher id, sequence number,
+        meta, payload), and how many were dropped for it since the last take; the room this makes lets
+        held publishes go. Disconnected when its policy ended it."""
+        out: list[tuple[str, int, int, bytes, bytes]] = []
+        with self._lock:
+            if sub.gone is not None:
+                raise Disconnected(sub.gone)
+            queue, names = sub.queue, sub.topic_of
+            while queue and len(out) < most:
+                item = queue.popleft()
+                if item.meta == TOPIC_OF:
+                    names[item.publisher] = item.data.decode()
+                    continue
+                if item.seq == 0 and item.meta in (RING_GONE, RING_ADD):
+                    continue
+                topic = sub.topic.name if sub.topic is not None else names.get(item.publisher, "")
+                out.append((topic, item.publisher, item.seq, item.meta, item.data))
+            lost, sub.lost = sub.lost, 0
+            sub.delivered += len(out)
+            for topic in list(sub.attached):
+                self._made_room(topic)
+        return out, lost
+
+    def host_unsubscribe(self, sub: ServerSubscriber) -> None:
+        if sub.refs > 0:
+            sub.close()
 
     def _direct(self, conn: Any, msg: Message) -> None:
         """TOPIC_DIRECT: the subscriber reads publisher arg 0's ring in place from sequence arg 1 on."""
@@ -612,6 +678,8 @@ class TopicBroker(Service):
         sub.queue.append(item)
         if sub.fetch is not None:
             self._answer(sub)
+        elif sub.wake is not None:
+            sub.wake()
 
     def _deliver(self, pub: ServerPublisher, items: list[tuple[bytes, bytes]], seqs: list[int] | None = None) -> None:
         """Into every subscriber's queue (with the lock held), as each one's policy says. seqs: ring
@@ -659,6 +727,8 @@ class TopicBroker(Service):
             if sub.fetch is not None and sub.queue:
                 self._answer(sub)
                 answered = True
+            elif sub.wake is not None and sub.queue:
+                sub.wake()  # a host subscriber takes them in its own thread (host_take), which makes the room
         if answered:
             self._retry(topic)  # the answers made room: held publishes may go
 

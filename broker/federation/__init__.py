@@ -1,0 +1,311 @@
+"""Brokers on several hosts, federated over NATS (issue 18): `Global\\` topics published on any broker reach
+their subscribers on every broker.
+
+A broker joins with `Server(..., federation=Federation("nats://host:4222", name="host-a", accept=["host-b"]))`
+(or `broker serve --federate`). What crosses hosts, and how:
+
+- Only `Global\\` names. A Local name never leaves its host: it is a login session's own.
+- Each broker publishes its `Global\\` topics' messages on the subject `brkfed.NAME.t.HEX` (NAME: its own
+  name; HEX: the topic's name, hex-encoded, so any name makes a valid subject), and subscribes to
+  `brkfed.*.t.>`. A NATS deployment with authorization grants each broker's user publish rights on
+  `brkfed.NAME.>` only: then the NAME in a subject is the NATS server's word, not the sender's claim, and it
+  is what the accepting side's policy names.
+- The default denies: messages from a broker that `accept` does not name are dropped (and counted).
+- No echo loops: NATS does not echo a connection's own messages to it (no_echo), the subject names the
+  origin, and what the federation publishes locally is never tapped back out.
+- Order: one NATS connection per broker, so each publisher's messages arrive in its order, each once.
+- Back-pressure: NATS core has none across hosts. Outbound, the federation's tap is a blocking subscriber
+  of `Global\\*` with a bounded queue (`outbound` messages): while NATS is slow or away the queue fills, and
+  then the local publishers wait, and fail with FullTimeout after their block_timeout, as with any slow
+  blocking subscriber. Inbound, messages go to the local subscribers with their own policies; a remote
+  message a full blocking subscriber has no room for within `inbound_timeout` is dropped and counted
+  (`dropped_in`), since the remote publisher cannot be made to wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from broker._errors import BrokerError, Disconnected, Full, FullTimeout
+from broker.framework.namespace import GLOBAL
+
+log = logging.getLogger("broker.federation")
+
+PREFIX = "brkfed"
+HEAD = struct.Struct("<QQH")  # the origin publisher's id, its sequence number, the meta's length
+MAX_NAME = 64
+TAKE = 256  # messages taken from the tap at once
+
+
+def _check_name(name: str) -> str:
+    if not (0 < len(name) <= MAX_NAME) or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"a federation name is 1 to {MAX_NAME} letters, digits, '-' or '_', not {name!r}")
+    return name
+
+
+@dataclass
+class Federation:
+    """How a broker joins a federation: the NATS servers, its name, whom it accepts, and NATS's own
+    authentication (user and password, a token, an nkey seed file, a credentials file, TLS)."""
+
+    servers: str | Sequence[str]
+    name: str = ""
+    accept: Iterable[str] = ()  # the brokers whose messages it takes; "*": any (the default denies)
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkeys_seed: str | None = None  # a file
+    credentials: str | None = None  # a .creds file (JWT and nkey)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    outbound: int = 8192  # messages the tap holds while NATS is slow or away
+    inbound_timeout: float = 1.0
+    connect_timeout: float = 5.0
+    accepted: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        if isinstance(self.servers, str):
+            self.servers = [s.strip() for s in self.servers.split(",") if s.strip()]
+        self.servers = list(self.servers)
+        if not self.servers:
+            raise ValueError("a federation needs at least one NATS server (nats://host:port)")
+        for s in self.servers:
+            if not s.startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"a NATS server is nats://host:port (or tls://...), not {s!r}")
+        self.name = _check_name(self.name or os.uname().nodename.split(".")[0].replace(".", "-"))
+        accept = [self.accept] if isinstance(self.accept, str) else list(self.accept)
+        self.accepted = frozenset("*" if a == "*" else _check_name(a) for a in accept)
+        if not 1 <= self.outbound <= 1 << 20:
+            raise ValueError(f"outbound must be 1 to {1 << 20} messages, not {self.outbound}")
+
+    def accepts(self, origin: str) -> bool:
+        return "*" in self.accepted or origin in self.accepted
+
+    def _tls(self) -> Any:
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    def _options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"servers": self.servers, "name": f"broker {self.name}", "no_echo": True,
+                                "connect_timeout": self.connect_timeout, "max_reconnect_attempts": -1,
+                                "reconnect_time_wait": 0.5, "allow_reconnect": True}
+        for k in ("user", "password", "token", "nkeys_seed"):
+            if getattr(self, k) is not None:
+                opts[k] = getattr(self, k)
+        if self.credentials is not None:
+            opts["user_credentials"] = self.credentials
+        tls = self._tls()
+        if tls is not None:
+            opts["tls"] = tls
+        return opts
+
+
+def _subject(origin: str, topic: str) -> str:
+    return f"{PREFIX}.{origin}.t.{topic.encode().hex()}"
+
+
+class FederationLink:
+    """A running federation of one Server: a thread with its own asyncio loop and NATS connection."""
+
+    def __init__(self, server: Any, host: Any, config: Federation) -> None:
+        self.server, self.host, self.config = server, host, config
+        self.topics = server.service("topics")
+        self.stats: dict[str, Any] = {"name": config.name, "connected": None, "reconnects": 0, "disconnects": 0,
+                                      "messages_out": 0, "bytes_out": 0, "messages_in": 0, "bytes_in": 0,
+                                      "dropped_in": 0, "denied": 0, "malformed": 0, "errors": 0}
+        self._loop = asyncio.new_event_loop()
+        self._nc: Any = None
+        self._tap: Any = None
+        self._wake = asyncio.Event()
+        self._pubs: dict[str, Any] = {}  # topic -> the host publisher that republishes it here
+        self._own: set[int] = set()  # those publishers' ids: never tapped back out
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"broker-federation {config.name}", daemon=True)
+
+    # -- life -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to NATS (within connect_timeout; a refusal, e.g. bad credentials, raises here) and start
+        relaying."""
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            raise ImportError("the federation needs nats-py: pip install 'broker[federation]'") from None
+        self._thread.start()
+        self._ready.wait(self.config.connect_timeout + 5)
+        if self._failed is not None:
+            self._thread.join(5)
+            raise BrokerError(f"federation: cannot join NATS at {', '.join(self.config.servers)}: "
+                              f"{self._failed}") from self._failed
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            stop = self._stop
+            if stop is not None:
+                def finish() -> None:
+                    if not stop.done():
+                        stop.set_result(None)
+                self._loop.call_soon_threadsafe(finish)
+            self._thread.join(10)
+        if self._tap is not None:
+            self.topics.host_unsubscribe(self._tap)
+            self._tap = None
+        for pub in self._pubs.values():
+            self.topics.host_close(pub)
+        self._pubs.clear()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except BaseException as e:  # noqa: BLE001 - told to start(), or logged
+            if not self._ready.is_set():
+                self._failed = e
+            else:
+                log.error("federation %s ended: %s", self.config.name, e)
+        finally:
+            self._ready.set()
+            self._loop.close()
+
+    async def _main(self) -> None:
+        import nats
+        cfg = self.config
+        self._stop = self._loop.create_future()
+        first = True
+
+        async def disconnected() -> None:
+            self.stats["disconnects"] += 1
+            self.stats["connected"] = None
+
+        async def reconnected() -> None:
+            self.stats["reconnects"] += 1
+            self.stats["connected"] = self._nc.connected_url.netloc if self._nc.connected_url else None
+            self._wake.set()
+
+        async def error(e: Exception) -> None:
+            self.stats["errors"] += 1
+            if first:
+                raise e
+            log.warning("federation %s: NATS: %s", cfg.name, e)
+
+        opts = cfg._options()
+        # the first connect: once, within connect_timeout, so that bad credentials fail start()
+        self._nc = await nats.connect(**opts, error_cb=error, disconnected_cb=disconnected,
+                                      reconnected_cb=reconnected)
+        first = False
+        try:
+            self.stats["connected"] = self._nc.connected_url.netloc if self._nc.connected_url else None
+            await self._nc.subscribe(f"{PREFIX}.*.t.>", cb=self._inbound, pending_msgs_limit=65536)
+            await self._nc.flush(timeout=cfg.connect_timeout)
+            loop = self._loop
+            self._tap = self.topics.host_subscriber(self.host, GLOBAL + "*",
+                                                    lambda: loop.call_soon_threadsafe(self._wake.set),
+                                                    capacity=cfg.outbound, policy="block")
+            self._ready.set()
+            pump = asyncio.ensure_future(self._outbound())
+            await self._stop
+            pump.cancel()
+            try:
+                await pump
+            except asyncio.CancelledError:
+                pass
+            try:
+                await self._nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        finally:
+            if not self._nc.is_closed:
+                await self._nc.close()
+
+    # -- out: the tap's messages to NATS ---------------------------------------------------------
+
+    async def _outbound(self) -> None:
+        nc, name, stats = self._nc, self.config.name, self.stats
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                if not nc.is_connected:
+                    break  # the tap fills meanwhile; reconnected() wakes this again
+                try:
+                    got, _lost = self.topics.host_take(self._tap, TAKE)
+                except Disconnected:  # (a blocking tap is never disconnected)
+                    return
+                if not got:
+                    break
+                for topic, pub, seq, meta, data in got:
+                    if pub in self._own:
+                        continue  # came from another broker: not sent back out
+                    bare = topic[len(GLOBAL):] if topic.startswith(GLOBAL) else None
+                    if bare is None:
+                        continue
+                    payload = HEAD.pack(pub, seq, len(meta)) + meta + data
+                    await nc.publish(_subject(name, bare), payload)
+                    stats["messages_out"] += 1
+                    stats["bytes_out"] += len(data)
+                await asyncio.sleep(0)
+
+    # -- in: NATS's messages to the local subscribers --------------------------------------------
+
+    async def _inbound(self, msg: Any) -> None:
+        stats = self.stats
+        parts = msg.subject.split(".")
+        if len(parts) != 4 or parts[2] != "t":
+            stats["malformed"] += 1
+            return
+        origin = parts[1]
+        if origin == self.config.name:
+            return
+        if not self.config.accepts(origin):
+            stats["denied"] += 1
+            return
+        data = msg.data
+        try:
+            topic = bytes.fromhex(parts[3]).decode()
+            pub_id, seq, meta_len = HEAD.unpack_from(data)
+            if not topic or HEAD.size + meta_len > len(data):
+                raise ValueError("short")
+        except (ValueError, UnicodeDecodeError, struct.error):
+            stats["malformed"] += 1
+            return
+        meta = bytes(data[HEAD.size:HEAD.size + meta_len])
+        payload = bytes(data[HEAD.size + meta_len:])
+        pub = self._pubs.get(topic)
+        if pub is None:
+            try:
+                pub = self.topics.host_publisher(self.host, GLOBAL + topic)
+            except (BrokerError, ValueError) as e:
+                stats["malformed"] += 1
+                log.warning("federation: %s's topic %r refused: %s", origin, topic, e)
+                return
+            self._pubs[topic] = pub
+            self._own.add(pub.id)
+        item = [(payload, meta)]
+        try:
+            self.topics.host_publish(pub, item, 0, False, raw=True)  # at once when there is room
+        except Full:
+            try:  # a blocking subscriber is full: wait for it off this loop, NATS's order kept (one at a time)
+                await self._loop.run_in_executor(None, self.topics.host_publish, pub, item,
+                                                 self.config.inbound_timeout, True, True)
+            except (Full, FullTimeout):
+                stats["dropped_in"] += 1
+                return
+        stats["messages_in"] += 1
+        stats["bytes_in"] += len(payload)
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.stats, servers=list(self.config.servers), accept=sorted(self.config.accepted),
+                    outbound_queued=len(self._tap.queue) if self._tap is not None else 0)
