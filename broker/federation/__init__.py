@@ -33,11 +33,17 @@ from typing import Any, Iterable, Sequence
 
 from broker._errors import BrokerError, Disconnected, Full, FullTimeout
 from broker.framework.namespace import GLOBAL
+from broker.protocol.frames import Status
 
 log = logging.getLogger("broker.federation")
 
 PREFIX = "brkfed"
 HEAD = struct.Struct("<QQH")  # the origin publisher's id, its sequence number, the meta's length
+CALL = struct.Struct("<iI")  # a call's code, and the room the caller has for the writes; the packed arguments follow
+ANSWER = struct.Struct("<iH")  # the status, the error text's length; the text and the packed writes follow
+QUEUE = "brkfed"  # the queue group of a service's providers: NATS gives each call to one of them
+NOT_HERE = "not here"  # a provider's broker whose provider just went: the caller's broker asks again
+MAX_SERVING = 1024  # calls from other brokers running here at once; more are answered SERVER_BUSY
 MAX_NAME = 64
 TAKE = 256  # messages taken from the tap at once
 
@@ -65,6 +71,7 @@ class Federation:
     tls_cert: str | None = None
     tls_key: str | None = None
     outbound: int = 8192  # messages the tap holds while NATS is slow or away
+    call_timeout: float = 30.0  # a call to another broker's service: TIMED_OUT after this
     inbound_timeout: float = 1.0
     connect_timeout: float = 5.0
     accepted: frozenset[str] = field(init=False, default=frozenset())
@@ -115,15 +122,26 @@ def _subject(origin: str, topic: str) -> str:
     return f"{PREFIX}.{origin}.t.{topic.encode().hex()}"
 
 
+def _service_subject(origin: str, service: str) -> str:
+    return f"{PREFIX}.{origin}.s.{service.encode().hex()}"
+
+
+def _answer(status: int, text: str = "", writes: bytes = b"") -> bytes:
+    t = text.encode()[:4000]
+    return ANSWER.pack(int(status), len(t)) + t + writes
+
+
 class FederationLink:
     """A running federation of one Server: a thread with its own asyncio loop and NATS connection."""
 
     def __init__(self, server: Any, host: Any, config: Federation) -> None:
         self.server, self.host, self.config = server, host, config
         self.topics = server.service("topics")
+        self.links = server.service("services")
         self.stats: dict[str, Any] = {"name": config.name, "connected": None, "reconnects": 0, "disconnects": 0,
                                       "messages_out": 0, "bytes_out": 0, "messages_in": 0, "bytes_in": 0,
-                                      "dropped_in": 0, "denied": 0, "malformed": 0, "errors": 0}
+                                      "dropped_in": 0, "denied": 0, "malformed": 0, "errors": 0,
+                                      "calls_out": 0, "calls_in": 0, "calls_failed": 0, "services": []}
         self._loop = asyncio.new_event_loop()
         self._nc: Any = None
         self._tap: Any = None
@@ -133,6 +151,9 @@ class FederationLink:
         self._ready = threading.Event()
         self._failed: BaseException | None = None
         self._stop: asyncio.Future[None] | None = None
+        self._offers_changed = asyncio.Event()
+        self._served: dict[str, Any] = {}  # a Global service offered here -> its queue subscription
+        self._serving = 0
         self._thread = threading.Thread(target=self._run, name=f"broker-federation {config.name}", daemon=True)
 
     # -- life -------------------------------------------------------------------------------------
@@ -160,6 +181,7 @@ class FederationLink:
                         stop.set_result(None)
                 self._loop.call_soon_threadsafe(finish)
             self._thread.join(10)
+        self.links.remote = self.links.watch = None
         if self._tap is not None:
             self.topics.host_unsubscribe(self._tap)
             self._tap = None
@@ -214,14 +236,20 @@ class FederationLink:
             self._tap = self.topics.host_subscriber(self.host, GLOBAL + "*",
                                                     lambda: loop.call_soon_threadsafe(self._wake.set),
                                                     capacity=cfg.outbound, policy="block")
+            self.links.watch = lambda: loop.call_soon_threadsafe(self._offers_changed.set)
+            self.links.remote = self._remote_call
+            self._offers_changed.set()
             self._ready.set()
-            pump = asyncio.ensure_future(self._outbound())
+            tasks = [asyncio.ensure_future(self._outbound()), asyncio.ensure_future(self._offers())]
             await self._stop
-            pump.cancel()
-            try:
-                await pump
-            except asyncio.CancelledError:
-                pass
+            self.links.remote = self.links.watch = None
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                try:
+                    await t
+                except asyncio.CancelledError:
+                    pass
             try:
                 await self._nc.drain()
             except Exception:  # noqa: BLE001 - closing anyway
@@ -305,6 +333,131 @@ class FederationLink:
                 return
         stats["messages_in"] += 1
         stats["bytes_in"] += len(payload)
+
+    # -- linked services: calls here to other brokers' providers, and theirs to ours -------------------
+
+    def _remote_call(self, name: Any, caller: Any, code: int, blob: bytes, room: int) -> None:
+        """LinkBroker.remote, on the server's loop: a call to Global `name` nobody here offers."""
+        if self._loop.is_closed() or self._stop is None or self._stop.done():
+            self.links.remote_answer(caller, Status.DISCONNECTED, "the federation is closed", b"")
+            return
+        asyncio.run_coroutine_threadsafe(self._call(name.name, caller, code, blob, room), self._loop)
+
+    async def _call(self, service: str, caller: Any, code: int, blob: bytes, room: int) -> None:
+        import nats.errors as ne
+        stats = self.stats
+        stats["calls_out"] += 1
+        status: int = 0
+        text, writes = "", b""
+        subject, payload = _service_subject(self.config.name, service), CALL.pack(code, room) + blob
+        deadline = self._loop.time() + self.config.call_timeout
+        try:
+            while True:
+                reply = await self._nc.request(subject, payload, timeout=max(0.001, deadline - self._loop.time()))
+                data = reply.data
+                if data[:ANSWER.size + len(NOT_HERE)] != _answer(Status.NOT_FOUND, NOT_HERE) or \
+                        self._loop.time() > deadline - 0.05:
+                    break
+                await asyncio.sleep(0.02)  # its provider just went: NATS gives the call to another one
+            status, n = ANSWER.unpack_from(data)
+            if ANSWER.size + n > len(data):
+                raise ValueError("cut short")
+            text = bytes(data[ANSWER.size:ANSWER.size + n]).decode(errors="replace")
+            writes = bytes(data[ANSWER.size + n:])
+            if len(writes) > room:
+                status, text, writes = Status.OVERFLOW, f"the remote provider's writes take {len(writes)} bytes", b""
+        except ne.NoRespondersError:
+            status, text = Status.NOT_FOUND, f"nobody offers Global\\{service} on any broker"
+        except (ne.TimeoutError, asyncio.TimeoutError):
+            status, text = Status.TIMED_OUT, f"no answer from Global\\{service} within {self.config.call_timeout:g} s"
+        except (ne.ConnectionClosedError, ne.ConnectionDrainingError, ne.ConnectionReconnectingError,
+                ne.OutboundBufferLimitError) as e:
+            status, text = Status.DISCONNECTED, f"the federation cannot reach NATS: {type(e).__name__}"
+        except (ValueError, struct.error) as e:
+            status, text = Status.GENERAL, f"an unreadable answer from another broker: {e}"
+            stats["malformed"] += 1
+        if status < 0:
+            stats["calls_failed"] += 1
+        self.links.remote_answer(caller, status, text, writes)
+
+    async def _offers(self) -> None:
+        """Keeps a queue subscription for each Global service offered here, and only those."""
+        while True:
+            await self._offers_changed.wait()
+            self._offers_changed.clear()
+            want = self.links.global_offers()
+            for name in [n for n in self._served if n not in want]:
+                sub = self._served.pop(name)
+                try:
+                    await sub.unsubscribe()
+                except Exception as e:  # noqa: BLE001 - gone with the connection anyway
+                    log.debug("unsubscribe %s: %s", name, e)
+            for name in sorted(want - set(self._served)):
+                subject = f"{PREFIX}.*.s.{name.encode().hex()}"
+                self._served[name] = await self._nc.subscribe(subject, queue=QUEUE, cb=self._request)
+            self.stats["services"] = sorted(self._served)
+            try:
+                await self._nc.flush(timeout=5)
+            except Exception:  # noqa: BLE001 - reconnecting: NATS resubscribes them
+                pass
+
+    async def _request(self, msg: Any) -> None:
+        """A call from another broker: its own task, so that calls run side by side."""
+        if self._serving >= MAX_SERVING:
+            await msg.respond(_answer(Status.SERVER_BUSY, f"broker {self.config.name} runs {MAX_SERVING} calls already"))
+            return
+        self._serving += 1
+        task = asyncio.ensure_future(self._serve(msg))
+        task.add_done_callback(lambda _: self._done_serving())
+
+    def _done_serving(self) -> None:
+        self._serving -= 1
+
+    async def _serve(self, msg: Any) -> None:
+        stats = self.stats
+        parts = msg.subject.split(".")
+        if not msg.reply:
+            stats["malformed"] += 1
+            return
+        if len(parts) != 4 or parts[2] != "s":
+            stats["malformed"] += 1
+            await msg.respond(_answer(Status.ARGUMENT, "not a service subject"))
+            return
+        origin = parts[1]
+        if not self.config.accepts(origin):
+            stats["denied"] += 1
+            await msg.respond(_answer(Status.PERMISSION_DENIED, f"broker {self.config.name} takes no calls from {origin!r}"))
+            return
+        data = msg.data
+        try:
+            service = bytes.fromhex(parts[3]).decode()
+            code, room = CALL.unpack_from(data)
+        except (ValueError, UnicodeDecodeError, struct.error):
+            stats["malformed"] += 1
+            await msg.respond(_answer(Status.ARGUMENT, "an unreadable call"))
+            return
+        if room > self.server.max_frame:
+            await msg.respond(_answer(Status.ARGUMENT, f"room for {room} bytes of writes: more than a frame"))
+            return
+        loop = self._loop
+        fut: asyncio.Future[tuple[int, str, bytes]] = loop.create_future()
+
+        def done(status: int, text: str, written: bytes) -> None:
+            def put() -> None:
+                if not fut.done():
+                    fut.set_result((status, text, written))
+            loop.call_soon_threadsafe(put)
+
+        stats["calls_in"] += 1
+        if service not in self.links.global_offers():  # it went: another provider takes it (see _call)
+            await msg.respond(_answer(Status.NOT_FOUND, NOT_HERE))
+            return
+        self.links.host_call_packed(self.host, GLOBAL + service, code, bytes(data[CALL.size:]), room, done)
+        try:
+            status, text, written = await asyncio.wait_for(fut, self.config.call_timeout)
+        except asyncio.TimeoutError:
+            status, text, written = Status.TIMED_OUT, "the provider did not answer in time", b""
+        await msg.respond(_answer(status, text, written))
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self.stats, servers=list(self.config.servers), accept=sorted(self.config.accepted),

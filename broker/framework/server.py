@@ -1727,6 +1727,10 @@ class Server:
             except Exception as e:  # a timer's failure is logged; the server goes on
                 log.warning("a timer raised %r", e)
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """fn() on the server's loop thread, soon (from any thread)."""
+        self._call_soon(fn)
+
     def _call_soon(self, fn: Callable[[], None]) -> None:
         if self._aloop is not None:
             self._aloop.call_soon_threadsafe(fn)

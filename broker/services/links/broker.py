@@ -49,8 +49,9 @@ class _HostCaller:
     """The host process's call as the broker's books hold a caller's Message: completed, connection,
     kind, max_length, write, complete (the provider's answer lands here)."""
 
-    def __init__(self, conn: Any, room: int) -> None:
+    def __init__(self, conn: Any, room: int, on_done: Callable[[int, str, bytes], None] | None = None) -> None:
         self.connection, self.room = conn, room
+        self.on_done = on_done  # (status, text, packed writes), from the thread that completes it
         self.done = threading.Event()
         self.status, self.text, self.written = 0, "", b""
         self._lock = threading.Lock()
@@ -76,6 +77,8 @@ class _HostCaller:
                 return
             self.status, self.text = int(status), error or ""
             self.done.set()
+        if self.on_done is not None:
+            self.on_done(self.status, self.text, self.written)
 
 
 class _Link(RefObject):
@@ -126,6 +129,11 @@ class LinkBroker(Service):
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.links: list[_Link] = []
+        # the federation's (broker/federation): a Global call nobody here offers goes to remote(name, caller,
+        # code, packed arguments, room for the writes), which answers through remote_answer(); watch() is
+        # called (it must only signal) when a Global offer comes or goes
+        self.remote: Callable[[Name, Any, int, bytes, int], None] | None = None
+        self.watch: Callable[[], None] | None = None
 
     def handle(self, conn: Any, msg: Message) -> None:
         try:
@@ -186,6 +194,7 @@ class LinkBroker(Service):
             handle = conn.session.open_subsession(offer)
             self.offers[n.key] = offer
         msg.complete(handle)
+        self._watched(n)
 
     def _open(self, conn: Any, msg: Message) -> None:
         n = self._name(msg, conn)
@@ -206,9 +215,18 @@ class LinkBroker(Service):
         with self._lock:
             offer = self.offers.get(link.name)
             if offer is None:
-                msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
-                return
-            link.calls += 1
+                remote = self.remote if link.qname.namespace == "Global" else None
+                if remote is None:
+                    msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
+                    return
+                link.calls += 1
+            else:
+                link.calls += 1
+        if offer is None:  # Global, and federated: another broker's provider answers (remote_answer)
+            room = msg.max_length(2) if msg.kind(2) in (ArgKind.WRITE, ArgKind.READWRITE) else 0
+            remote(link.qname, msg, code, blob, room)
+            return
+        with self._lock:
             if offer.handler is None:
                 offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
                 if offer.take is not None:
@@ -233,6 +251,7 @@ class LinkBroker(Service):
             offer.handler = handler
             offer.open()
             self.offers[n.key] = offer
+        self._watched(n)
         return offer
 
     def host_close(self, offer: _Offer) -> None:
@@ -260,14 +279,14 @@ class LinkBroker(Service):
             caller.complete(Status.DIED, f"{type(e).__name__}: {e}")
             return
         offer.served += 1
-        self._answer(offer, caller, status, pack_writes(call.writes) if call.writes else b"")
+        self._answer(offer.shown, caller, status, pack_writes(call.writes) if call.writes else b"")
 
     @staticmethod
-    def _answer(offer: _Offer, caller: Any, status: int, writes: bytes) -> None:
+    def _answer(shown: str, caller: Any, status: int, writes: bytes) -> None:
         """A provider's answer to its caller: its packed writes into the caller's argument 2, then the status."""
         if writes:
             if caller.kind(2) not in (ArgKind.WRITE, ArgKind.READWRITE):
-                caller.complete(Status.ARGUMENT, f"the provider of {offer.shown!r} wrote into arguments that "
+                caller.complete(Status.ARGUMENT, f"the provider of {shown!r} wrote into arguments that "
                                                  "are not writable")
                 return
             try:
@@ -457,7 +476,7 @@ class LinkBroker(Service):
         if status < 0:
             caller.complete(status, text.decode(errors="replace") or None)
             return
-        self._answer(offer, caller, status, writes)
+        self._answer(offer.shown, caller, status, writes)
 
     def _paired(self, offer: _Offer, pair: _Pair, caller: Message | None, msg: Message, status: int,
                 text: bytes) -> None:
@@ -482,6 +501,53 @@ class LinkBroker(Service):
             caller.connection.pass_fd(pair.name, pair.segment.fd)  # the sealed segment, ahead of its name
         caller.complete(0)
 
+    # -- the federation's half (broker/federation) -----------------------------------------------------
+
+    def _watched(self, n: Name) -> None:
+        if n.namespace == "Global" and self.watch is not None:
+            self.watch()
+
+    def global_offers(self) -> set[str]:
+        """The bare names of the Global services offered here."""
+        with self._lock:
+            return {o.qname.name for o in self.offers.values() if o.qname.namespace == "Global"}
+
+    def remote_answer(self, caller: Any, status: int, text: str, writes: bytes) -> None:
+        """Another broker's answer to a caller here (from any thread): on the server's loop, as a
+        provider's answer, unless the caller went away meanwhile (cancelled, timed out, disconnected)."""
+        def answer() -> None:
+            if caller.completed or caller.connection.ended:
+                return
+            if status < 0:
+                caller.complete(status, text or None)
+                return
+            self._answer("a remote service", caller, status, writes)
+        self.server.call_soon(answer)
+
+    def host_call_packed(self, conn: Any, name: str, code: int, blob: bytes, room: int,
+                         done: Callable[[int, str, bytes], None]) -> None:
+        """A call already packed (another broker's caller's, through the federation) to the service offered
+        here as `name`: done(status, text, packed writes) once answered, from the thread that answers (the
+        server's loop, or this one for a host offer). Never waits."""
+        try:
+            n = qualify(name, conn.peer)
+        except ValueError as e:
+            done(int(Status.ARGUMENT), str(e), b"")
+            return
+        caller = _HostCaller(conn, room, done)
+        with self._lock:
+            offer = self.offers.get(n.key)
+            if offer is None:
+                caller.complete(Status.NOT_FOUND, f"nobody offers {n.shown!r} here")
+                return
+            offer_client = offer.handler is None
+            if offer_client:
+                offer.queue.append((next(self._ids), caller, code, blob, TAKE_CALL))
+                if offer.take is not None:
+                    self._hand(offer)
+        if not offer_client:
+            self._run_host(offer, caller, code, blob)
+
     def _offer_closed(self, offer: _Offer) -> None:
         with self._lock:
             if self.offers.get(offer.name) is offer:
@@ -498,6 +564,7 @@ class LinkBroker(Service):
                 m.complete(Status.DISCONNECTED, f"the provider of {offer.shown!r} is gone")
         if take is not None and not take.completed:
             take.complete(Status.CANCELLED, "the offer was closed")
+        self._watched(offer.qname)
 
     @staticmethod
     def metrics(stats: Any, fam: Callable[[str, str, str], Any]) -> None:

@@ -1,0 +1,240 @@
+"""Global\\ linked services across brokers federated over a real nats-server (issue 18): calls with their
+four typed arguments and write-backs, the local provider first, a queue group over several providers,
+and the same typed errors as locally (NOT_FOUND, TIMED_OUT, DISCONNECTED, PERMISSION_DENIED)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import broker
+from broker import ServiceError
+from broker.protocol.frames import Status
+from tests.federation.nats_servers import NatsServer
+from tests.federation.test_topics import federated, nats_server, raw_nats, until  # noqa: F401
+
+pytest.importorskip("nats")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Provider:
+    """A client offering `name` from a thread: handler(call) per call."""
+
+    def __init__(self, address: str, name: str, handler: Callable[[Any], Any]) -> None:
+        self.stop, self.ready = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(address, name, handler))
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _run(self, address: str, name: str, handler: Callable[[Any], Any]) -> None:
+        with broker.connect(address) as s, s.offer(name, handler) as offer:
+            self.ready.set()
+            offer.serve_forever(self.stop, 0.05)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def upper(call: Any) -> int:
+    call.write(1, call.read(0).upper())
+    return call.integer(2) + 1
+
+
+def test_a_call_crosses_with_its_typed_arguments_and_write_backs(tmp_path: Path, nats_server: NatsServer) -> None:
+    p, c = federated(tmp_path, "a", nats_server.url), federated(tmp_path, "b", nats_server.url)
+    prov = Provider(p.address, "Global\\upper", upper)
+    try:
+        until(lambda: p.stats()["federation"]["services"] == ["upper"], "p serves it on NATS")
+        with broker.connect(c.address) as s, s.link("Global\\upper") as link:
+            for i in range(50):
+                out = broker.Buffer(64)
+                assert link.send_receive(1, b"abc%d" % i, out, i) == i + 1
+                assert out.value == b"ABC%d" % i
+            out = bytearray(8)
+            assert link.send_receive(1, b"xy", out, 0) == 1 and out[:2] == b"XY"
+            small = broker.Buffer(2)
+            with pytest.raises(ServiceError) as e:  # the writes do not fit the caller's buffer: as locally
+                link.send_receive(1, b"abcdef", small, 0)
+            assert e.value.status == Status.DIED and "Overflow" in str(e.value)  # the handler raised it
+        assert c.stats()["federation"]["calls_out"] >= 51 and p.stats()["federation"]["calls_in"] >= 51
+    finally:
+        prov.close()
+        p.stop()
+        c.stop()
+
+
+def test_the_local_provider_comes_first_and_a_queue_group_spreads_the_rest(tmp_path: Path,
+                                                                           nats_server: NatsServer) -> None:
+    a, b, c = (federated(tmp_path, n, nats_server.url) for n in "abc")
+    served = {"a": 0, "b": 0, "c": 0}
+
+    def who(name: str) -> Callable[[Any], int]:
+        def handler(call: Any) -> int:
+            served[name] += 1
+            call.write(0, name.encode())
+            return 0
+        return handler
+
+    provs = [Provider(a.address, "Global\\who", who("a")), Provider(b.address, "Global\\who", who("b"))]
+    try:
+        until(lambda: all(s.stats()["federation"]["services"] == ["who"] for s in (a, b)), "both serve it")
+        with broker.connect(c.address) as s, s.link("Global\\who") as link:
+            for _ in range(200):
+                out = broker.Buffer(8)
+                link.send_receive(1, out)
+                assert out.value in (b"a", b"b")
+        assert served["a"] + served["b"] == 200 and served["a"] > 0 and served["b"] > 0, served
+        with broker.connect(a.address) as s, s.link("Global\\who") as link:  # a has its own: it comes first
+            for _ in range(50):
+                out = broker.Buffer(8)
+                link.send_receive(1, out)
+                assert out.value == b"a"
+    finally:
+        for prov in provs:
+            prov.close()
+        for srv in (a, b, c):
+            srv.stop()
+
+
+def test_typed_errors_nobody_a_timeout_a_denial_and_local_names(tmp_path: Path, nats_server: NatsServer) -> None:
+    p = federated(tmp_path, "a", nats_server.url, accept=["b"], call_timeout=1.0)
+    c = federated(tmp_path, "b", nats_server.url, call_timeout=1.0)
+    d = federated(tmp_path, "c", nats_server.url, call_timeout=1.0)  # p does not accept c
+    release = threading.Event()
+
+    def slow(call: Any) -> int:
+        release.wait(10)
+        return 0
+
+    provs = [Provider(p.address, "Global\\slow", slow), Provider(p.address, "Global\\fine", lambda call: 7),
+             Provider(p.address, "local", lambda call: 7)]
+    try:
+        until(lambda: p.stats()["federation"]["services"] == ["fine", "slow"], "p serves them")
+        with broker.connect(c.address) as s:
+            with s.link("Global\\nobody") as link, pytest.raises(ServiceError) as e:
+                link.send_receive(1)
+            assert e.value.status == Status.NOT_FOUND and "any broker" in str(e.value)
+            with s.link("Global\\slow") as link, pytest.raises(ServiceError) as e:
+                link.send_receive(1)
+            assert e.value.status == Status.TIMED_OUT
+            release.set()
+            with s.link("local") as link, pytest.raises(ServiceError) as e:  # a Local name never leaves
+                link.send_receive(1)
+            assert e.value.status == Status.NOT_FOUND
+            with s.link("Global\\fine") as link:
+                assert link.send_receive(1) == 7
+        with broker.connect(d.address) as s, s.link("Global\\fine") as link, \
+                pytest.raises(broker.PermissionDenied, match="takes no calls from 'c'"):  # as a local refusal
+            link.send_receive(1)
+        assert p.stats()["federation"]["denied"] == 1
+    finally:
+        release.set()
+        for prov in provs:
+            prov.close()
+        for srv in (p, c, d):
+            srv.stop()
+
+
+PROVIDER = """
+import sys, time, broker
+def handler(call):
+    if call.integer(0) == 1:
+        print("busy", flush=True)
+        time.sleep(60)
+    call.write(1, b"%s")
+    return 0
+with broker.connect(sys.argv[1]) as s, s.offer("Global\\\\svc", handler) as offer:
+    print("ready", flush=True)
+    offer.serve_forever()
+"""
+
+
+def test_a_provider_dies_its_callers_get_disconnected_and_the_next_provider_serves(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    p1, p2, c = (federated(tmp_path, n, nats_server.url) for n in "abc")
+    procs = []
+    try:
+        for srv, tag in ((p1, "p1"), (p2, "p2")):
+            proc = subprocess.Popen([sys.executable, "-c", PROVIDER % tag, srv.address], stdout=subprocess.PIPE,
+                                    text=True, cwd=ROOT)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            procs.append(proc)
+        until(lambda: all(s.stats()["federation"]["services"] == ["svc"] for s in (p1, p2)), "both serve it")
+        with broker.connect(c.address, sharable=True) as s, s.link("Global\\svc") as link:
+            # a call that stays with the provider it reached; that provider is killed
+            errors: list[BaseException] = []
+
+            def stuck() -> None:
+                try:
+                    link.send_receive(1, 1, broker.Buffer(8))
+                except BaseException as e:  # noqa: BLE001 - looked at below
+                    errors.append(e)
+            t = threading.Thread(target=stuck)
+            t.start()
+            busy = [p for p in procs if _said(p, "busy", 10)]
+            assert len(busy) == 1
+            busy[0].send_signal(signal.SIGKILL)
+            busy[0].wait(10)
+            t.join(20)
+            assert len(errors) == 1 and isinstance(errors[0], ServiceError), errors
+            assert errors[0].status == Status.DISCONNECTED
+            left = "p2" if busy[0] is procs[0] else "p1"
+            for _ in range(20):  # the rest go to the provider that is left
+                out = broker.Buffer(8)
+                assert link.send_receive(1, 0, out) == 0 and out.value == left.encode()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for srv in (p1, p2, c):
+            srv.stop()
+
+
+def _said(proc: subprocess.Popen[str], word: str, timeout: float) -> bool:
+    """Did the process print `word` within `timeout` (the one that got the call does; the other says nothing)."""
+    import selectors
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            return False
+        return proc.stdout.readline().strip() == word
+    finally:
+        sel.close()
+
+
+def test_malformed_calls_are_answered_and_change_nothing(tmp_path: Path, nats_server: NatsServer) -> None:
+    p = federated(tmp_path, "a", nats_server.url)
+    prov = Provider(p.address, "Global\\fine", lambda call: 7)
+    try:
+        until(lambda: p.stats()["federation"]["services"] == ["fine"], "p serves it")
+        from broker.federation import ANSWER, CALL
+
+        async def garbage(nc: Any) -> list[int]:
+            hexed = "fine".encode().hex()
+            out = []
+            for payload in (b"", b"\x01", CALL.pack(1, 1 << 31), CALL.pack(1, 0) + b"\xff" * 7,
+                            CALL.pack(1, 0)):
+                reply = await nc.request(f"brkfed.b.s.{hexed}", payload, timeout=5)
+                out.append(ANSWER.unpack_from(reply.data)[0])
+            return out
+
+        got, _ = raw_nats(nats_server.url, "b", garbage)
+        assert got[:4] == [Status.ARGUMENT] * 4 and got[4] == 7, got
+        assert p.stats()["federation"]["malformed"] >= 2
+    finally:
+        prov.close()
+        p.stop()
