@@ -54,6 +54,24 @@ def _activated_socket() -> Any:
     return sock
 
 
+def _federation(args: Any) -> Any:
+    """The Federation the serve command's flags describe (secrets from files or the environment, never argv)."""
+    from broker.federation import Federation
+
+    def secret(path: str | None) -> str | None:
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+
+    password = secret(args.nats_password_file) or os.environ.get("BROKER_NATS_PASSWORD") if args.nats_user else None
+    accept = [a.strip() for a in args.federation_accept.split(",") if a.strip()]
+    return Federation(args.federate, name=args.federation_name or "", accept=accept, user=args.nats_user,
+                      password=password, token=secret(args.nats_token_file), nkeys_seed=args.nats_nkey,
+                      credentials=args.nats_creds, tls_ca=args.nats_tls_ca, tls_cert=args.nats_tls_cert,
+                      tls_key=args.nats_tls_key, call_timeout=args.call_timeout)
+
+
 def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics: int | None = None,
           limits: dict[str, Any] | None = None, access: dict[str, Any] | None = None,
           where: dict[str, Any] | None = None) -> int:
@@ -362,6 +380,16 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    fed = data.get("federation")
+    if fed:
+        print(f"federation: broker {fed.get('name')} on NATS {fed.get('connected') or 'NOT CONNECTED'} "
+              f"(of {', '.join(fed.get('servers', []))}), {fed.get('reconnects')} reconnects; takes from "
+              f"{', '.join(fed.get('accept', [])) or 'nobody'}")
+        print(f"  topics: out {fed.get('messages_out')} msgs {fed.get('bytes_out')} B "
+              f"({fed.get('outbound_queued')} waiting), in {fed.get('messages_in')} msgs {fed.get('bytes_in')} B; "
+              f"dropped in {fed.get('dropped_in')}, denied {fed.get('denied')}, malformed {fed.get('malformed')}")
+        print(f"  services: calls out {fed.get('calls_out')} ({fed.get('calls_failed')} failed), in "
+              f"{fed.get('calls_in')}; served here: {', '.join(fed.get('services', [])) or '-'}")
     return 0
 
 
@@ -772,6 +800,26 @@ def main(argv: list[str] | None = None) -> int:
                           f"or with its error (exit {EXIT_IN_USE}: another server is live at the address)")
     srv.add_argument("--detach-timeout", metavar="S", type=_bounded(float, 0.001), default=10.0,
                      help="seconds --detach waits for the server to serve (default: %(default)s)")
+    fed = srv.add_argument_group("federation", "join other hosts' brokers over NATS: their Global\\ topics and "
+                                                "linked services become this one's (pip install 'broker[federation]')")
+    fed.add_argument("--federate", metavar="nats://HOST:PORT[,...]", default=None,
+                     help="the NATS servers of the federation (a cluster's: any of them)")
+    fed.add_argument("--federation-name", metavar="NAME", default=None,
+                     help="this broker's name in the federation (default: the host's name); NATS's permissions "
+                          "should let its user publish only under brkfed.NAME.>")
+    fed.add_argument("--federation-accept", metavar="NAME[,NAME...]", default="",
+                     help="the brokers whose messages and calls it takes ('*': any); the default takes none")
+    fed.add_argument("--nats-user", metavar="USER", default=None, help="NATS user (its password: "
+                     "--nats-password-file, or $BROKER_NATS_PASSWORD)")
+    fed.add_argument("--nats-password-file", metavar="FILE", default=None)
+    fed.add_argument("--nats-token-file", metavar="FILE", default=None, help="a NATS token, from a file")
+    fed.add_argument("--nats-nkey", metavar="FILE", default=None, help="an nkey seed file")
+    fed.add_argument("--nats-creds", metavar="FILE", default=None, help="a NATS credentials file (JWT and nkey)")
+    fed.add_argument("--nats-tls-ca", metavar="FILE", default=None)
+    fed.add_argument("--nats-tls-cert", metavar="FILE", default=None)
+    fed.add_argument("--nats-tls-key", metavar="FILE", default=None)
+    fed.add_argument("--call-timeout", metavar="S", type=_bounded(float, 0.001), default=30.0,
+                     help="a call to another broker's service: TIMED_OUT after this (default: %(default)s)")
     kg = sub.add_parser("keygen", help="add a fresh key for TCP clients to a keys file (made 0600)")
     kg.add_argument("--file", metavar="FILE", default=None,
                     help="the keys file (default: $BROKER_KEYS, else ~/.config/broker/keys)")
@@ -858,6 +906,12 @@ def main(argv: list[str] | None = None) -> int:
                  if (v := getattr(args, k)) not in (None, False)}
         if args.metrics is not None:
             where["metrics_host"] = args.metrics_host
+        if args.federate:
+            try:
+                where["federation"] = _federation(args)
+            except (ValueError, OSError) as e:
+                _say("broker serve", f"--federate: {e}")
+                return 2
         import logging
 
         logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",

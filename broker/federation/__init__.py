@@ -72,6 +72,7 @@ class Federation:
     tls_key: str | None = None
     outbound: int = 8192  # messages the tap holds while NATS is slow or away
     call_timeout: float = 30.0  # a call to another broker's service: TIMED_OUT after this
+    heartbeat: float = 1.0  # each broker says it lives this often; three missed, and its calls here end
     inbound_timeout: float = 1.0
     connect_timeout: float = 5.0
     accepted: frozenset[str] = field(init=False, default=frozenset())
@@ -106,7 +107,7 @@ class Federation:
     def _options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"servers": self.servers, "name": f"broker {self.name}", "no_echo": True,
                                 "connect_timeout": self.connect_timeout, "max_reconnect_attempts": -1,
-                                "reconnect_time_wait": 0.5, "allow_reconnect": True}
+                                "reconnect_time_wait": 0.1, "allow_reconnect": True}
         for k in ("user", "password", "token", "nkeys_seed"):
             if getattr(self, k) is not None:
                 opts[k] = getattr(self, k)
@@ -127,8 +128,18 @@ def _service_subject(origin: str, service: str) -> str:
 
 
 def _answer(status: int, text: str = "", writes: bytes = b"") -> bytes:
+    """R, then the answer: what a provider's broker says last on a call's reply subject."""
     t = text.encode()[:4000]
-    return ANSWER.pack(int(status), len(t)) + t + writes
+    return b"R" + ANSWER.pack(int(status), len(t)) + t + writes
+
+
+@dataclass
+class _Pending:
+    """A call of a caller here to another broker's provider, until its answer."""
+
+    fut: asyncio.Future[tuple[str, bytes]]
+    provider: str | None = None  # the broker that took it (its T), and which run of that broker
+    incarnation: str = ""
 
 
 class FederationLink:
@@ -152,6 +163,11 @@ class FederationLink:
         self._failed: BaseException | None = None
         self._stop: asyncio.Future[None] | None = None
         self._offers_changed = asyncio.Event()
+        self.incarnation = os.urandom(6).hex()  # this run of this broker: a restarted one has another
+        self._inbox = ""
+        self._tokens = 0
+        self._pending: dict[str, _Pending] = {}
+        self._seen: dict[str, tuple[float, str]] = {}  # broker -> when it last said it lives, and its run
         self._served: dict[str, Any] = {}  # a Global service offered here -> its queue subscription
         self._serving = 0
         self._thread = threading.Thread(target=self._run, name=f"broker-federation {config.name}", daemon=True)
@@ -200,6 +216,12 @@ class FederationLink:
                 log.error("federation %s ended: %s", self.config.name, e)
         finally:
             self._ready.set()
+            left = asyncio.all_tasks(self._loop)  # nats-py's own, after a failed or closed connection
+            for t in left:
+                t.cancel()
+            if left:
+                self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     async def _main(self) -> None:
@@ -231,6 +253,9 @@ class FederationLink:
         try:
             self.stats["connected"] = self._nc.connected_url.netloc if self._nc.connected_url else None
             await self._nc.subscribe(f"{PREFIX}.*.t.>", cb=self._inbound, pending_msgs_limit=65536)
+            self._inbox = f"_INBOX.{PREFIX}.{cfg.name}.{self.incarnation}"
+            await self._nc.subscribe(self._inbox + ".*", cb=self._replies, pending_msgs_limit=65536)
+            await self._nc.subscribe(f"{PREFIX}.*.hb", cb=self._heartbeat)
             await self._nc.flush(timeout=cfg.connect_timeout)
             loop = self._loop
             self._tap = self.topics.host_subscriber(self.host, GLOBAL + "*",
@@ -240,9 +265,17 @@ class FederationLink:
             self.links.remote = self._remote_call
             self._offers_changed.set()
             self._ready.set()
-            tasks = [asyncio.ensure_future(self._outbound()), asyncio.ensure_future(self._offers())]
+            tasks = [asyncio.ensure_future(self._outbound()), asyncio.ensure_future(self._offers()),
+                     asyncio.ensure_future(self._beat())]
             await self._stop
             self.links.remote = self.links.watch = None
+            for p in self._pending.values():
+                if not p.fut.done():
+                    p.fut.set_result(("gone", b"the federation is closing"))
+            try:  # the others end our calls at once, not after three heartbeats
+                await self._nc.publish(f"{PREFIX}.{cfg.name}.hb", b"bye " + self.incarnation.encode())
+            except Exception:  # noqa: BLE001 - NATS is away: they time us out instead
+                pass
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -261,29 +294,41 @@ class FederationLink:
     # -- out: the tap's messages to NATS ---------------------------------------------------------
 
     async def _outbound(self) -> None:
+        """The tap's messages to NATS, in their order. A message taken from the tap is sent, or kept and
+        sent again (NATS away, its outbound buffer full) until it is: the tap is the bound, not this."""
         nc, name, stats = self._nc, self.config.name, self.stats
+        unsent: list[tuple[str, bytes, int]] = []
         while True:
             await self._wake.wait()
             self._wake.clear()
             while True:
+                if not unsent:
+                    try:
+                        got, _lost = self.topics.host_take(self._tap, TAKE)
+                    except Disconnected:  # (a blocking tap is never disconnected)
+                        return
+                    for topic, pub, seq, meta, data in got:
+                        if pub in self._own or not topic.startswith(GLOBAL):
+                            continue  # came from another broker: not sent back out
+                        unsent.append((_subject(name, topic[len(GLOBAL):]), HEAD.pack(pub, seq, len(meta)) + meta + data,
+                                       len(data)))
+                    if not got:
+                        break
+                    unsent.reverse()  # (popped from the end: the oldest first)
                 if not nc.is_connected:
                     break  # the tap fills meanwhile; reconnected() wakes this again
                 try:
-                    got, _lost = self.topics.host_take(self._tap, TAKE)
-                except Disconnected:  # (a blocking tap is never disconnected)
-                    return
-                if not got:
+                    while unsent:
+                        subject, payload, n = unsent[-1]
+                        await nc.publish(subject, payload)
+                        unsent.pop()
+                        stats["messages_out"] += 1
+                        stats["bytes_out"] += n
+                except Exception as e:  # noqa: BLE001 - NATS's: reconnecting, buffer full; sent again later
+                    log.info("federation %s: publish: %s (sent again)", name, e)
+                    await asyncio.sleep(0.05)
+                    self._wake.set()
                     break
-                for topic, pub, seq, meta, data in got:
-                    if pub in self._own:
-                        continue  # came from another broker: not sent back out
-                    bare = topic[len(GLOBAL):] if topic.startswith(GLOBAL) else None
-                    if bare is None:
-                        continue
-                    payload = HEAD.pack(pub, seq, len(meta)) + meta + data
-                    await nc.publish(_subject(name, bare), payload)
-                    stats["messages_out"] += 1
-                    stats["bytes_out"] += len(data)
                 await asyncio.sleep(0)
 
     # -- in: NATS's messages to the local subscribers --------------------------------------------
@@ -344,41 +389,107 @@ class FederationLink:
         asyncio.run_coroutine_threadsafe(self._call(name.name, caller, code, blob, room), self._loop)
 
     async def _call(self, service: str, caller: Any, code: int, blob: bytes, room: int) -> None:
-        import nats.errors as ne
-        stats = self.stats
+        stats, loop, nc = self.stats, self._loop, self._nc
         stats["calls_out"] += 1
         status: int = 0
         text, writes = "", b""
         subject, payload = _service_subject(self.config.name, service), CALL.pack(code, room) + blob
-        deadline = self._loop.time() + self.config.call_timeout
+        deadline = loop.time() + self.config.call_timeout
         try:
             while True:
-                reply = await self._nc.request(subject, payload, timeout=max(0.001, deadline - self._loop.time()))
-                data = reply.data
-                if data[:ANSWER.size + len(NOT_HERE)] != _answer(Status.NOT_FOUND, NOT_HERE) or \
-                        self._loop.time() > deadline - 0.05:
+                self._tokens += 1
+                token = str(self._tokens)
+                pending = self._pending[token] = _Pending(loop.create_future())
+                try:
+                    await nc.publish(subject, payload, reply=f"{self._inbox}.{token}")
+                    what, data = await asyncio.wait_for(pending.fut, max(0.001, deadline - loop.time()))
+                finally:
+                    self._pending.pop(token, None)
+                if what == "none":
+                    status, text = Status.NOT_FOUND, f"nobody offers Global\\{service} on any broker"
+                    break
+                if what == "gone":
+                    status, text = Status.DISCONNECTED, f"Global\\{service}: {data.decode(errors='replace')}"
+                    break
+                if data != _answer(Status.NOT_FOUND, NOT_HERE)[1:] or loop.time() > deadline - 0.05:
+                    status, n = ANSWER.unpack_from(data)
+                    if ANSWER.size + n > len(data):
+                        raise ValueError("cut short")
+                    text = bytes(data[ANSWER.size:ANSWER.size + n]).decode(errors="replace")
+                    writes = bytes(data[ANSWER.size + n:])
+                    if len(writes) > room:
+                        status, text, writes = (Status.OVERFLOW,
+                                                f"the remote provider's writes take {len(writes)} bytes", b"")
                     break
                 await asyncio.sleep(0.02)  # its provider just went: NATS gives the call to another one
-            status, n = ANSWER.unpack_from(data)
-            if ANSWER.size + n > len(data):
-                raise ValueError("cut short")
-            text = bytes(data[ANSWER.size:ANSWER.size + n]).decode(errors="replace")
-            writes = bytes(data[ANSWER.size + n:])
-            if len(writes) > room:
-                status, text, writes = Status.OVERFLOW, f"the remote provider's writes take {len(writes)} bytes", b""
-        except ne.NoRespondersError:
-            status, text = Status.NOT_FOUND, f"nobody offers Global\\{service} on any broker"
-        except (ne.TimeoutError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
             status, text = Status.TIMED_OUT, f"no answer from Global\\{service} within {self.config.call_timeout:g} s"
-        except (ne.ConnectionClosedError, ne.ConnectionDrainingError, ne.ConnectionReconnectingError,
-                ne.OutboundBufferLimitError) as e:
-            status, text = Status.DISCONNECTED, f"the federation cannot reach NATS: {type(e).__name__}"
         except (ValueError, struct.error) as e:
             status, text = Status.GENERAL, f"an unreadable answer from another broker: {e}"
             stats["malformed"] += 1
+        except Exception as e:  # noqa: BLE001 - NATS's: closed, draining, its outbound buffer full
+            status, text = Status.DISCONNECTED, f"the federation cannot reach NATS: {type(e).__name__}: {e}"
         if status < 0:
             stats["calls_failed"] += 1
         self.links.remote_answer(caller, status, text, writes)
+
+    async def _replies(self, msg: Any) -> None:
+        """What comes back on a call's reply subject: T (the broker that took it), then R (its answer);
+        NATS's own 503 when nobody serves it."""
+        pending = self._pending.get(msg.subject.rsplit(".", 1)[-1])
+        if pending is None or pending.fut.done():
+            return
+        data = msg.data
+        if msg.headers and msg.headers.get("Status") == "503":
+            pending.fut.set_result(("none", b""))
+        elif data[:1] == b"R":
+            pending.fut.set_result(("answer", bytes(data[1:])))
+        elif data[:1] == b"T":
+            try:
+                provider, incarnation = bytes(data[1:]).decode().split(" ")
+                _check_name(provider)
+            except ValueError:
+                self.stats["malformed"] += 1
+                return
+            pending.provider, pending.incarnation = provider, incarnation
+            self._seen[provider] = (self._loop.time(), incarnation)  # (it lives: it just took the call)
+        else:
+            self.stats["malformed"] += 1
+
+    async def _heartbeat(self, msg: Any) -> None:
+        parts = msg.subject.split(".")
+        if len(parts) != 3:
+            return
+        who, said = parts[1], bytes(msg.data).decode(errors="replace")
+        if said.startswith("bye "):
+            self._seen.pop(who, None)
+            self._end_calls(who, "its broker stopped")
+        else:
+            before = self._seen.get(who)
+            self._seen[who] = (self._loop.time(), said)
+            if before is not None and before[1] != said:  # it restarted: what its last run took is lost
+                self._end_calls(who, f"broker {who} restarted", incarnation=said)
+
+    async def _beat(self) -> None:
+        """Say this broker lives; end the calls taken by a broker that stopped saying so (or restarted)."""
+        every = self.config.heartbeat
+        subject, me = f"{PREFIX}.{self.config.name}.hb", self.incarnation.encode()
+        while True:
+            try:
+                await self._nc.publish(subject, me)
+            except Exception:  # noqa: BLE001 - reconnecting: NATS buffers it, or it is lost, as a beat may be
+                pass
+            now = self._loop.time()
+            for who in {p.provider for p in self._pending.values() if p.provider is not None}:
+                seen = self._seen.get(who)
+                if seen is None or now - seen[0] > 3 * every:
+                    self._end_calls(who, f"broker {who} is gone (no heartbeat for {3 * every:g} s)")
+            await asyncio.sleep(every)
+
+    def _end_calls(self, provider: str, why: str, incarnation: str | None = None) -> None:
+        for p in self._pending.values():
+            if p.provider == provider and not p.fut.done() and (incarnation is None or p.incarnation != incarnation):
+                p.fut.set_result(("gone", why.encode()))
 
     async def _offers(self) -> None:
         """Keeps a queue subscription for each Global service offered here, and only those."""
@@ -452,6 +563,7 @@ class FederationLink:
         if service not in self.links.global_offers():  # it went: another provider takes it (see _call)
             await msg.respond(_answer(Status.NOT_FOUND, NOT_HERE))
             return
+        await msg.respond(f"T{self.config.name} {self.incarnation}".encode())  # the caller's broker watches us
         self.links.host_call_packed(self.host, GLOBAL + service, code, bytes(data[CALL.size:]), room, done)
         try:
             status, text, written = await asyncio.wait_for(fut, self.config.call_timeout)

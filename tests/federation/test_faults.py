@@ -43,8 +43,9 @@ def routed(nodes: list[NatsServer], timeout: float = 20.0) -> None:
 
 @pytest.mark.stress  # a cluster, a node's death and the reconnects: ~10 s
 def test_a_nats_node_killed_mid_traffic(tmp_path: Path, cluster: list[NatsServer]) -> None:
-    """a publishes through the node it is on, which dies: it reconnects to another. What NATS core had in
-    flight in the dead node may be lost (at most once); nothing else is, nothing twice, nothing out of order."""
+    """a publishes through the node it is on, which dies: it reconnects to another. NATS core is at most
+    once: what was in flight in the dead node, or published while a subscriber's broker was reconnecting, may
+    be lost; nothing else is, nothing twice, nothing out of order."""
     routed(cluster)
     urls = ",".join(n.url for n in cluster)
     a = federated(tmp_path, "a", urls)
@@ -54,15 +55,19 @@ def test_a_nats_node_killed_mid_traffic(tmp_path: Path, cluster: list[NatsServer
             sub = sb.subscriber("Global\\ticks", capacity=16384)
             n = 4000
             stop = threading.Event()
+            failed: list[BaseException] = []
 
             def publish() -> None:
-                with broker.connect(a.address) as sa, sa.publisher("Global\\ticks", block_timeout=30) as pub:
-                    for i in range(n):
-                        pub.publish(b"%d" % i)
-                        if i % 50 == 0:
-                            time.sleep(0.002)
-                        if stop.is_set():
-                            return
+                try:
+                    with broker.connect(a.address) as sa, sa.publisher("Global\\ticks", block_timeout=30) as pub:
+                        for i in range(n):
+                            pub.publish(b"%d" % i)
+                            if i % 10 == 0:
+                                time.sleep(0.002)  # (over a second or more: the node dies mid-way)
+                            if stop.is_set():
+                                return
+                except BaseException as e:  # noqa: BLE001 - said below
+                    failed.append(e)
 
             until(lambda: a.stats()["federation"]["connected"] is not None, "a is connected")
             t = threading.Thread(target=publish)
@@ -79,11 +84,14 @@ def test_a_nats_node_killed_mid_traffic(tmp_path: Path, cluster: list[NatsServer
                     pass
             stop.set()
             t.join(30)
+            assert not failed, failed
             assert got and got[-1] == n - 1, "the last message arrived after the reconnect"
             assert got == sorted(set(got)), "in order, none twice"
-            lost = n - len(got)
-            assert lost <= 1000, f"{lost} lost: more than a node's in-flight messages"
-            assert a.stats()["federation"]["reconnects"] >= 1
+            # what is lost is lost in the failover: while a broker had no server, or NATS had not yet carried
+            # b's interest to a's new server. At most two gaps (a's reconnect and b's), none after both are back
+            gaps = [(x, y) for x, y in zip(got, got[1:]) if y != x + 1]
+            assert len(gaps) <= 2, f"{n - len(got)} lost in {len(gaps)} gaps: {gaps[:10]}"
+            until(lambda: a.stats()["federation"]["reconnects"] >= 1, "a reconnected")
             assert quiet(sub) == []
     finally:
         a.stop()

@@ -223,18 +223,101 @@ def test_malformed_calls_are_answered_and_change_nothing(tmp_path: Path, nats_se
         until(lambda: p.stats()["federation"]["services"] == ["fine"], "p serves it")
         from broker.federation import ANSWER, CALL
 
-        async def garbage(nc: Any) -> list[int]:
+        async def garbage(nc: Any) -> list[Any]:
             hexed = "fine".encode().hex()
-            out = []
+            out: list[Any] = []
             for payload in (b"", b"\x01", CALL.pack(1, 1 << 31), CALL.pack(1, 0) + b"\xff" * 7,
                             CALL.pack(1, 0)):
-                reply = await nc.request(f"brkfed.b.s.{hexed}", payload, timeout=5)
-                out.append(ANSWER.unpack_from(reply.data)[0])
+                inbox = nc.new_inbox()
+                sub = await nc.subscribe(inbox)
+                await nc.publish(f"brkfed.b.s.{hexed}", payload, reply=inbox)
+                while True:  # T (who took it) may come first; R is the answer
+                    reply = await sub.next_msg(timeout=5)
+                    if reply.data[:1] == b"T":
+                        out.append(reply.data[1:].decode().split(" ")[0])
+                        continue
+                    assert reply.data[:1] == b"R"
+                    out.append(ANSWER.unpack_from(reply.data, 1)[0])
+                    break
+                await sub.unsubscribe()
             return out
 
         got, _ = raw_nats(nats_server.url, "b", garbage)
-        assert got[:4] == [Status.ARGUMENT] * 4 and got[4] == 7, got
+        # the first three are refused before a provider sees them; the fourth's arguments are nonsense to the
+        # provider a's broker gave it to; the last is a good call
+        assert got == [Status.ARGUMENT] * 3 + ["a", Status.ARGUMENT, "a", 7], got
         assert p.stats()["federation"]["malformed"] >= 2
     finally:
         prov.close()
         p.stop()
+
+
+SLOW = """
+import sys, time, broker
+def handler(call):
+    print("busy", flush=True)
+    time.sleep(120)
+    return 0
+with broker.connect(sys.argv[1]) as s, s.offer("Global\\\\slow", handler) as offer:
+    print("ready", flush=True)
+    try:
+        offer.serve_forever()
+    except broker.BrokerError:
+        pass
+"""
+
+
+def test_a_broker_killed_mid_call_ends_its_callers_calls_with_disconnected(tmp_path: Path,
+                                                                          nats_server: NatsServer) -> None:
+    """broker a runs as `broker serve --federate` and is killed while it runs b's caller's call: b learns
+    it from a's missed heartbeats, long before the call's timeout, and says DISCONNECTED."""
+    secret = tmp_path / "pw"
+    secret.write_text("pw-a\n")
+    secret.chmod(0o600)
+    a_sock = str(tmp_path / "a.sock")
+    a = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--address", a_sock, "--federate", nats_server.url,
+                          "--federation-name", "a", "--federation-accept", "b", "--nats-user", "a",
+                          "--nats-password-file", str(secret)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    b = federated(tmp_path, "b", nats_server.url, call_timeout=300, heartbeat=0.2)
+    provider = None
+    try:
+        assert a.stdout is not None and a.stdout.readline().startswith("listening on"), a.stderr
+        provider = subprocess.Popen([sys.executable, "-c", SLOW, a_sock], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert provider.stdout is not None and provider.stdout.readline().strip() == "ready"
+        stat = subprocess.run([sys.executable, "-m", "broker", "stat", a_sock, "--interval", "0"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert "federation: broker a on NATS 127.0.0.1:" in stat.stdout, stat.stdout + stat.stderr
+        until(lambda: "served here: slow" in subprocess.run(
+            [sys.executable, "-m", "broker", "stat", a_sock, "--interval", "0"], cwd=ROOT, capture_output=True,
+            text=True, timeout=60).stdout, "a serves Global\\slow on NATS")
+        with broker.connect(b.address, sharable=True) as s, s.link("Global\\slow") as link:
+            errors: list[BaseException] = []
+
+            def call() -> None:
+                try:
+                    link.send_receive(1)
+                except BaseException as e:  # noqa: BLE001 - looked at below
+                    errors.append(e)
+            t = threading.Thread(target=call)
+            t.start()
+            assert _said(provider, "busy", 20)
+            a.send_signal(signal.SIGKILL)
+            a.wait(10)
+            t.join(60)
+            assert not t.is_alive()
+            assert len(errors) == 1 and isinstance(errors[0], ServiceError), errors
+            assert errors[0].status == Status.DISCONNECTED and "broker a is gone" in str(errors[0])
+        assert b.federation is not None and b.federation._pending == {}  # nothing is left of the call
+    finally:
+        for proc in (a, provider):
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
+                for f in (proc.stdout, proc.stderr):
+                    if f is not None:
+                        f.close()
+        b.stop()
+        from broker.core.ring import sweep
+        sweep()  # the killed broker's segments: their creator is dead
