@@ -101,7 +101,7 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
             address = activated.getsockname() or address
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
                      shm_policy=shm_policy, metrics=metrics, grants=grants, **access, **(limits or {}), **where)
-    except (ValueError, PermissionError) as e:
+    except (ValueError, PermissionError, ImportError) as e:  # ImportError: --metrics without prometheus-client
         _say("broker serve", str(e))
         return 2
     if srv.insecure_tcp:
