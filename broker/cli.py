@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
@@ -197,11 +196,6 @@ def keygen(path: str | None, name: str | None) -> int:
 # ---- broker ping --------------------------------------------------------------------------
 
 
-def _percentile(sorted_ms: list[float], p: float) -> float:
-    """Nearest rank."""
-    return sorted_ms[max(0, min(len(sorted_ms) - 1, math.ceil(p / 100 * len(sorted_ms)) - 1))]
-
-
 def ping(address: str, count: int, size: int, interval: float, timeout: float, quiet: bool, key: Any = None) -> int:
     """Round trips to the echo service; exit code 0 only if every one came back intact."""
     from broker.api import connect
@@ -250,9 +244,10 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
     print(f"--- {address} echo ping ---")
     print(f"{sent} requests, {len(times)} replies, {errors} errors")
     if times:
-        t = sorted(times)
-        print(f"round trip min/p50/p99/max = {t[0]:.3f}/{_percentile(t, 50):.3f}/{_percentile(t, 99):.3f}/"
-              f"{t[-1]:.3f} ms", flush=True)
+        from broker.bench.stats import percentiles  # nearest rank
+
+        p50, p99 = percentiles(times, (50, 99))
+        print(f"round trip min/p50/p99/max = {min(times):.3f}/{p50:.3f}/{p99:.3f}/{max(times):.3f} ms", flush=True)
     else:
         print("round trip: no replies", flush=True)
     return 0 if times and not errors and sent == count else 1

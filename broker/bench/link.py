@@ -22,7 +22,8 @@ import time
 from typing import Any
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench.ring import _child, _machine, _Progress, _scale
+from broker.bench.stats import latency_stats
 from broker.bench.rpc import ECHO, PAYLOAD, SMALL, _server
 from broker.api import connect
 from broker.framework.client import Buffer
@@ -175,7 +176,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
                 for col in plan:
                     progress.start(f"64 B round trip - {LABELS[col]}")
                     if col in BASELINES:
-                        runs[col].append({**_latency_stats(_baseline(col, tmpdir, count, warmup)),
+                        runs[col].append({**latency_stats(_baseline(col, tmpdir, count, warmup)),
                                           "transport": LABELS[col]})
                         progress.end(f"p50 {runs[col][-1]['p50']:.1f} us")
                         continue
@@ -193,7 +194,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
                                 ns = _rounds(link.send_receive, count, warmup)
                                 if link.direct != (col == "link_shm"):
                                     raise AssertionError(f"{LABELS[col]}: the calls went the wrong way")
-                        runs[col].append({**_latency_stats(ns), "transport": s.transport})
+                        runs[col].append({**latency_stats(ns), "transport": s.transport})
                     progress.end(f"p50 {runs[col][-1]['p50']:.1f} us")
                 os.close(stop_w)  # the provider stops
                 stop_w = -1

@@ -40,7 +40,8 @@ from typing import Any, Callable
 import numpy as np
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench.ring import _child, _machine, _Progress, _scale
+from broker.bench.stats import latency_stats
 
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
@@ -465,7 +466,7 @@ def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
         for fd in (ready_r, ready_w, *[fd for p in pipes for fd in p if fd >= 0]):
             os.close(fd)
     if fig.unit == "us":
-        return {**_latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
+        return {**latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
     rate = min(r for r, _ in reports)
     value = rate * fig.size / 1e9 if fig.unit == "GB/s" else rate
     return {"value": value, "rates": [r for r, _ in reports], "count": seq}

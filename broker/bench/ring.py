@@ -36,6 +36,7 @@ from functools import partial
 from multiprocessing import Pipe
 from typing import Any, Callable, Iterator, NoReturn
 
+from broker.bench.stats import latency_stats
 from broker.core.ring import Ring
 from broker._version import __version__
 
@@ -444,19 +445,6 @@ def _ping(transport: str, warmup: int) -> Callable[..., list[int]]:
     return ping
 
 
-def _percentile(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile, in microseconds."""
-    k = max(0, min(len(sorted_ns) - 1, -(-len(sorted_ns) * q // 100) - 1))
-    return sorted_ns[int(k)] / 1000
-
-
-def _latency_stats(ns: list[int]) -> dict[str, float]:
-    s = sorted(ns)
-    return {"samples": len(s), "min": s[0] / 1000, "p50": _percentile(s, 50), "p90": _percentile(s, 90),
-            "p99": _percentile(s, 99), "p99.9": _percentile(s, 99.9), "max": s[-1] / 1000,
-            "mean": statistics.fmean(s) / 1000}
-
-
 # ---- the figures -----------------------------------------------------------------
 
 
@@ -584,7 +572,7 @@ def _latency(fig: Figure, transport: str, count: int) -> dict[str, Any]:
     warmup = max(count // 10, 10)
     link = _link(transport, 1 << 20, two_way=True, spin_us=fig.spin_us)
     ns = _across(link, _echo(transport), _ping(transport, warmup), warmup + count, fig.gap)
-    return {**_latency_stats(ns), "warmup": warmup, "gap_s": fig.gap,
+    return {**latency_stats(ns), "warmup": warmup, "gap_s": fig.gap,
             "ring_spin_us": fig.spin_us if transport == "ring" else None}
 
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
+from broker.bench.ring import _child, _ends, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
+from broker.bench.stats import latency_stats
 from broker.api import connect
 from broker.framework.client import Buffer
 from broker.core.malloc import keep_large_buffers
@@ -227,7 +228,7 @@ def _latency(tmpdir: str, transport: str, count: int, size: int, gap: float = 0.
         ns = _framework(tmpdir, transport, _lat_framework, rounds, warmup, size, gap)
     else:
         ns = _baseline(transport, _echo if size == SMALL else _sink, _lat_baseline, rounds, warmup, size, gap)
-    return {**_latency_stats(ns), "warmup": warmup}
+    return {**latency_stats(ns), "warmup": warmup}
 
 
 # ---- request rates (figures 2 and 3) ---------------------------------------------------
