@@ -839,8 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     for suite in (ring, rpc, lnk, pubsub):
         suite.add_argument("--chart", metavar="FILE", help="also draw the figures into FILE (.png or .svg; matplotlib)")
     chart = bench_sub.add_parser("chart", help="draw the figures of a JSON a bench wrote (matplotlib)")
-    chart.add_argument("json_file", metavar="JSON", help="what `broker bench SUITE --json FILE` wrote")
-    chart.add_argument("--out", metavar="FILE", help="the chart's file (default: JSON's name, .png)")
+    chart.add_argument("json_file", metavar="JSON", nargs="+", help="what `broker bench SUITE --json FILE` wrote")
+    dest = chart.add_mutually_exclusive_group()
+    dest.add_argument("--out", metavar="FILE", help="the chart's file, for one JSON (default: JSON's name, .png)")
+    dest.add_argument("--out-dir", metavar="DIR", help="draw each chart into DIR (default: beside its JSON)")
     args = parser.parse_args(argv)
     if args.command == "serve" and args.detach:
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -898,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.suite == "chart":
             from broker.bench.chart import run as run_chart
 
-            return run_chart(args.json_file, args.out)
+            return run_chart(args.json_file, args.out, args.out_dir)
         parser.error(f"unknown benchmark {args.suite!r}")
     parser.print_help()
     return 0
