@@ -40,7 +40,9 @@ from typing import Any, Callable
 import numpy as np
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench.ring import _child, _machine, _scale
+from broker.bench.show import Progress, Table
+from broker.bench.stats import latency_stats
 
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
@@ -465,7 +467,7 @@ def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
         for fd in (ready_r, ready_w, *[fd for p in pipes for fd in p if fd >= 0]):
             os.close(fd)
     if fig.unit == "us":
-        return {**_latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
+        return {**latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
     rate = min(r for r, _ in reports)
     value = rate * fig.size / 1e9 if fig.unit == "GB/s" else rate
     return {"value": value, "rates": [r for r, _ in reports], "count": seq}
@@ -485,7 +487,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     factor = _scale(quick, scale)
     figs = _figures()
     transports = [t for t in TRANSPORTS if (t != "zmq" or zmq is not None) and (t != "iceoryx2" or iox2 is not None)]
-    progress = _Progress(sum(1 if f.zero_copy else len(transports) for f in figs))
+    progress = Progress(sum(1 if f.zero_copy else len(transports) for f in figs))
     out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": 1,
                                     "zmq": zmq.__version__ if zmq is not None else None,
                                     "iceoryx2": _version("iceoryx2") if iox2 is not None else None}, "figures": {}}
@@ -522,8 +524,8 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.2f}"
 
 
-def table(result: dict[str, Any]) -> str:
-    lines = _bench_ring.header_lines("pubsub", result["meta"], "msgs/s")
+def table(result: dict[str, Any]) -> Table:
+    above = _bench_ring.header_lines("pubsub", result["meta"], "msgs/s")
     transports = [t for t in TRANSPORTS if any(t in f["results"] for f in result["figures"].values())]
     rows: list[tuple[str, ...]] = [("figure", "unit", *(LABELS[t] for t in transports), "target for broker")]
     for fig in result["figures"].values():
@@ -538,8 +540,7 @@ def table(result: dict[str, Any]) -> str:
         else:
             rows.append((fig["title"], fig["unit"], *(_fmt(res[t]["value"], fig["unit"]) if t in res else "-"
                                                       for t in transports), ttext))
-    lines += _bench_ring.render_rows(rows)
-    lines += ["", "broker: publisher and subscribers on shared-memory sessions (the subscribers read the "
+    lines = ["", "broker: publisher and subscribers on shared-memory sessions (the subscribers read the "
               "publisher's ring in place);",
               "broker relay: the subscribers on socket sessions (the server relays); rates at the slowest "
               "subscriber"]
@@ -547,7 +548,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append("pyzmq is not installed: pip install 'broker[bench]' for its column")
     if "iceoryx2" not in transports:
         lines.append("iceoryx2 is not installed: pip install 'broker[bench]' for its column")
-    return "\n".join(lines)
+    return Table(above, rows, lines)
 
 
 def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,

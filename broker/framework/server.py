@@ -946,6 +946,10 @@ class Server:
         self.server_id = f"s{os.getpid()}"  # in the names of its segments
         if metrics is not None and not 0 <= metrics <= 65535:
             raise ValueError(f"metrics is a TCP port (0: one the kernel picks), not {metrics}")
+        if metrics is not None:
+            from broker.framework.metrics import require
+
+            require()  # ImportError now, saying what to install, rather than when serving starts
         self._metrics_at = None if metrics is None else (metrics_host, metrics)
         self.metrics: Any = None  # the Prometheus endpoint (broker/framework/metrics.py) while serving, if asked for
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon

@@ -30,7 +30,12 @@ class Address:
 
 def runtime_dir() -> str:
     """This user's directory for broker sockets: $XDG_RUNTIME_DIR/broker, else a
-    private (0700, ours) directory under /tmp."""
+    private (0700, ours) directory under /tmp.
+
+    Not platformdirs' user_runtime_dir: on Linux it is $XDG_RUNTIME_DIR, else /run/user/UID
+    whether or not that exists (it does not where no login manager made it: containers, CI, su,
+    cron, root here), so the fallback and the check of what we find would stay here anyway, and
+    the transport layer would need a fourth required dependency for one environment lookup."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
         path = os.path.join(base, "broker")
