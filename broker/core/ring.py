@@ -468,8 +468,9 @@ def wait_any(rings: Sequence["Ring"], bell: Bell | None, seen: int, timeout: flo
         raise ValueError(f"wait_any waits on at most {WAIT_ANY_MAX} rings")
     for r in rings:
         r.need("consumer")
-    return _FAST["wait_any"](tuple(r._addr for r in rings), 0 if bell is None else bell._addr, seen,
-                             int(spin_us * 1000), max(0, int(timeout * 1e9)))
+    which: int | None = _FAST["wait_any"](tuple(r._addr for r in rings), 0 if bell is None else bell._addr, seen,
+                                          int(spin_us * 1000), max(0, int(timeout * 1e9)))
+    return which
 
 
 def sweep(remove: bool = True) -> list[tuple[str, str]]:
@@ -631,7 +632,7 @@ class _RingSide:
 
     @property
     def spin_us(self) -> float:
-        return self._live().spin_ns / 1000
+        return int(self._live().spin_ns) / 1000
 
     @spin_us.setter
     def spin_us(self, value: float) -> None:
