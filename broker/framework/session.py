@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from broker._errors import BadHandle, BrokerError, Overflow, StateError
-from broker.protocol.codes import CLOSE_SUBSESSION, SERVER_STATS  # noqa: F401  (the framework's own codes)
+from broker.protocol.codes import CLOSE_SUBSESSION as CLOSE_SUBSESSION, SERVER_STATS as SERVER_STATS  # the framework's own codes
 from broker.protocol.handles import ObjectIndex
 from broker.protocol.frames import Arg, ArgKind, ServerConnection, State, Status, complete_frame, text_bytes
 from broker.framework.native import MessageBase, declare
@@ -43,7 +43,7 @@ class Peer:
         return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]}{who})"
 
 
-class Message(MessageBase):  # type: ignore[misc, valid-type]
+class Message(MessageBase):
     """One request: a function code and four arguments (Symbian's RMessage2).
 
     complete() must be called exactly once, from any thread, now or later.
@@ -70,11 +70,13 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
 
     @property
     def session(self) -> "Session":
-        return self._conn.session
+        session: Session = self._conn.session
+        return session
 
     @property
     def peer(self) -> Peer:
-        return self._conn.peer
+        peer: Peer = self._conn.peer
+        return peer
 
     @property
     def connection(self) -> Any:
@@ -212,7 +214,7 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         try:
             if self._done:
                 raise StateError("the message is already complete")
-            self._writes = {i: parts}  # (its whole new content: what any earlier write said is replaced)
+            self._writes = {i: parts}  # type: ignore[dict-item]  # (its parts, sent as they are: its whole new content, what any earlier write said is replaced)
         finally:
             lock.release()
         self.complete(status)
@@ -344,6 +346,7 @@ class Session:
 
     functions: dict[str, int] = {}  # name -> code of the @function methods (made per subclass)
     _by_code: dict[int, str] = {}
+    _connection: Any  # the server's connection, once it accepted the session (notify speaks through it)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
