@@ -124,8 +124,8 @@ def to_arg(a: Any) -> Arg:
         return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if isinstance(a, bytearray):
         return Arg(_READWRITE, len(a), bytes(a))
-    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # a big memoryview goes out from its own buffer: no copy here
-        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type]
+    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # type: ignore[union-attr]  # a big memoryview goes out from its own buffer: no copy here
+        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type, union-attr]
     return Arg(_READ, 0, bytes(a))
 
 
@@ -208,8 +208,8 @@ class _Reply(Future):  # type: ignore[type-arg]
         self._waiters = w = _StartsReader()
         w._session = session
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         """Future's Condition, made on first use (under _COND_LOCK: once, whichever thread asks)."""
         c = self._cond
         if c is None:
@@ -358,7 +358,7 @@ class ClientSession:
         # what carries the session's frames: the rings, or the socket (transport/carrier.py)
         self._carrier: Any = rings if rings is not None else SocketCarrier(sock, address, self._spin_ns)
         if rings is None:
-            self._carrier.reader = proto.reader  # a big reply is read from the socket straight into its frame
+            self._carrier.reader = proto.reader  # type: ignore[union-attr]  # (the socket's) a big reply is read from the socket straight into its frame
         self.transport = self._carrier.kind
         # the server's process, as the kernel says (Unix sockets): the one that called listen(), so under
         # socket activation the one that made the socket (systemd)
@@ -485,7 +485,7 @@ class ClientSession:
                 return results
         except TypeError:  # an error among them, from the long way
             pass
-        first: BrokerError | None = None
+        first: BaseException | None = None
         for i, r in enumerate(results):
             if type(r) is int and r < 0:
                 try:
@@ -687,7 +687,7 @@ class ClientSession:
         fut = _Sent()
         fut._session = self
         fut._rid = self._submit(code, args, handle, False, fut)
-        return await asyncio.wrap_future(fut)  # type: ignore[no-any-return]  # a cancelled await cancels it
+        return await asyncio.wrap_future(fut)  # a cancelled await cancels it
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
         """send for asyncio: uses a message slot."""
@@ -983,16 +983,16 @@ class ClientSession:
                 self._end_inline()
         return self._wait(inline, rid, None)
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: "bytes | tuple[bytes, ...]") -> None:
         """A frame to the server, on the session's carrier (with the lock held)."""
         self._carrier.send(frame)
 
-    def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
+    def _wait(self, fut: "Future[int] | _Inline", rid: int, timeout: float | None) -> int:
         try:
             return fut.result(timeout)
         except TimeoutError:
             if fut.done():  # settled just now, after the look above (by _fail in another thread, say)
-                return fut.result(0)  # type: ignore[no-any-return]
+                return fut.result(0)
             broken = self._broken
             if broken is not None:
                 # the session ended while this call was read for: _fail is about to settle it with this
@@ -1258,7 +1258,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
                                            ring_capacity or 0)))
         except (BrokenPipeError, ConnectionResetError):
             pass  # a server that refuses at once (busy) may have closed already: its REFUSE is there to read
-        refused = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
+        refused: dict[int, type[BrokerError]] = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
         nonce = b""
         while proto.state in (State.HANDSHAKE, State.AUTH) or proto.offer_due:
             data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
