@@ -139,9 +139,9 @@ def _flat(x: Any) -> memoryview:
     """x's bytes as a flat memoryview, without a copy when x is C-contiguous (arrays of any shape,
     zero-size and 0-d ones too, which memoryview.cast refuses)."""
     if isinstance(x, np.ndarray):
-        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # (numpy's stubs: ndarray.__buffer__ on Python 3.12+ only)
     v = memoryview(x)
-    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous
+    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous  # type: ignore[arg-type]  # (as above)
                                                                 else np.frombuffer(v.tobytes(), np.uint8))
 
 
@@ -291,7 +291,7 @@ class Publisher(SubSession):
             try:
                 if rc != _RING_FULL:
                     if rc == _RING_TOOBIG:
-                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "
+                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "  # type: ignore[arg-type]  # (as in _flat)
                                      f"{self.topic!r}'s ring (records of {ring.max_record} bytes)")
                     raise ring._failed(rc, f"publish on {ring.name}")
                 h = h or ring.need("producer")
@@ -370,6 +370,7 @@ class Publisher(SubSession):
     def _publish_many_ring(self, ring: Broadcast, items: Iterable[Any], timeout: float | None) -> int:
         items = items if type(items) is list else list(items)
         small, base = self._small, self._seq
+        went: int  # (what C's topic_send_many says it sent)
         went, rc = _tsend_many(self._addr, items, base + 1, 0)  # the plain ones, until one is not (or no room)
         if rc == _RING_FULL:  # wait for room (up to the deadline: FullTimeout), then on in C
             wait = self.block_timeout if timeout is None else timeout
@@ -888,7 +889,7 @@ class Subscriber(SubSession):
                     if not (more or k) and seq > asm.seq and asm.complete and _HEAD_SIZE + mlen <= len(rec):
                         meta = bytes(rec[_HEAD_SIZE:_HEAD_SIZE + mlen])
                         try:
-                            value = _decode(rec[_HEAD_SIZE + mlen:], meta)  # type: ignore[arg-type]
+                            value = _decode(rec[_HEAD_SIZE + mlen:], meta)
                         except ServerGone as e:
                             self.corrupt += 1
                             self.last_error = str(e)
