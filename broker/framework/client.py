@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from broker.transport import address as _address
 from broker.transport import keys as _keys
@@ -62,6 +62,9 @@ from broker.transport.keys import Key
 from broker.framework.watch import WATCHER
 from broker.framework.native import declare_buffer
 from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # (typing's own from Python 3.11)
 
 log = logging.getLogger("broker.client")
 
@@ -817,7 +820,7 @@ class ClientSession:
         return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
                    for _fd, ev in p.poll(0))
 
-    def __enter__(self) -> "ClientSession":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1377,7 +1380,7 @@ class SubSession:
             if not self.session.closed and not self.session.server_gone():  # (a dead server closed it already)
                 self.session.send_receive(CLOSE_SUBSESSION, handle=h)
 
-    def __enter__(self) -> "SubSession":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

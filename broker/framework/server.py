@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from broker.transport import address as _address
 from broker.transport import keys as _keys
@@ -62,6 +62,9 @@ from broker.framework.service import Service, dispatch_table
 from broker.framework.logins import Logins
 from broker.framework.namespace import owner_of
 from broker.framework.session import SERVING, CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # (typing's own from Python 3.11)
 
 log = logging.getLogger("broker.server")
 _OPEN = State.OPEN
@@ -1083,7 +1086,7 @@ class Server:
                 log.warning("plain TCP on %s:%s (insecure_tcp): whoever reaches it gets a session, with no "
                             "identity; use keys instead", host, port)
 
-    def start(self) -> "Server":
+    def start(self) -> Self:
         """Serve in a background thread (the embedding case)."""
         if self._thread is not None:
             raise StateError("the server is already running")
@@ -1092,7 +1095,7 @@ class Server:
         self._thread.start()
         return self
 
-    def serve_forever(self, ready: Callable[["Server"], None] | None = None) -> None:
+    def serve_forever(self, ready: Callable[[Self], None] | None = None) -> None:
         """Serve in this thread until stop() (from another thread or a signal handler).
         ready(server), if given, runs once the addresses are bound (`server.bound`)."""
         self._setup()
@@ -1183,7 +1186,7 @@ class Server:
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
