@@ -4,13 +4,16 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from broker._errors import BadHandle, BrokerError, Overflow, StateError
 from broker.protocol.codes import CLOSE_SUBSESSION as CLOSE_SUBSESSION, SERVER_STATS as SERVER_STATS  # the framework's own codes
 from broker.protocol.handles import ObjectIndex
 from broker.protocol.frames import Arg, ArgKind, ServerConnection, State, Status, complete_frame, text_bytes
 from broker.framework.native import MessageBase, declare
+
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])  # a method @function marks, as it is
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
@@ -328,13 +331,13 @@ def refuse(conn: Any, msg: "Message", e: Exception, argument_error: type) -> Non
         conn.failed(msg, e)
 
 
-def function(code: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def function(code: int) -> Callable[[_F], _F]:
     """Mark a Session method as the function `code`: the default service() calls it with the message,
     and a client calls it by name (broker.functions(session, TheClass).name(...))."""
     if type(code) is not int or not 0 <= code <= 0x7FFFFFFF:
         raise ValueError(f"a function's code is an int from 0 to 2**31-1 (below 0 is the broker's), not {code!r}")
 
-    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+    def mark(method: _F) -> _F:
         method.__broker_code__ = code  # type: ignore[attr-defined]
         return method
     return mark
