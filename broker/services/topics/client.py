@@ -78,7 +78,7 @@ _CACHE = 256  # dtypes and metas remembered each way (a publisher's, a subscribe
 
 def _dtype_bytes(dt: np.dtype) -> bytes:
     """The dtype part of an array's meta (marker and length included)."""
-    s = dt.str.encode()
+    s: bytes = dt.str.encode()  # (numpy's stubs type dtype.str Any before Python 3.11)
     if np.dtype(dt.str) == dt and len(s) <= 255:
         return _ARRAY + bytes([len(s)]) + s
     if dt.hasobject:
@@ -145,9 +145,9 @@ def _flat(x: Any) -> memoryview:
     """x's bytes as a flat memoryview, without a copy when x is C-contiguous (arrays of any shape,
     zero-size and 0-d ones too, which memoryview.cast refuses)."""
     if isinstance(x, np.ndarray):
-        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # (numpy's stubs: ndarray.__buffer__ on Python 3.12+ only)
+        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))  # type: ignore[arg-type, unused-ignore]  # (numpy's stubs: ndarray.__buffer__ on Python 3.12+ only)
     v = memoryview(x)
-    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous  # type: ignore[arg-type]  # (as above)
+    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous  # type: ignore[arg-type, unused-ignore]  # (as above)
                                                                 else np.frombuffer(v.tobytes(), np.uint8))
 
 
@@ -297,7 +297,7 @@ class Publisher(SubSession):
             try:
                 if rc != _RING_FULL:
                     if rc == _RING_TOOBIG:
-                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "  # type: ignore[arg-type]  # (as in _flat)
+                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "  # type: ignore[arg-type, unused-ignore]  # (as in _flat)
                                      f"{self.topic!r}'s ring (records of {ring.max_record} bytes)")
                     raise ring._failed(rc, f"publish on {ring.name}")
                 h = h or ring.need("producer")
