@@ -289,7 +289,7 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
           + (f"; tcp {'with keys' if data['tcp'] == 'keys' else 'INSECURE (no keys)'}" if data.get("tcp") else "")
           + (f"; {len(data['grants'])} grant{'s' if len(data['grants']) != 1 else ''}" if data.get("grants") else ""))
     head = ("conn", "peer", "carrier", "requests", "bytes in", "bytes out", "outst.", "subs", "session rule")
-    rows = [head]
+    rows: list[tuple[str, ...]] = [head]
     sessions = data["sessions"]
     if by_session:  # grouped by login session, each under a line that says what the kernel knows of it
         logins = {x.get("login_session"): x for x in data.get("login_sessions") or []}

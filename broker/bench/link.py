@@ -32,7 +32,7 @@ from broker.framework.client import Buffer
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
 except ImportError:  # pragma: no cover - the table says it is missing
-    zmq = None
+    zmq = None  # type: ignore[assignment]
 
 COLUMNS = ("link_shm", "link_socket", "session_shm", "zmq", "queue")
 LABELS = {"link_shm": "link (shm)", "link_socket": "link (socket)", "session_shm": "session (shm)",
@@ -119,7 +119,8 @@ def _baseline(col: str, tmpdir: str, count: int, warmup: int) -> list[int]:
                     req.recv()
                     req.close(linger=0)
                     ctx.term()
-        q_in, q_out = multiprocessing.Queue(), multiprocessing.Queue()
+        q_in: multiprocessing.queues.Queue[bytes | None] = multiprocessing.Queue()
+        q_out: multiprocessing.queues.Queue[Any] = multiprocessing.Queue()  # (what q_in brought)
         try:
             with _child(_queue_echo, q_in, q_out, w):
                 os.read(r, 1)

@@ -47,7 +47,7 @@ from broker.bench.stats import latency_stats
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
 except ImportError:  # pragma: no cover - the table says it is missing
-    zmq = None
+    zmq = None  # type: ignore[assignment]
 try:  # a benchmark extra too: iceoryx2's Python binding (shared memory, zero-copy by design)
     import ctypes
 
@@ -123,7 +123,7 @@ class _Broker:
         return s, s.subscriber("bench", capacity=4096)
 
     def receive(self, end: Any) -> Callable[[], Any]:
-        return end[1].receive_view if self.zero_copy else end[1].receive  # a view: the next call releases it
+        return end[1].receive_view if self.zero_copy else end[1].receive  # type: ignore[no-any-return]  # a view: the next call releases it
 
     def receive_many(self, end: Any) -> Callable[[], list[Any]]:
         return lambda: end[1].receive_many(4096)
@@ -153,21 +153,21 @@ class _Broker:
 
 class _Queue:
     def __init__(self, n: int) -> None:
-        self.queues = [Queue() for _ in range(n)]
+        self.queues: list[Any] = [Queue() for _ in range(n)]
 
     def subscriber(self, i: int) -> Any:
         return self.queues[i]
 
     def receive(self, q: Any) -> Callable[[], Any]:
-        return q.get
+        return q.get  # type: ignore[no-any-return]  # (the peers' own calls, untyped here: the same below)
 
     def receive_many(self, q: Any) -> Callable[[], list[Any]]:
-        return q.get
+        return q.get  # type: ignore[no-any-return]
 
     def publish(self) -> Callable[[Any], Any]:
         qs = self.queues
         if len(qs) == 1:
-            return qs[0].put
+            return qs[0].put  # type: ignore[no-any-return]
         return lambda m: [q.put(m) for q in qs]
 
     def publish_many(self) -> Callable[[list[Any]], Any]:
@@ -198,10 +198,10 @@ class _Zmq:
         return ctx, s
 
     def receive(self, end: Any) -> Callable[[], Any]:
-        return end[1].recv
+        return end[1].recv  # type: ignore[no-any-return]
 
     def receive_many(self, end: Any) -> Callable[[], list[Any]]:
-        return end[1].recv_multipart
+        return end[1].recv_multipart  # type: ignore[no-any-return]
 
     def publish(self) -> Callable[[Any], Any]:
         return self.sock.send
@@ -272,6 +272,7 @@ class _Iceoryx2:
         loan, move, char = pub.loan_slice_uninit, ctypes.memmove, ctypes.c_char
 
         def publish(data: Any) -> None:
+            src: bytes | ctypes.Array[ctypes.c_char]
             if type(data) is bytes:
                 n, src = len(data), data
             else:  # a bytearray or an array: its own memory, no copy before the one into the sample
@@ -348,6 +349,7 @@ def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: in
                 break
         elif bytes(m[:5]) != b"hello":
             break
+    lat: list[float]
     got, t0, lat = 0, 0, []
     seq_expect = 0
     if not many and not fig.gap_us and len(m) >= 8 and (type(m) is np.ndarray or bytes(m[:3]) != _END):

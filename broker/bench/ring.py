@@ -211,13 +211,13 @@ def _framed(size: int, times: int = 1) -> bytes:
 # is the bytes that must equal the payload.
 
 
-def _produce(end: Any, count: int, size: int, sender: Callable) -> None:
+def _produce(end: Any, count: int, size: int, sender: Callable[..., Any]) -> None:
     put, per = sender(end, size)
     for _ in range(count // per):
         put()
 
 
-def _consume(end: Any, count: int, size: int, receiver: Callable) -> tuple[int, float]:
+def _consume(end: Any, count: int, size: int, receiver: Callable[..., Any]) -> tuple[int, float]:
     """(messages timed, seconds): from the return of the first receive call to the return of the last."""
     get, batched, sample = receiver(end, size)
     if batched:
@@ -246,57 +246,57 @@ def _same(x: Any) -> Any:
     return x
 
 
-def _s_ring(tx: Ring, size: int) -> tuple[Callable, int]:
+def _s_ring(tx: Ring, size: int) -> tuple[Callable[..., Any], int]:
     return partial(tx.send, _payload(size)), 1
 
 
-def _s_pipe(w: Any, size: int) -> tuple[Callable, int]:
+def _s_pipe(w: Any, size: int) -> tuple[Callable[..., Any], int]:
     return partial(w.send_bytes, _payload(size)), 1
 
 
-def _s_unix(s: socket.socket, size: int) -> tuple[Callable, int]:
+def _s_unix(s: socket.socket, size: int) -> tuple[Callable[..., Any], int]:
     return partial(s.sendall, _framed(size)), 1  # framed once, up front: no per-message work
 
 
-def _s_ring_batch(tx: Ring, size: int) -> tuple[Callable, int]:
+def _s_ring_batch(tx: Ring, size: int) -> tuple[Callable[..., Any], int]:
     return partial(tx.send_batch, PAYLOAD * BATCH, array("Q", [SMALL]) * BATCH), BATCH
 
 
-def _s_ring_many(tx: Ring, size: int) -> tuple[Callable, int]:
+def _s_ring_many(tx: Ring, size: int) -> tuple[Callable[..., Any], int]:
     return partial(tx.send_many, [PAYLOAD] * BATCH), BATCH
 
 
-def _s_pipe_framed(w: Any, size: int) -> tuple[Callable, int]:
+def _s_pipe_framed(w: Any, size: int) -> tuple[Callable[..., Any], int]:
     return partial(w.send_bytes, _framed(SMALL, BATCH)), BATCH
 
 
-def _s_unix_framed(s: socket.socket, size: int) -> tuple[Callable, int]:
+def _s_unix_framed(s: socket.socket, size: int) -> tuple[Callable[..., Any], int]:
     return partial(s.sendall, _framed(SMALL, BATCH)), BATCH
 
 
-def _r_ring(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     return rx.recv, False, _same
 
 
-def _r_ring_into(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring_into(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     buf = bytearray(size)
     return partial(rx.recv_into, buf), False, lambda _: buf
 
 
-def _r_pipe(r: Any, size: int) -> tuple[Callable, bool, Callable]:
+def _r_pipe(r: Any, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     return r.recv_bytes, False, _same
 
 
-def _r_pipe_into(r: Any, size: int) -> tuple[Callable, bool, Callable]:
+def _r_pipe_into(r: Any, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     buf = bytearray(size)
     return partial(r.recv_bytes_into, buf), False, lambda _: buf
 
 
-def _r_unix(s: socket.socket, size: int) -> tuple[Callable, bool, Callable]:
+def _r_unix(s: socket.socket, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     return _unix_reader(s), False, _same
 
 
-def _r_unix_into(s: socket.socket, size: int) -> tuple[Callable, bool, Callable]:
+def _r_unix_into(s: socket.socket, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     buf = bytearray(size)
     return _unix_reader(s, buf), False, lambda _: buf
 
@@ -329,7 +329,7 @@ def _unix_reader(s: socket.socket, buf: bytearray | None = None) -> Callable[[],
     return read if buf is None else read_into
 
 
-def _r_ring_batch(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring_batch(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     out, lens = bytearray(SMALL * BATCH), array("Q", [0]) * BATCH
 
     def sample(_: int) -> bytes:
@@ -340,7 +340,7 @@ def _r_ring_batch(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
     return partial(rx.recv_batch, out, lens), True, sample
 
 
-def _r_ring_many(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring_many(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     recv_many = rx.recv_many
     last: list[bytes] = []
 
@@ -366,7 +366,7 @@ def _parse(data: bytes, out: list[bytes]) -> int:
     return o
 
 
-def _r_pipe_framed(r: Any, size: int) -> tuple[Callable, bool, Callable]:
+def _r_pipe_framed(r: Any, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     recv, last = r.recv_bytes, [b""]
 
     def get() -> int:
@@ -379,7 +379,7 @@ def _r_pipe_framed(r: Any, size: int) -> tuple[Callable, bool, Callable]:
     return get, True, lambda _: last[-1]
 
 
-def _r_unix_framed(s: socket.socket, size: int) -> tuple[Callable, bool, Callable]:
+def _r_unix_framed(s: socket.socket, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     """256 KiB recv() chunks; a message cut at the end of one is completed from the next."""
     recv, rest, last = s.recv, b"", [b""]
 

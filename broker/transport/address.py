@@ -88,7 +88,7 @@ def parse_client(address: str) -> Address:
     """The address a client connects to: as parse(), except that a bare name with no server in this
     user's runtime directory is looked for in the system directory (a system-wide server's)."""
     addr = parse(address)
-    if not addr.is_unix and addr.target[0] in ("0.0.0.0", "::"):  # "every interface": this host, to a client
+    if not addr.is_unix and isinstance(addr.target, tuple) and addr.target[0] in ("0.0.0.0", "::"):  # "every interface": this host, to a client
         addr = Address(addr.family, ("127.0.0.1" if addr.family == socket.AF_INET else "::1", addr.target[1]),
                        address)
     if addr.is_unix and "/" not in address and not os.path.exists(str(addr.target)):

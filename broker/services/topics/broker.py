@@ -645,7 +645,7 @@ class TopicBroker(Service):
                 continue
             if sub.pattern is None and len(sub.queue) + len(made) <= sub.capacity:
                 sub.queue.extend(made)  # room for all of them: what the loop below does, at once
-                made_for = ()
+                made_for: list[_Item] | tuple[()] = ()
             else:
                 made_for = made
             for item in made_for:
@@ -795,7 +795,7 @@ class TopicBroker(Service):
             for topic in sub.attached:
                 topic.subscribers.pop(sub.id, None)
             for pid in sub.rings | sub.handover:  # its slots in those rings are free again (or soon: a dead
-                pub = sub.topic.publishers.get(pid)  # one's is reclaimed by the next subscriber that needs it)
+                pub = sub.topic.publishers.get(pid)  # type: ignore[union-attr]  # one's is reclaimed by the next subscriber that needs it; a prefix subscriber, topic None, reads no rings)
                 if pub is not None and pub.readers > 0:
                     pub.readers -= 1
             sub.rings, sub.handover = set(), set()
