@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all demo test test-fast bench build clean clean-shm deps wheel
+.PHONY: all demo test test-fast bench charts build clean clean-shm deps wheel
 
 all: test
 
@@ -30,6 +30,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/broker bench ring --json bench/out/ring.json
+
+# every suite in full (about 10 minutes), its JSON in bench/out, its chart in bench/charts (RESULTS.md shows them)
+charts: $(STAMP)
+	for suite in ring rpc link pubsub; do $(BIN)/broker bench $$suite --json bench/out/$$suite.json || exit 1; done
+	$(BIN)/broker bench chart bench/out/ring.json bench/out/rpc.json bench/out/link.json bench/out/pubsub.json \
+		--out-dir bench/charts
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

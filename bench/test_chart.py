@@ -32,5 +32,16 @@ def test_a_bench_draws_its_chart_and_chart_redraws_it_from_the_json(tmp_path):
         assert fig["title"] in text
         for transport in fig["results"]:
             assert LABELS.get(transport, transport).replace("&", "&amp;") in text, transport
+    again = tmp_path / "again.json"  # several JSONs at once, each chart named after its JSON
+    again.write_text(data.read_text())
+    p = run("bench", "chart", str(data), str(again), "--out-dir", str(tmp_path / "charts"))
+    assert p.returncode == 0, p.stderr
+    for name in ("link.png", "again.png"):
+        drawn = tmp_path / "charts" / name
+        assert f"wrote {drawn}" in p.stdout and drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    p = run("bench", "chart", str(data), str(again), "--out", str(tmp_path / "one.png"))
+    assert p.returncode == 2 and "--out-dir" in p.stderr and not (tmp_path / "one.png").exists()
+    p = run("bench", "chart", str(data), str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "none"))
+    assert p.returncode == 2 and not (tmp_path / "none").exists()  # nothing drawn before every JSON was read
     p = run("bench", "chart", str(tmp_path / "missing.json"))
     assert p.returncode == 2 and "cannot read" in p.stderr and "missing.json" in p.stderr and "Traceback" not in p.stderr

@@ -40,6 +40,7 @@ from broker.protocol.frames import Notify as Notification
 from broker.core.ring import DEFAULT_CAPACITY, Broadcast, Ring, max_record_for, sweep
 from broker.framework.server import Refused
 from broker.services.topics.client import Publisher, Received, Subscriber
+from broker.services.links.client import Link, LinkedCall, Offer
 from broker import services  # the built-in services; broker.services.ECHO, .PUT, ...: the key-value codes
 from broker.services.kv import (
     BufferTooSmall,
@@ -138,6 +139,9 @@ __all__ = [
     "Publisher",
     "Received",
     "Subscriber",
+    "Link",
+    "LinkedCall",
+    "Offer",
     "DEFAULT_CAPACITY",
     "Empty",
     "EmptyTimeout",

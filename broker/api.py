@@ -16,10 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from broker._errors import ServerNotFound, ServiceError
-from broker.framework.session import Peer
+from broker.framework.session import Peer, Session
 from broker.transport.identity import local_facts
 from broker.transport import address as _address
 
@@ -28,9 +28,12 @@ from broker.framework import server as _server
 from broker.framework.service import Service
 from broker.federation import Federation, FederationLink
 from broker.services.links.broker import LinkBroker
-from broker.services.links.client import open_link, open_offer
+from broker.services.links.client import Link, LinkedCall, Offer, open_link, open_offer
 from broker.services.topics.broker import TopicBroker
-from broker.services.topics.client import list_topics, open_publisher, open_subscriber
+from broker.services.topics.client import Publisher, Subscriber, list_topics, open_publisher, open_subscriber
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # (typing's own from Python 3.11)
 
 BUILTIN: tuple[type[Service], ...] = (TopicBroker, LinkBroker)
 
@@ -58,7 +61,7 @@ class _Closing:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,7 +74,7 @@ class HostPublisher(_Closing):
 
     def __init__(self, server: "Server", topic: str, history: int, block_timeout: float) -> None:
         self._server, self.topic = server, topic
-        self._topics = server.service("topics")
+        self._topics: TopicBroker = server.service("topics")
         self._pub = self._topics.host_publisher(server._host(), topic, history, block_timeout)
 
     def publish(self, data: Any, *, timeout: float | None = None) -> None:
@@ -92,8 +95,9 @@ class HostPublisher(_Closing):
 class HostOffer(_Closing):
     """A linked service of the host process (Server.offer): its handler runs for each call at once."""
 
-    def __init__(self, server: "Server", name: str, handler: Callable[[Any], Any]) -> None:
-        self._links, self.name = server.service("services"), name
+    def __init__(self, server: "Server", name: str, handler: Callable[[LinkedCall], Any]) -> None:
+        self._links: LinkBroker = server.service("services")
+        self.name = name
         self._offer = self._links.host_offer(server._host(), name, handler)
 
     def close(self) -> None:
@@ -104,7 +108,8 @@ class HostLink(_Closing):
     """The host process's link to a linked service (Server.link): send_receive() as a session's."""
 
     def __init__(self, server: "Server", name: str) -> None:
-        self._server, self._links, self.name = server, server.service("services"), name
+        self._server, self.name = server, name
+        self._links: LinkBroker = server.service("services")
 
     def send_receive(self, code: int, *args: Any, timeout: float | None = 10.0) -> int:
         """Call it: the status (the provider's writes applied to Buffer and bytearray arguments), or the
@@ -129,7 +134,7 @@ class HostLink(_Closing):
 class Server(_server.Server):
     __doc__ = _server.Server.__doc__
 
-    def __init__(self, address: str, session: Any = _server.Session, *,
+    def __init__(self, address: str, session: Any = Session, *,
                  services: tuple[type[Service], ...] = BUILTIN, federation: "Federation | str | None" = None,
                  **options: Any) -> None:
         if isinstance(federation, str):
@@ -207,7 +212,7 @@ class Server(_server.Server):
             pub = self._host_pubs[topic] = self.publisher(topic)
         pub.publish(data, timeout=timeout)
 
-    def offer(self, name: str, handler: Callable[[Any], Any]) -> HostOffer:
+    def offer(self, name: str, handler: Callable[[LinkedCall], Any]) -> HostOffer:
         """Offer a linked service from this process: handler(call) -> status runs for each call at once
         (a client's call: in the server's loop, so keep it short), call being what a client's offer's
         handler gets (read, write, integer...)."""
@@ -235,7 +240,7 @@ class ClientSession(_client.ClientSession):
     __doc__ = _client.ClientSession.__doc__
 
     def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
-                  ring_capacity: int | None = None) -> Any:
+                  ring_capacity: int | None = None) -> Publisher:
         """A publisher on `topic` (a sub-session; broker/services/topics/client.py): publish(), publish_many().
         history: the topic keeps this many of the last messages for subscribers that join later;
         block_timeout: how long a publish may wait for room (at the server for a blocking
@@ -245,7 +250,7 @@ class ClientSession(_client.ClientSession):
                               ring_capacity=ring_capacity)
 
     def subscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
-                   buffer_size: int = 1 << 20, batch: int = 1024) -> Any:
+                   buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
         """A subscriber on `topic` (a sub-session; broker/services/topics/client.py): receive(), receive_many(),
         iteration. capacity: messages its queue at the server holds; policy for a full queue:
         "block" (publishers wait), "drop" (the oldest is dropped and counted in `lost`) or
@@ -254,12 +259,12 @@ class ClientSession(_client.ClientSession):
         return open_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
                                buffer_size=buffer_size, batch=batch)
 
-    def offer(self, name: str, handler: Callable[[Any], Any], *, max_call: int = 1 << 20) -> Any:
+    def offer(self, name: str, handler: Callable[[LinkedCall], Any], *, max_call: int = 1 << 20) -> Offer:
         """Offer a named service (broker/services/links): other clients call it through session.link(name);
         each call runs handler(call) -> status in this client's serve_one() / serve_forever()."""
         return open_offer(self, name, handler, max_call)
 
-    def link(self, name: str) -> Any:
+    def link(self, name: str) -> Link:
         """A link to the service offered as `name`: send_receive() as a session's."""
         return open_link(self, name)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
@@ -119,7 +118,7 @@ def serve(address: str, tcp: str | None, shm_policy: str | None = None, metrics:
             address = activated.getsockname() or address
         srv = Server(address, ServicesSession.factory(KeyValueStore()), tcp=tcp, on_event=log_event,
                      shm_policy=shm_policy, metrics=metrics, grants=grants, **access, **(limits or {}), **where)
-    except (ValueError, PermissionError) as e:
+    except (ValueError, PermissionError, ImportError) as e:  # ImportError: --metrics without prometheus-client
         _say("broker serve", str(e))
         return 2
     if srv.insecure_tcp:
@@ -215,11 +214,6 @@ def keygen(path: str | None, name: str | None) -> int:
 # ---- broker ping --------------------------------------------------------------------------
 
 
-def _percentile(sorted_ms: list[float], p: float) -> float:
-    """Nearest rank."""
-    return sorted_ms[max(0, min(len(sorted_ms) - 1, math.ceil(p / 100 * len(sorted_ms)) - 1))]
-
-
 def ping(address: str, count: int, size: int, interval: float, timeout: float, quiet: bool, key: Any = None) -> int:
     """Round trips to the echo service; exit code 0 only if every one came back intact."""
     from broker.api import connect
@@ -268,9 +262,10 @@ def ping(address: str, count: int, size: int, interval: float, timeout: float, q
     print(f"--- {address} echo ping ---")
     print(f"{sent} requests, {len(times)} replies, {errors} errors")
     if times:
-        t = sorted(times)
-        print(f"round trip min/p50/p99/max = {t[0]:.3f}/{_percentile(t, 50):.3f}/{_percentile(t, 99):.3f}/"
-              f"{t[-1]:.3f} ms", flush=True)
+        from broker.bench.stats import percentiles  # nearest rank
+
+        p50, p99 = percentiles(times, (50, 99))
+        print(f"round trip min/p50/p99/max = {min(times):.3f}/{p50:.3f}/{p99:.3f}/{max(times):.3f} ms", flush=True)
     else:
         print("round trip: no replies", flush=True)
     return 0 if times and not errors and sent == count else 1
@@ -312,7 +307,7 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
           + (f"; tcp {'with keys' if data['tcp'] == 'keys' else 'INSECURE (no keys)'}" if data.get("tcp") else "")
           + (f"; {len(data['grants'])} grant{'s' if len(data['grants']) != 1 else ''}" if data.get("grants") else ""))
     head = ("conn", "peer", "carrier", "requests", "bytes in", "bytes out", "outst.", "subs", "session rule")
-    rows = [head]
+    rows: list[tuple[str, ...]] = [head]
     sessions = data["sessions"]
     if by_session:  # grouped by login session, each under a line that says what the kernel knows of it
         logins = {x.get("login_session"): x for x in data.get("login_sessions") or []}
@@ -892,8 +887,10 @@ def main(argv: list[str] | None = None) -> int:
     for suite in (ring, rpc, lnk, pubsub):
         suite.add_argument("--chart", metavar="FILE", help="also draw the figures into FILE (.png or .svg; matplotlib)")
     chart = bench_sub.add_parser("chart", help="draw the figures of a JSON a bench wrote (matplotlib)")
-    chart.add_argument("json_file", metavar="JSON", help="what `broker bench SUITE --json FILE` wrote")
-    chart.add_argument("--out", metavar="FILE", help="the chart's file (default: JSON's name, .png)")
+    chart.add_argument("json_file", metavar="JSON", nargs="+", help="what `broker bench SUITE --json FILE` wrote")
+    dest = chart.add_mutually_exclusive_group()
+    dest.add_argument("--out", metavar="FILE", help="the chart's file, for one JSON (default: JSON's name, .png)")
+    dest.add_argument("--out-dir", metavar="DIR", help="draw each chart into DIR (default: beside its JSON)")
     args = parser.parse_args(argv)
     if args.command == "serve" and args.detach:
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -957,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.suite == "chart":
             from broker.bench.chart import run as run_chart
 
-            return run_chart(args.json_file, args.out)
+            return run_chart(args.json_file, args.out, args.out_dir)
         parser.error(f"unknown benchmark {args.suite!r}")
     parser.print_help()
     return 0

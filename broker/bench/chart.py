@@ -1,4 +1,4 @@
-"""Charts of a benchmark's JSON (`broker bench SUITE --chart FILE`, `broker bench chart JSON`): the standing at a glance.
+"""Charts of a benchmark's JSON (`broker bench SUITE --chart FILE`, `broker bench chart JSON...`): the standing at a glance.
 
 One panel per figure of the run, one bar per transport: the broker's in blue, the
 IPC it is measured against in grey. A rate (msgs/s, req/s, GB/s) is one bar, longer
@@ -96,17 +96,27 @@ def suite_labels(suite: str) -> dict[str, str]:
         return {}
 
 
-def run(json_path: str, out: str | None = None) -> int:
-    """`broker bench chart JSON [--out FILE]`: the chart of a JSON a bench wrote; the exit code."""
+def run(json_paths: str | list[str], out: str | None = None, out_dir: str | None = None) -> int:
+    """`broker bench chart JSON... [--out FILE | --out-dir DIR]`: the chart of each JSON a bench wrote
+    (JSON's name with .png, beside it or in DIR; FILE for a single JSON); the exit code."""
     import json
     import sys
 
-    try:
-        with open(json_path) as f:
-            result = json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"broker bench chart: cannot read {json_path}: {e}", file=sys.stderr)
+    paths = [json_paths] if isinstance(json_paths, str) else list(json_paths)
+    if out and len(paths) != 1:
+        print("broker bench chart: --out names the chart of one JSON; use --out-dir for several", file=sys.stderr)
         return 2
-    suite = str(result.get("meta", {}).get("suite") or os.path.splitext(os.path.basename(json_path))[0])
-    print(f"wrote {chart(result, out or os.path.splitext(json_path)[0] + '.png', suite, suite_labels(suite))}")
+    results = []
+    for json_path in paths:  # every file read before any chart is drawn: a typo costs no half-done run
+        try:
+            with open(json_path) as f:
+                results.append((json_path, json.load(f)))
+        except (OSError, ValueError) as e:
+            print(f"broker bench chart: cannot read {json_path}: {e}", file=sys.stderr)
+            return 2
+    for json_path, result in results:
+        suite = str(result.get("meta", {}).get("suite") or os.path.splitext(os.path.basename(json_path))[0])
+        name = os.path.splitext(os.path.basename(json_path))[0] + ".png"
+        path = out or os.path.join(out_dir or os.path.dirname(json_path), name)
+        print(f"wrote {chart(result, path, suite, suite_labels(suite))}")
     return 0

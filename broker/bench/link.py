@@ -22,7 +22,9 @@ import time
 from typing import Any
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench.ring import _child, _machine, _scale
+from broker.bench.show import Progress, Table
+from broker.bench.stats import latency_stats
 from broker.bench.rpc import ECHO, PAYLOAD, SMALL, _server
 from broker.api import connect
 from broker.framework.client import Buffer
@@ -30,7 +32,7 @@ from broker.framework.client import Buffer
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
 except ImportError:  # pragma: no cover - the table says it is missing
-    zmq = None
+    zmq = None  # type: ignore[assignment]
 
 COLUMNS = ("link_shm", "link_socket", "session_shm", "zmq", "queue")
 LABELS = {"link_shm": "link (shm)", "link_socket": "link (socket)", "session_shm": "session (shm)",
@@ -117,7 +119,8 @@ def _baseline(col: str, tmpdir: str, count: int, warmup: int) -> list[int]:
                     req.recv()
                     req.close(linger=0)
                     ctx.term()
-        q_in, q_out = multiprocessing.Queue(), multiprocessing.Queue()
+        q_in: multiprocessing.queues.Queue[bytes | None] = multiprocessing.Queue()
+        q_out: multiprocessing.queues.Queue[Any] = multiprocessing.Queue()  # (what q_in brought)
         try:
             with _child(_queue_echo, q_in, q_out, w):
                 os.read(r, 1)
@@ -159,7 +162,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     baselines = [c for c in BASELINES if c != "zmq" or zmq is not None]
     columns = [c for c in COLUMNS if c not in BASELINES or c in baselines]
     plan = [col for _ in range(repeats) for col in columns]  # every column as many times, in turn
-    progress = _Progress(len(plan))
+    progress = Progress(len(plan))
     result: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": repeats},
                               "figures": {}}
     tmpdir = tempfile.mkdtemp(prefix="broker-bench-link-")
@@ -175,7 +178,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
                 for col in plan:
                     progress.start(f"64 B round trip - {LABELS[col]}")
                     if col in BASELINES:
-                        runs[col].append({**_latency_stats(_baseline(col, tmpdir, count, warmup)),
+                        runs[col].append({**latency_stats(_baseline(col, tmpdir, count, warmup)),
                                           "transport": LABELS[col]})
                         progress.end(f"p50 {runs[col][-1]['p50']:.1f} us")
                         continue
@@ -193,7 +196,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
                                 ns = _rounds(link.send_receive, count, warmup)
                                 if link.direct != (col == "link_shm"):
                                     raise AssertionError(f"{LABELS[col]}: the calls went the wrong way")
-                        runs[col].append({**_latency_stats(ns), "transport": s.transport})
+                        runs[col].append({**latency_stats(ns), "transport": s.transport})
                     progress.end(f"p50 {runs[col][-1]['p50']:.1f} us")
                 os.close(stop_w)  # the provider stops
                 stop_w = -1
@@ -220,8 +223,8 @@ def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def table(result: dict[str, Any]) -> str:
-    lines = _bench_ring.header_lines("link", result["meta"], "us")
+def table(result: dict[str, Any]) -> Table:
+    above = _bench_ring.header_lines("link", result["meta"], "us")
     fig = result["figures"]["rtt_64"]
     res = fig["results"]
     cols = [c for c in COLUMNS if c in res]
@@ -231,13 +234,12 @@ def table(result: dict[str, Any]) -> str:
         rows.append((f"64 B round trip {m}", "us (lower)", *(f"{res[c][m]:.1f}" for c in cols),
                      f"{res['link_shm'][m] / res['session_shm'][m]:.2f}x",
                      f"<= {TARGET}x: {'met' if t['met'] else 'NOT met'}" if m == "p50" else ""))
-    lines += _bench_ring.render_rows(rows)
-    lines += ["", "link (shm): caller -> provider -> caller over their private pair of rings; link (socket): "
+    lines = ["", "link (shm): caller -> provider -> caller over their private pair of rings; link (socket): "
               "caller -> broker -> provider -> broker -> caller; session: the caller and the broker's own echo; "
               "pyzmq, mp.Queue: the same echo in a child process",
               "p50 of each run: " + "; ".join(f"{LABELS[c]} " + ", ".join(f"{v:.1f}" for v in res[c]["runs_p50"])
                                              for c in cols)]
-    return "\n".join(lines)
+    return Table(above, rows, lines)
 
 
 def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,

@@ -40,12 +40,14 @@ from typing import Any, Callable
 import numpy as np
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _latency_stats, _machine, _Progress, _scale
+from broker.bench.ring import _child, _machine, _scale
+from broker.bench.show import Progress, Table
+from broker.bench.stats import latency_stats
 
 try:  # a benchmark extra: pip install 'broker[bench]'
     import zmq
 except ImportError:  # pragma: no cover - the table says it is missing
-    zmq = None
+    zmq = None  # type: ignore[assignment]
 try:  # a benchmark extra too: iceoryx2's Python binding (shared memory, zero-copy by design)
     import ctypes
 
@@ -121,7 +123,7 @@ class _Broker:
         return s, s.subscriber("bench", capacity=4096)
 
     def receive(self, end: Any) -> Callable[[], Any]:
-        return end[1].receive_view if self.zero_copy else end[1].receive  # a view: the next call releases it
+        return end[1].receive_view if self.zero_copy else end[1].receive  # type: ignore[no-any-return]  # a view: the next call releases it
 
     def receive_many(self, end: Any) -> Callable[[], list[Any]]:
         return lambda: end[1].receive_many(4096)
@@ -151,21 +153,21 @@ class _Broker:
 
 class _Queue:
     def __init__(self, n: int) -> None:
-        self.queues = [Queue() for _ in range(n)]
+        self.queues: list[Any] = [Queue() for _ in range(n)]
 
     def subscriber(self, i: int) -> Any:
         return self.queues[i]
 
     def receive(self, q: Any) -> Callable[[], Any]:
-        return q.get
+        return q.get  # type: ignore[no-any-return]  # (the peers' own calls, untyped here: the same below)
 
     def receive_many(self, q: Any) -> Callable[[], list[Any]]:
-        return q.get
+        return q.get  # type: ignore[no-any-return]
 
     def publish(self) -> Callable[[Any], Any]:
         qs = self.queues
         if len(qs) == 1:
-            return qs[0].put
+            return qs[0].put  # type: ignore[no-any-return]
         return lambda m: [q.put(m) for q in qs]
 
     def publish_many(self) -> Callable[[list[Any]], Any]:
@@ -196,10 +198,10 @@ class _Zmq:
         return ctx, s
 
     def receive(self, end: Any) -> Callable[[], Any]:
-        return end[1].recv
+        return end[1].recv  # type: ignore[no-any-return]
 
     def receive_many(self, end: Any) -> Callable[[], list[Any]]:
-        return end[1].recv_multipart
+        return end[1].recv_multipart  # type: ignore[no-any-return]
 
     def publish(self) -> Callable[[Any], Any]:
         return self.sock.send
@@ -270,6 +272,7 @@ class _Iceoryx2:
         loan, move, char = pub.loan_slice_uninit, ctypes.memmove, ctypes.c_char
 
         def publish(data: Any) -> None:
+            src: bytes | ctypes.Array[ctypes.c_char]
             if type(data) is bytes:
                 n, src = len(data), data
             else:  # a bytearray or an array: its own memory, no copy before the one into the sample
@@ -346,6 +349,7 @@ def _subscriber(t: Any, i: int, fig: Figure, count: int, ready_w: int, out_w: in
                 break
         elif bytes(m[:5]) != b"hello":
             break
+    lat: list[float]
     got, t0, lat = 0, 0, []
     seq_expect = 0
     if not many and not fig.gap_us and len(m) >= 8 and (type(m) is np.ndarray or bytes(m[:3]) != _END):
@@ -465,7 +469,7 @@ def _run(transport: str, fig: Figure, count: int) -> dict[str, Any]:
         for fd in (ready_r, ready_w, *[fd for p in pipes for fd in p if fd >= 0]):
             os.close(fd)
     if fig.unit == "us":
-        return {**_latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
+        return {**latency_stats([int(x * 1e3) for x in reports[0][1]]), "count": seq}
     rate = min(r for r, _ in reports)
     value = rate * fig.size / 1e9 if fig.unit == "GB/s" else rate
     return {"value": value, "rates": [r for r, _ in reports], "count": seq}
@@ -485,7 +489,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     factor = _scale(quick, scale)
     figs = _figures()
     transports = [t for t in TRANSPORTS if (t != "zmq" or zmq is not None) and (t != "iceoryx2" or iox2 is not None)]
-    progress = _Progress(sum(1 if f.zero_copy else len(transports) for f in figs))
+    progress = Progress(sum(1 if f.zero_copy else len(transports) for f in figs))
     out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": 1,
                                     "zmq": zmq.__version__ if zmq is not None else None,
                                     "iceoryx2": _version("iceoryx2") if iox2 is not None else None}, "figures": {}}
@@ -522,8 +526,8 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.2f}"
 
 
-def table(result: dict[str, Any]) -> str:
-    lines = _bench_ring.header_lines("pubsub", result["meta"], "msgs/s")
+def table(result: dict[str, Any]) -> Table:
+    above = _bench_ring.header_lines("pubsub", result["meta"], "msgs/s")
     transports = [t for t in TRANSPORTS if any(t in f["results"] for f in result["figures"].values())]
     rows: list[tuple[str, ...]] = [("figure", "unit", *(LABELS[t] for t in transports), "target for broker")]
     for fig in result["figures"].values():
@@ -538,8 +542,7 @@ def table(result: dict[str, Any]) -> str:
         else:
             rows.append((fig["title"], fig["unit"], *(_fmt(res[t]["value"], fig["unit"]) if t in res else "-"
                                                       for t in transports), ttext))
-    lines += _bench_ring.render_rows(rows)
-    lines += ["", "broker: publisher and subscribers on shared-memory sessions (the subscribers read the "
+    lines = ["", "broker: publisher and subscribers on shared-memory sessions (the subscribers read the "
               "publisher's ring in place);",
               "broker relay: the subscribers on socket sessions (the server relays); rates at the slowest "
               "subscriber"]
@@ -547,7 +550,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append("pyzmq is not installed: pip install 'broker[bench]' for its column")
     if "iceoryx2" not in transports:
         lines.append("iceoryx2 is not installed: pip install 'broker[bench]' for its column")
-    return "\n".join(lines)
+    return Table(above, rows, lines)
 
 
 def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,

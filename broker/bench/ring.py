@@ -36,6 +36,8 @@ from functools import partial
 from multiprocessing import Pipe
 from typing import Any, Callable, Iterator, NoReturn
 
+from broker.bench.show import Progress, Table, close_all
+from broker.bench.stats import latency_stats
 from broker.core.ring import Ring
 from broker._version import __version__
 
@@ -209,13 +211,13 @@ def _framed(size: int, times: int = 1) -> bytes:
 # is the bytes that must equal the payload.
 
 
-def _produce(end: Any, count: int, size: int, sender: Callable) -> None:
+def _produce(end: Any, count: int, size: int, sender: Callable[..., Any]) -> None:
     put, per = sender(end, size)
     for _ in range(count // per):
         put()
 
 
-def _consume(end: Any, count: int, size: int, receiver: Callable) -> tuple[int, float]:
+def _consume(end: Any, count: int, size: int, receiver: Callable[..., Any]) -> tuple[int, float]:
     """(messages timed, seconds): from the return of the first receive call to the return of the last."""
     get, batched, sample = receiver(end, size)
     if batched:
@@ -244,57 +246,57 @@ def _same(x: Any) -> Any:
     return x
 
 
-def _s_ring(tx: Ring, size: int) -> tuple[Callable, int]:
+def _s_ring(tx: Ring, size: int) -> tuple[Callable[..., Any], int]:
     return partial(tx.send, _payload(size)), 1
 
 
-def _s_pipe(w: Any, size: int) -> tuple[Callable, int]:
+def _s_pipe(w: Any, size: int) -> tuple[Callable[..., Any], int]:
     return partial(w.send_bytes, _payload(size)), 1
 
 
-def _s_unix(s: socket.socket, size: int) -> tuple[Callable, int]:
+def _s_unix(s: socket.socket, size: int) -> tuple[Callable[..., Any], int]:
     return partial(s.sendall, _framed(size)), 1  # framed once, up front: no per-message work
 
 
-def _s_ring_batch(tx: Ring, size: int) -> tuple[Callable, int]:
+def _s_ring_batch(tx: Ring, size: int) -> tuple[Callable[..., Any], int]:
     return partial(tx.send_batch, PAYLOAD * BATCH, array("Q", [SMALL]) * BATCH), BATCH
 
 
-def _s_ring_many(tx: Ring, size: int) -> tuple[Callable, int]:
+def _s_ring_many(tx: Ring, size: int) -> tuple[Callable[..., Any], int]:
     return partial(tx.send_many, [PAYLOAD] * BATCH), BATCH
 
 
-def _s_pipe_framed(w: Any, size: int) -> tuple[Callable, int]:
+def _s_pipe_framed(w: Any, size: int) -> tuple[Callable[..., Any], int]:
     return partial(w.send_bytes, _framed(SMALL, BATCH)), BATCH
 
 
-def _s_unix_framed(s: socket.socket, size: int) -> tuple[Callable, int]:
+def _s_unix_framed(s: socket.socket, size: int) -> tuple[Callable[..., Any], int]:
     return partial(s.sendall, _framed(SMALL, BATCH)), BATCH
 
 
-def _r_ring(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     return rx.recv, False, _same
 
 
-def _r_ring_into(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring_into(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     buf = bytearray(size)
     return partial(rx.recv_into, buf), False, lambda _: buf
 
 
-def _r_pipe(r: Any, size: int) -> tuple[Callable, bool, Callable]:
+def _r_pipe(r: Any, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     return r.recv_bytes, False, _same
 
 
-def _r_pipe_into(r: Any, size: int) -> tuple[Callable, bool, Callable]:
+def _r_pipe_into(r: Any, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     buf = bytearray(size)
     return partial(r.recv_bytes_into, buf), False, lambda _: buf
 
 
-def _r_unix(s: socket.socket, size: int) -> tuple[Callable, bool, Callable]:
+def _r_unix(s: socket.socket, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     return _unix_reader(s), False, _same
 
 
-def _r_unix_into(s: socket.socket, size: int) -> tuple[Callable, bool, Callable]:
+def _r_unix_into(s: socket.socket, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     buf = bytearray(size)
     return _unix_reader(s, buf), False, lambda _: buf
 
@@ -327,7 +329,7 @@ def _unix_reader(s: socket.socket, buf: bytearray | None = None) -> Callable[[],
     return read if buf is None else read_into
 
 
-def _r_ring_batch(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring_batch(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     out, lens = bytearray(SMALL * BATCH), array("Q", [0]) * BATCH
 
     def sample(_: int) -> bytes:
@@ -338,7 +340,7 @@ def _r_ring_batch(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
     return partial(rx.recv_batch, out, lens), True, sample
 
 
-def _r_ring_many(rx: Ring, size: int) -> tuple[Callable, bool, Callable]:
+def _r_ring_many(rx: Ring, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     recv_many = rx.recv_many
     last: list[bytes] = []
 
@@ -364,7 +366,7 @@ def _parse(data: bytes, out: list[bytes]) -> int:
     return o
 
 
-def _r_pipe_framed(r: Any, size: int) -> tuple[Callable, bool, Callable]:
+def _r_pipe_framed(r: Any, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     recv, last = r.recv_bytes, [b""]
 
     def get() -> int:
@@ -377,7 +379,7 @@ def _r_pipe_framed(r: Any, size: int) -> tuple[Callable, bool, Callable]:
     return get, True, lambda _: last[-1]
 
 
-def _r_unix_framed(s: socket.socket, size: int) -> tuple[Callable, bool, Callable]:
+def _r_unix_framed(s: socket.socket, size: int) -> tuple[Callable[..., Any], bool, Callable[..., Any]]:
     """256 KiB recv() chunks; a message cut at the end of one is completed from the next."""
     recv, rest, last = s.recv, b"", [b""]
 
@@ -442,19 +444,6 @@ def _ping(transport: str, warmup: int) -> Callable[..., list[int]]:
             raise AssertionError(f"ping-pong data damaged: {m[:16]!r}...")
         return out[warmup:]
     return ping
-
-
-def _percentile(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile, in microseconds."""
-    k = max(0, min(len(sorted_ns) - 1, -(-len(sorted_ns) * q // 100) - 1))
-    return sorted_ns[int(k)] / 1000
-
-
-def _latency_stats(ns: list[int]) -> dict[str, float]:
-    s = sorted(ns)
-    return {"samples": len(s), "min": s[0] / 1000, "p50": _percentile(s, 50), "p90": _percentile(s, 90),
-            "p99": _percentile(s, 99), "p99.9": _percentile(s, 99.9), "max": s[-1] / 1000,
-            "mean": statistics.fmean(s) / 1000}
 
 
 # ---- the figures -----------------------------------------------------------------
@@ -535,21 +524,6 @@ def _fmt(value: float | None, unit: str) -> str:
 # ---- running ---------------------------------------------------------------------
 
 
-class _Progress:
-    def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
-        self.t0 = self.t1 = time.monotonic()
-
-    def start(self, what: str) -> None:
-        self.done += 1
-        self.t1 = time.monotonic()
-        print(f"[{self.done:2d}/{self.total}] {what} ...", end="", file=sys.stderr, flush=True)
-
-    def end(self, result: str) -> None:
-        now = time.monotonic()
-        print(f" {result} ({now - self.t1:.1f} s, {now - self.t0:.0f} s in all)", file=sys.stderr, flush=True)
-
-
 def _scale(quick: bool, scale: float | None) -> float:
     if scale is None:
         scale = float(os.environ.get("BROKER_BENCH_SCALE", "1"))
@@ -584,7 +558,7 @@ def _latency(fig: Figure, transport: str, count: int) -> dict[str, Any]:
     warmup = max(count // 10, 10)
     link = _link(transport, 1 << 20, two_way=True, spin_us=fig.spin_us)
     ns = _across(link, _echo(transport), _ping(transport, warmup), warmup + count, fig.gap)
-    return {**_latency_stats(ns), "warmup": warmup, "gap_s": fig.gap,
+    return {**latency_stats(ns), "warmup": warmup, "gap_s": fig.gap,
             "ring_spin_us": fig.spin_us if transport == "ring" else None}
 
 
@@ -675,7 +649,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     fresh = max(3, round(FRESH_RUNS * min(factor * 10, 1.0)))
     steps = sum(len(f.runs) * REPEATS if f.unit != "us" else len(TRANSPORTS) * (fresh if f.fresh else 1)
                 for f in figs)
-    progress = _Progress(steps)
+    progress = Progress(steps)
     out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": REPEATS,
                                     "batch": BATCH}, "figures": {}}
     for fig in figs:
@@ -742,23 +716,9 @@ def header_lines(suite: str, m: dict[str, Any], counted: str) -> list[str]:
     ]
 
 
-def render_rows(rows: list[tuple[str, ...]]) -> list[str]:
-    """Figure and unit left-aligned, the numbers right-aligned, the last column (the target) as is; a rule under the head."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    last = len(rows[0]) - 1
-    out: list[str] = []
-    for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:last], widths[2:last])] + [r[last]]
-        out.append("  ".join(cells).rstrip())
-        if i == 0:
-            out.append("-" * len(out[-1]))
-    return out
-
-
-def table(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any]) -> Table:
     """The human-readable table of a bench() result."""
-    lines = header_lines("ring", result["meta"], "throughput")
+    above = header_lines("ring", result["meta"], "throughput")
     head = ("figure", "unit", "ring", "Pipe", "AF_UNIX", "ring/best", "target for ring")
     rows: list[tuple[str, ...]] = [head]
     for fig in result["figures"].values():
@@ -779,15 +739,14 @@ def table(result: dict[str, Any]) -> str:
             rows.append((fig["title"], unit, _fmt(res["ring"]["median"], unit),
                          *(_fmt(res[t]["median"], unit) + shared for t in BASELINES), _ratio_s(fig["ratio"]),
                          _target_s(fig["target"])))
-    lines += render_rows(rows)
-    lines += ["", "* the same baseline runs as the send_batch row (the fairest batching Pipe and AF_UNIX have:",
+    lines = ["", "* the same baseline runs as the send_batch row (the fairest batching Pipe and AF_UNIX have:",
               f"  {BATCH} length-prefixed messages per send, parsed back into a list of bytes on receipt)",
               "ring/best: the ring's figure over the best baseline's (throughput: >1 is better; "
               "latency: <1 is better)"]
     met = [(f["title"], f["target"]) for f in result["figures"].values() if f["target"]]
     n_met = sum(t["met"] for _, t in met)
     lines.append(f"targets met: {n_met} of {len(met)}")
-    return "\n".join(lines)
+    return Table(above, rows, lines)
 
 
 def _ratio_s(r: float | None) -> str:
@@ -801,7 +760,7 @@ def _target_s(t: dict[str, Any] | None) -> str:
     return f"{t['op']} {v} {t['unit']}: {'met' if t['met'] else 'NOT met'}"
 
 
-def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str, Any]], str],
+def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str, Any]], Table],
            json_path: str | None, quick: bool, scale: float | None, chart_path: str | None = None,
            suite: str = "") -> int:
     """Run a benchmark, print its table, optionally write its JSON and its chart (broker/bench/chart.py);
@@ -813,12 +772,14 @@ def report(bench_fn: Callable[..., dict[str, Any]], table_fn: Callable[[dict[str
     try:
         result = bench_fn(quick=quick, scale=scale)
     except KeyboardInterrupt:
+        close_all()
         print("\ninterrupted; child processes, sockets and shared memory cleaned up", file=sys.stderr)
         return 130
     finally:
+        close_all()  # the progress bar, if a run cut short left it on the terminal
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    print(table_fn(result))
+    table_fn(result).show()
     if suite:
         result.setdefault("meta", {})["suite"] = suite
     if json_path:

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from broker.bench import ring as _bench_ring
-from broker.bench.ring import _child, _ends, _latency_stats, _link, _machine, _PairLink, _Progress, _ratio_s, _scale
+from broker.bench.ring import _child, _ends, _link, _machine, _PairLink, _ratio_s, _scale
+from broker.bench.show import Progress, Table
+from broker.bench.stats import latency_stats
 from broker.api import connect
 from broker.framework.client import Buffer
 from broker.core.malloc import keep_large_buffers
@@ -227,7 +229,7 @@ def _latency(tmpdir: str, transport: str, count: int, size: int, gap: float = 0.
         ns = _framework(tmpdir, transport, _lat_framework, rounds, warmup, size, gap)
     else:
         ns = _baseline(transport, _echo if size == SMALL else _sink, _lat_baseline, rounds, warmup, size, gap)
-    return {**_latency_stats(ns), "warmup": warmup}
+    return {**latency_stats(ns), "warmup": warmup}
 
 
 # ---- request rates (figures 2 and 3) ---------------------------------------------------
@@ -440,7 +442,7 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
     factor = _scale(quick, scale)
     figs = _figures()
     steps = sum(len(TRANSPORTS) * (1 if f.unit == "us" else REPEATS) for f in figs)
-    progress = _Progress(steps)
+    progress = Progress(steps)
     out: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": REPEATS,
                                     "window": WINDOW, "slots": SLOTS}, "figures": {}}
     tmpdir = tempfile.mkdtemp(prefix="broker-bench-rpc-")
@@ -497,9 +499,9 @@ def _target_s(ts: list[dict[str, Any]] | None) -> str:
     return "; ".join(f"{t['text']}: {'met' if t['met'] else 'NOT met'}" for t in ts or ())
 
 
-def table(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any]) -> Table:
     """The human-readable table of a bench() result."""
-    lines = _bench_ring.header_lines("rpc", result["meta"], "req/s")
+    above = _bench_ring.header_lines("rpc", result["meta"], "req/s")
     head = ("figure", "unit", *(LABELS[t] for t in TRANSPORTS), "shm/best", "targets")
     rows: list[tuple[str, ...]] = [head]
     for key, fig in result["figures"].items():
@@ -512,8 +514,7 @@ def table(result: dict[str, Any]) -> str:
         else:
             rows.append((fig["title"], "req/s", *(_fmt(res[t]["median"], unit) for t in TRANSPORTS),
                          _ratio_s(fig["ratio"]), _target_s(fig.get("targets"))))
-    lines += _bench_ring.render_rows(rows)
-    lines += ["",
+    lines = ["",
               "fw shm: a shared-memory session with the defaults (client and server spin 50 us before they sleep);",
               "shm busy: the same with busy_poll on both sides (they never sleep); framework: a socket session",
               "with the defaults; fw spin 0: a socket session, spin_us=0 on both",
@@ -524,7 +525,7 @@ def table(result: dict[str, Any]) -> str:
               f"the baselines write {WINDOW} requests, then read their {WINDOW} replies"]
     met = result["targets"]
     lines.append(f"targets met: {sum(t['met'] for t in met)} of {len(met)}")
-    return "\n".join(lines)
+    return Table(above, rows, lines)
 
 
 def run(json_path: str | None = None, quick: bool = False, scale: float | None = None,

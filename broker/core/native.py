@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from broker._brk import ffi, lib
+from broker._brk import ffi, lib as lib  # lib: re-exported (the services read its constants)
 
 
 def _table(method: Any) -> dict[str, Any]:

@@ -1,7 +1,30 @@
-"""What the kernel says about a process: its start time, and whether it still lives."""
+"""What the kernel says about a process: its start time, and whether it still lives.
+
+Read from /proc by hand rather than through psutil: this is the bottom layer, and psutil would be a
+fourth required dependency (a compiled one) of every install for these few lines; the segment
+headers hold a start time as the kernel's clock ticks, compared exactly, where psutil gives
+seconds since the epoch as a float (boot time plus ticks over the clock rate); and psutil has no
+audit login session, so /proc would be read here anyway. tests/core/test_proc.py holds the cases
+(a command name with spaces and parentheses, a zombie, a reused pid, a fork).
+"""
 from __future__ import annotations
 
 import os
+
+
+def _stat(pid: int | str) -> tuple[bytes, int]:
+    """(state, start time) of a process from one read of /proc/PID/stat; (b"", 0) if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return b"", 0
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    rest = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return rest[0], int(rest[19])  # fields 3 (state) and 22 (starttime)
+    except (IndexError, ValueError):
+        return b"", 0
 
 
 def start_time(pid: int) -> int:
@@ -10,15 +33,8 @@ def start_time(pid: int) -> int:
     A pid can be reused; the pair (pid, start time) names one process for good.
     """
     try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            stat = f.read()
-    except (OSError, ValueError):
-        return 0
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
+        return _stat(int(pid))[1]
+    except ValueError:
         return 0
 
 
@@ -39,13 +55,8 @@ def alive(pid: int, start: int) -> bool:
     """Does the process (pid, start) still run? A zombie counts as dead."""
     if pid <= 0:
         return False
-    st = start_time(pid)
+    state, st = _stat(int(pid))  # one read: the state is that of the process the start time names
     if st == 0 or (start and st != start):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
 

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import weakref
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -43,6 +43,12 @@ from broker._errors import (
     Timeout,
     TooBig,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # (typing's own from Python 3.11)
+    from numpy.typing import DTypeLike, NDArray
+
+    _S = TypeVar("_S", bound=np.generic)  # an array's scalar type, as a dtype argument names it
 
 __all__ = ["Ring", "Broadcast", "DEFAULT_CAPACITY", "max_record_for", "FULL", "TIMEOUT"]
 
@@ -468,8 +474,9 @@ def wait_any(rings: Sequence["Ring"], bell: Bell | None, seen: int, timeout: flo
         raise ValueError(f"wait_any waits on at most {WAIT_ANY_MAX} rings")
     for r in rings:
         r.need("consumer")
-    return _FAST["wait_any"](tuple(r._addr for r in rings), 0 if bell is None else bell._addr, seen,
-                             int(spin_us * 1000), max(0, int(timeout * 1e9)))
+    which: int | None = _FAST["wait_any"](tuple(r._addr for r in rings), 0 if bell is None else bell._addr, seen,
+                                          int(spin_us * 1000), max(0, int(timeout * 1e9)))
+    return which
 
 
 def sweep(remove: bool = True) -> list[tuple[str, str]]:
@@ -563,7 +570,7 @@ class _RingSide:
 
     # -- common ------------------------------------------------------------
 
-    def __enter__(self) -> "_RingSide":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -631,7 +638,7 @@ class _RingSide:
 
     @property
     def spin_us(self) -> float:
-        return self._live().spin_ns / 1000
+        return int(self._live().spin_ns) / 1000
 
     @spin_us.setter
     def spin_us(self, value: float) -> None:
@@ -814,6 +821,14 @@ class _RingSide:
         self._claim_len = n
         return self._claim
 
+    @overload
+    def claim_array(self, shape: int | tuple[int, ...], *, timeout: float | None = None) -> NDArray[np.uint8]: ...
+    @overload
+    def claim_array(self, shape: int | tuple[int, ...], dtype: type[_S] | np.dtype[_S],
+                    timeout: float | None = None) -> NDArray[_S]: ...
+    @overload
+    def claim_array(self, shape: int | tuple[int, ...], dtype: DTypeLike, timeout: float | None = None) -> NDArray[Any]: ...
+
     def claim_array(self, shape: int | tuple[int, ...], dtype: Any = np.uint8, timeout: float | None = None) -> np.ndarray:
         """claim() as a writable numpy array of `shape` and `dtype`, built in place."""
         dt = np.dtype(dtype)
@@ -951,6 +966,16 @@ class _RingSide:
         if rc == _LAPPED:
             return False
         raise _error(rc, f"release on {self.name}")
+
+    @overload
+    def recv_array(self, *, shape: int | tuple[int, ...] | None = None, timeout: float | None = None,
+                   copy: bool = True) -> NDArray[np.uint8]: ...
+    @overload
+    def recv_array(self, dtype: type[_S] | np.dtype[_S], shape: int | tuple[int, ...] | None = None,
+                   timeout: float | None = None, copy: bool = True) -> NDArray[_S]: ...
+    @overload
+    def recv_array(self, dtype: DTypeLike, shape: int | tuple[int, ...] | None = None,
+                   timeout: float | None = None, copy: bool = True) -> NDArray[Any]: ...
 
     def recv_array(self, dtype: Any = np.uint8, shape: int | tuple[int, ...] | None = None,
                    timeout: float | None = None, copy: bool = True) -> np.ndarray:

@@ -31,9 +31,12 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from broker._errors import PermissionDenied
+
+if TYPE_CHECKING:
+    from broker.framework.session import Peer
 
 # What a grant may name, and the actions of each: every service that checks grants registers its own
 # kind when it is imported (register_kind): topics "topic", links "service", the key-value tables "table".
@@ -68,7 +71,7 @@ class Grant:
         every = set().union(*(ACTIONS[k] for k in (ACTIONS if self.kind == "*" else (self.kind,))))
         return f"{self.who} {what} {'all' if self.actions >= every else ','.join(sorted(self.actions))}"
 
-    def covers(self, peer: Any) -> bool:
+    def covers(self, peer: Peer) -> bool:
         who = self.who
         if who == "*":
             return True
@@ -187,26 +190,26 @@ class Access:
         self.grants = tuple(g if isinstance(g, Grant) else parse_grant(g) for g in grants)
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
 
-    def owner(self, peer: Any) -> bool:
+    def owner(self, peer: Peer) -> bool:
         return peer.transport == "unix" and peer.uid == self.owner_uid
 
-    def allows(self, peer: Any, kind: str, name: str, action: str) -> bool:
+    def allows(self, peer: Peer, kind: str, name: str, action: str) -> bool:
         if peer.transport == "unix" and peer.uid == self.owner_uid:
             return True
         return any(action in g.actions and g.matches(kind, name) and g.covers(peer) for g in self.grants)
 
-    def allows_some(self, peer: Any, kind: str, prefix: str, action: str) -> bool:
+    def allows_some(self, peer: Peer, kind: str, prefix: str, action: str) -> bool:
         """May the peer `action` some name that starts with `prefix`?"""
         if self.owner(peer):
             return True
         return any(action in g.actions and g.overlaps(kind, prefix) and g.covers(peer) for g in self.grants)
 
-    def check(self, peer: Any, kind: str, name: str, action: str) -> None:
+    def check(self, peer: Peer, kind: str, name: str, action: str) -> None:
         """PermissionDenied (the request completes with PERMISSION_DENIED), with the grant it lacks."""
         if not self.allows(peer, kind, name, action):
             raise PermissionDenied(self.denied(peer, kind, name, action))
 
-    def denied(self, peer: Any, kind: str, name: str, *actions: str) -> str:
+    def denied(self, peer: Peer, kind: str, name: str, *actions: str) -> str:
         """The reason a refused request gets: who, what it may not do, and the grant that would let it."""
         who = peer.identity or (f"uid {peer.uid}" if peer.uid is not None else "a plain TCP peer")
         grantee = peer.identity or (f"uid:{peer.uid}" if peer.uid is not None else "tcp")

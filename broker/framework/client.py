@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from broker.transport import address as _address
 from broker.transport import keys as _keys
@@ -62,6 +62,9 @@ from broker.transport.keys import Key
 from broker.framework.watch import WATCHER
 from broker.framework.native import declare_buffer
 from broker.framework.session import CLOSE_SUBSESSION, SERVER_STATS
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # (typing's own from Python 3.11)
 
 log = logging.getLogger("broker.client")
 
@@ -124,8 +127,8 @@ def to_arg(a: Any) -> Arg:
         return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if isinstance(a, bytearray):
         return Arg(_READWRITE, len(a), bytes(a))
-    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # a big memoryview goes out from its own buffer: no copy here
-        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type]
+    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # type: ignore[union-attr]  # a big memoryview goes out from its own buffer: no copy here
+        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type, union-attr]
     return Arg(_READ, 0, bytes(a))
 
 
@@ -208,8 +211,8 @@ class _Reply(Future):  # type: ignore[type-arg]
         self._waiters = w = _StartsReader()
         w._session = session
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         """Future's Condition, made on first use (under _COND_LOCK: once, whichever thread asks)."""
         c = self._cond
         if c is None:
@@ -358,7 +361,7 @@ class ClientSession:
         # what carries the session's frames: the rings, or the socket (transport/carrier.py)
         self._carrier: Any = rings if rings is not None else SocketCarrier(sock, address, self._spin_ns)
         if rings is None:
-            self._carrier.reader = proto.reader  # a big reply is read from the socket straight into its frame
+            self._carrier.reader = proto.reader  # type: ignore[union-attr]  # (the socket's) a big reply is read from the socket straight into its frame
         self.transport = self._carrier.kind
         # the server's process, as the kernel says (Unix sockets): the one that called listen(), so under
         # socket activation the one that made the socket (systemd)
@@ -485,7 +488,7 @@ class ClientSession:
                 return results
         except TypeError:  # an error among them, from the long way
             pass
-        first: BrokerError | None = None
+        first: BaseException | None = None
         for i, r in enumerate(results):
             if type(r) is int and r < 0:
                 try:
@@ -687,7 +690,7 @@ class ClientSession:
         fut = _Sent()
         fut._session = self
         fut._rid = self._submit(code, args, handle, False, fut)
-        return await asyncio.wrap_future(fut)  # type: ignore[no-any-return]  # a cancelled await cancels it
+        return await asyncio.wrap_future(fut)  # a cancelled await cancels it
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
         """send for asyncio: uses a message slot."""
@@ -817,7 +820,7 @@ class ClientSession:
         return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
                    for _fd, ev in p.poll(0))
 
-    def __enter__(self) -> "ClientSession":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -983,16 +986,16 @@ class ClientSession:
                 self._end_inline()
         return self._wait(inline, rid, None)
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: "bytes | tuple[bytes, ...]") -> None:
         """A frame to the server, on the session's carrier (with the lock held)."""
         self._carrier.send(frame)
 
-    def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
+    def _wait(self, fut: "Future[int] | _Inline", rid: int, timeout: float | None) -> int:
         try:
             return fut.result(timeout)
         except TimeoutError:
             if fut.done():  # settled just now, after the look above (by _fail in another thread, say)
-                return fut.result(0)  # type: ignore[no-any-return]
+                return fut.result(0)
             broken = self._broken
             if broken is not None:
                 # the session ended while this call was read for: _fail is about to settle it with this
@@ -1258,7 +1261,7 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
                                            ring_capacity or 0)))
         except (BrokenPipeError, ConnectionResetError):
             pass  # a server that refuses at once (busy) may have closed already: its REFUSE is there to read
-        refused = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
+        refused: dict[int, type[BrokerError]] = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
         nonce = b""
         while proto.state in (State.HANDSHAKE, State.AUTH) or proto.offer_due:
             data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
@@ -1377,7 +1380,7 @@ class SubSession:
             if not self.session.closed and not self.session.server_gone():  # (a dead server closed it already)
                 self.session.send_receive(CLOSE_SUBSESSION, handle=h)
 
-    def __enter__(self) -> "SubSession":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

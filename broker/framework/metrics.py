@@ -1,50 +1,69 @@
 """The server's counters in the Prometheus text format, on an optional HTTP endpoint.
 
-render(stats, exporters) turns Server.stats() (sessions, and each service's part) into
-the text format (version 0.0.4) that Prometheus scrapes; MetricsEndpoint
-serves it at /metrics from a thread of its own (http.server from the standard
-library: the format is a few lines, not worth a dependency). The same
+prometheus-client (the `metrics` extra: pip install 'broker[metrics]') writes the exposition:
+render(stats, exporters) hands a registry a collector that turns Server.stats() (sessions, and each
+service's part) into its metric families, and prometheus-client's encoder writes them (the text
+format 0.0.4, or OpenMetrics or gzip when the scraper asks). MetricsEndpoint serves them at /metrics
+from a thread of its own with the standard library's http.server rather than prometheus-client's
+start_http_server, which answers every path, keeps no read timeout and leaves its handler threads
+behind as daemons: here any other path is a 404, a client that connects and says nothing is dropped
+after 5 s, and stop() waits for a scrape in progress, so no thread outlives the Server. The same
 counters are there in-process: Server.stats().
 """
 from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MISSING = "the metrics endpoint needs prometheus-client: pip install 'broker[metrics]' (or prometheus-client)"
 
 
-def _label(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(**labels: Any) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
+def require() -> None:
+    """Raise ImportError, saying what to install, unless prometheus-client is there."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ImportError(MISSING) from None
 
 
 class _Family:
+    """One metric family as a service's metrics() fills it: fam(name, kind, help).add(value, **labels)."""
+
     def __init__(self, name: str, kind: str, help_text: str) -> None:
+        if kind not in ("counter", "gauge"):
+            raise ValueError(f"a family is a counter or a gauge, not {kind!r}")
         self.name, self.kind, self.help = name, kind, help_text
-        self.samples: list[tuple[str, float]] = []
+        self.labels: tuple[str, ...] | None = None  # fixed by the first sample
+        self.samples: list[tuple[list[str], float]] = []
 
     def add(self, value: Any, **labels: Any) -> None:
-        self.samples.append((_labels(**labels), float(value or 0)))
+        if self.labels is None:
+            self.labels = tuple(labels)
+        elif tuple(labels) != self.labels:
+            raise ValueError(f"{self.name}: every sample has the labels {self.labels}, not {tuple(labels)}")
+        self.samples.append(([str(v) for v in labels.values()], float(value or 0)))
 
-    def lines(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        for labels, value in self.samples:
-            yield f"{self.name}{labels} {int(value) if value.is_integer() else value}"
+    def metric(self) -> Metric:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        m = kind(self.name, self.help, labels=self.labels or ())  # a counter's name loses its _total here...
+        for values, value in self.samples:
+            m.add_metric(values, value)  # ...and its samples are name_total, as Prometheus wants
+        return m
 
 
 Family = Callable[[str, str, str], _Family]  # fam(name, kind, help): a metric family, made once
+Exporters = Iterable[tuple[str, Callable[[Any, Family], None]]]
 
 
-def render(stats: dict[str, Any], exporters: Iterable[tuple[str, Callable[[Any, Family], None]]] = ()) -> str:
-    """The text format of Server.stats(): the sessions', then each (stats key, export) of `exporters`
+def families(stats: dict[str, Any], exporters: Exporters = ()) -> list[_Family]:
+    """The families of Server.stats(): the sessions', then each (stats key, export) of `exporters`
     (the server's services: Service.metrics) adds the families of its part of the statistics."""
     fams: dict[str, _Family] = {}
 
@@ -71,28 +90,63 @@ def render(stats: dict[str, Any], exporters: Iterable[tuple[str, Callable[[Any, 
         fam("broker_session_outstanding", "gauge", "Requests not completed yet.").add(s.get("outstanding"), **lab)
     for key, export in exporters:  # each built-in service's own (Service.metrics)
         export(stats.get(key), fam)
-    return "\n".join(line for f in fams.values() for line in f.lines()) + "\n"
+    return list(fams.values())
+
+
+class _Collector:
+    """prometheus-client's custom collector over a stats() callable: read afresh at every scrape."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]], exporters: Exporters) -> None:
+        self.stats, self.exporters = stats, tuple(exporters)
+
+    def collect(self) -> Iterator[Metric]:
+        for f in families(self.stats(), self.exporters):
+            yield f.metric()
+
+
+def _registry(stats: Callable[[], dict[str, Any]], exporters: Exporters) -> Any:
+    require()
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(stats, exporters))  # a Collector is anything with collect()
+    return registry
+
+
+def render(stats: dict[str, Any], exporters: Exporters = ()) -> str:
+    """The text format (0.0.4) of Server.stats() and the services' parts (see families())."""
+    registry = _registry(lambda: stats, exporters)
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode()
 
 
 class MetricsEndpoint:
     """GET /metrics on host:port (port 0: one the kernel picks; see .address), in a thread."""
 
     def __init__(self, stats: Callable[[], dict[str, Any]], host: str = "127.0.0.1", port: int = 0,
-                 exporters: Iterable[tuple[str, Callable[[Any, Family], None]]] = ()) -> None:
-        exporters = tuple(exporters)
+                 exporters: Exporters = ()) -> None:
+        registry = _registry(stats, exporters)
+        from prometheus_client.exposition import choose_encoder, gzip_accepted
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics is here")
                     return
+                encode, content_type = choose_encoder(self.headers.get("Accept", ""))  # 0.0.4 unless asked
                 try:
-                    body = render(stats(), exporters).encode()
+                    body = encode(registry)
                 except Exception as e:  # the server is stopping, say: the scraper sees a 500
                     self.send_error(500, f"no statistics: {e}")
                     return
                 self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Type", content_type)
+                if gzip_accepted(self.headers.get("Accept-Encoding", "")):
+                    import gzip
+
+                    body = gzip.compress(body)
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -11,12 +11,47 @@ message.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from broker.core.native import CLIENT, SERVER
 
-ConnBase: type = SERVER["conn_base"]()  # a connection's books: lock, proto, messages, ring_*, ended, counts
-MessageBase: type = SERVER["message_base"]()  # broker.Message's fields; read(), write(), complete() in C
+if TYPE_CHECKING:  # the C types as mypy sees them: their members (csrc/py/server.c) and methods
+    from broker.protocol.frames import Arg
+
+    class ConnBase:
+        """A connection's books (broker/framework/server.py's _Conn)."""
+
+        lock: Any
+        proto: Any
+        messages: dict[int, Any]
+        ring_batch: Any
+        ring_put: Any
+        ring_pending: Any
+        ended: bool
+        completions: int
+        async_outstanding: int
+        bytes_out: int
+
+    class MessageBase:
+        """broker.Message's fields, and the methods C takes the common case of."""
+
+        __slots__ = ("_conn", "request_id", "code", "handle", "asynchronous", "_args", "_writes", "_done", "_cancel")
+        _conn: Any
+        request_id: int
+        code: int
+        handle: int
+        asynchronous: bool
+        _args: tuple[Arg, ...]
+        _writes: dict[int, bytes | bytearray] | None  # argument -> its new content
+        _done: bool
+        _cancel: list[Callable[[Any], Any]] | Literal[True] | None  # on_cancel's callbacks; True once cancelled
+
+        def read(self, i: int, offset: int = 0, size: int | None = None) -> bytes: ...
+        def write(self, i: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None: ...
+        def complete(self, status: int = 0, error: str | None = None) -> None: ...
+else:
+    ConnBase = SERVER["conn_base"]()  # a connection's books: lock, proto, messages, ring_*, ended, counts
+    MessageBase = SERVER["message_base"]()  # broker.Message's fields; read(), write(), complete() in C
 ring_batch: Callable[[], Any] = SERVER["ring_batch"]  # a connection's RingBatch: append, take, len
 serve_messages: Callable[..., None] = SERVER["serve_messages"]  # the server's turn over C's Messages
 

@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from broker.transport import address as _address
 from broker.transport import keys as _keys
@@ -44,6 +44,7 @@ from broker.protocol.frames import (
     Auth,
     Cancel,
     Close,
+    Event,
     Hello,
     ProtocolError,
     Refuse,
@@ -61,6 +62,9 @@ from broker.framework.service import Service, dispatch_table
 from broker.framework.logins import Logins
 from broker.framework.namespace import owner_of
 from broker.framework.session import SERVING, CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # (typing's own from Python 3.11)
 
 log = logging.getLogger("broker.server")
 _OPEN = State.OPEN
@@ -105,7 +109,7 @@ def _peer(sock: socket.socket, cid: int) -> Peer:
     return Peer(cid, "tcp", address=(host, port))
 
 
-class _Conn(ConnBase):  # type: ignore[misc, valid-type]
+class _Conn(ConnBase):
     """One accepted connection: its protocol state, its session, its output (its carrier).
 
     The books C keeps on every message (lock, proto, messages, ring_batch, ring_put, ring_pending,
@@ -140,7 +144,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
         self._batch: Any = None  # this connection's RingBatch, once it is on rings
         self.session_key: str | None = None  # the session rule's key, when shared memory was allowed
         self.rings: ServerRings | None = None  # offered or in use
-        self._take: Callable[[], Any] | None = None  # on rings, in a threaded server without policies: see on_ring
+        self._take: Callable[[int, int], Any] | None = None  # on rings, in a threaded server without policies: see on_ring
         self.on_rings = False  # the rings carry the session (after the client's proof)
         self._connected: tuple[Any, Decision] | None = None  # the event waits for the answer to an offer
         self.key = _peer_key(peer)  # whose it is, for the per-user bounds
@@ -207,7 +211,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             big = reader.gathering  # a big frame on its way: its records are copied straight into it
             try:
                 if big is None:
-                    records = rings.read()
+                    records: list[bytes] | tuple[memoryview, ...] = rings.read()
                 else:
                     at, rest = rings.gather(big, reader.gathered)
                     records = () if at == reader.gathered and rest is None else (big,)  # (): nothing came
@@ -232,7 +236,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                 self.bytes_in += len(data)
                 lock.acquire()  # not `with`: it costs twice as much, on every batch
                 try:
-                    events = self.proto.receive(data)
+                    events: list[Event] | ProtocolError = self.proto.receive(data)
                 except ProtocolError as e:
                     events = e
                 finally:
@@ -603,7 +607,7 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
                     msg.complete(Status.NOT_SUPPORTED, "an async service needs the server to run with serve_async()")
                     return
                 task = loop.create_task(self._await_service(result, msg))
-                msg.on_cancel(lambda _m, task=task: task.cancel())  # a CANCEL cancels the coroutine
+                msg.on_cancel(lambda _m, task=task: task.cancel())  # type: ignore[misc]  # a CANCEL cancels the coroutine (mypy cannot type a lambda's default)
         except Exception as e:
             self.failed(msg, e)
         finally:
@@ -690,9 +694,9 @@ class _Conn(ConnBase):  # type: ignore[misc, valid-type]
             if self.ended:
                 return
             if self.batching:  # _batched is serving a socket batch: sent together, after the last
-                self.carrier.queue(frame)
+                self.carrier.queue(frame)  # type: ignore[arg-type]  # (rings take it joined, above: parts reach only a socket)
                 return
-            if not self.carrier.write(frame):
+            if not self.carrier.write(frame):  # type: ignore[arg-type]  # (as queue)
                 self.server._want_write(self)
                 self._account()
             elif self.counted:
@@ -946,6 +950,10 @@ class Server:
         self.server_id = f"s{os.getpid()}"  # in the names of its segments
         if metrics is not None and not 0 <= metrics <= 65535:
             raise ValueError(f"metrics is a TCP port (0: one the kernel picks), not {metrics}")
+        if metrics is not None:
+            from broker.framework.metrics import require
+
+            require()  # ImportError now, saying what to install, rather than when serving starts
         self._metrics_at = None if metrics is None else (metrics_host, metrics)
         self.metrics: Any = None  # the Prometheus endpoint (broker/framework/metrics.py) while serving, if asked for
         self._pending_rings: set[_Conn] = set()  # ring 1 was full: retry soon
@@ -1082,7 +1090,7 @@ class Server:
                 log.warning("plain TCP on %s:%s (insecure_tcp): whoever reaches it gets a session, with no "
                             "identity; use keys instead", host, port)
 
-    def start(self) -> "Server":
+    def start(self) -> Self:
         """Serve in a background thread (the embedding case)."""
         if self._thread is not None:
             raise StateError("the server is already running")
@@ -1091,7 +1099,7 @@ class Server:
         self._thread.start()
         return self
 
-    def serve_forever(self, ready: Callable[["Server"], None] | None = None) -> None:
+    def serve_forever(self, ready: Callable[[Self], None] | None = None) -> None:
         """Serve in this thread until stop() (from another thread or a signal handler).
         ready(server), if given, runs once the addresses are bound (`server.bound`)."""
         self._setup()
@@ -1182,7 +1190,7 @@ class Server:
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1355,11 +1363,11 @@ class Server:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
-        for s in self.services:
+        for service in self.services:
             try:
-                s.close()
+                service.close()
             except Exception as e:
-                log.warning("%s.close() raised %r", type(s).__name__, e)
+                log.warning("%s.close() raised %r", type(service).__name__, e)
 
     def service(self, key: str) -> Any:
         """The built-in service whose statistics are under `key` ("topics", "services"...)."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from broker._errors import BadHandle, BrokerError, Overflow, StateError
-from broker.protocol.codes import CLOSE_SUBSESSION, SERVER_STATS  # noqa: F401  (the framework's own codes)
+from broker.protocol.codes import CLOSE_SUBSESSION as CLOSE_SUBSESSION, SERVER_STATS as SERVER_STATS  # the framework's own codes
 from broker.protocol.handles import ObjectIndex
 from broker.protocol.frames import Arg, ArgKind, ServerConnection, State, Status, complete_frame, text_bytes
 from broker.framework.native import MessageBase, declare
+
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])  # a method @function marks, as it is
 
 _OPEN = State.OPEN
 _K_READ, _K_WRITE, _K_READWRITE = int(ArgKind.READ), int(ArgKind.WRITE), int(ArgKind.READWRITE)
@@ -43,7 +46,7 @@ class Peer:
         return f"connection {self.connection_id} ({self.address[0]}:{self.address[1]}{who})"
 
 
-class Message(MessageBase):  # type: ignore[misc, valid-type]
+class Message(MessageBase):
     """One request: a function code and four arguments (Symbian's RMessage2).
 
     complete() must be called exactly once, from any thread, now or later.
@@ -70,11 +73,13 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
 
     @property
     def session(self) -> "Session":
-        return self._conn.session
+        session: Session = self._conn.session
+        return session
 
     @property
     def peer(self) -> Peer:
-        return self._conn.peer
+        peer: Peer = self._conn.peer
+        return peer
 
     @property
     def connection(self) -> Any:
@@ -212,7 +217,7 @@ class Message(MessageBase):  # type: ignore[misc, valid-type]
         try:
             if self._done:
                 raise StateError("the message is already complete")
-            self._writes = {i: parts}  # (its whole new content: what any earlier write said is replaced)
+            self._writes = {i: parts}  # type: ignore[dict-item]  # (its parts, sent as they are: its whole new content, what any earlier write said is replaced)
         finally:
             lock.release()
         self.complete(status)
@@ -326,13 +331,13 @@ def refuse(conn: Any, msg: "Message", e: Exception, argument_error: type) -> Non
         conn.failed(msg, e)
 
 
-def function(code: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def function(code: int) -> Callable[[_F], _F]:
     """Mark a Session method as the function `code`: the default service() calls it with the message,
     and a client calls it by name (broker.functions(session, TheClass).name(...))."""
     if type(code) is not int or not 0 <= code <= 0x7FFFFFFF:
         raise ValueError(f"a function's code is an int from 0 to 2**31-1 (below 0 is the broker's), not {code!r}")
 
-    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+    def mark(method: _F) -> _F:
         method.__broker_code__ = code  # type: ignore[attr-defined]
         return method
     return mark
@@ -344,6 +349,7 @@ class Session:
 
     functions: dict[str, int] = {}  # name -> code of the @function methods (made per subclass)
     _by_code: dict[int, str] = {}
+    _connection: Any  # the server's connection, once it accepted the session (notify speaks through it)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

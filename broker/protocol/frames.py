@@ -55,7 +55,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from broker._errors import BrokerError
 from broker.core.native import CODEC as _CODEC
@@ -247,6 +247,11 @@ class Write:
     data: bytes
 
 
+# a write as an (index, data) pair, as a server hands it to complete(): the data may be a bytearray, or a
+# big write's own parts (Message._complete_parts)
+WritePair = tuple[int, bytes | bytearray | tuple[bytes, ...]]
+
+
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us an object, on every message
 class Complete:
     request_id: int
@@ -282,17 +287,18 @@ Event = (Hello | Welcome | Refuse | Request | Complete | Panic | Cancel | Close 
          | Challenge | Auth | AuthOk | Notify)
 
 # The per-message frames in C (csrc/py/codec.c): it makes these classes' instances itself, their fields
-# declared to it here, once (a renamed field fails here, at import).
+# declared to it here, once (a renamed field fails here, at import). The slots' member descriptors are what
+# C wants; mypy sees instance attributes read from the class, hence the ignores.
 _CODEC["codec_setup"](tuple(ArgKind(k) for k in range(len(ArgKind))), NO_ARG,
-                      (Request.request_id, Request.code, Request.args, Request.handle, Request.asynchronous),
-                      (Arg.kind, Arg.value, Arg.data), (Complete.request_id, Complete.status, Complete.writes,
-                                                        Complete.error), (Write.index, Write.data))
+                      (Request.request_id, Request.code, Request.args, Request.handle, Request.asynchronous),  # type: ignore[misc]
+                      (Arg.kind, Arg.value, Arg.data), (Complete.request_id, Complete.status, Complete.writes,  # type: ignore[misc]
+                                                        Complete.error), (Write.index, Write.data))  # type: ignore[misc]
 c_feed, c_encode_request, c_encode_complete = _CODEC["feed"], _CODEC["encode_request"], _CODEC["encode_complete"]
 _frame_buffer = _CODEC["frame_buffer"]  # a bytearray of n bytes, not cleared: a big frame is gathered in it
 _frame_unused = _CODEC["frame_unused"]  # no view of that bytearray is held any more (its exports)
 
 
-def _no_feed(view: memoryview, at: int, max_frame: int) -> tuple[list[Event], int]:
+def _no_feed(view: bytes | bytearray | memoryview, at: int, max_frame: int) -> tuple[list[Event], int]:
     return [], at
 
 # ---- encoding -----------------------------------------------------------------
@@ -393,14 +399,14 @@ def request_parts(request_id: int, code: int, handle: int, asynchronous: bool,
     return (head, *payloads)
 
 
-def complete_frame(request_id: int, status: int, writes: tuple[Write, ...] | list[Write] | list[tuple[int, bytes]],
-                   error: str | None) -> bytes:
+def complete_frame(request_id: int, status: int, writes: Sequence[Write | WritePair], error: str | None) -> bytes:
     """A COMPLETE frame (the hot path of the server's side: in C, as request_frame). `writes`:
     Write objects or (index, data) pairs."""
     frame = c_encode_complete(request_id, status, writes, None if error is None else _text(error))
     if frame is not NotImplemented:
         return frame  # type: ignore[no-any-return]
-    return complete_frame_py(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes], error)
+    return complete_frame_py(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes],  # type: ignore[arg-type]
+                             error)  # (a pair's data may be a bytearray, or a big write's parts: as complete_parts takes)
 
 
 def complete_frame_py(request_id: int, status: int, writes: tuple[Write, ...] | list[Write], error: str | None) -> bytes:
@@ -424,9 +430,10 @@ def complete_parts(request_id: int, status: int, writes: tuple[Write, ...] | lis
     size = _COMPLETE.size + len(err)
     parts: list[bytes] = []
     for w in writes:
-        d, n = w.data, _write_size(w)
+        d: bytes | tuple[bytes, ...] = w.data  # or a write given as its own parts (below)
+        n = _write_size(w)
         parts.append(_WRITE.pack(w.index, n))
-        if type(d) is tuple:  # a write given as its own parts (Message._complete_parts)
+        if isinstance(d, tuple):  # a write given as its own parts (Message._complete_parts)
             parts += [p for p in d if len(p)]
         elif n:
             parts.append(d)
@@ -572,11 +579,11 @@ def decode_body(ftype: int, flags: int, request_id: int, body: bytes | memoryvie
         return Challenge(bytes(b))
     if t == FrameType.AUTH:
         _need(b, NONCE_BYTES + PROOF_BYTES + 1, "AUTH")
-        name = b[NONCE_BYTES + PROOF_BYTES :]
-        if len(name) > MAX_KEY_NAME:
-            raise ProtocolError(f"AUTH with a key name of {len(name)} bytes (at most {MAX_KEY_NAME})")
+        key_name = b[NONCE_BYTES + PROOF_BYTES :]
+        if len(key_name) > MAX_KEY_NAME:
+            raise ProtocolError(f"AUTH with a key name of {len(key_name)} bytes (at most {MAX_KEY_NAME})")
         return Auth(bytes(b[:NONCE_BYTES]), bytes(b[NONCE_BYTES : NONCE_BYTES + PROOF_BYTES]),
-                    _utf8(name, "AUTH key name"))
+                    _utf8(key_name, "AUTH key name"))
     if t == FrameType.AUTH_OK:
         if len(b) != PROOF_BYTES:
             raise ProtocolError(f"AUTH_OK with a proof of {len(b)} bytes, expected {PROOF_BYTES}")
@@ -1108,7 +1115,7 @@ class ServerConnection(_Side):
         self._close(reason)
         return encode(Refuse(status, reason))
 
-    def complete(self, request_id: int, status: int = 0, writes: Iterable[Write] | Iterable[tuple[int, bytes]] = (),
+    def complete(self, request_id: int, status: int = 0, writes: Sequence[Write | WritePair] = (),
                  error: str | None = None) -> "bytes | tuple[bytes, ...]":
         """The completion of an outstanding request; ProtocolError if it is not outstanding (a
         second completion). `writes`: Write objects or (index, data) pairs. A big one (writes of
@@ -1117,7 +1124,7 @@ class ServerConnection(_Side):
         if type(writes) is list and writes and sum(_write_size(w) for w in writes) >= BIG_FRAME:
             # a big one as its parts (the writes' own bytes): the socket sends them with one sendmsg
             return complete_parts(request_id, status, [w if isinstance(w, Write) else Write(*w) for w in writes],
-                                  error)  # type: ignore[return-value]
+                                  error)
         frame = c_encode_complete(request_id, status, writes, None if error is None else _text(error))
         if frame is NotImplemented:
             frame = complete_frame(request_id, status, tuple(writes), error)

@@ -30,7 +30,12 @@ class Address:
 
 def runtime_dir() -> str:
     """This user's directory for broker sockets: $XDG_RUNTIME_DIR/broker, else a
-    private (0700, ours) directory under /tmp."""
+    private (0700, ours) directory under /tmp.
+
+    Not platformdirs' user_runtime_dir: on Linux it is $XDG_RUNTIME_DIR, else /run/user/UID
+    whether or not that exists (it does not where no login manager made it: containers, CI, su,
+    cron, root here), so the fallback and the check of what we find would stay here anyway, and
+    the transport layer would need a fourth required dependency for one environment lookup."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
         path = os.path.join(base, "broker")
@@ -83,7 +88,7 @@ def parse_client(address: str) -> Address:
     """The address a client connects to: as parse(), except that a bare name with no server in this
     user's runtime directory is looked for in the system directory (a system-wide server's)."""
     addr = parse(address)
-    if not addr.is_unix and addr.target[0] in ("0.0.0.0", "::"):  # "every interface": this host, to a client
+    if not addr.is_unix and isinstance(addr.target, tuple) and addr.target[0] in ("0.0.0.0", "::"):  # "every interface": this host, to a client
         addr = Address(addr.family, ("127.0.0.1" if addr.family == socket.AF_INET else "::1", addr.target[1]),
                        address)
     if addr.is_unix and "/" not in address and not os.path.exists(str(addr.target)):

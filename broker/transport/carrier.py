@@ -36,7 +36,7 @@ from itertools import islice
 from typing import Any
 
 from broker._errors import BrokerError, Closed, Empty, Full, PeerGone
-from broker.core.ring import (FULL, MANY_ODD, MANY_UNUSUAL, TIMEOUT, completer, open_session_rings, request_taker, session_call,
+from broker.core.ring import (FULL, MANY_ODD as MANY_ODD, MANY_UNUSUAL as MANY_UNUSUAL, TIMEOUT as TIMEOUT, completer, open_session_rings, request_taker, session_call,
                     session_call_many, session_rings)
 
 SESSION_RING_CAPACITY = 1 << 20  # of each ring; a record is at most half of it
@@ -53,7 +53,7 @@ _yield = os.sched_yield
 
 def send_parts(sock: socket.socket, parts: "tuple[bytes, ...]") -> None:
     """sendall() for a big frame's parts: gather writes (sendmsg), the parts never joined."""
-    views: list = [p if type(p) is bytes else memoryview(p).cast("B") for p in parts]
+    views: list[bytes | memoryview] = [p if type(p) is bytes else memoryview(p).cast("B") for p in parts]
     while views:
         n = sock.sendmsg(views)
         while n:
@@ -95,7 +95,7 @@ class SocketCarrier:
 
     def send(self, frame: "bytes | tuple[bytes, ...]") -> None:
         """A frame, or a big frame's parts (written together, never joined: sendmsg)."""
-        if type(frame) is tuple:
+        if isinstance(frame, tuple):
             send_parts(self.sock, frame)
         else:
             self.sock.sendall(frame)
@@ -182,7 +182,7 @@ class ServerSocket:
             self.queue(frame)  # after what waits
             return False
         try:
-            if type(frame) is tuple:
+            if isinstance(frame, tuple):
                 n = self.sock.sendmsg(frame)
                 size = sum(map(len, frame))
             else:
@@ -194,7 +194,7 @@ class ServerSocket:
             raise CarrierGone(f"died: {e}") from None
         if n == size:
             return True
-        parts = frame if type(frame) is tuple else (frame,)
+        parts = frame if isinstance(frame, tuple) else (frame,)
         for p in parts:  # what the socket did not take
             k = len(p)
             if n >= k:
@@ -431,7 +431,7 @@ class ClientRings:
     def send(self, frame: "bytes | tuple[bytes, ...]") -> None:
         """Write a frame, waiting for room while the server lives (it never stops reading). A big
         frame's parts are copied straight into records of STREAM_CHUNK bytes, never joined."""
-        if type(frame) is tuple:
+        if isinstance(frame, tuple):
             self.tx.send_stream(frame, STREAM_CHUNK)
             return
         if len(frame) <= self._chunk:  # the common case: one record

@@ -99,3 +99,56 @@ def test_an_asyncio_server_serves_its_metrics_too(tmp_path):
         return text
 
     assert "broker_sessions" in asyncio.run(main())
+
+
+def test_the_text_is_what_prometheus_parses_and_a_scraper_may_ask_for_openmetrics_or_gzip(tmp_path):
+    """prometheus-client's own parser reads every family back with its kind and samples; a scraper
+    that asks for OpenMetrics or gzip gets it (Prometheus asks for both)."""
+    import gzip
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    srv = broker.Server(str(tmp_path / "p.sock"), metrics=0)
+    with srv, connect(str(tmp_path / "p.sock"), socket_only=True) as s:  # its publishes go through the server
+        pub = s.publisher("parsed")
+        pub.publish(b"x")
+        host, port = srv.metrics.address
+        url = f"http://{host}:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        assert fams["broker_sessions"].type == "gauge"
+        assert fams["broker_session_requests"].type == "counter"  # the family; its samples are ..._total
+        assert {x.name for x in fams["broker_session_requests"].samples} == {"broker_session_requests_total"}
+        published = fams["broker_topic_published"].samples
+        assert [(x.labels["topic"], x.value) for x in published] == [("parsed", 1.0)]
+        ask = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0",
+                                                   "Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(ask, timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert r.headers["Content-Encoding"] == "gzip"
+            om = gzip.decompress(r.read()).decode()
+        assert om.endswith("# EOF\n") and "broker_topic_published_total{" in om
+        pub.close()
+
+
+def test_without_prometheus_client_the_endpoint_says_what_to_install(tmp_path):
+    """The metrics extra missing: Server(metrics=...) and `broker serve --metrics` say what to install
+    (exit 2, no traceback); a server without metrics does not need it."""
+    import subprocess
+    import sys
+
+    hide = "import sys; sys.modules['prometheus_client'] = None; "
+    code = hide + ("import broker\n"
+                   "try:\n    broker.Server(sys.argv[1], metrics=0)\n"
+                   "except ImportError as e:\n    print(e)\n"
+                   "with broker.Server(sys.argv[1]) as srv:\n    print('served', srv.metrics)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.sock")], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["the metrics endpoint needs prometheus-client: pip install 'broker[metrics]' "
+                                     "(or prometheus-client)", "served None"]
+    cli = hide + "from broker.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", cli, "serve", "--address", str(tmp_path / "b.sock"), "--metrics", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "pip install 'broker[metrics]'" in p.stderr and "Traceback" not in p.stderr

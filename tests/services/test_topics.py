@@ -428,6 +428,13 @@ def test_untrusted_topic_requests_fail_alone(server):
             (TOPIC_SUBSCRIBER, (b"ok", b'{"policy": "sometimes"}'), "policy is one of"),
             (TOPIC_SUBSCRIBER, (b"ok", b'{"capacity": 0}'), "capacity is an integer"),
             (TOPIC_SUBSCRIBER, (b"ok", b'{"capacity": true}'), "capacity is an integer"),
+            (TOPIC_SUBSCRIBER, (b"ok", b'{"history": 1.5}'), "history is an integer"),
+            (TOPIC_SUBSCRIBER, (b"ok", b'{"direct": 1}'), "a flag is true or false"),
+            (TOPIC_PUBLISHER, (b"ok", b'{"block_timeout": 3601}'), "block_timeout is 0 to 3600 seconds"),
+            (TOPIC_PUBLISHER, (b"ok", b'{"block_timeout": "1"}'), "block_timeout is 0 to 3600 seconds"),
+            (TOPIC_PUBLISHER, (b"ok", b'{"ring_capacity": 98304}'), "ring_capacity is a power of two"),
+            (TOPIC_PUBLISHER, (b"ok", b'{"ring": null}'), "a flag is true or false"),
+            (TOPIC_PUBLISHER, (b"ok", b"[" * 5000 + b"]" * 5000), "not JSON|options are at most"),
         ]
         for code, args, text in bad:
             with pytest.raises(broker.ServiceError, match=text) as e:

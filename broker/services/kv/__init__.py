@@ -69,3 +69,8 @@ from broker.services.kv.client import (  # noqa: F401
     NotFound,
     Table,
 )
+
+__all__ = ["COUNT", "DELETE", "ECHO", "ECHO_CODES", "GET", "KEYS", "KEY_LEN", "KV_CODES", "LENGTH", "MAX_TABLE_NAME",
+           "OPEN_TABLE", "PUT", "VALUE_CEILING", "EchoSession", "KeyValueLimits", "KeyValueSession", "KeyValueStore",
+           "ServicesSession", "SharedTable", "BufferTooSmall", "EchoClient", "InvalidArgument", "KeyValueClient",
+           "LimitReached", "NotFound", "Table"]

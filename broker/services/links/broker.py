@@ -26,6 +26,8 @@ register_kind("service", ("offer", "call"))  # what grants say of linked service
 
 
 class _Offer(RefObject):
+    name: str  # its Name's key (RefObject's, a container's, may be None)
+
     def __init__(self, broker: "LinkBroker", n: Name, conn: Any) -> None:
         super().__init__()
         self.broker, self.name, self.conn = broker, n.key, conn  # name: unique server-wide (namespace.py)
@@ -33,8 +35,8 @@ class _Offer(RefObject):
         self.shown = n.shown  # as its session names it
         self.handler: Callable[[Any], Any] | None = None  # a host process's service (host_offer): run at once
         # waiting: id, the caller's message (None for TAKE_UNPAIR), its code, the packed arguments, TAKE_*
-        self.queue: deque[tuple[int, Message | None, int, bytes, int]] = deque()
-        self.running: dict[int, Message] = {}  # taken, not yet replied to
+        self.queue: deque[tuple[int, Message | _HostCaller | None, int, bytes, int]] = deque()
+        self.running: dict[int, Message | _HostCaller] = {}  # taken, not yet replied to
         self.take: Message | None = None  # the provider's waiting LINK_TAKE
         self.served = 0
         self.pairing: dict[int, _Pair] = {}  # pairs handed to the provider, not yet acknowledged
@@ -261,7 +263,7 @@ class LinkBroker(Service):
     def _run_host(self, offer: _Offer, caller: Any, code: int, blob: bytes) -> None:
         """A call to a host offer: the handler, then the caller's completion (its writes packed)."""
         try:
-            args = [Arg(kind, value, data) for kind, value, data in unpack_call(blob)]
+            args = [Arg(kind, value, data) for kind, value, data in unpack_call(blob)]  # type: ignore[arg-type]  # (an int kind: ArgKind is an IntEnum)
         except ValueError as e:
             caller.complete(Status.ARGUMENT, f"a call {offer.shown!r} cannot read: {e}")
             return
@@ -478,13 +480,13 @@ class LinkBroker(Service):
             return
         self._answer(offer.shown, caller, status, writes)
 
-    def _paired(self, offer: _Offer, pair: _Pair, caller: Message | None, msg: Message, status: int,
+    def _paired(self, offer: _Offer, pair: _Pair, caller: Message | _HostCaller | None, msg: Message, status: int,
                 text: bytes) -> None:
         """The provider's answer to a pair it was handed: it attached (status 0) or could not. The
         provider's LINK_REPLY completes with 1 if it is to keep the pair, 0 if the pair is void."""
         live = (caller is not None and not caller.completed and not caller.connection.ended and not pair.link.gone
                 and pair.segment is not None)
-        if status < 0 or not live:
+        if status < 0 or not live or caller is None:  # (live: caller is not None)
             msg.complete(0)
             if live and caller is not None:
                 caller.complete(status, text.decode(errors="replace") or

@@ -69,7 +69,7 @@ class LinkedCall:
 
     def max_length(self, i: int) -> int:
         a = self._arg(i)
-        return a.value if a.kind in (A_WRITE, A_READWRITE) else len(a.data)  # type: ignore[no-any-return]
+        return a.value if a.kind in (A_WRITE, A_READWRITE) else len(a.data)
 
     def write(self, i: int, data: bytes) -> None:
         a = self._arg(i)
@@ -221,7 +221,7 @@ class Offer(SubSession):
                 self._drop(pair, tell=False)
             return None
         try:
-            args = [Arg(kind, value, blob) for kind, value, blob in unpack_call(data[TAKE_HEAD.size:])]
+            args = [Arg(kind, value, blob) for kind, value, blob in unpack_call(data[TAKE_HEAD.size:])]  # type: ignore[arg-type]  # (an int kind: ArgKind is an IntEnum)
             return cid, LinkedCall(code, args + [NO_ARG] * (4 - len(args))), b""
         except ValueError as e:
             return cid, None, f"a call the provider cannot read: {e}".encode()
@@ -418,7 +418,7 @@ class Offer(SubSession):
                 rings = self._pairs
                 waiter = any_waiter([p.rx for p in rings], bell, self._spin())
             try:
-                woke = waiter(seen, left)
+                woke = waiter(seen, left)  # type: ignore[misc]  # (made above on the first pass: rings starts None)
             except OSError:  # a ring closed meanwhile: look again
                 woke = 0
             if woke is None:
@@ -469,13 +469,13 @@ class Offer(SubSession):
                 n, error = 0, e
             got = self._taken(error, n)
             if isinstance(got, str):
-                pair, reply = self._attach(got)
-                self._paired(pair, await self.session.asend_receive(LINK_REPLY, *reply, handle=self.handle))
+                attached, reply = self._attach(got)
+                self._paired(attached, await self.session.asend_receive(LINK_REPLY, *reply, handle=self.handle))
                 continue
             if got is None:
                 continue
-            cid, call, text = got
-            status, writes, text = await self._arun(call, text)
+            cid, taken, text = got
+            status, writes, text = await self._arun(taken, text)
             await self.session.asend_receive(LINK_REPLY, cid, status, pack_writes(writes), text, handle=self.handle)
             self.served += 1
 
@@ -591,14 +591,14 @@ class Link(SubSession):
             pair.close()
         self._ask = True
 
-    def send_receive(self, code: int, *args: Any, timeout: float | None = None) -> int:  # type: ignore[override]
+    def send_receive(self, code: int, *args: Any, timeout: float | None = None) -> int:
         pair = self._pair
         if pair is not None and timeout is None:  # the common case first: one C call
             self._rid = rid = self._rid + 1
             r = pair.call(rid, code, 0, args, CALL_WAIT_NS, pair.max_frame)
             if type(r) is int and r >= 0:
                 self.direct = True
-                return r  # type: ignore[no-any-return]
+                return r
             r = self._direct(pair, code, args, timeout, rid, r)
             if r is not NotImplemented:
                 self.direct = True
@@ -691,7 +691,7 @@ class Link(SubSession):
                 elif isinstance(target, bytearray):
                     target[:] = data
 
-    def send(self, code: int, *args: Any) -> "Future[int]":  # type: ignore[override]
+    def send(self, code: int, *args: Any) -> "Future[int]":
         """The call without waiting for it: a future of its status, the provider's writes applied to
         the arguments before it completes. It goes through the broker (a pair carries one call at
         a time, in its caller's thread); one of the session's message slots while it runs."""

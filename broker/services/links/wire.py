@@ -31,7 +31,7 @@ class LinkError(ValueError):
     """A request the link service refuses (ARGUMENT)."""
 
 
-def pack_call(args: tuple[Any, ...], buffer_type: type) -> tuple[bytes, int]:
+def pack_call(args: tuple[Any, ...], buffer_type: type[Any]) -> tuple[bytes, int]:
     """The caller's arguments as one blob, and the room its writes may need."""
     if len(args) > 4:
         raise TypeError("at most four arguments")
@@ -58,7 +58,8 @@ def pack_call(args: tuple[Any, ...], buffer_type: type) -> tuple[bytes, int]:
 
 def unpack_call(blob: bytes) -> list[tuple[int, int, bytes]]:
     """(kind, value, data) of each argument; ValueError if the blob is not a packed call."""
-    out, at = [], 0
+    out: list[tuple[int, int, bytes]] = []
+    at = 0
     while at < len(blob):
         if len(out) == 4 or at + ARG_HEAD.size > len(blob):
             raise ValueError("a packed call with more than four arguments, or one cut short")

@@ -21,7 +21,7 @@ import re
 import struct
 import time
 from collections import deque
-from typing import Any, Iterable, Iterator, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, NoReturn, TypeVar, overload
 
 import numpy as np
 
@@ -34,6 +34,12 @@ from broker.core.native import RING_FULL as _RING_FULL
 from broker.core.native import lib as _lib
 from broker.core.native import RING as _RING_CALLS
 from broker.core.ring import Broadcast
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from numpy.typing import DTypeLike, NDArray
+
+    _S = TypeVar("_S", bound=np.generic)  # an array's scalar type, as a dtype argument names it
+
 from broker.services.topics.wire import (MAX_META, RECORD_HEAD, RING_ADD, RING_GONE, TABLE_ENTRY, TOPIC_OF,
                       Assembler, split_record,
                       TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER,
@@ -72,7 +78,7 @@ _CACHE = 256  # dtypes and metas remembered each way (a publisher's, a subscribe
 
 def _dtype_bytes(dt: np.dtype) -> bytes:
     """The dtype part of an array's meta (marker and length included)."""
-    s = dt.str.encode()
+    s: bytes = dt.str.encode()  # (numpy's stubs type dtype.str Any before Python 3.11)
     if np.dtype(dt.str) == dt and len(s) <= 255:
         return _ARRAY + bytes([len(s)]) + s
     if dt.hasobject:
@@ -103,7 +109,7 @@ class Received(NamedTuple):
 
     publisher: int
     seq: int
-    value: Any
+    value: bytes | np.ndarray
     topic: str = ""
 
 
@@ -139,9 +145,9 @@ def _flat(x: Any) -> memoryview:
     """x's bytes as a flat memoryview, without a copy when x is C-contiguous (arrays of any shape,
     zero-size and 0-d ones too, which memoryview.cast refuses)."""
     if isinstance(x, np.ndarray):
-        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        return memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))  # type: ignore[arg-type, unused-ignore]  # (numpy's stubs: ndarray.__buffer__ on Python 3.12+ only)
     v = memoryview(x)
-    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous
+    return v if v.format == "B" and v.ndim == 1 else memoryview(np.frombuffer(v, np.uint8) if v.c_contiguous  # type: ignore[arg-type, unused-ignore]  # (as above)
                                                                 else np.frombuffer(v.tobytes(), np.uint8))
 
 
@@ -291,7 +297,7 @@ class Publisher(SubSession):
             try:
                 if rc != _RING_FULL:
                     if rc == _RING_TOOBIG:
-                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "
+                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "  # type: ignore[arg-type, unused-ignore]  # (as in _flat)
                                      f"{self.topic!r}'s ring (records of {ring.max_record} bytes)")
                     raise ring._failed(rc, f"publish on {ring.name}")
                 h = h or ring.need("producer")
@@ -370,6 +376,7 @@ class Publisher(SubSession):
     def _publish_many_ring(self, ring: Broadcast, items: Iterable[Any], timeout: float | None) -> int:
         items = items if type(items) is list else list(items)
         small, base = self._small, self._seq
+        went: int  # (what C's topic_send_many says it sent)
         went, rc = _tsend_many(self._addr, items, base + 1, 0)  # the plain ones, until one is not (or no room)
         if rc == _RING_FULL:  # wait for room (up to the deadline: FullTimeout), then on in C
             wait = self.block_timeout if timeout is None else timeout
@@ -418,6 +425,14 @@ class Publisher(SubSession):
         publisher on a socket, get a local buffer that commit() publishes as publish() does.
         One loan at a time; do not touch the buffer after commit() or abort()."""
         return self._lend(int(n), b"", timeout)
+
+    @overload
+    def loan_array(self, shape: int | tuple[int, ...], *, timeout: float | None = None) -> NDArray[np.uint8]: ...
+    @overload
+    def loan_array(self, shape: int | tuple[int, ...], dtype: type[_S] | np.dtype[_S], *,
+                   timeout: float | None = None) -> NDArray[_S]: ...
+    @overload
+    def loan_array(self, shape: int | tuple[int, ...], dtype: DTypeLike, *, timeout: float | None = None) -> NDArray[Any]: ...
 
     def loan_array(self, shape: int | tuple[int, ...], dtype: Any = np.uint8, *,
                    timeout: float | None = None) -> np.ndarray:
@@ -612,7 +627,7 @@ class Subscriber(SubSession):
             else:
                 pub, seq, meta, payload = item
             if seq == 0:  # a control message: a publisher's ring to read, or its end
-                self._on_control(pub, meta, payload)
+                self._on_control(pub, meta, payload)  # type: ignore[arg-type]  # (a control message's payload: bytes)
                 continue
             if self._direct_only and pub in self._direct_only:
                 continue  # read in place: this relayed copy was on its way before the handover
@@ -778,7 +793,12 @@ class Subscriber(SubSession):
             else:
                 time.sleep(min(wait, 0.0005))  # several rings: a short nap between looks
 
-    def receive(self, timeout: float | None = None, *, out: Any = None) -> Any:
+    @overload
+    def receive(self, timeout: float | None = None, *, out: None = None) -> bytes | np.ndarray: ...
+    @overload
+    def receive(self, timeout: float | None = None, *, out: WriteableBuffer | np.ndarray) -> memoryview | np.ndarray: ...
+
+    def receive(self, timeout: float | None = None, *, out: Any = None) -> bytes | memoryview | np.ndarray:
         """The next message's value (bytes or a numpy array); as receive_message. With `out` (a writable
         buffer: a bytearray, a numpy array...), the payload is copied into it, once, and the value is
         a view of `out`: a memoryview of its first bytes, or a numpy array over them for an array message
@@ -801,14 +821,14 @@ class Subscriber(SubSession):
                 if type(r) is tuple:
                     asm.seq = r[0]
                     if len(r) == 2:
-                        return r[1]
+                        return r[1]  # type: ignore[no-any-return]  # (C's: the payload, bytes)
                     data, meta = r[1], r[2]  # a whole message with meta: a numpy array over the bytes C made
                     known = self._array
                     if meta == known[0] and len(data) == known[3]:  # the same kind as the last one
                         a = _frombuffer(data, known[1])
                         return a if known[4] else a.reshape(known[2])
                     try:
-                        value = _decode(data, meta)
+                        value: np.ndarray = _decode(data, meta)
                         dtype, shape, nbytes = _meta_array(meta)  # (sound: _decode took it)
                         self._array = (meta, dtype, shape, nbytes, len(shape) == 1)
                         return value
@@ -868,7 +888,7 @@ class Subscriber(SubSession):
         dst[:src.nbytes] = src
         return src.nbytes, meta
 
-    def receive_view(self, timeout: float | None = None) -> Any:
+    def receive_view(self, timeout: float | None = None) -> memoryview | np.ndarray:
         """The next message without a copy where it can be: a read-only memoryview (or numpy array)
         over the publisher's ring itself when this subscriber reads the ring in place, valid until
         release() (or the next receive, which releases it). A relayed message, or one in fragments,
@@ -888,7 +908,7 @@ class Subscriber(SubSession):
                     if not (more or k) and seq > asm.seq and asm.complete and _HEAD_SIZE + mlen <= len(rec):
                         meta = bytes(rec[_HEAD_SIZE:_HEAD_SIZE + mlen])
                         try:
-                            value = _decode(rec[_HEAD_SIZE + mlen:], meta)  # type: ignore[arg-type]
+                            value: memoryview | np.ndarray = _decode(rec[_HEAD_SIZE + mlen:], meta)
                         except ServerGone as e:
                             self.corrupt += 1
                             self.last_error = str(e)
@@ -901,8 +921,8 @@ class Subscriber(SubSession):
                 ring.release()
                 self._push_front(pub, copy)
                 break
-        value = self.receive_message(timeout).value
-        return memoryview(value).toreadonly() if type(value) is bytes else value
+        got = self.receive_message(timeout).value
+        return memoryview(got).toreadonly() if isinstance(got, bytes) else got
 
     def release(self) -> None:
         """Give back what receive_view() lent (a no-op when it lent nothing from a ring)."""
@@ -927,7 +947,7 @@ class Subscriber(SubSession):
                 self.corrupt += 1
                 self.last_error = str(e)
 
-    def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
+    def receive_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes | np.ndarray]:
         """What has arrived, at least one (waiting as receive does), at most max_messages values."""
         if (not self._items and len(self._rings) == 1 and not self._leaving and self._held is None
                 and not self._handover):
@@ -953,16 +973,16 @@ class Subscriber(SubSession):
             out.append(got.value)
         return out
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[bytes | np.ndarray]:
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> bytes | np.ndarray:
         try:
             return self.receive()
         except (Disconnected, ServerGone):
             raise StopIteration from None
 
-    async def areceive(self) -> Any:
+    async def areceive(self) -> bytes | np.ndarray:
         """receive() for asyncio."""
         while not self._items:
             if self._gone is not None:

@@ -10,8 +10,10 @@ from typing import Any
 
 from broker.core.native import lib
 
-from broker.protocol.codes import (TOPIC_CODES, TOPIC_DIRECT, TOPIC_FETCH, TOPIC_LIST, TOPIC_PUBLISH,  # noqa: F401
-                                   TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER)
+from broker.protocol.codes import (TOPIC_CODES as TOPIC_CODES, TOPIC_DIRECT as TOPIC_DIRECT,  # re-exported
+                                   TOPIC_FETCH as TOPIC_FETCH, TOPIC_LIST as TOPIC_LIST, TOPIC_PUBLISH as TOPIC_PUBLISH,
+                                   TOPIC_PUBLISH_MANY as TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER as TOPIC_PUBLISHER,
+                                   TOPIC_SUBSCRIBER as TOPIC_SUBSCRIBER)
 
 POLICIES = ("block", "drop", "disconnect")
 MAX_TOPIC_NAME = 200
