@@ -214,26 +214,23 @@ class LinkBroker(Service):
         code, blob = msg.integer(0), self._bytes(msg, 1)
         if not -0x80000000 <= code <= 0x7FFFFFFF:
             raise LinkError("the code is 32 bits")
+        remote = self.remote if link.qname.namespace == "Global" else None
         with self._lock:
             offer = self.offers.get(link.name)
-            if offer is None:
-                remote = self.remote if link.qname.namespace == "Global" else None
-                if remote is None:
-                    msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
-                    return
-                link.calls += 1
-            else:
-                link.calls += 1
-        if offer is None:  # Global, and federated: another broker's provider answers (remote_answer)
-            room = msg.max_length(2) if msg.kind(2) in (ArgKind.WRITE, ArgKind.READWRITE) else 0
-            remote(link.qname, msg, code, blob, room)
-            return
-        with self._lock:
-            if offer.handler is None:
+            if offer is None and remote is None:
+                msg.complete(Status.NOT_FOUND, f"nobody offers {link.shown!r}")
+                return
+            link.calls += 1
+            if offer is not None and offer.handler is None:  # (queued under the lock: the offer may close)
                 offer.queue.append((next(self._ids), msg, code, blob, TAKE_CALL))
                 if offer.take is not None:
                     self._hand(offer)
                 return
+        if offer is None:  # Global, and federated: another broker's provider answers (remote_answer)
+            assert remote is not None
+            room = msg.max_length(2) if msg.kind(2) in (ArgKind.WRITE, ArgKind.READWRITE) else 0
+            remote(link.qname, msg, code, blob, room)
+            return
         self._run_host(offer, msg, code, blob)  # the host process's own service: run here, now
 
     # -- the host process's own services and calls (Server.offer / link, broker/api.py) ----------------

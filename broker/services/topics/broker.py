@@ -467,8 +467,8 @@ class TopicBroker(Service):
                     continue
                 if item.seq == 0 and item.meta in (RING_GONE, RING_ADD):
                     continue
-                topic = sub.topic.name if sub.topic is not None else names.get(item.publisher, "")
-                out.append((topic, item.publisher, item.seq, item.meta, item.data))
+                name = sub.topic.name if sub.topic is not None else names.get(item.publisher, "")
+                out.append((name, item.publisher, item.seq, item.meta, item.data))
             lost, sub.lost = sub.lost, 0
             sub.delivered += len(out)
             for topic in list(sub.attached):
