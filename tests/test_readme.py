@@ -23,9 +23,13 @@ def test_the_readme_has_python_blocks():
 
 @pytest.fixture(scope="module")
 def world():
-    """A runtime directory, a system directory and a `broker serve` at "broker" in it."""
+    """A runtime directory, a system directory and a `broker serve` at "broker" in it; a nats-server at
+    $NATS_URL for the federation's block."""
+    from tests.federation.nats_servers import NatsServer
+
     d = tempfile.mkdtemp(prefix="brk-readme-")
-    env = dict(os.environ, XDG_RUNTIME_DIR=d, BROKER_SYSTEM_DIR=os.path.join(d, "system"),
+    nats = NatsServer(Path(d), "readme").start()
+    env = dict(os.environ, XDG_RUNTIME_DIR=d, BROKER_SYSTEM_DIR=os.path.join(d, "system"), NATS_URL=nats.url,
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     serve = subprocess.Popen([sys.executable, "-m", "broker", "serve"], cwd=d, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -34,6 +38,7 @@ def world():
     serve.send_signal(signal.SIGTERM)
     serve.wait(30)
     serve.stdout.close()
+    nats.stop()
     subprocess.run(["rm", "-rf", d], check=False)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # the layers, top to bottom (docs/ARCHITECTURE.md; pyproject.toml's import-linter contract), then the root
-ORDER = ["broker/cli.py", "broker/bench", "broker/api.py", "broker/services", "broker/framework", "broker/transport",
+ORDER = ["broker/cli.py", "broker/bench", "broker/api.py", "broker/federation", "broker/services", "broker/framework", "broker/transport",
          "broker/protocol", "broker/core", "broker/__init__.py", "broker/_errors.py", "broker/_version.py",
          "broker/_build.py", "csrc"]
 START, END = "<!-- layout: tools/layout.py -->", "<!-- /layout -->"

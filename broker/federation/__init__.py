@@ -38,7 +38,12 @@ from broker.protocol.frames import Status
 log = logging.getLogger("broker.federation")
 
 PREFIX = "brkfed"
-HEAD = struct.Struct("<QQH")  # the origin publisher's id, its sequence number, the meta's length
+# A topic's NATS message holds one or more of its messages, each: HEAD (the origin publisher's id, its
+# sequence number, flags, the meta's length, the data's length), the meta, the data. A message bigger than
+# NATS's max_payload travels in parts (MORE: the next record goes on with the same message).
+HEAD = struct.Struct("<QQBHI")
+MORE = 1
+BATCH_BYTES = 256 << 10  # what one NATS message holds at most of a batch (and what a part holds at most)
 CALL = struct.Struct("<iI")  # a call's code, and the room the caller has for the writes; the packed arguments follow
 ANSWER = struct.Struct("<iH")  # the status, the error text's length; the text and the packed writes follow
 QUEUE = "brkfed"  # the queue group of a service's providers: NATS gives each call to one of them
@@ -159,6 +164,7 @@ class FederationLink:
         self._wake = asyncio.Event()
         self._pubs: dict[str, Any] = {}  # topic -> the host publisher that republishes it here
         self._own: set[int] = set()  # those publishers' ids: never tapped back out
+        self._parts: dict[str, tuple[tuple[str, int, int], list[bytes]]] = {}  # a broker's big message, so far
         self._ready = threading.Event()
         self._failed: BaseException | None = None
         self._stop: asyncio.Future[None] | None = None
@@ -293,11 +299,41 @@ class FederationLink:
 
     # -- out: the tap's messages to NATS ---------------------------------------------------------
 
+    def _records(self, got: list[tuple[str, int, int, bytes, bytes]]) -> list[tuple[str, bytes, int, int]]:
+        """The tap's messages as NATS messages: (subject, payload, messages, bytes of data), in order, the
+        consecutive ones of one topic together up to BATCH_BYTES, a bigger one in parts."""
+        name, out = self.config.name, []
+        limit = max(4096, min(BATCH_BYTES, int(getattr(self._nc, "max_payload", 1 << 20) or (1 << 20)) - 1024))
+        subject, size, count, nbytes = "", 0, 0, 0
+        parts: list[bytes] = []
+        for topic, pub, seq, meta, data in got:
+            if pub in self._own or not topic.startswith(GLOBAL):
+                continue  # came from another broker: not sent back out
+            subj = _subject(name, topic[len(GLOBAL):])
+            rec = HEAD.size + len(meta) + len(data)
+            if parts and (subj != subject or size + rec > limit):
+                out.append((subject, b"".join(parts), count, nbytes))
+                parts, size, count, nbytes = [], 0, 0, 0
+            subject = subj
+            if rec <= limit:
+                parts += [HEAD.pack(pub, seq, 0, len(meta), len(data)), meta, bytes(data)]
+                size, count, nbytes = size + rec, count + 1, nbytes + len(data)
+                continue
+            view, room = memoryview(data), limit - HEAD.size - len(meta)  # in parts: the meta with each
+            for at in range(0, len(data), room):
+                chunk = view[at:at + room]
+                more = MORE if at + room < len(data) else 0
+                out.append((subj, b"".join([HEAD.pack(pub, seq, more, len(meta), len(chunk)), meta, bytes(chunk)]),
+                            0 if more else 1, len(chunk)))
+        if parts:
+            out.append((subject, b"".join(parts), count, nbytes))
+        return out
+
     async def _outbound(self) -> None:
         """The tap's messages to NATS, in their order. A message taken from the tap is sent, or kept and
         sent again (NATS away, its outbound buffer full) until it is: the tap is the bound, not this."""
         nc, name, stats = self._nc, self.config.name, self.stats
-        unsent: list[tuple[str, bytes, int]] = []
+        unsent: list[tuple[str, bytes, int, int]] = []
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -307,23 +343,19 @@ class FederationLink:
                         got, _lost = self.topics.host_take(self._tap, TAKE)
                     except Disconnected:  # (a blocking tap is never disconnected)
                         return
-                    for topic, pub, seq, meta, data in got:
-                        if pub in self._own or not topic.startswith(GLOBAL):
-                            continue  # came from another broker: not sent back out
-                        unsent.append((_subject(name, topic[len(GLOBAL):]), HEAD.pack(pub, seq, len(meta)) + meta + data,
-                                       len(data)))
                     if not got:
                         break
+                    unsent = self._records(got)
                     unsent.reverse()  # (popped from the end: the oldest first)
                 if not nc.is_connected:
                     break  # the tap fills meanwhile; reconnected() wakes this again
                 try:
                     while unsent:
-                        subject, payload, n = unsent[-1]
+                        subject, payload, count, nbytes = unsent[-1]
                         await nc.publish(subject, payload)
                         unsent.pop()
-                        stats["messages_out"] += 1
-                        stats["bytes_out"] += n
+                        stats["messages_out"] += count
+                        stats["bytes_out"] += nbytes
                 except Exception as e:  # noqa: BLE001 - NATS's: reconnecting, buffer full; sent again later
                     log.info("federation %s: publish: %s (sent again)", name, e)
                     await asyncio.sleep(0.05)
@@ -345,17 +377,53 @@ class FederationLink:
         if not self.config.accepts(origin):
             stats["denied"] += 1
             return
-        data = msg.data
         try:
             topic = bytes.fromhex(parts[3]).decode()
-            pub_id, seq, meta_len = HEAD.unpack_from(data)
-            if not topic or HEAD.size + meta_len > len(data):
-                raise ValueError("short")
-        except (ValueError, UnicodeDecodeError, struct.error):
+            if not topic:
+                raise ValueError("no topic")
+        except (ValueError, UnicodeDecodeError):
             stats["malformed"] += 1
             return
-        meta = bytes(data[HEAD.size:HEAD.size + meta_len])
-        payload = bytes(data[HEAD.size + meta_len:])
+        data, at, items, nbytes = memoryview(msg.data), 0, [], 0
+        if not data:
+            stats["malformed"] += 1
+            return
+        key = origin  # (one connection each: a big message's parts come one after the other, nothing between)
+        while at < len(data):
+            try:
+                pub_id, seq, flags, meta_len, data_len = HEAD.unpack_from(data, at)
+                end = at + HEAD.size + meta_len + data_len
+                if end > len(data) or flags & ~MORE:
+                    raise ValueError("cut short")
+            except (ValueError, struct.error):
+                stats["malformed"] += 1  # the rest of this NATS message is unreadable: what came before goes on
+                self._parts.pop(key, None)
+                break
+            meta = bytes(data[at + HEAD.size:at + HEAD.size + meta_len])
+            chunk = data[at + HEAD.size + meta_len:end]
+            at = end
+            held = self._parts.get(key)
+            if held is not None and held[0] != (topic, pub_id, seq):
+                stats["malformed"] += 1  # a part whose message did not go on: that message is lost
+                held = None
+            if flags & MORE or held is not None:
+                held = held or ((topic, pub_id, seq), [])
+                held[1].append(bytes(chunk))
+                if sum(map(len, held[1])) > self.server.max_frame:  # (bounded as a relayed message is)
+                    stats["malformed"] += 1
+                    self._parts.pop(key, None)
+                    continue
+                if flags & MORE:
+                    self._parts[key] = held
+                    continue
+                self._parts.pop(key, None)
+                payload = b"".join(held[1])
+            else:
+                payload = bytes(chunk)
+            items.append((payload, meta))
+            nbytes += len(payload)
+        if not items:
+            return
         pub = self._pubs.get(topic)
         if pub is None:
             try:
@@ -366,18 +434,22 @@ class FederationLink:
                 return
             self._pubs[topic] = pub
             self._own.add(pub.id)
-        item = [(payload, meta)]
         try:
-            self.topics.host_publish(pub, item, 0, False, raw=True)  # at once when there is room
+            self.topics.host_publish(pub, items, 0, False, raw=True)  # at once when there is room for all
         except Full:
-            try:  # a blocking subscriber is full: wait for it off this loop, NATS's order kept (one at a time)
-                await self._loop.run_in_executor(None, self.topics.host_publish, pub, item,
-                                                 self.config.inbound_timeout, True, True)
-            except (Full, FullTimeout):
-                stats["dropped_in"] += 1
-                return
-        stats["messages_in"] += 1
-        stats["bytes_in"] += len(payload)
+            for item in items:  # a blocking subscriber is full: one at a time, waiting off this loop (in order)
+                try:
+                    await self._loop.run_in_executor(None, self.topics.host_publish, pub, [item],
+                                                     self.config.inbound_timeout, True, True)
+                except (Full, FullTimeout):
+                    stats["dropped_in"] += 1
+                    nbytes -= len(item[0])
+                    continue
+                stats["messages_in"] += 1
+            stats["bytes_in"] += nbytes
+            return
+        stats["messages_in"] += len(items)
+        stats["bytes_in"] += nbytes
 
     # -- linked services: calls here to other brokers' providers, and theirs to ours -------------------
 

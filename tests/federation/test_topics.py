@@ -197,8 +197,8 @@ def test_an_origin_is_the_nats_servers_word_not_the_senders(tmp_path: Path, nats
 
             async def spoof(nc: Any) -> None:
                 from broker.federation import HEAD
-                await nc.publish(f"brkfed.c.t.{topic_hex}", HEAD.pack(1, 1, 0) + b"spoofed")
-                await nc.publish(f"brkfed.a.t.{topic_hex}", HEAD.pack(1, 1, 0) + b"honest")
+                await nc.publish(f"brkfed.c.t.{topic_hex}", HEAD.pack(1, 1, 0, 0, 7) + b"spoofed")
+                await nc.publish(f"brkfed.a.t.{topic_hex}", HEAD.pack(1, 1, 0, 0, 6) + b"honest")
                 await nc.flush()
                 await asyncio.sleep(0.3)
 
@@ -219,15 +219,37 @@ def test_malformed_messages_are_counted_and_dropped_alone(tmp_path: Path, nats_s
                 from broker.federation import HEAD
                 t = "t".encode().hex()
                 await nc.publish(f"brkfed.a.t.{t}", b"")                            # no head
-                await nc.publish(f"brkfed.a.t.{t}", HEAD.pack(1, 1, 999) + b"x")    # meta past the end
-                await nc.publish("brkfed.a.t.zz", HEAD.pack(1, 1, 0) + b"x")        # not hex
-                await nc.publish("brkfed.a.t." + b"\xff".hex(), HEAD.pack(1, 1, 0))  # not UTF-8
+                await nc.publish(f"brkfed.a.t.{t}", HEAD.pack(1, 1, 0, 999, 1) + b"x")  # meta past the end
+                await nc.publish("brkfed.a.t.zz", HEAD.pack(1, 1, 0, 0, 1) + b"x")  # not hex
+                await nc.publish("brkfed.a.t." + b"\xff".hex(), HEAD.pack(1, 1, 0, 0, 0))  # not UTF-8
                 await nc.publish("brkfed.a.x.y", b"?")                              # not a topic subject
-                await nc.publish(f"brkfed.a.t.{t}", HEAD.pack(1, 2, 0) + b"fine")
+                await nc.publish(f"brkfed.a.t.{t}", HEAD.pack(1, 2, 0, 0, 4) + b"fine")
                 await nc.flush()
 
             raw_nats(nats_server.url, "a", garbage)
             assert drain(sub, 1) == [b"fine"] and quiet(sub) == []
             until(lambda: b.stats()["federation"]["malformed"] >= 4, "the malformed ones are counted")
+
     finally:
+        b.stop()
+
+
+def test_a_batch_of_many_and_a_message_bigger_than_natss_max_payload_cross_whole(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    """Small messages go many to a NATS message; one of 3 MiB (NATS's max_payload is 1 MiB) goes in parts."""
+    a, b = (federated(tmp_path, n, nats_server.url) for n in "ab")
+    try:
+        with broker.connect(a.address) as sa, broker.connect(b.address) as sb:
+            sub = sb.subscriber("Global\\big", capacity=4096)
+            big = bytes(range(256)) * (3 * 4096)
+            with sa.publisher("Global\\big") as pub:
+                pub.publish_many([b"s%d" % i for i in range(1000)])
+                pub.publish(big)
+                pub.publish(b"after")
+            got = drain(sub, 1002)
+            assert got[:1000] == [b"s%d" % i for i in range(1000)]
+            assert got[1000] == big and got[1001] == b"after"
+            assert quiet(sub) == []
+    finally:
+        a.stop()
         b.stop()

@@ -1,0 +1,39 @@
+"""A smoke run of `broker bench federation`: its rows against raw nats-py, every message delivered on both
+sides, its targets, nothing left behind (no process, no segment, no folder)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+
+import pytest
+
+from broker.bench import federation as _bench_fed
+from broker.core import names as _names
+
+pytest.importorskip("nats")
+
+
+@pytest.mark.stress  # a nats-server, two brokers and their clients: ~30 s
+def test_bench_federation_smoke_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BROKER_BENCH_SCALE", "0.2")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shm_before = {e for e in os.listdir("/dev/shm") if _names.is_ours(e)}
+    path = tmp_path / "federation.json"
+    assert _bench_fed.run(json_path=str(path), quick=True) == 0
+    out = capsys.readouterr().out
+    assert "raw nats-py" in out and "broker/nats" in out
+    figs = json.loads(path.read_text())["figures"]
+    for key in ("rate_64", "rate_64k", "latency_64"):
+        for col in ("broker", "nats"):
+            res = figs[key]["results"][col]
+            assert res["received"] == res["sent"], (key, col, res)  # nothing lost on the way, either side
+    for key in ("rate_64", "rate_64k"):
+        assert all(figs[key]["results"][c]["value"] > 0 for c in ("broker", "nats"))
+        assert figs[key]["target"]["value"] == 0.8 and isinstance(figs[key]["target"]["met"], bool)
+    rtt = figs["rtt_64"]
+    assert 0 < rtt["results"]["broker"]["p50"] <= rtt["results"]["broker"]["p99"]
+    assert rtt["target"]["value"] == 1.3
+    assert {e for e in os.listdir("/dev/shm") if _names.is_ours(e)} == shm_before
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-federation-*"))
