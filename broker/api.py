@@ -169,11 +169,18 @@ class Server(_server.Server):
             raise
 
     async def serve_async(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._join)
+        """As the framework's; with a federation, it runs on this loop too (its NATS connection a task here)."""
+        link = None
+        if self.federation_config is not None and self.federation is None:
+            link = FederationLink(self, self._host(), self.federation_config)
+            await link.astart()
+            self.federation = link
         try:
-            await super().serve_async()
+            await super().serve_async()  # (its end, _shutdown, stops the federation: _leave)
         finally:
             self._leave()
+            if link is not None:
+                await link.aclose()
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

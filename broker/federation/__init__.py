@@ -148,7 +148,8 @@ class _Pending:
 
 
 class FederationLink:
-    """A running federation of one Server: a thread with its own asyncio loop and NATS connection."""
+    """A running federation of one Server: one NATS connection on an asyncio loop, the server's own when it
+    serves with serve_async() (astart), else a thread's of its own (start)."""
 
     def __init__(self, server: Any, host: Any, config: Federation) -> None:
         self.server, self.host, self.config = server, host, config
@@ -158,7 +159,8 @@ class FederationLink:
                                       "messages_out": 0, "bytes_out": 0, "messages_in": 0, "bytes_in": 0,
                                       "dropped_in": 0, "denied": 0, "malformed": 0, "errors": 0,
                                       "calls_out": 0, "calls_in": 0, "calls_failed": 0, "services": []}
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # (start() or astart() sets it)
+        self._task: asyncio.Future[None] | None = None  # astart's: _main on the server's loop
         self._nc: Any = None
         self._tap: Any = None
         self._wake = asyncio.Event()
@@ -176,33 +178,66 @@ class FederationLink:
         self._seen: dict[str, tuple[float, str]] = {}  # broker -> when it last said it lives, and its run
         self._served: dict[str, Any] = {}  # a Global service offered here -> its queue subscription
         self._serving = 0
-        self._thread = threading.Thread(target=self._run, name=f"broker-federation {config.name}", daemon=True)
+        self._closing = False
+        self._thread: threading.Thread | None = None
 
     # -- life -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect to NATS (within connect_timeout; a refusal, e.g. bad credentials, raises here) and start
-        relaying."""
+    @staticmethod
+    def _need_nats() -> None:
         try:
             import nats  # noqa: F401
         except ImportError:
             raise ImportError("the federation needs nats-py: pip install 'broker[federation]'") from None
+
+    def _refused(self) -> BrokerError:
+        return BrokerError(f"federation: cannot join NATS at {', '.join(self.config.servers)}: {self._failed}")
+
+    def start(self) -> None:
+        """In a thread of its own: connect to NATS (within connect_timeout; a refusal, e.g. bad credentials,
+        raises here) and start relaying."""
+        self._need_nats()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"broker-federation {self.config.name}", daemon=True)
         self._thread.start()
         self._ready.wait(self.config.connect_timeout + 5)
         if self._failed is not None:
             self._thread.join(5)
-            raise BrokerError(f"federation: cannot join NATS at {', '.join(self.config.servers)}: "
-                              f"{self._failed}") from self._failed
+            raise self._refused() from self._failed
+
+    async def astart(self) -> None:
+        """On the running loop (the server's, which serve_async() runs): connect, then relay as its task."""
+        self._need_nats()
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.ensure_future(self._main())
+        while not self._ready.is_set() and not self._task.done():
+            await asyncio.sleep(0.005)
+        if self._task.done():
+            self._failed = self._task.exception() or RuntimeError("it ended")
+            raise self._refused() from self._failed
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            stop = self._stop
-            if stop is not None:
-                def finish() -> None:
-                    if not stop.done():
-                        stop.set_result(None)
-                self._loop.call_soon_threadsafe(finish)
+        """Stop relaying. Threaded: waits for the thread. On the server's loop: the task ends soon after
+        (aclose() waits for it)."""
+        stop = self._stop
+        if stop is not None and self._loop is not None and not self._loop.is_closed():
+            def finish() -> None:
+                if not stop.done():
+                    stop.set_result(None)
+            self._loop.call_soon_threadsafe(finish)
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(10)
+        self._unhook()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - logged by _main's own end
+                pass
+
+    def _unhook(self) -> None:
         self.links.remote = self.links.watch = None
         if self._tap is not None:
             self.topics.host_unsubscribe(self._tap)
@@ -282,15 +317,14 @@ class FederationLink:
                 await self._nc.publish(f"{PREFIX}.{cfg.name}.hb", b"bye " + self.incarnation.encode())
             except Exception:  # noqa: BLE001 - NATS is away: they time us out instead
                 pass
+            self._closing = True  # (nats-py's flush may swallow a cancel: the loops look at this too)
+            self._offers_changed.set()
+            self._wake.set()
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                try:
-                    await t
-                except asyncio.CancelledError:
-                    pass
-            try:
-                await self._nc.drain()
+            await asyncio.wait(tasks, timeout=3)
+            try:  # what was published goes out (the bye too); then close (a drain would wait for every callback)
+                await self._nc.flush(timeout=2)
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
         finally:
@@ -334,9 +368,11 @@ class FederationLink:
         sent again (NATS away, its outbound buffer full) until it is: the tap is the bound, not this."""
         nc, name, stats = self._nc, self.config.name, self.stats
         unsent: list[tuple[str, bytes, int, int]] = []
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             while True:
                 if not unsent:
                     try:
@@ -546,7 +582,7 @@ class FederationLink:
         """Say this broker lives; end the calls taken by a broker that stopped saying so (or restarted)."""
         every = self.config.heartbeat
         subject, me = f"{PREFIX}.{self.config.name}.hb", self.incarnation.encode()
-        while True:
+        while not self._closing:
             try:
                 await self._nc.publish(subject, me)
             except Exception:  # noqa: BLE001 - reconnecting: NATS buffers it, or it is lost, as a beat may be
@@ -565,9 +601,11 @@ class FederationLink:
 
     async def _offers(self) -> None:
         """Keeps a queue subscription for each Global service offered here, and only those."""
-        while True:
+        while not self._closing:
             await self._offers_changed.wait()
             self._offers_changed.clear()
+            if self._closing:
+                return
             want = self.links.global_offers()
             for name in [n for n in self._served if n not in want]:
                 sub = self._served.pop(name)
@@ -636,6 +674,8 @@ class FederationLink:
             await msg.respond(_answer(Status.NOT_FOUND, NOT_HERE))
             return
         await msg.respond(f"T{self.config.name} {self.incarnation}".encode())  # the caller's broker watches us
+        for _ in range(3):  # nats-py's flusher writes it to the socket before the provider starts: a broker
+            await asyncio.sleep(0)  # killed after that has told whom its call's caller must watch
         self.links.host_call_packed(self.host, GLOBAL + service, code, bytes(data[CALL.size:]), room, done)
         try:
             status, text, written = await asyncio.wait_for(fut, self.config.call_timeout)

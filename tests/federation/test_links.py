@@ -321,3 +321,48 @@ def test_a_broker_killed_mid_call_ends_its_callers_calls_with_disconnected(tmp_p
         b.stop()
         from broker.core.ring import sweep
         sweep()  # the killed broker's segments: their creator is dead
+
+
+def test_under_serve_async_the_federation_runs_on_the_servers_own_loop(tmp_path: Path,
+                                                                       nats_server: NatsServer) -> None:
+    """A host process that embeds a Server with one argument (federation=) and serves it with serve_async():
+    the NATS connection is a task of that loop, no thread of its own; topics and calls cross both ways."""
+    b = federated(tmp_path, "b", nats_server.url)
+    a_sock = str(tmp_path / "a.sock")
+    a = broker.Server(a_sock, federation=broker.Federation(nats_server.url, name="a", user="a", password="pw-a",
+                                                           accept="*"))
+
+    def host_upper(call: Any) -> int:  # the host process's own service on a
+        call.write(1, call.read(0).upper())
+        return 0
+
+    async def main() -> None:
+        serving = asyncio.ensure_future(a.serve_async())
+        while not a.bound or a.federation is None:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.01)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("broker-federation a")]
+        offer = a.offer("Global\\upper", host_upper)
+        while a.federation.stats["services"] != ["upper"]:
+            await asyncio.sleep(0.01)
+
+        def clients() -> None:  # blocking clients: in a thread, as another process would be
+            with broker.connect(a_sock) as sa, broker.connect(b.address) as sb:
+                on_b, on_a = sb.subscriber("Global\\t"), sa.subscriber("Global\\t")
+                sa.publisher("Global\\t").publish(b"from a")
+                sb.publisher("Global\\t").publish(b"from b")
+                assert sorted([on_b.receive(timeout=10), on_b.receive(timeout=10)]) == [b"from a", b"from b"]
+                assert sorted([on_a.receive(timeout=10), on_a.receive(timeout=10)]) == [b"from a", b"from b"]
+                with sb.link("Global\\upper") as link:
+                    out = broker.Buffer(16)
+                    assert link.send_receive(1, b"abc", out) == 0 and out.value == b"ABC"
+        await asyncio.to_thread(clients)
+        offer.close()
+        a.stop()
+        await serving
+
+    try:
+        asyncio.run(main())
+        assert a.federation is None
+    finally:
+        b.stop()
