@@ -27,6 +27,7 @@ from broker.framework import client as _client
 from broker.framework import server as _server
 from broker.framework.service import Service
 from broker.federation import Federation, FederationLink
+from broker.federation import metrics as federation_metrics
 from broker.services.links.broker import LinkBroker
 from broker.services.links.client import Link, LinkedCall, Offer, open_link, open_offer
 from broker.services.topics.broker import TopicBroker
@@ -181,6 +182,9 @@ class Server(_server.Server):
             self._leave()
             if link is not None:
                 await link.aclose()
+
+    def _exporters(self) -> list[tuple[str, Callable[[Any, Any], None]]]:
+        return super()._exporters() + [("federation", federation_metrics)]
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

@@ -124,6 +124,29 @@ class Federation:
         return opts
 
 
+def metrics(stats: Any, fam: Any) -> None:
+    """The federation link's figures for the Prometheus endpoint (framework/metrics.py)."""
+    if not stats:
+        return
+    lab = {"broker": stats.get("name")}
+    fam("broker_federation_connected", "gauge", "1 while the federation's NATS connection is up.").add(
+        1 if stats.get("connected") else 0, **lab)
+    for key, help_text in (("reconnects", "Reconnections to NATS."),
+                           ("messages_out", "Global topic messages sent to the other brokers."),
+                           ("bytes_out", "Their payload bytes."),
+                           ("messages_in", "Global topic messages from the other brokers, delivered here."),
+                           ("bytes_in", "Their payload bytes."),
+                           ("dropped_in", "Messages from other brokers a full blocking subscriber had no room for."),
+                           ("denied", "Messages and calls from brokers `accept` does not name."),
+                           ("malformed", "Unreadable messages and calls from NATS."),
+                           ("calls_out", "Calls from here to other brokers' services."),
+                           ("calls_failed", "Of those, the ones that failed."),
+                           ("calls_in", "Calls from other brokers to services here.")):
+        fam(f"broker_federation_{key}_total", "counter", help_text).add(stats.get(key), **lab)
+    fam("broker_federation_outbound_queued", "gauge", "Messages waiting for NATS (the outbound bound).").add(
+        stats.get("outbound_queued"), **lab)
+
+
 def _subject(origin: str, topic: str) -> str:
     return f"{PREFIX}.{origin}.t.{topic.encode().hex()}"
 

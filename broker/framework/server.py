@@ -1147,8 +1147,11 @@ class Server:
     def _start_metrics(self) -> None:
         if self._metrics_at is not None and self.metrics is None:
             from broker.framework.metrics import MetricsEndpoint
-            self.metrics = MetricsEndpoint(self.stats, *self._metrics_at,
-                                           exporters=[(s.stats_key, type(s).metrics) for s in self.services])
+            self.metrics = MetricsEndpoint(self.stats, *self._metrics_at, exporters=self._exporters())
+
+    def _exporters(self) -> list[tuple[str, Callable[[Any, Any], None]]]:
+        """(Server.stats() key, fill(stats[key], fam)) for the metrics endpoint: each service's."""
+        return [(s.stats_key, type(s).metrics) for s in self.services]
 
     async def serve_async(self) -> None:
         """Serve inside the running asyncio loop until stop(); services run on

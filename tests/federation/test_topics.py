@@ -253,3 +253,26 @@ def test_a_batch_of_many_and_a_message_bigger_than_natss_max_payload_cross_whole
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_metrics_endpoint_and_stat_show_the_federation_link(tmp_path: Path, nats_server: NatsServer) -> None:
+    from tests.framework.test_metrics import _scrape
+
+    fed = Federation(nats_server.url, name="a", user="a", password="pw-a", accept="*")
+    a = broker.Server(str(tmp_path / "a.sock"), federation=fed, metrics=0)
+    a.start()
+    b = federated(tmp_path, "b", nats_server.url)
+    try:
+        with broker.connect(str(tmp_path / "a.sock")) as sa, broker.connect(b.address) as sb:
+            sub = sb.subscriber("Global\\m")
+            with sa.publisher("Global\\m") as pub:
+                pub.publish_many([b"x" * 10] * 5)
+            assert len(drain(sub, 5)) == 5
+        until(lambda: _scrape(a).get('broker_federation_messages_out_total{broker="a"}') == 5.0, "5 out")
+        got = _scrape(a)
+        assert got['broker_federation_connected{broker="a"}'] == 1.0
+        assert got['broker_federation_bytes_out_total{broker="a"}'] == 50.0
+        assert got['broker_federation_messages_in_total{broker="a"}'] == 0.0
+    finally:
+        a.stop()
+        b.stop()
