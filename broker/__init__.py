@@ -28,6 +28,7 @@ from broker._errors import (
     StateError,
     Timeout,
     TooBig,
+    ViewInUse,
 )
 from broker.framework.access import Access, Grant, GrantError, load_grants, parse_grant
 from broker.framework.namespace import Name, qualify
@@ -146,6 +147,7 @@ __all__ = [
     "Ring",
     "SegmentError",
     "StateError",
+    "ViewInUse",
     "Timeout",
     "TooBig",
     "__version__",

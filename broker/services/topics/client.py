@@ -532,6 +532,7 @@ class Subscriber(SubSession):
         self._leaving: set[int] = set()  # publishers gone: their rings are read to the end, then closed
         self._turn = 0
         self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
+        self._lent: memoryview | None = None  # the view of it lent (revoked by release())
         self._fast: tuple[int, Assembler] | None = None  # the one ring read in place, and its books (_refast)
         # the last array meta read in place, as (meta, dtype, shape, bytes, one-dimensional): a stream of
         # arrays of one kind is decoded without _meta_array's cache or _decode's checks each time
@@ -870,9 +871,13 @@ class Subscriber(SubSession):
 
     def receive_view(self, timeout: float | None = None) -> Any:
         """The next message without a copy where it can be: a read-only memoryview (or numpy array)
-        over the publisher's ring itself when this subscriber reads the ring in place, valid until
-        release() (or the next receive, which releases it). A relayed message, or one in fragments,
-        is viewed over the bytes that brought it. As receive() otherwise."""
+        over the publisher's ring itself when this subscriber reads the ring in place. The message
+        stays there, and the publisher never writes over it, until release() or the next receive,
+        which revoke the memoryview (any later use raises ValueError). A numpy array, or a slice or
+        array made from the view, cannot be revoked: while one is alive the next receive (and
+        release()) raises ViewInUse, so drop it (del) first, or receive a copy instead. A relayed
+        message, or one in fragments, is viewed over the bytes that brought it. As receive()
+        otherwise."""
         self._begin()
         if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
@@ -887,17 +892,24 @@ class Subscriber(SubSession):
                         asm = self._assemblers[pub] = _assembler()
                     if not (more or k) and seq > asm.seq and asm.complete and _HEAD_SIZE + mlen <= len(rec):
                         meta = bytes(rec[_HEAD_SIZE:_HEAD_SIZE + mlen])
+                        bad = ""
                         try:
                             value = _decode(rec[_HEAD_SIZE + mlen:], meta)  # type: ignore[arg-type]
                         except ServerGone as e:
+                            bad = str(e)  # (released below: the traceback holds a slice of the record)
+                        if bad:
                             self.corrupt += 1
-                            self.last_error = str(e)
+                            self.last_error = bad
+                            del rec
                             ring.release()
                             break
                         asm.seq = seq
                         self._held = ring
+                        if type(value) is memoryview:
+                            self._lent = value
                         return value
                 copy = bytes(rec)  # anything else (a fragment, an odd record): read as receive() reads it
+                del rec
                 ring.release()
                 self._push_front(pub, copy)
                 break
@@ -905,10 +917,22 @@ class Subscriber(SubSession):
         return memoryview(value).toreadonly() if type(value) is bytes else value
 
     def release(self) -> None:
-        """Give back what receive_view() lent (a no-op when it lent nothing from a ring)."""
-        ring, self._held = self._held, None
-        if ring is not None and not ring.closed:
-            ring.release()
+        """Give back what receive_view() lent (a no-op when it lent nothing from a ring), revoking the
+        memoryview. ViewInUse while something made from it (a numpy array, a slice) is alive: the
+        message stays held until that is dropped."""
+        ring = self._held
+        if ring is None:
+            return
+        lent, self._lent = self._lent, None
+        if lent is not None:
+            try:
+                lent.release()
+            except BufferError:
+                pass  # an array or a view of it holds it: the ring's release says so
+            del lent
+        if not ring.closed:
+            ring.release()  # ViewInUse: still held, and so is self._held
+        self._held = None
 
     def _push_front(self, pub: int, rec: bytes) -> None:
         """A record taken out of a ring by receive_view that it does not lend: fed as _from_rings would."""
@@ -976,14 +1000,24 @@ class Subscriber(SubSession):
             self._take(0)
         return self._items.popleft().value
 
+    def _drop_lent(self) -> None:
+        """Revoke the view receive_view() lent, where nothing made from it holds it (its ring then
+        leaves when that goes: Broadcast.close)."""
+        lent, self._held, self._fast, self._lent = self._lent, None, None, None
+        if lent is not None:
+            try:
+                lent.release()
+            except BufferError:
+                pass
+
     def _session_ended(self) -> None:
-        self._held = self._fast = None
+        self._drop_lent()
         for pub in list(self._rings):
             self._close_ring(pub)
         super()._session_ended()
 
     def close(self) -> None:
-        self._held = self._fast = None  # its ring closes below
+        self._drop_lent()  # its ring closes below
         for pub in list(self._rings):
             self._close_ring(pub)
         fut, self._fetch = self._fetch, None
