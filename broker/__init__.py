@@ -57,6 +57,7 @@ from broker.services.kv import (
     Table,
 )
 from broker.framework.session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent, function
+from broker.protocol.serial import NAMES as SERIALIZERS, DecodeError, Serializer, serializer
 from broker._version import __version__
 
 __all__ = [
@@ -121,6 +122,10 @@ __all__ = [
     "start_server",
     "Notification",
     "Functions",
+    "SERIALIZERS",
+    "DecodeError",
+    "Serializer",
+    "serializer",
     "functions",
     "function",
     "Name",

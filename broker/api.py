@@ -192,32 +192,40 @@ class ClientSession(_client.ClientSession):
     __doc__ = _client.ClientSession.__doc__
 
     def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
-                  ring_capacity: int | None = None) -> Any:
+                  ring_capacity: int | None = None, serializer: Any = None) -> Any:
         """A publisher on `topic` (a sub-session; broker/services/topics/client.py): publish(), publish_many().
         history: the topic keeps this many of the last messages for subscribers that join later;
         block_timeout: how long a publish may wait for room (at the server for a blocking
         subscriber's, or in its ring); ring_capacity: bytes of the broadcast ring a publisher on a
-        shared-memory session writes (a power of two, 64 KiB to 256 MiB; 4 MiB by default)."""
+        shared-memory session writes (a power of two, 64 KiB to 256 MiB; 4 MiB by default);
+        serializer: publish() takes objects, encoded by it (a name of broker.SERIALIZERS, or an
+        object with encode and decode; default None: bytes and numpy arrays as they are)."""
         return open_publisher(self, topic, history=history, block_timeout=block_timeout,
-                              ring_capacity=ring_capacity)
+                              ring_capacity=ring_capacity, serializer=serializer)
 
     def subscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
-                   buffer_size: int = 1 << 20, batch: int = 1024) -> Any:
+                   buffer_size: int = 1 << 20, batch: int = 1024, serializer: Any = None) -> Any:
         """A subscriber on `topic` (a sub-session; broker/services/topics/client.py): receive(), receive_many(),
         iteration. capacity: messages its queue at the server holds; policy for a full queue:
         "block" (publishers wait), "drop" (the oldest is dropped and counted in `lost`) or
         "disconnect" (this subscriber is closed: Disconnected); history: up to this many of the
-        topic's last messages first. It keeps one FETCH outstanding: one of the session's slots."""
+        topic's last messages first. It keeps one FETCH outstanding: one of the session's slots.
+        serializer: receive() gives objects decoded by it (DecodeError, for that message alone,
+        when a publisher's bytes are not what it reads)."""
         return open_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
-                               buffer_size=buffer_size, batch=batch)
+                               buffer_size=buffer_size, batch=batch, serializer=serializer)
 
-    def offer(self, name: str, handler: Callable[[Any], Any], *, max_call: int = 1 << 20) -> Any:
+    def offer(self, name: str, handler: Callable[..., Any], *, max_call: int = 1 << 20,
+              serializer: Any = None) -> Any:
         """Offer a named service (broker/services/links): other clients call it through session.link(name);
-        each call runs handler(call) -> status in this client's serve_one() / serve_forever()."""
-        return open_offer(self, name, handler, max_call)
+        each call runs handler(call) -> status in this client's serve_one() / serve_forever().
+        serializer (a name of broker.SERIALIZERS, or an object with encode and decode): handler(call,
+        *objects) -> an object instead, the caller's link.call(code, *objects, serializer=) reply."""
+        return open_offer(self, name, handler, max_call, serializer)
 
     def link(self, name: str) -> Any:
-        """A link to the service offered as `name`: send_receive() as a session's."""
+        """A link to the service offered as `name`: send_receive() as a session's, and call() for a
+        reply as bytes or, with a serializer, objects both ways."""
         return open_link(self, name)
 
     def topics(self) -> list[dict[str, Any]]:

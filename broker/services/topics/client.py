@@ -30,6 +30,8 @@ from broker.framework.session import CLOSE_SUBSESSION
 from broker._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
                       ServerGone, ServiceError, StateError, TooBig)
 from broker.protocol.frames import Status
+from broker.protocol.serial import DecodeError
+from broker.protocol.serial import serializer as _serializer
 from broker.core.native import RING_FULL as _RING_FULL
 from broker.core.native import lib as _lib
 from broker.core.native import RING as _RING_CALLS
@@ -244,6 +246,7 @@ class Publisher(SubSession):
                  block_timeout: float = 5.0) -> None:
         super().__init__(session, handle)
         self.topic = topic
+        self.serializer: Any = None  # objects both ways when set (_use)
         self._ring = ring
         self.ring = ring.name if ring is not None else None
         self.block_timeout = block_timeout
@@ -344,6 +347,23 @@ class Publisher(SubSession):
             self.session.send_receive(TOPIC_PUBLISH, payload, meta, timeout=timeout, handle=self.handle)
         except ServiceError as e:
             _raise_full(e)
+
+    def _use(self, serializer: Any) -> None:
+        """publish() and publish_many() take objects, encoded by serializer (open_publisher)."""
+        ser = self.serializer = _serializer(serializer)
+        if ser is None:
+            return
+        encode, raw, raw_many = ser.encode, Publisher.publish, Publisher.publish_many
+
+        def publish(obj: Any, *, timeout: float | None = None) -> None:
+            raw(self, encode(obj), timeout=timeout)
+
+        def publish_many(objs: Iterable[Any], *, timeout: float | None = None) -> int:
+            return raw_many(self, [encode(o) for o in objs], timeout=timeout)
+        publish.__doc__ = "Publish one object, encoded by this publisher's serializer (as Publisher.publish)."
+        publish_many.__doc__ = "Publish several objects, each encoded (as Publisher.publish_many)."
+        self.publish = publish  # type: ignore[method-assign, assignment]
+        self.publish_many = publish_many  # type: ignore[method-assign, assignment]
 
     def publish_many(self, items: Iterable[Any], *, timeout: float | None = None) -> int:
         """Publish several in one call, in their order: all of them, or none (FullTimeout); a ring
@@ -517,6 +537,7 @@ class Subscriber(SubSession):
     def __init__(self, session: ClientSession, handle: int, topic: str, buffer_size: int, batch: int) -> None:
         super().__init__(session, handle)
         self.topic = topic
+        self.serializer: Any = None  # objects both ways when set (_use)
         self.lost = 0
         self.corrupt = 0  # records of publisher rings that could not be read (a buggy publisher's)
         self.last_error = ""
@@ -556,6 +577,76 @@ class Subscriber(SubSession):
         if len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
                 self._fast = (ring._addr, self._assemblers.setdefault(pub, _assembler()))
+
+    # -- objects: a subscriber with a serializer (open_subscriber) ------------------------------
+
+    def _use(self, serializer: Any) -> None:
+        """receive(), receive_many(), receive_message(), iteration and areceive() give objects decoded
+        by serializer; the zero-copy and raw calls (receive_view, receive_into, receive_array) still
+        give the bytes as they came."""
+        ser = self.serializer = _serializer(serializer)
+        if ser is None:
+            return
+        self._later: deque[Received] = deque()  # taken by a receive_many, given after an undecodable one
+        self.receive = self._receive_object  # type: ignore[method-assign]
+        self.receive_message = self._receive_object_message  # type: ignore[method-assign]
+        self.receive_many = self._receive_objects  # type: ignore[method-assign]
+        self.areceive = self._areceive_object  # type: ignore[method-assign]
+
+    def _object(self, value: Any) -> Any:
+        ser = self.serializer
+        assert ser is not None
+        return ser.decode(value if type(value) is bytes else _flat(value))
+
+    def _next_received(self, timeout: float | None) -> Received:
+        return self._later.popleft() if self._later else Subscriber.receive_message(self, timeout)
+
+    def _receive_object_message(self, timeout: float | None = None) -> Received:
+        """receive_message() with the value decoded: DecodeError if a publisher's bytes are not what
+        the serializer reads (that message is taken; the next receive gives the next one)."""
+        msg = self._next_received(timeout)
+        return msg._replace(value=self._object(msg.value))
+
+    def _receive_object(self, timeout: float | None = None, *, out: Any = None) -> Any:
+        """The next message's object (DecodeError, for that message alone, if it cannot be decoded)."""
+        if out is not None:
+            raise TypeError("receive(out=) copies bytes: a subscriber with a serializer gives objects "
+                            "(receive_into() still copies the bytes)")
+        if self._later:
+            return self._object(self._later.popleft().value)
+        value = Subscriber.receive(self, timeout)  # (its shortest way: one C call)
+        return self.serializer.decode(value) if type(value) is bytes else self._object(value)
+
+    def _receive_objects(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
+        """What has arrived (at least one, waiting as receive does), decoded. An undecodable message
+        ends the batch before it; the next receive raises its DecodeError, then goes on after it."""
+        got = [self._next_received(timeout)]
+        while len(got) < max_messages:
+            if self._later:
+                got.append(self._later.popleft())
+            elif self._items:
+                got.append(self._items.popleft())
+            else:
+                msg = self._from_rings() if self._rings else None
+                if msg is None:
+                    break
+                got.append(msg)
+        out: list[Any] = []
+        for i, msg in enumerate(got):
+            try:
+                out.append(self._object(msg.value))
+            except DecodeError:
+                if not out:
+                    self._later.extendleft(reversed(got[i + 1:]))
+                    raise
+                self._later.extendleft(reversed(got[i:]))
+                break
+        return out
+
+    async def _areceive_object(self) -> Any:
+        if self._later:
+            return self._object(self._later.popleft().value)
+        return self._object(await Subscriber.areceive(self))
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
@@ -817,7 +908,7 @@ class Subscriber(SubSession):
                         self.corrupt += 1
                         self.last_error = str(e)
         # anything else (a message in fragments or with meta, several rings, relayed ones): the long way
-        return self.receive_message(timeout).value
+        return Subscriber.receive_message(self, timeout).value
 
     def _begin(self) -> None:
         """What every receive does first: give back a view lent, and, every _FETCH_EVERY messages of a
@@ -840,7 +931,7 @@ class Subscriber(SubSession):
     def receive_array(self, timeout: float | None = None) -> np.ndarray:
         """The next message as a numpy array: an array message with its dtype and shape, any other as
         uint8 (read-only, over the bytes received, no copy after them)."""
-        value = self.receive(timeout)
+        value = Subscriber.receive(self, timeout)
         return value if isinstance(value, np.ndarray) else np.frombuffer(value, np.uint8)
 
     def _into(self, buf: Any, timeout: float | None) -> tuple[int, bytes]:
@@ -857,7 +948,7 @@ class Subscriber(SubSession):
                     return r[1], r[2]
                 raise ValueError(f"the next message on {self.topic!r} has {r[1]} bytes, more than the "
                                  f"{memoryview(buf).nbytes} of the buffer given")
-        msg = self.receive_message(timeout)
+        msg = Subscriber.receive_message(self, timeout)
         value = msg.value
         src = _flat(value)
         meta = _array_meta(value.dtype, value.shape) if isinstance(value, np.ndarray) else b""
@@ -913,7 +1004,7 @@ class Subscriber(SubSession):
                 ring.release()
                 self._push_front(pub, copy)
                 break
-        value = self.receive_message(timeout).value
+        value = Subscriber.receive_message(self, timeout).value
         return memoryview(value).toreadonly() if type(value) is bytes else value
 
     def release(self) -> None:
@@ -966,7 +1057,7 @@ class Subscriber(SubSession):
                             self._since = 0
                             self._take(0)
                         return got  # type: ignore[no-any-return]
-        out = [self.receive(timeout)]
+        out = [Subscriber.receive(self, timeout)]
         while len(out) < max_messages:
             if self._items:
                 out.append(self._items.popleft().value)
@@ -1035,7 +1126,15 @@ class Subscriber(SubSession):
 
 
 def open_publisher(session: ClientSession, topic: str, *, history: int = 0, block_timeout: float = 5.0,
-                   ring_capacity: int | None = None) -> Publisher:
+                   ring_capacity: int | None = None, serializer: Any = None) -> Publisher:
+    _serializer(serializer)  # an unknown name or a missing package: before anything is opened
+    pub = _open_publisher(session, topic, history, block_timeout, ring_capacity)
+    pub._use(serializer)
+    return pub
+
+
+def _open_publisher(session: ClientSession, topic: str, history: int, block_timeout: float,
+                    ring_capacity: int | None) -> Publisher:
     if session.transport != "shared memory":
         handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(), _options(history=history,
                                                                                 block_timeout=block_timeout))
@@ -1067,7 +1166,16 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
 
 
 def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
-                    history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
+                    history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024,
+                    serializer: Any = None) -> Subscriber:
+    _serializer(serializer)  # an unknown name or a missing package: before anything is opened
+    sub = _open_subscriber(session, topic, capacity, policy, history, buffer_size, batch)
+    sub._use(serializer)
+    return sub
+
+
+def _open_subscriber(session: ClientSession, topic: str, capacity: int, policy: str, history: int,
+                     buffer_size: int, batch: int) -> Subscriber:
     direct = session.transport == "shared memory" and policy == "block" and not history and not topic.endswith("*")
     if not direct:
         handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(),
