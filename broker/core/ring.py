@@ -163,6 +163,8 @@ class _Resources:
             # Something made from a lent view is still alive: the record stays held (the producer
             # never writes over it) and this side leaves the ring only when that goes.
             self.closing = True
+            if self.handle.busy:
+                lib.brk_interrupt(self.handle)  # another thread's wait ends now (Closed), as below
             weakref.finalize(owner, self.close)
             return
         h = self.handle

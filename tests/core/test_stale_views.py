@@ -181,3 +181,4 @@ def test_close_with_a_view_still_in_use_keeps_its_record_until_it_is_dropped():
     finally:
         rx.close()
         tx.close()
+
