@@ -27,7 +27,8 @@ from broker.framework import client as _client
 from broker.framework import server as _server
 from broker.framework.service import Service
 from broker.services.links.broker import LinkBroker
-from broker.services.links.client import open_link, open_offer
+from broker.protocol.serial import serializer as _serializer
+from broker.services.links.client import open_link, open_offer, serialized_handler
 from broker.services.topics.broker import TopicBroker
 from broker.services.topics.client import list_topics, open_publisher, open_subscriber
 
@@ -68,19 +69,24 @@ class HostPublisher(_Closing):
     """A publisher of the host process (Server.publisher): publish() puts the message straight into the
     subscribers' queues, with no socket and no copy into a ring."""
 
-    def __init__(self, server: "Server", topic: str, history: int, block_timeout: float) -> None:
+    def __init__(self, server: "Server", topic: str, history: int, block_timeout: float,
+                 serializer: Any = None) -> None:
         self._server, self.topic = server, topic
+        self.serializer = _serializer(serializer)
         self._topics = server.service("topics")
         self._pub = self._topics.host_publisher(server._host(), topic, history, block_timeout)
 
     def publish(self, data: Any, *, timeout: float | None = None) -> None:
-        """As a client's publish(): bytes, any bytes-like object or a numpy array. Where a blocking
-        subscriber is full it waits up to `timeout` (block_timeout) for room, then FullTimeout; from the
-        server's own loop (a service), which makes that room, Full at once."""
+        """As a client's publish(): bytes, any bytes-like object or a numpy array (an object, with a
+        serializer). Where a blocking subscriber is full it waits up to `timeout` (block_timeout) for
+        room, then FullTimeout; from the server's own loop (a service), which makes that room, Full at
+        once."""
+        if self.serializer is not None:
+            data = self.serializer.encode(data)
         self._topics.host_publish(self._pub, [data], timeout, self._server._may_wait())
 
     def publish_many(self, messages: Any, *, timeout: float | None = None) -> int:
-        items = list(messages)
+        items = list(messages) if self.serializer is None else [self.serializer.encode(m) for m in messages]
         self._topics.host_publish(self._pub, items, timeout, self._server._may_wait())
         return len(items)
 
@@ -91,9 +97,9 @@ class HostPublisher(_Closing):
 class HostOffer(_Closing):
     """A linked service of the host process (Server.offer): its handler runs for each call at once."""
 
-    def __init__(self, server: "Server", name: str, handler: Callable[[Any], Any]) -> None:
+    def __init__(self, server: "Server", name: str, handler: Callable[..., Any], serializer: Any = None) -> None:
         self._links, self.name = server.service("services"), name
-        self._offer = self._links.host_offer(server._host(), name, handler)
+        self._offer = self._links.host_offer(server._host(), name, serialized_handler(handler, serializer))
 
     def close(self) -> None:
         self._links.host_close(self._offer)
@@ -120,6 +126,18 @@ class HostLink(_Closing):
         if status < 0:
             raise ServiceError(status, text)
         return status
+
+    def call(self, code: int, *args: Any, timeout: float | None = 10.0, serializer: Any = None,
+             reply_size: int = 1 << 20) -> Any:
+        """As a client's link.call(): the reply as bytes, or objects both ways with a serializer."""
+        if len(args) > 3:
+            raise TypeError("call() takes at most three arguments: the fourth carries the reply")
+        ser = _serializer(serializer)
+        if ser is not None:
+            args = tuple(ser.encode(a) for a in args)
+        out = _client.Buffer(reply_size)
+        self.send_receive(code, *args, out, timeout=timeout)
+        return out.value if ser is None else ser.decode(out.value)
 
     def close(self) -> None:
         """Nothing to give back: the host holds no sub-session."""
@@ -152,10 +170,12 @@ class Server(_server.Server):
                 return True
         return True
 
-    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> HostPublisher:
+    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
+                  serializer: Any = None) -> HostPublisher:
         """A publisher of this process on `topic` (its namespace: `Global\\x`, or this process's own login
-        session's): its messages go into the subscribers' queues at once, with no socket to itself."""
-        return HostPublisher(self, topic, history, block_timeout)
+        session's): its messages go into the subscribers' queues at once, with no socket to itself;
+        with a serializer, publish() takes objects."""
+        return HostPublisher(self, topic, history, block_timeout, serializer)
 
     def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
         """publisher(topic).publish(data), its publisher kept for the next publish on the topic (stop()
@@ -165,11 +185,12 @@ class Server(_server.Server):
             pub = self._host_pubs[topic] = self.publisher(topic)
         pub.publish(data, timeout=timeout)
 
-    def offer(self, name: str, handler: Callable[[Any], Any]) -> HostOffer:
+    def offer(self, name: str, handler: Callable[..., Any], *, serializer: Any = None) -> HostOffer:
         """Offer a linked service from this process: handler(call) -> status runs for each call at once
         (a client's call: in the server's loop, so keep it short), call being what a client's offer's
-        handler gets (read, write, integer...)."""
-        return HostOffer(self, name, handler)
+        handler gets (read, write, integer...); with a serializer, handler(call, *objects) -> an
+        object, as a client's offer."""
+        return HostOffer(self, name, handler, serializer)
 
     def link(self, name: str) -> HostLink:
         """A link of this process to the service offered as `name`, by a client or by this process."""

@@ -139,3 +139,31 @@ def test_a_linked_service_with_objects_in_another_process(server, name):
         assert child.join(30) == 0
     for fd in (ready_r, ready_w, stop_r, stop_w):
         os.close(fd)
+
+
+@pytest.mark.parametrize("name", broker.SERIALIZERS)
+def test_the_host_process_publishes_offers_and_calls_objects(tmp_path, name):
+    path = str(tmp_path / "host")
+
+    def quote(call, order):
+        return {"px": order["qty"] * 2}
+
+    with broker.Server(path) as srv, connect(path) as s:
+        sub = s.subscriber("host", serializer=name)
+        pub = srv.publisher("host", serializer=name)
+        pub.publish({"n": 1})
+        pub.publish_many([{"n": 2}, {"n": 3}])
+        srv.publish("host", JUNK)  # the host's raw bytes: this subscriber's DecodeError alone
+        assert [sub.receive(5) for _ in range(3)] == [{"n": 1}, {"n": 2}, {"n": 3}]
+        with pytest.raises(broker.DecodeError):
+            sub.receive(5)
+        with srv.offer("quote", quote, serializer=name):
+            with s.link("quote") as link:
+                assert link.call(0, {"qty": 4}, serializer=name) == {"px": 8}
+                with pytest.raises(broker.ServiceError, match="could not decode") as e:
+                    link.call(0, JUNK)
+                assert e.value.status == broker.Status.ARGUMENT
+            with srv.link("quote") as host_link:
+                assert host_link.call(0, {"qty": 5}, serializer=name) == {"px": 10}
+        pub.close()
+        sub.close()
