@@ -29,6 +29,7 @@ from broker._errors import (
     StateError,
     Timeout,
     TooBig,
+    ViewInUse,
 )
 from broker.framework.access import Access, Grant, GrantError, load_grants, parse_grant
 from broker.framework.namespace import Name, qualify
@@ -58,6 +59,7 @@ from broker.services.kv import (
     Table,
 )
 from broker.framework.session import ALWAYS_PASS, NOT_SUPPORTED, SAME_USER, Container, Message, Peer, Policy, RefObject, Session, SessionEvent, function
+from broker.protocol.serial import NAMES as SERIALIZERS, DecodeError, Serializer, serializer
 from broker._version import __version__
 
 __all__ = [
@@ -123,6 +125,10 @@ __all__ = [
     "start_server",
     "Notification",
     "Functions",
+    "SERIALIZERS",
+    "DecodeError",
+    "Serializer",
+    "serializer",
     "functions",
     "function",
     "Name",
@@ -152,6 +158,7 @@ __all__ = [
     "Ring",
     "SegmentError",
     "StateError",
+    "ViewInUse",
     "Timeout",
     "TooBig",
     "__version__",

@@ -67,6 +67,12 @@ class StateError(BrokerError, RuntimeError):
     consumer call on the producer side, a closed ring."""
 
 
+class ViewInUse(StateError):
+    """The view a zero-copy receive lent (recv_view, receive_view, recv_array(copy=False)) is still in
+    use: something made from it (a slice, a numpy array) is alive, so it cannot be revoked and its
+    record stays lent. Drop it (del) before the next receive, or receive a copy instead."""
+
+
 class BadHandle(BrokerError, LookupError):
     """A sub-session handle that names no live object of this session: never
     issued, forged, or already closed (stale)."""

@@ -29,7 +29,8 @@ from broker.framework.service import Service
 from broker.federation import Federation, FederationLink
 from broker.federation import metrics as federation_metrics
 from broker.services.links.broker import LinkBroker
-from broker.services.links.client import Link, LinkedCall, Offer, open_link, open_offer
+from broker.protocol.serial import serializer as _serializer
+from broker.services.links.client import Link, LinkedCall, Offer, open_link, open_offer, serialized_handler
 from broker.services.topics.broker import TopicBroker
 from broker.services.topics.client import Publisher, Subscriber, list_topics, open_publisher, open_subscriber
 
@@ -73,19 +74,24 @@ class HostPublisher(_Closing):
     """A publisher of the host process (Server.publisher): publish() puts the message straight into the
     subscribers' queues, with no socket and no copy into a ring."""
 
-    def __init__(self, server: "Server", topic: str, history: int, block_timeout: float) -> None:
+    def __init__(self, server: "Server", topic: str, history: int, block_timeout: float,
+                 serializer: Any = None) -> None:
         self._server, self.topic = server, topic
+        self.serializer = _serializer(serializer)
         self._topics: TopicBroker = server.service("topics")
         self._pub = self._topics.host_publisher(server._host(), topic, history, block_timeout)
 
     def publish(self, data: Any, *, timeout: float | None = None) -> None:
-        """As a client's publish(): bytes, any bytes-like object or a numpy array. Where a blocking
-        subscriber is full it waits up to `timeout` (block_timeout) for room, then FullTimeout; from the
-        server's own loop (a service), which makes that room, Full at once."""
+        """As a client's publish(): bytes, any bytes-like object or a numpy array (an object, with a
+        serializer). Where a blocking subscriber is full it waits up to `timeout` (block_timeout) for
+        room, then FullTimeout; from the server's own loop (a service), which makes that room, Full at
+        once."""
+        if self.serializer is not None:
+            data = self.serializer.encode(data)
         self._topics.host_publish(self._pub, [data], timeout, self._server._may_wait())
 
     def publish_many(self, messages: Any, *, timeout: float | None = None) -> int:
-        items = list(messages)
+        items = list(messages) if self.serializer is None else [self.serializer.encode(m) for m in messages]
         self._topics.host_publish(self._pub, items, timeout, self._server._may_wait())
         return len(items)
 
@@ -96,10 +102,10 @@ class HostPublisher(_Closing):
 class HostOffer(_Closing):
     """A linked service of the host process (Server.offer): its handler runs for each call at once."""
 
-    def __init__(self, server: "Server", name: str, handler: Callable[[LinkedCall], Any]) -> None:
+    def __init__(self, server: "Server", name: str, handler: Callable[..., Any], serializer: Any = None) -> None:
         self._links: LinkBroker = server.service("services")
         self.name = name
-        self._offer = self._links.host_offer(server._host(), name, handler)
+        self._offer = self._links.host_offer(server._host(), name, serialized_handler(handler, serializer))
 
     def close(self) -> None:
         self._links.host_close(self._offer)
@@ -127,6 +133,18 @@ class HostLink(_Closing):
         if status < 0:
             raise ServiceError(status, text)
         return status
+
+    def call(self, code: int, *args: Any, timeout: float | None = 10.0, serializer: Any = None,
+             reply_size: int = 1 << 20) -> Any:
+        """As a client's link.call(): the reply as bytes, or objects both ways with a serializer."""
+        if len(args) > 3:
+            raise TypeError("call() takes at most three arguments: the fourth carries the reply")
+        ser = _serializer(serializer)
+        if ser is not None:
+            args = tuple(ser.encode(a) for a in args)
+        out = _client.Buffer(reply_size)
+        self.send_receive(code, *args, out, timeout=timeout)
+        return out.value if ser is None else ser.decode(out.value)
 
     def close(self) -> None:
         """Nothing to give back: the host holds no sub-session."""
@@ -210,10 +228,12 @@ class Server(_server.Server):
                 return True
         return True
 
-    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0) -> HostPublisher:
+    def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
+                  serializer: Any = None) -> HostPublisher:
         """A publisher of this process on `topic` (its namespace: `Global\\x`, or this process's own login
-        session's): its messages go into the subscribers' queues at once, with no socket to itself."""
-        return HostPublisher(self, topic, history, block_timeout)
+        session's): its messages go into the subscribers' queues at once, with no socket to itself;
+        with a serializer, publish() takes objects."""
+        return HostPublisher(self, topic, history, block_timeout, serializer)
 
     def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
         """publisher(topic).publish(data), its publisher kept for the next publish on the topic (stop()
@@ -223,11 +243,12 @@ class Server(_server.Server):
             pub = self._host_pubs[topic] = self.publisher(topic)
         pub.publish(data, timeout=timeout)
 
-    def offer(self, name: str, handler: Callable[[LinkedCall], Any]) -> HostOffer:
+    def offer(self, name: str, handler: Callable[..., Any], *, serializer: Any = None) -> HostOffer:
         """Offer a linked service from this process: handler(call) -> status runs for each call at once
         (a client's call: in the server's loop, so keep it short), call being what a client's offer's
-        handler gets (read, write, integer...)."""
-        return HostOffer(self, name, handler)
+        handler gets (read, write, integer...); with a serializer, handler(call, *objects) -> an
+        object, as a client's offer."""
+        return HostOffer(self, name, handler, serializer)
 
     def link(self, name: str) -> HostLink:
         """A link of this process to the service offered as `name`, by a client or by this process."""
@@ -251,32 +272,40 @@ class ClientSession(_client.ClientSession):
     __doc__ = _client.ClientSession.__doc__
 
     def publisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
-                  ring_capacity: int | None = None) -> Publisher:
+                  ring_capacity: int | None = None, serializer: Any = None) -> Publisher:
         """A publisher on `topic` (a sub-session; broker/services/topics/client.py): publish(), publish_many().
         history: the topic keeps this many of the last messages for subscribers that join later;
         block_timeout: how long a publish may wait for room (at the server for a blocking
         subscriber's, or in its ring); ring_capacity: bytes of the broadcast ring a publisher on a
-        shared-memory session writes (a power of two, 64 KiB to 256 MiB; 4 MiB by default)."""
+        shared-memory session writes (a power of two, 64 KiB to 256 MiB; 4 MiB by default);
+        serializer: publish() takes objects, encoded by it (a name of broker.SERIALIZERS, or an
+        object with encode and decode; default None: bytes and numpy arrays as they are)."""
         return open_publisher(self, topic, history=history, block_timeout=block_timeout,
-                              ring_capacity=ring_capacity)
+                              ring_capacity=ring_capacity, serializer=serializer)
 
     def subscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
-                   buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
+                   buffer_size: int = 1 << 20, batch: int = 1024, serializer: Any = None) -> Subscriber:
         """A subscriber on `topic` (a sub-session; broker/services/topics/client.py): receive(), receive_many(),
         iteration. capacity: messages its queue at the server holds; policy for a full queue:
         "block" (publishers wait), "drop" (the oldest is dropped and counted in `lost`) or
         "disconnect" (this subscriber is closed: Disconnected); history: up to this many of the
-        topic's last messages first. It keeps one FETCH outstanding: one of the session's slots."""
+        topic's last messages first. It keeps one FETCH outstanding: one of the session's slots.
+        serializer: receive() gives objects decoded by it (DecodeError, for that message alone,
+        when a publisher's bytes are not what it reads)."""
         return open_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
-                               buffer_size=buffer_size, batch=batch)
+                               buffer_size=buffer_size, batch=batch, serializer=serializer)
 
-    def offer(self, name: str, handler: Callable[[LinkedCall], Any], *, max_call: int = 1 << 20) -> Offer:
+    def offer(self, name: str, handler: Callable[..., Any], *, max_call: int = 1 << 20,
+              serializer: Any = None) -> Offer:
         """Offer a named service (broker/services/links): other clients call it through session.link(name);
-        each call runs handler(call) -> status in this client's serve_one() / serve_forever()."""
-        return open_offer(self, name, handler, max_call)
+        each call runs handler(call) -> status in this client's serve_one() / serve_forever().
+        serializer (a name of broker.SERIALIZERS, or an object with encode and decode): handler(call,
+        *objects) -> an object instead, the caller's link.call(code, *objects, serializer=) reply."""
+        return open_offer(self, name, handler, max_call, serializer)
 
     def link(self, name: str) -> Link:
-        """A link to the service offered as `name`: send_receive() as a session's."""
+        """A link to the service offered as `name`: send_receive() as a session's, and call() for a
+        reply as bytes or, with a serializer, objects both ways."""
         return open_link(self, name)
 
     def topics(self) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ from broker._errors import (
     StateError,
     Timeout,
     TooBig,
+    ViewInUse,
 )
 
 if TYPE_CHECKING:
@@ -155,9 +156,22 @@ class _Resources:
         self.handle = ffi.new("brk_ring *")
         self.handle.efd_notify = self.handle.efd_wait = -1
         self.fds: list[int] = []
+        # The array a consumer's recv_view() lent is built on, while its record is held: every view,
+        # slice or array made from the lent view keeps it alive (_RingSide.recv_view).
+        self.lease: weakref.ref[np.ndarray] | None = None
+        self.closing = False  # closed for Python, still attached until the lent view is dropped
 
     def close(self) -> None:
         if self.pid != os.getpid() or self.handle is None:
+            return
+        owner = self.lease() if self.lease is not None else None
+        if owner is not None:
+            # Something made from a lent view is still alive: the record stays held (the producer
+            # never writes over it) and this side leaves the ring only when that goes.
+            self.closing = True
+            if self.handle.busy:
+                lib.brk_interrupt(self.handle)  # another thread's wait ends now (Closed), as below
+            weakref.finalize(owner, self.close)
             return
         h = self.handle
         if h.busy:
@@ -582,14 +596,20 @@ class _RingSide:
 
     @property
     def closed(self) -> bool:
-        return self._res.handle is None
+        return self._res.handle is None or self._res.closing
 
     def close(self) -> None:
         """Detach this side; the creator also removes the name from /dev/shm.
 
-        Safe to call twice. Views still held by the caller stay readable (the
-        mapping lives until they are gone) but no longer mean anything."""
-        self._view = self._claim = None
+        Safe to call twice. The view recv_view() lent is revoked; if something made
+        from it (a slice, a numpy array) is still alive, its record stays held and
+        this side leaves the ring only when that is dropped, so that nothing ever
+        shows a record written later. A claim still held stays writable but is
+        never published."""
+        view, self._view, self._claim = self._view, None, None
+        if view is not None:
+            _revoke(view)
+            del view
         self._finalizer()
 
     def unlink(self) -> None:
@@ -600,13 +620,13 @@ class _RingSide:
     def _failed(self, rc: int, what: str) -> BrokerError:
         """The error for a call's outcome; Closed if another thread closed this
         side between our calls (the C side then finds the handle detached)."""
-        if self._res.handle is None:
+        if self._res.handle is None or self._res.closing:
             return Closed(f"{what}: {self.name} was closed by another thread")
         return _error(rc, what)
 
     def _live(self) -> Any:
         h = self._res.handle
-        if h is None:
+        if h is None or self._res.closing:
             raise Closed(f"{self.name} is closed")
         return h
 
@@ -882,6 +902,10 @@ class _RingSide:
                     raise EmptyTimeout(f"{self.name}: lapped by the producer until the deadline")
                 r = _frecv(addr)
                 continue
+            if r == _BUSY and self._res.lease is not None:  # recv_view's record: give it back first
+                self._give_back(h)
+                r = _frecv(addr)
+                continue
             raise self._failed(r, f"recv on {self.name}")
 
     def _waiting(self, h: Any, timeout: float | None, deadline: float | None, call: Any) -> Any:
@@ -920,6 +944,8 @@ class _RingSide:
         """Copy the next record into a writable buffer; returns its length.
         TooBig (the record stays unread) if the buffer is too small."""
         h = self.need("consumer")
+        if self._res.lease is not None:
+            self._give_back(h)
         dst = ffi.from_buffer(buffer, require_writable=True)
         deadline = _deadline(timeout)
         rc = lib.brk_recv(h, dst, len(dst))
@@ -935,11 +961,18 @@ class _RingSide:
             raise _error(rc, f"recv_into on {self.name}")
 
     def recv_view(self, timeout: float | None = None) -> memoryview:
-        """The next record in place, as a read-only memoryview: no copy. Valid
-        until release(); only one at a time."""
+        """The next record in place, as a read-only memoryview: no copy.
+
+        The record stays this consumer's, and the producer never writes over it,
+        until release() or the next receive gives it back; that revokes the view
+        (any later use raises ValueError). A slice, a memoryview or a numpy array
+        made from the view cannot be revoked, so it keeps the record held: the
+        next receive (or release()) then raises ViewInUse, and succeeds once it
+        is dropped. On a lossy Broadcast the producer never waits: it may write
+        over a held record, and release() says so (False)."""
         h = self.need("consumer")
-        if self._view is not None:
-            raise StateError(f"{self.name}: release() the previous view first")
+        if self._res.lease is not None:
+            self._give_back(h)
         deadline = _deadline(timeout)
         rc = lib.brk_peek(h)
         while rc == _EMPTY:
@@ -948,18 +981,34 @@ class _RingSide:
         if rc not in (_OK, _LOST):
             raise _error(rc, f"recv_view on {self.name}")
         off = int(ffi.cast("uintptr_t", h.rptr)) - self._res.addr
-        self._view = self._res.view[off : off + int(h.rlen)].toreadonly()
-        return self._view
+        # The view's exporter is an array of its own, over the record and read-only for good (its
+        # base is read-only): every view, slice or array made from the view holds it, so while it
+        # lives something can still read the record (the lease), and when it dies nothing can.
+        owner = np.frombuffer(self._res.view[off : off + int(h.rlen)].toreadonly(), np.uint8)
+        self._res.lease = weakref.ref(owner)
+        self._view = view = memoryview(owner)  # type: ignore[arg-type]  # (numpy exports a buffer)
+        return view
 
     def release(self) -> bool:
-        """Give the viewed record back to the ring. True if its bytes stayed
-        intact while held; False if a lossy producer overwrote them meanwhile
-        (what was read may be torn)."""
-        h = self.need("consumer")
-        if self._view is None:
+        """Give the viewed record back to the ring, revoking the view. True if
+        its bytes stayed intact while held; False if a lossy producer overwrote
+        them meanwhile (what was read may be torn). ViewInUse while a slice or
+        an array made from the view is alive (the record stays held)."""
+        return self._give_back(self.need("consumer"))
+
+    def _give_back(self, h: Any) -> bool:
+        view, self._view = self._view, None
+        if view is not None:
+            _revoke(view)
+            del view
+        lease = self._res.lease
+        if lease is None:
             raise StateError(f"{self.name}: release() without recv_view()")
-        _revoke(self._view)
-        self._view = None
+        if lease() is not None:
+            raise ViewInUse(f"{self.name}: the view recv_view() lent is still in use (a slice, memoryview or "
+                            f"numpy array made from it is alive), so its record is still held: drop it (del) "
+                            f"before the next receive, or use recv(), which copies")
+        self._res.lease = None
         rc = lib.brk_release(h)
         if rc == _OK:
             return True
@@ -981,7 +1030,8 @@ class _RingSide:
                    timeout: float | None = None, copy: bool = True) -> np.ndarray:
         """The next record as a numpy array. copy=True: a writable array of its
         own (one copy, out of the ring). copy=False: a read-only array over the
-        ring itself, valid until release()."""
+        ring itself; its record stays held while the array (or anything made
+        from it) lives, so drop it before the next receive (else ViewInUse)."""
         dt = np.dtype(dtype)
         view = self.recv_view(timeout)
         if len(view) % dt.itemsize:
@@ -1003,6 +1053,8 @@ class _RingSide:
         h = self.need("consumer")
         if not 1 <= max_records <= _BATCH_MAX:
             raise ValueError(f"max_records must be from 1 to {_BATCH_MAX}")
+        if self._res.lease is not None:
+            self._give_back(h)
         addr = self._addr
         deadline = _deadline(timeout)
         while True:
@@ -1022,7 +1074,9 @@ class _RingSide:
         """The records already here copied straight into `target` (a writable buffer) from byte `at` on,
         until it is full or no record is here now: (where target's filled part ends, the bytes of the
         last record past its end or None). Never waits."""
-        self.need("consumer")
+        h = self.need("consumer")
+        if self._res.lease is not None:
+            self._give_back(h)
         r = _frecv_stream(self._addr, target, at)
         if type(r) is int:
             raise self._failed(r, f"recv on {self.name}")
@@ -1033,6 +1087,8 @@ class _RingSide:
         lengths into `lens` (a writable buffer of uint64); returns how many (at
         least one, waiting as recv does). No per-record Python work."""
         h = self.need("consumer")
+        if self._res.lease is not None:
+            self._give_back(h)
         dst = ffi.from_buffer(out, require_writable=True)
         lp = _lengths(lens)
         if memoryview(lens).readonly:

@@ -40,6 +40,7 @@ from broker._errors import (
     VersionRefused,
 )
 from broker.core.shm import MEMFD
+from broker.protocol.serial import serializer as _serializer
 from broker.protocol.frames import parse_passed_fds
 from broker.protocol.frames import (
     BIG_FRAME,
@@ -407,15 +408,25 @@ class ClientSession:
         rid = self._submit(code, args, handle, False, fut)
         return self._wait(fut, rid, timeout)
 
-    def call(self, code: int, *args: Any, handle: int = 0, timeout: float | None = None) -> bytes:
+    def call(self, code: int, *args: Any, handle: int = 0, timeout: float | None = None,
+             serializer: Any = None) -> Any:
         """send_receive that gives the reply as bytes, whatever its length: a writable argument after
-        `args` (so at most three of them) that the service fills (message.write(len(args), data)),
-        as big as a frame may be. A negative status raises, as send_receive's does."""
+        `args` (so at most three of them) that the service fills (message.write(len(args), data), or
+        message.reply(data)), as big as a frame may be. A negative status raises, as send_receive's
+        does.
+
+        serializer (a name of broker.SERIALIZERS, or an object with encode and decode): each
+        argument is an object, sent encoded (the service reads it with message.decode(i, ...)), and
+        the reply is decoded into the object returned; DecodeError if the server's reply is not
+        what the serializer reads (the session goes on)."""
         if len(args) > 3:
             raise TypeError("call() takes at most three arguments: the fourth carries the reply")
+        ser = _serializer(serializer)
+        if ser is not None:
+            args = tuple(ser.encode(a) for a in args)
         out = Buffer(self._max_frame - REPLY_RESERVE)
         self.send_receive(code, *args, out, handle=handle, timeout=timeout)
-        return out.value
+        return out.value if ser is None else ser.decode(out.value)
 
     def send(self, code: int, *args: Any, handle: int = 0) -> "Future[int]":
         """Call asynchronously: a future of the status. Uses one of the
@@ -1389,18 +1400,22 @@ class SubSession:
 
 class _Function:
     """One named function of a session class, for a client: calling it is send_receive(code, ...);
-    .call(...) gives the reply as bytes (ClientSession.call)."""
+    .call(...) gives the reply as bytes (ClientSession.call). A function with a serializer takes
+    objects and gives one back, either way."""
 
-    __slots__ = ("_session", "code", "name")
+    __slots__ = ("_session", "code", "name", "serializer")
 
-    def __init__(self, session: "ClientSession", name: str, code: int) -> None:
+    def __init__(self, session: "ClientSession", name: str, code: int, serializer: Any = None) -> None:
         self._session, self.name, self.code = session, name, code
+        self.serializer = _serializer(serializer)
 
-    def __call__(self, *args: Any, timeout: float | None = None) -> int:
+    def __call__(self, *args: Any, timeout: float | None = None) -> Any:
+        if self.serializer is not None:
+            return self._session.call(self.code, *args, timeout=timeout, serializer=self.serializer)
         return self._session.send_receive(self.code, *args, timeout=timeout)
 
-    def call(self, *args: Any, timeout: float | None = None) -> bytes:
-        return self._session.call(self.code, *args, timeout=timeout)
+    def call(self, *args: Any, timeout: float | None = None) -> Any:
+        return self._session.call(self.code, *args, timeout=timeout, serializer=self.serializer)
 
     def __repr__(self) -> str:
         return f"<function {self.name} (code {self.code})>"
@@ -1408,19 +1423,23 @@ class _Function:
 
 class Functions:
     """A session's functions by name (broker.functions): spec is a Session class whose methods
-    @broker.function(code) marks, or a {name: code} mapping."""
+    @broker.function(code) marks (with their serializers), or a {name: code} mapping (serializer=
+    for all of them)."""
 
-    def __init__(self, session: "ClientSession", spec: Any) -> None:
+    def __init__(self, session: "ClientSession", spec: Any, serializer: Any = None) -> None:
         table = getattr(spec, "functions", None) if isinstance(spec, type) else spec
         if not isinstance(table, dict) or not table:
             raise TypeError("functions() takes a Session class with @broker.function methods, or {name: code}")
+        sers = dict(getattr(spec, "serializers", {})) if isinstance(spec, type) else {}
         for name, code in table.items():
             if not isinstance(name, str) or not name.isidentifier() or type(code) is not int:
                 raise TypeError(f"a function is a name and an int code, not {name!r}: {code!r}")
-            setattr(self, name, _Function(session, name, code))
+            setattr(self, name, _Function(session, name, code, sers.get(name, serializer)))
 
 
-def functions(session: "ClientSession", spec: Any) -> Functions:
+def functions(session: "ClientSession", spec: Any, *, serializer: Any = None) -> Functions:
     """Call a server's functions by name: functions(session, Calc).add(2, 3) is
-    session.send_receive(Calc's code for add, 2, 3); .add.call(...) gives the reply as bytes."""
-    return Functions(session, spec)
+    session.send_receive(Calc's code for add, 2, 3); .add.call(...) gives the reply as bytes. A
+    function the class marks with a serializer (or every one, with serializer=) takes and gives
+    objects."""
+    return Functions(session, spec, serializer)

@@ -39,6 +39,7 @@ from broker.framework.access import Access
 from broker.transport.identity import Decision, Facts, decide, local_facts, peer_facts, policy_from
 from broker.core.ring import sweep
 from broker.framework.native import ConnBase, ring_batch, serve_messages
+from broker.protocol.serial import DecodeError
 from broker.protocol.frames import (
     DEFAULT_MAX_FRAME,
     Auth,
@@ -646,6 +647,8 @@ class _Conn(ConnBase):
             status = Status.PERMISSION_DENIED
         elif isinstance(e, ServerBusy):  # a limit of the server's: the sub-session index full (IndexFull)
             status = Status.SERVER_BUSY
+        elif isinstance(e, DecodeError):  # the client's bytes, not what its serializer reads (message.decode)
+            status = Status.ARGUMENT
         else:
             status = Status.DIED
             log.warning("service of function %d for %s raised %r", msg.code, self.peer, e, exc_info=e)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from broker._errors import BadHandle, BrokerError, Overflow, StateError
 from broker.protocol.codes import CLOSE_SUBSESSION as CLOSE_SUBSESSION, SERVER_STATS as SERVER_STATS  # the framework's own codes
 from broker.protocol.handles import ObjectIndex
+from broker.protocol.serial import DecodeError, serializer as _serializer
 from broker.protocol.frames import Arg, ArgKind, ServerConnection, State, Status, complete_frame, text_bytes
 from broker.framework.native import MessageBase, declare
 
@@ -274,6 +276,30 @@ class Message(MessageBase):
         except UnicodeDecodeError as e:
             raise ValueError(f"argument {i} is not UTF-8: {e}") from None
 
+    def decode(self, i: int, serializer: Any) -> Any:
+        """A readable argument as the object a client's serializer made of it (ClientSession.call(...,
+        serializer=)): serializer is a name ("msgspec", "msgpack", "json", "pickle") or an object with
+        decode. DecodeError (a ValueError) when its bytes are not what the serializer reads: the
+        client's bytes are untrusted, and only this request fails."""
+        ser = _serializer(serializer)
+        if ser is None:
+            raise ValueError("decode() needs a serializer")
+        return ser.decode(self.read_view(i))
+
+    def reply(self, obj: Any, serializer: Any = None, status: int = 0) -> None:
+        """Write obj (bytes, or any object with a serializer) into the reply argument, the last
+        writable one (where ClientSession.call's reply goes), and complete with status."""
+        i = self._reply_arg()
+        ser = _serializer(serializer)
+        self.write(i, ser.encode(obj) if ser is not None else obj)
+        self.complete(status)
+
+    def _reply_arg(self) -> int:
+        for i in range(len(self._args) - 1, -1, -1):
+            if self._args[i].kind in (ArgKind.WRITE, ArgKind.READWRITE):
+                return i
+        raise BrokerError("this request has no writable argument for a reply")
+
     @property
     def completed(self) -> bool:
         return self._done
@@ -331,16 +357,46 @@ def refuse(conn: Any, msg: "Message", e: Exception, argument_error: type) -> Non
         conn.failed(msg, e)
 
 
-def function(code: int) -> Callable[[_F], _F]:
+def function(code: int, *, serializer: Any = None) -> Callable[[_F], _F]:
     """Mark a Session method as the function `code`: the default service() calls it with the message,
-    and a client calls it by name (broker.functions(session, TheClass).name(...))."""
+    and a client calls it by name (broker.functions(session, TheClass).name(...)).
+
+    With a serializer (a name of broker.SERIALIZERS, or an object with encode and decode), the
+    function takes objects and returns one: service() calls method(message, *decoded arguments)
+    (every argument before the reply's) and writes what it returns, encoded, as the reply
+    (message.reply); a client's broker.functions(...).name(*objects) gives it back decoded. An
+    argument the serializer cannot decode fails that request alone (ARGUMENT, DecodeError's text)."""
     if type(code) is not int or not 0 <= code <= 0x7FFFFFFF:
         raise ValueError(f"a function's code is an int from 0 to 2**31-1 (below 0 is the broker's), not {code!r}")
+    _serializer(serializer)  # an unknown name, or a missing package, fails here, at the class
 
     def mark(method: _F) -> _F:
         method.__broker_code__ = code  # type: ignore[attr-defined]
+        method.__broker_serializer__ = serializer  # type: ignore[attr-defined]
         return method
     return mark
+
+
+def _call_serialized(method: Callable[..., Any], m: Message, spec: Any) -> Any:
+    """A function with a serializer: its arguments decoded, its result the encoded reply."""
+    ser = _serializer(spec)
+    assert ser is not None
+    try:
+        last = m._reply_arg()
+        objs = [ser.decode(m.read_view(i)) for i in range(last)]
+    except (DecodeError, BrokerError) as e:
+        m.complete(Status.ARGUMENT, str(e))
+        return None
+    result = method(m, *objs)
+    if inspect.isawaitable(result):
+        async def finish() -> None:
+            value = await result
+            if not m.completed:
+                m.reply(value, ser)
+        return finish()
+    if not m.completed:
+        m.reply(result, ser)
+    return None
 
 
 class Session:
@@ -348,12 +404,14 @@ class Session:
     server makes one per accepted connection. `objects` holds the session's sub-sessions."""
 
     functions: dict[str, int] = {}  # name -> code of the @function methods (made per subclass)
+    serializers: dict[str, Any] = {}  # name -> the serializer of those that have one
     _by_code: dict[int, str] = {}
     _connection: Any  # the server's connection, once it accepted the session (notify speaks through it)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         table = dict(getattr(cls, "functions", {}))
+        sers = dict(getattr(cls, "serializers", {}))
         for name, value in vars(cls).items():
             code = getattr(value, "__broker_code__", None)
             if code is not None:
@@ -361,7 +419,13 @@ class Session:
                     other = next(n for n, c in table.items() if c == code)
                     raise ValueError(f"{cls.__name__}: {name} and {other} are both function {code}")
                 table[name] = code
+                spec = getattr(value, "__broker_serializer__", None)
+                if spec is not None:
+                    sers[name] = spec
+                else:
+                    sers.pop(name, None)
         cls.functions = table
+        cls.serializers = sers
         cls._by_code = {c: n for n, c in table.items()}
 
     def __init__(self, server: Any, peer: Peer) -> None:
@@ -390,6 +454,9 @@ class Session:
     def service(self, message: Message) -> Any:
         name = self._by_code.get(message.code)
         if name is not None:
+            spec = self.serializers.get(name)
+            if spec is not None:
+                return _call_serialized(getattr(self, name), message, spec)
             return getattr(self, name)(message)
         message.complete(Status.NOT_SUPPORTED, f"function {message.code} is not supported")
 

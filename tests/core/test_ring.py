@@ -138,13 +138,18 @@ def test_out_of_order_calls_are_state_errors(pair):
 def test_recv_view_is_zero_copy_and_read_only(pair):
     tx, rx = pair
     tx.send(b"in place")
+    tx.send(b"next")
     view = rx.recv_view()
     assert view.readonly and bytes(view) == b"in place"
-    with pytest.raises(broker.StateError):
-        rx.recv_view()  # one at a time
+    nxt = rx.recv_view(timeout=0)  # one at a time: the next gives the first back...
+    with pytest.raises(ValueError):
+        bytes(view)  # ...and revokes it
+    assert bytes(nxt) == b"next"
     assert rx.release() is True
     with pytest.raises(ValueError):
-        bytes(view)  # revoked at release
+        bytes(nxt)  # revoked at release
+    with pytest.raises(broker.StateError, match="without recv_view"):
+        rx.release()
 
 
 def test_numpy_in_and_out(pair):

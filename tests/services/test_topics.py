@@ -742,7 +742,10 @@ def test_loan_builds_a_message_in_the_ring_and_receive_view_reads_it_in_place(se
         got = sub.receive_view(5)
         assert got.dtype == np.float32 and got.shape == (2, 3) and not got.flags.writeable
         assert (got == np.arange(6).reshape(2, 3)).all()
-        sub.release()
+        with pytest.raises(broker.ViewInUse):
+            sub.release()  # the array holds its record (it cannot be revoked)...
+        del got
+        sub.release()  # ...until it is dropped
         assert sub.receive(5) == b"plain"
         seen = [relay.receive_message(5) for _ in range(4)]
         assert [m.seq for m in seen] == [1, 2, 3, 4]  # the aborted loan took no number

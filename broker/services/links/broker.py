@@ -18,6 +18,7 @@ from broker.framework.session import Message, RefObject, refuse
 
 from broker.services.links.wire import (LinkError, MAX_ERROR, MAX_SERVICE_NAME, MAX_PAIRS, PAIR_CAPACITY, TAKE_CALL, TAKE_HEAD, TAKE_PAIR,
                                          TAKE_UNPAIR, pack_call, pack_writes, unpack_call, unpack_writes)
+from broker.protocol.serial import DecodeError
 from broker.services.links.client import LinkedCall
 
 register_kind("service", ("offer", "call"))  # what grants say of linked services (framework/access.py)
@@ -275,7 +276,8 @@ class LinkBroker(Service):
             if not 0 <= status <= 0x7FFFFFFF:
                 raise ValueError(f"a handler returns a status from 0 to 2**31-1 (or raises), not {status}")
         except Exception as e:  # the caller is told; the server goes on
-            caller.complete(Status.DIED, f"{type(e).__name__}: {e}")
+            bad = isinstance(e, DecodeError)  # the caller's bytes, not what the offer's serializer reads
+            caller.complete(Status.ARGUMENT if bad else Status.DIED, f"{type(e).__name__}: {e}")
             return
         offer.served += 1
         self._answer(offer.shown, caller, status, pack_writes(call.writes) if call.writes else b"")

@@ -16,6 +16,8 @@ from broker.core.native import RING_EMPTY as _RING_EMPTY
 from broker.core.ring import Bell, any_waiter, open_pair, session_call, wait_any
 from broker.framework.client import CALL_WAIT_NS, Buffer, ClientSession, SubSession, apply_writes, result_of, to_arg
 from broker.protocol.codes import LINK_CALL, LINK_OFFER, LINK_OPEN, LINK_PAIR, LINK_REPLY, LINK_TAKE, LINK_UNPAIR
+from broker.protocol.serial import DecodeError
+from broker.protocol.serial import serializer as _serializer
 from broker.protocol.frames import (HEADER_SIZE, MAX_TEXT, NO_ARG, Arg, Complete, FrameReader, ProtocolError, Request,
                                     Status, c_encode_complete, c_feed, complete_frame, request_frame)
 from broker.services.links.wire import (A_INT, A_READ, A_READWRITE, A_WRITE, MAX_ERROR, MAX_PAIRS, TAKE_HEAD,
@@ -79,6 +81,48 @@ class LinkedCall:
         if len(data) > a.value:
             raise Overflow(f"{len(data)} bytes into argument {i} of at most {a.value}")
         self.writes[i] = data if type(data) is bytes else bytes(data)
+
+    def decode(self, i: int, serializer: Any) -> Any:
+        """A readable argument as the object the caller's serializer made of it (link.call(...,
+        serializer=)); DecodeError (a ValueError: the call fails with ARGUMENT) when it is not."""
+        ser = _serializer(serializer)
+        if ser is None:
+            raise ValueError("decode() needs a serializer")
+        return ser.decode(self.read_view(i))
+
+    def reply(self, obj: Any, serializer: Any = None) -> None:
+        """Write obj (bytes, or any object with a serializer) into the reply argument: the last
+        writable one, where link.call() takes its reply."""
+        ser = _serializer(serializer)
+        self.write(self._reply_arg(), ser.encode(obj) if ser is not None else obj)
+
+    def _reply_arg(self) -> int:
+        for i in range(3, -1, -1):
+            if self._args[i].kind in (A_WRITE, A_READWRITE):
+                return i
+        raise TypeError("this call has no writable argument for a reply")
+
+
+def serialized_handler(handler: Callable[..., Any], spec: Any) -> Callable[[LinkedCall], Any]:
+    """An offer's handler that takes objects: handler(call, *decoded arguments) -> an object, written
+    encoded as the reply (every argument before the reply's is decoded; one the serializer cannot
+    read fails that call alone, with ARGUMENT)."""
+    ser = _serializer(spec)
+    if ser is None:
+        return handler
+
+    def run(call: LinkedCall) -> Any:
+        last = call._reply_arg()
+        objs = [ser.decode(call.read_view(i)) for i in range(last)]
+        result = handler(call, *objs)
+        if inspect.isawaitable(result):
+            async def finish() -> int:
+                call.reply(await result, ser)
+                return 0
+            return finish()
+        call.reply(result, ser)
+        return 0
+    return run
 
 
 class _ProvidedPair:
@@ -335,7 +379,8 @@ class Offer(SubSession):
 
     @staticmethod
     def _failure(e: Exception) -> tuple[int, dict[int, bytes], bytes]:
-        return int(Status.DIED), {}, f"{type(e).__name__}: {e}".encode()[:MAX_ERROR]
+        status = Status.ARGUMENT if isinstance(e, DecodeError) else Status.DIED  # the caller's bytes, or the handler
+        return int(status), {}, f"{type(e).__name__}: {e}".encode()[:MAX_ERROR]
 
     def _reply_direct(self, pair: _ProvidedPair, rid: int, outcome: tuple[int, dict[int, bytes], bytes]) -> None:
         try:
@@ -691,6 +736,21 @@ class Link(SubSession):
                 elif isinstance(target, bytearray):
                     target[:] = data
 
+    def call(self, code: int, *args: Any, timeout: float | None = None, serializer: Any = None,
+             reply_size: int = 1 << 20) -> Any:
+        """send_receive that gives the reply (what the provider writes into a writable argument after
+        `args`, at most reply_size bytes: call.reply(...)) as bytes, or with a serializer (a name
+        of broker.SERIALIZERS, or an object with encode and decode) takes objects as arguments and
+        gives the reply decoded; DecodeError if the provider's reply is not what it reads."""
+        if len(args) > 3:
+            raise TypeError("call() takes at most three arguments: the fourth carries the reply")
+        ser = _serializer(serializer)
+        if ser is not None:
+            args = tuple(ser.encode(a) for a in args)
+        out = Buffer(reply_size)
+        self.send_receive(code, *args, out, timeout=timeout)
+        return out.value if ser is None else ser.decode(out.value)
+
     def send(self, code: int, *args: Any) -> "Future[int]":
         """The call without waiting for it: a future of its status, the provider's writes applied to
         the arguments before it completes. It goes through the broker (a pair carries one call at
@@ -744,8 +804,9 @@ async def _awaited(result: Any) -> Any:
     return await result
 
 
-def open_offer(session: ClientSession, name: str, handler: Callable[[LinkedCall], Any],
-               max_call: int = 1 << 20) -> Offer:
+def open_offer(session: ClientSession, name: str, handler: Callable[..., Any],
+               max_call: int = 1 << 20, serializer: Any = None) -> Offer:
+    handler = serialized_handler(handler, serializer)
     return Offer(session, session.send_receive(LINK_OFFER, name.encode()), name, handler, max_call)
 
 

@@ -30,6 +30,8 @@ from broker.framework.session import CLOSE_SUBSESSION
 from broker._errors import (BrokerError, Closed, Disconnected, Empty, EmptyTimeout, Evicted, Full, FullTimeout, PeerGone,
                       ServerGone, ServiceError, StateError, TooBig)
 from broker.protocol.frames import Status
+from broker.protocol.serial import DecodeError
+from broker.protocol.serial import serializer as _serializer
 from broker.core.native import RING_FULL as _RING_FULL
 from broker.core.native import lib as _lib
 from broker.core.native import RING as _RING_CALLS
@@ -250,6 +252,7 @@ class Publisher(SubSession):
                  block_timeout: float = 5.0) -> None:
         super().__init__(session, handle)
         self.topic = topic
+        self.serializer: Any = None  # objects both ways when set (_use)
         self._ring = ring
         self.ring = ring.name if ring is not None else None
         self.block_timeout = block_timeout
@@ -350,6 +353,23 @@ class Publisher(SubSession):
             self.session.send_receive(TOPIC_PUBLISH, payload, meta, timeout=timeout, handle=self.handle)
         except ServiceError as e:
             _raise_full(e)
+
+    def _use(self, serializer: Any) -> None:
+        """publish() and publish_many() take objects, encoded by serializer (open_publisher)."""
+        ser = self.serializer = _serializer(serializer)
+        if ser is None:
+            return
+        encode, raw, raw_many = ser.encode, Publisher.publish, Publisher.publish_many
+
+        def publish(obj: Any, *, timeout: float | None = None) -> None:
+            raw(self, encode(obj), timeout=timeout)
+
+        def publish_many(objs: Iterable[Any], *, timeout: float | None = None) -> int:
+            return raw_many(self, [encode(o) for o in objs], timeout=timeout)
+        publish.__doc__ = "Publish one object, encoded by this publisher's serializer (as Publisher.publish)."
+        publish_many.__doc__ = "Publish several objects, each encoded (as Publisher.publish_many)."
+        self.publish = publish  # type: ignore[method-assign, assignment]
+        self.publish_many = publish_many  # type: ignore[method-assign, assignment]
 
     def publish_many(self, items: Iterable[Any], *, timeout: float | None = None) -> int:
         """Publish several in one call, in their order: all of them, or none (FullTimeout); a ring
@@ -532,6 +552,7 @@ class Subscriber(SubSession):
     def __init__(self, session: ClientSession, handle: int, topic: str, buffer_size: int, batch: int) -> None:
         super().__init__(session, handle)
         self.topic = topic
+        self.serializer: Any = None  # objects both ways when set (_use)
         self.lost = 0
         self.corrupt = 0  # records of publisher rings that could not be read (a buggy publisher's)
         self.last_error = ""
@@ -547,6 +568,7 @@ class Subscriber(SubSession):
         self._leaving: set[int] = set()  # publishers gone: their rings are read to the end, then closed
         self._turn = 0
         self._held: Broadcast | None = None  # the ring whose record receive_view() lent out
+        self._lent: memoryview | None = None  # the view of it lent (revoked by release())
         self._fast: tuple[int, Assembler] | None = None  # the one ring read in place, and its books (_refast)
         # the last array meta read in place, as (meta, dtype, shape, bytes, one-dimensional): a stream of
         # arrays of one kind is decoded without _meta_array's cache or _decode's checks each time
@@ -570,6 +592,76 @@ class Subscriber(SubSession):
         if len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
                 self._fast = (ring._addr, self._assemblers.setdefault(pub, _assembler()))
+
+    # -- objects: a subscriber with a serializer (open_subscriber) ------------------------------
+
+    def _use(self, serializer: Any) -> None:
+        """receive(), receive_many(), receive_message(), iteration and areceive() give objects decoded
+        by serializer; the zero-copy and raw calls (receive_view, receive_into, receive_array) still
+        give the bytes as they came."""
+        ser = self.serializer = _serializer(serializer)
+        if ser is None:
+            return
+        self._later: deque[Received] = deque()  # taken by a receive_many, given after an undecodable one
+        self.receive = self._receive_object  # type: ignore[method-assign]
+        self.receive_message = self._receive_object_message  # type: ignore[method-assign]
+        self.receive_many = self._receive_objects  # type: ignore[method-assign]
+        self.areceive = self._areceive_object  # type: ignore[method-assign]
+
+    def _object(self, value: Any) -> Any:
+        ser = self.serializer
+        assert ser is not None
+        return ser.decode(value if type(value) is bytes else _flat(value))
+
+    def _next_received(self, timeout: float | None) -> Received:
+        return self._later.popleft() if self._later else Subscriber.receive_message(self, timeout)
+
+    def _receive_object_message(self, timeout: float | None = None) -> Received:
+        """receive_message() with the value decoded: DecodeError if a publisher's bytes are not what
+        the serializer reads (that message is taken; the next receive gives the next one)."""
+        msg = self._next_received(timeout)
+        return msg._replace(value=self._object(msg.value))
+
+    def _receive_object(self, timeout: float | None = None, *, out: Any = None) -> Any:
+        """The next message's object (DecodeError, for that message alone, if it cannot be decoded)."""
+        if out is not None:
+            raise TypeError("receive(out=) copies bytes: a subscriber with a serializer gives objects "
+                            "(receive_into() still copies the bytes)")
+        if self._later:
+            return self._object(self._later.popleft().value)
+        value = Subscriber.receive(self, timeout)  # (its shortest way: one C call)
+        return self.serializer.decode(value) if type(value) is bytes else self._object(value)
+
+    def _receive_objects(self, max_messages: int = 1024, timeout: float | None = None) -> list[Any]:
+        """What has arrived (at least one, waiting as receive does), decoded. An undecodable message
+        ends the batch before it; the next receive raises its DecodeError, then goes on after it."""
+        got = [self._next_received(timeout)]
+        while len(got) < max_messages:
+            if self._later:
+                got.append(self._later.popleft())
+            elif self._items:
+                got.append(self._items.popleft())
+            else:
+                msg = self._from_rings() if self._rings else None
+                if msg is None:
+                    break
+                got.append(msg)
+        out: list[Any] = []
+        for i, msg in enumerate(got):
+            try:
+                out.append(self._object(msg.value))
+            except DecodeError:
+                if not out:
+                    self._later.extendleft(reversed(got[i + 1:]))
+                    raise
+                self._later.extendleft(reversed(got[i:]))
+                break
+        return out
+
+    async def _areceive_object(self) -> Any:
+        if self._later:
+            return self._object(self._later.popleft().value)
+        return self._object(await Subscriber.areceive(self))
 
     def _start(self) -> None:
         if self._fetch is None and self.handle:
@@ -836,7 +928,7 @@ class Subscriber(SubSession):
                         self.corrupt += 1
                         self.last_error = str(e)
         # anything else (a message in fragments or with meta, several rings, relayed ones): the long way
-        return self.receive_message(timeout).value
+        return Subscriber.receive_message(self, timeout).value
 
     def _begin(self) -> None:
         """What every receive does first: give back a view lent, and, every _FETCH_EVERY messages of a
@@ -859,7 +951,7 @@ class Subscriber(SubSession):
     def receive_array(self, timeout: float | None = None) -> np.ndarray:
         """The next message as a numpy array: an array message with its dtype and shape, any other as
         uint8 (read-only, over the bytes received, no copy after them)."""
-        value = self.receive(timeout)
+        value = Subscriber.receive(self, timeout)
         return value if isinstance(value, np.ndarray) else np.frombuffer(value, np.uint8)
 
     def _into(self, buf: Any, timeout: float | None) -> tuple[int, bytes]:
@@ -876,7 +968,7 @@ class Subscriber(SubSession):
                     return r[1], r[2]
                 raise ValueError(f"the next message on {self.topic!r} has {r[1]} bytes, more than the "
                                  f"{memoryview(buf).nbytes} of the buffer given")
-        msg = self.receive_message(timeout)
+        msg = Subscriber.receive_message(self, timeout)
         value = msg.value
         src = _flat(value)
         meta = _array_meta(value.dtype, value.shape) if isinstance(value, np.ndarray) else b""
@@ -890,9 +982,13 @@ class Subscriber(SubSession):
 
     def receive_view(self, timeout: float | None = None) -> memoryview | np.ndarray:
         """The next message without a copy where it can be: a read-only memoryview (or numpy array)
-        over the publisher's ring itself when this subscriber reads the ring in place, valid until
-        release() (or the next receive, which releases it). A relayed message, or one in fragments,
-        is viewed over the bytes that brought it. As receive() otherwise."""
+        over the publisher's ring itself when this subscriber reads the ring in place. The message
+        stays there, and the publisher never writes over it, until release() or the next receive,
+        which revoke the memoryview (any later use raises ValueError). A numpy array, or a slice or
+        array made from the view, cannot be revoked: while one is alive the next receive (and
+        release()) raises ViewInUse, so drop it (del) first, or receive a copy instead. A relayed
+        message, or one in fragments, is viewed over the bytes that brought it. As receive()
+        otherwise."""
         self._begin()
         if not self._items and len(self._rings) == 1 and not self._leaving and not self._handover:
             for pub, ring in self._rings.items():
@@ -907,28 +1003,47 @@ class Subscriber(SubSession):
                         asm = self._assemblers[pub] = _assembler()
                     if not (more or k) and seq > asm.seq and asm.complete and _HEAD_SIZE + mlen <= len(rec):
                         meta = bytes(rec[_HEAD_SIZE:_HEAD_SIZE + mlen])
+                        bad = ""
                         try:
                             value: memoryview | np.ndarray = _decode(rec[_HEAD_SIZE + mlen:], meta)
                         except ServerGone as e:
+                            bad = str(e)  # (released below: the traceback holds a slice of the record)
+                        if bad:
                             self.corrupt += 1
-                            self.last_error = str(e)
+                            self.last_error = bad
+                            del rec
                             ring.release()
                             break
                         asm.seq = seq
                         self._held = ring
+                        if type(value) is memoryview:
+                            self._lent = value
                         return value
                 copy = bytes(rec)  # anything else (a fragment, an odd record): read as receive() reads it
+                del rec
                 ring.release()
                 self._push_front(pub, copy)
                 break
-        got = self.receive_message(timeout).value
+        got = Subscriber.receive_message(self, timeout).value
         return memoryview(got).toreadonly() if isinstance(got, bytes) else got
 
     def release(self) -> None:
-        """Give back what receive_view() lent (a no-op when it lent nothing from a ring)."""
-        ring, self._held = self._held, None
-        if ring is not None and not ring.closed:
-            ring.release()
+        """Give back what receive_view() lent (a no-op when it lent nothing from a ring), revoking the
+        memoryview. ViewInUse while something made from it (a numpy array, a slice) is alive: the
+        message stays held until that is dropped."""
+        ring = self._held
+        if ring is None:
+            return
+        lent, self._lent = self._lent, None
+        if lent is not None:
+            try:
+                lent.release()
+            except BufferError:
+                pass  # an array or a view of it holds it: the ring's release says so
+            del lent
+        if not ring.closed:
+            ring.release()  # ViewInUse: still held, and so is self._held
+        self._held = None
 
     def _push_front(self, pub: int, rec: bytes) -> None:
         """A record taken out of a ring by receive_view that it does not lend: fed as _from_rings would."""
@@ -962,7 +1077,7 @@ class Subscriber(SubSession):
                             self._since = 0
                             self._take(0)
                         return got  # type: ignore[no-any-return]
-        out = [self.receive(timeout)]
+        out = [Subscriber.receive(self, timeout)]
         while len(out) < max_messages:
             if self._items:
                 out.append(self._items.popleft().value)
@@ -996,14 +1111,24 @@ class Subscriber(SubSession):
             self._take(0)
         return self._items.popleft().value
 
+    def _drop_lent(self) -> None:
+        """Revoke the view receive_view() lent, where nothing made from it holds it (its ring then
+        leaves when that goes: Broadcast.close)."""
+        lent, self._held, self._fast, self._lent = self._lent, None, None, None
+        if lent is not None:
+            try:
+                lent.release()
+            except BufferError:
+                pass
+
     def _session_ended(self) -> None:
-        self._held = self._fast = None
+        self._drop_lent()
         for pub in list(self._rings):
             self._close_ring(pub)
         super()._session_ended()
 
     def close(self) -> None:
-        self._held = self._fast = None  # its ring closes below
+        self._drop_lent()  # its ring closes below
         for pub in list(self._rings):
             self._close_ring(pub)
         fut, self._fetch = self._fetch, None
@@ -1021,7 +1146,15 @@ class Subscriber(SubSession):
 
 
 def open_publisher(session: ClientSession, topic: str, *, history: int = 0, block_timeout: float = 5.0,
-                   ring_capacity: int | None = None) -> Publisher:
+                   ring_capacity: int | None = None, serializer: Any = None) -> Publisher:
+    _serializer(serializer)  # an unknown name or a missing package: before anything is opened
+    pub = _open_publisher(session, topic, history, block_timeout, ring_capacity)
+    pub._use(serializer)
+    return pub
+
+
+def _open_publisher(session: ClientSession, topic: str, history: int, block_timeout: float,
+                    ring_capacity: int | None) -> Publisher:
     if session.transport != "shared memory":
         handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(), _options(history=history,
                                                                                 block_timeout=block_timeout))
@@ -1053,7 +1186,16 @@ def open_publisher(session: ClientSession, topic: str, *, history: int = 0, bloc
 
 
 def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
-                    history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
+                    history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024,
+                    serializer: Any = None) -> Subscriber:
+    _serializer(serializer)  # an unknown name or a missing package: before anything is opened
+    sub = _open_subscriber(session, topic, capacity, policy, history, buffer_size, batch)
+    sub._use(serializer)
+    return sub
+
+
+def _open_subscriber(session: ClientSession, topic: str, capacity: int, policy: str, history: int,
+                     buffer_size: int, batch: int) -> Subscriber:
     direct = session.transport == "shared memory" and policy == "block" and not history and not topic.endswith("*")
     if not direct:
         handle = session.send_receive(TOPIC_SUBSCRIBER, topic.encode(),
