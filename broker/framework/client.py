@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base  # its state names: _Reply keeps Future's fields itself
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, overload
 
 from broker.transport import address as _address
 from broker.transport import keys as _keys
@@ -40,7 +40,7 @@ from broker._errors import (
     VersionRefused,
 )
 from broker.core.shm import MEMFD
-from broker.protocol.serial import serializer as _serializer
+from broker.protocol.serial import Serializer, serializer as _serializer
 from broker.protocol.frames import parse_passed_fds
 from broker.protocol.frames import (
     BIG_FRAME,
@@ -407,6 +407,14 @@ class ClientSession:
         fut: Future[int] = Future()
         rid = self._submit(code, args, handle, False, fut)
         return self._wait(fut, rid, timeout)
+
+    @overload
+    def call(self, code: int, *args: Any, handle: int = 0, timeout: float | None = None,
+             serializer: None = None) -> bytes: ...
+
+    @overload
+    def call(self, code: int, *args: Any, handle: int = 0, timeout: float | None = None,
+             serializer: "str | Serializer") -> Any: ...
 
     def call(self, code: int, *args: Any, handle: int = 0, timeout: float | None = None,
              serializer: Any = None) -> Any:
