@@ -133,6 +133,9 @@ def test_aconnect_to_serve_async_on_the_same_loop(tmp_path, transport):
                 for i in range(20):
                     await pub.apublish(b"%d" % i)
                 assert [await sub.areceive() for _ in range(20)] == [b"%d" % i for i in range(20)]
+                for i in range(20, 40):
+                    await pub.apublish(b"%d" % i)
+                    assert await sub.areceive() == b"%d" % i
                 await pub.aclose()
                 await sub.aclose()
                 assert await s.atopics() == []
@@ -171,6 +174,11 @@ def test_the_basics(served, provider, transport):
                             break
                         got.append(message)
                     assert got == [b"m%d" % i for i in range(100)]
+                for i in range(30):  # one by one: on shared memory the subscriber of the publisher's session
+                    await pub.apublish(b"n%d" % i)  # takes over its ring, and tells the server so (not waiting)
+                    assert [await sub.areceive() for sub in subs] == [b"n%d" % i] * 2
+                assert [sub.in_place for sub in subs] == [transport == "shm"] * 2  # (one login session: both)
+                for sub in subs:
                     await sub.aclose()
                 await pub.aclose()
             # a linked service in another process, through the broker

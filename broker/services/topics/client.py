@@ -580,6 +580,15 @@ class Publisher(SubSession):
         return self
 
 
+def _on_a_loop() -> bool:
+    """Does this thread run an asyncio loop (where nothing may wait for the server)?"""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _raise_full(e: ServiceError) -> None:
     if e.status == Status.TIMED_OUT:
         raise FullTimeout(e.text or str(e)) from None
@@ -734,6 +743,9 @@ class Subscriber(SubSession):
 
     def _tell_direct(self, pub: int, seq: int) -> None:
         try:
+            if _on_a_loop():  # (areceive's) never wait on the loop: the answer says nothing we need
+                self.session.send(TOPIC_DIRECT, pub, seq, handle=self.handle)
+                return
             self.session.send_receive(TOPIC_DIRECT, pub, seq, handle=self.handle)
         except BrokerError:  # the server relays on: its copies are dropped here (or the session is over)
             pass
