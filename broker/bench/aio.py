@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from broker.api import ClientSession, aconnect, connect
+from broker.api import aconnect, connect
 from broker.bench import ring as _bench_ring
 from broker.bench.link import _provider
 from broker.bench.ring import _child, _machine, _Progress, _scale
@@ -39,7 +39,7 @@ BATCH = 100  # publish+receive: published, then received, this many at a time
 CONCURRENT = 16
 
 
-def _sync(s: ClientSession, row: str, n: int) -> float:
+def _sync(s: Any, row: str, n: int) -> float:
     """n operations of `row` with the sync client: their rate a second."""
     t0 = time.perf_counter()
     if row == "call":
@@ -71,7 +71,7 @@ def _sync(s: ClientSession, row: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def _async(s: ClientSession, row: str, n: int) -> float:
+async def _async(s: Any, row: str, n: int) -> float:
     """n operations of `row` with the asyncio client: their rate a second."""
     t0 = time.perf_counter()
     if row == "call":

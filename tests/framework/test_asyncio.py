@@ -398,3 +398,38 @@ def test_a_session_read_by_a_loop_goes_on_after_it(served):
         assert s.send_receive(LENGTH, b"abcd") == 4
         assert _run(s.asend_receive(LENGTH, b"ab")) == 2
         assert s.send_receive(LENGTH, b"a") == 1
+
+
+@pytest.mark.parametrize("way", ["sharable", "no bell"])
+def test_the_reader_thread_where_the_loop_cannot_read(served, way):
+    """A sharable session, and a shared-memory session whose server passed no bell (a server of before),
+    are read by the session's reader thread; the loop hears of each reply from it, and is not blocked."""
+    async def main(s) -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        tick = asyncio.ensure_future(ticker())
+        try:
+            assert await asyncio.gather(*(s.asend_receive(LENGTH, b"x" * i) for i in range(50))) == list(range(50))
+            sub = await s.asubscriber("fallback")
+            pub = await s.apublisher("fallback")
+            for i in range(20):
+                await pub.apublish(b"%d" % i)
+            assert [await sub.areceive() for _ in range(20)] == [b"%d" % i for i in range(20)]
+            await pub.aclose()
+            await sub.aclose()
+        finally:
+            tick.cancel()
+        assert ticks > 0
+        assert any(t.name.startswith("broker-client") for t in threading.enumerate())  # the reader thread
+
+    with connect(served.unix, sharable=way == "sharable") as s:
+        if way == "no bell":
+            os.close(s.carrier.bell)
+            s.carrier.bell = -1
+        _run(main(s))
