@@ -71,6 +71,7 @@ NOTIFY_QUEUE = 1024  # notifications kept for notifications() (the oldest go fir
 _MAX_FDS = 8  # descriptors accepted with one message (an offer brings three)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
+_FLUSH_NAP_MIN, _FLUSH_NAP_MAX = 50e-6, 0.002  # a loop's look for room in ring 0: from, doubling to
 
 
 class Buffer:
@@ -342,11 +343,22 @@ class _LoopReader:
         self.loop = loop
         self.thread = threading.get_ident()
         self.fd = os.dup(fd)
+        self.writing = False
         try:
             loop.add_reader(self.fd, session._loop_readable)
         except BaseException:
             os.close(self.fd)
             raise
+
+    def want_write(self, fn: Callable[[], Any] | None) -> None:
+        """fn() when the descriptor (a socket) is writable; None: no more."""
+        if fn is None:
+            if self.writing:
+                self.writing = False
+                self.loop.remove_writer(self.fd)
+        elif not self.writing and self.fd >= 0:
+            self.writing = True
+            self.loop.add_writer(self.fd, fn)
 
     def call(self, fn: Callable[[], Any]) -> bool:
         """fn() on the loop's thread (soon); False if the loop is closed (nobody would run it)."""
@@ -367,6 +379,9 @@ class _LoopReader:
         if fd >= 0:
             if not self.loop.is_closed():
                 self.loop.remove_reader(fd)
+                if self.writing:
+                    self.loop.remove_writer(fd)
+            self.writing = False
             os.close(fd)
 
 
@@ -451,6 +466,9 @@ class ClientSession:
         self._watched = False  # its socket is watched for the server's hang-up (framework/watch.py)
         self._aread: _LoopReader | None = None  # an asyncio loop reads the session (see _loop_attach)
         self._arm_due = False  # the loop's reader is to look and arm ring 1 again (_rearm)
+        self._out: deque[Any] = deque()  # frames the loop's thread wrote that wait for room (_write)
+        self._flush_due = False
+        self._flush_nap = _FLUSH_NAP_MIN
         if sharable:
             self._start_reader()
 
@@ -1159,8 +1177,66 @@ class ClientSession:
         return self._wait(inline, rid, None)
 
     def _write(self, frame: bytes) -> None:
-        """A frame to the server, on the session's carrier (with the lock held)."""
-        self._carrier.send(frame)
+        """A frame to the server, on the session's carrier (with the lock held). On the thread of the loop
+        that reads the session it never waits for room: what the carrier does not take now waits in
+        _out, in order, and goes as the server reads (_flush_out; a blocking read first sends it all:
+        _flush_blocking). Else it waits for room while the server lives (it always reads)."""
+        aread = self._aread
+        if aread is None or threading.get_ident() != aread.thread or aread.loop.is_closed() or self._reading:
+            if self._out:
+                self._flush_blocking()
+            self._carrier.send(frame)
+            return
+        if self._out:
+            self._out.append(frame)
+            return
+        rest = self._carrier.send_nowait(frame)
+        if rest is not None:
+            self._out.append(rest)
+            self._flush_soon(aread)
+
+    def _flush_blocking(self) -> None:
+        """What waits in _out, sent now, waiting for room (a blocking call is about to wait anyway)."""
+        with self._lock:
+            while self._out:
+                self._carrier.send(self._out.popleft())
+
+    def _flush_soon(self, aread: "_LoopReader") -> None:
+        """_out is sent when there is room: a socket's, when the loop says it is writable; a ring's, looked
+        at between short sleeps on the loop (a producer waiting for room sleeps on a futex)."""
+        if self._rings is None:
+            aread.want_write(self._flush_out)
+        elif not self._flush_due:
+            self._flush_due = True
+            aread.loop.call_later(self._flush_nap, self._flush_out)
+            self._flush_nap = min(self._flush_nap * 2, _FLUSH_NAP_MAX)
+
+    def _flush_out(self) -> None:
+        """The loop's: what waits in _out, as far as the carrier takes it now."""
+        self._flush_due = False
+        error: BaseException | None = None
+        with self._lock:
+            aread = self._aread
+            if self._broken is not None or aread is None:
+                self._out.clear()
+                return
+            try:
+                while self._out:
+                    rest = self._carrier.send_nowait(self._out[0])
+                    if rest is not None:
+                        self._out[0] = rest
+                        break
+                    self._out.popleft()
+            except (OSError, BrokerError) as e:
+                error = e
+            if error is None:
+                if self._out:
+                    self._flush_soon(aread)
+                else:
+                    self._flush_nap = _FLUSH_NAP_MIN
+                    aread.want_write(None)
+        if error is not None:
+            self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
 
     def _wait(self, fut: Any, rid: int, timeout: float | None) -> int:
         try:
@@ -1233,6 +1309,12 @@ class ClientSession:
         passed: then _wait raises Timeout). The carrier spins, then sleeps (transport/carrier.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         take = self._carrier.take
+        if self._out:  # (a loop's writes wait there: this thread waits now, so they go first)
+            try:
+                self._flush_blocking()
+            except (OSError, BrokerError) as e:
+                self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
+                return
         while not fut.done() and self._broken is None:
             try:
                 data = take(deadline)
@@ -1361,6 +1443,7 @@ class ClientSession:
             aread, self._aread = self._aread, None
             if aread is not None:
                 aread.detach()
+            self._out.clear()
             if self._watched:
                 self._watched = False
                 WATCHER.forget(self._sock.fileno())  # before the close: its number may be reused at once

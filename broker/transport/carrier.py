@@ -100,6 +100,18 @@ class SocketCarrier:
         else:
             self.sock.sendall(frame)
 
+    def send_nowait(self, frame: "bytes | memoryview | tuple[bytes, ...]") -> memoryview | None:
+        """As much of the frame as the socket takes now, never waiting: None when all of it went, else
+        what is left (to send when the socket is writable again). OSError when the connection broke."""
+        view = memoryview(b"".join(frame) if type(frame) is tuple else frame).cast("B")
+        at, n = 0, len(view)
+        while at < n:
+            try:
+                at += self.sock.send(view[at:], _DONTWAIT)
+            except BlockingIOError:
+                return view[at:]
+        return None
+
     def _got(self, n: "int | OSError", room: memoryview | None = None) -> memoryview:
         if isinstance(n, OSError):
             raise CarrierGone(f"the connection to {self.address} broke: {n}")
@@ -452,6 +464,18 @@ class ClientRings:
         send, step = self.tx.send, self._chunk
         for at in range(0, len(view), step):
             send(view[at : at + step])
+
+    def send_nowait(self, frame: "bytes | memoryview | tuple[bytes, ...]") -> memoryview | None:
+        """As much of the frame as ring 0 has room for now, in records, never waiting: None when all of
+        it went, else what is left (the server reads ring 0, then there is room for it)."""
+        view = memoryview(b"".join(frame) if type(frame) is tuple else frame).cast("B")
+        send, step = self.tx.send, self._chunk
+        for at in range(0, len(view), step):
+            try:
+                send(view[at : at + step], 0)
+            except Full:
+                return view[at:]
+        return None
 
     def recv(self, timeout: float | None) -> bytes:
         return self.rx.recv(timeout)

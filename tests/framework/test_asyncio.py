@@ -433,3 +433,36 @@ def test_the_reader_thread_where_the_loop_cannot_read(served, way):
             os.close(s.carrier.bell)
             s.carrier.bell = -1
         _run(main(s))
+
+
+class Sink(broker.Session):
+    def service(self, m: broker.Message) -> None:
+        m.complete(len(m.read_view(0)))
+
+
+@pytest.mark.parametrize("transport", ["shm", "socket"])
+def test_requests_bigger_than_the_carrier_to_serve_async_on_the_same_loop(tmp_path, transport):
+    """A 4 MiB request (ring 0 holds 1 MiB; a socket's buffer less) and 3000 requests at once to a server
+    on the same loop: the client's writes never wait for room on the loop (the server could not make
+    any), they wait their turn in order. In a child: a loop that blocked would hang there, not here."""
+    path = str(tmp_path / "big.sock")
+
+    def client() -> None:
+        async def main() -> None:
+            srv = broker.Server(path, Sink)
+            task = asyncio.create_task(srv.serve_async())
+            await asyncio.sleep(0)
+            try:
+                async with await broker.aconnect(path, socket_only=transport == "socket") as s:
+                    assert s.transport == _expect(transport)
+                    assert await s.asend_receive(1, b"x" * (4 << 20)) == 4 << 20
+                    sizes = [1000 + i % 7 for i in range(3000)]
+                    assert await asyncio.gather(*(s.asend_receive(1, b"y" * n) for n in sizes)) == sizes
+                    assert await s.asend_receive(1, b"z" * (3 << 20)) == 3 << 20
+            finally:
+                srv.stop()
+                await task
+
+        asyncio.run(main())
+
+    assert Child(client).join(120) == 0
