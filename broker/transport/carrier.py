@@ -103,7 +103,7 @@ class SocketCarrier:
     def send_nowait(self, frame: "bytes | memoryview | tuple[bytes, ...]") -> memoryview | None:
         """As much of the frame as the socket takes now, never waiting: None when all of it went, else
         what is left (to send when the socket is writable again). OSError when the connection broke."""
-        view = memoryview(b"".join(frame) if type(frame) is tuple else frame).cast("B")
+        view = memoryview(b"".join(frame) if isinstance(frame, tuple) else frame).cast("B")
         at, n = 0, len(view)
         while at < n:
             try:
@@ -468,7 +468,7 @@ class ClientRings:
     def send_nowait(self, frame: "bytes | memoryview | tuple[bytes, ...]") -> memoryview | None:
         """As much of the frame as ring 0 has room for now, in records, never waiting: None when all of
         it went, else what is left (the server reads ring 0, then there is room for it)."""
-        view = memoryview(b"".join(frame) if type(frame) is tuple else frame).cast("B")
+        view = memoryview(b"".join(frame) if isinstance(frame, tuple) else frame).cast("B")
         send, step = self.tx.send, self._chunk
         for at in range(0, len(view), step):
             try:
