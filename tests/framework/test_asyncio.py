@@ -122,6 +122,8 @@ def test_aconnect_to_serve_async_on_the_same_loop(tmp_path, transport):
         try:
             while not os.path.exists(path):
                 await asyncio.sleep(0.001)
+            with pytest.raises(broker.StateError, match=r"aconnect"):  # at once: not ServerNotFound after 2 s
+                connect(path)
             async with await broker.aconnect(path, socket_only=transport == "socket") as s:
                 assert s.transport == _expect(transport)
                 assert await s.asend_receive(1, 2, 3) == 5
