@@ -1,5 +1,5 @@
 """broker: a shared-memory message broker for one Linux host, used from Python."""
-from broker.api import ClientSession, Server, connect, start_server
+from broker.api import ClientSession, Server, aconnect, connect, start_server
 from broker.federation import Federation
 from broker.framework.client import Buffer, Functions, SubSession, ViewBuffer, functions
 from broker._errors import (
@@ -121,6 +121,7 @@ __all__ = [
     "Table",
     "VersionRefused",
     "ViewBuffer",
+    "aconnect",
     "connect",
     "start_server",
     "Notification",

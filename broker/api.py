@@ -30,9 +30,11 @@ from broker.federation import Federation, FederationLink
 from broker.federation import metrics as federation_metrics
 from broker.services.links.broker import LinkBroker
 from broker.protocol.serial import serializer as _serializer
-from broker.services.links.client import Link, LinkedCall, Offer, open_link, open_offer, serialized_handler
+from broker.services.links.client import (Link, LinkedCall, Offer, aopen_link, aopen_offer, open_link, open_offer,
+                                          serialized_handler)
 from broker.services.topics.broker import TopicBroker
-from broker.services.topics.client import Publisher, Subscriber, list_topics, open_publisher, open_subscriber
+from broker.services.topics.client import (Publisher, Subscriber, alist_topics, aopen_publisher, aopen_subscriber,
+                                            list_topics, open_publisher, open_subscriber)
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # (typing's own from Python 3.11)
@@ -312,6 +314,32 @@ class ClientSession(_client.ClientSession):
         """The server's topics: publishers, subscribers (with their policies, queues, losses), counters."""
         return list_topics(self)
 
+    # -- asyncio: the same, awaited on the running loop (broker.aconnect) ------------------------------
+
+    async def apublisher(self, topic: str, *, history: int = 0, block_timeout: float = 5.0,
+                         ring_capacity: int | None = None) -> Any:
+        """publisher() for asyncio: its apublish() never blocks the loop."""
+        return await aopen_publisher(self, topic, history=history, block_timeout=block_timeout,
+                                     ring_capacity=ring_capacity)
+
+    async def asubscriber(self, topic: str, *, capacity: int = 1024, policy: str = "block", history: int = 0,
+                          buffer_size: int = 1 << 20, batch: int = 1024) -> Any:
+        """subscriber() for asyncio: `await sub.areceive()`, `async for message in sub`."""
+        return await aopen_subscriber(self, topic, capacity=capacity, policy=policy, history=history,
+                                      buffer_size=buffer_size, batch=batch)
+
+    async def aoffer(self, name: str, handler: Callable[[Any], Any], *, max_call: int = 1 << 20) -> Any:
+        """offer() for asyncio: serve it with `await offer.aserve_forever()` (the handler may be async def)."""
+        return await aopen_offer(self, name, handler, max_call)
+
+    async def alink(self, name: str) -> Any:
+        """link() for asyncio: `await link.asend_receive(code, ...)`."""
+        return await aopen_link(self, name)
+
+    async def atopics(self) -> list[dict[str, Any]]:
+        """topics() for asyncio."""
+        return await alist_topics(self)
+
 
 EXIT_IN_USE = 3  # what `broker serve` returns when another server is live at its address (broker/cli.py)
 
@@ -381,3 +409,31 @@ connect.__doc__ = (_client.connect.__doc__ or "") + """
     returns; a callable is called with the address. When many clients start one at once, exactly one
     server wins the address (its lock, broker/transport/address.py) and every client connects to it.
     start_timeout: seconds to wait for it."""
+
+
+async def aconnect(address: str, *args: Any, start: "bool | Sequence[str] | Callable[[str], Any] | None" = None,
+                   start_timeout: float = 10.0, **options: Any) -> ClientSession:
+    """connect() for asyncio, with the same arguments: `async with await broker.aconnect(address) as s`.
+    The connection and its handshake go through the running loop, never blocking it, so a server that
+    serves on the same loop (serve_async) answers it; the session's async calls (asend_receive, acall,
+    apublisher, asubscriber, alink, aclose...) are read by this loop. start=: as connect's (the
+    starting command runs in a thread, awaited: it is a process to wait for)."""
+    options.setdefault("session_class", ClientSession)
+    if start is None or start is False:
+        return await _client.aconnect(address, *args, **options)  # type: ignore[return-value]
+    if not _address.parse(address).is_unix:
+        raise ValueError(f"start= starts a server on this host: give a name or a Unix socket path, not {address!r}")
+    try:
+        return await _client.aconnect(address, *args, **options)  # type: ignore[return-value]
+    except ServerNotFound:
+        pass
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + start_timeout
+    await asyncio.to_thread(start_server, address, start, start_timeout)
+    while True:
+        try:
+            return await _client.aconnect(address, *args, **options)  # type: ignore[return-value]
+        except ServerNotFound:
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.01)

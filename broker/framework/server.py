@@ -448,7 +448,7 @@ class _Conn(ConnBase):
             offer = self.proto.offer_shm(self.rings.capacity, self.rings.name)
             try:
                 sent = self.sock.sendmsg([offer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                    array.array("i", [self.rings.doorbell, self.rings.segment]))])
+                                                    array.array("i", [self.rings.doorbell, self.rings.segment, self.rings.bell]))])
             except OSError as e:  # the reason now: Python unbinds `e` when this block ends
                 self.server._call_soon(functools.partial(self.end, f"died: {e}"))
                 return

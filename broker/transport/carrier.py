@@ -100,6 +100,18 @@ class SocketCarrier:
         else:
             self.sock.sendall(frame)
 
+    def send_nowait(self, frame: "bytes | memoryview | tuple[bytes, ...]") -> memoryview | None:
+        """As much of the frame as the socket takes now, never waiting: None when all of it went, else
+        what is left (to send when the socket is writable again). OSError when the connection broke."""
+        view = memoryview(b"".join(frame) if isinstance(frame, tuple) else frame).cast("B")
+        at, n = 0, len(view)
+        while at < n:
+            try:
+                at += self.sock.send(view[at:], _DONTWAIT)
+            except BlockingIOError:
+                return view[at:]
+        return None
+
     def _got(self, n: "int | OSError", room: memoryview | None = None) -> memoryview:
         if isinstance(n, OSError):
             raise CarrierGone(f"the connection to {self.address} broke: {n}")
@@ -271,6 +283,11 @@ class ServerRings:
         self.capacity = capacity
         try:
             self.doorbell = self.rx.fileno()  # an eventfd: the client writes it when we sleep
+            # ring 1's bell: an eventfd we write when we put a frame into ring 1 while the client sleeps
+            # on it (its asyncio loop watches it: ClientSession._loop_attach); closed with the ring
+            self.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.tx.keep_fd(self.bell)
+            self.tx.set_notify_fd(self.bell)
         except BaseException:
             self.close()
             raise
@@ -404,13 +421,19 @@ class ClientRings:
 
     kind = "shared memory"
 
-    def __init__(self, name: str, doorbell: int, segment: int, spin_us: float, address: str = "") -> None:
-        """From the two descriptors the offer brought (ours to close, both, whatever happens here)."""
+    def __init__(self, name: str, doorbell: int, segment: int, spin_us: float, address: str = "",
+                 bell: int = -1) -> None:
+        """From the descriptors the offer brought (ours to close, all of them, whatever happens here):
+        ring 0's doorbell, the segment and, from a server that gives one, ring 1's bell (an eventfd the
+        server writes when this side sleeps on it: an asyncio loop watches it; -1: none)."""
         self.address = address  # the server's, for what a failure says
+        self.bell = bell  # ours to close
         try:
             self.tx, self.rx, self.nonce = open_session_rings(segment, name, spin_us)
         except BaseException:
             os.close(doorbell)
+            if bell >= 0:
+                os.close(bell)
             raise
         finally:
             os.close(segment)  # mapped twice: the descriptor is not needed any more
@@ -441,6 +464,18 @@ class ClientRings:
         send, step = self.tx.send, self._chunk
         for at in range(0, len(view), step):
             send(view[at : at + step])
+
+    def send_nowait(self, frame: "bytes | memoryview | tuple[bytes, ...]") -> memoryview | None:
+        """As much of the frame as ring 0 has room for now, in records, never waiting: None when all of
+        it went, else what is left (the server reads ring 0, then there is room for it)."""
+        view = memoryview(b"".join(frame) if isinstance(frame, tuple) else frame).cast("B")
+        send, step = self.tx.send, self._chunk
+        for at in range(0, len(view), step):
+            try:
+                send(view[at : at + step], 0)
+            except Full:
+                return view[at:]
+        return None
 
     def recv(self, timeout: float | None) -> bytes:
         return self.rx.recv(timeout)
@@ -485,4 +520,7 @@ class ClientRings:
         if self.doorbell >= 0:
             os.close(self.doorbell)
             self.doorbell = -1
+        if self.bell >= 0:
+            os.close(self.bell)
+            self.bell = -1
 

@@ -95,7 +95,7 @@ def test_a_future_whose_answer_came_is_not_cancelled(hung):
 
 def test_an_asyncio_wait_for_that_times_out_cancels_the_request(hung):
     async def main() -> None:
-        with connect(hung.address, slots=2) as s:
+        async with await broker.aconnect(hung.address, slots=2) as s:
             for _ in range(5):
                 with pytest.raises(asyncio.TimeoutError):
                     await asyncio.wait_for(s.asend(HANG), 0.05)

@@ -426,7 +426,7 @@ def test_asyncio_flavour(server):
 
     def client() -> None:
         async def main() -> None:
-            with connect(server.address, slots=8) as s:
+            async with await broker.aconnect(server.address, slots=8) as s:
                 results = await asyncio.gather(*(s.asend(ECHO_LEN, b"q" * i) for i in range(8)))
                 assert results == list(range(8))
                 assert await s.asend_receive(LATER) == 42

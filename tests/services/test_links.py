@@ -223,8 +223,8 @@ def test_an_asyncio_provider(server):
             return 7
 
         async def main() -> None:
-            with connect(server.address) as s:
-                offer = s.offer("aupper", upper)
+            async with await broker.aconnect(server.address) as s:
+                offer = await s.aoffer("aupper", upper)
                 os.write(ready_w, b"p")
                 task = asyncio.ensure_future(offer.aserve_forever())
                 await asyncio.sleep(30)

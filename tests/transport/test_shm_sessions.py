@@ -326,7 +326,7 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
             proto.receive(data)
         import fcntl
 
-        assert len(fds) == 2 and fcntl.fcntl(fds[1], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK  # a sealed memfd
+        assert len(fds) == 3 and fcntl.fcntl(fds[1], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK  # a sealed memfd
         seg = os.readlink(f"/proc/self/fd/{fds[1]}")
         assert seg.startswith("/memfd:") and proto.offer.name.startswith("memfd:")
         assert not [e for e in os.listdir("/dev/shm") if _names.is_ours(e) and ".session." in e]  # no name

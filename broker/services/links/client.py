@@ -774,8 +774,32 @@ class Link(SubSession):
         return outer
 
     async def asend_receive(self, code: int, *args: Any) -> int:
-        """send_receive for asyncio (through the broker, as send())."""
-        return await asyncio.wrap_future(self.send(code, *args))
+        """send_receive for asyncio, never blocking the loop: through the broker (a private pair's calls
+        are C calls that wait on a futex), the provider's writes applied to the arguments, the same typed
+        errors as send_receive (ServiceError: DISCONNECTED when the provider went, NOT_FOUND when
+        nobody offers it; ServerGone...). A cancelled await cancels the call: the broker is told, and
+        the session's slot is free at once."""
+        blob, room = pack_call(args, Buffer)
+        out = Buffer(room) if room else None
+        status = await self.session.asend_receive(LINK_CALL, code, blob, out, handle=self.handle)
+        self._relayed_writes(args, out)
+        return status
+
+    async def aclose(self) -> None:
+        """close() for asyncio: the server's part awaited."""
+        pair, self._pair = self._pair, None
+        if pair is not None:
+            pair.close()
+        fut, self._pairing = (self._pairing or (None, None))[1], None
+        await super().aclose()
+        if fut is not None and not self.session.closed:
+            try:
+                await asyncio.wait_for(self.session.await_future(fut), 5.0)
+            except (Exception, TimeoutError):
+                pass
+
+    async def __aenter__(self) -> "Link":
+        return self
 
     def _session_ended(self) -> None:
         pair, self._pair = self._pair, None
@@ -813,3 +837,12 @@ def open_offer(session: ClientSession, name: str, handler: Callable[..., Any],
 def open_link(session: ClientSession, name: str) -> Link:
     return Link(session, session.send_receive(LINK_OPEN, name.encode()), name)
 
+
+
+async def aopen_offer(session: ClientSession, name: str, handler: Callable[[LinkedCall], Any],
+                      max_call: int = 1 << 20) -> Offer:
+    return Offer(session, await session.asend_receive(LINK_OFFER, name.encode()), name, handler, max_call)
+
+
+async def aopen_link(session: ClientSession, name: str) -> Link:
+    return Link(session, await session.asend_receive(LINK_OPEN, name.encode()), name)

@@ -21,6 +21,7 @@ import re
 import struct
 import time
 from collections import deque
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, NoReturn, TypeVar, overload
 
 import numpy as np
@@ -52,6 +53,9 @@ _HEAD_SIZE = RECORD_HEAD.size
 _UNPACK = functools.partial(RECORD_HEAD.unpack_from, offset=0)
 _WAIT_SLICE = 0.01  # a direct subscriber waits on a ring this long at a time, then looks at its FETCH
 _FETCH_EVERY = 256  # a direct subscriber looks at its FETCH at least every this many messages
+# asyncio's looks at a broadcast ring (whose waiters sleep on a futex no loop can watch): between looks
+# that found nothing, sleeps on the loop from _NAP_MIN, doubled each time, up to _NAP_MAX
+_NAP_MIN, _NAP_MAX = 50e-6, 0.002
 _tsend, _tsend_many = _RING_CALLS["topic_send"], _RING_CALLS["topic_send_many"]  # csrc/py/ring.c: plain messages
 _trecv, _trecv_many = _RING_CALLS["topic_recv"], _RING_CALLS["topic_recv_many"]
 
@@ -371,6 +375,65 @@ class Publisher(SubSession):
         self.publish = publish  # type: ignore[method-assign, assignment]
         self.publish_many = publish_many  # type: ignore[method-assign, assignment]
 
+    async def apublish(self, data: Any, *, timeout: float | None = None) -> None:
+        """publish() for asyncio, never blocking the loop: a relayed publish is awaited as the session's
+        asend_receive; a ring publisher writes at once when its ring has room, and while it has none
+        (a blocking subscriber behind) it looks again between short sleeps on the loop (a broadcast
+        ring's producer sleeps on a futex, which a loop cannot watch), up to block_timeout (then
+        FullTimeout, as publish())."""
+        ring = self._ring
+        if ring is None:
+            payload, meta = _encode(data)
+            try:
+                await self.session.asend_receive(TOPIC_PUBLISH, payload, meta, handle=self.handle)
+            except ServiceError as e:
+                _raise_full(e)
+            return
+        if type(data) is bytes and len(data) <= self._small:
+            self._seq += 1
+            if not _tsend(self._addr, self._seq, data):
+                return
+            self._seq -= 1
+        buf, meta = _payload(data)
+        if isinstance(buf, np.ndarray) and not buf.flags.c_contiguous:
+            buf = np.ascontiguousarray(buf)
+        self._seq += 1
+        try:
+            r = _tpublish(self._addr, self._seq, buf, meta, 0)
+        except BaseException:
+            self._seq -= 1
+            raise
+        deadline = time.monotonic() + (self.block_timeout if timeout is None else timeout)
+        nap = _NAP_MIN
+        h = None
+        while r:
+            rc, k, need = r
+            try:
+                if rc != _RING_FULL:
+                    if rc == _RING_TOOBIG:
+                        raise TooBig(f"a message of {memoryview(buf).nbytes} bytes (meta {len(meta)}) does not fit "
+                                     f"{self.topic!r}'s ring (records of {ring.max_record} bytes)")
+                    raise ring._failed(rc, f"publish on {ring.name}")
+                if time.monotonic() >= deadline:
+                    raise Full(f"{ring.name}: no room for {need} bytes")
+                if self.session.server_gone():
+                    raise Closed(f"{ring.name}: the server is gone")
+                h = h or ring.need("producer")
+                ring._check_consumers(h)  # a dead lossless consumer is evicted, as a waiting publish() does
+                await asyncio.sleep(nap)
+                nap = min(nap * 2, _NAP_MAX)
+                if self._ring is not ring:
+                    raise Closed(f"{ring.name} was closed while waiting for room")
+            except BaseException as e:
+                if not k:  # nothing of it was written: its number is the next one's
+                    self._seq -= 1
+                if isinstance(e, Full):
+                    self._ring_full(e)
+                if isinstance(e, Closed):
+                    self._ring_closed(e)
+                raise
+            r = _tpublish(self._addr, self._seq, buf, meta, k)
+
     def publish_many(self, items: Iterable[Any], *, timeout: float | None = None) -> int:
         """Publish several in one call, in their order: all of them, or none (FullTimeout); a ring
         publisher's FullTimeout comes after a first part went (its `published` says how many)."""
@@ -535,8 +598,30 @@ class Publisher(SubSession):
         self._loan = None
         super().close()
 
+    async def aclose(self) -> None:
+        """close() for asyncio: the server's part awaited."""
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            if self._loan is not None and self._loan[0] == "ring":
+                ring.abort()
+            ring.close()
+        self._loan = None
+        await super().aclose()
+
     def __enter__(self) -> "Publisher":
         return self
+
+    async def __aenter__(self) -> "Publisher":
+        return self
+
+
+def _on_a_loop() -> bool:
+    """Does this thread run an asyncio loop (where nothing may wait for the server)?"""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _raise_full(e: ServiceError) -> None:
@@ -765,6 +850,9 @@ class Subscriber(SubSession):
 
     def _tell_direct(self, pub: int, seq: int) -> None:
         try:
+            if _on_a_loop():  # (areceive's) never wait on the loop: the answer says nothing we need
+                self.session.send(TOPIC_DIRECT, pub, seq, handle=self.handle)
+                return
             self.session.send_receive(TOPIC_DIRECT, pub, seq, handle=self.handle)
         except BrokerError:  # the server relays on: its copies are dropped here (or the session is over)
             pass
@@ -1097,19 +1185,44 @@ class Subscriber(SubSession):
         except (Disconnected, ServerGone):
             raise StopIteration from None
 
-    async def areceive(self) -> bytes | np.ndarray:
-        """receive() for asyncio."""
-        while not self._items:
-            if self._gone is not None:
-                raise Disconnected(self._gone)
-            self._start()
-            fut = self._fetch
-            try:
-                await asyncio.wrap_future(fut)
-            except ServiceError:
-                pass  # _take raises it, with what it means
-            self._take(0)
-        return self._items.popleft().value
+    async def areceive(self) -> Any:
+        """receive() for asyncio, never blocking the loop. What the FETCH brings (relayed messages, the
+        news of a ring) is awaited through the loop; a publisher's ring read in place (a publisher of
+        this session) is looked at between short sleeps on the loop, from 50 us doubling to 2 ms while
+        nothing comes (its readers sleep on a futex, which a loop cannot watch). A cancelled areceive
+        takes nothing: the next receive gets the message, and the FETCH stays the subscriber's."""
+        fetched: "asyncio.Future[Any] | None" = None
+        nap = _NAP_MIN
+        try:
+            while True:
+                try:
+                    return self.receive(timeout=0)
+                except EmptyTimeout:
+                    pass
+                fut = self._fetch
+                if fut is None:  # (receive made one, unless the subscriber is over: it says so)
+                    self._take(0)
+                    continue
+                if fetched is None or fetched.done():
+                    fetched = asyncio.ensure_future(self.session.await_future(fut))
+                if not self._rings:
+                    await asyncio.wait((fetched,))
+                    continue
+                await asyncio.wait((fetched,), timeout=nap)
+                nap = min(nap * 2, _NAP_MAX)
+        finally:
+            if fetched is not None and not fetched.done():
+                fetched.cancel()  # (only the waiting: the FETCH lives on)
+
+    def __aiter__(self) -> "Subscriber":
+        return self
+
+    async def __anext__(self) -> Any:
+        """async for: as areceive(), ending when the subscriber or its session is over."""
+        try:
+            return await self.areceive()
+        except (Disconnected, ServerGone):
+            raise StopAsyncIteration from None
 
     def _drop_lent(self) -> None:
         """Revoke the view receive_view() lent, where nothing made from it holds it (its ring then
@@ -1138,8 +1251,26 @@ class Subscriber(SubSession):
             if fut is not None and not self.session.closed:
                 try:
                     fut.result(5.0)  # the server ended it (CANCELLED) with the close: nothing is left behind
-                except (BrokerError, TimeoutError):
+                except (BrokerError, TimeoutError, CancelledError):
                     pass
+
+    async def aclose(self) -> None:
+        """close() for asyncio: the server's part awaited, and the end of the FETCH it ends."""
+        self._held = self._fast = None
+        for pub in list(self._rings):
+            self._close_ring(pub)
+        fut, self._fetch = self._fetch, None
+        try:
+            await super().aclose()
+        finally:
+            if fut is not None and not self.session.closed:
+                try:
+                    await asyncio.wait_for(self.session.await_future(fut), 5.0)
+                except (BrokerError, TimeoutError, CancelledError):
+                    pass
+
+    async def __aenter__(self) -> "Subscriber":
+        return self
 
     def __enter__(self) -> "Subscriber":
         return self
@@ -1185,6 +1316,83 @@ def _open_publisher(session: ClientSession, topic: str, history: int, block_time
     return Publisher(session, handle, topic, ring, block_timeout)
 
 
+async def aopen_publisher(session: ClientSession, topic: str, *, history: int = 0, block_timeout: float = 5.0,
+                          ring_capacity: int | None = None) -> Publisher:
+    """open_publisher for asyncio: its calls to the server awaited (the ring's descriptor, passed ahead
+    of the reply, is read at once)."""
+    if session.transport != "shared memory":
+        handle = await session.asend_receive(TOPIC_PUBLISHER, topic.encode(),
+                                             _options(history=history, block_timeout=block_timeout))
+        return Publisher(session, handle, topic, None, block_timeout)
+    name = Buffer(256)
+    handle = await session.asend_receive(TOPIC_PUBLISHER, topic.encode(),
+                                         _options(history=history, block_timeout=block_timeout, ring=True,
+                                                  ring_capacity=ring_capacity), name)
+    try:
+        ring = _publisher_ring(session, name)
+    except BaseException:
+        try:
+            await session.asend_receive(CLOSE_SUBSESSION, handle=handle)
+        except BrokerError:
+            pass
+        raise
+    return Publisher(session, handle, topic, ring, block_timeout)
+
+
+def _publisher_ring(session: ClientSession, name: Buffer) -> Broadcast | None:
+    """The ring the server made a publisher (its name in `name`), attached as its producer."""
+    ring = None
+    if name.value:
+        try:
+            ring_name = name.value.decode()
+            ring = session.passed_segment(ring_name, lambda fd: Broadcast.attach_producer(ring_name, fd=fd))
+            fd = os.dup(session.carrier.doorbell)  # type: ignore[union-attr]
+            ring.keep_fd(fd)
+            ring.set_notify_fd(fd)
+            session.watch_ring(ring)
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            raise
+    return ring
+
+
+async def aopen_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
+                           history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024) -> Subscriber:
+    """open_subscriber for asyncio: its call to the server awaited."""
+    direct = session.transport == "shared memory" and policy == "block" and not history and not topic.endswith("*")
+    if not direct:
+        handle = await session.asend_receive(TOPIC_SUBSCRIBER, topic.encode(),
+                                             _options(capacity=capacity, policy=policy, history=history))
+        return Subscriber(session, handle, topic, buffer_size, batch)
+    names = Buffer(64 << 10)
+    handle = await session.asend_receive(TOPIC_SUBSCRIBER, topic.encode(),
+                                         _options(capacity=capacity, policy=policy, history=history, direct=True),
+                                         names)
+    sub = Subscriber(session, handle, topic, buffer_size, batch)
+    try:
+        _direct_rings(session, sub, names)
+    except (ValueError, TypeError, BrokerError, OSError) as e:
+        await sub.aclose()
+        raise ServerGone(f"the server's ring names for {topic!r} are unusable: {e}") from None
+    return sub
+
+
+def _direct_rings(session: ClientSession, sub: Subscriber, names: Buffer) -> None:
+    rings = json.loads(names.value) if names.value else {}
+    if not isinstance(rings, dict):
+        raise ValueError("not an object")
+    for pub, name in rings.items():  # the rings of the publishers there now, read in place from here on
+        sub._rings[int(pub)] = session.passed_segment(str(name), lambda fd: Broadcast.open(str(name), fd=fd))
+    sub._refast()
+
+
+async def alist_topics(session: ClientSession, max_bytes: int = 16 << 20) -> list[dict[str, Any]]:
+    out = Buffer(max_bytes)
+    await session.asend_receive(TOPIC_LIST, out)
+    return _topic_list(out)
+
+
 def open_subscriber(session: ClientSession, topic: str, *, capacity: int = 1024, policy: str = "block",
                     history: int = 0, buffer_size: int = 1 << 20, batch: int = 1024,
                     serializer: Any = None) -> Subscriber:
@@ -1221,6 +1429,10 @@ def _open_subscriber(session: ClientSession, topic: str, capacity: int, policy: 
 def list_topics(session: ClientSession, max_bytes: int = 16 << 20) -> list[dict[str, Any]]:
     out = Buffer(max_bytes)
     session.send_receive(TOPIC_LIST, out)
+    return _topic_list(out)
+
+
+def _topic_list(out: Buffer) -> list[dict[str, Any]]:
     try:
         data = json.loads(out.value)
     except ValueError as e:
