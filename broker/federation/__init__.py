@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 from broker._errors import BrokerError, Disconnected, Full, FullTimeout
 from broker.framework.namespace import GLOBAL
+from broker.framework.session import Peer
 from broker.protocol.frames import Status
 
 log = logging.getLogger("broker.federation")
@@ -202,6 +203,7 @@ class FederationLink:
         self._served: dict[str, Any] = {}  # a Global service offered here -> its queue subscription
         self._serving = 0
         self._closing = False
+        self._refusals: dict[tuple[str, str, str, str], str | None] = {}
         self._thread: threading.Thread | None = None
 
     # -- life -------------------------------------------------------------------------------------
@@ -433,15 +435,15 @@ class FederationLink:
         origin = parts[1]
         if origin == self.config.name:
             return
-        if not self.config.accepts(origin):
-            stats["denied"] += 1
-            return
         try:
             topic = bytes.fromhex(parts[3]).decode()
             if not topic:
                 raise ValueError("no topic")
         except (ValueError, UnicodeDecodeError):
             stats["malformed"] += 1
+            return
+        if self._refusal(origin, "topic", topic, "publish") is not None:
+            stats["denied"] += 1
             return
         data, at, items, nbytes = memoryview(msg.data), 0, [], 0
         if not data:
@@ -509,6 +511,22 @@ class FederationLink:
             return
         stats["messages_in"] += len(items)
         stats["bytes_in"] += nbytes
+
+    def _refusal(self, origin: str, kind: str, name: str, action: str) -> str | None:
+        """Why broker `origin` may not `action` Global `name` here (None: it may): `accept` names it, or a
+        grant names it (broker:ORIGIN); nothing else does, not even a grant to `*`. Kept: grants do not change."""
+        if self.config.accepts(origin):
+            return None
+        key = (origin, kind, name, action)
+        if key not in self._refusals:
+            if len(self._refusals) > 65536:
+                self._refusals.clear()
+            peer = Peer(0, "federation", identity=f"broker:{origin}")
+            access = self.server.access
+            self._refusals[key] = (None if access.allows(peer, kind, name, action) else
+                                   f"broker {self.config.name}: " + access.denied(peer, kind, name, action)
+                                   + f" or --federation-accept {origin}")
+        return self._refusals[key]
 
     # -- linked services: calls here to other brokers' providers, and theirs to ours -------------------
 
@@ -668,10 +686,6 @@ class FederationLink:
             await msg.respond(_answer(Status.ARGUMENT, "not a service subject"))
             return
         origin = parts[1]
-        if not self.config.accepts(origin):
-            stats["denied"] += 1
-            await msg.respond(_answer(Status.PERMISSION_DENIED, f"broker {self.config.name} takes no calls from {origin!r}"))
-            return
         data = msg.data
         try:
             service = bytes.fromhex(parts[3]).decode()
@@ -679,6 +693,11 @@ class FederationLink:
         except (ValueError, UnicodeDecodeError, struct.error):
             stats["malformed"] += 1
             await msg.respond(_answer(Status.ARGUMENT, "an unreadable call"))
+            return
+        why = self._refusal(origin, "service", service, "call")
+        if why is not None:
+            stats["denied"] += 1
+            await msg.respond(_answer(Status.PERMISSION_DENIED, why))
             return
         if room > self.server.max_frame:
             await msg.respond(_answer(Status.ARGUMENT, f"room for {room} bytes of writes: more than a frame"))

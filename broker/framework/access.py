@@ -7,8 +7,9 @@ gives. A grant is one line:
     WHO  WHAT  [ACTIONS]
 
     WHO      uid:N, user:NAME, gid:N, group:NAME (the peer's primary group), key:NAME
-             (a TCP peer that proved that key), local (any Unix peer), tcp (any TCP
-             peer), * (anyone)
+             (a TCP peer that proved that key), broker:NAME (another host's broker in
+             the federation, broker/federation: only this names one), local (any Unix
+             peer), tcp (any TCP peer), * (anyone on this host or over TCP)
     WHAT     topic:NAME, table:NAME, service:NAME (a linked service), or * (all of
              them); a NAME that ends in "*" is a prefix ("prices.*"; "*" alone: all)
     ACTIONS  a comma-separated list; topic: publish, subscribe; table: read, write;
@@ -73,6 +74,8 @@ class Grant:
 
     def covers(self, peer: Peer) -> bool:
         who = self.who
+        if peer.transport == "federation":  # another host's broker: only a grant that names it
+            return who == peer.identity
         if who == "*":
             return True
         if who == "local":
@@ -108,7 +111,7 @@ def _who(text: str) -> str:
         return text
     kind, sep, value = text.partition(":")
     if not sep or not value:
-        raise GrantError(f"who {text!r}: use uid:N, user:NAME, gid:N, group:NAME, key:NAME, local, tcp or *")
+        raise GrantError(f"who {text!r}: use uid:N, user:NAME, gid:N, group:NAME, key:NAME, broker:NAME, local, tcp or *")
     if kind in ("uid", "gid"):
         if not value.isdigit():
             raise GrantError(f"who {text!r}: {kind} is a number")
@@ -125,7 +128,11 @@ def _who(text: str) -> str:
             raise GrantError(f"who {text!r}: no such group") from None
     if kind == "key":
         return text
-    raise GrantError(f"who {text!r}: use uid:N, user:NAME, gid:N, group:NAME, key:NAME, local, tcp or *")
+    if kind == "broker":
+        if len(value) > 64 or not all(c.isalnum() or c in "-_" for c in value):
+            raise GrantError(f"who {text!r}: a broker's name is letters, digits, '-' and '_'")
+        return text
+    raise GrantError(f"who {text!r}: use uid:N, user:NAME, gid:N, group:NAME, key:NAME, broker:NAME, local, tcp or *")
 
 
 def parse_grant(line: str) -> Grant:

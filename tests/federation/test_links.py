@@ -19,7 +19,7 @@ import broker
 from broker import ServiceError
 from broker.protocol.frames import Status
 from tests.federation.nats_servers import NatsServer
-from tests.federation.test_topics import federated, nats_server, raw_nats, until  # noqa: F401
+from tests.federation.test_topics import drain, federated, nats_server, quiet, raw_nats, until  # noqa: F401
 
 pytest.importorskip("nats")
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_typed_errors_nobody_a_timeout_a_denial_and_local_names(tmp_path: Path, 
             with s.link("Global\\fine") as link:
                 assert link.send_receive(1) == 7
         with broker.connect(d.address) as s, s.link("Global\\fine") as link, \
-                pytest.raises(broker.PermissionDenied, match="takes no calls from 'c'"):  # as a local refusal
+                pytest.raises(broker.PermissionDenied, match="broker:c may not call service 'fine'.*--grant 'broker:c service:fine call'"):
             link.send_receive(1)
         assert p.stats()["federation"]["denied"] == 1
     finally:
@@ -366,3 +366,41 @@ def test_under_serve_async_the_federation_runs_on_the_servers_own_loop(tmp_path:
         assert a.federation is None
     finally:
         b.stop()
+
+
+def test_grants_name_remote_brokers_explicitly_and_nothing_else_lets_them_in(tmp_path: Path,
+                                                                          nats_server: NatsServer) -> None:
+    """broker a takes from b what its grants name (broker:b ...), and nothing from c; a grant to `*` covers
+    this host's peers, never another host's broker."""
+    fed = broker.Federation(nats_server.url, name="a", user="a", password="pw-a")  # accept nobody wholesale
+    a = broker.Server(str(tmp_path / "a.sock"), federation=fed,
+                      grants=["broker:b topic:prices.* publish", "broker:b service:upper call", "* service:open call"])
+    a.start()
+    b, c = federated(tmp_path, "b", nats_server.url), federated(tmp_path, "c", nats_server.url)
+    provs = [Provider(str(tmp_path / "a.sock"), "Global\\upper", upper),
+             Provider(str(tmp_path / "a.sock"), "Global\\open", lambda call: 5)]
+    try:
+        until(lambda: a.federation is not None and a.federation.stats["services"] == ["open", "upper"], "a serves")
+        with broker.connect(str(tmp_path / "a.sock")) as sa:
+            prices, news = sa.subscriber("Global\\prices.eur"), sa.subscriber("Global\\news")
+            for srv in (b, c):
+                with broker.connect(srv.address) as s:
+                    s.publisher("Global\\prices.eur").publish(b"from " + srv.federation.config.name.encode())
+                    s.publisher("Global\\news").publish(b"news")
+                    with s.link("Global\\upper") as link:
+                        out = broker.Buffer(8)
+                        if srv is b:
+                            assert link.send_receive(1, b"ok", out, 0) == 1 and out.value == b"OK"
+                        else:
+                            with pytest.raises(broker.PermissionDenied, match="broker:c service:upper call"):
+                                link.send_receive(1, b"no", out, 0)
+                    with s.link("Global\\open") as link, pytest.raises(broker.PermissionDenied):
+                        link.send_receive(1)  # `*` is not another host's broker
+            assert drain(prices, 1) == [b"from b"] and quiet(prices) == []
+            assert quiet(news) == []
+            assert a.stats()["federation"]["denied"] >= 5
+    finally:
+        for prov in provs:
+            prov.close()
+        for srv in (a, b, c):
+            srv.stop()
