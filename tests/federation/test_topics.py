@@ -134,13 +134,16 @@ def test_local_names_never_leave_the_host(tmp_path: Path, nats_server: NatsServe
             seen.append(msg.subject)
         await nc.subscribe("brkfed.>", cb=cb)
         await nc.flush()
-        with broker.connect(b.address) as sb:
-            with sb.publisher("news") as local, sb.publisher("Local\\news2") as local2, \
-                    sb.publisher("Global\\news") as glob:
-                for i in range(50):
-                    local.publish(b"L%d" % i)
-                    local2.publish(b"L%d" % i)
-                glob.publish(b"the one")
+
+        def publish() -> None:  # a blocking client: off the loop
+            with broker.connect(b.address) as sb:
+                with sb.publisher("news") as local, sb.publisher("Local\\news2") as local2, \
+                        sb.publisher("Global\\news") as glob:
+                    for i in range(50):
+                        local.publish(b"L%d" % i)
+                        local2.publish(b"L%d" % i)
+                    glob.publish(b"the one")
+        await asyncio.to_thread(publish)
         deadline = time.monotonic() + 10
         while not seen and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
