@@ -13,7 +13,7 @@ all: test
 deps:
 	@bash .ci/deps.sh
 
-$(STAMP): pyproject.toml setup.py broker/_build.py $(wildcard csrc/*/*.c csrc/*/*.h)
+$(STAMP): pyproject.toml setup.py src/shmbroker/_build.py $(wildcard csrc/*/*.c csrc/*/*.h)
 	@bash .ci/deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77"
@@ -23,18 +23,18 @@ $(STAMP): pyproject.toml setup.py broker/_build.py $(wildcard csrc/*/*.c csrc/*/
 build: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/broker demo
-	$(BIN)/broker bench rpc --quick
-	$(BIN)/broker bench ring --quick
-	$(BIN)/broker bench pubsub --quick
+	$(BIN)/shmbroker demo
+	$(BIN)/shmbroker bench rpc --quick
+	$(BIN)/shmbroker bench ring --quick
+	$(BIN)/shmbroker bench pubsub --quick
 
 bench: $(STAMP)
-	$(BIN)/broker bench ring --json bench/out/ring.json
+	$(BIN)/shmbroker bench ring --json bench/out/ring.json
 
 # every suite in full (about 10 minutes), its JSON in bench/out, its chart in bench/charts (RESULTS.md shows them)
 charts: $(STAMP)
-	for suite in ring rpc link pubsub; do $(BIN)/broker bench $$suite --json bench/out/$$suite.json || exit 1; done
-	$(BIN)/broker bench chart bench/out/ring.json bench/out/rpc.json bench/out/link.json bench/out/pubsub.json \
+	for suite in ring rpc link pubsub; do $(BIN)/shmbroker bench $$suite --json bench/out/$$suite.json || exit 1; done
+	$(BIN)/shmbroker bench chart bench/out/ring.json bench/out/rpc.json bench/out/link.json bench/out/pubsub.json \
 		--out-dir bench/charts
 
 test: $(STAMP)
@@ -49,7 +49,7 @@ test-fast: $(STAMP)
 DIST     ?= dist
 WHEEL_PY ?= $(BIN)/python
 wheel:
-	rm -rf $(DIST)/.raw && mkdir -p $(DIST)/.raw
+	rm -rf build $(DIST)/.raw && mkdir -p $(DIST)/.raw  # (a stale build/lib would go into the wheel)
 	$(WHEEL_PY) -m pip wheel --no-deps -q -w $(DIST)/.raw .
 	PATH="$(dir $(WHEEL_PY)):$$PATH" $(WHEEL_PY) -m auditwheel repair -w $(DIST) $(DIST)/.raw/*.whl
 	rm -rf $(DIST)/.raw
@@ -58,4 +58,4 @@ clean-shm:
 	@ls /dev/shm | grep '^brk\.' || true
 
 clean:
-	rm -rf $(VENV) build *.egg-info broker/_brk.c broker/*.so csrc/*/*.o
+	rm -rf $(VENV) build *.egg-info src/shmbroker/_brk.c src/shmbroker/*.so csrc/*/*.o

@@ -4,7 +4,7 @@ Every segment the run makes (its processes inherit the environment) is named
 brk-tPID.*, so the leak check (tests/conftest.py) and the sweeps see only this
 run's, and two runs on one machine never count, sweep or unlink each other's.
 
-TCP is authenticated (broker/_keys.py): the run's servers and clients find the
+TCP is authenticated (src/shmbroker/_keys.py): the run's servers and clients find the
 key "test" through $BROKER_KEYS, a 0600 file of the run's own, removed at its
 end; the user's ~/.config/broker/keys is never read or made.
 """

@@ -1,4 +1,4 @@
 """Build the C hot path: setup.py's only job is cffi's out-of-line API module."""
 from setuptools import setup
 
-setup(cffi_modules=["broker/_build.py:ffibuilder"])
+setup(cffi_modules=["src/shmbroker/_build.py:ffibuilder"])

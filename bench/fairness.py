@@ -26,8 +26,8 @@ import tempfile
 import time
 from typing import Any
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 PAYLOAD = b"x" * 64
 N_SHM = 3

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-import broker
+import shmbroker as broker
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/profile_relay.py [SIZE]      # needs py-spy (pip install py-spy); SIZE bytes, 64 by default
 
-The server runs as `broker serve` (its own process), the subscriber on a socket session (socket_only), the
+The server runs as `shmbroker serve` (its own process), the subscriber on a socket session (socket_only), the
 publisher in this process on a shared-memory session (its ring, relayed by the server). py-spy records each
 of the two for 5 s at 400 Hz; the top frames by own and inclusive time are printed (bench/RESULTS.md).
 """
@@ -15,19 +15,19 @@ import sys
 import tempfile
 import time
 
-from broker import connect
+from shmbroker import connect
 
 d = tempfile.mkdtemp(prefix="broker-profile-relay-")
 addr = os.path.join(d, "b.sock")
 py = sys.executable
-srv = subprocess.Popen([py, "-m", "broker.cli", "serve", "--address", addr], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+srv = subprocess.Popen([py, "-m", "shmbroker.cli", "serve", "--address", addr], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 for _ in range(200):
     if os.path.exists(addr):
         break
     time.sleep(0.05)
 SUB = r'''
 import sys, time
-from broker import connect
+from shmbroker import connect
 with connect(sys.argv[1], socket_only=True) as s, s.subscriber("t", capacity=4096) as sub:
     print("ready", flush=True)
     n = 0; t0 = time.monotonic()

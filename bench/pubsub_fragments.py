@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-import broker
+import shmbroker as broker
 
 
 def main(size: int, count: int) -> None:

@@ -1,4 +1,4 @@
-"""The relayed rows of `broker bench pubsub` alone (a subscriber on a socket session), fewer messages than a full run.
+"""The relayed rows of `shmbroker bench pubsub` alone (a subscriber on a socket session), fewer messages than a full run.
 
     .venv/bin/python bench/pubsub_relay_rows.py
 
@@ -6,7 +6,7 @@ Prints each figure's rate as JSON (msgs/s, or GB/s for 64 KiB and 1 MiB): for be
 relay (bench/RESULTS.md).
 """
 import json
-from broker.bench import pubsub as p
+from shmbroker.bench import pubsub as p
 out = {}
 for f in p._figures():
     if f.key in ("one_64", "one_64_np", "fan_64", "batch_64", "one_64k", "one_1m"):

@@ -1,8 +1,8 @@
-"""The 1 MiB rows of `broker bench pubsub` on the broker alone, with the publisher's ring of a given size.
+"""The 1 MiB rows of `shmbroker bench pubsub` on the broker alone, with the publisher's ring of a given size.
 
     .venv/bin/python bench/pubsub_ring_size.py [CAPACITY ...]   # bytes; default: 4, 16 and 64 MiB
 
-It runs the harness's own figures (broker/bench/pubsub.py, _run) with the publisher opened with
+It runs the harness's own figures (src/shmbroker/bench/pubsub.py, _run) with the publisher opened with
 ring_capacity=CAPACITY, 1000 messages each, and prints GB/s per figure: what bounds the 1 MiB rows
 at the default ring (bench/RESULTS.md).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from broker.bench import pubsub as p
+from shmbroker.bench import pubsub as p
 
 
 def main(capacities: list[int]) -> None:

@@ -1,8 +1,8 @@
-"""Some rows of `broker bench pubsub` alone, on one transport: for quick before/after comparisons.
+"""Some rows of `shmbroker bench pubsub` alone, on one transport: for quick before/after comparisons.
 
     .venv/bin/python bench/pubsub_rows.py one_64,one_1m_ba [broker|relay|queue|zmq|iceoryx2]
 
-It runs the harness's own figures (broker/bench/pubsub.py, _run), 1000 messages for the 1 MiB ones and the
+It runs the harness's own figures (src/shmbroker/bench/pubsub.py, _run), 1000 messages for the 1 MiB ones and the
 figure's full count for the others, and prints each figure's rate as JSON (msgs/s, or GB/s).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from broker.bench import pubsub as p
+from shmbroker.bench import pubsub as p
 
 
 def main(keys: list[str], transport: str) -> None:

@@ -12,11 +12,11 @@ import struct
 import tempfile
 import time
 
-import broker
+import shmbroker as broker
 import sys
-from broker.core.malloc import keep_large_buffers
+from shmbroker.core.malloc import keep_large_buffers
 KEEP = dict(a.split("=", 1) for a in sys.argv[1:]).get("keep", "")
-from broker.core import ring as R
+from shmbroker.core import ring as R
 waits = []
 orig = R._RingSide.wait_room
 def timed(self, h, n, timeout, deadline):

@@ -5,10 +5,10 @@ depends on where the scheduler puts the pair (bench/RESULTS.md).
     .venv/bin/python bench/rpc_big_pairs.py [CHUNK_KIB] [busy]
 """
 import os, sys, tempfile, time
-from broker.api import Server, connect
-from broker.framework.session import Session
-from broker.core.malloc import keep_large_buffers
-import broker.transport.carrier as car
+from shmbroker.api import Server, connect
+from shmbroker.framework.session import Session
+from shmbroker.core.malloc import keep_large_buffers
+import shmbroker.transport.carrier as car
 class S(Session):
     def service(self, m):
         v = m.read_view(0); m.complete(len(v))

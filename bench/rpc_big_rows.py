@@ -1,4 +1,4 @@
-"""The rpc harness's big-request figures alone (`broker bench rpc` runs them among the others):
+"""The rpc harness's big-request figures alone (`shmbroker bench rpc` runs them among the others):
 the 1 MiB and 64 KiB request round trips, p50, on every transport, interleaved, ROUNDS times.
 
     .venv/bin/python bench/rpc_big_rows.py [ROUNDS]
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from broker.bench import rpc
+from shmbroker.bench import rpc
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 TRANSPORTS = ("shm", "framework", "unix", "pipe")

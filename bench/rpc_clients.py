@@ -15,10 +15,10 @@ import sys
 import tempfile
 import time
 
-from broker.api import Server, connect
-from broker.bench.rpc import ECHO, PAYLOAD, SMALL, _Bench
-from broker.core.malloc import keep_large_buffers
-from broker.framework.client import Buffer
+from shmbroker.api import Server, connect
+from shmbroker.bench.rpc import ECHO, PAYLOAD, SMALL, _Bench
+from shmbroker.core.malloc import keep_large_buffers
+from shmbroker.framework.client import Buffer
 
 _REPORT = struct.Struct("<Qdd")  # calls, p50 us, p99 us
 

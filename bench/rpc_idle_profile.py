@@ -5,9 +5,9 @@ prints both pids and waits S seconds first, for `perf sched record` or strace to
     .venv/bin/python bench/rpc_idle_profile.py [CALLS] [SERVER_SECONDS]
 """
 import os, sys, time, tempfile
-from broker.api import Server, connect
-from broker.framework.client import Buffer
-from broker.bench.rpc import _Bench, ECHO, PAYLOAD
+from shmbroker.api import Server, connect
+from shmbroker.framework.client import Buffer
+from shmbroker.bench.rpc import _Bench, ECHO, PAYLOAD
 d = tempfile.mkdtemp(); path = os.path.join(d, "s")
 r, w = os.pipe()
 pid = os.fork()

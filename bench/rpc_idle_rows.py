@@ -1,4 +1,4 @@
-"""The rpc harness's idle figure alone (`broker bench rpc` runs it among the others): a 64 B echo
+"""The rpc harness's idle figure alone (`shmbroker bench rpc` runs it among the others): a 64 B echo
 round trip after 1 ms idle, p50 and p99, on a shared-memory session and the raw baselines,
 interleaved, ROUNDS times.
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from broker.bench import rpc
+from shmbroker.bench import rpc
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 TRANSPORTS = ("shm", "unix", "pipe")

@@ -6,7 +6,7 @@ median of 5 interleaved repetitions (bench/RESULTS.md).
 
     .venv/bin/python bench/serializers.py
 """
-import multiprocessing, os, statistics, tempfile, time, broker
+import multiprocessing, os, statistics, tempfile, time, shmbroker as broker
 
 ORDER = {"id": 1234, "sym": "ACME", "px": 101.25, "qty": 300, "side": "buy", "tags": ["a", "b"]}
 KINDS = ["raw bytes", "msgspec", "msgpack", "json", "pickle"]

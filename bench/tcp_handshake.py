@@ -14,8 +14,8 @@ import statistics
 import tempfile
 import time
 
-import broker
-from broker.services.kv import EchoClient, ServicesSession
+import shmbroker as broker
+from shmbroker.services.kv import EchoClient, ServicesSession
 
 
 def _connects(address: str, key: object, n: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""A smoke run of `broker bench aio`: its rows, both ways on both transports, nothing left behind."""
+"""A smoke run of `shmbroker bench aio`: its rows, both ways on both transports, nothing left behind."""
 from __future__ import annotations
 
 import glob
@@ -6,8 +6,8 @@ import json
 import os
 import tempfile
 
-from broker.bench import aio as _bench_aio
-from broker.core import names as _names
+from shmbroker.bench import aio as _bench_aio
+from shmbroker.core import names as _names
 
 
 def test_bench_aio_smoke_run(tmp_path, capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""`broker bench SUITE --chart FILE` and `broker bench chart JSON`: a real quick run, its chart, redrawn from its JSON."""
+"""`shmbroker bench SUITE --chart FILE` and `shmbroker bench chart JSON`: a real quick run, its chart, redrawn from its JSON."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ import pytest
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "shmbroker.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_a_bench_draws_its_chart_and_chart_redraws_it_from_the_json(tmp_path):
-    """A real (quick) run writes its JSON and its chart; `broker bench chart` draws the same figures
+    """A real (quick) run writes its JSON and its chart; `shmbroker bench chart` draws the same figures
     again from the JSON alone, each transport named as the table names it."""
     pytest.importorskip("matplotlib")
     data, png, svg = tmp_path / "link.json", tmp_path / "link.png", tmp_path / "again.svg"
@@ -26,7 +26,7 @@ def test_a_bench_draws_its_chart_and_chart_redraws_it_from_the_json(tmp_path):
     text = svg.read_text()
     result = json.loads(data.read_text())
     assert result["meta"]["suite"] == "link"
-    from broker.bench.link import LABELS
+    from shmbroker.bench.link import LABELS
 
     for key, fig in result["figures"].items():
         assert fig["title"] in text

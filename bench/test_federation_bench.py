@@ -1,4 +1,4 @@
-"""A smoke run of `broker bench federation`: its rows against raw nats-py, every message delivered on both
+"""A smoke run of `shmbroker bench federation`: its rows against raw nats-py, every message delivered on both
 sides, its targets, nothing left behind (no process, no segment, no folder)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import tempfile
 
 import pytest
 
-from broker.bench import federation as _bench_fed
-from broker.core import names as _names
+from shmbroker.bench import federation as _bench_fed
+from shmbroker.core import names as _names
 
 pytest.importorskip("nats")
 

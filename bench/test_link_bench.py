@@ -1,4 +1,4 @@
-"""A smoke run of `broker bench link`: its rows, its target, nothing left behind."""
+"""A smoke run of `shmbroker bench link`: its rows, its target, nothing left behind."""
 from __future__ import annotations
 
 import glob
@@ -6,8 +6,8 @@ import json
 import os
 import tempfile
 
-from broker.bench import link as _bench_link
-from broker.core import names as _names
+from shmbroker.bench import link as _bench_link
+from shmbroker.core import names as _names
 
 
 def test_bench_link_smoke_run(tmp_path, capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""A smoke run of `broker bench pubsub`: every figure, every transport, every message checked, nothing left behind."""
+"""A smoke run of `shmbroker bench pubsub`: every figure, every transport, every message checked, nothing left behind."""
 from __future__ import annotations
 
 import glob
@@ -7,8 +7,8 @@ import os
 import tempfile
 import threading
 
-from broker.bench import pubsub as _bench_pubsub
-from broker.core import names as _names
+from shmbroker.bench import pubsub as _bench_pubsub
+from shmbroker.core import names as _names
 
 
 def test_bench_pubsub_smoke_run_writes_every_figure(tmp_path, capsys, monkeypatch):

@@ -1,5 +1,5 @@
 """Benchmarks of the ring's single-process paths (pytest-benchmark), and a
-smoke run of `broker bench ring`.
+smoke run of `shmbroker bench ring`.
 
 With the project's default addopts (--benchmark-disable) every benchmark runs
 its body once, as an ordinary test; `pytest bench --benchmark-enable` times
@@ -15,9 +15,9 @@ from array import array
 
 import pytest
 
-from broker import Ring
-from broker.bench import ring as _bench_ring
-from broker.core import names as _names
+from shmbroker import Ring
+from shmbroker.bench import ring as _bench_ring
+from shmbroker.core import names as _names
 
 PAYLOAD = bytes(range(64))
 BATCH = 1024

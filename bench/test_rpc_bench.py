@@ -1,4 +1,4 @@
-"""A smoke run of `broker bench rpc`, and a single-process micro-benchmark of a
+"""A smoke run of `shmbroker bench rpc`, and a single-process micro-benchmark of a
 framework round trip (pytest-benchmark).
 
 With the project's default addopts (--benchmark-disable) the benchmark runs
@@ -15,10 +15,10 @@ import threading
 
 import pytest
 
-import broker
-from broker.bench import rpc as _bench_rpc
-from broker.core import names as _names
-from broker.cli import main
+import shmbroker as broker
+from shmbroker.bench import rpc as _bench_rpc
+from shmbroker.core import names as _names
+from shmbroker.cli import main
 
 FIGURES = {"rtt_64", "strict_64", "pipelined_64", "many_64", "rtt_64_gap", "rtt_1m", "rtt_64k"}
 TRANSPORTS = _bench_rpc.TRANSPORTS  # every one must have a result in every figure

@@ -3,7 +3,7 @@ subscriber on a shared-memory session): 20 000 each, twice (bench/RESULTS.md).
 
     .venv/bin/python bench/topic_numpy_calls.py
 """
-import os, tempfile, time, numpy as np, broker
+import os, tempfile, time, numpy as np, shmbroker as broker
 d = tempfile.mkdtemp(); path = os.path.join(d, "s")
 with broker.Server(path), broker.connect(path) as s:
     pub = s.publisher("t", block_timeout=5)

@@ -10,7 +10,7 @@ run's p50 and the median run's p50/p99, per transport. A waiter whose peer last 
 CPU yields (and, just after waking that peer, sleeps); one whose peer runs elsewhere spins
 (csrc/ring/brk_ring.c, brk_plan): the pinned and loaded rows are what that rule is for, the free row
 what it must not break. bench/RESULTS.md has the figures; see bench/README.md for the method of
-the round trips themselves (broker bench ring).
+the round trips themselves (shmbroker bench ring).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import statistics
 import sys
 from typing import Any
 
-from broker.bench import ring as b
+from shmbroker.bench import ring as b
 
 SCENARIOS = ("free", "pinned to one CPU", "1 CPU hog beside", "2 CPU hogs beside")
 

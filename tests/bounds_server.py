@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-import broker
+import shmbroker as broker
 
 BIG, ECHO = 1, 2
 _BLOCK = bytes(range(256)) * 4096  # 1 MiB

@@ -20,7 +20,7 @@ SHM = "/dev/shm"
 def shm_entries() -> set[str]:
     """This run's segments: its own prefix (set in the root conftest.py), so that another test
     run, a benchmark or a broker on the same machine is neither counted nor cleaned up."""
-    from broker.core import names as _names
+    from shmbroker.core import names as _names
 
     assert _names.PREFIX.startswith("brk-t"), "the root conftest.py sets this run's prefix before broker is imported"
     return {e for e in os.listdir(SHM) if _names.is_ours(e)}
@@ -90,7 +90,7 @@ def other_user() -> tuple[int, int]:
 def server(tmp_path):
     """A broker.Server on a Unix socket in tmp_path, started, with its `address` (modules with a
     parametrized server of their own override this)."""
-    import broker
+    import shmbroker as broker
 
     path = str(tmp_path / "broker.sock")
     srv = broker.Server(path)

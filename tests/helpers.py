@@ -114,8 +114,8 @@ def check_payload(data: bytes) -> int:
 def raw_hello(sock, proto=None, hello=None):
     """A HELLO on a raw socket, and the handshake through to WELCOME: over TCP, the server's CHALLENGE
     answered with the run's key ($BROKER_KEYS, conftest.py). The protocol's client end, open."""
-    from broker.transport import keys as _keys
-    from broker.protocol.frames import Challenge, ClientConnection, Hello, State
+    from shmbroker.transport import keys as _keys
+    from shmbroker.protocol.frames import Challenge, ClientConnection, Hello, State
 
     proto = proto or ClientConnection()
     sock.sendall(proto.hello(hello or Hello((1, 0, 0), 4, False, True)))

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any, Iterator
 
-from broker import connect
+from shmbroker import connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""A benchmark's progress and table (broker/bench/show.py): rich on a real terminal (a pty), plain lines
+"""A benchmark's progress and table (src/shmbroker/bench/show.py): rich on a real terminal (a pty), plain lines
 on a pipe or in a file, as CI's logs get them."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from broker.bench.show import Progress, Table, close_all
+from shmbroker.bench.show import Progress, Table, close_all
 
 ROWS = [("figure", "unit", "ring", "Pipe", "ring/best", "target"),
         ("64 B one-way", "msgs/s", "2.10 M", "310.0 k", "6.77x", ">= 1 M msgs/s: met"),
@@ -37,9 +37,9 @@ def _read(master: int) -> str:
 
 def test_plain_text_where_the_output_is_no_terminal():
     out = io.StringIO()
-    Table(["broker bench ring", ""], ROWS, ["", "a note"]).show(out)
+    Table(["shmbroker bench ring", ""], ROWS, ["", "a note"]).show(out)
     text = out.getvalue()
-    assert text == str(Table(["broker bench ring", ""], ROWS, ["", "a note"])) + "\n"
+    assert text == str(Table(["shmbroker bench ring", ""], ROWS, ["", "a note"])) + "\n"
     lines = text.splitlines()
     assert lines[2].split() == ["figure", "unit", "ring", "Pipe", "ring/best", "target"]
     assert set(lines[3]) == {"-"} and len(lines[3]) == len(lines[2])
@@ -60,9 +60,9 @@ def test_rich_draws_the_table_and_the_progress_on_a_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "150")  # a terminal wide enough for the table (rich wraps it in a narrow one)
     master, term = _terminal()
     try:
-        Table(["broker bench ring"], ROWS, ["a note"]).show(term)
+        Table(["shmbroker bench ring"], ROWS, ["a note"]).show(term)
         shown = _read(master)
-        assert "broker bench ring" in shown and "a note" in shown
+        assert "shmbroker bench ring" in shown and "a note" in shown
         head = next(line for line in shown.splitlines() if "figure" in line)
         assert head.split() == ["figure", "unit", "ring", "Pipe", "ring/best", "target"]
         assert any(set(line.strip()) <= set("─ ") and "─" in line for line in shown.splitlines())  # rich's rule

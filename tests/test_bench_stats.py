@@ -1,4 +1,4 @@
-"""Nearest-rank percentiles (broker/bench/stats.py): numpy's selection, the textbook's ranks."""
+"""Nearest-rank percentiles (src/shmbroker/bench/stats.py): numpy's selection, the textbook's ranks."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from broker.bench.stats import latency_stats, percentiles, rank
+from shmbroker.bench.stats import latency_stats, percentiles, rank
 
 PS = (0, 1, 10, 25, 50, 90, 99, 99.9, 99.99, 100, 33.3, 12.5, 66.7, 0.1)
 

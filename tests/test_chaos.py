@@ -29,9 +29,9 @@ import zlib
 
 import pytest
 
-import broker
-from broker import connect
-from broker.core import names as _names
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.core import names as _names
 
 from tests.helpers import Child, wait_for
 from tests.served import serve

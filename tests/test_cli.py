@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 from tests.helpers import Child, wait_for
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "shmbroker.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_version():
@@ -37,17 +37,17 @@ def test_unknown_command_is_an_error():
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
 
-# ---- broker serve, broker ping ------------------------------------------------------------
+# ---- shmbroker serve, shmbroker ping ------------------------------------------------------------
 
 SUMMARY = re.compile(r"^(\d+) requests, (\d+) replies, (\d+) errors$", re.M)
 TIMES = re.compile(r"^round trip min/p50/p99/max = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms$", re.M)
 
 
 class Serving:
-    """`broker serve ARGS` in a subprocess, once it has said where it listens (`listening`)."""
+    """`shmbroker serve ARGS` in a subprocess, once it has said where it listens (`listening`)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "shmbroker.cli", "serve", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, bufsize=0)
         want = 2 if "--tcp" in args else 1
         out = b""
@@ -58,7 +58,7 @@ class Serving:
             chunk = os.read(self.proc.stdout.fileno(), 4096) if ready else b""
             if not chunk:  # it ended, or it took too long
                 code, err = self.stop(signal.SIGKILL)
-                raise AssertionError(f"broker serve did not start (exit {code}): {err}")
+                raise AssertionError(f"shmbroker serve did not start (exit {code}): {err}")
             out += chunk
         self.listening = [line.split()[-1] for line in out.decode().splitlines() if line.startswith("listening on ")]
 
@@ -71,12 +71,12 @@ class Serving:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
-            raise AssertionError(f"broker serve did not stop on signal {sig}: {err.decode()}") from None
+            raise AssertionError(f"shmbroker serve did not stop on signal {sig}: {err.decode()}") from None
         return self.proc.returncode, err.decode()
 
 
 def ping(*args: str) -> tuple[subprocess.CompletedProcess, tuple[int, ...], tuple[float, ...]]:
-    """`broker ping ARGS`: the process, (requests, replies, errors), (min, p50, p99, max) if any."""
+    """`shmbroker ping ARGS`: the process, (requests, replies, errors), (min, p50, p99, max) if any."""
     p = run("ping", *args)
     counts, times = SUMMARY.search(p.stdout), TIMES.search(p.stdout)
     assert counts, p.stdout + p.stderr
@@ -149,7 +149,7 @@ def test_keygen_makes_a_private_keys_file_and_adds_to_it(tmp_path):
 
 def test_serve_on_tcp_without_keys_says_how_to_make_them(tmp_path):
     env = dict(os.environ, BROKER_KEYS=str(tmp_path / "no-keys"))
-    p = subprocess.run([sys.executable, "-m", "broker.cli", "serve", "--address", str(tmp_path / "s.sock"), "--tcp",
+    p = subprocess.run([sys.executable, "-m", "shmbroker.cli", "serve", "--address", str(tmp_path / "s.sock"), "--tcp",
                         "tcp://127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 2, p.stderr
     assert "no keys file at" in p.stderr and "broker keygen" in p.stderr and "--insecure-tcp" in p.stderr
@@ -210,7 +210,7 @@ def test_serve_refuses_an_address_a_live_server_holds(tmp_path):
 def test_ping_without_a_server(tmp_path):
     p = run("ping", str(tmp_path / "nobody.sock"), "--count", "1")
     assert p.returncode == 1
-    assert p.stderr.startswith(f"broker ping: no server at {tmp_path / 'nobody.sock'}"), p.stderr
+    assert p.stderr.startswith(f"shmbroker ping: no server at {tmp_path / 'nobody.sock'}"), p.stderr
     assert "Traceback" not in p.stderr and p.stdout == ""
 
 
@@ -230,7 +230,7 @@ def test_demo_runs_the_main_job():
     assert "session rule: socket: TCP never gets shared memory" in out
     assert "connected: unix shared memory; session rule: shared memory: same user" in out
     assert "connected: tcp socket; session rule: socket: TCP never gets shared memory" in out
-    assert "unix shared memory" in out.split("broker stat:")[1]  # the stat table's carrier column
+    assert "unix shared memory" in out.split("shmbroker stat:")[1]  # the stat table's carrier column
     assert "64 B echo round trip, 5000 calls: p50" in out
     assert "offers the linked service 'upper'" in out
     assert "(shared memory) calls 'upper': b'LINKED'" in out and "(socket) calls 'upper': b'LINKED'" in out
@@ -240,12 +240,12 @@ def test_demo_runs_the_main_job():
     assert "4 sessions (* this one)" in out
 
 
-# ---- broker pub, broker sub, and the topics in broker stat ----------------------------------------
+# ---- shmbroker pub, shmbroker sub, and the topics in shmbroker stat ----------------------------------------
 
 
 def _sub_proc(address: str, *args: str) -> subprocess.Popen:
-    """`broker sub` in a subprocess, once it says it subscribed."""
-    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "sub", *args, "--address", address],
+    """`shmbroker sub` in a subprocess, once it says it subscribed."""
+    proc = subprocess.Popen([sys.executable, "-m", "shmbroker.cli", "sub", *args, "--address", address],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     line = b""
     deadline = time.monotonic() + 20
@@ -254,7 +254,7 @@ def _sub_proc(address: str, *args: str) -> subprocess.Popen:
         chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
         if not chunk:
             proc.kill()
-            raise AssertionError(f"broker sub did not subscribe: {line!r}")
+            raise AssertionError(f"shmbroker sub did not subscribe: {line!r}")
         line += chunk
     proc.first_err = line  # type: ignore[attr-defined]
     return proc
@@ -265,7 +265,7 @@ def test_pub_lines_from_stdin_reach_sub(tmp_path):
     with broker.Server(address) as srv:
         sub = _sub_proc(address, "news", "--count", "3")
         try:
-            p = subprocess.run([sys.executable, "-m", "broker.cli", "pub", "news", "--address", address],
+            p = subprocess.run([sys.executable, "-m", "shmbroker.cli", "pub", "news", "--address", address],
                                input=b"one\ntwo\nthr\xffee\n", capture_output=True, timeout=60)
             assert p.returncode == 0 and b"3 messages to 'news'" in p.stderr
             out, err = sub.communicate(timeout=30)
@@ -314,9 +314,9 @@ def test_pub_generates_a_load_and_sub_counts_it_with_its_losses(tmp_path):
 
 def test_pub_and_sub_say_what_is_wrong():
     p = run("pub", "x", "--address", "/nonexistent/dir/sock")
-    assert p.returncode == 1 and p.stderr.startswith("broker pub:")
+    assert p.returncode == 1 and p.stderr.startswith("shmbroker pub:")
     p = run("sub", "x", "--address", "/nonexistent/dir/sock")
-    assert p.returncode == 1 and p.stderr.startswith("broker sub:")
+    assert p.returncode == 1 and p.stderr.startswith("shmbroker sub:")
     p = run("sub", "x", "--policy", "sometimes")
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
@@ -438,7 +438,7 @@ def test_a_services_exception_is_logged_with_its_traceback(tmp_path, caplog):
             raise KeyError("deep inside")
 
     path = str(tmp_path / "r.sock")
-    with caplog.at_level("WARNING", logger="broker.server"), broker.Server(path, Raising), \
+    with caplog.at_level("WARNING", logger="shmbroker.server"), broker.Server(path, Raising), \
             broker.connect(path) as s:
         with pytest.raises(broker.ServiceError, match="KeyError"):
             s.send_receive(1)

@@ -13,9 +13,9 @@ import struct
 
 import pytest
 
-import broker
-from broker import connect
-from broker.protocol.frames import HEADER, Hello, encode
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.protocol.frames import HEADER, Hello, encode
 
 from tests.helpers import raw_hello
 
@@ -78,8 +78,8 @@ STEPS = ["at once", "half a HELLO", "right after HELLO", "after the CHALLENGE", 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("step", STEPS)
 def test_a_client_reset_at_any_step_of_the_handshake_ends_only_its_connection(served, transport, step):
-    from broker.transport import keys as _keys
-    from broker.protocol.frames import Auth, ClientConnection, decode_body
+    from shmbroker.transport import keys as _keys
+    from shmbroker.protocol.frames import Auth, ClientConnection, decode_body
 
     srv, addresses = served
     if step == "after the shared-memory offer" and transport == "tcp":
@@ -206,7 +206,7 @@ def test_broker_serve_refuses_an_address_that_is_a_file(tmp_path):
 
     path = tmp_path / "notes.txt"
     path.write_text("precious")
-    res = subprocess.run([sys.executable, "-m", "broker.cli", "serve", "--address", str(path)],
+    res = subprocess.run([sys.executable, "-m", "shmbroker.cli", "serve", "--address", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and f"{path} exists and is a regular file, not a socket: not removed" in res.stderr, \
         res.stderr
@@ -236,7 +236,7 @@ def test_no_deferred_callback_captures_an_exception_variable():
 
 
 def _sealed_spans(pid: int | str, kind: str) -> list[str]:
-    from broker.core import names as _names
+    from shmbroker.core import names as _names
 
     with open(f"/proc/{pid}/maps") as f:
         return [line.split()[0] for line in f if f"/memfd:{_names.PREFIX}." in line and f".{kind}." in line]

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "broker"
+SRC = ROOT / "src"
+PACKAGE = SRC / "shmbroker"
 
 
 def _modules() -> dict[str, Path]:
     out = {}
     for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(ROOT).with_suffix("").parts
+        parts = path.relative_to(SRC).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out[name] = path
     return out
@@ -34,10 +35,10 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            if module == "broker" or module.startswith("broker."):
+            if module == "shmbroker" or module.startswith("shmbroker."):
                 found.append((module, [a.name for a in node.names], node.lineno))
         elif isinstance(node, ast.Import):
-            found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("broker.")]
+            found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("shmbroker.")]
     return found
 
 
@@ -64,9 +65,9 @@ def test_no_module_imports_itself_back():
                 if target in modules and target != name:
                     graph[name].add(target)
                     break
-    graph.pop("broker", None)  # the public re-exports: above everything, imported by nothing inside
+    graph.pop("shmbroker", None)  # the public re-exports: above everything, imported by nothing inside
     for deps in graph.values():
-        deps.discard("broker")
+        deps.discard("shmbroker")
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -98,14 +99,14 @@ def test_no_module_imports_itself_back():
 
 
 def test_no_private_name_crosses_a_package():
-    """`from broker.x.y import _name` only within broker.x: another package goes through public names."""
+    """`from shmbroker.x.y import _name` only within broker.x: another package goes through public names."""
     modules = _modules()
     bad = []
     for name, path in modules.items():
         home = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for module, names, line in _imports(name, path):
             theirs = module if modules.get(module, Path()).name == "__init__.py" else module.rpartition(".")[0]
-            if theirs in ("broker", home):
+            if theirs in ("shmbroker", home):
                 continue  # the root's own (_errors, _version, _brk) are every layer's
             bad += [f"{path.relative_to(ROOT)}:{line}: {n} from {module}" for n in names
                     if n.startswith("_") and not n.startswith("__")]

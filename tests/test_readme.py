@@ -1,5 +1,5 @@
 """Every Python block of the README runs as written (issue 17, item 5): each in a fresh interpreter, in
-a runtime directory of its own, with a `broker serve` listening at "broker" for the blocks that talk
+a runtime directory of its own, with a `shmbroker serve` listening at "broker" for the blocks that talk
 to one (as the README's own commands start it)."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_the_readme_has_python_blocks():
 
 @pytest.fixture(scope="module")
 def world():
-    """A runtime directory, a system directory and a `broker serve` at "broker" in it; a nats-server at
+    """A runtime directory, a system directory and a `shmbroker serve` at "broker" in it; a nats-server at
     $NATS_URL for the federation's block."""
     from tests.federation.nats_servers import NatsServer
 
@@ -31,7 +31,7 @@ def world():
     nats = NatsServer(Path(d), "readme").start()
     env = dict(os.environ, XDG_RUNTIME_DIR=d, BROKER_SYSTEM_DIR=os.path.join(d, "system"), NATS_URL=nats.url,
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    serve = subprocess.Popen([sys.executable, "-m", "broker", "serve"], cwd=d, env=env,
+    serve = subprocess.Popen([sys.executable, "-m", "shmbroker", "serve"], cwd=d, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert serve.stdout is not None and "listening on" in serve.stdout.readline()
     yield d, env

@@ -21,7 +21,7 @@ def test_the_sdist_ships_the_license_the_sources_the_docs_and_the_tests(tmp_path
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     need = {"LICENSE", "README.md", "pyproject.toml", "setup.py", "conftest.py", "tests/conftest.py",
-            "tests/helpers.py", "tests/served.py", "docs/DESIGN.md", "docs/ARCHITECTURE.md", "broker/py.typed"}
+            "tests/helpers.py", "tests/served.py", "docs/DESIGN.md", "docs/ARCHITECTURE.md", "src/shmbroker/py.typed"}
     need |= {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.suffix in (".c", ".h")}
     need |= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")}
     assert need <= names, sorted(need - names)

@@ -1,6 +1,6 @@
 """The package is typed (issue 17, item 6): mypy --strict finds nothing in it, the public API as a user's
 code uses it (tests/typecheck/usage.py) has the types it promises, never Any, and the stub of the
-compiled module (broker/_brk.pyi) declares exactly what its C header does. Checked with the real mypy
+compiled module (src/shmbroker/_brk.pyi) declares exactly what its C header does. Checked with the real mypy
 (the test extra has it), as pyproject.toml's [tool.mypy] configures it."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 USAGE = ROOT / "tests" / "typecheck" / "usage.py"
 
 needs_mypy = pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed "
-                                "(pip install 'broker[test]')")
+                                "(pip install 'shmbroker[test]')")
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def _mypy(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @needs_mypy
 def test_mypy_strict_finds_nothing_in_the_package(cache: Path) -> None:
-    done = _mypy(cache, "--strict", "-p", "broker")
-    assert done.returncode == 0, f"mypy --strict -p broker:\n{done.stdout}{done.stderr}"
+    done = _mypy(cache, "--strict", "-p", "shmbroker")
+    assert done.returncode == 0, f"mypy --strict -p shmbroker:\n{done.stdout}{done.stderr}"
     assert "Success: no issues found" in done.stdout, done.stdout
 
 
@@ -64,8 +64,8 @@ def test_a_call_that_returned_any_would_fail_the_usage_check(cache: Path, tmp_pa
 
 
 def _stub_lib() -> dict[str, int | None]:
-    """broker/_brk.pyi's lib: each name, with its function's C parameter count (None: a constant)."""
-    tree = ast.parse((ROOT / "broker" / "_brk.pyi").read_text())
+    """src/shmbroker/_brk.pyi's lib: each name, with its function's C parameter count (None: a constant)."""
+    tree = ast.parse((ROOT / "src" / "shmbroker" / "_brk.pyi").read_text())
     [lib] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Lib"]
     out: dict[str, int | None] = {}
     for node in lib.body:
@@ -77,7 +77,7 @@ def _stub_lib() -> dict[str, int | None]:
 
 
 def _header_lib() -> dict[str, int | None]:
-    """What cffi's cdef makes lib of (broker/_build.py): the ring header's #defines and functions, and the
+    """What cffi's cdef makes lib of (src/shmbroker/_build.py): the ring header's #defines and functions, and the
     method tables."""
     header = (ROOT / "csrc" / "ring" / "brk_ring.h").read_text()
     text = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
@@ -85,7 +85,7 @@ def _header_lib() -> dict[str, int | None]:
     for name, params in re.findall(r"^[\w\s\*]*?\b(brk_\w+)\s*\(([^)]*)\)\s*;", text, flags=re.M):
         params = params.strip()
         out[name] = 0 if params in ("", "void") else params.count(",") + 1
-    build = ast.parse((ROOT / "broker" / "_build.py").read_text())
+    build = ast.parse((ROOT / "src" / "shmbroker" / "_build.py").read_text())
     [tables] = [n.value for n in build.body if isinstance(n, ast.Assign)
                 and any(isinstance(t, ast.Name) and t.id == "TABLES" for t in n.targets)]
     for table in ast.literal_eval(tables):
@@ -96,14 +96,14 @@ def _header_lib() -> dict[str, int | None]:
 def test_the_compiled_modules_stub_declares_what_its_header_does() -> None:
     header, stub = _header_lib(), _stub_lib()
     assert len(header) > 60, sorted(header)  # the header was read (its #defines and functions)
-    assert set(stub) - set(header) == set(), "in broker/_brk.pyi, not in the header"
-    assert set(header) - set(stub) == set(), "in the header, not in broker/_brk.pyi"
+    assert set(stub) - set(header) == set(), "in src/shmbroker/_brk.pyi, not in the header"
+    assert set(header) - set(stub) == set(), "in the header, not in src/shmbroker/_brk.pyi"
     assert {n: c for n, c in stub.items() if c != header[n]} == {}, "parameter counts that differ"
 
 
 def test_the_compiled_modules_stub_matches_the_built_module() -> None:
     """What the stub names is there in the module the build made, each a constant or a function as said."""
-    from broker import _brk
+    from shmbroker import _brk
 
     for name, params in _stub_lib().items():
         value = getattr(_brk.lib, name)

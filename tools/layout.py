@@ -10,9 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # the layers, top to bottom (docs/ARCHITECTURE.md; pyproject.toml's import-linter contract), then the root
-ORDER = ["broker/cli.py", "broker/bench", "broker/api.py", "broker/federation", "broker/services", "broker/framework", "broker/transport",
-         "broker/protocol", "broker/core", "broker/__init__.py", "broker/_errors.py", "broker/_version.py",
-         "broker/_build.py", "csrc"]
+ORDER = ["src/shmbroker/cli.py", "src/shmbroker/bench", "src/shmbroker/api.py", "src/shmbroker/federation", "src/shmbroker/services", "src/shmbroker/framework", "src/shmbroker/transport",
+         "src/shmbroker/protocol", "src/shmbroker/core", "src/shmbroker/__init__.py", "src/shmbroker/_errors.py", "src/shmbroker/_version.py",
+         "src/shmbroker/_build.py", "csrc"]
 START, END = "<!-- layout: tools/layout.py -->", "<!-- /layout -->"
 
 

@@ -1,5 +1,5 @@
 /* brk_frame.c: the framework's frames as bytes, in plain C (no Python): the header, and a REQUEST.
- * broker/protocol/frames.py defines the format (its module docstring); golden tests hold the two together. */
+ * src/shmbroker/protocol/frames.py defines the format (its module docstring); golden tests hold the two together. */
 
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* brk_frame.h: the framework's frame layout as C sees it, its constants and its plain-C encoders (brk_frame.c).
- * broker/protocol/frames.py defines the format; csrc/py/ uses this. */
+ * src/shmbroker/protocol/frames.py defines the format; csrc/py/ uses this. */
 #ifndef BRK_FRAME_H
 #define BRK_FRAME_H
 

@@ -2,7 +2,7 @@
  *
  * The extension is one cffi module (broker._brk). cffi cannot return Python
  * objects, so the per-message calls are METH_FASTCALL functions in four
- * method tables, one per concept, that broker/core/native.py turns into
+ * method tables, one per concept, that src/shmbroker/core/native.py turns into
  * callables once, at import:
  *   ring.c    the rings' per-message calls and topic records (brk_ring_method)
  *   client.c  a client's whole call on a shared-memory session (brk_client_method)

@@ -9,7 +9,7 @@
 static brk_field brk_buffer[2];
 static PyObject *brk_buffer_fields; /* the descriptors, kept (they hold the class) */
 
-/* client_setup((Buffer.max_length, Buffer.value)): once, at import (broker/framework/client.py). */
+/* client_setup((Buffer.max_length, Buffer.value)): once, at import (src/shmbroker/framework/client.py). */
 static PyObject *brk_client_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -551,7 +551,7 @@ static PyMethodDef brk_client_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (broker/core/native.py). */
+/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (src/shmbroker/core/native.py). */
 const void *brk_client_method(int i)
 {
     if (i < 0 || i >= (int)(sizeof brk_client_methods / sizeof brk_client_methods[0]) - 1)

@@ -6,7 +6,7 @@
  * about 8 us of a round trip whose rings take 0.7 us. Here each is a few
  * hundred nanoseconds.
  *
- * broker/protocol/frames.py stays the definition of the wire format (its module
+ * src/shmbroker/protocol/frames.py stays the definition of the wire format (its module
  * docstring) and its reference code. This file takes only the common, valid
  * frames: whenever anything is unusual (a bad header, an unknown flag, an
  * argument out of range, a frame of another type, an incomplete frame) it
@@ -72,7 +72,7 @@ static PyObject *brk_new_arg(PyObject *kind, PyObject *value, PyObject *data)
 }
 
 /* codec_setup(kinds, NO_ARG, request_fields, arg_fields, complete_fields, write_fields): once, at import
- * (broker/protocol/frames.py). Each *_fields is the tuple of that class's member descriptors, in the
+ * (src/shmbroker/protocol/frames.py). Each *_fields is the tuple of that class's member descriptors, in the
  * order of the enums above. */
 static PyObject *brk_codec_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -534,7 +534,7 @@ static PyMethodDef brk_codec_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (broker/core/native.py). */
+/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (src/shmbroker/core/native.py). */
 const void *brk_codec_method(int i)
 {
     if (i < 0 || i >= (int)(sizeof brk_codec_methods / sizeof brk_codec_methods[0]) - 1)

@@ -8,11 +8,11 @@
  * million messages a second, so the three per-message calls live here.
  * They hold the GIL (they do not block) except around long copies and waits,
  * which they count in r->busy (see BRK_PY_BLOCKING).
- * They are compiled into the same extension as the cffi module; broker/core/ring.py
+ * They are compiled into the same extension as the cffi module; src/shmbroker/core/ring.py
  * turns the method table into callables once, at import.
  *
  * The first argument of each is the address of a brk_ring handle, which only
- * broker/core/ring.py passes. The result is bytes or an int outcome (brk_ring.h).
+ * src/shmbroker/core/ring.py passes. The result is bytes or an int outcome (brk_ring.h).
  */
 
 #include "brk_py.h" /* first: it includes Python.h */
@@ -364,12 +364,12 @@ done:
     return out;
 }
 
-/* ---- topics: a publisher's ring (broker/services/topics/wire.py RECORD_HEAD) ----
+/* ---- topics: a publisher's ring (src/shmbroker/services/topics/wire.py RECORD_HEAD) ----
  * A record is a BRK_TOPIC_HEAD-byte header, then the message's meta and payload:
  * sequence number u64, meta length u32, payload bytes still to come in later
  * fragments u32, fragment index u32 (all little-endian). topic_publish writes
  * any message, fragments included; the readers take whole messages (one record)
- * only, and leave anything else to Python (broker/services/topics/client.py),
+ * only, and leave anything else to Python (src/shmbroker/services/topics/client.py),
  * which also says what is wrong with a bad record. */
 
 /* Write one plain message: the header and data, straight into a claimed record. */
@@ -667,7 +667,7 @@ done:
 /*
  * topic_recv_batch(ring, last_seq, max, item, publisher) -> (items, last_seq, outcome): up to max
  * whole messages already there, numbered after last_seq, in one call, each an `item` (a tuple
- * subclass of four: publisher, seq, meta, payload; broker/services/topics/broker.py _Item, what the
+ * subclass of four: publisher, seq, meta, payload; src/shmbroker/services/topics/broker.py _Item, what the
  * server's relay queues for its subscribers).
  * outcome says why it stopped: BRK_OK (max reached), BRK_EMPTY, BRK_NOTREADY (the next record is
  * not a whole message: Python reads it), or the ring's.
@@ -733,7 +733,7 @@ static PyObject *brk_py_topic_recv_batch(PyObject *self, PyObject *const *args, 
     return Py_BuildValue("(NKi)", list, (unsigned long long)seq, rc);
 }
 
-/* A relayed batch (the FETCH's reply, broker/services/topics/broker.py _answer): u64 lost, then per
+/* A relayed batch (the FETCH's reply, src/shmbroker/services/topics/broker.py _answer): u64 lost, then per
  * message u32 publisher, u64 sequence, u32 meta length, u32 payload length, the meta, the payload. */
 #define BRK_TOPIC_BATCH_HEAD 8
 #define BRK_TOPIC_MESSAGE_HEAD 20
@@ -838,7 +838,7 @@ done:
 /*
  * topic_pack(queue, most, room, lost[, big]) -> (bytes | parts, n, first): the reply to a FETCH, packed as
  * topic_unpack reads it: lost, then the first n items of queue (an iterable of (publisher, seq,
- * meta, payload) tuples: broker/services/topics/broker.py _Item), at most `most`, as many as fit in
+ * meta, payload) tuples: src/shmbroker/services/topics/broker.py _Item), at most `most`, as many as fit in
  * room bytes after the header. The queue is not changed: the caller drops its first n. first: the
  * size the first item left out needs (0 when none was left out for room). With big > 0 and a
  * payload of big bytes or more among them, the reply comes as a tuple of parts instead, those
@@ -1287,7 +1287,7 @@ static PyMethodDef brk_ring_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (broker/core/native.py). */
+/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (src/shmbroker/core/native.py). */
 const void *brk_ring_method(int i)
 {
     if (i < 0 || i >= (int)(sizeof brk_ring_methods / sizeof brk_ring_methods[0]) - 1)

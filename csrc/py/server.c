@@ -3,12 +3,12 @@
  * batch's completions); the calls: take_requests from ring 0, put_complete into ring 1, serve_messages. */
 
 /*
- * broker/framework/server.py's _Conn subclasses ConnBase and broker.Message
+ * src/shmbroker/framework/server.py's _Conn subclasses ConnBase and broker.Message
  * subclasses MessageBase: the fields C reads and writes on every message are
  * these C types' members, declared here once; Python reads and writes them
  * as attributes. The protocol's fields C reads (ServerConnection.state and
  * .outstanding) and Message's Python methods it falls back on are handed
- * over once, at import, by server_setup (broker/framework/native.py). So no
+ * over once, at import, by server_setup (src/shmbroker/framework/native.py). So no
  * field is looked up by its name here: renaming one in Python fails at
  * import, never on a message.
  *
@@ -40,7 +40,7 @@ static PyObject *brk_server_declared;                /* all of the above, kept *
 /* ---- ConnBase: the connection's books --------------------------------------------------------- */
 
 /*
- * The fields of a connection (broker/framework/server.py, _Conn) that C reads
+ * The fields of a connection (src/shmbroker/framework/server.py, _Conn) that C reads
  * and writes on every message: its lock (and the lock's acquire and release,
  * taken when it is set), its protocol, its messages (request id -> Message),
  * the RingBatch being collected (or None), ring 1's completer and the frames
@@ -157,7 +157,7 @@ static PyType_Slot brk_conn_slots[] = {
 };
 
 static PyType_Spec brk_conn_spec = {
-    "broker._brk.ConnBase", sizeof(brk_conn), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    "shmbroker._brk.ConnBase", sizeof(brk_conn), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     brk_conn_slots,
 };
 
@@ -461,7 +461,7 @@ static PyType_Slot brk_batch_slots[] = {
 };
 
 static PyType_Spec brk_batch_spec = {
-    "broker._brk.RingBatch", sizeof(brk_batch), 0, Py_TPFLAGS_DEFAULT, brk_batch_slots,
+    "shmbroker._brk.RingBatch", sizeof(brk_batch), 0, Py_TPFLAGS_DEFAULT, brk_batch_slots,
 };
 
 /* ring_batch() -> a new, empty RingBatch (a connection's, made once). */
@@ -771,7 +771,7 @@ static PyType_Slot brk_msg_slots[] = {
 };
 
 static PyType_Spec brk_msg_spec = {
-    "broker._brk.MessageBase", sizeof(brk_msg), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    "shmbroker._brk.MessageBase", sizeof(brk_msg), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     brk_msg_slots,
 };
 
@@ -791,7 +791,7 @@ static PyObject *brk_server_message_base(PyObject *self, PyObject *const *args, 
 
 /*
  * server_setup(Message, (Message._read, ._write, ._complete, ._send_completion), ServerConnection.state,
- *              ServerConnection.outstanding, State.OPEN): once, at import (broker/framework/native.py).
+ *              ServerConnection.outstanding, State.OPEN): once, at import (src/shmbroker/framework/native.py).
  */
 static PyObject *brk_server_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1116,7 +1116,7 @@ static PyMethodDef brk_server_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (broker/core/native.py). */
+/* The i-th method definition (NULL past the end), for PyCFunction_NewEx (src/shmbroker/core/native.py). */
 const void *brk_server_method(int i)
 {
     if (i < 0 || i >= (int)(sizeof brk_server_methods / sizeof brk_server_methods[0]) - 1)

@@ -174,7 +174,7 @@ static inline uint32_t brk_cpu_hint(void)
  * its spin time is up: an answer mostly comes within the pure spin, which
  * keeps its latency, and a peer we did not know to share our CPU still gets
  * it. A process allowed on one CPU only yields at once (pure_spin_ns 0, set
- * by broker/core/ring.py), as does a waiter whose peer's hint is its own CPU.
+ * by src/shmbroker/core/ring.py), as does a waiter whose peer's hint is its own CPU.
  */
 #define BRK_PURE_SPIN_NS 20000u
 

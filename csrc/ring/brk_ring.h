@@ -41,7 +41,7 @@
 #define BRK_MAX_CONSUMERS  1024
 #define BRK_WAIT_ANY_MAX   64
 #define BRK_PY_BATCH_MAX   4096  /* records one recv_many call returns at most (csrc/py/ring.c) */
-/* A topic publisher's ring record (broker/services/topics/wire.py RECORD_HEAD reads these): its header's
+/* A topic publisher's ring record (src/shmbroker/services/topics/wire.py RECORD_HEAD reads these): its header's
  * bytes, and the most meta a message may have (a numpy array's dtype and shape). */
 #define BRK_TOPIC_HEAD     20
 #define BRK_TOPIC_META     4096

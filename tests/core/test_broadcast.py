@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-import broker
-from broker import Broadcast
+import shmbroker as broker
+from shmbroker import Broadcast
 
 from tests.helpers import Child
 
@@ -220,7 +220,7 @@ def test_lossy_batch_longer_than_a_lap_is_not_corruption():
 
 def test_a_joiner_that_died_before_writing_its_pid_is_evicted():
     from tests.core.test_corruption import SEG_HDR, scribble
-    from broker.core.ring import ffi
+    from shmbroker.core.ring import ffi
 
     with Broadcast.create(capacity=1 << 10) as tx:
         slot_off = SEG_HDR + ffi.sizeof("struct brk_ring_hdr")  # slot 0, state word first

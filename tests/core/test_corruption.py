@@ -8,9 +8,9 @@ import struct
 import posix_ipc
 import pytest
 
-import broker
-from broker import Broadcast, Ring
-from broker.core.ring import ffi
+import shmbroker as broker
+from shmbroker import Broadcast, Ring
+from shmbroker.core.ring import ffi
 
 from tests.helpers import Child
 

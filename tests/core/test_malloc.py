@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from broker import keep_large_buffers
+from shmbroker import keep_large_buffers
 
 CHILD = r"""
 import resource, sys
-from broker import keep_large_buffers
+from shmbroker import keep_large_buffers
 if sys.argv[1] == "keep":
     assert keep_large_buffers()
 size = 1 << 20

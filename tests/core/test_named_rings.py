@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-import broker
-from broker import Broadcast, Ring
+import shmbroker as broker
+from shmbroker import Broadcast, Ring
 
 from tests.helpers import Child
 
@@ -49,7 +49,7 @@ def test_a_killed_creators_ring_is_taken_over_at_once(kind):
             kind.create("orphan", capacity=1 << 12)
     finally:
         kid.kill()
-    with kind.create("orphan", capacity=1 << 12) as ring:  # its creator is dead: taken over, no `broker clean`
+    with kind.create("orphan", capacity=1 << 12) as ring:  # its creator is dead: taken over, no `shmbroker clean`
         assert ring.name.endswith(".orphan")
     os.close(r)
     os.close(w)

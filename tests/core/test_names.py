@@ -1,4 +1,4 @@
-"""Every shared-memory name comes from broker.core.names."""
+"""Every shared-memory name comes from shmbroker.core.names."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from broker.core import names as _names
-from broker.core import proc as _proc
+from shmbroker.core import names as _names
+from shmbroker.core import proc as _proc
 
 P = re.escape(_names.PREFIX)
 

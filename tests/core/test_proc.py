@@ -1,10 +1,10 @@
-"""What the kernel says about a process (broker/core/proc.py), with real processes: a strange command
+"""What the kernel says about a process (src/shmbroker/core/proc.py), with real processes: a strange command
 name, a zombie, a reused pid, a fork."""
 from __future__ import annotations
 
 import os
 
-from broker.core import proc
+from shmbroker.core import proc
 
 
 def _child(comm: bytes) -> tuple[int, int]:

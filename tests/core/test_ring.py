@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-import broker
-from broker import Ring
-from broker.core import names as _names
-from broker.core import proc as _proc
+import shmbroker as broker
+from shmbroker import Ring
+from shmbroker.core import names as _names
+from shmbroker.core import proc as _proc
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import broker
+import shmbroker as broker
 
 CAP = 1024
 HDR = 16

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-import broker
-from broker import Ring
-from broker.core import names as _names
-from broker.core import proc as _proc
-from broker.core.ring import _make_segment
-from broker._brk import lib
+import shmbroker as broker
+from shmbroker import Ring
+from shmbroker.core import names as _names
+from shmbroker.core import proc as _proc
+from shmbroker.core.ring import _make_segment
+from shmbroker._brk import lib
 
 from tests.helpers import Child
 from tests.transport.test_identity import new_login_session, require_audit_sessions

@@ -12,11 +12,11 @@ import textwrap
 import posix_ipc
 import pytest
 
-import broker
-from broker import Ring
-from broker.core import names as _names
-from broker.core import proc as _proc
-from broker.core import shm as _shm
+import shmbroker as broker
+from shmbroker import Ring
+from shmbroker.core import names as _names
+from shmbroker.core import proc as _proc
+from shmbroker.core import shm as _shm
 
 from tests.helpers import Child
 
@@ -112,7 +112,7 @@ def test_full_dev_shm_is_an_error_at_creation_not_a_sigbus_later():
     """In a private mount namespace, /dev/shm is a 64 KiB tmpfs: a 1 MiB ring cannot be reserved."""
     code = textwrap.dedent(
         """
-        import errno, os, broker
+        import errno, os, shmbroker as broker
         try:
             broker.Ring.create(capacity=1 << 20)
         except broker.SegmentError as e:

@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-import broker
-from broker import Broadcast, Ring
+import shmbroker as broker
+from shmbroker import Broadcast, Ring
 
 from tests.helpers import Child
 

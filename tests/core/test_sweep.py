@@ -1,4 +1,4 @@
-"""Segments whose creator died: found by sweep(), removed by `broker clean` and by a server that starts.
+"""Segments whose creator died: found by sweep(), removed by `shmbroker clean` and by a server that starts.
 
 Real processes: a child creates a ring and is killed with SIGKILL, so its
 segment stays in /dev/shm with a dead creator in its header.
@@ -14,8 +14,8 @@ import time
 import posix_ipc
 import pytest
 
-import broker
-from broker.core import names as _names
+import shmbroker as broker
+from shmbroker.core import names as _names
 
 from tests.helpers import Child
 
@@ -46,7 +46,7 @@ def _orphan(become: tuple[int, int] | None = None) -> str:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "shmbroker.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_sweep_finds_only_dead_creators_and_clean_removes_them():
@@ -96,7 +96,7 @@ def test_a_starting_server_sweeps(tmp_path, caplog, mode):
     import asyncio
     import logging
 
-    caplog.set_level(logging.INFO, logger="broker.server")
+    caplog.set_level(logging.INFO, logger="shmbroker.server")
     orphan = _orphan()
     srv = broker.Server(str(tmp_path / "s.sock"), broker.Session)
     if mode == "thread":
@@ -123,7 +123,7 @@ def test_another_prefix_is_another_world():
     """Two test runs (or deployments) on one machine, each with its own BROKER_SHM_PREFIX: neither
     sweeps nor cleans the other's segments, even those whose creator died."""
     other = f"{_names.PREFIX}-other"
-    made = _with_prefix(other, "-c", "import broker, os; r = broker.Ring.create(capacity=1 << 12); "
+    made = _with_prefix(other, "-c", "import shmbroker as broker, os; r = broker.Ring.create(capacity=1 << 12); "
                                      "print(r.name, flush=True); os._exit(0)")  # dies without cleaning up
     assert made.returncode == 0, made.stderr
     name = made.stdout.strip()
@@ -132,7 +132,7 @@ def test_another_prefix_is_another_world():
         assert name not in dict(broker.sweep(remove=False))  # ours does not even look
         ours = _cli("clean")
         assert ours.returncode == 0 and name not in ours.stdout and os.path.exists(SHM + name)
-        theirs = _with_prefix(other, "-m", "broker.cli", "clean")
+        theirs = _with_prefix(other, "-m", "shmbroker.cli", "clean")
         assert theirs.returncode == 0 and f"removed {name}" in theirs.stdout, theirs.stdout + theirs.stderr
         assert not os.path.exists(SHM + name)
     finally:
@@ -142,5 +142,5 @@ def test_another_prefix_is_another_world():
 
 @pytest.mark.parametrize("bad", ["Brk", "brk.x", "1brk", "brk/x", "b" * 25])
 def test_a_bad_prefix_is_refused_with_its_rule(bad):
-    res = _with_prefix(bad, "-c", "import broker")
+    res = _with_prefix(bad, "-c", "import shmbroker as broker")
     assert res.returncode != 0 and "BROKER_SHM_PREFIX" in res.stderr and "lower-case letter" in res.stderr, res.stderr

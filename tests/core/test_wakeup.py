@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from broker import Ring
+from shmbroker import Ring
 
 from tests.helpers import Child
 

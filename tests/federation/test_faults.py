@@ -10,8 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
-import broker
-from broker import Federation
+import shmbroker as broker
+from shmbroker import Federation
 from tests.federation.nats_servers import NatsServer, free_port, users
 from tests.federation.test_topics import drain, federated, nats_server, quiet, until  # noqa: F401
 

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-import broker
-from broker import ServiceError
-from broker.protocol.frames import Status
+import shmbroker as broker
+from shmbroker import ServiceError
+from shmbroker.protocol.frames import Status
 from tests.federation.nats_servers import NatsServer
 from tests.federation.test_topics import drain, federated, nats_server, quiet, raw_nats, until  # noqa: F401
 
@@ -145,7 +145,7 @@ def test_typed_errors_nobody_a_timeout_a_denial_and_local_names(tmp_path: Path, 
 
 
 PROVIDER = """
-import sys, time, broker
+import sys, time, shmbroker as broker
 def handler(call):
     if call.integer(0) == 1:
         print("busy", flush=True)
@@ -221,7 +221,7 @@ def test_malformed_calls_are_answered_and_change_nothing(tmp_path: Path, nats_se
     prov = Provider(p.address, "Global\\fine", lambda call: 7)
     try:
         until(lambda: p.stats()["federation"]["services"] == ["fine"], "p serves it")
-        from broker.federation import ANSWER, CALL
+        from shmbroker.federation import ANSWER, CALL
 
         async def garbage(nc: Any) -> list[Any]:
             hexed = "fine".encode().hex()
@@ -253,7 +253,7 @@ def test_malformed_calls_are_answered_and_change_nothing(tmp_path: Path, nats_se
 
 
 SLOW = """
-import sys, time, broker
+import sys, time, shmbroker as broker
 def handler(call):
     print("busy", flush=True)
     time.sleep(120)
@@ -269,13 +269,13 @@ with broker.connect(sys.argv[1]) as s, s.offer("Global\\\\slow", handler) as off
 
 def test_a_broker_killed_mid_call_ends_its_callers_calls_with_disconnected(tmp_path: Path,
                                                                           nats_server: NatsServer) -> None:
-    """broker a runs as `broker serve --federate` and is killed while it runs b's caller's call: b learns
+    """broker a runs as `shmbroker serve --federate` and is killed while it runs b's caller's call: b learns
     it from a's missed heartbeats, long before the call's timeout, and says DISCONNECTED."""
     secret = tmp_path / "pw"
     secret.write_text("pw-a\n")
     secret.chmod(0o600)
     a_sock = str(tmp_path / "a.sock")
-    a = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--address", a_sock, "--federate", nats_server.url,
+    a = subprocess.Popen([sys.executable, "-m", "shmbroker", "serve", "--address", a_sock, "--federate", nats_server.url,
                           "--federation-name", "a", "--federation-accept", "b", "--nats-user", "a",
                           "--nats-password-file", str(secret)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=ROOT)
@@ -285,11 +285,11 @@ def test_a_broker_killed_mid_call_ends_its_callers_calls_with_disconnected(tmp_p
         assert a.stdout is not None and a.stdout.readline().startswith("listening on"), a.stderr
         provider = subprocess.Popen([sys.executable, "-c", SLOW, a_sock], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert provider.stdout is not None and provider.stdout.readline().strip() == "ready"
-        stat = subprocess.run([sys.executable, "-m", "broker", "stat", a_sock, "--interval", "0"], cwd=ROOT,
+        stat = subprocess.run([sys.executable, "-m", "shmbroker", "stat", a_sock, "--interval", "0"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert "federation: broker a on NATS 127.0.0.1:" in stat.stdout, stat.stdout + stat.stderr
         until(lambda: "served here: slow" in subprocess.run(
-            [sys.executable, "-m", "broker", "stat", a_sock, "--interval", "0"], cwd=ROOT, capture_output=True,
+            [sys.executable, "-m", "shmbroker", "stat", a_sock, "--interval", "0"], cwd=ROOT, capture_output=True,
             text=True, timeout=60).stdout, "a serves Global\\slow on NATS")
         with broker.connect(b.address, sharable=True) as s, s.link("Global\\slow") as link:
             errors: list[BaseException] = []
@@ -319,7 +319,7 @@ def test_a_broker_killed_mid_call_ends_its_callers_calls_with_disconnected(tmp_p
                     if f is not None:
                         f.close()
         b.stop()
-        from broker.core.ring import sweep
+        from shmbroker.core.ring import sweep
         sweep()  # the killed broker's segments: their creator is dead
 
 

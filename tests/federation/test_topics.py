@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-import broker
-from broker import BrokerError, Federation
+import shmbroker as broker
+from shmbroker import BrokerError, Federation
 from tests.federation.nats_servers import NatsServer, users
 
 pytest.importorskip("nats")
@@ -199,7 +199,7 @@ def test_an_origin_is_the_nats_servers_word_not_the_senders(tmp_path: Path, nats
             sub = sb.subscriber("Global\\t")
 
             async def spoof(nc: Any) -> None:
-                from broker.federation import HEAD
+                from shmbroker.federation import HEAD
                 await nc.publish(f"brkfed.c.t.{topic_hex}", HEAD.pack(1, 1, 0, 0, 7) + b"spoofed")
                 await nc.publish(f"brkfed.a.t.{topic_hex}", HEAD.pack(1, 1, 0, 0, 6) + b"honest")
                 await nc.flush()
@@ -219,7 +219,7 @@ def test_malformed_messages_are_counted_and_dropped_alone(tmp_path: Path, nats_s
             sub = sb.subscriber("Global\\t")
 
             async def garbage(nc: Any) -> None:
-                from broker.federation import HEAD
+                from shmbroker.federation import HEAD
                 t = "t".encode().hex()
                 await nc.publish(f"brkfed.a.t.{t}", b"")                            # no head
                 await nc.publish(f"brkfed.a.t.{t}", HEAD.pack(1, 1, 0, 999, 1) + b"x")  # meta past the end

@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-import broker
-from broker import GrantError, parse_grant
-from broker.services.kv import EchoClient, KeyValueClient, ServicesSession
+import shmbroker as broker
+from shmbroker import GrantError, parse_grant
+from shmbroker.services.kv import EchoClient, KeyValueClient, ServicesSession
 
 from tests.helpers import Child
 
@@ -216,7 +216,7 @@ def test_a_prefix_subscriber_gets_only_the_topics_it_is_granted(tcp_server):
 def test_a_service_registers_the_kind_its_grants_name(monkeypatch):
     """The framework knows no service's kind: topics, links and the tables register theirs, and a
     new service would register its own (here on a copy of the registry, which the test restores)."""
-    from broker.framework import access
+    from shmbroker.framework import access
 
     assert set(access.ACTIONS) == {"topic", "service", "table"}
     monkeypatch.setattr(access, "ACTIONS", dict(access.ACTIONS))

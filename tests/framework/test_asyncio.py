@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-import broker
-from broker import Buffer, connect
-from broker.services import ECHO, LENGTH
+import shmbroker as broker
+from shmbroker import Buffer, connect
+from shmbroker.services import ECHO, LENGTH
 from tests.helpers import Child
 from tests.served import serve
 

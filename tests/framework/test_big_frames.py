@@ -15,11 +15,11 @@ import random
 import numpy as np
 import pytest
 
-import broker
-from broker.core.ring import Ring
-from broker.framework.client import ViewBuffer
-from broker.protocol import frames as P
-from broker.transport.carrier import RECV_BYTES, STREAM_CHUNK
+import shmbroker as broker
+from shmbroker.core.ring import Ring
+from shmbroker.framework.client import ViewBuffer
+from shmbroker.protocol import frames as P
+from shmbroker.transport.carrier import RECV_BYTES, STREAM_CHUNK
 from tests.helpers import wait_for
 
 VIEW, READ, INTO, TWO, KINDS, REPLY = 1, 2, 3, 4, 5, 6

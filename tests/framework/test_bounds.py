@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import broker
-from broker import Buffer, connect
-from broker.protocol.frames import HEADER, MAGIC, Arg, ArgKind, Hello, encode, request_frame
+import shmbroker as broker
+from shmbroker import Buffer, connect
+from shmbroker.protocol.frames import HEADER, MAGIC, Arg, ArgKind, Hello, encode, request_frame
 
 from tests.helpers import Child, raw_hello, wait_for
 from tests.served import serve
@@ -315,7 +315,7 @@ class Recorder(broker.Session):
 def test_a_pipelining_client_gets_a_bounded_share_of_each_turn_and_the_others_their_turns(tmp_path):
     """20,000 requests in one go from one socket client (a 256 KiB recv holds thousands) are handled
     at most TURN_EVENTS a turn, and a second client's calls are served between them, not after."""
-    from broker.framework.server import TURN_EVENTS
+    from shmbroker.framework.server import TURN_EVENTS
 
     Recorder.served = []
     path = str(tmp_path / "fair.sock")

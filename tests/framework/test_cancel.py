@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 from tests.helpers import wait_for
 

@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-import broker
-from broker import Session, connect
+import shmbroker as broker
+from shmbroker import Session, connect
 
 from tests.helpers import Child
 

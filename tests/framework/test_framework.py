@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-import broker
-from broker import Buffer, Policy, RefObject, Session, SubSession, connect
+import shmbroker as broker
+from shmbroker import Buffer, Policy, RefObject, Session, SubSession, connect
 
 from tests.helpers import Child, in_child, raw_hello, wait_for
 
@@ -595,7 +595,7 @@ def test_session_events_iterator(tmp_path):
 
 def test_a_busy_refusal_does_not_free_a_slot(server):
     """A client that ignores its slots: the refusal must not hand it an extra slot."""
-    from broker.protocol.frames import ClientConnection, Hello
+    from shmbroker.protocol.frames import ClientConnection, Hello
 
     server.only_raw_clients = True
     sock = raw_socket(server)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 
 class Calc(broker.Session):

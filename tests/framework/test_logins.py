@@ -1,6 +1,6 @@
 """Login sessions as the broker sees them (issue 16, item 5): logon at a login session's first
 connection, logoff when its last goes (closed or killed), what the kernel says of each (user,
-audit session, tty, seat), and `broker stat --by-session`. Real users, real audit sessions."""
+audit session, tty, seat), and `shmbroker stat --by-session`. Real users, real audit sessions."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 from tests.helpers import Child, wait_for
 from tests.served import ROOT
@@ -104,7 +104,7 @@ def test_another_user_and_another_login_session_each_log_on(shared_dir, other_us
             assert len(sids) == 2  # the test's own (perhaps unset: None) and the new audit session's
             assert [e.kind for e in events].count("logon") == 3
 
-            out = subprocess.run([sys.executable, "-m", "broker", "stat", path, "--by-session", "--interval", "0"],
+            out = subprocess.run([sys.executable, "-m", "shmbroker", "stat", path, "--by-session", "--interval", "0"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
             heads = [line for line in out.stdout.splitlines() if line.startswith("login session (")]

@@ -13,11 +13,11 @@ import threading
 
 import pytest
 
-import broker
-from broker.protocol.frames import NO_ARG, Arg, ArgKind
-from broker.core.native import SERVER
-from broker.framework.native import ConnBase, ring_batch
-from broker.framework.session import Message
+import shmbroker as broker
+from shmbroker.protocol.frames import NO_ARG, Arg, ArgKind
+from shmbroker.core.native import SERVER
+from shmbroker.framework.native import ConnBase, ring_batch
+from shmbroker.framework.session import Message
 
 
 class _Conn:
@@ -106,8 +106,8 @@ def test_the_first_complete_of_a_process_may_take_the_python_way():
 
     code = (
         "import threading\n"
-        "from broker.protocol.frames import NO_ARG\n"
-        "from broker.framework.session import Message\n"
+        "from shmbroker.protocol.frames import NO_ARG\n"
+        "from shmbroker.framework.session import Message\n"
         "class Proto:\n"
         "    state = None\n"
         "class Conn:\n"
@@ -131,7 +131,7 @@ class _BatchConn(ConnBase):
     C keeps (ConnBase, as the server's _Conn)."""
 
     def __init__(self, rid: int, asynchronous: bool) -> None:
-        from broker.protocol.frames import Request, ServerConnection, State
+        from shmbroker.protocol.frames import Request, ServerConnection, State
 
         self.lock = threading.RLock()
         self.proto = ServerConnection()
@@ -198,7 +198,7 @@ def _python_way_raises():
 
 
 def _declare_complete(fn):
-    from broker.protocol.frames import ServerConnection, State
+    from shmbroker.protocol.frames import ServerConnection, State
 
     SERVER["server_setup"](Message, (Message._read, Message._write, fn, Message._send_completion),
                            ServerConnection.state, ServerConnection.outstanding, State.OPEN)

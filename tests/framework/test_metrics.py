@@ -1,4 +1,4 @@
-"""The Prometheus endpoint (broker/framework/metrics.py): real HTTP, real traffic, the counters it shows."""
+"""The Prometheus endpoint (src/shmbroker/framework/metrics.py): real HTTP, real traffic, the counters it shows."""
 from __future__ import annotations
 
 import re
@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-import broker
-from broker import connect
-from broker.framework.metrics import render
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.framework.metrics import render
 
 
 def _scrape(srv: broker.Server) -> dict[str, float]:
@@ -133,22 +133,22 @@ def test_the_text_is_what_prometheus_parses_and_a_scraper_may_ask_for_openmetric
 
 
 def test_without_prometheus_client_the_endpoint_says_what_to_install(tmp_path):
-    """The metrics extra missing: Server(metrics=...) and `broker serve --metrics` say what to install
+    """The metrics extra missing: Server(metrics=...) and `shmbroker serve --metrics` say what to install
     (exit 2, no traceback); a server without metrics does not need it."""
     import subprocess
     import sys
 
     hide = "import sys; sys.modules['prometheus_client'] = None; "
-    code = hide + ("import broker\n"
+    code = hide + ("import shmbroker as broker\n"
                    "try:\n    broker.Server(sys.argv[1], metrics=0)\n"
                    "except ImportError as e:\n    print(e)\n"
                    "with broker.Server(sys.argv[1]) as srv:\n    print('served', srv.metrics)\n")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.sock")], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == ["the metrics endpoint needs prometheus-client: pip install 'broker[metrics]' "
+    assert p.stdout.splitlines() == ["the metrics endpoint needs prometheus-client: pip install 'shmbroker[metrics]' "
                                      "(or prometheus-client)", "served None"]
-    cli = hide + "from broker.cli import main; sys.exit(main(sys.argv[1:]))"
+    cli = hide + "from shmbroker.cli import main; sys.exit(main(sys.argv[1:]))"
     p = subprocess.run([sys.executable, "-c", cli, "serve", "--address", str(tmp_path / "b.sock"), "--metrics", "0"],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "pip install 'broker[metrics]'" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "pip install 'shmbroker[metrics]'" in p.stderr and "Traceback" not in p.stderr

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import broker
-from broker.core.native import CLIENT, CODEC, SERVER
-from broker.framework.native import ConnBase, MessageBase
-from broker.framework.server import _Conn
-from broker.framework.session import Message
-from broker.protocol.frames import NO_ARG, Arg, ArgKind, Complete, Request, ServerConnection, State, Write
+import shmbroker as broker
+from shmbroker.core.native import CLIENT, CODEC, SERVER
+from shmbroker.framework.native import ConnBase, MessageBase
+from shmbroker.framework.server import _Conn
+from shmbroker.framework.session import Message
+from shmbroker.protocol.frames import NO_ARG, Arg, ArgKind, Complete, Request, ServerConnection, State, Write
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 # the lookups by name the C API offers; the one use allowed is a lock's own interface (threading's)

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-import broker
-from broker import connect
-from broker.protocol.frames import ClientConnection, FrameType, Hello, _frame
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.protocol.frames import ClientConnection, FrameType, Hello, _frame
 
 from tests.helpers import raw_hello, wait_for
 

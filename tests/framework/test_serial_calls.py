@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 from tests.helpers import in_child
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-import broker
-from broker import connect
-from broker.core import names as _names
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.core import names as _names
 
 from tests.served import serve
 

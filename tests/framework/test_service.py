@@ -1,4 +1,4 @@
-"""The Service interface (broker/framework/service.py): a server made with a service of its own
+"""The Service interface (src/shmbroker/framework/service.py): a server made with a service of its own
 dispatches that service's codes to it, shows its statistics and metrics, and calls its hooks."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import urllib.request
 
 import pytest
 
-import broker
-from broker.api import BUILTIN
-from broker.framework.service import Service
-from broker.protocol.codes import RESERVED, TOPIC_LIST
+import shmbroker as broker
+from shmbroker.api import BUILTIN
+from shmbroker.framework.service import Service
+from shmbroker.protocol.codes import RESERVED, TOPIC_LIST
 
-COUNT = -40  # a code of the free block (broker/protocol/codes.py)
+COUNT = -40  # a code of the free block (src/shmbroker/protocol/codes.py)
 
 
 class Counter(Service):
@@ -59,7 +59,7 @@ def test_a_service_of_its_own_is_dispatched_to_shown_and_closed(tmp_path):
 
 
 def test_a_server_without_services_has_only_the_framework(tmp_path):
-    from broker.framework.server import Server
+    from shmbroker.framework.server import Server
 
     with Server(str(tmp_path / "bare.sock")) as srv, broker.connect(str(tmp_path / "bare.sock")) as s:
         with pytest.raises(broker.ServiceError):

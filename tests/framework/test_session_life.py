@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-import broker
-from broker import connect
-from broker.protocol.handles import ObjectIndex
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.protocol.handles import ObjectIndex
 
 from tests.helpers import wait_for
 from tests.served import ROOT, serve
@@ -239,7 +239,7 @@ def test_a_tcp_port_in_use_is_address_in_use(tmp_path):
 def test_broker_serve_says_address_in_use_with_its_own_exit_code(tmp_path):
     path = str(tmp_path / "busy")
     with broker.Server(path):
-        done = subprocess.run([sys.executable, "-m", "broker", "serve", "--address", path], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "shmbroker", "serve", "--address", path], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done
     assert "another server is live" in done.stderr
@@ -247,7 +247,7 @@ def test_broker_serve_says_address_in_use_with_its_own_exit_code(tmp_path):
 
 def test_a_stale_socket_and_lock_file_of_a_killed_server_are_taken_over(tmp_path):
     path = str(tmp_path / "stale")
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--address", path], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "shmbroker", "serve", "--address", path], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None and "listening on" in proc.stdout.readline()

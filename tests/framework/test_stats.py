@@ -1,6 +1,6 @@
-"""The server's statistics over the wire: `ClientSession.server_stats()` and `broker stat`.
+"""The server's statistics over the wire: `ClientSession.server_stats()` and `shmbroker stat`.
 
-Real processes: sessions held by forked children, `broker stat` run as a
+Real processes: sessions held by forked children, `shmbroker stat` run as a
 subprocess, and a real second user who must not see them.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import tempfile
 
 import pytest
 
-import broker
-from broker import Buffer, connect
+import shmbroker as broker
+from shmbroker import Buffer, connect
 
 from tests.helpers import Child
 
@@ -27,7 +27,7 @@ class Echo(broker.Session):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "shmbroker.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def _holder(path: str, ready_w: int, go_r: int, requests: int) -> None:

@@ -1,7 +1,7 @@
 """A system-wide address every local user can reach (issue 16, item 3): Server(system=True) and
-`broker serve --system` listen at $BROKER_SYSTEM_DIR/NAME.sock (/run/broker), a bare name finds it
+`shmbroker serve --system` listen at $BROKER_SYSTEM_DIR/NAME.sock (/run/broker), a bare name finds it
 for any user, mode= and group= decide who may connect, policies and grants what each may do; and
-`broker serve` takes the listening socket systemd passes (socket activation)."""
+`shmbroker serve` takes the listening socket systemd passes (socket activation)."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,8 @@ import tempfile
 
 import pytest
 
-import broker
-from broker import EchoClient, ServicesSession, connect
+import shmbroker as broker
+from shmbroker import EchoClient, ServicesSession, connect
 
 from tests.helpers import Child
 from tests.served import ROOT
@@ -120,7 +120,7 @@ def test_broker_serve_takes_the_socket_systemd_passes(tmp_path):
     listener.listen(16)
     launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
                 "os.environ['LISTEN_FDS'] = '1'; "
-                "os.execv(sys.executable, [sys.executable, '-m', 'broker', 'serve', '--address', 'ignored'])")
+                "os.execv(sys.executable, [sys.executable, '-m', 'shmbroker', 'serve', '--address', 'ignored'])")
     proc = subprocess.Popen([sys.executable, "-c", launcher, str(listener.fileno())], cwd=ROOT,
                             pass_fds=[listener.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     listener.close()  # systemd keeps its copy; here the server's is the only one
@@ -141,7 +141,7 @@ def test_broker_serve_takes_the_socket_systemd_passes(tmp_path):
 
 def test_broker_serve_system_mode_and_group(system_dir, other_user):
     uid, gid = other_user
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--system", "--address", "cli-sys",
+    proc = subprocess.Popen([sys.executable, "-m", "shmbroker", "serve", "--system", "--address", "cli-sys",
                              "--mode", "660", "--group", str(gid)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     path = os.path.join(system_dir, "cli-sys.sock")
@@ -157,6 +157,6 @@ def test_broker_serve_system_mode_and_group(system_dir, other_user):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert not os.path.exists(path)
-    bad = subprocess.run([sys.executable, "-m", "broker", "serve", "--mode", "999"], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "shmbroker", "serve", "--mode", "999"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not an octal mode" in bad.stderr

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import broker
-from broker import Broadcast, Ring
-from broker.core import shm as _shm
+import shmbroker as broker
+from shmbroker import Broadcast, Ring
+from shmbroker.core import shm as _shm
 
 from tests.helpers import Child, check_payload, checksum_payload
 
@@ -161,7 +161,7 @@ def test_consumer_reads_what_a_dead_producer_left_then_learns_it_died():
                 rx.recv(timeout=5)
             assert isinstance(e.value, ConnectionError) and "died" in str(e.value)
     finally:
-        _shm.unlink(name)  # its owner is dead: this is what `broker clean` will do
+        _shm.unlink(name)  # its owner is dead: this is what `shmbroker clean` will do
         os.close(r)
         os.close(w)
 

@@ -24,17 +24,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
-with fuzzlib.instrumented(__name__ == "__main__", ["broker.services.topics.wire", "broker.services.topics.broker",
-                                                    "broker.services.topics.client", "broker.services.links.wire"]):
+with fuzzlib.instrumented(__name__ == "__main__", ["shmbroker.services.topics.wire", "shmbroker.services.topics.broker",
+                                                    "shmbroker.services.topics.client", "shmbroker.services.links.wire"]):
     import numpy as np
 
-    from broker.services.links import wire as L
-    from broker.services.topics import client as S
-    from broker.services.topics import broker as T
-    from broker._errors import BrokerError, ServerGone
-    from broker.protocol.frames import Arg, ArgKind
-    from broker.core.ring import Broadcast
-    from broker.framework.session import Message
+    from shmbroker.services.links import wire as L
+    from shmbroker.services.topics import client as S
+    from shmbroker.services.topics import broker as T
+    from shmbroker._errors import BrokerError, ServerGone
+    from shmbroker.protocol.frames import Arg, ArgKind
+    from shmbroker.core.ring import Broadcast
+    from shmbroker.framework.session import Message
 
 TARGET = "assemblers"
 Bug = fuzzlib.Bug

@@ -24,13 +24,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
-with fuzzlib.instrumented(__name__ == "__main__", ["broker.protocol.frames", "broker.core.ring"]):
-    from broker.protocol import frames as P
-    from broker import Ring
-    from broker._errors import BrokerError, Empty
-    from broker.core.ring import request_taker
-    from broker.framework.native import ConnBase
-    from broker.framework.session import CLOSE_SUBSESSION, Message
+with fuzzlib.instrumented(__name__ == "__main__", ["shmbroker.protocol.frames", "shmbroker.core.ring"]):
+    from shmbroker.protocol import frames as P
+    from shmbroker import Ring
+    from shmbroker._errors import BrokerError, Empty
+    from shmbroker.core.ring import request_taker
+    from shmbroker.framework.native import ConnBase
+    from shmbroker.framework.session import CLOSE_SUBSESSION, Message
 
 TARGET = "codec"
 Bug = fuzzlib.Bug

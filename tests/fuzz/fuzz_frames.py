@@ -1,4 +1,4 @@
-"""Fuzz target: the Python frame decoder (broker/protocol/frames.py) on a hostile byte stream.
+"""Fuzz target: the Python frame decoder (src/shmbroker/protocol/frames.py) on a hostile byte stream.
 
 FrameReader.feed (fast=True: C takes the common frames first; fast=False: the Python reference
 alone), ServerConnection / ClientConnection.receive in each of their states, and decode_body.
@@ -20,9 +20,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
-with fuzzlib.instrumented(__name__ == "__main__", ["broker.protocol.frames"]):
-    from broker.protocol import frames as P
-    from broker._errors import BrokerError
+with fuzzlib.instrumented(__name__ == "__main__", ["shmbroker.protocol.frames"]):
+    from shmbroker.protocol import frames as P
+    from shmbroker._errors import BrokerError
 
 TARGET = "frames"
 Bug = fuzzlib.Bug

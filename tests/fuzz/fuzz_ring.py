@@ -1,4 +1,4 @@
-"""Fuzz target: the ring reader on hostile memory (csrc/ring/brk_ring.c through broker/core/ring.py).
+"""Fuzz target: the ring reader on hostile memory (csrc/ring/brk_ring.c through src/shmbroker/core/ring.py).
 
 A real ring in shared memory (broker.Ring, or a lossless or lossy broadcast.Broadcast), used
 by its producer and consumer while the input scribbles over its segment as a peer with write
@@ -21,10 +21,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
-with fuzzlib.instrumented(__name__ == "__main__", ["broker.core.ring", "broker.core.shm"]):
-    from broker import Broadcast, Ring
-    from broker._errors import BrokerError
-    from broker.core.ring import ffi
+with fuzzlib.instrumented(__name__ == "__main__", ["shmbroker.core.ring", "shmbroker.core.shm"]):
+    from shmbroker import Broadcast, Ring
+    from shmbroker._errors import BrokerError
+    from shmbroker.core.ring import ffi
 
 TARGET = "ring"
 Bug = fuzzlib.Bug

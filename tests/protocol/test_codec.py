@@ -1,4 +1,4 @@
-"""The C codec (csrc/py/codec.c and csrc/py/server.c) against the Python reference in broker/protocol/frames.py.
+"""The C codec (csrc/py/codec.c and csrc/py/server.c) against the Python reference in src/shmbroker/protocol/frames.py.
 
 C encodes and decodes the common REQUEST and COMPLETE frames and leaves
 everything else to the reference. These tests hold the two to the same
@@ -12,7 +12,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from broker.protocol.frames import (
+from shmbroker.protocol.frames import (
     MAX_TEXT,
     NO_ARG,
     Arg,

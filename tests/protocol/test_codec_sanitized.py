@@ -26,9 +26,9 @@ pytestmark = pytest.mark.stress  # a build with ASan and UBSan, then a suite und
 
 BUILD = r"""
 import os, sys
-sys.path.insert(0, {root!r})
+sys.path.insert(0, os.path.join({root!r}, "src"))
 import cffi
-from broker import _build
+from shmbroker import _build
 ffi = cffi.FFI()
 _build.configure(ffi, os.path.join({root!r}, "csrc"), relative=False, extra_compile_args={flags!r},
                  extra_link_args={flags!r}[:1])
@@ -49,7 +49,7 @@ def test_the_extension_under_asan_and_ubsan(tmp_path):
     if not asan or not ubsan:
         pytest.skip("gcc has no sanitizer runtimes here (Debian packages libasan8 and libubsan1)")
     tree = tmp_path / "tree"
-    shutil.copytree(ROOT / "broker", tree / "broker", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(ROOT / "src" / "shmbroker", tree / "shmbroker", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
     out = tmp_path / "build"
@@ -57,12 +57,12 @@ def test_the_extension_under_asan_and_ubsan(tmp_path):
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-3000:]
     built = Path(build.stdout.strip().splitlines()[-1])
-    shutil.copy(built, tree / "broker" / built.name)
+    shutil.copy(built, tree / "shmbroker" / built.name)
     env = {**os.environ, "PYTHONPATH": str(tree), "LD_PRELOAD": f"{asan} {ubsan}",
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
-    probe = subprocess.run([sys.executable, "-c", "import broker._brk as b; print(b.__file__)"], env=env,
+    probe = subprocess.run([sys.executable, "-c", "import shmbroker._brk as b; print(b.__file__)"], env=env,
                            capture_output=True, text=True, timeout=60, cwd=tree)
-    assert probe.stdout.strip() == str(tree / "broker" / built.name), probe.stdout + probe.stderr
+    assert probe.stdout.strip() == str(tree / "shmbroker" / built.name), probe.stdout + probe.stderr
     # Output to files, not pipes: a forked child of a failed test that outlives its run cannot keep
     # this waiting for the pipes' end. Each test has its own time limit, far inside ours.
     with open(tmp_path / "out.txt", "w+") as out, open(tmp_path / "err.txt", "w+") as err:

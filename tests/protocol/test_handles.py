@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-import broker
-from broker._errors import BadHandle
-from broker.protocol.handles import ObjectIndex
+import shmbroker as broker
+from shmbroker._errors import BadHandle
+from shmbroker.protocol.handles import ObjectIndex
 
 
 def test_add_get_remove():

@@ -8,7 +8,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from broker.protocol.frames import (
+from shmbroker.protocol.frames import (
     HEADER_SIZE,
     MAX_TEXT,
     NO_ARG,
@@ -315,15 +315,15 @@ def test_requests_over_the_servers_limit_are_refused_before_sending():
     assert not c.outstanding
 
 
-PROTOCOL = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "broker" / "protocol").glob("*.py"))
+PROTOCOL = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "src" / "shmbroker" / "protocol").glob("*.py"))
 
 
 @pytest.mark.parametrize("module", PROTOCOL)
 def test_the_protocol_layer_does_no_io(module):
-    """Sans-IO: no sockets, no mmap, no os, no threads in the protocol layer (broker/protocol/)."""
+    """Sans-IO: no sockets, no mmap, no os, no threads in the protocol layer (src/shmbroker/protocol/)."""
     import ast
 
-    src = (Path(__file__).resolve().parents[2] / "broker" / "protocol" / module).read_text()
+    src = (Path(__file__).resolve().parents[2] / "src" / "shmbroker" / "protocol" / module).read_text()
     imported = set()
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, ast.Import):

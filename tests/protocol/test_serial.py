@@ -1,4 +1,4 @@
-"""Serializers (broker/protocol/serial.py): every built-in name, objects of one's own, a peer's garbage."""
+"""Serializers (src/shmbroker/protocol/serial.py): every built-in name, objects of one's own, a peer's garbage."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import broker
+import shmbroker as broker
 
 DATA = {"id": 7, "name": "Zoë", "items": [1, 2.5, None, True], "nested": {"k": [b"raw".hex()]}}
 GARBAGE = [b"", b"\xc1", b"\x92\x01", b"\xff" * 7, b"\x80\x05\x95garbage", b'{"a": ', b"\xdd\xff\xff\xff\xff"]
@@ -70,7 +70,7 @@ def test_objects_of_ones_own_and_what_is_refused():
 def test_a_missing_package_names_the_extra(name):
     """A process where the package cannot be imported (as if not installed) is told what to install."""
     code = (f"import sys; sys.modules[{name!r}] = None\n"
-            "import broker\n"
+            "import shmbroker as broker\n"
             "try:\n"
             f"    broker.serializer({name!r})\n"
             "except ImportError as e:\n"

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 from tests.helpers import Child, wait_for
 

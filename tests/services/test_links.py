@@ -1,4 +1,4 @@
-"""Linked services (broker/services/links): a provider process offers a named service, callers in other
+"""Linked services (src/shmbroker/services/links): a provider process offers a named service, callers in other
 processes call it through the broker; the provider's death, a new provider, bad requests."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Iterator
 
 import pytest
 
-import broker
-from broker import Buffer, connect
-from broker.protocol.codes import LINK_CALL, LINK_OFFER, LINK_REPLY, LINK_TAKE
-from broker.services.links.wire import pack_call, pack_writes, unpack_call
+import shmbroker as broker
+from shmbroker import Buffer, connect
+from shmbroker.protocol.codes import LINK_CALL, LINK_OFFER, LINK_REPLY, LINK_TAKE
+from shmbroker.services.links.wire import pack_call, pack_writes, unpack_call
 
 from tests.helpers import Child, in_child, wait_for
 
@@ -417,8 +417,8 @@ def test_a_caller_in_another_session_is_relayed_and_maps_no_pair(tmp_path, other
 def test_a_servers_policies_cover_the_broker_own_services(tmp_path):
     """Policies apply to the topic and link codes as to any other: here nobody may list topics or
     offer a service, while publishing and linking stay open."""
-    from broker.protocol.codes import LINK_OFFER
-    from broker.protocol.codes import TOPIC_LIST
+    from shmbroker.protocol.codes import LINK_OFFER
+    from shmbroker.protocol.codes import TOPIC_LIST
 
     path = str(tmp_path / "p.sock")
     deny = (broker.Policy(range(TOPIC_LIST, TOPIC_LIST + 1), broker.NOT_SUPPORTED),

@@ -1,6 +1,6 @@
 """Local\\ and Global\\ names (issue 16, item 2): an unqualified name is Local, its creator's login
 session's; two users, two login sessions of one user, or a TCP peer and a local one, who use the
-same name never meet unless they say Global\\. stats() and `broker stat` show each name's namespace.
+same name never meet unless they say Global\\. stats() and `shmbroker stat` show each name's namespace.
 Real users (setuid in a child), real audit sessions (a child writes /proc/self/loginuid), TCP."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-import broker
-from broker import KeyValueClient, ServicesSession, connect
+import shmbroker as broker
+from shmbroker import KeyValueClient, ServicesSession, connect
 
 from tests.helpers import Child
 from tests.served import ROOT
@@ -147,7 +147,7 @@ def test_a_tcp_peer_has_its_own_local_namespace(tmp_path):
 
 
 def _session() -> str:
-    from broker.core import proc
+    from shmbroker.core import proc
 
     sid = proc.login_session()
     return "none" if sid is None else "unset" if sid == 0xFFFFFFFF else str(sid)
@@ -165,7 +165,7 @@ def test_local_and_plain_names_are_one_and_global_needs_a_name(tmp_path):
 def test_broker_stat_shows_each_names_namespace(tmp_path):
     path = str(tmp_path / "s")
     with broker.Server(path), connect(path) as s, s.publisher("plain"), s.publisher("Global\\shared"):
-        out = subprocess.run([sys.executable, "-m", "broker", "stat", path, "--interval", "0"], cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "shmbroker", "stat", path, "--interval", "0"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-import broker
-from broker import Publisher, connect
+import shmbroker as broker
+from shmbroker import Publisher, connect
 
 from tests.helpers import Child
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import broker
-from broker import Buffer, EchoClient, KeyValueClient, KeyValueLimits, KeyValueStore, ServicesSession, connect
-from broker import services as svc
+import shmbroker as broker
+from shmbroker import Buffer, EchoClient, KeyValueClient, KeyValueLimits, KeyValueStore, ServicesSession, connect
+from shmbroker import services as svc
 
 from tests.helpers import Child, in_child, wait_for
 

@@ -18,9 +18,9 @@ import numpy as np
 from hypothesis import given, settings
 import pytest
 
-import broker
-from broker import connect
-from broker.services.topics import client as topics_client
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.services.topics import client as topics_client
 
 STRUCT = np.dtype([("a", "<i4"), ("b", "<f8")])
 NESTED = np.dtype([("id", "<u2"), ("pos", [("x", "<f4"), ("y", "<f4")]), ("tag", "S3"), ("v", "<i2", (2, 3))])
@@ -274,7 +274,7 @@ def test_a_dtype_no_receiver_would_take_is_refused_by_the_publisher(server):
 
 def _unpack_reference(data: bytes, n: int) -> tuple[int, list[tuple[int, int, bytes, bytes]]]:
     """A relayed batch read the way the wire defines it (services/topics/wire.py), for topic_unpack."""
-    from broker.services.topics.wire import BATCH_HEAD, MAX_META, MESSAGE_HEAD
+    from shmbroker.services.topics.wire import BATCH_HEAD, MAX_META, MESSAGE_HEAD
 
     if len(data) < BATCH_HEAD.size:
         raise ValueError("short")
@@ -300,7 +300,7 @@ def _unpack_reference(data: bytes, n: int) -> tuple[int, list[tuple[int, int, by
 def test_a_relayed_batch_is_read_by_c_as_the_wire_defines_it(msgs, lost, extra_n, junk, cut):
     """topic_unpack against the reference, on sound batches, cut ones, ones with junk after them and
     wrong counts: the same messages (each the kind the client reads), or an error for the same input."""
-    from broker.services.topics.wire import BATCH_HEAD, MESSAGE_HEAD
+    from shmbroker.services.topics.wire import BATCH_HEAD, MESSAGE_HEAD
 
     data = BATCH_HEAD.pack(lost) + b"".join(MESSAGE_HEAD.pack(p, s, len(m), len(d)) + m + d for p, s, m, d in msgs)
     for blob in (data, data + junk, data[:max(0, len(data) - cut)]):
@@ -329,8 +329,8 @@ def test_a_fetch_reply_packed_by_c_is_what_the_reader_reads(items, most, room, l
     at most `most`, read back by the reference; `first` is the size of the first one left out for room."""
     from collections import deque
 
-    from broker.services.topics.broker import _Item
-    from broker.services.topics.wire import MESSAGE_HEAD
+    from shmbroker.services.topics.broker import _Item
+    from shmbroker.services.topics.wire import MESSAGE_HEAD
 
     queue = deque(_Item(*x) for x in items)
     data, n, first = topics_client._RING_CALLS["topic_pack"](queue, most, room, lost)
@@ -355,7 +355,7 @@ def test_a_fetch_reply_packed_as_parts_is_the_same_bytes_and_leaves_big_payloads
     those payloads the queued bytes themselves, and the parts joined are exactly the packed bytes."""
     from collections import deque
 
-    from broker.services.topics.broker import _Item
+    from shmbroker.services.topics.broker import _Item
 
     pack = topics_client._RING_CALLS["topic_pack"]
     queue = deque(_Item(*x) for x in items)

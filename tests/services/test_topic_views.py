@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 RING = 64 << 10  # the publisher's ring: a few hundred 100-byte messages wrap it
 

@@ -1,4 +1,4 @@
-"""Publish/subscribe topics (broker/services/topics/broker.py, broker/services/topics/client.py), with real processes.
+"""Publish/subscribe topics (src/shmbroker/services/topics/broker.py, src/shmbroker/services/topics/client.py), with real processes.
 
 The server runs here (its books are checked); publishers and subscribers run in
 forked children, on shared-memory sessions unless a test says otherwise, and
@@ -19,9 +19,9 @@ import time
 import numpy as np
 import pytest
 
-import broker
-from broker import connect
-from broker.protocol.codes import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER
+import shmbroker as broker
+from shmbroker import connect
+from shmbroker.protocol.codes import TOPIC_FETCH, TOPIC_PUBLISH, TOPIC_PUBLISH_MANY, TOPIC_PUBLISHER, TOPIC_SUBSCRIBER
 
 from tests.helpers import Child, wait_for
 
@@ -800,7 +800,7 @@ def test_a_publisher_of_a_closed_session_fails_loudly(server):
 def test_the_assembler_refuses_a_message_announced_bigger_than_its_limit():
     """The server gathers a relayed ring's fragments only up to the frame limit: a record announcing
     more is a bad record (counted), not gigabytes held in memory."""
-    from broker.services.topics.wire import RECORD_HEAD, Assembler, split_record
+    from shmbroker.services.topics.wire import RECORD_HEAD, Assembler, split_record
 
     asm = Assembler(max_message=1000)
     with pytest.raises(ValueError, match="bad record"):
@@ -816,7 +816,7 @@ def test_subscribers_beyond_a_rings_slots_are_relayed_and_dead_ones_slots_come_b
     """A ring has a fixed number of reader slots: the server gives it to as many direct subscribers
     as it has slots for (one kept for its own relay), relays it to the others, and a subscriber that
     died leaves its slot to the next one."""
-    from broker.services.topics import broker as _topics
+    from shmbroker.services.topics import broker as _topics
 
     monkeypatch.setattr(_topics, "RING_CONSUMERS", 4)  # rings made from now on: 4 slots
     with connect(server.address) as s:
@@ -912,7 +912,7 @@ def test_a_stalled_subscribers_queue_of_big_messages_is_bounded_in_bytes_too(ser
     """A blocking relayed subscriber of capacity 4096 that reads nothing: of 1 MiB messages the relay
     queues about RELAY_QUEUE_BYTES for it, not 4096 (4 GiB); then the ring fills and the publisher
     waits, as the capacity makes it. Nothing is lost: it gets every message, in order, once it reads."""
-    from broker.services.topics.broker import RELAY_QUEUE_BYTES
+    from shmbroker.services.topics.broker import RELAY_QUEUE_BYTES
 
     big = 1 << 20
     with connect(server.address) as a, connect(server.address, socket_only=True) as b:

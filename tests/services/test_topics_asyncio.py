@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from broker import connect
+from shmbroker import connect
 
 
 import pytest

@@ -1,4 +1,4 @@
-"""The user's runtime directory for bare server names (broker/transport/address.py): where it is, and
+"""The user's runtime directory for bare server names (src/shmbroker/transport/address.py): where it is, and
 that it is refused unless it is a private directory of this user."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from broker.transport.address import parse, runtime_dir
+from shmbroker.transport.address import parse, runtime_dir
 
 
 def test_a_bare_name_lives_in_xdg_runtime_dir_broker_made_0700(tmp_path, monkeypatch):

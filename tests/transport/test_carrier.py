@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-import broker
-from broker.protocol.frames import Arg, ArgKind, Complete, request_frame
-from broker.transport.carrier import CarrierGone, ClientRings, SocketCarrier
+import shmbroker as broker
+from shmbroker.protocol.frames import Arg, ArgKind, Complete, request_frame
+from shmbroker.transport.carrier import CarrierGone, ClientRings, SocketCarrier
 
 ECHO = 2
 
@@ -91,7 +91,7 @@ def test_a_server_socket_sends_parts_and_frames_in_order_whatever_the_socket_tak
     import random
     import socket
 
-    from broker.transport.carrier import ServerSocket
+    from shmbroker.transport.carrier import ServerSocket
 
     a, b = socket.socketpair()
     try:

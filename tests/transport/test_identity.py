@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from broker.transport import identity as _identity
-from broker.transport.identity import AUDIT_SID_UNSET, Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
+from shmbroker.transport import identity as _identity
+from shmbroker.transport.identity import AUDIT_SID_UNSET, Decision, Facts, PolicyError, decide, local_facts, peer_facts, policy_from
 
 from tests.helpers import Child
 

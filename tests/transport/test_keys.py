@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-import broker
-from broker.transport import keys as _keys
-from broker.protocol.frames import (
+import shmbroker as broker
+from shmbroker.transport import keys as _keys
+from shmbroker.protocol.frames import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -31,7 +31,7 @@ from broker.protocol.frames import (
     Welcome,
     encode,
 )
-from broker.services.kv import ECHO, EchoClient, ServicesSession
+from shmbroker.services.kv import ECHO, EchoClient, ServicesSession
 
 from tests.helpers import wait_for
 
@@ -336,7 +336,7 @@ def test_a_client_with_a_key_refuses_a_server_that_cannot_prove_it(tmp_path, kin
 
 
 def test_insecure_tcp_needs_no_key_warns_and_names_nobody(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="broker.server")
+    caplog.set_level(logging.WARNING, logger="shmbroker.server")
     with broker.Server(str(tmp_path / "p.sock"), ServicesSession, tcp="tcp://127.0.0.1:0", insecure_tcp=True) as srv:
         address = f"tcp://127.0.0.1:{srv.bound[1][1]}"
         assert any("plain TCP" in r.getMessage() and "insecure_tcp" in r.getMessage() for r in caplog.records)

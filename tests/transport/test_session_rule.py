@@ -1,6 +1,6 @@
 """The session rule as the server applies it: every session's decision, with its
 reason, in the connected event, the log and the statistics; the policy from the
-argument, the environment and `broker serve --shm-policy`.
+argument, the environment and `shmbroker serve --shm-policy`.
 
 Clients are real processes (forked children), one of them a real second user.
 The rule itself (every branch, namespaces, audit sessions, reused pids) is
@@ -19,8 +19,8 @@ import tempfile
 
 import pytest
 
-import broker
-from broker import connect
+import shmbroker as broker
+from shmbroker import connect
 
 from tests.helpers import Child
 
@@ -51,7 +51,7 @@ def _connected(events: list[broker.SessionEvent]) -> list[broker.SessionEvent]:
 
 
 def test_same_user_and_session_may_share_memory(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="broker.server")
+    caplog.set_level(logging.INFO, logger="shmbroker.server")
     srv, events = _serve(tmp_path)
     try:
         with connect(str(tmp_path / "rule.sock")) as s:  # this process: same user, same everything
@@ -141,11 +141,11 @@ def test_the_policy_comes_from_the_argument_or_the_environment(tmp_path, monkeyp
 
 def test_broker_serve_takes_the_policy_and_refuses_a_bad_one(tmp_path):
     path = str(tmp_path / "cli.sock")
-    bad = subprocess.run([sys.executable, "-m", "broker.cli", "serve", "--address", path, "--shm-policy", "nope"],
+    bad = subprocess.run([sys.executable, "-m", "shmbroker.cli", "serve", "--address", path, "--shm-policy", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and not os.path.exists(path)
 
-    p = subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", "--address", path, "--shm-policy", "off"],
+    p = subprocess.Popen([sys.executable, "-m", "shmbroker.cli", "serve", "--address", path, "--shm-policy", "off"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().startswith("listening on")

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-import broker
-from broker import Buffer, connect
-from broker.core import names as _names
+import shmbroker as broker
+from shmbroker import Buffer, connect
+from shmbroker.core import names as _names
 
 from tests.helpers import Child, wait_for
 
@@ -308,7 +308,7 @@ def test_an_offer_nobody_answers_ends_the_session_and_frees_its_segment(tmp_path
     segment, named and reserved meanwhile, must not outlive offer_timeout."""
     import socket
 
-    from broker.protocol.frames import ClientConnection, Hello
+    from shmbroker.protocol.frames import ClientConnection, Hello
 
     path = str(tmp_path / "s.sock")
     events: list[broker.SessionEvent] = []
@@ -460,7 +460,7 @@ def test_close_from_another_thread_ends_a_call_waiting_in_c(tmp_path):
 
 def test_simple_calls_on_shared_memory_never_take_the_long_way(tmp_path, monkeypatch):
     """ints, bytes, None and Buffers: the C call takes them; anything else (a bytearray) the long way."""
-    import broker.framework.client as client
+    import shmbroker.framework.client as client
 
     def long_way(a):
         raise AssertionError(f"the long way was taken for {a!r}")
@@ -543,8 +543,8 @@ def test_call_many_gives_what_the_long_way_gives_for_every_kind_of_completion(tm
 def test_pipelined_calls_on_shared_memory_never_take_the_long_way(tmp_path, monkeypatch):
     """call_many of ints, bytes and Buffers: written, taken, served, completed and read in C at both
     ends; the Python ways (the client's frames and reader, the server's decoder) are never used."""
-    import broker.framework.client as client
-    import broker.framework.server as server
+    import shmbroker.framework.client as client
+    import shmbroker.framework.server as server
 
     def long_way(*a):
         raise AssertionError(f"the long way was taken for {a!r}")
@@ -581,7 +581,7 @@ def test_asynchronous_requests_beyond_the_slots_are_refused_on_the_rings(tmp_pat
     """A client that ignores its slots on a shared-memory session: C takes as many asynchronous
     requests as there are slots free and leaves the rest to Python, which refuses them (SERVER_BUSY)
     without giving a slot away; a completion gives the slot back."""
-    from broker.protocol.frames import Complete
+    from shmbroker.protocol.frames import Complete
 
     path = str(tmp_path / "s.sock")
     Holder.held = []
@@ -627,7 +627,7 @@ class Mixed(broker.Session):
 def test_the_servers_c_turn_handles_what_services_raise_and_return(tmp_path, caplog, monkeypatch):
     """What on_request does on the long way, the C turn does for the Messages C made: an exception
     becomes a DIED status with its text (and a log line), a coroutine NOT_SUPPORTED."""
-    import broker.framework.server as server
+    import shmbroker.framework.server as server
 
     path = str(tmp_path / "s.sock")
     with broker.Server(path, Mixed) as srv, connect(path, slots=32) as s:

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import assert_type
 
-import broker
+import shmbroker as broker
 
 Value = bytes | np.ndarray  # a message's value: bytes, or a numpy array for an array message
 

@@ -1,1 +1,0 @@
-"""The benchmarks behind `broker bench`, each side by side with the IPC a user would otherwise pick."""
