@@ -310,14 +310,19 @@ class Publisher(SubSession):
                 h = h or ring.need("producer")
                 ring.wait_room(h, need, wait, deadline)
             except BaseException as e:
-                if not k:  # nothing of it was written: its number is the next one's
-                    self._seq -= 1
-                if isinstance(e, Full):
-                    self._ring_full(e)
-                if isinstance(e, Closed):
-                    self._ring_closed(e)
+                self._publish_failed(e, k)
                 raise
             r = _tpublish(self._addr, self._seq, buf, meta, k)
+
+    def _publish_failed(self, e: BaseException, k: int) -> None:
+        """A ring publish (publish or apublish) that failed: its number back if nothing of it was written
+        (the next one's), and the ring's end told when it is full or closed (those raise)."""
+        if not k:
+            self._seq -= 1
+        if isinstance(e, Full):
+            self._ring_full(e)
+        if isinstance(e, Closed):
+            self._ring_closed(e)
 
     def _ring_closed(self, e: Closed) -> NoReturn:
         """A send on the ring failed as closed: the server is gone (its session's socket hung up:
@@ -425,12 +430,7 @@ class Publisher(SubSession):
                 if self._ring is not ring:
                     raise Closed(f"{ring.name} was closed while waiting for room")
             except BaseException as e:
-                if not k:  # nothing of it was written: its number is the next one's
-                    self._seq -= 1
-                if isinstance(e, Full):
-                    self._ring_full(e)
-                if isinstance(e, Closed):
-                    self._ring_closed(e)
+                self._publish_failed(e, k)
                 raise
             r = _tpublish(self._addr, self._seq, buf, meta, k)
 
