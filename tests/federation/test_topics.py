@@ -279,3 +279,24 @@ def test_the_metrics_endpoint_and_stat_show_the_federation_link(tmp_path: Path, 
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_remote_broker_cannot_make_this_one_keep_topics_nobody_reads(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Messages to Global topics nobody here reads make nothing here (counted unread); a read one still
+    arrives; the host publishers of topics read once are let go when there are many."""
+    a, b = (federated(tmp_path, n, nats_server.url) for n in "ab")
+    try:
+        with broker.connect(a.address) as sa, broker.connect(b.address) as sb:
+            sub = sb.subscriber("Global\\wanted")
+            with sa.publisher("Global\\wanted") as wanted:
+                for i in range(300):
+                    with sa.publisher(f"Global\\spam{i}") as spam:
+                        spam.publish(b"x")
+                wanted.publish(b"yes")
+            assert drain(sub, 1) == [b"yes"]
+            until(lambda: b.stats()["federation"]["unread"] == 300, "b counts the 300 it has no reader for")
+            names = {t["topic"] for t in b.stats()["topics"]}
+            assert not [n for n in names if "spam" in n], sorted(names)[:5]
+    finally:
+        a.stop()
+        b.stop()

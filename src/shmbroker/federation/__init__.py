@@ -52,6 +52,7 @@ NOT_HERE = "not here"  # a provider's broker whose provider just went: the calle
 MAX_SERVING = 1024  # calls from other brokers running here at once; more are answered SERVER_BUSY
 MAX_NAME = 64
 TAKE = 256  # messages taken from the tap at once
+MAX_PUBLISHERS = 4096  # host publishers for other brokers' topics kept before those nobody reads are let go
 
 
 def _check_name(name: str) -> str:
@@ -181,7 +182,7 @@ class FederationLink:
         self.links = server.service("services")
         self.stats: dict[str, Any] = {"name": config.name, "connected": None, "reconnects": 0, "disconnects": 0,
                                       "messages_out": 0, "bytes_out": 0, "messages_in": 0, "bytes_in": 0,
-                                      "dropped_in": 0, "denied": 0, "malformed": 0, "errors": 0,
+                                      "dropped_in": 0, "unread": 0, "denied": 0, "malformed": 0, "errors": 0,
                                       "calls_out": 0, "calls_in": 0, "calls_failed": 0, "services": []}
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # (start() or astart() sets it)
         self._task: asyncio.Future[None] | None = None  # astart's: _main on the server's loop
@@ -487,6 +488,14 @@ class FederationLink:
             return
         pub = self._pubs.get(topic)
         if pub is None:
+            if not self.topics.has_readers(self.host, GLOBAL + topic):
+                stats["unread"] += len(items)  # nobody here reads it: nothing is made for it (a remote broker
+                return  # cannot make this one keep a topic, a publisher and a queue per name it sends)
+            if len(self._pubs) >= MAX_PUBLISHERS:  # the topics nobody reads any more let theirs go
+                for name in [t for t in self._pubs if not self.topics.has_readers(self.host, GLOBAL + t)]:
+                    gone = self._pubs.pop(name)
+                    self._own.discard(gone.id)
+                    self.topics.host_close(gone)
             try:
                 pub = self.topics.host_publisher(self.host, GLOBAL + topic)
             except (BrokerError, ValueError) as e:

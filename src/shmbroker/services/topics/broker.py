@@ -475,6 +475,17 @@ class TopicBroker(Service):
                 self._made_room(topic)
         return out, lost
 
+    def has_readers(self, conn: Any, name: str) -> bool:
+        """Does anyone but a host subscriber (the federation's tap) read topic `name` (in conn's namespace or
+        Global\\) now: a subscriber of it, or a prefix subscriber it matches?"""
+        n = _qualify(name, conn.peer)
+        with self._lock:
+            topic = self.topics.get(n.key)
+            if topic is not None and any(s.wake is None for s in topic.subscribers.values()):
+                return True
+            return any(s.wake is None and s.gone is None and n.key.startswith(s.pattern_key)
+                       for s in self.patterns.values())
+
     def host_unsubscribe(self, sub: ServerSubscriber) -> None:
         if sub.refs > 0:
             sub.close()
