@@ -49,6 +49,7 @@ CALL = struct.Struct("<iI")  # a call's code, and the room the caller has for th
 ANSWER = struct.Struct("<iH")  # the status, the error text's length; the text and the packed writes follow
 QUEUE = "brkfed"  # the queue group of a service's providers: NATS gives each call to one of them
 NOT_HERE = "not here"  # a provider's broker whose provider just went: the caller's broker asks again
+TAKEN_AFTER = 0.002  # s: a call running longer at a provider's broker is said to be there (T)
 MAX_SERVING = 1024  # calls from other brokers running here at once; more are answered SERVER_BUSY
 MAX_NAME = 64
 TAKE = 256  # messages taken from the tap at once
@@ -592,8 +593,8 @@ class FederationLink:
         self.links.remote_answer(caller, status, text, writes)
 
     async def _replies(self, msg: Any) -> None:
-        """What comes back on a call's reply subject: T (the broker that took it), then R (its answer);
-        NATS's own 503 when nobody serves it."""
+        """What comes back on a call's reply subject: T (the broker that took it, when the call runs longer
+        than TAKEN_AFTER there), then R (its answer); NATS's own 503 when nobody serves it."""
         pending = self._pending.get(msg.subject.rsplit(".", 1)[-1])
         if pending is None or pending.fut.done():
             return
@@ -724,14 +725,16 @@ class FederationLink:
         if service not in self.links.global_offers():  # it went: another provider takes it (see _call)
             await msg.respond(_answer(Status.NOT_FOUND, NOT_HERE))
             return
-        await msg.respond(f"T{self.config.name} {self.incarnation}".encode())  # the caller's broker watches us
-        for _ in range(3):  # nats-py's flusher writes it to the socket before the provider starts: a broker
-            await asyncio.sleep(0)  # killed after that has told whom its call's caller must watch
         self.links.host_call_packed(self.host, GLOBAL + service, code, bytes(data[CALL.size:]), room, done)
-        try:
-            status, text, written = await asyncio.wait_for(fut, self.config.call_timeout)
+        try:  # a quick answer needs no T; a call still running after TAKEN_AFTER says who has it (T), so
+            # that its caller's broker watches this one's heartbeats from then on
+            status, text, written = await asyncio.wait_for(asyncio.shield(fut), TAKEN_AFTER)
         except asyncio.TimeoutError:
-            status, text, written = Status.TIMED_OUT, "the provider did not answer in time", b""
+            await msg.respond(f"T{self.config.name} {self.incarnation}".encode())
+            try:
+                status, text, written = await asyncio.wait_for(fut, self.config.call_timeout)
+            except asyncio.TimeoutError:
+                status, text, written = Status.TIMED_OUT, "the provider did not answer in time", b""
         await msg.respond(_answer(status, text, written))
 
     def snapshot(self) -> dict[str, Any]:
