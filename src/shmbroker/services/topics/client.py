@@ -1294,25 +1294,14 @@ def _open_publisher(session: ClientSession, topic: str, history: int, block_time
     handle = session.send_receive(TOPIC_PUBLISHER, topic.encode(),
                                   _options(history=history, block_timeout=block_timeout, ring=True,
                                            ring_capacity=ring_capacity), name)
-    ring = None
-    if name.value:  # the server made this publisher a ring of its own
+    try:
+        ring = _publisher_ring(session, name)
+    except BaseException:
         try:
-            ring_name = name.value.decode()
-            ring = session.passed_segment(ring_name, lambda fd: Broadcast.attach_producer(ring_name, fd=fd))
-            # a relaying server's doorbell: its session's, a copy that lives and dies with the ring (the
-            # session may end first, and its descriptor's number be reused)
-            fd = os.dup(session.carrier.doorbell)  # type: ignore[union-attr]
-            ring.keep_fd(fd)
-            ring.set_notify_fd(fd)
-            session.watch_ring(ring)  # its server's death interrupts it: the next publish says so
-        except BaseException:
-            if ring is not None:
-                ring.close()
-            try:
-                session.send_receive(CLOSE_SUBSESSION, handle=handle)
-            except BrokerError:
-                pass
-            raise
+            session.send_receive(CLOSE_SUBSESSION, handle=handle)
+        except BrokerError:
+            pass
+        raise
     return Publisher(session, handle, topic, ring, block_timeout)
 
 
@@ -1340,16 +1329,19 @@ async def aopen_publisher(session: ClientSession, topic: str, *, history: int = 
 
 
 def _publisher_ring(session: ClientSession, name: Buffer) -> Broadcast | None:
-    """The ring the server made a publisher (its name in `name`), attached as its producer."""
+    """The ring the server made a publisher (its name in `name`; None if it made none), attached as its
+    producer; closed again if that fails."""
     ring = None
     if name.value:
         try:
             ring_name = name.value.decode()
             ring = session.passed_segment(ring_name, lambda fd: Broadcast.attach_producer(ring_name, fd=fd))
+            # a relaying server's doorbell: its session's, a copy that lives and dies with the ring (the
+            # session may end first, and its descriptor's number be reused)
             fd = os.dup(session.carrier.doorbell)  # type: ignore[union-attr]
             ring.keep_fd(fd)
             ring.set_notify_fd(fd)
-            session.watch_ring(ring)
+            session.watch_ring(ring)  # its server's death interrupts it: the next publish says so
         except BaseException:
             if ring is not None:
                 ring.close()
