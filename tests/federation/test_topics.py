@@ -4,6 +4,7 @@ authentication and permissions decide who a remote broker is."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -83,6 +84,9 @@ def test_a_global_topic_reaches_every_broker_once_in_each_publishers_order(tmp_p
                                                                          nats_server: NatsServer) -> None:
     a, b, c = (federated(tmp_path, n, nats_server.url) for n in "abc")
     try:
+        # each runs its federation on its server's own thread (Server.asyncio_loop): no thread of its own
+        servers = {srv._thread.ident for srv in (a, b, c)}  # type: ignore[union-attr]
+        assert {t.ident for t in threading.enumerate() if t.name.startswith("broker-")} == servers
         with broker.connect(a.address) as sa, broker.connect(b.address) as sb, broker.connect(c.address) as sc:
             subs = {"a": sa.subscriber("Global\\news", capacity=8192),
                     "b": sb.subscriber("Global\\news", capacity=8192),

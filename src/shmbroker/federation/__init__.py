@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from shmbroker._errors import BrokerError, Disconnected, Full, FullTimeout
+from shmbroker.framework.driven import run_until
 from shmbroker.framework.namespace import GLOBAL
 from shmbroker.framework.session import Peer
 from shmbroker.protocol.frames import Status
@@ -206,7 +207,6 @@ class FederationLink:
         self._serving = 0
         self._closing = False
         self._refusals: dict[tuple[str, str, str, str], str | None] = {}
-        self._thread: threading.Thread | None = None
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -221,39 +221,54 @@ class FederationLink:
         return BrokerError(f"federation: cannot join NATS at {', '.join(self.config.servers)}: {self._failed}")
 
     def start(self) -> None:
-        """In a thread of its own: connect to NATS (within connect_timeout; a refusal, e.g. bad credentials,
-        raises here) and start relaying."""
+        """On the threaded server's own thread: its loop runs this one's asyncio loop a step at a time
+        (Server.asyncio_loop, framework/driven.py), so that no message or call changes threads. Connects to
+        NATS here, within connect_timeout (a refusal, e.g. bad credentials, raises here), then relays."""
         self._need_nats()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=f"broker-federation {self.config.name}", daemon=True)
-        self._thread.start()
-        self._ready.wait(self.config.connect_timeout + 5)
-        if self._failed is not None:
-            self._thread.join(5)
+        self._loop = self.server.asyncio_loop()
+        self._task = self._loop.create_task(self._main())
+        try:
+            run_until(self._loop, self._started(), self.config.connect_timeout + 5)
+        except asyncio.TimeoutError:
+            pass
+        if not self._ready.is_set():
+            self._failed = (self._task.exception() if self._task.done() and not self._task.cancelled() else None) \
+                or TimeoutError(f"no connection within {self.config.connect_timeout:g} s")
+            self._task.cancel()
             raise self._refused() from self._failed
+
+    async def _started(self) -> None:
+        while not self._ready.is_set() and not self._task.done():  # type: ignore[union-attr]
+            await asyncio.sleep(0.005)
 
     async def astart(self) -> None:
         """On the running loop (the server's, which serve_async() runs): connect, then relay as its task."""
         self._need_nats()
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.ensure_future(self._main())
-        while not self._ready.is_set() and not self._task.done():
-            await asyncio.sleep(0.005)
+        await self._started()
         if self._task.done():
             self._failed = self._task.exception() or RuntimeError("it ended")
             raise self._refused() from self._failed
 
     def close(self) -> None:
-        """Stop relaying. Threaded: waits for the thread. On the server's loop: the task ends soon after
-        (aclose() waits for it)."""
-        stop = self._stop
-        if stop is not None and self._loop is not None and not self._loop.is_closed():
-            def finish() -> None:
-                if not stop.done():
-                    stop.set_result(None)
-            self._loop.call_soon_threadsafe(finish)
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(10)
+        """Stop relaying: say bye, close the NATS connection. On the threaded server, when its loop has
+        ended, this runs the asyncio loop until that is done; on the server's running loop (serve_async),
+        the task ends soon after (aclose() waits for it)."""
+        stop, loop, task = self._stop, self._loop, self._task
+
+        def finish() -> None:
+            if stop is not None and not stop.done():
+                stop.set_result(None)
+        if loop is not None and not loop.is_closed() and task is not None:
+            if loop.is_running():
+                loop.call_soon_threadsafe(finish)
+            else:
+                finish()
+                try:
+                    run_until(loop, asyncio.shield(task), 10)
+                except BaseException as e:  # noqa: BLE001 - closing anyway; _main logs its own end
+                    log.debug("federation %s: closing: %r", self.config.name, e)
         self._unhook()
 
     async def aclose(self) -> None:
@@ -272,25 +287,6 @@ class FederationLink:
         for pub in self._pubs.values():
             self.topics.host_close(pub)
         self._pubs.clear()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        except BaseException as e:  # noqa: BLE001 - told to start(), or logged
-            if not self._ready.is_set():
-                self._failed = e
-            else:
-                log.error("federation %s ended: %s", self.config.name, e)
-        finally:
-            self._ready.set()
-            left = asyncio.all_tasks(self._loop)  # nats-py's own, after a failed or closed connection
-            for t in left:
-                t.cancel()
-            if left:
-                self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
 
     async def _main(self) -> None:
         import nats

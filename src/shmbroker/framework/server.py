@@ -60,6 +60,7 @@ from shmbroker.protocol.frames import (
     passed_fd_message,
 )
 from shmbroker.framework.service import Service, dispatch_table
+from shmbroker.framework.driven import DrivenLoop
 from shmbroker.framework.logins import Logins
 from shmbroker.framework.namespace import owner_of
 from shmbroker.framework.session import SERVING, CLOSE_SUBSESSION, SERVER_STATS, Message, Peer, Policy, RefObject, Session, SessionEvent, find_policy
@@ -988,6 +989,7 @@ class Server:
         self._stopping = False
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
+        self._driven: DrivenLoop | None = None  # an asyncio loop the threaded loop runs (framework/driven.py)
         self.bound: list[Any] = []
 
     # -- policy hooks ---------------------------------------------------------------
@@ -1156,6 +1158,30 @@ class Server:
         """(Server.stats() key, fill(stats[key], fam)) for the metrics endpoint: each service's."""
         return [(s.stats_key, type(s).metrics) for s in self.services]
 
+    def asyncio_loop(self) -> asyncio.AbstractEventLoop:
+        """An asyncio loop on the server's own thread, for work that needs one (the federation's NATS
+        connection): serve_async's running loop; with the threaded loop, an asyncio loop it runs a step at a
+        time on its thread (framework/driven.py), made at the first call, after the server is set up."""
+        if self._aloop is not None:
+            return self._aloop
+        if self._driven is None:
+            if self._sel is None:
+                raise StateError("the server's asyncio loop is there once it is set up (start, serve_forever)")
+            self._driven = DrivenLoop()
+            self._sel.register(self._driven.fileno(), selectors.EVENT_READ, ("aio", None))
+        return self._driven.loop
+
+    def _close_driven(self) -> None:
+        driven, self._driven = self._driven, None
+        if driven is None:
+            return
+        if self._sel is not None:
+            try:
+                self._sel.unregister(driven.fileno())
+            except (KeyError, ValueError, OSError):
+                pass
+        driven.close()
+
     async def serve_async(self) -> None:
         """Serve inside the running asyncio loop until stop(); services run on
         the loop, and may be coroutines (async def service)."""
@@ -1232,10 +1258,13 @@ class Server:
                 later, self._later = self._later, []  # their turn comes after this turn's ready ones
                 turn = ns()
                 self.turns += 1
+                driven, step = self._driven, False
                 # what waits for room in a ring is retried soon; an offer's deadline is looked at often
                 idle = 0.0 if later else 0.001 if self._pending_rings else 0.05 if self._offers else 1.0
                 if self._timers:
                     idle = max(0.0, min(idle, self._timers[0][0] - time.monotonic()))
+                if driven is not None:  # its timers are the server's too; a callback ready: no sleep
+                    idle = min(idle, driven.wait())
                 ready = []
                 was_busy, busy = busy, False
                 if self.busy_poll or (was_busy and spin_ns):  # spin then sleep: more is likely to come soon
@@ -1266,6 +1295,8 @@ class Server:
                             if ready:
                                 busy = busy or worked
                                 break
+                        if driven is not None and driven.wait() <= 0.0:
+                            worked = True  # (stepped below, in this turn)
                         if worked:
                             busy = True
                             break
@@ -1297,6 +1328,8 @@ class Server:
                     kind, obj = key.data
                     if kind == "ring":
                         obj.on_ring()
+                    elif kind == "aio":
+                        step = True
                     elif kind == "listen":
                         self._accept(obj)
                     elif kind == "wake":
@@ -1309,6 +1342,12 @@ class Server:
                             obj.on_readable()
                 for conn in later:
                     conn._resume()
+                if driven is not None and (step or driven.wait() <= 0.0):
+                    try:
+                        driven.step()
+                    except Exception as e:  # a callback's bug: logged (as asyncio does), the server goes on
+                        self._poll_failed(driven.step, e)
+                    busy = True
                 self._run_soon()
                 if self._pending_rings:
                     self._flush_rings()
@@ -1374,6 +1413,7 @@ class Server:
                 service.close()
             except Exception as e:
                 log.warning("%s.close() raised %r", type(service).__name__, e)
+        self._close_driven()
 
     def service(self, key: str) -> Any:
         """The built-in service whose statistics are under `key` ("topics", "services"...)."""
