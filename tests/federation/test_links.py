@@ -72,6 +72,60 @@ def test_a_call_crosses_with_its_typed_arguments_and_write_backs(tmp_path: Path,
         c.stop()
 
 
+def test_the_process_that_embeds_a_broker_calls_and_offers_across_brokers(tmp_path: Path,
+                                                                         nats_server: NatsServer) -> None:
+    """Server.link and Server.offer, the embedding process's own: a host link on b calls a client's offer on
+    a and a host offer on a, with the write-backs and the typed errors; not from the server's own loop."""
+    p, c = federated(tmp_path, "a", nats_server.url), federated(tmp_path, "b", nats_server.url)
+    prov = Provider(p.address, "Global\\upper", upper)
+
+    def host_lower(call: Any) -> int:  # the host process's own service on a
+        call.write(1, call.read(0).lower())
+        return 7
+    offer = p.offer("Global\\lower", host_lower)
+    try:
+        until(lambda: p.stats()["federation"]["services"] == ["lower", "upper"], "p serves both on NATS")
+        link, low = c.link("Global\\upper"), c.link("Global\\lower")
+        for i in range(20):
+            out = broker.Buffer(64)
+            assert link.send_receive(1, b"abc%d" % i, out, i) == i + 1 and out.value == b"ABC%d" % i
+            out = bytearray(16)
+            assert low.send_receive(1, b"XyZ%d" % i, out) == 7 and bytes(out).startswith(b"xyz%d" % i)
+        assert c.link("Global\\lower").call(1, b"QQ", reply_size=8) == b"qq"
+        with pytest.raises(ServiceError) as e:
+            c.link("Global\\nobody").send_receive(1, b"x")
+        assert e.value.status == Status.NOT_FOUND
+        with pytest.raises(ServiceError) as e:  # a Local name never leaves the host
+            c.link("upper").send_receive(1, b"x")
+        assert e.value.status == Status.NOT_FOUND
+
+        def slow(call: Any) -> int:
+            time.sleep(1.5)
+            return 0
+        slow_offer = p.offer("Global\\slow", slow)
+        until(lambda: "slow" in p.stats()["federation"]["services"], "p serves slow")
+        with pytest.raises(ServiceError) as e:
+            c.link("Global\\slow").send_receive(1, b"x", timeout=0.3)
+        assert e.value.status == Status.TIMED_OUT
+        slow_offer.close()
+        # from the server's own loop a host call cannot wait for another broker: a clear error, not a hang
+        seen: list[BaseException] = []
+
+        def on_loop() -> None:
+            try:
+                c.link("Global\\lower").send_receive(1, b"x")
+            except BaseException as err:  # noqa: BLE001 - looked at below
+                seen.append(err)
+        c.call_soon(on_loop)
+        until(lambda: bool(seen), "the loop's call refused")
+        assert isinstance(seen[0], broker.StateError) and "another broker" in str(seen[0])
+    finally:
+        offer.close()
+        prov.close()
+        p.stop()
+        c.stop()
+
+
 def test_the_local_provider_comes_first_and_a_queue_group_spreads_the_rest(tmp_path: Path,
                                                                            nats_server: NatsServer) -> None:
     a, b, c = (federated(tmp_path, n, nats_server.url) for n in "abc")

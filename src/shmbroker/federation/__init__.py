@@ -151,6 +151,12 @@ def metrics(stats: Any, fam: Any) -> None:
         stats.get("outbound_queued"), **lab)
 
 
+def _logged(task: asyncio.Task[None]) -> None:
+    e = None if task.cancelled() else task.exception()
+    if e is not None:  # NATS's: reconnecting with its buffer full, closed; the caller's broker times it out
+        log.info("federation: publish: %s: %s", type(e).__name__, e)
+
+
 def _subject(origin: str, topic: str) -> str:
     return f"{PREFIX}.{origin}.t.{topic.encode().hex()}"
 
@@ -169,7 +175,12 @@ def _answer(status: int, text: str = "", writes: bytes = b"") -> bytes:
 class _Pending:
     """A call of a caller here to another broker's provider, until its answer."""
 
-    fut: asyncio.Future[tuple[str, bytes]]
+    caller: Any
+    service: str
+    payload: bytes  # what is published: CALL, then the packed arguments (again, if its provider just went)
+    room: int
+    deadline: float  # the loop's time: TIMED_OUT then
+    timer: asyncio.TimerHandle | None = None
     provider: str | None = None  # the broker that took it (its T), and which run of that broker
     incarnation: str = ""
 
@@ -333,19 +344,20 @@ class FederationLink:
                      asyncio.ensure_future(self._beat())]
             await self._stop
             self.links.remote = self.links.watch = None
-            for p in self._pending.values():
-                if not p.fut.done():
-                    p.fut.set_result(("gone", b"the federation is closing"))
+            for token in list(self._pending):
+                self._finish(token, Status.DISCONNECTED, "the federation is closing")
             try:  # the others end our calls at once, not after three heartbeats
                 await self._nc.publish(f"{PREFIX}.{cfg.name}.hb", b"bye " + self.incarnation.encode())
             except Exception:  # noqa: BLE001 - NATS is away: they time us out instead
                 pass
-            self._closing = True  # (nats-py's flush may swallow a cancel: the loops look at this too)
+            self._closing = True  # the loops end at this; the heartbeat's sleep is cancelled
             self._offers_changed.set()
             self._wake.set()
-            for t in tasks:
+            tasks[2].cancel()
+            # (not a flush of _offers: nats-py would later answer its cancelled PING's PONG, InvalidStateError)
+            _, left = await asyncio.wait(tasks, timeout=3)
+            for t in left:
                 t.cancel()
-            await asyncio.wait(tasks, timeout=3)
             try:  # what was published goes out (the bye too); then close (a drain would wait for every callback)
                 await self._nc.flush(timeout=2)
             except Exception:  # noqa: BLE001 - closing anyway
@@ -537,68 +549,81 @@ class FederationLink:
     # -- linked services: calls here to other brokers' providers, and theirs to ours -------------------
 
     def _remote_call(self, name: Any, caller: Any, code: int, blob: bytes, room: int) -> None:
-        """LinkBroker.remote, on the server's loop: a call to Global `name` nobody here offers."""
-        if self._loop.is_closed() or self._stop is None or self._stop.done():
+        """LinkBroker.remote, on the server's thread (or a host thread): a call to Global `name` nobody here
+        offers. It is published from the loop, at its next step: no task, no thread."""
+        loop = self._loop
+        if loop.is_closed() or self._stop is None or self._stop.done():
             self.links.remote_answer(caller, Status.DISCONNECTED, "the federation is closed", b"")
             return
-        asyncio.run_coroutine_threadsafe(self._call(name.name, caller, code, blob, room), self._loop)
+        self.stats["calls_out"] += 1
+        pending = _Pending(caller, name.name, CALL.pack(code, room) + blob, room,
+                           loop.time() + self.config.call_timeout)
+        loop.call_soon_threadsafe(self._send_call, pending)
 
-    async def _call(self, service: str, caller: Any, code: int, blob: bytes, room: int) -> None:
-        stats, loop, nc = self.stats, self._loop, self._nc
-        stats["calls_out"] += 1
-        status: int = 0
-        text, writes = "", b""
-        subject, payload = _service_subject(self.config.name, service), CALL.pack(code, room) + blob
-        deadline = loop.time() + self.config.call_timeout
-        try:
-            while True:
-                self._tokens += 1
-                token = str(self._tokens)
-                pending = self._pending[token] = _Pending(loop.create_future())
-                try:
-                    await nc.publish(subject, payload, reply=f"{self._inbox}.{token}")
-                    what, data = await asyncio.wait_for(pending.fut, max(0.001, deadline - loop.time()))
-                finally:
-                    self._pending.pop(token, None)
-                if what == "none":
-                    status, text = Status.NOT_FOUND, f"nobody offers Global\\{service} on any broker"
-                    break
-                if what == "gone":
-                    status, text = Status.DISCONNECTED, f"Global\\{service}: {data.decode(errors='replace')}"
-                    break
-                if data != _answer(Status.NOT_FOUND, NOT_HERE)[1:] or loop.time() > deadline - 0.05:
-                    status, n = ANSWER.unpack_from(data)
-                    if ANSWER.size + n > len(data):
-                        raise ValueError("cut short")
-                    text = bytes(data[ANSWER.size:ANSWER.size + n]).decode(errors="replace")
-                    writes = bytes(data[ANSWER.size + n:])
-                    if len(writes) > room:
-                        status, text, writes = (Status.OVERFLOW,
-                                                f"the remote provider's writes take {len(writes)} bytes", b"")
-                    break
-                await asyncio.sleep(0.02)  # its provider just went: NATS gives the call to another one
-        except asyncio.TimeoutError:
-            status, text = Status.TIMED_OUT, f"no answer from Global\\{service} within {self.config.call_timeout:g} s"
-        except (ValueError, struct.error) as e:
-            status, text = Status.GENERAL, f"an unreadable answer from another broker: {e}"
-            stats["malformed"] += 1
-        except Exception as e:  # noqa: BLE001 - NATS's: closed, draining, its outbound buffer full
-            status, text = Status.DISCONNECTED, f"the federation cannot reach NATS: {type(e).__name__}: {e}"
+    def _send_call(self, pending: _Pending) -> None:
+        """Publish a call, with a reply subject of its own (a token); its answer comes to _replies."""
+        loop = self._loop
+        self._tokens += 1
+        token = str(self._tokens)
+        self._pending[token] = pending
+        pending.timer = loop.call_at(pending.deadline, self._finish, token, Status.TIMED_OUT,
+                                     f"no answer from Global\\{pending.service} within {self.config.call_timeout:g} s")
+        task = loop.create_task(self._nc.publish(_service_subject(self.config.name, pending.service), pending.payload,
+                                                 reply=f"{self._inbox}.{token}"))
+        task.add_done_callback(lambda t: self._published(t, token))
+
+    def _published(self, task: asyncio.Task[None], token: str) -> None:
+        e = None if task.cancelled() else task.exception()
+        if e is not None:  # NATS's: closed, draining, its outbound buffer full
+            self._finish(token, Status.DISCONNECTED, f"the federation cannot reach NATS: {type(e).__name__}: {e}")
+
+    def _finish(self, token: str, status: int, text: str = "", writes: bytes = b"") -> None:
+        """A call's end: its answer (or error) to its caller here, once."""
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
         if status < 0:
-            stats["calls_failed"] += 1
-        self.links.remote_answer(caller, status, text, writes)
+            self.stats["calls_failed"] += 1
+        self.links.remote_answer(pending.caller, status, text, writes)
+
+    def _answered(self, token: str, pending: _Pending, data: bytes) -> None:
+        """R: the provider's broker's answer (a provider that just went there: publish it again, for
+        another provider, while there is time)."""
+        if data == _answer(Status.NOT_FOUND, NOT_HERE)[1:] and self._loop.time() < pending.deadline - 0.05:
+            self._pending.pop(token, None)
+            if pending.timer is not None:
+                pending.timer.cancel()
+            pending.provider = None
+            self._loop.call_later(0.02, self._send_call, pending)  # (NATS gives it to another one)
+            return
+        try:
+            status, n = ANSWER.unpack_from(data)
+            if ANSWER.size + n > len(data):
+                raise ValueError("cut short")
+        except (ValueError, struct.error) as e:
+            self.stats["malformed"] += 1
+            self._finish(token, Status.GENERAL, f"an unreadable answer from another broker: {e}")
+            return
+        text = bytes(data[ANSWER.size:ANSWER.size + n]).decode(errors="replace")
+        writes = bytes(data[ANSWER.size + n:])
+        if len(writes) > pending.room:
+            status, text, writes = Status.OVERFLOW, f"the remote provider's writes take {len(writes)} bytes", b""
+        self._finish(token, status, text, writes)
 
     async def _replies(self, msg: Any) -> None:
         """What comes back on a call's reply subject: T (the broker that took it, when the call runs longer
         than TAKEN_AFTER there), then R (its answer); NATS's own 503 when nobody serves it."""
-        pending = self._pending.get(msg.subject.rsplit(".", 1)[-1])
-        if pending is None or pending.fut.done():
+        token = msg.subject.rsplit(".", 1)[-1]
+        pending = self._pending.get(token)
+        if pending is None:
             return
         data = msg.data
         if msg.headers and msg.headers.get("Status") == "503":
-            pending.fut.set_result(("none", b""))
+            self._finish(token, Status.NOT_FOUND, f"nobody offers Global\\{pending.service} on any broker")
         elif data[:1] == b"R":
-            pending.fut.set_result(("answer", bytes(data[1:])))
+            self._answered(token, pending, bytes(data[1:]))
         elif data[:1] == b"T":
             try:
                 provider, incarnation = bytes(data[1:]).decode().split(" ")
@@ -642,9 +667,9 @@ class FederationLink:
             await asyncio.sleep(every)
 
     def _end_calls(self, provider: str, why: str, incarnation: str | None = None) -> None:
-        for p in self._pending.values():
-            if p.provider == provider and not p.fut.done() and (incarnation is None or p.incarnation != incarnation):
-                p.fut.set_result(("gone", why.encode()))
+        for token, p in list(self._pending.items()):
+            if p.provider == provider and (incarnation is None or p.incarnation != incarnation):
+                self._finish(token, Status.DISCONNECTED, f"Global\\{p.service}: {why}")
 
     async def _offers(self) -> None:
         """Keeps a queue subscription for each Global service offered here, and only those."""
@@ -670,26 +695,20 @@ class FederationLink:
                 pass
 
     async def _request(self, msg: Any) -> None:
-        """A call from another broker: its own task, so that calls run side by side."""
-        if self._serving >= MAX_SERVING:
-            await msg.respond(_answer(Status.SERVER_BUSY, f"broker {self.config.name} runs {MAX_SERVING} calls already"))
-            return
-        self._serving += 1
-        task = asyncio.ensure_future(self._serve(msg))
-        task.add_done_callback(lambda _: self._done_serving())
-
-    def _done_serving(self) -> None:
-        self._serving -= 1
-
-    async def _serve(self, msg: Any) -> None:
+        """A call from another broker: handed to the provider here at once (no task: the next call is read
+        meanwhile); its answer is published when it comes (_respond), with a T first if it takes long."""
         stats = self.stats
+        reply = msg.reply
         parts = msg.subject.split(".")
-        if not msg.reply:
+        if not reply:
             stats["malformed"] += 1
             return
         if len(parts) != 4 or parts[2] != "s":
             stats["malformed"] += 1
             await msg.respond(_answer(Status.ARGUMENT, "not a service subject"))
+            return
+        if self._serving >= MAX_SERVING:
+            await msg.respond(_answer(Status.SERVER_BUSY, f"broker {self.config.name} runs {MAX_SERVING} calls already"))
             return
         origin = parts[1]
         data = msg.data
@@ -708,30 +727,39 @@ class FederationLink:
         if room > self.server.max_frame:
             await msg.respond(_answer(Status.ARGUMENT, f"room for {room} bytes of writes: more than a frame"))
             return
-        loop = self._loop
-        fut: asyncio.Future[tuple[int, str, bytes]] = loop.create_future()
-
-        def done(status: int, text: str, written: bytes) -> None:
-            def put() -> None:
-                if not fut.done():
-                    fut.set_result((status, text, written))
-            loop.call_soon_threadsafe(put)
-
         stats["calls_in"] += 1
-        if service not in self.links.global_offers():  # it went: another provider takes it (see _call)
+        if service not in self.links.global_offers():  # it went: another provider takes it (see _answered)
             await msg.respond(_answer(Status.NOT_FOUND, NOT_HERE))
             return
+        loop = self._loop
+        self._serving += 1
+        # a quick answer needs no T; a call still running after TAKEN_AFTER says who has it (T), so that its
+        # caller's broker watches this one's heartbeats from then on
+        taken = loop.call_later(TAKEN_AFTER, self._publish, reply, f"T{self.config.name} {self.incarnation}".encode())
+        answered = [False]  # (once: the provider's answer, or the time out)
+        late = loop.call_later(self.config.call_timeout, self._respond, reply, taken, answered, Status.TIMED_OUT,
+                               "the provider did not answer in time", b"")
+
+        def done(status: int, text: str, written: bytes) -> None:  # (the thread that answers: the server's)
+            late.cancel()
+            loop.call_soon_threadsafe(self._respond, reply, taken, answered, status, text, written)
         self.links.host_call_packed(self.host, GLOBAL + service, code, bytes(data[CALL.size:]), room, done)
-        try:  # a quick answer needs no T; a call still running after TAKEN_AFTER says who has it (T), so
-            # that its caller's broker watches this one's heartbeats from then on
-            status, text, written = await asyncio.wait_for(asyncio.shield(fut), TAKEN_AFTER)
-        except asyncio.TimeoutError:
-            await msg.respond(f"T{self.config.name} {self.incarnation}".encode())
-            try:
-                status, text, written = await asyncio.wait_for(fut, self.config.call_timeout)
-            except asyncio.TimeoutError:
-                status, text, written = Status.TIMED_OUT, "the provider did not answer in time", b""
-        await msg.respond(_answer(status, text, written))
+
+    def _respond(self, reply: str, taken: asyncio.TimerHandle, answered: list[bool], status: int, text: str,
+                 written: bytes) -> None:
+        if answered[0] or self._loop.is_closed():
+            return
+        answered[0] = True
+        taken.cancel()
+        self._serving -= 1
+        self._publish(reply, _answer(status, text, written))
+
+    def _publish(self, subject: str, payload: bytes) -> None:
+        """Publish from a callback on the loop (a task's first step runs in the same step of the loop)."""
+        if self._nc is None or self._nc.is_closed:
+            return
+        task = self._loop.create_task(self._nc.publish(subject, payload))
+        task.add_done_callback(_logged)
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self.stats, servers=list(self.config.servers), accept=sorted(self.config.accepted),

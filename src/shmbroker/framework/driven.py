@@ -98,6 +98,10 @@ def run_until(loop: asyncio.AbstractEventLoop, aw: Any, timeout: float) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        here = True
+    else:
+        here = False
+    if here:
         return loop.run_until_complete(asyncio.wait_for(aw, timeout))
     out: list[Any] = []
     failed: list[BaseException] = []

@@ -308,17 +308,23 @@ class LinkBroker(Service):
             raise LinkError(str(e)) from None
         blob, room = pack_call(args, buffer_type)
         caller = _HostCaller(conn, room)
+        remote = self.remote if n.namespace == "Global" else None
         with self._lock:
             offer = self.offers.get(n.key)
-            if offer is None:
+            if offer is None and remote is None:
                 return int(Status.NOT_FOUND), f"nobody offers {n.shown!r}", {}
-            if offer.handler is None:
+            if offer is not None and offer.handler is None:
                 if not may_wait:
                     raise StateError(f"{n.shown!r} is a client's service: the server's own loop cannot wait for it")
                 offer.queue.append((next(self._ids), caller, code, blob, TAKE_CALL))
                 if offer.take is not None:
                     self._hand(offer)
-        if offer.handler is not None:
+        if offer is None:  # Global, and federated: another broker's provider answers (remote_answer)
+            assert remote is not None
+            if not may_wait:
+                raise StateError(f"{n.shown!r} is offered on another broker: the server's own loop cannot wait for it")
+            remote(n, caller, code, blob, room)
+        elif offer.handler is not None:
             self._run_host(offer, caller, code, blob)
         if not caller.done.wait(timeout):
             caller.complete(Status.TIMED_OUT, f"no answer from {n.shown!r} within {timeout} s")  # (skipped if queued)
