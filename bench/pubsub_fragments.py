@@ -18,9 +18,9 @@ import shmbroker as broker
 
 
 def main(size: int, count: int) -> None:
-    d = tempfile.mkdtemp(prefix="broker-bench-frag-")
-    path = os.path.join(d, "b.sock")
-    with broker.Server(path), broker.connect(path) as s:
+    home = tempfile.TemporaryDirectory(prefix="broker-bench-frag-")  # (removed at the end, with its socket)
+    path = os.path.join(home.name, "b.sock")
+    with home, broker.Server(path), broker.connect(path) as s:
         pub = s.publisher("frag", block_timeout=60)
         r, w = os.pipe()
         pid = os.fork()

@@ -32,8 +32,12 @@ def test_bench_federation_smoke_run(tmp_path, capsys, monkeypatch):
     for key in ("rate_64", "rate_64k"):
         assert all(figs[key]["results"][c]["value"] > 0 for c in ("broker", "nats"))
         assert figs[key]["target"]["value"] == 0.8 and isinstance(figs[key]["target"]["met"], bool)
-    rtt = figs["rtt_64"]
-    assert 0 < rtt["results"]["broker"]["p50"] <= rtt["results"]["broker"]["p99"]
-    assert rtt["target"]["value"] == 1.3
+    for key in ("rtt_64", "rtt_64_embedded"):  # client processes; processes that embed their brokers
+        rtt = figs[key]
+        assert 0 < rtt["results"]["broker"]["p50"] <= rtt["results"]["broker"]["p99"]
+        assert rtt["target"]["value"] == 1.3
+        assert len(rtt["ratios"]) == 2 and rtt["ratio"] in rtt["ratios"]  # (quick: two rounds, the lower middle)
+    assert "embedded" in out
     assert {e for e in os.listdir("/dev/shm") if _names.is_ours(e)} == shm_before
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-federation-*"))
+    assert not glob.glob("/tmp/broker-bench-embedded-*")  # (the embedding children's own)

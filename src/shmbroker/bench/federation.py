@@ -35,7 +35,8 @@ from shmbroker.bench.stats import latency_stats
 RATE_TARGET = 0.8
 RTT_TARGET = 1.3
 STAMP = struct.Struct("<q")  # the publisher's time.monotonic_ns(), at the head of a latency message
-LABELS = {"broker": "broker a -> NATS -> broker b", "nats": "raw nats-py"}
+LABELS = {"broker": "broker a -> NATS -> broker b", "nats": "raw nats-py",
+          "embedded": "embedded: process c -> NATS -> process d"}
 
 
 def nats_binary() -> str:
@@ -82,10 +83,10 @@ def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                     p.wait(10)
 
 
-def _role(*args: str) -> subprocess.Popen[bytes]:
+def _role(*args: str, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """This module in a child process, as one party (see _child_main)."""
     return subprocess.Popen([sys.executable, "-m", "shmbroker.bench.federation", *args], stdout=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+                            stdin=stdin)
 
 
 def _said(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
@@ -187,6 +188,43 @@ def _responder(url: str) -> None:
     asyncio.run(main())
 
 
+def _embedded(url: str, name: str, role: str, count: int, warmup: int) -> None:
+    """A process that embeds a federated broker (Server(federation=)): "provider" offers Global\\echo as the
+    process's own service (Server.offer); "caller" calls it through Server.link once told to (a line on
+    stdin), and says its round trips."""
+    import shmbroker as broker
+    from shmbroker.api import Server
+    from shmbroker.federation import Federation
+    import json
+    home = tempfile.TemporaryDirectory(prefix="broker-bench-embedded-")
+    srv = Server(os.path.join(home.name, "s.sock"), federation=Federation(url, name=name, accept="*"))
+    srv.start()
+    try:
+        if role == "provider":
+            def echo(call: Any) -> int:
+                call.write(1, call.read(0))
+                return 0
+            srv.offer("Global\\echo", echo)
+            print("ready", flush=True)
+            sys.stdin.read()  # until the bench closes it
+            return
+        print("ready", flush=True)
+        sys.stdin.readline()
+        payload, out = b"p" * 64, []
+        link = srv.link("Global\\echo")
+        for _ in range(warmup + count):
+            buf = broker.Buffer(64)
+            t0 = time.perf_counter_ns()
+            link.send_receive(1, payload, buf)
+            out.append(time.perf_counter_ns() - t0)
+        if buf.value != payload:
+            raise AssertionError("the echo differs")
+        print(json.dumps(out[warmup:]), flush=True)
+    finally:
+        srv.stop()
+        home.cleanup()
+
+
 def _child_main(argv: list[str]) -> None:
     role = argv[0]
     if role == "sub-broker":
@@ -197,6 +235,8 @@ def _child_main(argv: list[str]) -> None:
         _provider(argv[1])
     elif role == "responder":
         _responder(argv[1])
+    elif role == "embedded":
+        _embedded(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]))
     else:
         raise SystemExit(f"no such role {role!r}")
 
@@ -264,16 +304,32 @@ def _rtt_nats(url: str, count: int, warmup: int) -> list[int]:
     return asyncio.run(main())
 
 
-def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
+def _median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose `key` is the median of the rounds' (the lower middle of an even number), with
+    every round's `key` beside it."""
+    ordered = sorted(rounds, key=lambda r: float(r[key]))
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r[key] for r in rounds]}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def bench(quick: bool = False, scale: float | None = None, repeats: int | None = None) -> dict[str, Any]:
+    """Every figure is measured `repeats` times, the broker and raw nats-py side by side in each round (in
+    turns: which goes first alternates), as the machine's load drifts: the figure is the median round,
+    its ratio the median of the rounds' ratios."""
     import json
     factor = _scale(quick, scale)
+    repeats = repeats or (2 if quick else 3)
     n_small = max(int(50_000 * factor), 2_000)
     n_big = max(int(5_000 * factor), 200)
     n_lat = max(int(1_000 * factor), 200)
     calls = max(int(5_000 * factor), 300)
     plan = [("rate_64", 64, n_small, False), ("rate_64k", 65536, n_big, False), ("latency_64", 64, n_lat, True)]
-    progress = Progress(len(plan) * 2 + 2)
-    result: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": 1},
+    progress = Progress(repeats * (len(plan) * 2 + 4))
+    result: dict[str, Any] = {"meta": {**_machine(), "quick": quick, "scale": factor, "repeats": repeats},
                               "figures": {}}
     tmp = tempfile.mkdtemp(prefix="broker-bench-federation-")
     try:
@@ -293,60 +349,94 @@ def bench(quick: bool = False, scale: float | None = None) -> dict[str, Any]:
                 procs.append(p)
                 if not _said(p, 30).startswith("listening on"):
                     raise RuntimeError(f"broker {name} did not start")
-            for key, size, n, paced in plan:
-                res = {}
-                for col in ("broker", "nats"):
-                    progress.start(f"{key} - {LABELS[col]}")
-                    sub = _role("sub-broker" if col == "broker" else "sub-nats",
-                                addresses["b"] if col == "broker" else url, str(n), "1" if paced else "0")
-                    procs.append(sub)
-                    if _said(sub) != "ready":
-                        raise RuntimeError("the subscriber did not start")
-                    time.sleep(0.3)  # (b's interest reaches NATS)
-                    if col == "broker":
-                        _publish_broker(addresses["a"], n, size, paced)
-                    else:
-                        _publish_nats(url, n, size, paced)
-                    got = json.loads(_said(sub))
-                    sub.wait(30)
-                    if paced:
-                        stats = latency_stats(got["latency_ns"]) if got["latency_ns"] else {"p50": float("nan")}
-                        res[col] = {**stats, "received": got["got"], "sent": n}
-                        progress.end(f"p50 {stats['p50']:.0f} us, {got['got']}/{n}")
-                    else:
-                        rate = got["got"] / got["seconds"]
-                        res[col] = {"value": rate, "received": got["got"], "sent": n,
-                                    "mb_s": rate * size / 1e6}
-                        progress.end(f"{rate:,.0f} msgs/s, {got['got']}/{n}")
-                if paced:
-                    ratio = res["broker"]["p50"] / res["nats"]["p50"]
-                    result["figures"][key] = {"title": "64 B publish-to-receive latency (1 msg/ms)", "unit": "us",
-                                              "results": res, "ratio": ratio}
+
+            def one(key: str, col: str, size: int, n: int, paced: bool) -> dict[str, Any]:
+                progress.start(f"{key} - {LABELS[col]}")
+                sub = _role("sub-broker" if col == "broker" else "sub-nats",
+                            addresses["b"] if col == "broker" else url, str(n), "1" if paced else "0")
+                procs.append(sub)
+                if _said(sub) != "ready":
+                    raise RuntimeError("the subscriber did not start")
+                time.sleep(0.3)  # (b's interest reaches NATS)
+                if col == "broker":
+                    _publish_broker(addresses["a"], n, size, paced)
                 else:
-                    ratio = res["broker"]["value"] / res["nats"]["value"]
+                    _publish_nats(url, n, size, paced)
+                got = json.loads(_said(sub))
+                sub.wait(30)
+                if paced:
+                    stats = latency_stats(got["latency_ns"]) if got["latency_ns"] else {"p50": float("nan")}
+                    progress.end(f"p50 {stats['p50']:.0f} us, {got['got']}/{n}")
+                    return {**stats, "received": got["got"], "sent": n}
+                rate = got["got"] / got["seconds"]
+                progress.end(f"{rate:,.0f} msgs/s, {got['got']}/{n}")
+                return {"value": rate, "received": got["got"], "sent": n, "mb_s": rate * size / 1e6}
+
+            for key, size, n, paced in plan:
+                rounds: dict[str, list[dict[str, Any]]] = {"broker": [], "nats": []}
+                ratios = []
+                for r in range(repeats):
+                    for col in (("broker", "nats") if r % 2 == 0 else ("nats", "broker")):
+                        rounds[col].append(one(key, col, size, n, paced))
+                    m = "p50" if paced else "value"
+                    ratios.append(rounds["broker"][-1][m] / rounds["nats"][-1][m])
+                res = {col: _median_round(rounds[col], "p50" if paced else "value") for col in rounds}
+                ratio = _median(ratios)
+                if paced:
+                    result["figures"][key] = {"title": "64 B publish-to-receive latency (1 msg/ms)", "unit": "us",
+                                              "results": res, "ratio": ratio, "ratios": ratios}
+                else:
                     result["figures"][key] = {"title": f"{size} B publish-to-receive rate", "unit": "msgs/s",
-                                              "results": res, "ratio": ratio,
+                                              "results": res, "ratio": ratio, "ratios": ratios,
                                               "target": {"op": ">=", "value": RATE_TARGET, "measured": ratio,
                                                          "met": ratio >= RATE_TARGET}}
-            # a linked call's round trip
+            # a linked call's round trip: client processes of brokers b (the caller) and a (the provider); the
+            # same between two processes that embed a broker each (c calls, d provides: Server.link, Server.offer)
             prov = _role("provider", addresses["a"])
             procs.append(prov)
             resp = _role("responder", url)
             procs.append(resp)
-            if _said(prov) != "ready" or _said(resp) != "ready":
+            eprov = _role("embedded", url, "d", "provider", "0", "0", stdin=subprocess.PIPE)
+            procs.append(eprov)
+            if _said(prov) != "ready" or _said(resp) != "ready" or _said(eprov) != "ready":
                 raise RuntimeError("the provider or the responder did not start")
-            time.sleep(0.5)  # (a's queue subscription reaches NATS)
-            res = {}
-            progress.start(f"rtt_64 - {LABELS['broker']}")
-            res["broker"] = latency_stats(_rtt_broker(addresses["b"], calls, calls // 10))
-            progress.end(f"p50 {res['broker']['p50']:.0f} us")
-            progress.start(f"rtt_64 - {LABELS['nats']}")
-            res["nats"] = latency_stats(_rtt_nats(url, calls, calls // 10))
-            progress.end(f"p50 {res['nats']['p50']:.0f} us")
-            ratio = res["broker"]["p50"] / res["nats"]["p50"]
-            result["figures"]["rtt_64"] = {"title": "64 B linked call round trip", "unit": "us", "results": res,
-                                           "ratio": ratio, "target": {"op": "<=", "value": RTT_TARGET,
-                                                                      "measured": ratio, "met": ratio <= RTT_TARGET}}
+            time.sleep(0.5)  # (a's and d's queue subscriptions reach NATS)
+
+            def embedded() -> list[int]:
+                caller = _role("embedded", url, "c", "caller", str(calls), str(calls // 10), stdin=subprocess.PIPE)
+                procs.append(caller)
+                assert caller.stdin is not None
+                if _said(caller) != "ready":
+                    raise RuntimeError("the embedded caller did not start")
+                time.sleep(0.3)
+                caller.stdin.write(b"go\n")
+                caller.stdin.flush()
+                out: list[int] = json.loads(_said(caller))
+                caller.stdin.close()
+                caller.wait(30)
+                return out
+            runs = {"broker": lambda: _rtt_broker(addresses["b"], calls, calls // 10),
+                    "embedded": embedded, "nats": lambda: _rtt_nats(url, calls, calls // 10)}
+            rtt: dict[str, list[dict[str, Any]]] = {col: [] for col in runs}
+            rtt_ratios: dict[str, list[float]] = {"broker": [], "embedded": []}
+            for r in range(repeats):
+                for col in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+                    progress.start(f"rtt_64 - {LABELS[col]}")
+                    rtt[col].append(latency_stats(runs[col]()))
+                    progress.end(f"p50 {rtt[col][-1]['p50']:.0f} us")
+                for col in rtt_ratios:
+                    rtt_ratios[col].append(rtt[col][-1]["p50"] / rtt["nats"][-1]["p50"])
+            assert eprov.stdin is not None
+            eprov.stdin.close()  # (it stops its broker and cleans up)
+            eprov.wait(30)
+            res = {col: _median_round(rtt[col], "p50") for col in rtt}
+            for key, col in (("rtt_64", "broker"), ("rtt_64_embedded", "embedded")):
+                ratio = _median(rtt_ratios[col])
+                result["figures"][key] = {
+                    "title": "64 B linked call round trip" + (" (embedded)" if col == "embedded" else ""),
+                    "unit": "us", "results": {"broker": res[col], "nats": res["nats"]}, "ratio": ratio,
+                    "ratios": rtt_ratios[col],
+                    "target": {"op": "<=", "value": RTT_TARGET, "measured": ratio, "met": ratio <= RTT_TARGET}}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["meta"]["loadavg_end"] = list(os.getloadavg())
@@ -368,16 +458,25 @@ def table(result: dict[str, Any]) -> Table:
     f = figs["latency_64"]
     for m in ("p50", "p99"):
         rows.append((f"{f['title']} {m}", "us (lower)", f"{f['results']['broker'][m]:.0f}",
-                     f"{f['results']['nats'][m]:.0f}", f"{f['results']['broker'][m] / f['results']['nats'][m]:.2f}x",
-                     ""))
-    f = figs["rtt_64"]
-    for m in ("p50", "p99"):
-        rows.append((f"{f['title']} {m}", "us (lower)", f"{f['results']['broker'][m]:.0f}",
-                     f"{f['results']['nats'][m]:.0f}", f"{f['results']['broker'][m] / f['results']['nats'][m]:.2f}x",
-                     f"<= {RTT_TARGET}x: {'met' if f['target']['met'] else 'NOT met'}" if m == "p50" else ""))
+                     f"{f['results']['nats'][m]:.0f}",
+                     f"{f['ratio'] if m == 'p50' else f['results']['broker'][m] / f['results']['nats'][m]:.2f}x", ""))
+    for key in ("rtt_64", "rtt_64_embedded"):
+        if key not in figs:
+            continue
+        f = figs[key]
+        for m in ("p50", "p99"):
+            ratio = f["ratio"] if m == "p50" else f["results"]["broker"][m] / f["results"]["nats"][m]
+            rows.append((f"{f['title']} {m}", "us (lower)", f"{f['results']['broker'][m]:.0f}",
+                         f"{f['results']['nats'][m]:.0f}", f"{ratio:.2f}x",
+                         f"<= {RTT_TARGET}x: {'met' if f['target']['met'] else 'NOT met'}" if m == "p50" else ""))
+    repeats = result["meta"].get("repeats", 1)
     lines = ["", "broker: a client of broker a publishes (or calls), broker a's federation sends through the "
                  "nats-server, broker b's delivers to its client; raw nats-py: two clients of the same nats-server",
-             "every party a process of its own on this host; a rate counts what the subscriber received"]
+             "embedded: the caller and the provider are the processes that embed brokers c and d (Server.link, "
+             "Server.offer): three processes, as raw nats-py's",
+             "every party a process of its own on this host; a rate counts what the subscriber received",
+             f"each figure: the median of {repeats} rounds, the broker and raw nats-py side by side in each; "
+             "the ratio: the median of the rounds' ratios"]
     return Table(above, rows, lines)
 
 
