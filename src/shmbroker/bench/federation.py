@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from contextlib import contextmanager
 
 from shmbroker.bench import ring as _bench_ring
@@ -415,7 +415,7 @@ def bench(quick: bool = False, scale: float | None = None, repeats: int | None =
                 caller.stdin.close()
                 caller.wait(30)
                 return out
-            runs = {"broker": lambda: _rtt_broker(addresses["b"], calls, calls // 10),
+            runs: dict[str, Callable[[], list[int]]] = {"broker": lambda: _rtt_broker(addresses["b"], calls, calls // 10),
                     "embedded": embedded, "nats": lambda: _rtt_nats(url, calls, calls // 10)}
             rtt: dict[str, list[dict[str, Any]]] = {col: [] for col in runs}
             rtt_ratios: dict[str, list[float]] = {"broker": [], "embedded": []}
