@@ -461,3 +461,45 @@ def test_grants_name_remote_brokers_explicitly_and_nothing_else_lets_them_in(tmp
             prov.close()
         for srv in (a, b, c):
             srv.stop()
+
+
+@pytest.mark.parametrize("how", ["silent", "bye"])
+def test_a_broker_that_goes_before_it_says_it_took_a_call_ends_that_call(tmp_path: Path, nats_server: NatsServer,
+                                                                         how: str) -> None:
+    """Broker a (here a raw NATS client with a's credentials, speaking the federation's protocol) takes b's
+    caller's call and goes within the call's first 2 ms, before it says T: it stops beating, or says bye.
+    The call ends with DISCONNECTED once a is known to be gone, long before its 300 s timeout."""
+    b = federated(tmp_path, "b", nats_server.url, call_timeout=300, heartbeat=0.2)
+    took = threading.Event()
+    gone = threading.Event()
+    stop = threading.Event()
+
+    async def fake_a(nc: Any) -> None:
+        async def on_call(msg: Any) -> None:  # takes it, says nothing (no T, no R)
+            took.set()
+        await nc.subscribe("brkfed.*.s." + "slow".encode().hex(), queue="brkfed", cb=on_call)
+        await nc.flush()
+        while not took.is_set() and not stop.is_set():  # beats while it lives
+            await nc.publish("brkfed.a.hb", b"run1")
+            await asyncio.sleep(0.05)
+        if how == "bye":
+            await nc.publish("brkfed.a.hb", b"bye run1")
+            await nc.flush()
+        gone.set()
+        while not stop.is_set():  # (connected, silent)
+            await asyncio.sleep(0.05)
+    peer = threading.Thread(target=raw_nats, args=(nats_server.url, "a", fake_a))
+    peer.start()
+    try:
+        until(lambda: b.federation is not None and "a" in b.federation._seen, "b has heard a's heartbeat")
+        with broker.connect(b.address) as s, s.link("Global\\slow") as link:
+            with pytest.raises(ServiceError) as e:
+                link.send_receive(1, b"x", timeout=30)  # (without the rule: TIMED_OUT after these 30 s)
+            assert took.is_set() and gone.is_set()
+            assert e.value.status == Status.DISCONNECTED, e.value
+            assert "broker a went while the call was on its way" in str(e.value)
+        assert b.federation is not None and b.federation._pending == {}
+    finally:
+        stop.set()
+        peer.join(10)
+        b.stop()

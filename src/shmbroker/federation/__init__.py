@@ -51,6 +51,8 @@ ANSWER = struct.Struct("<iH")  # the status, the error text's length; the text a
 QUEUE = "brkfed"  # the queue group of a service's providers: NATS gives each call to one of them
 NOT_HERE = "not here"  # a provider's broker whose provider just went: the caller's broker asks again
 TAKEN_AFTER = 0.002  # s: a call running longer at a provider's broker is said to be there (T)
+UNTAKEN_GRACE = 0.5  # s: when a broker goes, a call that no broker said it took this long after it was sent was its
+MAX_SEEN = 4096  # brokers whose heartbeats are kept
 MAX_SERVING = 1024  # calls from other brokers running here at once; more are answered SERVER_BUSY
 MAX_NAME = 64
 TAKE = 256  # messages taken from the tap at once
@@ -180,6 +182,7 @@ class _Pending:
     payload: bytes  # what is published: CALL, then the packed arguments (again, if its provider just went)
     room: int
     deadline: float  # the loop's time: TIMED_OUT then
+    sent: float = 0.0  # the loop's time it was published (the last time, if its provider just went)
     timer: asyncio.TimerHandle | None = None
     provider: str | None = None  # the broker that took it (its T), and which run of that broker
     incarnation: str = ""
@@ -566,6 +569,7 @@ class FederationLink:
         self._tokens += 1
         token = str(self._tokens)
         self._pending[token] = pending
+        pending.sent = loop.time()
         pending.timer = loop.call_at(pending.deadline, self._finish, token, Status.TIMED_OUT,
                                      f"no answer from Global\\{pending.service} within {self.config.call_timeout:g} s")
         task = loop.create_task(self._nc.publish(_service_subject(self.config.name, pending.service), pending.payload,
@@ -641,17 +645,26 @@ class FederationLink:
         if len(parts) != 3:
             return
         who, said = parts[1], bytes(msg.data).decode(errors="replace")
+        try:
+            _check_name(who)
+        except ValueError:
+            self.stats["malformed"] += 1
+            return
+        if who == self.config.name:
+            return
         if said.startswith("bye "):
             self._seen.pop(who, None)
-            self._end_calls(who, "its broker stopped")
-        else:
-            before = self._seen.get(who)
-            self._seen[who] = (self._loop.time(), said)
-            if before is not None and before[1] != said:  # it restarted: what its last run took is lost
-                self._end_calls(who, f"broker {who} restarted", incarnation=said)
+            self._gone(who, "its broker stopped")
+            return
+        before = self._seen.get(who)
+        if before is None and len(self._seen) >= MAX_SEEN:
+            return  # (bounded: past it, a new name is looked at once one goes)
+        self._seen[who] = (self._loop.time(), said)
+        if before is not None and before[1] != said:  # it restarted: what its last run took is lost
+            self._gone(who, f"broker {who} restarted", incarnation=said)
 
     async def _beat(self) -> None:
-        """Say this broker lives; end the calls taken by a broker that stopped saying so (or restarted)."""
+        """Say this broker lives; a broker that stopped saying so for three beats is gone (_gone)."""
         every = self.config.heartbeat
         subject, me = f"{PREFIX}.{self.config.name}.hb", self.incarnation.encode()
         while not self._closing:
@@ -660,16 +673,30 @@ class FederationLink:
             except Exception:  # noqa: BLE001 - reconnecting: NATS buffers it, or it is lost, as a beat may be
                 pass
             now = self._loop.time()
-            for who in {p.provider for p in self._pending.values() if p.provider is not None}:
-                seen = self._seen.get(who)
-                if seen is None or now - seen[0] > 3 * every:
-                    self._end_calls(who, f"broker {who} is gone (no heartbeat for {3 * every:g} s)")
+            for who, (when, _run) in list(self._seen.items()):
+                if now - when > 3 * every:
+                    del self._seen[who]
+                    self._gone(who, f"broker {who} is gone (no heartbeat for {3 * every:g} s)")
             await asyncio.sleep(every)
 
-    def _end_calls(self, provider: str, why: str, incarnation: str | None = None) -> None:
+    def _gone(self, who: str, why: str, incarnation: str | None = None) -> None:
+        """Broker `who` stopped, restarted or went silent: the calls it said it took (T) end now with
+        DISCONNECTED. One it took in its last TAKEN_AFTER said nothing yet: so each call no broker said it
+        took ends too, once UNTAKEN_GRACE has passed since it was sent and still no broker says it has it
+        (a live one says so after TAKEN_AFTER)."""
         for token, p in list(self._pending.items()):
-            if p.provider == provider and (incarnation is None or p.incarnation != incarnation):
+            if p.provider == who and (incarnation is None or p.incarnation != incarnation):
                 self._finish(token, Status.DISCONNECTED, f"Global\\{p.service}: {why}")
+        now = self._loop.time()
+        for token, p in self._pending.items():
+            if p.provider is None:
+                self._loop.call_at(max(now, p.sent + UNTAKEN_GRACE), self._untaken, token, p, who)
+
+    def _untaken(self, token: str, pending: _Pending, who: str) -> None:
+        if self._pending.get(token) is pending and pending.provider is None:
+            self._finish(token, Status.DISCONNECTED,
+                         f"Global\\{pending.service}: broker {who} went while the call was on its way, and no "
+                         f"other broker says it took it")
 
     async def _offers(self) -> None:
         """Keeps a queue subscription for each Global service offered here, and only those."""

@@ -1275,7 +1275,9 @@ class Server:
                     # Rings are looked at without a system call, every turn. The selector (sockets,
                     # listeners, the wake-up pipe) costs a system call, ~3 us here: every turn
                     # while socket sessions spin too, else every SELECT_GAP_NS.
-                    gap = 0 if len(self._conns) > len(self._ring_conns) else SELECT_GAP_NS
+                    # (a driven asyncio loop's sockets too: NATS's, which must be read as fast as it sends,
+                    # or NATS drops this server as a slow consumer)
+                    gap = 0 if len(self._conns) > len(self._ring_conns) or driven is not None else SELECT_GAP_NS
                     if gap == 0:
                         next_select = now
                     polls = self._polls
@@ -1347,7 +1349,7 @@ class Server:
                         driven.step()
                     except Exception as e:  # a callback's bug: logged (as asyncio does), the server goes on
                         self._poll_failed(driven.step, e)
-                    busy = True
+                    step = True
                 self._run_soon()
                 if self._pending_rings:
                     self._flush_rings()
@@ -1355,8 +1357,10 @@ class Server:
                     self._expire_offers()
                 if self._timers:
                     self._run_timers()
-                if ns() - turn > LONG_TURN_NS:
-                    os.sched_yield()  # a long turn: a client on this CPU may be waiting to send the next request
+                if ns() - turn > LONG_TURN_NS and not step:
+                    # a long turn: a client on this CPU may be waiting to send the next request (not after a
+                    # step of the driven loop: NATS's socket is not left to fill meanwhile)
+                    os.sched_yield()
         finally:
             self._shutdown()
 
