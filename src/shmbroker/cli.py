@@ -385,6 +385,8 @@ def stat(address: str, as_json: bool, timeout: float, interval: float = 0.5, key
               f"dropped in {fed.get('dropped_in')}, denied {fed.get('denied')}, malformed {fed.get('malformed')}")
         print(f"  services: calls out {fed.get('calls_out')} ({fed.get('calls_failed')} failed), in "
               f"{fed.get('calls_in')}; served here: {', '.join(fed.get('services', [])) or '-'}")
+        print(f"  brokers heard (heartbeats): {', '.join(fed.get('brokers', [])) or '-'}; gone since start: "
+              f"{fed.get('brokers_gone', 0)}")
     return 0
 
 

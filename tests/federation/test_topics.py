@@ -304,3 +304,38 @@ def test_a_remote_broker_cannot_make_this_one_keep_topics_nobody_reads(tmp_path:
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_broker_that_goes_in_the_middle_of_a_big_message_leaves_nothing_behind(tmp_path: Path,
+                                                                                 nats_server: NatsServer) -> None:
+    """Broker a (a raw NATS client with a's credentials, speaking the federation's protocol) sends the first
+    part of a big message to Global\\big, then goes silent: b drops the part it held once a is known gone
+    (nothing kept for a dead broker), delivers nothing of it, and its subscriber goes on with what comes
+    next; `shmbroker stat` names the brokers heard."""
+    from shmbroker.federation import HEAD, MORE
+    b = federated(tmp_path, "b", nats_server.url, heartbeat=0.2)
+    try:
+        with broker.connect(b.address) as s, s.subscriber("Global\\big") as sub:
+            subject = "brkfed.a.t." + "big".encode().hex()
+
+            async def first_part_then_silence(nc: Any) -> None:
+                await nc.publish("brkfed.a.hb", b"run1")
+                await nc.publish(subject, HEAD.pack(7, 1, MORE, 0, 1000) + b"x" * 1000)
+                await nc.flush()
+            raw_nats(nats_server.url, "a", first_part_then_silence)
+            until(lambda: b.federation is not None and "a" in b.federation._parts, "b holds a's first part")
+            stat = b.stats()["federation"]
+            assert stat["brokers"] == ["a"]
+            until(lambda: b.federation is not None and not b.federation._parts, "b lets a's part go")
+            stat = b.stats()["federation"]
+            assert stat["cut_short"] == 1 and stat["brokers_gone"] == 1 and stat["brokers"] == []
+            assert quiet(sub) == []
+
+            async def whole(nc: Any) -> None:  # a, back: a message in one piece arrives whole
+                await nc.publish("brkfed.a.hb", b"run2")
+                await nc.publish(subject, HEAD.pack(7, 2, 0, 0, 5) + b"hello")
+                await nc.flush()
+            raw_nats(nats_server.url, "a", whole)
+            assert drain(sub, 1) == [b"hello"]
+    finally:
+        b.stop()

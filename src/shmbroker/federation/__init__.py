@@ -145,6 +145,8 @@ def metrics(stats: Any, fam: Any) -> None:
                            ("dropped_in", "Messages from other brokers a full blocking subscriber had no room for."),
                            ("denied", "Messages and calls from brokers `accept` does not name."),
                            ("malformed", "Unreadable messages and calls from NATS."),
+                           ("brokers_gone", "Other brokers that stopped, restarted or went silent."),
+                           ("cut_short", "Big messages whose broker went before their last part."),
                            ("calls_out", "Calls from here to other brokers' services."),
                            ("calls_failed", "Of those, the ones that failed."),
                            ("calls_in", "Calls from other brokers to services here.")):
@@ -189,8 +191,9 @@ class _Pending:
 
 
 class FederationLink:
-    """A running federation of one Server: one NATS connection on an asyncio loop, the server's own when it
-    serves with serve_async() (astart), else a thread's of its own (start)."""
+    """A running federation of one Server: one NATS connection on an asyncio loop on the server's own thread:
+    the server's running loop under serve_async() (astart), else one that the threaded server's loop steps
+    (start; Server.asyncio_loop, framework/driven.py). Either way a message or a call never changes threads."""
 
     def __init__(self, server: Any, host: Any, config: Federation) -> None:
         self.server, self.host, self.config = server, host, config
@@ -199,7 +202,8 @@ class FederationLink:
         self.stats: dict[str, Any] = {"name": config.name, "connected": None, "reconnects": 0, "disconnects": 0,
                                       "messages_out": 0, "bytes_out": 0, "messages_in": 0, "bytes_in": 0,
                                       "dropped_in": 0, "unread": 0, "denied": 0, "malformed": 0, "errors": 0,
-                                      "calls_out": 0, "calls_in": 0, "calls_failed": 0, "services": []}
+                                      "calls_out": 0, "calls_in": 0, "calls_failed": 0, "services": [],
+                                      "brokers_gone": 0, "cut_short": 0}
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # (start() or astart() sets it)
         self._task: asyncio.Future[None] | None = None  # astart's: _main on the server's loop
         self._nc: Any = None
@@ -684,6 +688,9 @@ class FederationLink:
         DISCONNECTED. One it took in its last TAKEN_AFTER said nothing yet: so each call no broker said it
         took ends too, once UNTAKEN_GRACE has passed since it was sent and still no broker says it has it
         (a live one says so after TAKEN_AFTER)."""
+        self.stats["brokers_gone"] += 1
+        if self._parts.pop(who, None) is not None:  # a big message it was sending in parts: it never ends
+            self.stats["cut_short"] += 1
         for token, p in list(self._pending.items()):
             if p.provider == who and (incarnation is None or p.incarnation != incarnation):
                 self._finish(token, Status.DISCONNECTED, f"Global\\{p.service}: {why}")
@@ -790,4 +797,5 @@ class FederationLink:
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self.stats, servers=list(self.config.servers), accept=sorted(self.config.accepted),
-                    outbound_queued=len(self._tap.queue) if self._tap is not None else 0)
+                    outbound_queued=len(self._tap.queue) if self._tap is not None else 0,
+                    brokers=sorted(self._seen)[:64])
