@@ -41,3 +41,20 @@ def test_bench_federation_smoke_run(tmp_path, capsys, monkeypatch):
     assert {e for e in os.listdir("/dev/shm") if _names.is_ours(e)} == shm_before
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-federation-*"))
     assert not glob.glob("/tmp/broker-bench-embedded-*")  # (the embedding children's own)
+
+
+@pytest.mark.stress  # a nats-server, two instrumented brokers and their clients: ~15 s
+def test_federation_stages_shows_every_stage_of_a_call():
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "bench", "federation_stages.py"), "200"],
+                         capture_output=True, text=True, timeout=120, cwd=root)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    stages = [line for line in lines if line.startswith("  ")]
+    assert len(stages) == 12, run.stdout  # the call, the ten stages, the answer
+    cumulative = [float(line.split()[-1]) for line in stages]
+    assert cumulative == sorted(cumulative) and cumulative[-1] > 0, run.stdout  # each stage after the one before
+    assert lines[-1].startswith("round trip p50 ") and "raw nats-py" in lines[-1]
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "broker-bench-stages-*"))
