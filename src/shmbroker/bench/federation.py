@@ -192,7 +192,6 @@ def _embedded(url: str, name: str, role: str, count: int, warmup: int) -> None:
     """A process that embeds a federated broker (Server(federation=)): "provider" offers Global\\echo as the
     process's own service (Server.offer); "caller" calls it through Server.link once told to (a line on
     stdin), and says its round trips."""
-    import shmbroker as broker
     from shmbroker.api import Server
     from shmbroker.federation import Federation
     import json
@@ -210,16 +209,7 @@ def _embedded(url: str, name: str, role: str, count: int, warmup: int) -> None:
             return
         print("ready", flush=True)
         sys.stdin.readline()
-        payload, out = b"p" * 64, []
-        link = srv.link("Global\\echo")
-        for _ in range(warmup + count):
-            buf = broker.Buffer(64)
-            t0 = time.perf_counter_ns()
-            link.send_receive(1, payload, buf)
-            out.append(time.perf_counter_ns() - t0)
-        if buf.value != payload:
-            raise AssertionError("the echo differs")
-        print(json.dumps(out[warmup:]), flush=True)
+        print(json.dumps(_echo_times(srv.link("Global\\echo"), count, warmup)), flush=True)
     finally:
         srv.stop()
         home.cleanup()
@@ -271,19 +261,25 @@ def _publish_nats(url: str, n: int, size: int, paced: bool) -> None:
     asyncio.run(main())
 
 
+def _echo_times(link: Any, count: int, warmup: int) -> list[int]:
+    """The round trips of `count` 64 B echo calls through `link` (a session's or Server.link's), after
+    `warmup` more."""
+    import shmbroker as broker
+    payload, out = b"p" * 64, []
+    for _ in range(warmup + count):
+        buf = broker.Buffer(64)
+        t0 = time.perf_counter_ns()
+        link.send_receive(1, payload, buf)
+        out.append(time.perf_counter_ns() - t0)
+    if buf.value != payload:
+        raise AssertionError("the echo differs")
+    return out[warmup:]
+
+
 def _rtt_broker(address: str, count: int, warmup: int) -> list[int]:
     import shmbroker as broker
-    payload = b"p" * 64
-    out = []
     with broker.connect(address) as s, s.link("Global\\echo") as link:
-        for _ in range(warmup + count):
-            buf = broker.Buffer(64)
-            t0 = time.perf_counter_ns()
-            link.send_receive(1, payload, buf)
-            out.append(time.perf_counter_ns() - t0)
-        if buf.value != payload:
-            raise AssertionError("the echo differs")
-    return out[warmup:]
+        return _echo_times(link, count, warmup)
 
 
 def _rtt_nats(url: str, count: int, warmup: int) -> list[int]:
