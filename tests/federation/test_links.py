@@ -503,3 +503,40 @@ def test_a_broker_that_goes_before_it_says_it_took_a_call_ends_that_call(tmp_pat
         stop.set()
         peer.join(10)
         b.stop()
+
+
+def test_a_call_that_reached_a_broker_whose_provider_just_went_is_asked_again(tmp_path: Path,
+                                                                               nats_server: NatsServer) -> None:
+    """Broker a (a raw NATS client with a's credentials, speaking the federation's protocol) says "not here"
+    to the first delivery of b's caller's call, as a broker whose provider went just then says; b publishes
+    the call again, and the answer to the second delivery is the caller's."""
+    from shmbroker.federation import _answer
+    b = federated(tmp_path, "b", nats_server.url)
+    deliveries: list[bytes] = []
+    stop = threading.Event()
+    ready = threading.Event()
+
+    async def fake_a(nc: Any) -> None:
+        async def on_call(msg: Any) -> None:
+            deliveries.append(bytes(msg.data))
+            if len(deliveries) == 1:
+                await msg.respond(_answer(Status.NOT_FOUND, "not here"))
+            else:
+                await msg.respond(_answer(5, "", b""))
+        await nc.subscribe("brkfed.*.s." + "moving".encode().hex(), queue="brkfed", cb=on_call)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+    peer = threading.Thread(target=raw_nats, args=(nats_server.url, "a", fake_a))
+    peer.start()
+    try:
+        assert ready.wait(10)
+        with broker.connect(b.address) as s, s.link("Global\\moving") as link:
+            assert link.send_receive(3, b"payload") == 5
+        assert len(deliveries) == 2 and deliveries[0] == deliveries[1]  # the same call, published again
+        assert b.federation is not None and b.federation._pending == {}
+    finally:
+        stop.set()
+        peer.join(10)
+        b.stop()

@@ -580,6 +580,14 @@ class FederationLink:
                                                  reply=f"{self._inbox}.{token}"))
         task.add_done_callback(lambda t: self._published(t, token))
 
+    def _resend(self, token: str) -> None:
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return  # it ended meanwhile (closing, its timeout)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        self._send_call(pending)
+
     def _published(self, task: asyncio.Task[None], token: str) -> None:
         e = None if task.cancelled() else task.exception()
         if e is not None:  # NATS's: closed, draining, its outbound buffer full
@@ -600,11 +608,8 @@ class FederationLink:
         """R: the provider's broker's answer (a provider that just went there: publish it again, for
         another provider, while there is time)."""
         if data == _answer(Status.NOT_FOUND, NOT_HERE)[1:] and self._loop.time() < pending.deadline - 0.05:
-            self._pending.pop(token, None)
-            if pending.timer is not None:
-                pending.timer.cancel()
-            pending.provider = None
-            self._loop.call_later(0.02, self._send_call, pending)  # (NATS gives it to another one)
+            pending.provider = None  # (it stays pending meanwhile: closing or its timeout still end it)
+            self._loop.call_later(0.02, self._resend, token)  # NATS gives it to another one
             return
         try:
             status, n = ANSWER.unpack_from(data)
@@ -771,20 +776,22 @@ class FederationLink:
         # caller's broker watches this one's heartbeats from then on
         taken = loop.call_later(TAKEN_AFTER, self._publish, reply, f"T{self.config.name} {self.incarnation}".encode())
         answered = [False]  # (once: the provider's answer, or the time out)
-        late = loop.call_later(self.config.call_timeout, self._respond, reply, taken, answered, Status.TIMED_OUT,
-                               "the provider did not answer in time", b"")
+        timers = [taken]
+        timers.append(loop.call_later(self.config.call_timeout, self._respond, reply, timers, answered,
+                                      Status.TIMED_OUT, "the provider did not answer in time", b""))
 
         def done(status: int, text: str, written: bytes) -> None:  # (the thread that answers: the server's)
-            late.cancel()
-            loop.call_soon_threadsafe(self._respond, reply, taken, answered, status, text, written)
+            loop.call_soon_threadsafe(self._respond, reply, timers, answered, status, text, written)
         self.links.host_call_packed(self.host, GLOBAL + service, code, bytes(data[CALL.size:]), room, done)
 
-    def _respond(self, reply: str, taken: asyncio.TimerHandle, answered: list[bool], status: int, text: str,
+    def _respond(self, reply: str, timers: list[asyncio.TimerHandle], answered: list[bool], status: int, text: str,
                  written: bytes) -> None:
+        """A call from another broker answered (or timed out): once, on the loop."""
         if answered[0] or self._loop.is_closed():
             return
         answered[0] = True
-        taken.cancel()
+        for timer in timers:  # (T, and the time out)
+            timer.cancel()
         self._serving -= 1
         self._publish(reply, _answer(status, text, written))
 
