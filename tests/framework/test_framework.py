@@ -121,6 +121,28 @@ def test_round_trips_arguments_and_write_back(server):
     in_child(client)
 
 
+def test_subclasses_of_bytes_and_str_are_arguments_as_their_bases_are(server):
+    """numpy's bytes_ and str_ and an enum's str are bytes and str: sent as such, not refused (an
+    AttributeError before)."""
+    import enum
+
+    import numpy as np
+
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+    def client() -> None:
+        with connect(server.address) as s:
+            assert s.send_receive(ECHO_LEN, np.bytes_(b"abcd")) == 4
+            assert s.send_receive(ECHO_LEN, np.str_("h\u00e9")) == 3  # its UTF-8 bytes
+            out = Buffer(8)
+            assert s.send_receive(REVERSE, Colour.RED, out) == 0 and out.value == b"der"
+            with pytest.raises(TypeError):
+                s.send_receive(ECHO_LEN, 1.5)
+
+    in_child(client)
+
+
 def test_errors_are_typed_and_end_nothing(server):
     def client() -> None:
         with connect(server.address) as s:

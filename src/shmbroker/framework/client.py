@@ -116,6 +116,8 @@ def to_arg(a: Any) -> Arg:
         return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if a is None:
         return NO_ARG
+    if isinstance(a, str):  # a subclass (an enum's, say): its text, as a str's
+        return Arg(_READ, 0, str.encode(a))
     if isinstance(a, bool) or not isinstance(a, (int, bytes, bytearray, memoryview, Buffer, SubSession)):
         raise TypeError(f"an argument is an int, bytes, a str, a bytearray, a broker.Buffer or a SubSession, not "
                         f"{type(a).__name__}")
@@ -129,8 +131,10 @@ def to_arg(a: Any) -> Arg:
         return Arg(_READWRITE if a.value else _WRITE, a.max_length, a.value)
     if isinstance(a, bytearray):
         return Arg(_READWRITE, len(a), bytes(a))
-    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # type: ignore[union-attr]  # a big memoryview goes out from its own buffer: no copy here
-        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type, union-attr]
+    if isinstance(a, bytes):  # a subclass (numpy's bytes_, say): its bytes
+        return Arg(_READ, 0, bytes(a))
+    if a.c_contiguous and a.nbytes >= BIG_FRAME:  # a big memoryview goes out from its own buffer: no copy here
+        return Arg(_READ, 0, a if a.ndim == 1 and a.format == "B" else a.cast("B"))  # type: ignore[arg-type]
     return Arg(_READ, 0, bytes(a))
 
 
