@@ -118,3 +118,17 @@ def test_the_readme_layout_map_is_the_trees():
     run = subprocess.run([sys.executable, str(ROOT / "tools" / "layout.py"), "--check"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_layout_map_names_a_package_it_does_not_place():
+    """A new package that tools/layout.py's ORDER does not place is named, not left out of the map."""
+    stray = ROOT / "src" / "shmbroker" / "zz_stray_pkg"
+    stray.mkdir()
+    try:
+        (stray / "__init__.py").write_text('"""A package no layer holds."""\n')
+        run = subprocess.run([sys.executable, str(ROOT / "tools" / "layout.py"), "--check"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and "src/shmbroker/zz_stray_pkg/__init__.py" in run.stderr, run.stderr
+    finally:
+        import shutil
+        shutil.rmtree(stray)

@@ -1,4 +1,4 @@
-"""`python -m shmbroker`: the `broker` command line, where the script is not on PATH."""
+"""`python -m shmbroker`: the `shmbroker` command line, where the script is not on PATH."""
 import sys
 
 from shmbroker.cli import main

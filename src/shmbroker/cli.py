@@ -1,4 +1,4 @@
-"""The `broker` command line."""
+"""The `shmbroker` command line."""
 from __future__ import annotations
 
 import argparse
