@@ -12,18 +12,24 @@ from __future__ import annotations
 import os
 
 
-def _stat(pid: int | str) -> tuple[bytes, int]:
-    """(state, start time) of a process from one read of /proc/PID/stat; (b"", 0) if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return b"", 0
+def read_stat(base: str) -> tuple[bytes, int]:
+    """(state, start time) of the process at `base` (/proc/PID) from one read of its stat: fields 3 and 22.
+    Raises OSError (gone, not ours to read) or ValueError (unreadable)."""
+    with open(f"{base}/stat", "rb") as f:
+        stat = f.read()
     # the command name (field 2) may hold spaces and parentheses: split after the last ')'
     rest = stat[stat.rfind(b")") + 2 :].split()
     try:
-        return rest[0], int(rest[19])  # fields 3 (state) and 22 (starttime)
-    except (IndexError, ValueError):
+        return rest[0], int(rest[19])
+    except IndexError:
+        raise ValueError(f"{base}/stat has {len(rest) + 2} fields") from None
+
+
+def _stat(pid: int | str) -> tuple[bytes, int]:
+    """(state, start time) of a process; (b"", 0) if unknown."""
+    try:
+        return read_stat(f"/proc/{pid}")
+    except (OSError, ValueError):
         return b"", 0
 
 

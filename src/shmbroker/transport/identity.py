@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from shmbroker._errors import BrokerError
+from shmbroker.core.proc import read_stat
 
 __all__ = [
     "AUDIT_SID_UNSET",
@@ -251,13 +252,6 @@ def local_facts() -> Facts:
     return Facts(pid, uid, gid, user_ns, mnt_ns, ipc_ns, shm, sessionid)
 
 
-def _start_time(base: str) -> int:
-    with open(f"{base}/stat", "rb") as f:
-        data = f.read()
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    return int(data[data.rfind(b")") + 2 :].split()[19])
-
-
 def _euid(base: str) -> int:
     with open(f"{base}/status", "rb") as f:
         for line in f:
@@ -326,14 +320,14 @@ def _inspect(pid: int, uid: int, pidfd: int | None) -> tuple[int, int, int, tupl
                 raise _Unfit(gone)
             if named is not None and named != pid:  # e.g. /proc from another pid namespace
                 raise _Unfit(f"the peer's pidfd names pid {named}, SO_PEERCRED pid {pid}")
-        start = _start_time(base)
+        start = read_stat(base)[1]
         euid = _euid(base)
         if euid != uid:
             raise _Unfit(f"the peer's effective uid changed since it connected (SO_PEERCRED {uid}, now {euid})")
         facts = _read(base)
         if pidfd is not None and _exited(pidfd):
             raise _Unfit(f"{gone} while being inspected")
-        if _start_time(base) != start:
+        if read_stat(base)[1] != start:
             raise _Unfit(f"pid {pid} names another process now: the peer has exited")
         return facts
     except OSError as e:
