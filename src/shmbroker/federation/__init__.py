@@ -223,6 +223,7 @@ class FederationLink:
         self._seen: dict[str, tuple[float, str]] = {}  # broker -> when it last said it lives, and its run
         self._served: dict[str, Any] = {}  # a Global service offered here -> its queue subscription
         self._serving = 0
+        self._publishing: set[asyncio.Task[None]] = set()  # publishes under way (a task each)
         self._closing = False
         self._refusals: dict[tuple[str, str, str, str], str | None] = {}
 
@@ -578,6 +579,8 @@ class FederationLink:
                                      f"no answer from Global\\{pending.service} within {self.config.call_timeout:g} s")
         task = loop.create_task(self._nc.publish(_service_subject(self.config.name, pending.service), pending.payload,
                                                  reply=f"{self._inbox}.{token}"))
+        self._publishing.add(task)  # (the loop holds its tasks weakly: one waiting on a flush is kept here)
+        task.add_done_callback(self._publishing.discard)
         task.add_done_callback(lambda t: self._published(t, token))
 
     def _resend(self, token: str) -> None:
@@ -800,6 +803,8 @@ class FederationLink:
         if self._nc is None or self._nc.is_closed:
             return
         task = self._loop.create_task(self._nc.publish(subject, payload))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
         task.add_done_callback(_logged)
 
     def snapshot(self) -> dict[str, Any]:
