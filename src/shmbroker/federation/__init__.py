@@ -730,11 +730,11 @@ class FederationLink:
             for name in sorted(want - set(self._served)):
                 subject = f"{PREFIX}.*.s.{name.encode().hex()}"
                 self._served[name] = await self._nc.subscribe(subject, queue=QUEUE, cb=self._request)
-            self.stats["services"] = sorted(self._served)
-            try:
+            try:  # (the NATS server has them once it answered this: only then are they said served)
                 await self._nc.flush(timeout=5)
             except Exception:  # noqa: BLE001 - reconnecting: NATS resubscribes them
                 pass
+            self.stats["services"] = sorted(self._served)
 
     async def _request(self, msg: Any) -> None:
         """A call from another broker: handed to the provider here at once (no task: the next call is read
