@@ -313,7 +313,7 @@ def test_a_broker_that_goes_in_the_middle_of_a_big_message_leaves_nothing_behind
     (nothing kept for a dead broker), delivers nothing of it, and its subscriber goes on with what comes
     next; `shmbroker stat` names the brokers heard."""
     from shmbroker.federation import HEAD, MORE
-    b = federated(tmp_path, "b", nats_server.url, heartbeat=0.2)
+    b = federated(tmp_path, "b", nats_server.url, heartbeat=0.5)  # (a is gone 1.5 s after its last beat)
     try:
         with broker.connect(b.address) as s, s.subscriber("Global\\big") as sub:
             subject = "brkfed.a.t." + "big".encode().hex()
